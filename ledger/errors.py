@@ -1,0 +1,75 @@
+"""One exception type per failure family.
+
+The HTTP layer translates these to status codes in exactly one place
+(`ledger.web.error_middleware`); store and parsing code never raise `web.HTTP*`.
+Messages are shown to clients and logged, so they never carry a secret, a token or
+a signature.
+"""
+
+
+class LedgerError(Exception):
+    """Base of every error call-ledger raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+
+class PayloadTooLarge(LedgerError):
+    status = 413
+    code = "payload_too_large"
+
+
+class SignatureInvalid(LedgerError):
+    """Missing or wrong signature, or a timestamp outside the accepted window."""
+
+    status = 401
+    code = "invalid_signature"
+
+
+class Unauthorized(LedgerError):
+    status = 401
+    code = "unauthorized"
+
+
+class SourceNotConfigured(LedgerError):
+    status = 404
+    code = "source_not_configured"
+
+
+class NotFound(LedgerError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(LedgerError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class MalformedBody(LedgerError):
+    """The body cannot be parsed at all (not JSON, not a form)."""
+
+    status = 400
+    code = "malformed_body"
+
+
+class InvalidEvent(LedgerError):
+    """Parsable, but lacks what a call event needs (call id, known status, valid amount...)."""
+
+    status = 422
+    code = "invalid_event"
+
+
+class StoreUnavailable(LedgerError):
+    """Redis could not take or give the data; the caller should retry."""
+
+    status = 503
+    code = "store_unavailable"
+
+
+class Unapplicable(Exception):
+    """An event the worker cannot apply (e.g. a currency with no configured FX rate).
+
+    Not an HTTP error: the event stays pending and, after LEDGER_MAX_DELIVERIES
+    deliveries, moves to the dead-letter stream with this message as its reason.
+    """

@@ -1,0 +1,64 @@
+"""The normalised call event: what every source's payload becomes at intake.
+
+Intake turns a provider's or the platform's webhook into one `CallEvent`, writes it
+to the stream as JSON, and the worker applies it to the call's state. The event
+carries facts in the source's terms (its raw from/to and direction, amounts in the
+currency it was charged in); the ledger's rules (`ledger.rules`) decide what they
+mean for the record.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ledger.instants import Instant
+
+Status = Literal["initiated", "ringing", "ongoing", "completed", "busy", "no-answer", "canceled", "failed"]
+STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
+TERMINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "failed"})
+Direction = Literal["inbound", "outbound"]
+Component = Literal["llm", "tts", "stt", "telephony"]
+COMPONENTS: tuple[str, ...] = Component.__args__  # type: ignore[attr-defined]
+
+
+class Cost(BaseModel):
+    """One charge, in the currency it was given in (converted when applied)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    component: Component
+    amount_nano: int = Field(ge=0)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+
+
+class CallEvent(BaseModel):
+    """One thing a source said about one call."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    event_id: str = Field(min_length=1)
+    call_sid: str = Field(min_length=1)
+    type: str  # the source's own name for the event, e.g. "call.hangup"; for people reading /events
+    occurred_at: str  # canonical UTC text at the source's precision
+    occurred_us: int  # the same instant in microseconds since the epoch, for comparisons
+
+    status: Status | None = None
+    direction: Direction | None = None
+    # Provider view: who called whom. The read API derives the platform's view.
+    from_number: str | None = None
+    to_number: str | None = None
+    duration: int | None = Field(default=None, ge=0)  # connected seconds, as reported
+    costs: tuple[Cost, ...] = ()
+
+    # Platform metadata (call.metadata); the platform's view of the numbers is taken as given.
+    assistant_id: int | None = None
+    assistant_name: str | None = None
+    flow_name: str | None = None
+    to_phone_number: str | None = None
+    customer_phone_number: str | None = None
+    call_meta: dict[str, object] | None = None
+
+    @property
+    def instant(self) -> Instant:
+        return Instant(self.occurred_at, self.occurred_us)

@@ -1,0 +1,78 @@
+"""Points in time as the sources give them, kept at the precision they were given.
+
+An `Instant` pairs canonical UTC text (`2026-11-24T10:00:00.123Z`, with exactly the
+fraction digits the source wrote, up to six) with integer microseconds since the
+epoch, which is what the ledger compares.
+"""
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import NamedTuple
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ISO = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?"
+    r"\s*(Z|z|[+-]\d{2}:?\d{2}|UTC|GMT)?$"
+)
+
+
+class Instant(NamedTuple):
+    text: str
+    us: int
+
+
+def _instant(dt: datetime, digits: int) -> Instant:
+    dt = dt.astimezone(UTC)
+    us = (dt - _EPOCH) // timedelta(microseconds=1)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + f"{dt.microsecond:06d}"[:digits]
+    return Instant(text + "Z", us)
+
+
+def parse_iso(value: str) -> Instant:
+    """ISO 8601 / RFC 3339, or `YYYY-MM-DD HH:MM:SS`; no offset means UTC.
+
+    Raises ValueError for anything else.
+    """
+    m = _ISO.match(value.strip()) if isinstance(value, str) else None
+    if not m:
+        raise ValueError("not an ISO 8601 timestamp")
+    year, month, day, hour, minute, second, frac, zone = m.groups()
+    frac = frac or ""
+    digits = min(len(frac), 6)
+    micro = int((frac[:6]).ljust(6, "0")) if frac else 0
+    tz = UTC
+    if zone and zone.upper() not in ("Z", "UTC", "GMT"):
+        sign = 1 if zone[0] == "+" else -1
+        hh, mm = int(zone[1:3]), int(zone[-2:])
+        tz = timezone(sign * timedelta(hours=hh, minutes=mm))
+    dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+    return _instant(dt, digits)
+
+
+def parse_rfc2822(value: str) -> Instant:
+    """Twilio's `Tue, 14 Jan 2025 10:31:05 +0000` (day possibly unpadded)."""
+    try:
+        dt = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        raise ValueError("not an RFC 2822 timestamp") from None
+    if dt is None:
+        raise ValueError("not an RFC 2822 timestamp")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return _instant(dt, 0)
+
+
+def from_unix(seconds: float) -> Instant:
+    """Unix seconds (a signed header timestamp) → Instant at whole-second precision
+    unless the value has a fraction."""
+    dt = datetime.fromtimestamp(seconds, tz=UTC)
+    return _instant(dt, 6 if dt.microsecond else 0)
+
+
+def format_us(us: int) -> str:
+    """Microseconds since the epoch → canonical text (fraction only when non-zero)."""
+    dt = _EPOCH + timedelta(microseconds=us)
+    return _instant(dt, 6 if dt.microsecond else 0).text

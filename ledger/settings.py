@@ -1,0 +1,150 @@
+"""All configuration, read once from `LEDGER_*` environment variables.
+
+Nothing reads the environment at import time: `Settings()` is built by the CLI
+and passed in; tests build `Settings(...)` directly.
+"""
+
+import hashlib
+import os
+import secrets
+import socket
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ledger.money import normalise_currency, parse_rate
+
+PROVIDERS = ("twilio", "telnyx", "vonage", "plivo")
+
+
+def _default_consumer_name() -> str:
+    # Unique per process: two replicas on one host, or a restarted pod, never share a name.
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _split(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list | tuple):
+        return [str(part).strip() for part in value if str(part).strip()]
+    raise ValueError("expected a comma-separated list")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    redis_url: str | None = None  # None: the embedded in-memory store (nothing survives a restart)
+    redis_cluster: bool = False
+    key_prefix: str = Field(default="cl", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # Read API bearer tokens, stored only as SHA-256 digests: `sha256:<hex>` or a plain token.
+    api_tokens: Annotated[tuple[bytes, ...], NoDecode] = ()
+
+    public_url: str | None = None  # external base URL that URL-signed providers called
+    twilio_auth_token: SecretStr | None = None
+    telnyx_public_key: SecretStr | None = None
+    vonage_signature_secret: SecretStr | None = None
+    plivo_auth_token: SecretStr | None = None
+    platform_webhook_secret: SecretStr | None = None
+    signature_tolerance_s: int = Field(default=300, ge=1)
+
+    currency: str = "USD"
+    fx_rates: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
+    vonage_currency: str = "EUR"
+    plivo_currency: str = "USD"
+    # (provider, direction) -> price per started minute, in the ledger currency.
+    telephony_rates: Annotated[dict[tuple[str, str], Decimal], NoDecode] = Field(default_factory=dict)
+
+    consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    claim_idle_ms: int = Field(default=15_000, ge=0)
+    max_deliveries: int = Field(default=5, ge=1)
+    # Seconds an acknowledged event stays in the stream (unacknowledged ones are never trimmed).
+    stream_retention: int = Field(default=86_400, ge=0)
+    shutdown_grace_s: float = Field(default=10.0, gt=0)
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: object) -> tuple[bytes, ...]:
+        digests = []
+        for entry in _split(value):
+            if isinstance(entry, bytes):
+                digests.append(entry)
+            elif entry.startswith("sha256:"):
+                hex_digest = entry.removeprefix("sha256:").strip().lower()
+                try:
+                    raw = bytes.fromhex(hex_digest)
+                except ValueError:
+                    raise ValueError("a sha256: entry must be 64 hex digits") from None
+                if len(raw) != 32:
+                    raise ValueError("a sha256: entry must be 64 hex digits")
+                digests.append(raw)
+            else:
+                digests.append(hashlib.sha256(entry.encode()).digest())
+        return tuple(digests)
+
+    @field_validator("currency", "vonage_currency", "plivo_currency", mode="before")
+    @classmethod
+    def _currency(cls, value: object) -> str:
+        return normalise_currency(value)
+
+    @field_validator("fx_rates", mode="before")
+    @classmethod
+    def _fx(cls, value: object) -> dict[str, Decimal]:
+        if isinstance(value, dict):
+            return {normalise_currency(k): parse_rate(str(v)) for k, v in value.items()}
+        rates = {}
+        for entry in _split(value):
+            code, sep, rate = entry.partition("=")
+            if not sep:
+                raise ValueError(f"{entry!r}: expected CODE=RATE, e.g. EUR=1.08")
+            rates[normalise_currency(code)] = parse_rate(rate)
+        return rates
+
+    @field_validator("telephony_rates", mode="before")
+    @classmethod
+    def _rates(cls, value: object) -> dict[tuple[str, str], Decimal]:
+        if isinstance(value, dict):
+            return {tuple(k): parse_rate(str(v)) for k, v in value.items()}  # type: ignore[misc]
+        rates = {}
+        for entry in _split(value):
+            key, sep, rate = entry.partition("=")
+            provider, colon, direction = key.strip().lower().partition(":")
+            if not sep or not colon:
+                raise ValueError(f"{entry!r}: expected provider:direction=rate, e.g. twilio:inbound=0.0085")
+            if provider not in PROVIDERS or direction not in ("inbound", "outbound"):
+                raise ValueError(f"{entry!r}: provider must be one of {', '.join(PROVIDERS)}, "
+                                 "direction inbound or outbound")
+            rates[(provider, direction)] = parse_rate(rate)
+        return rates
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("platform_webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            # Message names the rule, never the value.
+            raise ValueError("must be a Standard Webhooks secret starting with whsec_")
+        return value
+
+    @model_validator(mode="after")
+    def _fx_of_ledger_currency(self) -> "Settings":
+        if self.currency in self.fx_rates:
+            raise ValueError(f"LEDGER_FX_RATES must not give a rate for the ledger currency {self.currency}")
+        return self
