@@ -1,0 +1,19 @@
+# The commands people expect: `make test`, `make lint`, `make bench`.
+PYTHON ?= python3
+
+.PHONY: install test lint bench serve
+
+install:
+	$(PYTHON) -m pip install -e '.[test]'
+
+test:
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+lint:
+	ruff check ledger worker api tests bench
+
+bench:
+	$(PYTHON) bench/run.py
+
+serve:
+	call-ledger serve

@@ -1,0 +1,123 @@
+"""`call-ledger serve | worker | api | dlq list | dlq replay`.
+
+Settings are built once here; a bad value stops start-up with one line naming the
+variable, never a traceback.
+"""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ledger.app import create_app
+from ledger.logs import configure_logging
+from ledger.settings import Settings
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            variable = f"LEDGER_{field.upper()}" if field else "configuration"
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"call-ledger: invalid {variable}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as exc:  # e.g. a secret that is not valid base64
+        print(f"call-ledger: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_service(role: str, settings: Settings) -> None:
+    from aiohttp import web
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # optional speed-up
+        pass
+    import structlog
+
+    try:
+        app = create_app(settings, role)
+    except ValueError as exc:  # a secret that does not decode, for instance
+        print(f"call-ledger: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    structlog.get_logger("ledger").info(
+        "service_starting", role=role, host=settings.host, port=settings.port,
+        store="embedded" if settings.redis_url is None else ("cluster" if settings.redis_cluster else "redis"),
+        consumer=settings.consumer_name if role != "api" else None,
+    )
+    # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then the cleanup
+    # contexts stop the consumer (bounded) and close Redis. run_app returns: exit 0.
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
+                shutdown_timeout=settings.shutdown_grace_s)
+
+
+async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.store import Store, open_redis
+
+    if settings.redis_url is None:
+        print("call-ledger: dlq needs LEDGER_REDIS_URL (the embedded store lives inside `serve`)",
+              file=sys.stderr)
+        return 2
+    store = Store(open_redis(settings), settings.key_prefix)
+    try:
+        if args.dlq_command == "list":
+            rows = await store.dead_letters(count=args.limit)
+            for row in rows:
+                event = orjson.loads(row.pop("e") or b"null") if row.get("e") else None
+                row["event"] = event
+                print(orjson.dumps(row).decode() if args.json else _dlq_line(row))
+            if not args.json:
+                print(f"{len(rows)} dead-lettered event(s)", file=sys.stderr)
+        else:
+            moved = await store.replay_dead(args.ids or None)
+            for dead_id, new_id in moved:
+                print(f"replayed {dead_id} as {new_id}")
+            print(f"{len(moved)} event(s) re-queued", file=sys.stderr)
+        return 0
+    finally:
+        await store.close()
+
+
+def _dlq_line(row: dict[str, Any]) -> str:
+    event = row.get("event") or {}
+    return (f"{row['id']}  source={event.get('source')} call_sid={event.get('call_sid')} "
+            f"event_id={event.get('event_id')} deliveries={row.get('deliveries')} reason={row.get('reason')}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="call-ledger", description="Exact per-call records from webhooks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="intake, worker and read API in one process")
+    sub.add_parser("worker", help="webhook intake + apply loop")
+    sub.add_parser("api", help="read API")
+    dlq = sub.add_parser("dlq", help="inspect and replay dead-lettered events")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    listing = dlq_sub.add_parser("list", help="show dead-lettered events with their reason")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay = dlq_sub.add_parser("replay", help="re-queue dead-lettered events (all, or --id ones)")
+    replay.add_argument("--id", dest="ids", action="append", help="a dead-letter id from `dlq list`")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    if args.command == "dlq":
+        return asyncio.run(_dlq(args, settings))
+    run_service(args.command, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry per app (so tests and co-hosted apps never collide)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "ledger_events_received", "Webhooks received, by source and outcome "
+            "(stored, ignored, rejected_signature, rejected_body, unavailable, not_configured)",
+            ["source", "outcome"], registry=r,
+        )
+        self.applied = Counter("ledger_events_applied", "Events applied to a call record", ["source"], registry=r)
+        self.duplicates = Counter(
+            "ledger_events_duplicate", "Events whose id was already applied to the call", ["source"], registry=r
+        )
+        self.failed = Counter(
+            "ledger_events_failed", "Apply attempts that failed (the event stays pending)", ["source"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "ledger_events_dead_lettered", "Events moved to the dead-letter stream", ["source"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "ledger_http_request_duration_seconds", "HTTP request latency", ["route", "method", "status"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.lag = Gauge("ledger_consumer_lag", "Stream entries not yet delivered to the worker group", registry=r)
+        self.pending = Gauge(
+            "ledger_consumer_pending", "Stream entries delivered but not yet acknowledged", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "ledger_apply_batch_duration_seconds", "Time to apply one batch read from the stream", registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )

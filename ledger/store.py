@@ -1,0 +1,325 @@
+"""All Redis access, and every key name, in one place.
+
+Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
+
+    cl:events                  stream of normalised events (intake XADDs, workers XREADGROUP)
+    cl:dead                    dead-letter stream: events that could not be applied, with the reason
+    cl:failures                hash: stream entry id -> why its last apply failed (until acked)
+    cl:ids                     counter that hands out record ids
+    cl:call:{<sid>}            hash: id, v (events applied), state (CallState JSON)
+    cl:call:{<sid>}:events     hash: event_id -> normalised event JSON (dedupe + /events)
+
+Both keys of a call share the `{<sid>}` hash tag, so one Lua script updates them
+atomically on a single Redis Cluster slot. Records never name the stream, so the
+stream can later be sharded (one per hash of the SID) without touching them.
+"""
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError, ResponseError
+
+from ledger.errors import StoreUnavailable
+from ledger.settings import Settings
+
+GROUP = "ledger"
+COMMIT_LUA = files("ledger").joinpath("commit.lua").read_text()
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def open_redis(settings: Settings) -> Any:
+    """The Redis client for these settings: a server, a cluster, or the embedded store."""
+    common: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+    if settings.redis_url is None:
+        import fakeredis  # the embedded store is only imported when it is used
+
+        return fakeredis.FakeAsyncRedis()
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **common)
+    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, **common)
+
+
+def unavailable_on_error(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn a Redis failure into StoreUnavailable (HTTP 503) for request handlers."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry as a worker received it."""
+
+    entry_id: str
+    event_json: bytes | None  # None when the entry has no event field (never written by intake)
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class LoadedCall:
+    version: int
+    state_json: bytes | None
+    record_id: int | None
+    applied: frozenset[str]  # those of the asked event ids already applied to the call
+
+
+@dataclass(frozen=True)
+class CommitWrite:
+    call_sid: str
+    version: int
+    new_version: int
+    state_json: bytes
+    record_id: int
+    events: list[tuple[str, bytes]]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Store:
+    """The Redis layout above, as the worker and the API use it."""
+
+    def __init__(self, redis: Any, prefix: str = "cl") -> None:
+        self.redis = redis
+        self.stream = f"{prefix}:events"
+        self.dead = f"{prefix}:dead"
+        self.failures = f"{prefix}:failures"
+        self.ids = f"{prefix}:ids"
+        self._call_prefix = f"{prefix}:call:"
+        self._commit = redis.register_script(COMMIT_LUA)
+
+    def call_key(self, call_sid: str) -> str:
+        return f"{self._call_prefix}{{{call_sid}}}"
+
+    def events_key(self, call_sid: str) -> str:
+        return f"{self._call_prefix}{{{call_sid}}}:events"
+
+    # -- health ---------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- intake ---------------------------------------------------------------------------
+
+    @unavailable_on_error
+    async def append(self, event_json: bytes) -> str:
+        """XADD one normalised event. No MAXLEN: trimming here could drop unapplied events."""
+        return _text(await self.redis.xadd(self.stream, {"e": event_json}))
+
+    # -- worker: the consumer group ---------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        """Create the group from the stream's start, so events posted before any worker ran count."""
+        try:
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    @staticmethod
+    def _entries(raw: Iterable[Any], deliveries: dict[str, int] | None = None) -> list[Entry]:
+        entries = []
+        for entry_id, fields in raw:
+            if fields is None:  # deleted while pending (XAUTOCLAIM reports those separately)
+                continue
+            eid = _text(entry_id)
+            event = fields.get(b"e", fields.get("e"))
+            entries.append(Entry(eid, event, (deliveries or {}).get(eid, 1)))
+        return entries
+
+    async def read_new(self, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
+        reply = await self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return self._entries(reply[0][1])
+
+    async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries pending longer than min_idle_ms on any consumer (a dead one, or us)."""
+        reply = await self.redis.xautoclaim(
+            self.stream, GROUP, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
+        )
+        claimed = reply[1]
+        if not claimed:
+            return []
+        first, last = _text(claimed[0][0]), _text(claimed[-1][0])
+        pending = await self.redis.xpending_range(
+            self.stream, GROUP, min=first, max=last, count=len(claimed) + 10, consumername=consumer
+        )
+        deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        return self._entries(claimed, deliveries)
+
+    async def load_calls(self, wanted: dict[str, list[str]]) -> dict[str, LoadedCall]:
+        """Version, state and id of each call, and which of the given event ids it already has."""
+        sids = list(wanted)
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hmget(self.call_key(sid), "v", "state", "id")
+            pipe.hmget(self.events_key(sid), wanted[sid])
+        replies = await pipe.execute()
+        loaded = {}
+        for i, sid in enumerate(sids):
+            version, state, record_id = replies[2 * i]
+            present = replies[2 * i + 1]
+            applied = frozenset(eid for eid, value in zip(wanted[sid], present, strict=True) if value is not None)
+            loaded[sid] = LoadedCall(
+                int(version or 0), state, int(record_id) if record_id else None, applied
+            )
+        return loaded
+
+    async def allocate_ids(self, count: int) -> list[int]:
+        """`count` fresh record ids (unique, positive; a lost race wastes one, harmlessly)."""
+        last = int(await self.redis.incrby(self.ids, count))
+        return list(range(last - count + 1, last + 1))
+
+    async def commit(self, writes: list[CommitWrite]) -> list[bool]:
+        """Run the commit script for each call; False where another worker got there first."""
+        pipe = self.redis.pipeline(transaction=False)
+        for w in writes:
+            args: list[Any] = [w.version, w.new_version, w.state_json, w.record_id]
+            for event_id, event_json in w.events:
+                args += [event_id, event_json]
+            await self._commit(keys=[self.call_key(w.call_sid), self.events_key(w.call_sid)], args=args, client=pipe)
+        return [bool(r) for r in await pipe.execute()]
+
+    async def ack(self, entry_ids: list[str], failed_before: Iterable[str] = ()) -> None:
+        if not entry_ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.stream, GROUP, *entry_ids)
+        cleared = list(failed_before)
+        if cleared:
+            pipe.hdel(self.failures, *cleared)
+        await pipe.execute()
+
+    async def record_failures(self, reasons: dict[str, str]) -> None:
+        if reasons:
+            await self.redis.hset(self.failures, mapping=reasons)
+
+    async def failure_reasons(self, entry_ids: list[str]) -> dict[str, str]:
+        if not entry_ids:
+            return {}
+        values = await self.redis.hmget(self.failures, entry_ids)
+        return {eid: _text(v) for eid, v in zip(entry_ids, values, strict=True) if v is not None}
+
+    async def dead_letter(self, entry: Entry, reason: str) -> str:
+        """Move an entry to the dead-letter stream, then ack it: never lost, at worst listed twice."""
+        fields = {
+            "e": entry.event_json or b"",
+            "reason": reason,
+            "original_id": entry.entry_id,
+            "deliveries": entry.deliveries,
+            "dead_at": int(time.time() * 1000),
+        }
+        dead_id = _text(await self.redis.xadd(self.dead, fields))
+        await self.ack([entry.entry_id], failed_before=[entry.entry_id])
+        return dead_id
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    async def group_stats(self) -> tuple[int, int]:
+        """(lag: entries not yet delivered to the group, pending: delivered, not acknowledged)."""
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except ResponseError:  # no stream yet
+            return 0, 0
+        for group in groups:
+            name = _text(group.get("name", b""))
+            if name == GROUP:
+                return int(group.get("lag") or 0), int(group.get("pending") or 0)
+        return 0, 0
+
+    async def trim(self, retention_s: int, now_ms: int | None = None) -> int:
+        """Drop entries older than the retention, but never one a group has not acknowledged.
+
+        MINID is the oldest of: the retention cut-off, each group's oldest pending entry,
+        and each group's last-delivered id (entries after it are not delivered yet).
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        bound = (max(0, now_ms - retention_s * 1000), 0)
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except ResponseError:
+            return 0
+        for group in groups:
+            name = _text(group["name"])
+            bound = min(bound, _id_tuple(_text(group["last-delivered-id"])))
+            if int(group.get("pending") or 0):
+                summary = await self.redis.xpending(self.stream, name)
+                if summary.get("min"):
+                    bound = min(bound, _id_tuple(_text(summary["min"])))
+        if bound <= (0, 0):
+            return 0
+        return int(await self.redis.xtrim(self.stream, minid=f"{bound[0]}-{bound[1]}"))
+
+    # -- read API -------------------------------------------------------------------------
+
+    @unavailable_on_error
+    async def get_call(self, call_sid: str) -> tuple[int, bytes] | None:
+        record_id, state = await self.redis.hmget(self.call_key(call_sid), "id", "state")
+        if record_id is None or state is None:
+            return None
+        return int(record_id), state
+
+    @unavailable_on_error
+    async def get_events(self, call_sid: str) -> list[bytes]:
+        return list((await self.redis.hgetall(self.events_key(call_sid))).values())
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    async def dead_letters(self, count: int = 100, start: str = "-") -> list[dict[str, Any]]:
+        rows = []
+        for dead_id, fields in await self.redis.xrange(self.dead, min=start, max="+", count=count):
+            row = {_text(k): _text(v) for k, v in fields.items()}
+            row["id"] = _text(dead_id)
+            rows.append(row)
+        return rows
+
+    async def replay_dead(self, dead_ids: list[str] | None = None) -> list[tuple[str, str]]:
+        """Re-queue dead letters on the main stream (all, or the given ids), then delete them.
+
+        Re-queued first, deleted second: a crash in between replays an event twice,
+        which the ledger's idempotency absorbs. Returns (dead id, new stream id) pairs.
+        """
+        if dead_ids is None:
+            rows = await self.redis.xrange(self.dead, min="-", max="+")
+        else:
+            rows = []
+            for dead_id in dead_ids:
+                rows += await self.redis.xrange(self.dead, min=dead_id, max=dead_id)
+        moved = []
+        for dead_id, fields in rows:
+            event = fields.get(b"e", fields.get("e"))
+            new_id = await self.append(event)
+            await self.redis.xdel(self.dead, dead_id)
+            moved.append((_text(dead_id), new_id))
+        return moved
+
+    async def now_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000

@@ -1,0 +1,131 @@
+"""What every call-ledger HTTP app shares: the store's lifecycle, the error
+middleware, request metrics, and /healthz, /readyz, /metrics."""
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ledger.errors import LedgerError
+from ledger.metrics import Metrics
+from ledger.openapi import openapi_document
+from ledger.settings import Settings
+from ledger.store import Store, open_redis
+
+log = structlog.get_logger("ledger.http")
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+METRICS = web.AppKey("metrics", Metrics)
+
+# SPEC §3: 413 above 64 KiB. aiohttp enforces it while reading; intake checks
+# Content-Length first, before anything else is read or checked.
+MAX_BODY = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"error": code, "detail": message}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where failures become HTTP answers, always with a JSON body."""
+    try:
+        return await handler(request)
+    except LedgerError as exc:
+        return error_response(exc.status, exc.code, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+    except Exception as exc:
+        log.exception("unhandled_error", path=request.path, error=type(exc).__name__)
+        return error_response(500, "internal_error", "internal error")
+
+
+def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            # The route's pattern, not the path: one series per route, not per SID.
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.request_seconds.labels(route, request.method, str(status)).observe(time.perf_counter() - started)
+
+    return middleware
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if await request.app[STORE].ping():
+        return json_response({"status": "ready"})
+    return error_response(503, "not_ready", "redis is not reachable")
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    try:  # lag and pending straight from Redis, so the API process reports them too
+        lag, pending = await request.app[STORE].group_stats()
+        metrics.lag.set(lag)
+        metrics.pending.set(pending)
+    except Exception as exc:
+        log.warning("metrics_stats_unavailable", error=type(exc).__name__)
+    return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def base_app(settings: Settings, store: Store | None = None) -> web.Application:
+    """An app with the shared middlewares, probes and the store's lifecycle.
+
+    `store` may be given (tests pass one on fakeredis); otherwise one is opened
+    from the settings when the app starts and closed when it stops.
+    """
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[error_middleware, metrics_middleware(metrics)], client_max_size=MAX_BODY
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        own = store is None
+        app[STORE] = store if store is not None else Store(open_redis(settings), settings.key_prefix)
+        if settings.redis_url is None and own:
+            log.warning("embedded_store", detail="LEDGER_REDIS_URL is not set: using the in-memory store; "
+                        "nothing survives a restart")
+        yield
+        if own:
+            await app[STORE].close()
+
+    app.cleanup_ctx.append(store_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    document = orjson.dumps(openapi_document())
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi_json)
+    return app

@@ -1,0 +1,149 @@
+"""Shared fixtures: settings, a fresh fake Redis per test, the app, a burst-mode worker,
+and a real redis-server on a free port for the tests that need one."""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+from standardwebhooks.webhooks import Webhook
+
+from ledger.app import create_app
+from ledger.metrics import Metrics
+from ledger.settings import Settings
+from ledger.store import Store
+from worker.consumer import Consumer
+
+API_TOKEN = "test-api-token"
+PLATFORM_SECRET = "whsec_" + base64.b64encode(b"platform-test-signing-key-32byte").decode()
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "api_tokens": API_TOKEN,
+        "platform_webhook_secret": PLATFORM_SECRET,
+        "consumer_name": "test-consumer",
+        "claim_idle_ms": 60_000,
+        "max_deliveries": 3,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def fake_redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+    client = fakeredis.FakeAsyncRedis()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def store(fake_redis: fakeredis.FakeAsyncRedis, settings: Settings) -> Store:
+    return Store(fake_redis, settings.key_prefix)
+
+
+@pytest.fixture
+def consumer(store: Store, settings: Settings) -> Consumer:
+    return Consumer(store, settings, Metrics())
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings, store: Store) -> Any:
+    """The whole service (intake + read API) on fake Redis, without the background loop."""
+    return await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+
+
+def sign_platform(body: bytes, webhook_id: str, when: datetime | None = None,
+                  secret: str = PLATFORM_SECRET) -> dict[str, str]:
+    """Standard Webhooks headers, signed by the reference library (not our code)."""
+    when = when or datetime.now(UTC)
+    signature = Webhook(secret).sign(webhook_id, when, body.decode())
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+    }
+
+
+async def post_platform(client: Any, payload: dict[str, Any], webhook_id: str, **kwargs: Any) -> Any:
+    body = json.dumps(payload).encode()
+    return await client.post("/webhooks/platform", data=body, headers=sign_platform(body, webhook_id, **kwargs))
+
+
+# -- a real redis-server ----------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server of our own on a free port, in a temp dir: stoppable and restartable."""
+
+    def __init__(self, directory: Path, appendonly: bool = False) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", str(self.dir), "--appendonly", "yes" if self.appendonly else "no"]
+        if self.appendonly:
+            args += ["--appendfsync", "always"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def _require_redis() -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("LEDGER_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is not on PATH and LEDGER_REQUIRE_REDIS=1")
+        pytest.skip("redis-server is not on PATH (set LEDGER_REQUIRE_REDIS=1 to make this a failure)")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh real redis-server for this test."""
+    _require_redis()
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(Path(directory))
+        server.start()
+        yield server
+        server.stop()

@@ -1,0 +1,245 @@
+"""The apply loop: read the stream through the consumer group, apply, acknowledge.
+
+Shaped like arq's worker: explicit `start()` / `stop()`, a bounded drain on stop,
+and `run_burst()` that applies what is there and returns, for tests and `dlq replay`.
+
+Delivery guarantees: an entry is acknowledged only after its event was committed to
+the call (or found already committed). Anything else stays pending: entries of a
+worker that died, or whose apply failed, are claimed again after
+LEDGER_CLAIM_IDLE_MS, and after LEDGER_MAX_DELIVERIES deliveries they move to the
+dead-letter stream with the last failure's reason.
+"""
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from ledger.events import CallEvent
+from ledger.metrics import Metrics
+from ledger.settings import Settings
+from ledger.store import CommitWrite, Entry, Store
+from worker.apply import CallPlan, plan_call
+
+log = structlog.get_logger("ledger.worker")
+
+# Compare-and-set retries per batch when other workers update the same calls; what is
+# still contended after these stays pending and is claimed again later.
+COMMIT_ATTEMPTS = 5
+MAINTENANCE_EVERY_S = 5.0
+
+
+class Consumer:
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.name = settings.consumer_name
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._next_claim = 0.0
+        self._next_maintenance = 0.0
+        # Claim a dead consumer's entries "within a few seconds after LEDGER_CLAIM_IDLE_MS".
+        self._claim_every = min(1.0, max(0.05, settings.claim_idle_ms / 4000))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.ensure_group()
+        self._task = asyncio.create_task(self._run(), name=f"consumer {self.name}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand (bounded by LEDGER_SHUTDOWN_GRACE_S); the rest stays pending."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self.settings.shutdown_grace_s)
+        except TimeoutError:
+            self._task.cancel()
+            log.warning("worker_stop_timeout", consumer=self.name)
+        except Exception:  # the loop's own failure was logged where it happened
+            pass
+        log.info("worker_stopped", consumer=self.name)
+
+    async def _run(self) -> None:
+        log.info("worker_started", consumer=self.name, stream=self.store.stream)
+        while not self._stopping.is_set():
+            try:
+                started = time.monotonic()
+                handled = await self.step(block_ms=1000)
+                # Some servers (the embedded store) answer a blocking read at once: don't spin.
+                if not handled and time.monotonic() - started < 0.5:
+                    await asyncio.wait_for(self._stopping.wait(), 0.05)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # Redis away, or a bug: log, back off, keep the process alive
+                log.error("apply_loop_error", consumer=self.name, error=f"{type(exc).__name__}: {exc}")
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                except TimeoutError:
+                    pass
+
+    async def run_burst(self, claim_idle_ms: int | None = None) -> int:
+        """Apply everything in the stream now (and stale pending entries), then return the count."""
+        await self.store.ensure_group()
+        total = 0
+        if claim_idle_ms is not None:
+            total += await self._process(
+                await self.store.claim_stale(self.name, claim_idle_ms, self.settings.batch_size)
+            )
+        while handled := await self._process(
+            await self.store.read_new(self.name, self.settings.batch_size, block_ms=None)
+        ):
+            total += handled
+        return total
+
+    async def step(self, block_ms: int) -> int:
+        """One round: maybe claim stale entries, then read and apply new ones."""
+        now = time.monotonic()
+        handled = 0
+        if now >= self._next_claim:
+            self._next_claim = now + self._claim_every
+            handled += await self._process(
+                await self.store.claim_stale(self.name, self.settings.claim_idle_ms, self.settings.batch_size)
+            )
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + MAINTENANCE_EVERY_S
+            await self.maintain()
+        entries = await self.store.read_new(self.name, self.settings.batch_size, block_ms=block_ms)
+        return handled + await self._process(entries)
+
+    async def maintain(self) -> None:
+        """Trim what retention allows, and refresh the lag gauges."""
+        trimmed = await self.store.trim(self.settings.stream_retention)
+        lag, pending = await self.store.group_stats()
+        self.metrics.lag.set(lag)
+        self.metrics.pending.set(pending)
+        if trimmed:
+            log.info("stream_trimmed", entries=trimmed)
+
+    # -- applying a batch -------------------------------------------------------------------
+
+    async def _process(self, entries: list[Entry]) -> int:
+        if not entries:
+            return 0
+        with self.metrics.batch_seconds.time():
+            by_call: dict[str, list[tuple[Entry, CallEvent]]] = defaultdict(list)
+            for entry in entries:
+                try:
+                    event = CallEvent.model_validate_json(entry.event_json or b"")
+                except (ValidationError, ValueError) as exc:
+                    # Nothing a retry could fix: straight to the dead letters, with the reason.
+                    await self._dead_letter(entry, None, f"undecodable event: {exc.errors()[0]['msg']}"
+                                            if isinstance(exc, ValidationError) else "undecodable event")
+                    continue
+                by_call[event.call_sid].append((entry, event))
+            await self._apply(by_call)
+        return len(entries)
+
+    async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
+        remaining = by_call
+        done: list[str] = []
+        failures: dict[str, str] = {}
+        for _attempt in range(COMMIT_ATTEMPTS):
+            loaded = await self.store.load_calls(
+                {sid: [event.event_id for _, event in items] for sid, items in remaining.items()}
+            )
+            plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in remaining.items()}
+            for sid, plan in plans.items():
+                done += [entry.entry_id for entry, _ in plan.duplicates]
+                for entry, event, reason in plan.failed:
+                    failures[entry.entry_id] = reason
+                    self._log(entry, event, "failed", reason=reason)
+                    self.metrics.failed.labels(event.source).inc()
+                for entry, event in plan.duplicates:
+                    self._log(entry, event, "duplicate")
+                    self.metrics.duplicates.labels(event.source).inc()
+            to_write = {sid: plan for sid, plan in plans.items() if plan.new_events}
+            conflicts = await self._commit(loaded, to_write)
+            for sid, plan in to_write.items():
+                if sid in conflicts:
+                    continue
+                for entry, event in plan.applied:
+                    done.append(entry.entry_id)
+                    self._log(entry, event, "applied")
+                    self.metrics.applied.labels(event.source).inc()
+            if not conflicts:
+                break
+            # Re-plan only the new events of contended calls; duplicates/failures are settled.
+            remaining = {sid: [(e, ev) for e, ev in to_write[sid].applied] for sid in conflicts}
+        else:
+            for sid in remaining:
+                for entry, event in remaining[sid]:
+                    self._log(entry, event, "deferred", reason="call updated concurrently; will retry")
+        # Only a redelivered entry can have a failure reason on record to clear.
+        redelivered = {e.entry_id for items in by_call.values() for e, _ in items if e.deliveries > 1}
+        await self.store.ack(done, failed_before=[eid for eid in done if eid in redelivered])
+        await self._settle_failures(by_call, failures)
+
+    async def _commit(self, loaded: dict[str, Any], plans: dict[str, CallPlan]) -> set[str]:
+        if not plans:
+            return set()
+        new_calls = [sid for sid in plans if loaded[sid].record_id is None]
+        ids = dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True)) if new_calls else {}
+        writes = [
+            CommitWrite(
+                call_sid=sid,
+                version=loaded[sid].version,
+                new_version=loaded[sid].version + len(plan.new_events),
+                state_json=plan.state.to_json(),
+                record_id=loaded[sid].record_id or ids[sid],
+                events=plan.new_events,
+            )
+            for sid, plan in plans.items()
+        ]
+        results = await self.store.commit(writes)
+        return {w.call_sid for w, ok in zip(writes, results, strict=True) if not ok}
+
+    async def _settle_failures(
+        self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[str, str]
+    ) -> None:
+        """Dead-letter failures that used their last delivery; remember the reason of the others."""
+        if not failures:
+            return
+        keep: dict[str, str] = {}
+        for items in by_call.values():
+            for entry, event in items:
+                reason = failures.get(entry.entry_id)
+                if reason is None:
+                    continue
+                if entry.deliveries >= self.settings.max_deliveries:
+                    await self._dead_letter(entry, event, reason)
+                else:
+                    keep[entry.entry_id] = reason
+        await self.store.record_failures(keep)
+
+    async def _dead_letter(self, entry: Entry, event: CallEvent | None, reason: str) -> None:
+        await self.store.dead_letter(entry, reason)
+        source = event.source if event else "unknown"
+        self.metrics.dead_lettered.labels(source).inc()
+        log.warning(
+            "event_dead_lettered",
+            call_sid=event.call_sid if event else None,
+            source=source,
+            event_id=event.event_id if event else None,
+            entry_id=entry.entry_id,
+            deliveries=entry.deliveries,
+            outcome="dead_lettered",
+            reason=reason,
+        )
+
+    @staticmethod
+    def _log(entry: Entry, event: CallEvent, outcome: str, **extra: Any) -> None:
+        log.info(
+            "event_applied" if outcome in ("applied", "duplicate") else "event_not_applied",
+            call_sid=event.call_sid,
+            source=event.source,
+            event_id=event.event_id,
+            entry_id=entry.entry_id,
+            outcome=outcome,
+            **extra,
+        )

@@ -1,0 +1,86 @@
+"""The webhook routes: size check, verify the raw bytes, parse, XADD, answer.
+
+Nothing slow happens here: the event is handed to the stream and applied by the
+worker loop. A 2xx means the event is in Redis (SPEC §3); every other outcome
+stores nothing.
+"""
+
+import time
+
+import structlog
+from aiohttp import web
+
+from ledger.errors import LedgerError, PayloadTooLarge, SourceNotConfigured
+from ledger.settings import Settings
+from ledger.web import MAX_BODY, METRICS, SETTINGS, STORE, json_response
+from worker.sources import SOURCES, Source, WebhookRequest
+
+log = structlog.get_logger("ledger.intake")
+
+CONFIGURED = web.AppKey("configured_sources", dict[str, Source | None])
+
+# The metrics outcome of each refusal, by HTTP status.
+_REFUSALS = {401: "rejected_signature", 400: "rejected_body", 422: "rejected_body", 413: "rejected_size",
+             404: "not_configured", 405: "rejected_method", 503: "unavailable"}
+
+
+def external_url(request: web.Request, settings: Settings) -> str:
+    """The URL the provider called: LEDGER_PUBLIC_URL's base (behind a proxy) + our raw path and query."""
+    base = settings.public_url or f"{request.scheme}://{request.host}"
+    return base + request.raw_path
+
+
+async def _handle(request: web.Request, name: str) -> web.Response:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge(f"body larger than {MAX_BODY} bytes")
+    source = request.app[CONFIGURED][name]
+    if source is None:
+        variable = next(s.secret_variable for s in SOURCES if s.name == name)
+        log.warning("source_not_configured", source=name, missing_variable=variable)
+        raise SourceNotConfigured(f"{name} webhooks are not configured on this service")
+    body = await request.read()  # aiohttp answers 413 past client_max_size (chunked bodies)
+    webhook = WebhookRequest(
+        method=request.method,
+        url=external_url(request, request.app[SETTINGS]),
+        headers=request.headers,
+        body=body,
+        received_at=time.time(),
+        query=tuple(request.query.items()),
+    )
+    source.verify(webhook)  # raw bytes first: nothing unauthentic is parsed
+    event = source.parse(webhook)
+    if event is None:
+        request.app[METRICS].received.labels(name, "ignored").inc()
+        log.info("webhook_received", source=name, outcome="ignored", status=200)
+        return json_response({"outcome": "ignored"})
+    await request.app[STORE].append(event.model_dump_json().encode())
+    request.app[METRICS].received.labels(name, "stored").inc()
+    log.info("webhook_received", source=name, call_sid=event.call_sid, event_id=event.event_id,
+             type=event.type, outcome="stored", status=200)
+    return json_response({"outcome": "stored", "call_sid": event.call_sid, "event_id": event.event_id})
+
+
+def webhook_handler(name: str):  # type: ignore[no-untyped-def]
+    async def handler(request: web.Request) -> web.Response:
+        structlog.contextvars.clear_contextvars()
+        try:
+            return await _handle(request, name)
+        except (LedgerError, web.HTTPRequestEntityTooLarge) as exc:
+            status = getattr(exc, "status", 500)
+            request.app[METRICS].received.labels(name, _REFUSALS.get(status, "rejected")).inc()
+            # The reason names what was wrong, never a header value or a secret.
+            log.info("webhook_received", source=name, outcome=_REFUSALS.get(status, "rejected"),
+                     status=status, reason=str(exc) if isinstance(exc, LedgerError) else "body too large")
+            raise
+
+    handler.__name__ = f"{name}_webhook"
+    return handler
+
+
+def add_intake(app: web.Application, settings: Settings) -> None:
+    """Register /webhooks/<source> for every source; unconfigured ones answer 404."""
+    app[CONFIGURED] = {source.name: source.from_settings(settings) for source in SOURCES}
+    for source in SOURCES:
+        handler = webhook_handler(source.name)
+        for method in sorted(source.methods):
+            app.router.add_route(method, f"/webhooks/{source.name}", handler)

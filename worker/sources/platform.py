@@ -1,0 +1,193 @@
+"""The platform's own events (SPEC §6), signed with Standard Webhooks.
+
+Signed content is `{webhook-id}.{webhook-timestamp}.{raw body}`, HMAC-SHA256 with the
+base64 key after `whsec_`; the `webhook-signature` header lists `v1,<base64>` entries
+and one match is enough. The event id is the `webhook-id` header: stable across the
+platform's redeliveries of one message.
+"""
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from ledger.events import COMPONENTS, STATUSES, CallEvent, Cost
+from ledger.instants import from_unix, parse_iso
+from ledger.money import normalise_currency, parse_amount
+from ledger.settings import Settings
+from worker.sources.base import WebhookRequest
+
+USED_TYPES = ("call.metadata", "call.usage", "call.status")
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a `whsec_<base64>` secret."""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("LEDGER_PLATFORM_WEBHOOK_SECRET is not whsec_ followed by base64") from None
+
+
+def expected_signature(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> bytes:
+    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
+
+
+def _plain(value: Any) -> Any:
+    """Metadata is free-form, not money: JSON numbers parsed as Decimal go back to int/float."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "E" not in str(value) else float(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _text(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"data.{name} must be a string")
+    return value
+
+
+class PlatformSource:
+    name: ClassVar[str] = "platform"
+    secret_variable: ClassVar[str] = "LEDGER_PLATFORM_WEBHOOK_SECRET"
+    methods: ClassVar[frozenset[str]] = frozenset({"POST"})
+
+    def __init__(self, key: bytes, tolerance_s: int, currency: str) -> None:
+        self._key = key
+        self._tolerance = tolerance_s
+        self._currency = currency
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "PlatformSource | None":
+        if settings.platform_webhook_secret is None:
+            return None
+        key = signing_key(settings.platform_webhook_secret.get_secret_value())
+        return cls(key, settings.signature_tolerance_s, settings.currency)
+
+    def verify(self, request: WebhookRequest) -> None:
+        webhook_id = request.headers.get("webhook-id")
+        timestamp = request.headers.get("webhook-timestamp")
+        signatures = request.headers.get("webhook-signature")
+        if not webhook_id or not timestamp or not signatures:
+            raise SignatureInvalid("webhook-id, webhook-timestamp and webhook-signature headers are required")
+        try:
+            sent_at = int(timestamp)
+        except ValueError:
+            raise SignatureInvalid("webhook-timestamp is not unix seconds") from None
+        if abs(request.received_at - sent_at) > self._tolerance:
+            raise SignatureInvalid("webhook-timestamp is outside the accepted window")
+        expected = expected_signature(self._key, webhook_id, timestamp, request.body)
+        matched = False
+        for candidate in signatures.split(" "):
+            version, _, value = candidate.partition(",")
+            # Check every entry (no early exit) so timing says nothing about which matched.
+            matched |= version == "v1" and hmac.compare_digest(value.encode(), expected)
+        if not matched:
+            raise SignatureInvalid("no valid v1 signature for this body")
+
+    def parse(self, request: WebhookRequest) -> CallEvent | None:
+        try:
+            # Decimal for every JSON number: a cost is taken as its decimal text, never a float.
+            body = json.loads(request.body, parse_float=Decimal)
+        except (UnicodeDecodeError, ValueError):
+            raise MalformedBody("body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise MalformedBody("body must be a JSON object")
+        kind = body.get("type")
+        if not isinstance(kind, str):
+            raise InvalidEvent("type is required")
+        if kind not in USED_TYPES:
+            return None
+        call_sid = body.get("call_sid")
+        if not isinstance(call_sid, str) or not call_sid:
+            raise InvalidEvent("call_sid is required")
+        data = body.get("data", {})
+        if not isinstance(data, dict):
+            raise InvalidEvent("data must be an object")
+        occurred = self._occurred_at(body.get("occurred_at"), request)
+        fields: dict[str, Any] = {
+            "source": self.name,
+            "event_id": request.headers["webhook-id"],
+            "call_sid": call_sid,
+            "type": kind,
+            "occurred_at": occurred.text,
+            "occurred_us": occurred.us,
+        }
+        if kind == "call.metadata":
+            fields.update(self._metadata(data))
+        elif kind == "call.usage":
+            fields["costs"] = (self._usage(data),)
+        else:
+            fields.update(self._status(data))
+        return CallEvent(**fields)
+
+    @staticmethod
+    def _occurred_at(value: object, request: WebhookRequest) -> Any:
+        if value is None:
+            # The signed send time is the best instant the platform gave us.
+            return from_unix(int(request.headers["webhook-timestamp"]))
+        try:
+            return parse_iso(value)  # type: ignore[arg-type]
+        except ValueError:
+            raise InvalidEvent("occurred_at must be an ISO 8601 timestamp") from None
+
+    @staticmethod
+    def _metadata(data: dict[str, Any]) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        assistant_id = data.get("assistant_id")
+        if assistant_id is not None:
+            if isinstance(assistant_id, bool) or not isinstance(assistant_id, int) or assistant_id < 0:
+                raise InvalidEvent("data.assistant_id must be a non-negative integer")
+            fields["assistant_id"] = assistant_id
+        for name in ("assistant_name", "flow_name", "to_phone_number", "customer_phone_number"):
+            fields[name] = _text(data, name)
+        direction = _text(data, "direction")
+        if direction is not None and direction not in ("inbound", "outbound"):
+            raise InvalidEvent("data.direction must be inbound or outbound")
+        fields["direction"] = direction
+        meta = data.get("call_meta")
+        if meta is not None:
+            if not isinstance(meta, dict):
+                raise InvalidEvent("data.call_meta must be an object")
+            fields["call_meta"] = _plain(meta)
+        return fields
+
+    def _usage(self, data: dict[str, Any]) -> Cost:
+        component = data.get("component")
+        if component not in COMPONENTS:
+            raise InvalidEvent(f"data.component must be one of {', '.join(COMPONENTS)}")
+        cost = data.get("cost")
+        if isinstance(cost, bool) or not isinstance(cost, str | int | Decimal):
+            raise InvalidEvent("data.cost must be a decimal string or a number")
+        try:
+            amount = parse_amount(cost)
+        except ValueError as exc:
+            raise InvalidEvent(f"data.cost: {exc}") from None
+        try:
+            currency = normalise_currency(data.get("currency") or self._currency)
+        except ValueError as exc:
+            raise InvalidEvent(f"data.currency: {exc}") from None
+        return Cost(component=component, amount_nano=amount, currency=currency)
+
+    @staticmethod
+    def _status(data: dict[str, Any]) -> dict[str, Any]:
+        status = data.get("status")
+        if status not in STATUSES:
+            raise InvalidEvent(f"data.status must be one of {', '.join(STATUSES)}")
+        fields: dict[str, Any] = {"status": status}
+        duration = data.get("duration")
+        if duration is not None:
+            if isinstance(duration, bool) or not isinstance(duration, int) or duration < 0:
+                raise InvalidEvent("data.duration must be a non-negative integer (seconds)")
+            fields["duration"] = duration
+        return fields
