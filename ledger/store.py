@@ -249,10 +249,15 @@ class Store:
         except ResponseError:  # no stream yet
             return 0, 0
         for group in groups:
-            name = _text(group.get("name", b""))
-            if name == GROUP:
-                return int(group.get("lag") or 0), int(group.get("pending") or 0)
-        return 0, 0
+            if _text(group.get("name", b"")) != GROUP:
+                continue
+            lag = group.get("lag")
+            if lag is None:  # Redis cannot tell (deletions in the middle): count what is left
+                last = _text(group["last-delivered-id"])
+                lag = len(await self.redis.xrange(self.stream, min=f"({last}", max="+", count=100_000))
+            return int(lag), int(group.get("pending") or 0)
+        # No worker has created the group yet: everything in the stream is waiting.
+        return int(await self.redis.xlen(self.stream)), 0
 
     async def trim(self, retention_s: int, now_ms: int | None = None) -> int:
         """Drop entries older than the retention, but never one a group has not acknowledged.
