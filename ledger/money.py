@@ -32,10 +32,10 @@ def parse_amount(value: object) -> int:
         raise ValueError("amount is not a decimal number") from None
     if not amount.is_finite():
         raise ValueError("amount is not a finite number")
-    nano = int((abs(amount) * NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-    if nano > MAX_AMOUNT_NANO:
+    # Bound before scaling: quantize of "1e400" would overflow the decimal context.
+    if abs(amount) > MAX_AMOUNT_NANO // NANO:
         raise ValueError("amount is implausibly large")
-    return nano
+    return int((abs(amount) * NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
 def parse_rate(value: str) -> Decimal:

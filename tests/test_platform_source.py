@@ -139,6 +139,8 @@ def test_unparsable_body_is_malformed(raw: bytes) -> None:
     ({"type": "call.status", "call_sid": "CA1", "data": {"status": "completed", "duration": -1}}, "duration"),
     ({"type": "call.usage", "call_sid": "CA1", "data": {"component": "llm", "cost": "12,5"}}, "cost"),
     ({"type": "call.usage", "call_sid": "CA1", "data": {"component": "llm", "cost": "NaN"}}, "cost"),
+    ({"type": "call.usage", "call_sid": "CA1", "data": {"component": "llm", "cost": "1e400"}}, "cost"),
+    ({"type": "call.usage", "call_sid": "CA1", "data": {"component": "llm", "cost": True}}, "cost"),
     ({"type": "call.usage", "call_sid": "CA1", "data": {"component": "video", "cost": "1"}}, "component"),
     ({"type": "call.usage", "call_sid": "CA1", "data": {"component": "llm", "cost": "1", "currency": "dollars"}},
      "currency"),
