@@ -6,14 +6,17 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
     cl:dead                    dead-letter stream: events that could not be applied, with the reason
     cl:failures                hash: stream entry id -> why its last apply failed (until acked)
     cl:ids                     counter that hands out record ids
-    cl:call:{<sid>}            hash: id, v (events applied), state (CallState JSON)
-    cl:call:{<sid>}:events     hash: event_id -> normalised event JSON (dedupe + /events)
+    cl:call:{<sid>}            hash: id, v (events applied), state (CallState JSON),
+                               and e:<event_id> -> normalised event JSON (dedupe + /events)
 
-Both keys of a call share the `{<sid>}` hash tag, so one Lua script updates them
-atomically on a single Redis Cluster slot. Records never name the stream, so the
-stream can later be sharded (one per hash of the SID) without touching them.
+Everything about one call is one hash, so one Lua script updates it atomically and a
+worker learns a call's version, state and which of its batch's event ids are already
+applied with one HMGET. The `{<sid>}` hash tag keeps any key added per call later on
+the same Redis Cluster slot. Records never name the stream, so the stream can later
+be sharded (one per hash of the SID) without touching them.
 """
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,6 +32,9 @@ from ledger.errors import StoreUnavailable
 from ledger.settings import Settings
 
 GROUP = "ledger"
+REQUEST_TIMEOUT_S = 5.0
+EVENT_FIELD = "e:"  # call-hash field prefix of an applied event: e:<event_id>
+EVENT_FIELD_BYTES = EVENT_FIELD.encode()
 COMMIT_LUA = files("ledger").joinpath("commit.lua").read_text()
 
 P = ParamSpec("P")
@@ -37,7 +43,10 @@ T = TypeVar("T")
 
 def open_redis(settings: Settings) -> Any:
     """The Redis client for these settings: a server, a cluster, or the embedded store."""
-    common: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+    # No per-command socket timeout: redis-py would arm one per reply, a real cost in the
+    # apply loop's pipelines. Request paths bound each call instead (REQUEST_TIMEOUT_S), and
+    # the worker bounds each batch.
+    common: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 2.0}
     if settings.redis_url is None:
         import fakeredis  # the embedded store is only imported when it is used
 
@@ -48,12 +57,16 @@ def open_redis(settings: Settings) -> Any:
 
 
 def unavailable_on_error(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turn a Redis failure into StoreUnavailable (HTTP 503) for request handlers."""
+    """Bound a request path's Redis call in time, and turn any failure into
+    StoreUnavailable (HTTP 503: the provider retries)."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await fn(*args, **kwargs)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                return await fn(*args, **kwargs)
+        except TimeoutError as exc:
+            raise StoreUnavailable("redis did not answer in time") from exc
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
@@ -111,15 +124,13 @@ class Store:
     def call_key(self, call_sid: str) -> str:
         return f"{self._call_prefix}{{{call_sid}}}"
 
-    def events_key(self, call_sid: str) -> str:
-        return f"{self._call_prefix}{{{call_sid}}}:events"
-
     # -- health ---------------------------------------------------------------------------
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.redis.ping())
-        except (RedisError, OSError):
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                return bool(await self.redis.ping())
+        except (RedisError, OSError, TimeoutError):
             return False
 
     async def close(self) -> None:
@@ -179,14 +190,12 @@ class Store:
         sids = list(wanted)
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
-            pipe.hmget(self.call_key(sid), "v", "state", "id")
-            pipe.hmget(self.events_key(sid), wanted[sid])
+            pipe.hmget(self.call_key(sid), "v", "state", "id", *(EVENT_FIELD + eid for eid in wanted[sid]))
         replies = await pipe.execute()
         loaded = {}
-        for i, sid in enumerate(sids):
-            version, state, record_id = replies[2 * i]
-            present = replies[2 * i + 1]
-            applied = frozenset(eid for eid, value in zip(wanted[sid], present, strict=True) if value is not None)
+        for sid, reply in zip(sids, replies, strict=True):
+            version, state, record_id = reply[:3]
+            applied = frozenset(eid for eid, value in zip(wanted[sid], reply[3:], strict=True) if value is not None)
             loaded[sid] = LoadedCall(
                 int(version or 0), state, int(record_id) if record_id else None, applied
             )
@@ -203,8 +212,8 @@ class Store:
         for w in writes:
             args: list[Any] = [w.version, w.new_version, w.state_json, w.record_id]
             for event_id, event_json in w.events:
-                args += [event_id, event_json]
-            await self._commit(keys=[self.call_key(w.call_sid), self.events_key(w.call_sid)], args=args, client=pipe)
+                args += [EVENT_FIELD + event_id, event_json]
+            await self._commit(keys=[self.call_key(w.call_sid)], args=args, client=pipe)
         return [bool(r) for r in await pipe.execute()]
 
     async def ack(self, entry_ids: list[str], failed_before: Iterable[str] = ()) -> None:
@@ -293,7 +302,8 @@ class Store:
 
     @unavailable_on_error
     async def get_events(self, call_sid: str) -> list[bytes]:
-        return list((await self.redis.hgetall(self.events_key(call_sid))).values())
+        fields = await self.redis.hgetall(self.call_key(call_sid))
+        return [value for name, value in fields.items() if name.startswith(EVENT_FIELD_BYTES)]
 
     # -- dead letters -----------------------------------------------------------------------
 

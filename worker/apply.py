@@ -4,6 +4,7 @@ The consumer loads the call (version, state, applied ids), calls `plan_call`, an
 commits the plan with a compare-and-set on the version; no I/O happens here.
 """
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ledger.errors import Unapplicable
@@ -45,3 +46,35 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
         plan.new_events.append((event.event_id, entry.event_json or b""))
         plan.applied.append((entry, event))
     return plan
+
+
+class KnownCalls:
+    """What this worker last wrote for recently seen calls, so a busy call is not re-read
+    from Redis before every batch.
+
+    Safe because it is only a guess: the commit script refuses a write whose version
+    is not the one in Redis, or that carries an event id the call already has, and the
+    worker then evicts the entry and re-reads. `applied` may therefore be a subset of
+    the call's event ids; it never holds an id that is not applied.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._calls: OrderedDict[str, LoadedCall] = OrderedDict()
+
+    def get(self, call_sid: str, event_ids: list[str]) -> LoadedCall | None:
+        known = self._calls.get(call_sid)
+        if known is None:
+            return None
+        self._calls.move_to_end(call_sid)
+        return LoadedCall(known.version, known.state_json, known.record_id,
+                          known.applied.intersection(event_ids))
+
+    def remember(self, call_sid: str, call: LoadedCall) -> None:
+        self._calls[call_sid] = call
+        self._calls.move_to_end(call_sid)
+        while len(self._calls) > self.capacity:
+            self._calls.popitem(last=False)
+
+    def forget(self, call_sid: str) -> None:
+        self._calls.pop(call_sid, None)

@@ -12,7 +12,7 @@ dead-letter stream with the last failure's reason.
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import structlog
@@ -21,8 +21,8 @@ from pydantic import ValidationError
 from ledger.events import CallEvent
 from ledger.metrics import Metrics
 from ledger.settings import Settings
-from ledger.store import CommitWrite, Entry, Store
-from worker.apply import CallPlan, plan_call
+from ledger.store import CommitWrite, Entry, LoadedCall, Store
+from worker.apply import CallPlan, KnownCalls, plan_call
 
 log = structlog.get_logger("ledger.worker")
 
@@ -30,6 +30,9 @@ log = structlog.get_logger("ledger.worker")
 # still contended after these stays pending and is claimed again later.
 COMMIT_ATTEMPTS = 5
 MAINTENANCE_EVERY_S = 5.0
+# Upper bound on one round (read + apply + ack): a Redis that stops answering without
+# closing the connection must not stall the loop forever; the batch stays pending.
+STEP_TIMEOUT_S = 60.0
 
 
 class Consumer:
@@ -40,6 +43,7 @@ class Consumer:
         self.name = settings.consumer_name
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.known = KnownCalls()
         self._next_claim = 0.0
         self._next_maintenance = 0.0
         # Claim a dead consumer's entries "within a few seconds after LEDGER_CLAIM_IDLE_MS".
@@ -70,18 +74,21 @@ class Consumer:
         while not self._stopping.is_set():
             try:
                 started = time.monotonic()
-                handled = await self.step(block_ms=1000)
+                async with asyncio.timeout(STEP_TIMEOUT_S):
+                    handled = await self.step(block_ms=1000)
                 # Some servers (the embedded store) answer a blocking read at once: don't spin.
                 if not handled and time.monotonic() - started < 0.5:
-                    await asyncio.wait_for(self._stopping.wait(), 0.05)
-            except TimeoutError:
-                continue
+                    await self._pause(0.05)
             except Exception as exc:  # Redis away, or a bug: log, back off, keep the process alive
                 log.error("apply_loop_error", consumer=self.name, error=f"{type(exc).__name__}: {exc}")
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), 1.0)
-                except TimeoutError:
-                    pass
+                await self._pause(1.0)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop()."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def run_burst(self, claim_idle_ms: int | None = None) -> int:
         """Apply everything in the stream now (and stale pending entries), then return the count."""
@@ -144,20 +151,19 @@ class Consumer:
         remaining = by_call
         done: list[str] = []
         failures: dict[str, str] = {}
+        tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
         for _attempt in range(COMMIT_ATTEMPTS):
-            loaded = await self.store.load_calls(
-                {sid: [event.event_id for _, event in items] for sid, items in remaining.items()}
-            )
+            loaded = await self._load(remaining)
             plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in remaining.items()}
             for sid, plan in plans.items():
                 done += [entry.entry_id for entry, _ in plan.duplicates]
                 for entry, event, reason in plan.failed:
                     failures[entry.entry_id] = reason
                     self._log(entry, event, "failed", reason=reason)
-                    self.metrics.failed.labels(event.source).inc()
+                    tally[("failed", event.source)] += 1
                 for entry, event in plan.duplicates:
                     self._log(entry, event, "duplicate")
-                    self.metrics.duplicates.labels(event.source).inc()
+                    tally[("duplicate", event.source)] += 1
             to_write = {sid: plan for sid, plan in plans.items() if plan.new_events}
             conflicts = await self._commit(loaded, to_write)
             for sid, plan in to_write.items():
@@ -166,7 +172,7 @@ class Consumer:
                 for entry, event in plan.applied:
                     done.append(entry.entry_id)
                     self._log(entry, event, "applied")
-                    self.metrics.applied.labels(event.source).inc()
+                    tally[("applied", event.source)] += 1
             if not conflicts:
                 break
             # Re-plan only the new events of contended calls; duplicates/failures are settled.
@@ -175,12 +181,31 @@ class Consumer:
             for sid in remaining:
                 for entry, event in remaining[sid]:
                     self._log(entry, event, "deferred", reason="call updated concurrently; will retry")
+        counters = {"applied": self.metrics.applied, "duplicate": self.metrics.duplicates,
+                    "failed": self.metrics.failed}
+        for (outcome, source), count in tally.items():
+            counters[outcome].labels(source).inc(count)
         # Only a redelivered entry can have a failure reason on record to clear.
         redelivered = {e.entry_id for items in by_call.values() for e, _ in items if e.deliveries > 1}
         await self.store.ack(done, failed_before=[eid for eid in done if eid in redelivered])
         await self._settle_failures(by_call, failures)
 
-    async def _commit(self, loaded: dict[str, Any], plans: dict[str, CallPlan]) -> set[str]:
+    async def _load(self, calls: dict[str, list[tuple[Entry, CallEvent]]]) -> dict[str, LoadedCall]:
+        """Each call's version, state and applied ids: from what we last wrote, else from Redis."""
+        loaded: dict[str, LoadedCall] = {}
+        missing: dict[str, list[str]] = {}
+        for sid, items in calls.items():
+            event_ids = [event.event_id for _, event in items]
+            known = self.known.get(sid, event_ids)
+            if known is None:
+                missing[sid] = event_ids
+            else:
+                loaded[sid] = known
+        if missing:
+            loaded.update(await self.store.load_calls(missing))
+        return loaded
+
+    async def _commit(self, loaded: dict[str, LoadedCall], plans: dict[str, CallPlan]) -> set[str]:
         if not plans:
             return set()
         new_calls = [sid for sid in plans if loaded[sid].record_id is None]
@@ -197,7 +222,16 @@ class Consumer:
             for sid, plan in plans.items()
         ]
         results = await self.store.commit(writes)
-        return {w.call_sid for w, ok in zip(writes, results, strict=True) if not ok}
+        conflicts = set()
+        for write, ok in zip(writes, results, strict=True):
+            if ok:
+                applied = loaded[write.call_sid].applied.union(eid for eid, _ in write.events)
+                self.known.remember(write.call_sid, LoadedCall(
+                    write.new_version, write.state_json, write.record_id, applied))
+            else:  # someone else wrote the call, or our picture of it was stale: re-read it
+                self.known.forget(write.call_sid)
+                conflicts.add(write.call_sid)
+        return conflicts
 
     async def _settle_failures(
         self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[str, str]

@@ -1,0 +1,307 @@
+"""call-ledger benchmarks, side by side with the naive floors when they are present.
+
+    python bench/run.py                  # apply loop + HTTP (needs wrk for HTTP)
+    python bench/run.py --skip-http      # apply loop only
+
+Starts its own redis-server on a free port (no persistence), so nothing else's
+data is touched. Measures:
+
+- apply: events/s one worker applies from a pre-filled stream (realistic calls:
+  status, metadata, usage events, 10% redeliveries), against floor_worker.py;
+- GET /api/v1/calls/sid/{sid} and POST /webhooks/twilio (signed) with wrk, against
+  floor_api.py.
+
+Product and floor alternate in one run; quote the ratio, absolute numbers drift on a
+shared machine. Floors are looked up in ../shared/bench (or LEDGER_FLOOR_DIR).
+"""
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FLOOR_DIR = Path(os.environ.get("LEDGER_FLOOR_DIR", ROOT.parent / "shared" / "bench"))
+TWILIO_TOKEN = "bench-twilio-auth-token"
+API_TOKEN = "bench-api-token"
+TWILIO_BODY = (
+    "AccountSid=ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx&ApiVersion=2010-04-01&CallSid=CA0123456789abcdef0123456789abcdef"
+    "&CallStatus=completed&CallDuration=42&Called=%2B15551234567&Caller=%2B15559876543&Direction=outbound-api"
+    "&From=%2B15559876543&To=%2B15551234567&SequenceNumber=3&Timestamp=Tue%2C%2024%20Nov%202026%2004%3A52%3A38"
+    "%20%2B0000&CallbackSource=call-progress-events&StatusCallbackEvent=completed"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="ledger-bench-")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir], stdout=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def flush(self) -> None:
+        subprocess.run(["redis-cli", "-p", str(self.port), "FLUSHALL"], check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- apply loop ---------------------------------------------------------------------------------
+
+def call_events(n_calls: int, per_call: int) -> list[bytes]:
+    """Normalised events for n_calls realistic calls, shuffled, with 10% redeliveries."""
+    from ledger.events import CallEvent, Cost
+
+    base_us = 1_795_500_000_000_000
+    events = []
+    for c in range(n_calls):
+        sid = f"CA{c:032x}"
+        t = base_us + c * 1_000_000
+
+        def ev(i: int, dt_s: int, **fields: object) -> bytes:
+            us = t + dt_s * 1_000_000
+            return CallEvent(source="platform", event_id=f"{sid}-{i}", call_sid=sid, type="bench",
+                             occurred_at=f"2026-11-24T10:00:{dt_s % 60:02d}Z", occurred_us=us,
+                             **fields).model_dump_json().encode()
+
+        kinds = [
+            ev(0, 0, status="initiated", direction="outbound", from_number="+15551234567", to_number="+15559876543"),
+            ev(1, 1, status="ringing"),
+            ev(2, 5, status="ongoing"),
+            ev(3, 6, assistant_id=12, assistant_name="ServiceBot", flow_name="Support",
+               call_meta={"customer_id": f"cust_{c}"}),
+        ]
+        for i in range(4, per_call - 1):
+            component = ("llm", "tts", "stt")[i % 3]
+            kinds.append(ev(i, 10 + i, costs=(Cost(component=component, amount_nano=1_230_000 + i,
+                                                   currency="USD"),)))
+        kinds.append(ev(per_call - 1, 59, status="completed", duration=54))
+        events += kinds
+    events += random.sample(events, len(events) // 10)
+    random.shuffle(events)
+    return events
+
+
+async def fill_stream(url: str, events: list[bytes]) -> None:
+    from ledger.store import Store
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    store = Store(client, "bench")
+    for start in range(0, len(events), 5000):
+        pipe = client.pipeline(transaction=False)
+        for raw in events[start:start + 5000]:
+            pipe.xadd(store.stream, {"e": raw})
+        await pipe.execute()
+    await client.aclose()
+
+
+async def product_apply(url: str, events: list[bytes], batch: int) -> float:
+    import redis.asyncio as aioredis
+
+    from ledger.logs import configure_logging
+    from ledger.metrics import Metrics
+    from ledger.settings import Settings
+    from ledger.store import Store
+    from worker.consumer import Consumer
+
+    await fill_stream(url, events)
+    # The per-event log line is part of the cost: render it, send it nowhere.
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    configure_logging("json", "info")
+    try:
+        settings = Settings(redis_url=url, key_prefix="bench", batch_size=batch, consumer_name="bench")
+        client = aioredis.Redis.from_url(url)
+        consumer = Consumer(Store(client, "bench"), settings, Metrics())
+        started = time.perf_counter()
+        applied = await consumer.run_burst()
+        elapsed = time.perf_counter() - started
+        await client.aclose()
+    finally:
+        sys.stdout.close()
+        sys.stdout = sys.__stdout__
+    assert applied == len(events), (applied, len(events))
+    return len(events) / elapsed
+
+
+def floor_apply(url: str, n: int, calls: int, batch: int) -> float | None:
+    script = FLOOR_DIR / "floor_worker.py"
+    if not script.exists():
+        return None
+    out = subprocess.run([sys.executable, str(script), str(n), str(calls), str(batch)], capture_output=True,
+                         text=True, env={**os.environ, "REDIS_URL": url}, check=True).stdout
+    return float(re.search(r"= (\d+) events/s", out).group(1))  # type: ignore[union-attr]
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+def twilio_signature(url: str, body: str) -> str:
+    params = sorted(parse_qsl(body, keep_blank_values=True))
+    payload = url + "".join(k + v for k, v in params)
+    return base64.b64encode(hmac.new(TWILIO_TOKEN.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(m.group(1)), m.group(2)  # type: ignore[union-attr]
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"), "errors": float(non2xx.group(1)) if non2xx else 0}
+
+
+def start(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(15)
+
+
+def http_round(redis: RedisServer, seconds: int, connections: int, workdir: Path) -> dict[str, dict[str, float]]:
+    import redis as sync_redis
+
+    results: dict[str, dict[str, float]] = {}
+    sid = "CA0123456789abcdef0123456789abcdef"
+    base_env = {"LEDGER_REDIS_URL": redis.url, "LEDGER_API_TOKENS": API_TOKEN, "LEDGER_TWILIO_AUTH_TOKEN":
+                TWILIO_TOKEN, "LEDGER_LOG_FORMAT": "json", "LEDGER_KEY_PREFIX": "benchhttp"}
+    cli = [sys.executable, "-m", "ledger.cli"]
+
+    # A call record for GET to find: one signed webhook through the real service.
+    port = free_port()
+    worker = start([*cli, "worker"], {**base_env, "LEDGER_PORT": str(port)}, port)
+    url = f"http://127.0.0.1:{port}/webhooks/twilio"
+    post_lua = workdir / "post.lua"
+    post_lua.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
+        f'wrk.headers["X-Twilio-Signature"] = "{twilio_signature(url, TWILIO_BODY)}"\n'
+        f'wrk.body = "{TWILIO_BODY}"\n')
+    results["POST /webhooks/twilio"] = wrk(url, seconds, connections, str(post_lua))
+    stop(worker)
+
+    port = free_port()
+    api = start([*cli, "api"], {**base_env, "LEDGER_PORT": str(port)}, port)
+    get_lua = workdir / "get.lua"
+    get_lua.write_text(f'wrk.headers["Authorization"] = "Bearer {API_TOKEN}"\n')
+    results["GET /api/v1/calls/sid"] = wrk(f"http://127.0.0.1:{port}/api/v1/calls/sid/{sid}", seconds,
+                                           connections, str(get_lua))
+    stop(api)
+
+    floor = FLOOR_DIR / "floor_api.py"
+    if floor.exists():
+        sync_redis.Redis.from_url(redis.url).hset(f"floor:call:{sid}", mapping={
+            "call_sid": sid, "status": "completed", "duration": "42", "telephony_cost": "0.013"})
+        port = free_port()
+        proc = start([sys.executable, str(floor), str(port)], {"REDIS_URL": redis.url}, port)
+        results["floor GET"] = wrk(f"http://127.0.0.1:{port}/api/v1/calls/sid/{sid}", seconds, connections)
+        results["floor POST"] = wrk(f"http://127.0.0.1:{port}/webhooks/twilio", seconds, connections,
+                                    str(FLOOR_DIR / "post_twilio.lua"))
+        stop(proc)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000, help="approximate events in the apply benchmark")
+    parser.add_argument("--per-call", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating product/floor rounds")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per HTTP measurement")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args()
+
+    redis = RedisServer()
+    try:
+        calls = max(1, args.events // args.per_call)
+        events = call_events(calls, args.per_call)
+        print(f"apply: {len(events)} events over {calls} calls (10% redeliveries), batch {args.batch}")
+        product, floor = [], []
+        for _ in range(args.rounds):
+            redis.flush()
+            product.append(asyncio.run(product_apply(redis.url, events, args.batch)))
+            redis.flush()
+            f = floor_apply(redis.url, len(events), calls, args.batch)
+            if f is not None:
+                floor.append(f)
+        p = statistics.median(product)
+        line = f"  product: {p:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in product)})"
+        print(line)
+        if floor:
+            fl = statistics.median(floor)
+            print(f"  floor:   {fl:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in floor)})")
+            print(f"  ratio product/floor: {p / fl:.2f}")
+        else:
+            print(f"  (no floor found in {FLOOR_DIR})")
+
+        if args.skip_http:
+            return
+        if shutil.which("wrk") is None:
+            print("http: skipped, wrk is not installed (apt-get install wrk)")
+            return
+        print(f"http: wrk -t1 -c{args.connections} -d{args.seconds}s, one process each")
+        with tempfile.TemporaryDirectory() as workdir:
+            rounds = [http_round(redis, args.seconds, args.connections, Path(workdir)) for _ in range(args.rounds)]
+        for name in rounds[0]:
+            rps = statistics.median(r[name]["rps"] for r in rounds)
+            p50 = statistics.median(r[name]["p50_ms"] for r in rounds)
+            p99 = statistics.median(r[name]["p99_ms"] for r in rounds)
+            errors = sum(r[name]["errors"] for r in rounds)
+            print(f"  {name:24} {rps:9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  non-2xx {errors:.0f}")
+        for product_name, floor_name in (("GET /api/v1/calls/sid", "floor GET"),
+                                         ("POST /webhooks/twilio", "floor POST")):
+            if floor_name in rounds[0]:
+                ratio = statistics.median(r[product_name]["rps"] / r[floor_name]["rps"] for r in rounds)
+                print(f"  ratio {product_name} / floor: {ratio:.2f}")
+    finally:
+        redis.stop()
+
+
+if __name__ == "__main__":
+    main()
