@@ -13,6 +13,10 @@ for i = 5, #ARGV, 2 do
     return 0
   end
 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'state', ARGV[3], unpack(ARGV, 5))
+-- One HSET per event: unpack() of a whole batch would exceed Lua's stack for big batches.
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'state', ARGV[3])
 redis.call('HSETNX', KEYS[1], 'id', ARGV[4])
 return 1
