@@ -94,7 +94,7 @@ def call_events(n_calls: int, per_call: int) -> list[bytes]:
         sid = f"CA{c:032x}"
         t = base_us + c * 1_000_000
 
-        def ev(i: int, dt_s: int, **fields: object) -> bytes:
+        def ev(i: int, dt_s: int, sid: str = sid, t: int = t, **fields: object) -> bytes:
             us = t + dt_s * 1_000_000
             return CallEvent(source="platform", event_id=f"{sid}-{i}", call_sid=sid, type="bench",
                              occurred_at=f"2026-11-24T10:00:{dt_s % 60:02d}Z", occurred_us=us,
@@ -119,8 +119,9 @@ def call_events(n_calls: int, per_call: int) -> list[bytes]:
 
 
 async def fill_stream(url: str, events: list[bytes]) -> None:
-    from ledger.store import Store
     import redis.asyncio as aioredis
+
+    from ledger.store import Store
 
     client = aioredis.Redis.from_url(url)
     store = Store(client, "bench")
@@ -143,7 +144,7 @@ async def product_apply(url: str, events: list[bytes], batch: int) -> float:
 
     await fill_stream(url, events)
     # The per-event log line is part of the cost: render it, send it nowhere.
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    sys.stdout = open(os.devnull, "w")
     configure_logging("json", "info")
     try:
         settings = Settings(redis_url=url, key_prefix="bench", batch_size=batch, consumer_name="bench")

@@ -1,7 +1,7 @@
 """Sign and post one platform event to a running call-ledger (stdlib only).
 
     LEDGER_PLATFORM_WEBHOOK_SECRET=whsec_... python examples/send_platform_event.py \
-        '{"type": "call.status", "call_sid": "CA1", "occurred_at": "2026-11-24T10:00:00Z", "data": {"status": "ongoing"}}'
+        '{"type": "call.status", "call_sid": "CA1", "data": {"status": "ongoing"}}'
 
 Signs with Standard Webhooks (HMAC-SHA256 over "{id}.{timestamp}.{body}") exactly as
 the platform's services do, posts to $LEDGER_URL (default http://127.0.0.1:8080), and

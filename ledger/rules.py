@@ -130,7 +130,7 @@ def _value(state: CallState, name: str) -> Any:
 
 
 def connected_duration(state: CallState) -> int | None:
-    """Largest reported duration, else hang-up − first answer, else 0 if ended unanswered."""
+    """Largest reported duration, else hang-up - first answer, else 0 if ended unanswered."""
     if state.duration is not None:
         return state.duration
     if state.status is None or state.status[0] < _TERMINAL_RANK:

@@ -6,14 +6,16 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from ledger.app import create_app
 from ledger.openapi import openapi_document
 from ledger.store import Store
 from ledger.web import METRICS
-from worker.consumer import Consumer
 from tests.conftest import API_TOKEN, AUTH, make_settings, post_platform
+from worker.consumer import Consumer
 
 SID = "CA0123456789abcdef0123456789abcdef"
 

@@ -4,7 +4,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from ledger.errors import Unapplicable
 from ledger.events import CallEvent, Cost
@@ -158,7 +160,7 @@ def test_rate_card_estimate_bills_started_minutes_once_terminal() -> None:
     assert record_of(calls, settings)["telephony_cost"] is None  # not terminal yet
     calls.append(event("b", "2026-11-24T10:01:01Z", source="twilio", status="completed", duration=61))
     record = record_of(calls, settings)
-    assert record["telephony_cost"] == 28_000_000  # 2 minutes × 0.014
+    assert record["telephony_cost"] == 28_000_000  # 2 minutes x 0.014
     assert record["total_cost"] == 28_000_000
 
 

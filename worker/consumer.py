@@ -155,7 +155,7 @@ class Consumer:
         for _attempt in range(COMMIT_ATTEMPTS):
             loaded = await self._load(remaining)
             plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in remaining.items()}
-            for sid, plan in plans.items():
+            for plan in plans.values():
                 done += [entry.entry_id for entry, _ in plan.duplicates]
                 for entry, event, reason in plan.failed:
                     failures[entry.entry_id] = reason
@@ -209,7 +209,9 @@ class Consumer:
         if not plans:
             return set()
         new_calls = [sid for sid in plans if loaded[sid].record_id is None]
-        ids = dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True)) if new_calls else {}
+        ids = {}
+        if new_calls:
+            ids = dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True))
         writes = [
             CommitWrite(
                 call_sid=sid,

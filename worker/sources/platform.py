@@ -10,16 +10,16 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from ledger.errors import InvalidEvent, SignatureInvalid
 from ledger.events import COMPONENTS, STATUSES, CallEvent, Cost
 from ledger.instants import from_unix, parse_iso
 from ledger.money import normalise_currency, parse_amount
 from ledger.settings import Settings
 from worker.sources.base import WebhookRequest
+from worker.sources.fields import load_json_object
 
 USED_TYPES = ("call.metadata", "call.usage", "call.status")
 
@@ -96,13 +96,7 @@ class PlatformSource:
             raise SignatureInvalid("no valid v1 signature for this body")
 
     def parse(self, request: WebhookRequest) -> CallEvent | None:
-        try:
-            # Decimal for every JSON number: a cost is taken as its decimal text, never a float.
-            body = json.loads(request.body, parse_float=Decimal)
-        except (UnicodeDecodeError, ValueError):
-            raise MalformedBody("body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise MalformedBody("body must be a JSON object")
+        body = load_json_object(request.body)  # JSON numbers as Decimal: a cost is its decimal text
         kind = body.get("type")
         if not isinstance(kind, str):
             raise InvalidEvent("type is required")

@@ -24,18 +24,18 @@ intake received the request stands in. `TotalCost` is a charge in `LEDGER_PLIVO_
 import base64
 import hashlib
 import hmac
-import re
 from collections.abc import Iterable
 from typing import ClassVar
-from urllib.parse import parse_qsl, urlparse, urlunparse
+from urllib.parse import urlparse, urlunparse
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from ledger.errors import InvalidEvent, SignatureInvalid
 from ledger.events import TERMINAL_STATUSES, CallEvent, Cost
 from ledger.instants import Instant, from_unix, parse_iso
 from ledger.money import parse_amount
 from ledger.phones import to_e164
 from ledger.settings import Settings
 from worker.sources.base import WebhookRequest
+from worker.sources.fields import decode_form, read_fields, required, whole_seconds
 
 SIGNATURE_HEADER = "X-Plivo-Signature-V3"
 NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"
@@ -58,16 +58,6 @@ IGNORED_EVENTS = frozenset({"MachineDetection"})
 OTHER_CALLBACK_FIELDS = ("RecordingID", "RecordUrl")
 READ_FIELDS = frozenset({"CallUUID", "CallStatus", "Event", "Direction", "From", "To", "Duration",
                          "TotalCost", "StartTime", "AnswerTime", "EndTime", *OTHER_CALLBACK_FIELDS})
-_SECONDS = re.compile(r"^[0-9]{1,10}$")
-
-
-def decode_pairs(text: bytes | str, what: str) -> list[tuple[str, str]]:
-    """Strict UTF-8 urlencoded pairs, blanks kept; `MalformedBody` naming `what` otherwise."""
-    try:
-        decoded = text.decode("utf-8") if isinstance(text, bytes) else text
-        return parse_qsl(decoded, keep_blank_values=True, errors="strict")
-    except ValueError:  # UnicodeDecodeError included
-        raise MalformedBody(f"{what} is not UTF-8 form data") from None
 
 
 def _sorted_values(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -82,37 +72,11 @@ def signature_base(method: str, url: str, form: list[tuple[str, str]]) -> str:
     """The text Plivo signs, before `"." + nonce` (see the module docstring)."""
     parts = urlparse(url)
     base = urlunparse((parts.scheme, parts.netloc, parts.path, "", "", ""))
-    query = "&".join(f"{k}={v}" for k, v in _sorted_values(decode_pairs(parts.query, "URL query")))
+    query = "&".join(f"{k}={v}" for k, v in _sorted_values(decode_form(parts.query, "URL query")))
     if method == "GET" or not form:
         return f"{base}?{query}" if query else base
     params = "".join(k + v for k, v in _sorted_values(form))
     return f"{base}?{query}{'.' if query else ''}{params}"
-
-
-def read_fields(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The parameters the ledger reads; one given twice with different values is ambiguous."""
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        if name in READ_FIELDS and fields.setdefault(name, value) != value:
-            raise InvalidEvent(f"{name} is given more than once with different values")
-    return fields
-
-
-def _required(fields: dict[str, str], name: str) -> str:
-    value = fields.get(name, "").strip()
-    if not value:
-        raise InvalidEvent(f"{name} is missing")
-    return value
-
-
-def seconds(fields: dict[str, str], name: str) -> int | None:
-    """A whole, non-negative number of seconds; None when absent or blank."""
-    value = fields.get(name, "").strip()
-    if not value:
-        return None
-    if not _SECONDS.match(value):
-        raise InvalidEvent(f"{name} must be a non-negative whole number of seconds")
-    return int(value)
 
 
 def occurred_at(fields: dict[str, str], event: str, status: str, received_at: float) -> Instant:
@@ -172,7 +136,7 @@ class PlivoSource:
             raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
         if not nonce:
             raise SignatureInvalid(f"missing {NONCE_HEADER} header")
-        form = [] if request.method == "GET" else decode_pairs(request.body, "body")
+        form = [] if request.method == "GET" else decode_form(request.body)
         signed = f"{signature_base(request.method, request.url, form)}.{nonce}"
         mac = hmac.new(self._key, signed.encode("utf-8", "surrogateescape"), hashlib.sha256)
         expected = base64.b64encode(mac.digest())
@@ -184,15 +148,15 @@ class PlivoSource:
 
     def parse(self, request: WebhookRequest) -> CallEvent | None:
         """The callback's facts; None for callbacks (AMD, recording) the ledger does not use."""
-        pairs = request.query if request.method == "GET" else decode_pairs(request.body, "body")
-        fields = read_fields(pairs)
+        pairs = request.query if request.method == "GET" else decode_form(request.body)
+        fields = read_fields(pairs, READ_FIELDS)
         event = fields.get("Event", "").strip()
         if event in IGNORED_EVENTS:
             return None
         if not fields.get("CallStatus") and any(fields.get(f) for f in OTHER_CALLBACK_FIELDS):
             return None
-        call_uuid = _required(fields, "CallUUID")
-        call_status = _required(fields, "CallStatus")
+        call_uuid = required(fields, "CallUUID")
+        call_status = required(fields, "CallStatus")
         status = STATUSES.get(call_status)
         if status is None:
             raise InvalidEvent(f"CallStatus {call_status[:40]!r} is not a Plivo call status")
@@ -208,6 +172,6 @@ class PlivoSource:
             direction=DIRECTIONS.get(fields.get("Direction", "").strip()),  # type: ignore[arg-type]
             from_number=to_e164(fields.get("From")),
             to_number=to_e164(fields.get("To")),
-            duration=seconds(fields, "Duration"),
+            duration=whole_seconds(fields, "Duration"),
             costs=telephony_costs(fields, self._currency),
         )

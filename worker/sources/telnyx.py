@@ -16,21 +16,20 @@ ignored) and the ledger converts each with its FX rates. A `call.cost` whose
 
 import base64
 import binascii
-import json
 import re
-from decimal import Decimal
 from typing import ClassVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from ledger.errors import InvalidEvent, SignatureInvalid
 from ledger.events import CallEvent, Cost
 from ledger.instants import parse_iso
 from ledger.money import normalise_currency, parse_amount
 from ledger.phones import to_e164
 from ledger.settings import Settings
 from worker.sources.base import WebhookRequest
+from worker.sources.fields import load_json_object
 
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
@@ -58,21 +57,6 @@ def load_public_key(encoded: str) -> Ed25519PublicKey:
     if len(raw) != 32:
         raise ValueError("LEDGER_TELNYX_PUBLIC_KEY must be the base64 of a 32-byte Ed25519 public key")
     return Ed25519PublicKey.from_public_bytes(raw)
-
-
-def load_json_object(body: bytes) -> dict[str, object]:
-    """Strict UTF-8 JSON object; decimals as `Decimal` so amounts never pass through a float."""
-    try:
-        doc = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise MalformedBody("body is not valid UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise MalformedBody("body must be a JSON object")
-    return doc
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _text(obj: dict[str, object], key: str) -> str | None:

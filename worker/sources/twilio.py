@@ -19,17 +19,17 @@ Status callbacks carry no price: Twilio fills it in on the Call resource later.
 import base64
 import hashlib
 import hmac
-import re
 from collections.abc import Iterable
 from typing import ClassVar
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from ledger.errors import InvalidEvent, SignatureInvalid
 from ledger.events import CallEvent
 from ledger.instants import Instant, from_unix, parse_rfc2822
 from ledger.phones import to_e164
 from ledger.settings import Settings
 from worker.sources.base import WebhookRequest
+from worker.sources.fields import decode_form, read_fields, required, whole_seconds
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
@@ -52,15 +52,6 @@ DIRECTIONS = {"inbound": "inbound", "outbound-api": "outbound", "outbound-dial":
 OTHER_CALLBACK_FIELDS = ("RecordingSid", "TranscriptionSid", "AnsweredBy")
 READ_FIELDS = frozenset({"CallSid", "CallStatus", "SequenceNumber", "Timestamp", "Direction", "From", "To",
                          "CallDuration", *OTHER_CALLBACK_FIELDS})
-_SECONDS = re.compile(r"^[0-9]{1,10}$")
-
-
-def decode_form(body: bytes) -> list[tuple[str, str]]:
-    """Strict UTF-8 `application/x-www-form-urlencoded` pairs, blanks kept, order kept."""
-    try:
-        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
-    except ValueError:  # UnicodeDecodeError included
-        raise MalformedBody("body is not UTF-8 form data") from None
 
 
 def signed_parameters(pairs: Iterable[tuple[str, str]]) -> str:
@@ -94,32 +85,6 @@ def signature_algorithm(settings_header: str | None) -> str:
         if sep and name.strip() == "algorithm" and value.strip():
             return value.strip().upper()
     return "HMAC_SHA1"
-
-
-def read_fields(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The parameters the ledger reads; one given twice with different values is ambiguous."""
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        if name in READ_FIELDS and fields.setdefault(name, value) != value:
-            raise InvalidEvent(f"{name} is given more than once with different values")
-    return fields
-
-
-def _required(fields: dict[str, str], name: str) -> str:
-    value = fields.get(name, "").strip()
-    if not value:
-        raise InvalidEvent(f"{name} is missing")
-    return value
-
-
-def seconds(fields: dict[str, str], name: str) -> int | None:
-    """A whole, non-negative number of seconds; None when absent or blank."""
-    value = fields.get(name, "").strip()
-    if not value:
-        return None
-    if not _SECONDS.match(value):
-        raise InvalidEvent(f"{name} must be a non-negative whole number of seconds")
-    return int(value)
 
 
 def occurred_at(fields: dict[str, str], received_at: float) -> Instant:
@@ -171,11 +136,11 @@ class TwilioSource:
     def parse(self, request: WebhookRequest) -> CallEvent | None:
         """The status callback's facts; None for another feature's callback sent here."""
         pairs = request.query if request.method == "GET" else decode_form(request.body)
-        fields = read_fields(pairs)
+        fields = read_fields(pairs, READ_FIELDS)
         if not fields.get("CallStatus") and any(fields.get(f) for f in OTHER_CALLBACK_FIELDS):
             return None
-        call_sid = _required(fields, "CallSid")
-        call_status = _required(fields, "CallStatus")
+        call_sid = required(fields, "CallSid")
+        call_status = required(fields, "CallStatus")
         status = STATUSES.get(call_status)
         if status is None:
             raise InvalidEvent(f"CallStatus {call_status[:40]!r} is not a Twilio call status")
@@ -192,5 +157,5 @@ class TwilioSource:
             direction=DIRECTIONS.get(fields.get("Direction", "").strip()),  # type: ignore[arg-type]
             from_number=to_e164(fields.get("From")),
             to_number=to_e164(fields.get("To")),
-            duration=seconds(fields, "CallDuration"),
+            duration=whole_seconds(fields, "CallDuration"),
         )

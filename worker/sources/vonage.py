@@ -25,16 +25,16 @@ import hmac
 import json
 import math
 import re
-from decimal import Decimal
 from typing import ClassVar
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from ledger.errors import InvalidEvent, SignatureInvalid
 from ledger.events import CallEvent, Cost
 from ledger.instants import parse_iso
 from ledger.money import parse_amount
 from ledger.phones import to_e164
 from ledger.settings import Settings
 from worker.sources.base import WebhookRequest
+from worker.sources.fields import load_json_object
 
 STATUSES = {
     "started": "initiated",
@@ -132,17 +132,7 @@ def request_fields(request: WebhookRequest) -> dict[str, object]:
     """The event's fields: the JSON body of a POST, the query parameters of a GET."""
     if request.method.upper() == "GET":
         return dict(request.query)
-    try:
-        doc = json.loads(request.body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise MalformedBody("body is not valid UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise MalformedBody("body must be a JSON object")
-    return doc
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
+    return load_json_object(request.body)
 
 
 def _text(fields: dict[str, object], key: str) -> str | None:

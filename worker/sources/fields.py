@@ -1,0 +1,65 @@
+"""Body decoding and field reading that several sources share.
+
+Form sources (Twilio, Plivo) and JSON sources (Telnyx, Vonage, platform) each decode
+strictly, name what was wrong, and never let an amount pass through a float.
+"""
+
+import json
+import re
+from collections.abc import Iterable
+from decimal import Decimal
+from urllib.parse import parse_qsl
+
+from ledger.errors import InvalidEvent, MalformedBody
+
+_SECONDS = re.compile(r"^[0-9]{1,10}$")
+
+
+def decode_form(text: bytes | str, what: str = "body") -> list[tuple[str, str]]:
+    """Strict UTF-8 `application/x-www-form-urlencoded` pairs, blanks and order kept."""
+    try:
+        decoded = text.decode("utf-8") if isinstance(text, bytes) else text
+        return parse_qsl(decoded, keep_blank_values=True, errors="strict")
+    except ValueError:  # UnicodeDecodeError included
+        raise MalformedBody(f"{what} is not UTF-8 form data") from None
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json_object(body: bytes) -> dict[str, object]:
+    """Strict UTF-8 JSON object; decimals as `Decimal` so amounts never pass through a float."""
+    try:
+        doc = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise MalformedBody("body is not valid UTF-8 JSON") from None
+    if not isinstance(doc, dict):
+        raise MalformedBody("body must be a JSON object")
+    return doc
+
+
+def read_fields(pairs: Iterable[tuple[str, str]], wanted: frozenset[str]) -> dict[str, str]:
+    """The parameters the ledger reads; one given twice with different values is ambiguous."""
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in wanted and fields.setdefault(name, value) != value:
+            raise InvalidEvent(f"{name} is given more than once with different values")
+    return fields
+
+
+def required(fields: dict[str, str], name: str) -> str:
+    value = fields.get(name, "").strip()
+    if not value:
+        raise InvalidEvent(f"{name} is missing")
+    return value
+
+
+def whole_seconds(fields: dict[str, str], name: str) -> int | None:
+    """A whole, non-negative number of seconds; None when absent or blank."""
+    value = fields.get(name, "").strip()
+    if not value:
+        return None
+    if not _SECONDS.match(value):
+        raise InvalidEvent(f"{name} must be a non-negative whole number of seconds")
+    return int(value)
