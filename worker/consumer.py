@@ -26,6 +26,11 @@ from worker.apply import CallPlan, KnownCalls, plan_call
 
 log = structlog.get_logger("ledger.worker")
 
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
 # Compare-and-set retries per batch when other workers update the same calls; what is
 # still contended after these stays pending and is claimed again later.
 COMMIT_ATTEMPTS = 5
@@ -148,46 +153,46 @@ class Consumer:
         return len(entries)
 
     async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
+        outcomes: dict[str, tuple[str, str | None]] = {}  # entry id -> (outcome, reason)
         remaining = by_call
-        done: list[str] = []
-        failures: dict[str, str] = {}
-        tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
         for _attempt in range(COMMIT_ATTEMPTS):
             loaded = await self._load(remaining)
             plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in remaining.items()}
             for plan in plans.values():
-                done += [entry.entry_id for entry, _ in plan.duplicates]
-                for entry, event, reason in plan.failed:
-                    failures[entry.entry_id] = reason
-                    self._log(entry, event, "failed", reason=reason)
-                    tally[("failed", event.source)] += 1
-                for entry, event in plan.duplicates:
-                    self._log(entry, event, "duplicate")
-                    tally[("duplicate", event.source)] += 1
+                outcomes.update((entry.entry_id, ("duplicate", None)) for entry, _ in plan.duplicates)
+                outcomes.update((entry.entry_id, ("failed", reason)) for entry, _, reason in plan.failed)
             to_write = {sid: plan for sid, plan in plans.items() if plan.new_events}
             conflicts = await self._commit(loaded, to_write)
             for sid, plan in to_write.items():
-                if sid in conflicts:
-                    continue
-                for entry, event in plan.applied:
-                    done.append(entry.entry_id)
-                    self._log(entry, event, "applied")
-                    tally[("applied", event.source)] += 1
+                if sid not in conflicts:
+                    outcomes.update((entry.entry_id, ("applied", None)) for entry, _ in plan.applied)
             if not conflicts:
                 break
             # Re-plan only the new events of contended calls; duplicates/failures are settled.
-            remaining = {sid: [(e, ev) for e, ev in to_write[sid].applied] for sid in conflicts}
-        else:
-            for sid in remaining:
-                for entry, event in remaining[sid]:
-                    self._log(entry, event, "deferred", reason="call updated concurrently; will retry")
+            remaining = {sid: to_write[sid].applied for sid in conflicts}
+
+        # One line per event, in stream order, once its fate in this round is known.
+        tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
+        done: list[str] = []
+        failures: dict[str, str] = {}
+        redelivered: list[str] = []
+        for entry, event in sorted((item for items in by_call.values() for item in items),
+                                   key=lambda item: _id_order(item[0].entry_id)):
+            outcome, reason = outcomes.get(entry.entry_id, ("deferred", "call updated concurrently; will retry"))
+            self._log(entry, event, outcome, **({"reason": reason} if reason else {}))
+            tally[(outcome, event.source)] += 1
+            if outcome in ("applied", "duplicate"):
+                done.append(entry.entry_id)
+                if entry.deliveries > 1:  # only a redelivered entry can have a failure reason on record
+                    redelivered.append(entry.entry_id)
+            elif outcome == "failed":
+                failures[entry.entry_id] = reason or "apply failed"
         counters = {"applied": self.metrics.applied, "duplicate": self.metrics.duplicates,
                     "failed": self.metrics.failed}
         for (outcome, source), count in tally.items():
-            counters[outcome].labels(source).inc(count)
-        # Only a redelivered entry can have a failure reason on record to clear.
-        redelivered = {e.entry_id for items in by_call.values() for e, _ in items if e.deliveries > 1}
-        await self.store.ack(done, failed_before=[eid for eid in done if eid in redelivered])
+            if outcome in counters:
+                counters[outcome].labels(source).inc(count)
+        await self.store.ack(done, failed_before=redelivered)
         await self._settle_failures(by_call, failures)
 
     async def _load(self, calls: dict[str, list[tuple[Entry, CallEvent]]]) -> dict[str, LoadedCall]:
