@@ -49,6 +49,12 @@ class CallEvent(BaseModel):
     from_number: str | None = None
     to_number: str | None = None
     duration: int | None = Field(default=None, ge=0)  # connected seconds, as reported
+    # When a callback reports the call's start / answer time itself (Plivo's hang-up carries
+    # StartTime and AnswerTime), those count like the occurred_at of a status event of that kind.
+    started_at: str | None = None
+    started_us: int | None = None
+    answered_at: str | None = None
+    answered_us: int | None = None
     costs: tuple[Cost, ...] = ()
 
     # Platform metadata (call.metadata); the platform's view of the numbers is taken as given.

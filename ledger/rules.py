@@ -109,6 +109,12 @@ def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
             state.started = [us, text]
         if event.status == "ongoing" and (state.answered is None or [us, text] < state.answered):
             state.answered = [us, text]
+        if event.started_us is not None and (state.started is None or [event.started_us, event.started_at]
+                                             < state.started):
+            state.started = [event.started_us, event.started_at]
+        if event.answered_us is not None and (state.answered is None or [event.answered_us, event.answered_at]
+                                              < state.answered):
+            state.answered = [event.answered_us, event.answered_at]
     if event.duration is not None and (state.duration is None or event.duration > state.duration):
         state.duration = event.duration
     for component, amount in costs:

@@ -282,3 +282,15 @@ def test_any_order_and_any_duplication_gives_the_same_record(events: list[CallEv
         assert expected[f"{component}_cost"] == (sum(rounded) if rounded else None)
     assert isinstance(expected["total_cost"], int | None)
     assert NANO == 10**9
+
+
+def test_start_and_answer_times_reported_on_a_late_hangup_date_the_call() -> None:
+    """Plivo with only hangup_url: ring/answer callbacks timed on arrival come after the hang-up."""
+    start, answer = parse_iso("2026-11-24T10:00:00Z"), parse_iso("2026-11-24T10:00:05Z")
+    record = record_of([
+        event("h", "2026-11-24T10:04:52Z", source="plivo", status="completed", started_at=start.text,
+              started_us=start.us, answered_at=answer.text, answered_us=answer.us),
+        event("r", "2026-11-24T11:00:00Z", source="plivo", status="ringing"),
+    ])
+    assert record["started_at"] == "2026-11-24T10:00:00Z"
+    assert record["duration"] == 287  # hang-up minus the reported answer

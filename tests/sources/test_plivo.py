@@ -77,15 +77,22 @@ RECEIVED = datetime.fromtimestamp(NOW, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def event(event_name: str, raw_status: str, status: str, at: str, *, direction: str = "outbound",
-          duration: int | None = None, cost_nano: int | None = None, currency: str = "USD") -> CallEvent:
+          duration: int | None = None, cost_nano: int | None = None, currency: str = "USD",
+          answered: bool | None = None) -> CallEvent:
+    """The expected event; a hang-up also reports the call's StartTime (and AnswerTime if it connected)."""
     text, us = _instant(at)
+    times: dict[str, object] = {}
+    if event_name == "Hangup":
+        times["started_at"], times["started_us"] = _instant(pl.START.replace(" ", "T") + "Z")
+        if answered if answered is not None else bool(duration):
+            times["answered_at"], times["answered_us"] = _instant(pl.ANSWER.replace(" ", "T") + "Z")
     caller, callee = (CUSTOMER, OURS) if direction == "inbound" else (OURS, CUSTOMER)
     costs = () if cost_nano is None else (telephony(cost_nano, currency),)
     return CallEvent(source="plivo", event_id=f"{pl.CALL_UUID}:{event_name}:{raw_status}",
                      call_sid=pl.CALL_UUID,
                      type=f"{event_name or 'callback'}.{raw_status}", occurred_at=text, occurred_us=us,
                      status=status, direction=direction, from_number=caller, to_number=callee,
-                     duration=duration, costs=costs)
+                     duration=duration, costs=costs, **times)
 
 
 # --- configuration ---------------------------------------------------------------------------------------
@@ -162,12 +169,16 @@ def test_hangup_without_total_cost_carries_no_cost():
 def test_answer_time_dates_the_answered_event_when_given():
     params = pl.answered(extra=[("StartTime", pl.START), ("AnswerTime", pl.ANSWER)])
     parsed = accept(signed_request(params))
-    assert parsed == event("StartApp", "in-progress", "ongoing", "2026-11-24T10:00:05Z")
+    start, answer = _instant("2026-11-24T10:00:00Z"), _instant("2026-11-24T10:00:05Z")
+    assert parsed == event("StartApp", "in-progress", "ongoing", "2026-11-24T10:00:05Z").model_copy(update={
+        "started_at": start[0], "started_us": start[1], "answered_at": answer[0], "answered_us": answer[1]})
 
 
 def test_start_time_dates_the_ringing_event_when_given():
     parsed = accept(signed_request(pl.ringing(extra=[("StartTime", pl.START)])))
-    assert parsed == event("", "ringing", "ringing", "2026-11-24T10:00:00Z")
+    start = _instant("2026-11-24T10:00:00Z")
+    assert parsed == event("", "ringing", "ringing", "2026-11-24T10:00:00Z").model_copy(
+        update={"started_at": start[0], "started_us": start[1]})
 
 
 def test_end_time_with_an_offset_is_converted_to_utc():

@@ -97,6 +97,15 @@ def occurred_at(fields: dict[str, str], event: str, status: str, received_at: fl
     return from_unix(received_at)
 
 
+def reported_instant(fields: dict[str, str], name: str) -> Instant | None:
+    """A time field the callback reports about the call (unreadable or absent: None)."""
+    value = fields.get(name, "").strip()
+    try:
+        return parse_iso(value) if value else None
+    except ValueError:
+        return None
+
+
 def telephony_costs(fields: dict[str, str], currency: str) -> tuple[Cost, ...]:
     """`TotalCost` as one telephony charge; none when Plivo did not send it."""
     value = fields.get("TotalCost", "").strip()
@@ -161,6 +170,10 @@ class PlivoSource:
         if status is None:
             raise InvalidEvent(f"CallStatus {call_status[:40]!r} is not a Plivo call status")
         instant = occurred_at(fields, event, status, request.received_at)
+        # The hang-up says when the call started and was answered: with only hangup_url set,
+        # or ring/answer callbacks arriving late, that is the only true start of the call.
+        started = reported_instant(fields, "StartTime")
+        answered = reported_instant(fields, "AnswerTime")
         return CallEvent(
             source=self.name,
             event_id=f"{call_uuid}:{event}:{call_status}",
@@ -174,4 +187,8 @@ class PlivoSource:
             to_number=to_e164(fields.get("To")),
             duration=whole_seconds(fields, "Duration"),
             costs=telephony_costs(fields, self._currency),
+            started_at=started.text if started else None,
+            started_us=started.us if started else None,
+            answered_at=answered.text if answered else None,
+            answered_us=answered.us if answered else None,
         )
