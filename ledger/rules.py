@@ -92,6 +92,12 @@ def _set_register(registers: dict[str, list[Any]], name: str, event: CallEvent, 
         registers[name] = [event.occurred_us, event.event_id, value]
 
 
+def _earliest(current: list[Any] | None, us: int, text: str | None) -> list[Any]:
+    """The min of two (microseconds, text) instants; text breaks ties so order never matters."""
+    candidate = [us, text]
+    return candidate if current is None or candidate < current else current
+
+
 def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
     """Fold one event (never applied to this call before) into the state, in place.
 
@@ -105,16 +111,13 @@ def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
         candidate = [rank, us, event.event_id, text]
         if state.status is None or candidate[:3] > state.status[:3]:
             state.status = candidate
-        if state.started is None or [us, text] < state.started:
-            state.started = [us, text]
-        if event.status == "ongoing" and (state.answered is None or [us, text] < state.answered):
-            state.answered = [us, text]
-        if event.started_us is not None and (state.started is None or [event.started_us, event.started_at]
-                                             < state.started):
-            state.started = [event.started_us, event.started_at]
-        if event.answered_us is not None and (state.answered is None or [event.answered_us, event.answered_at]
-                                              < state.answered):
-            state.answered = [event.answered_us, event.answered_at]
+        state.started = _earliest(state.started, us, text)
+        if event.status == "ongoing":
+            state.answered = _earliest(state.answered, us, text)
+    if event.started_us is not None:
+        state.started = _earliest(state.started, event.started_us, event.started_at)
+    if event.answered_us is not None:
+        state.answered = _earliest(state.answered, event.answered_us, event.answered_at)
     if event.duration is not None and (state.duration is None or event.duration > state.duration):
         state.duration = event.duration
     for component, amount in costs:

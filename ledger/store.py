@@ -26,7 +26,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
 
 from ledger.errors import StoreUnavailable
 from ledger.settings import Settings
@@ -46,7 +49,11 @@ def open_redis(settings: Settings) -> Any:
     # No per-command socket timeout: redis-py would arm one per reply, a real cost in the
     # apply loop's pipelines. Request paths bound each call instead (REQUEST_TIMEOUT_S), and
     # the worker bounds each batch.
-    common: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 2.0}
+    # A pooled connection that Redis closed (restart, failover) fails its next command once:
+    # retry that on a fresh connection rather than answer 503 for nothing.
+    common: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 2.0,
+                              "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                              "retry_on_error": [RedisConnectionError]}
     if settings.redis_url is None:
         import fakeredis  # the embedded store is only imported when it is used
 
@@ -164,17 +171,28 @@ class Store:
             entries.append(Entry(eid, event, (deliveries or {}).get(eid, 1)))
         return entries
 
+    async def _group_command(self, command: Callable[[], Awaitable[T]]) -> T:
+        """Run a consumer-group command; if Redis lost the group (restart without persistence,
+        failover, FLUSHALL), create it again and retry once instead of failing forever."""
+        try:
+            return await command()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return await command()
+
     async def read_new(self, consumer: str, count: int, block_ms: int | None) -> list[Entry]:
-        reply = await self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        reply = await self._group_command(lambda: self.redis.xreadgroup(
+            GROUP, consumer, {self.stream: ">"}, count=count, block=block_ms))
         if not reply:
             return []
         return self._entries(reply[0][1])
 
     async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries pending longer than min_idle_ms on any consumer (a dead one, or us)."""
-        reply = await self.redis.xautoclaim(
-            self.stream, GROUP, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
-        )
+        reply = await self._group_command(lambda: self.redis.xautoclaim(
+            self.stream, GROUP, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count))
         claimed = reply[1]
         if not claimed:
             return []

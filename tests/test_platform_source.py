@@ -86,6 +86,7 @@ def test_usage_event_is_normalised_with_exact_amount() -> None:
         "source": "platform", "event_id": "msg_usage", "call_sid": "CA1", "type": "call.usage",
         "occurred_at": "2026-11-24T10:00:00Z", "occurred_us": 1795514400000000,
         "status": None, "direction": None, "from_number": None, "to_number": None, "duration": None,
+        "started_at": None, "started_us": None, "answered_at": None, "answered_us": None,
         "costs": ({"component": "llm", "amount_nano": 12_300_000, "currency": "USD"},),
         "assistant_id": None, "assistant_name": None, "flow_name": None, "to_phone_number": None,
         "customer_phone_number": None, "call_meta": None,

@@ -1,0 +1,140 @@
+"""Helpers for the real-Redis tests: building events, folding them as one process would,
+and a consumer process that dies holding its entries.
+
+Run as a script, it is the doomed consumer:
+
+    python tests/workers.py doomed <redis url> <count>
+
+joins the group as consumer "doomed", reads up to <count> entries with XREADGROUP
+(Store.read_new), prints how many, then blocks forever without acknowledging them,
+until the test SIGKILLs it.
+"""
+
+import asyncio
+import random
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from ledger.events import TERMINAL_STATUSES, CallEvent, Cost
+from ledger.instants import format_us, parse_iso
+from ledger.rules import CallState, apply_event
+from ledger.settings import Settings
+
+BASE = parse_iso("2026-11-24T10:00:00Z")
+
+
+def make_event(sid: str, event_id: str, offset_us: int, **fields: Any) -> CallEvent:
+    """A platform event `offset_us` after 2026-11-24T10:00:00Z."""
+    us = BASE.us + offset_us
+    kind = "call.status" if "status" in fields else "call.usage" if "costs" in fields else "call.metadata"
+    return CallEvent(source="platform", event_id=event_id, call_sid=sid, type=kind,
+                     occurred_at=format_us(us), occurred_us=us, **fields)
+
+
+def usage(sid: str, event_id: str, offset_us: int, component: str, amount_nano: int,
+          currency: str = "USD") -> CallEvent:
+    return make_event(sid, event_id, offset_us,
+                      costs=(Cost(component=component, amount_nano=amount_nano, currency=currency),))
+
+
+def call_events(sid: str, rng: random.Random, usages: int) -> list[CallEvent]:
+    """One call's events: statuses (sometimes two different endings), metadata that
+    overwrites itself (with occurred_at ties), call_meta, and `usages` USD costs."""
+    n = 0
+
+    def eid() -> str:
+        nonlocal n
+        n += 1
+        return f"{sid}-e{n:04d}"
+
+    s = 1_000_000
+    events = [
+        make_event(sid, eid(), 0, status="ringing"),
+        make_event(sid, eid(), 2 * s + rng.randrange(1000), status="ongoing"),
+        make_event(sid, eid(), 5 * s, status="ongoing"),
+    ]
+    ending = rng.choice(["completed", "failed", "busy", "no-answer"])
+    end_us = rng.randrange(60, 600) * s + rng.randrange(1_000_000)
+    events.append(make_event(sid, eid(), end_us, status=ending,
+                             duration=rng.randrange(30, 60) if ending == "completed" else None))
+    if rng.random() < 0.5:  # a second, different ending: the ranking decides, not the order
+        other = rng.choice(["canceled", "failed", "completed"])
+        events.append(make_event(sid, eid(), end_us + s, status=other))
+    for i in range(4):
+        at = 10 * s if i >= 2 else (3 + i) * s  # two events tie on occurred_at: the larger id wins
+        events.append(make_event(sid, eid(), at, assistant_id=100 + i, assistant_name=f"Bot {i}",
+                                 flow_name=f"flow-{i}", direction=rng.choice(["inbound", "outbound"]),
+                                 to_phone_number=f"+1555000{i:04d}", call_meta={"k": i, f"only{i}": True}))
+    for _ in range(usages):
+        component = rng.choice(["llm", "tts", "stt", "telephony"])
+        amount = rng.choice([100_000_000, 200_000_000, rng.randrange(1, 5 * 10**9)])
+        events.append(usage(sid, eid(), rng.randrange(600 * s), component, amount))
+    return events
+
+
+def with_duplicates(events: Iterable[CallEvent], rng: random.Random, share: float = 0.15) -> list[bytes]:
+    """Each event's JSON once, some twice or three times (redeliveries), shuffled."""
+    payloads = []
+    for event in events:
+        raw = event.model_dump_json().encode()
+        copies = 1 + (rng.random() < share) + (rng.random() < share / 3)
+        payloads += [raw] * copies
+    rng.shuffle(payloads)
+    return payloads
+
+
+def fold(events: Iterable[CallEvent], settings: Settings) -> dict[str, CallState]:
+    """What one process applying each event id once, in order, makes of the events."""
+    states: dict[str, CallState] = {}
+    seen: set[tuple[str, str]] = set()
+    for event in events:
+        if (event.call_sid, event.event_id) in seen:
+            continue
+        seen.add((event.call_sid, event.event_id))
+        apply_event(states.setdefault(event.call_sid, CallState()), event, settings)
+    return states
+
+
+def expected_status(events: Iterable[CallEvent]) -> str:
+    """SPEC §5 directly: never backwards; completed > failed > busy > no-answer > canceled."""
+    statuses = {e.status for e in events if e.status is not None}
+    if not statuses:
+        return "initiated"
+    terminal = statuses & TERMINAL_STATUSES
+    if terminal:
+        for status in ("completed", "failed", "busy", "no-answer", "canceled"):
+            if status in terminal:
+                return status
+    return max(statuses, key=("initiated", "ringing", "ongoing").index)
+
+
+def cost_sums(events: Iterable[CallEvent]) -> dict[str, int]:
+    """Per-component sums of USD costs, each event id counted once."""
+    sums: dict[str, int] = {}
+    seen = set()
+    for event in events:
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        for cost in event.costs:
+            sums[cost.component] = sums.get(cost.component, 0) + cost.amount_nano
+    return sums
+
+
+async def _doomed(url: str, count: int) -> None:
+    import redis.asyncio as aioredis
+
+    from ledger.store import Store
+
+    store = Store(aioredis.Redis.from_url(url))
+    await store.ensure_group()
+    entries = await store.read_new("doomed", count, block_ms=None)
+    print(f"read {len(entries)}", flush=True)
+    await asyncio.Event().wait()  # hold them, never ack, until SIGKILL
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "doomed":
+        sys.exit("usage: python tests/workers.py doomed <redis url> <count>")
+    asyncio.run(_doomed(sys.argv[2], int(sys.argv[3])))
