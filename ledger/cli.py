@@ -14,6 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from ledger.app import create_app
+from ledger.errors import DurabilityUnavailable
 from ledger.logs import configure_logging
 from ledger.settings import Settings
 
@@ -56,18 +57,22 @@ def run_service(role: str, settings: Settings) -> None:
     )
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then the cleanup
     # contexts stop the consumer (bounded) and close Redis. run_app returns: exit 0.
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                shutdown_timeout=settings.shutdown_grace_s)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
+                    shutdown_timeout=settings.shutdown_grace_s)
+    except DurabilityUnavailable as exc:
+        print(f"call-ledger: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
-    from ledger.store import Store, open_redis
+    from ledger.store import Store
 
     if settings.redis_url is None:
         print("call-ledger: dlq needs LEDGER_REDIS_URL (the embedded store lives inside `serve`)",
               file=sys.stderr)
         return 2
-    store = Store(open_redis(settings), settings.key_prefix)
+    store = Store.from_settings(settings)
     try:
         if args.dlq_command == "list":
             rows = await store.dead_letters(count=args.limit)

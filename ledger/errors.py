@@ -46,6 +46,17 @@ class MethodNotAllowed(LedgerError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(LedgerError):
+    """The client did not send its body within LEDGER_READ_TIMEOUT_S."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class DurabilityUnavailable(Exception):
+    """LEDGER_DURABLE_ACK=aof, but this Redis cannot confirm writes to its AOF."""
+
+
 class MalformedBody(LedgerError):
     """The body cannot be parsed at all (not JSON, not a form)."""
 

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     # Seconds an acknowledged event stays in the stream (unacknowledged ones are never trimmed).
     stream_retention: int = Field(default=86_400, ge=0)
     shutdown_grace_s: float = Field(default=10.0, gt=0)
+    # "aof": answer 2xx only once the event reached the AOF on disk (WAITAOF, Redis >= 7.2).
+    durable_ack: Literal["none", "aof"] = "none"
+    durable_ack_timeout_ms: int = Field(default=1000, ge=1)
+    # A webhook body must arrive within this many seconds (slow clients get 408).
+    read_timeout_s: float = Field(default=10.0, gt=0)
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from ledger.errors import StoreUnavailable
+from ledger.errors import DurabilityUnavailable, StoreUnavailable
 from ledger.settings import Settings
 
 GROUP = "ledger"
@@ -119,14 +119,22 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
 class Store:
     """The Redis layout above, as the worker and the API use it."""
 
-    def __init__(self, redis: Any, prefix: str = "cl") -> None:
+    def __init__(self, redis: Any, prefix: str = "cl", *, durable_ack: str = "none",
+                 durable_ack_timeout_ms: int = 1000) -> None:
         self.redis = redis
+        self.durable_ack = durable_ack
+        self.durable_ack_timeout_ms = durable_ack_timeout_ms
         self.stream = f"{prefix}:events"
         self.dead = f"{prefix}:dead"
         self.failures = f"{prefix}:failures"
         self.ids = f"{prefix}:ids"
         self._call_prefix = f"{prefix}:call:"
         self._commit = redis.register_script(COMMIT_LUA)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Store":
+        return cls(open_redis(settings), settings.key_prefix, durable_ack=settings.durable_ack,
+                   durable_ack_timeout_ms=settings.durable_ack_timeout_ms)
 
     def call_key(self, call_sid: str) -> str:
         return f"{self._call_prefix}{{{call_sid}}}"
@@ -147,8 +155,35 @@ class Store:
 
     @unavailable_on_error
     async def append(self, event_json: bytes) -> str:
-        """XADD one normalised event. No MAXLEN: trimming here could drop unapplied events."""
-        return _text(await self.redis.xadd(self.stream, {"e": event_json}))
+        """XADD one normalised event. No MAXLEN: trimming here could drop unapplied events.
+
+        With durable_ack "aof", also wait (same round trip) until Redis has fsynced the
+        entry to its AOF; if it does not confirm in time the caller answers 503 and the
+        provider retries (the redelivery is then a harmless duplicate).
+        """
+        if self.durable_ack != "aof":
+            return _text(await self.redis.xadd(self.stream, {"e": event_json}))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.stream, {"e": event_json})
+        pipe.execute_command("WAITAOF", 1, 0, self.durable_ack_timeout_ms)
+        entry_id, (local, _replicas) = await pipe.execute()
+        if int(local) < 1:
+            raise StoreUnavailable("event not confirmed on disk (WAITAOF) in time")
+        return _text(entry_id)
+
+    async def check_durability(self) -> None:
+        """Raise DurabilityUnavailable unless this Redis can confirm AOF writes (WAITAOF)."""
+        try:
+            await self.redis.execute_command("WAITAOF", 1, 0, 1)
+        except ResponseError as exc:
+            message = str(exc).lower()
+            if "unknown command" in message:
+                raise DurabilityUnavailable(
+                    "LEDGER_DURABLE_ACK=aof needs Redis >= 7.2 (WAITAOF); this server does not have it") from None
+            if "appendonly" in message:
+                raise DurabilityUnavailable(
+                    "LEDGER_DURABLE_ACK=aof needs the Redis server to run with appendonly yes") from None
+            raise
 
     # -- worker: the consumer group ---------------------------------------------------------
 

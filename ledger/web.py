@@ -13,7 +13,7 @@ from ledger.errors import LedgerError
 from ledger.metrics import Metrics
 from ledger.openapi import openapi_document
 from ledger.settings import Settings
-from ledger.store import Store, open_redis
+from ledger.store import Store
 
 log = structlog.get_logger("ledger.http")
 
@@ -110,10 +110,15 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         own = store is None
-        app[STORE] = store if store is not None else Store(open_redis(settings), settings.key_prefix)
+        app[STORE] = store if store is not None else Store.from_settings(settings)
         if settings.redis_url is None and own:
             log.warning("embedded_store", detail="LEDGER_REDIS_URL is not set: using the in-memory store; "
                         "nothing survives a restart")
+        if settings.durable_ack == "aof":
+            if await app[STORE].ping():
+                await app[STORE].check_durability()  # a Redis that cannot confirm AOF writes stops start-up
+            else:
+                log.warning("durability_unchecked", detail="redis unreachable at start-up; WAITAOF not checked")
         yield
         if own:
             await app[STORE].close()

@@ -148,3 +148,38 @@ def redis_server() -> Iterator[RedisServer]:
         server.start()
         yield server
         server.stop()
+
+
+# -- the guarantees table: every loss/duplication scenario reports its counts ------------------
+
+_GUARANTEE_ROWS: list[dict[str, Any]] = []
+GUARANTEE_COLUMNS = ("scenario", "sent", "answered_2xx", "applied", "duplicates_suppressed", "lost")
+
+
+class Guarantees:
+    """Record one row per scenario: what was sent, acknowledged, applied, deduplicated, lost."""
+
+    def record(self, scenario: str, *, sent: int, answered_2xx: int, applied: int, duplicates_suppressed: int,
+               lost: int) -> None:
+        _GUARANTEE_ROWS.append({"scenario": scenario, "sent": sent, "answered_2xx": answered_2xx,
+                                "applied": applied, "duplicates_suppressed": duplicates_suppressed, "lost": lost})
+
+
+@pytest.fixture
+def guarantees() -> Guarantees:
+    return Guarantees()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the table (and write it to $LEDGER_GUARANTEES_REPORT as JSON when set)."""
+    if not _GUARANTEE_ROWS:
+        return
+    terminalreporter.section("guarantees")
+    widths = [max(len(c), *(len(str(r[c])) for r in _GUARANTEE_ROWS)) for c in GUARANTEE_COLUMNS]
+    terminalreporter.write_line("  ".join(c.ljust(w) for c, w in zip(GUARANTEE_COLUMNS, widths, strict=True)))
+    for row in _GUARANTEE_ROWS:
+        terminalreporter.write_line("  ".join(str(row[c]).ljust(w) for c, w in zip(GUARANTEE_COLUMNS, widths,
+                                                                                    strict=True)))
+    report = os.environ.get("LEDGER_GUARANTEES_REPORT")
+    if report:
+        Path(report).write_text(json.dumps(_GUARANTEE_ROWS, indent=2))

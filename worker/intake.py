@@ -5,12 +5,13 @@ worker loop. A 2xx means the event is in Redis (SPEC §3); every other outcome
 stores nothing.
 """
 
+import asyncio
 import time
 
 import structlog
 from aiohttp import web
 
-from ledger.errors import LedgerError, PayloadTooLarge, SourceNotConfigured
+from ledger.errors import LedgerError, PayloadTooLarge, RequestTimeout, SourceNotConfigured
 from ledger.settings import Settings
 from ledger.web import MAX_BODY, METRICS, SETTINGS, STORE, json_response
 from worker.sources import SOURCES, Source, WebhookRequest
@@ -21,7 +22,7 @@ CONFIGURED = web.AppKey("configured_sources", dict[str, Source | None])
 
 # The metrics outcome of each refusal, by HTTP status.
 _REFUSALS = {401: "rejected_signature", 400: "rejected_body", 422: "rejected_body", 413: "rejected_size",
-             404: "not_configured", 405: "rejected_method", 503: "unavailable"}
+             404: "not_configured", 405: "rejected_method", 408: "rejected_timeout", 503: "unavailable"}
 
 
 def external_url(request: web.Request, settings: Settings) -> str:
@@ -38,7 +39,11 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         variable = next(s.secret_variable for s in SOURCES if s.name == name)
         log.warning("source_not_configured", source=name, missing_variable=variable)
         raise SourceNotConfigured(f"{name} webhooks are not configured on this service")
-    body = await request.read()  # aiohttp answers 413 past client_max_size (chunked bodies)
+    try:  # a client trickling its body must not hold the handler forever
+        async with asyncio.timeout(request.app[SETTINGS].read_timeout_s):
+            body = await request.read()  # aiohttp answers 413 past client_max_size (chunked bodies)
+    except TimeoutError:
+        raise RequestTimeout(f"body not received within {request.app[SETTINGS].read_timeout_s:g} s") from None
     webhook = WebhookRequest(
         method=request.method,
         url=external_url(request, request.app[SETTINGS]),
