@@ -146,3 +146,20 @@ async def test_secrets_never_reach_the_logs(client: Any, secret_like: str) -> No
         await post_platform(client, STATUS, "msg_1")
         await client.post("/webhooks/platform", json=STATUS)
     assert secret_like not in repr(logs)
+
+
+async def test_unused_provider_event_is_2xx_not_stored_and_counted(aiohttp_client: Any, store: Store) -> None:
+    import time
+
+    from tests.sources import payloads_telnyx as tx
+
+    signer = tx.TelnyxSigner()
+    client = await aiohttp_client(create_app(make_settings(telnyx_public_key=signer.public_key_b64), "worker",
+                                             store, run_consumer=False))
+    body = tx.encode(tx.speak_ended())
+    response = await client.post("/webhooks/telnyx", data=body, headers=signer.headers(body, int(time.time())))
+    assert response.status == 200
+    assert (await response.json())["outcome"] == "ignored"
+    assert await stream_length(store) == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert 'ledger_events_received_total{outcome="ignored",source="telnyx"} 1.0' in metrics

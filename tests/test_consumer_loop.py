@@ -1,0 +1,48 @@
+"""The background apply loop on the embedded store (fakeredis), as `call-ledger serve` runs it."""
+
+import asyncio
+from typing import Any
+
+from ledger.metrics import Metrics
+from ledger.store import Store
+from tests.conftest import make_settings
+from worker.consumer import Consumer
+
+
+async def test_idle_loop_does_not_spin_on_a_store_that_answers_blocking_reads_at_once(store: Store) -> None:
+    """fakeredis returns from XREADGROUP BLOCK immediately: the loop must pause, not spin hot."""
+    reads = 0
+    original = store.read_new
+
+    async def counting_read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await original(*args, **kwargs)
+
+    store.read_new = counting_read  # type: ignore[method-assign]
+    consumer = Consumer(store, make_settings(), Metrics())
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 0.5
+    while loop.time() < deadline:  # let it idle for half a second of wall time
+        await asyncio.sleep(0.05)
+    await consumer.stop()
+    # ~10 reads with the 50 ms pause; a hot loop does thousands in that time.
+    assert 1 <= reads <= 50
+
+
+async def test_running_loop_applies_what_arrives_and_stops_cleanly(store: Store) -> None:
+    from ledger.events import CallEvent
+
+    consumer = Consumer(store, make_settings(), Metrics())
+    await consumer.start()
+    event = CallEvent(source="platform", event_id="e1", call_sid="CA-loop", type="call.status",
+                      occurred_at="2026-11-24T10:00:00Z", occurred_us=1_795_514_400_000_000, status="ringing")
+    await store.append(event.model_dump_json().encode())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while await store.get_call("CA-loop") is None and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    assert await store.get_call("CA-loop") is not None
+    await consumer.stop()
+    assert consumer._task is not None and consumer._task.done()
