@@ -130,6 +130,8 @@ class Store:
         self.ids = f"{prefix}:ids"
         self._call_prefix = f"{prefix}:call:"
         self._commit = redis.register_script(COMMIT_LUA)
+        # A cluster pipeline cannot pre-load scripts on each node: send the script itself.
+        self._cluster = isinstance(redis, RedisCluster)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
@@ -266,7 +268,10 @@ class Store:
             args: list[Any] = [w.version, w.new_version, w.state_json, w.record_id]
             for event_id, event_json in w.events:
                 args += [EVENT_FIELD + event_id, event_json]
-            await self._commit(keys=[self.call_key(w.call_sid)], args=args, client=pipe)
+            if self._cluster:
+                pipe.eval(COMMIT_LUA, 1, self.call_key(w.call_sid), *args)
+            else:
+                await self._commit(keys=[self.call_key(w.call_sid)], args=args, client=pipe)
         return [bool(r) for r in await pipe.execute()]
 
     async def ack(self, entry_ids: list[str], failed_before: Iterable[str] = ()) -> None:

@@ -1,0 +1,85 @@
+"""LEDGER_REDIS_CLUSTER=true: the whole path on a real three-node Redis Cluster."""
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from ledger.app import create_app
+from ledger.metrics import Metrics
+from ledger.store import Store
+from tests.conftest import AUTH, _require_redis, free_port, make_settings, post_platform
+from worker.consumer import Consumer
+
+pytestmark = pytest.mark.real_redis
+
+
+@pytest.fixture
+def cluster_url() -> Iterator[str]:
+    """Three masters on free ports, slots assigned by redis-cli --cluster create."""
+    _require_redis()
+    with tempfile.TemporaryDirectory() as directory:
+        ports = [free_port() for _ in range(3)]
+        procs = [subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
+             "--dir", directory], stdout=subprocess.DEVNULL) for port in ports]
+        try:
+            for port in ports:
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        redis.Redis(host="127.0.0.1", port=port).ping()
+                        break
+                    except redis.ConnectionError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.02)
+            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                            "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, timeout=30)
+            deadline = time.monotonic() + 15
+            while redis.Redis(host="127.0.0.1", port=ports[0]).cluster("info").get("cluster_state") != "ok":
+                assert time.monotonic() < deadline, "cluster did not become ok"
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{ports[0]}/0"
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+
+
+async def test_calls_spread_over_slots_are_applied_and_read_back_on_a_cluster(
+        aiohttp_client: Any, cluster_url: str) -> None:
+    settings = make_settings(redis_url=cluster_url, redis_cluster=True)
+    store = Store.from_settings(settings)
+    client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+    sids = [f"CA-cluster-{i}" for i in range(30)]  # enough to land on every node
+    for sid in sids:
+        for n, payload in enumerate([
+            {"type": "call.status", "call_sid": sid, "occurred_at": "2026-11-24T10:00:00Z",
+             "data": {"status": "ongoing"}},
+            {"type": "call.usage", "call_sid": sid, "occurred_at": "2026-11-24T10:00:30Z",
+             "data": {"component": "llm", "cost": "0.1"}},
+            {"type": "call.status", "call_sid": sid, "occurred_at": "2026-11-24T10:01:00Z",
+             "data": {"status": "completed"}},
+        ]):
+            response = await post_platform(client, payload, f"{sid}-{n}")
+            assert response.status == 200, await response.text()
+    consumer = Consumer(store, settings, Metrics())
+    assert await consumer.run_burst() == 90
+    await post_platform(client, {"type": "call.usage", "call_sid": sids[0], "occurred_at": "2026-11-24T10:00:40Z",
+                                 "data": {"component": "llm", "cost": "0.2"}}, "late")
+    await consumer.run_burst()
+
+    for sid in sids:
+        record = await (await client.get(f"/api/v1/calls/sid/{sid}", headers=AUTH)).json()
+        assert (record["status"], record["duration"]) == ("completed", 60)
+        assert record["llm_cost"] == (0.3 if sid == sids[0] else 0.1)
+    nodes = {store.redis.get_node_from_key(store.call_key(sid)).port for sid in sids}
+    assert len(nodes) == 3  # the records really are spread over the cluster
+    assert (await client.get("/readyz")).status == 200
+    await store.close()
