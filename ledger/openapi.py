@@ -109,6 +109,7 @@ WEBHOOK_RESPONSES = {
     "400": _error("Body cannot be parsed; nothing stored"),
     "401": _error("Missing or wrong signature, or timestamp outside the window; nothing stored"),
     "404": _error("This source's secret is not configured"),
+    "408": _error("Body not received within LEDGER_READ_TIMEOUT_S"),
     "413": _error("Body larger than 64 KiB"),
     "422": _error("Parsable, but not a usable call event (no call id, unknown status, bad amount...)"),
     "503": _error("Redis could not take the event; retry"),
