@@ -10,7 +10,8 @@ test:
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
 lint:
-	ruff check ledger worker api tests bench
+	ruff check ledger worker api tests bench examples
+	mypy
 
 bench:
 	$(PYTHON) bench/run.py

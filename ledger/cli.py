@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from ledger.app import create_app
+from ledger.app import Role, create_app
 from ledger.errors import DurabilityUnavailable
 from ledger.logs import configure_logging
 from ledger.settings import Settings
@@ -34,7 +34,7 @@ def load_settings() -> Settings:
         raise SystemExit(2) from None
 
 
-def run_service(role: str, settings: Settings) -> None:
+def run_service(role: Role, settings: Settings) -> None:
     from aiohttp import web
 
     try:
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if args.command == "dlq":
         return asyncio.run(_dlq(args, settings))
-    run_service(args.command, settings)
+    run_service(args.command, settings)  # argparse limits it to serve | worker | api
     return 0
 
 

@@ -72,7 +72,7 @@ class CallState:
 
 def ledger_costs(event: CallEvent, settings: Settings) -> list[tuple[str, int]]:
     """The event's costs in the ledger currency; Unapplicable when a rate is missing."""
-    converted = []
+    converted: list[tuple[str, int]] = []
     for cost in event.costs:
         amount = cost.amount_nano
         if cost.currency != settings.currency:

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     @classmethod
     def _rates(cls, value: object) -> dict[tuple[str, str], Decimal]:
         if isinstance(value, dict):
-            return {tuple(k): parse_rate(str(v)) for k, v in value.items()}  # type: ignore[misc]
+            return {tuple(k): parse_rate(str(v)) for k, v in value.items()}
         rates = {}
         for entry in _split(value):
             key, sep, rate = entry.partition("=")
