@@ -138,3 +138,50 @@ if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "doomed":
         sys.exit("usage: python tests/workers.py doomed <redis url> <count>")
     asyncio.run(_doomed(sys.argv[2], int(sys.argv[3])))
+
+
+# -- a consumer that dies between commit and acknowledgement ---------------------------------
+# (Appended after the script block above, which it leaves alone; run it with
+#  python -c "import sys; from tests.workers import crash_after_commit_main as m; m(sys.argv[1:])" \
+#      crash-after-commit <N> <redis url> <batch size> [<LEDGER_FX_RATES>]
+# It prints "crashing before ack: <entry id>,<entry id>,..." and SIGKILLs itself.)
+
+async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates: str) -> int:
+    """A real Consumer whose store's `ack` SIGKILLs this process on the `batches`-th batch:
+    the commit script has written that batch's events, XACK never runs."""
+    import os
+    import signal
+
+    from ledger.logs import configure_logging
+    from ledger.metrics import Metrics
+    from ledger.store import Store
+    from worker.consumer import Consumer
+
+    configure_logging("json", "info")
+    settings = Settings(redis_url=url, consumer_name="crasher", batch_size=batch_size, fx_rates=fx_rates,
+                        claim_idle_ms=3_600_000)
+    store = Store.from_settings(settings)
+    original_ack = store.ack
+    acks = 0
+
+    async def ack_or_die(entry_ids: list[str], failed_before: Iterable[str] = ()) -> None:
+        nonlocal acks
+        if entry_ids:
+            acks += 1
+            if acks == batches:
+                print(f"crashing before ack: {','.join(entry_ids)}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+        await original_ack(entry_ids, failed_before)
+
+    store.ack = ack_or_die  # type: ignore[method-assign]
+    consumer = Consumer(store, settings, Metrics())
+    await consumer.run_burst()
+    print(f"drained after {acks} batches without crashing", flush=True)
+    return 3
+
+
+def crash_after_commit_main(argv: list[str]) -> None:
+    if len(argv) not in (4, 5) or argv[0] != "crash-after-commit":
+        sys.exit("usage: crash-after-commit <N> <redis url> <batch size> [<LEDGER_FX_RATES>]")
+    sys.exit(asyncio.run(_crash_after_commit(int(argv[1]), argv[2], int(argv[3]),
+                                             argv[4] if len(argv) == 5 else "")))

@@ -76,13 +76,16 @@ class Consumer:
 
     async def _run(self) -> None:
         log.info("worker_started", consumer=self.name, stream=self.store.stream)
+        # Block no longer than the claim interval, so an idle worker still looks for a dead
+        # replica's entries as often as promised.
+        block_ms = max(1, int(self._claim_every * 1000))
         while not self._stopping.is_set():
             try:
                 started = time.monotonic()
                 async with asyncio.timeout(STEP_TIMEOUT_S):
-                    handled = await self.step(block_ms=1000)
+                    handled = await self.step(block_ms=block_ms)
                 # Some servers (the embedded store) answer a blocking read at once: don't spin.
-                if not handled and time.monotonic() - started < 0.5:
+                if not handled and time.monotonic() - started < block_ms / 2000:
                     await self._pause(0.05)
             except Exception as exc:  # Redis away, or a bug: log, back off, keep the process alive
                 log.error("apply_loop_error", consumer=self.name, error=f"{type(exc).__name__}: {exc}")
