@@ -26,10 +26,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from ledger.errors import DurabilityUnavailable, StoreUnavailable
 from ledger.settings import Settings
@@ -128,6 +128,7 @@ class Store:
         self.dead = f"{prefix}:dead"
         self.failures = f"{prefix}:failures"
         self.ids = f"{prefix}:ids"
+        self._durability_key = f"{prefix}:durability-check"
         self._call_prefix = f"{prefix}:call:"
         self._commit = redis.register_script(COMMIT_LUA)
         # A cluster pipeline cannot pre-load scripts on each node: send the script itself.
@@ -174,9 +175,16 @@ class Store:
         return _text(entry_id)
 
     async def check_durability(self) -> None:
-        """Raise DurabilityUnavailable unless this Redis can confirm AOF writes (WAITAOF)."""
+        """Raise DurabilityUnavailable unless this Redis confirms AOF writes (WAITAOF).
+
+        A real write is needed: WAITAOF after no write returns at once, which says nothing
+        about a server that never fsyncs (appendfsync no).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self._durability_key, int(time.time()), px=60_000)
+        pipe.execute_command("WAITAOF", 1, 0, self.durable_ack_timeout_ms)
         try:
-            await self.redis.execute_command("WAITAOF", 1, 0, 1)
+            _, (local, _replicas) = await pipe.execute()
         except ResponseError as exc:
             message = str(exc).lower()
             if "unknown command" in message:
@@ -186,6 +194,9 @@ class Store:
                 raise DurabilityUnavailable(
                     "LEDGER_DURABLE_ACK=aof needs the Redis server to run with appendonly yes") from None
             raise
+        if int(local) < 1:
+            raise DurabilityUnavailable(
+                "LEDGER_DURABLE_ACK=aof needs the Redis server to fsync its AOF (appendfsync always or everysec)")
 
     # -- worker: the consumer group ---------------------------------------------------------
 
