@@ -5,17 +5,15 @@ from aiohttp import web
 
 from api.auth import check_bearer
 from ledger.errors import NotFound
+from ledger.events import MAX_CALL_SID
 from ledger.rules import CallState, record_json, render_record
 from ledger.web import SETTINGS, STORE
-
-# Longer than any provider's call id by far; longer strings cannot name a call.
-MAX_SID = 512
 
 
 def _call_sid(request: web.Request) -> str:
     check_bearer(request.headers.get("Authorization"), request.app[SETTINGS].api_tokens)
     call_sid = request.match_info.get("call_sid", "")
-    if not call_sid or len(call_sid) > MAX_SID:
+    if not call_sid or len(call_sid) > MAX_CALL_SID:  # intake refuses longer ids: no such call
         raise NotFound("no call with this SID")
     return call_sid
 

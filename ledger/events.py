@@ -18,6 +18,8 @@ STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
 TERMINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "failed"})
 Direction = Literal["inbound", "outbound"]
 Component = Literal["llm", "tts", "stt", "telephony"]
+MAX_CALL_SID = 512
+MAX_SECONDS = 10**9  # far beyond any call; keeps every stored integer inside 64 bits
 COMPONENTS: tuple[str, ...] = Component.__args__  # type: ignore[attr-defined]
 
 
@@ -37,8 +39,9 @@ class CallEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: str
-    event_id: str = Field(min_length=1)
-    call_sid: str = Field(min_length=1)
+    # Bounded so that every id intake accepts can also be looked up (the read API takes up to 512).
+    event_id: str = Field(min_length=1, max_length=1024)
+    call_sid: str = Field(min_length=1, max_length=MAX_CALL_SID)
     type: str  # the source's own name for the event, e.g. "call.hangup"; for people reading /events
     occurred_at: str  # canonical UTC text at the source's precision
     occurred_us: int  # the same instant in microseconds since the epoch, for comparisons
@@ -48,7 +51,7 @@ class CallEvent(BaseModel):
     # Provider view: who called whom. The read API derives the platform's view.
     from_number: str | None = None
     to_number: str | None = None
-    duration: int | None = Field(default=None, ge=0)  # connected seconds, as reported
+    duration: int | None = Field(default=None, ge=0, le=MAX_SECONDS)  # connected seconds, as reported
     # When a callback reports the call's start / answer time itself (Plivo's hang-up carries
     # StartTime and AnswerTime), those count like the occurred_at of a status event of that kind.
     started_at: str | None = None
@@ -58,7 +61,7 @@ class CallEvent(BaseModel):
     costs: tuple[Cost, ...] = ()
 
     # Platform metadata (call.metadata); the platform's view of the numbers is taken as given.
-    assistant_id: int | None = None
+    assistant_id: int | None = Field(default=None, ge=0, le=2**63 - 1)
     assistant_name: str | None = None
     flow_name: str | None = None
     to_phone_number: str | None = None

@@ -23,7 +23,10 @@ class Instant(NamedTuple):
 
 
 def _instant(dt: datetime, digits: int) -> Instant:
-    dt = dt.astimezone(UTC)
+    try:
+        dt = dt.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 has no UTC equivalent
+        raise ValueError("timestamp out of range") from None
     us = (dt - _EPOCH) // timedelta(microseconds=1)
     text = dt.strftime("%Y-%m-%dT%H:%M:%S")
     if digits:
@@ -48,7 +51,10 @@ def parse_iso(value: str) -> Instant:
         sign = 1 if zone[0] == "+" else -1
         hh, mm = int(zone[1:3]), int(zone[-2:])
         tz = timezone(sign * timedelta(hours=hh, minutes=mm))
-    dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+    try:
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
+    except (ValueError, OverflowError):
+        raise ValueError("not a valid date and time") from None
     return _instant(dt, digits)
 
 
@@ -68,7 +74,10 @@ def parse_rfc2822(value: str) -> Instant:
 def from_unix(seconds: float) -> Instant:
     """Unix seconds (a signed header timestamp) → Instant at whole-second precision
     unless the value has a fraction."""
-    dt = datetime.fromtimestamp(seconds, tz=UTC)
+    try:
+        dt = datetime.fromtimestamp(seconds, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError("unix time out of range") from None
     return _instant(dt, 6 if dt.microsecond else 0)
 
 

@@ -32,10 +32,12 @@ def parse_amount(value: object) -> int:
         raise ValueError("amount is not a decimal number") from None
     if not amount.is_finite():
         raise ValueError("amount is not a finite number")
-    # Bound before scaling: quantize of "1e400" would overflow the decimal context.
-    if abs(amount) > MAX_AMOUNT_NANO // NANO:
-        raise ValueError("amount is implausibly large")
-    return int((abs(amount) * NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    try:  # "1e999999999" overflows the decimal context in abs() / quantize(): malformed, not a crash
+        if abs(amount) > MAX_AMOUNT_NANO // NANO:
+            raise ValueError("amount is implausibly large")
+        return int((abs(amount) * NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    except ArithmeticError:
+        raise ValueError("amount is out of range") from None
 
 
 def parse_rate(value: str) -> Decimal:

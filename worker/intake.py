@@ -10,8 +10,18 @@ import time
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+from pydantic import ValidationError
 
-from ledger.errors import LedgerError, PayloadTooLarge, RequestTimeout, SourceNotConfigured
+from ledger.errors import (
+    InvalidEvent,
+    LedgerError,
+    MalformedBody,
+    PayloadTooLarge,
+    RequestTimeout,
+    SourceNotConfigured,
+)
 from ledger.settings import Settings
 from ledger.web import MAX_BODY, METRICS, SETTINGS, STORE, json_response
 from worker.sources import SOURCES, Source, WebhookRequest
@@ -44,6 +54,8 @@ async def _handle(request: web.Request, name: str) -> web.Response:
             body = await request.read()  # aiohttp answers 413 past client_max_size (chunked bodies)
     except TimeoutError:
         raise RequestTimeout(f"body not received within {request.app[SETTINGS].read_timeout_s:g} s") from None
+    except (RequestPayloadError, HttpProcessingError):  # e.g. Content-Encoding: gzip that does not inflate
+        raise MalformedBody("body could not be read (bad transfer or content encoding)") from None
     webhook = WebhookRequest(
         method=request.method,
         url=external_url(request, request.app[SETTINGS]),
@@ -53,7 +65,12 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         query=tuple(request.query.items()),
     )
     source.verify(webhook)  # raw bytes first: nothing unauthentic is parsed
-    event = source.parse(webhook)
+    try:
+        event = source.parse(webhook)
+    except ValidationError as exc:  # a value the event model refuses (lone surrogate, oversized id, ...)
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "event"
+        raise InvalidEvent(f"{field}: {error['msg']}") from None
     if event is None:
         request.app[METRICS].received.labels(name, "ignored").inc()
         log.info("webhook_received", source=name, outcome="ignored", status=200)

@@ -10,6 +10,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
+import re
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -22,6 +24,8 @@ from worker.sources.base import WebhookRequest
 from worker.sources.fields import load_json_object
 
 USED_TYPES = ("call.metadata", "call.usage", "call.status")
+MAX_META_DEPTH = 32
+_UNIX_SECONDS = re.compile(r"^[0-9]{1,12}$")
 
 
 def signing_key(secret: str) -> bytes:
@@ -33,19 +37,36 @@ def signing_key(secret: str) -> bytes:
 
 
 def expected_signature(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> bytes:
-    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    # surrogateescape: header bytes that are not UTF-8 reach us as surrogates; they are
+    # signed (and compared) as the bytes they were, never a crash.
+    signed = f"{webhook_id}.{timestamp}.".encode("utf-8", "surrogateescape") + body
     return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
 
 
-def _plain(value: Any) -> Any:
-    """Metadata is free-form, not money: JSON numbers parsed as Decimal go back to int/float."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and "E" not in str(value) else float(value)
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Metadata is free-form, not money: JSON numbers parsed as Decimal go back to int/float.
+
+    Bounded so that whatever is accepted can be stored and served: nesting up to
+    MAX_META_DEPTH, integers inside 64 bits, finite numbers.
+    """
+    if depth > MAX_META_DEPTH:
+        raise InvalidEvent(f"data.call_meta is nested deeper than {MAX_META_DEPTH} levels")
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | Decimal):
+        number: int | float
+        if isinstance(value, int) or (value == value.to_integral_value() and "E" not in str(value)):
+            number = int(value)
+            if not -(2**63) <= number < 2**63:
+                raise InvalidEvent("data.call_meta: integers must fit in 64 bits")
+        else:
+            number = float(value)
+            if not math.isfinite(number):
+                raise InvalidEvent("data.call_meta: numbers must be finite")
+        return number
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    return [_plain(v, depth + 1) for v in value]
 
 
 def _text(data: dict[str, Any], name: str) -> str | None:
@@ -80,18 +101,16 @@ class PlatformSource:
         signatures = request.headers.get("webhook-signature")
         if not webhook_id or not timestamp or not signatures:
             raise SignatureInvalid("webhook-id, webhook-timestamp and webhook-signature headers are required")
-        try:
-            sent_at = int(timestamp)
-        except ValueError:
-            raise SignatureInvalid("webhook-timestamp is not unix seconds") from None
-        if abs(request.received_at - sent_at) > self._tolerance:
+        if not _UNIX_SECONDS.match(timestamp):
+            raise SignatureInvalid("webhook-timestamp is not unix seconds")
+        if abs(request.received_at - int(timestamp)) > self._tolerance:
             raise SignatureInvalid("webhook-timestamp is outside the accepted window")
         expected = expected_signature(self._key, webhook_id, timestamp, request.body)
         matched = False
         for candidate in signatures.split(" "):
             version, _, value = candidate.partition(",")
             # Check every entry (no early exit) so timing says nothing about which matched.
-            matched |= version == "v1" and hmac.compare_digest(value.encode(), expected)
+            matched |= version == "v1" and hmac.compare_digest(value.encode("utf-8", "surrogateescape"), expected)
         if not matched:
             raise SignatureInvalid("no valid v1 signature for this body")
 
