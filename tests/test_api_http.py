@@ -133,7 +133,7 @@ async def test_metrics_show_lag_while_events_wait(client: Any) -> None:
 def _routes(app: Any) -> set[tuple[str, str]]:
     routes = set()
     for route in app.router.routes():
-        path = route.resource.canonical.replace("{call_sid:[\\s\\S]+}", "{call_sid}").replace("{call_sid:[\\s\\S]*}", "{call_sid}")
+        path = route.resource.canonical
         if route.method != "HEAD":
             routes.add((path, route.method.lower()))
     return routes

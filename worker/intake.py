@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from ledger.errors import (
     InvalidEvent,
@@ -75,7 +76,11 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         request.app[METRICS].received.labels(name, "ignored").inc()
         log.info("webhook_received", source=name, outcome="ignored", status=200)
         return json_response({"outcome": "ignored"})
-    await request.app[STORE].append(event.model_dump_json().encode())
+    try:
+        event_json = event.model_dump_json().encode()
+    except PydanticSerializationError:  # e.g. a lone surrogate escape ("\ud800") in a text field
+        raise InvalidEvent("text fields must be valid Unicode (no lone surrogate escapes)") from None
+    await request.app[STORE].append(event_json)
     request.app[METRICS].received.labels(name, "stored").inc()
     log.info("webhook_received", source=name, call_sid=event.call_sid, event_id=event.event_id,
              type=event.type, outcome="stored", status=200)
