@@ -1,5 +1,6 @@
 """LEDGER_REDIS_CLUSTER=true: the whole path on a real three-node Redis Cluster."""
 
+import socket
 import subprocess
 import tempfile
 import time
@@ -18,12 +19,27 @@ from worker.consumer import Consumer
 pytestmark = pytest.mark.real_redis
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) exists and is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port pair for a cluster node")
+
+
 @pytest.fixture
 def cluster_url() -> Iterator[str]:
     """Three masters on free ports, slots assigned by redis-cli --cluster create."""
     _require_redis()
     with tempfile.TemporaryDirectory() as directory:
-        ports = [free_port() for _ in range(3)]
+        ports = [cluster_port() for _ in range(3)]
         procs = [subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
