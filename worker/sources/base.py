@@ -8,11 +8,12 @@ request, so they are tested without HTTP; the intake handler does the I/O.
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar, Protocol
-from urllib.parse import parse_qsl
 
 from ledger.events import CallEvent
 from ledger.settings import Settings
+from worker.sources.fields import decode_form
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,13 @@ class WebhookRequest:
     received_at: float  # unix seconds, for signature timestamp windows
     query: tuple[tuple[str, str], ...] = field(default=())
 
+    @cached_property
     def form(self) -> list[tuple[str, str]]:
-        """Form parameters of a urlencoded body (strict UTF-8)."""
-        return parse_qsl(self.body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        """Form parameters of a urlencoded body (strict UTF-8; MalformedBody otherwise).
+
+        Decoded once per request: the signature check and the parser both need them.
+        """
+        return decode_form(self.body)
 
 
 class Source(Protocol):

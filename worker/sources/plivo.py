@@ -145,7 +145,7 @@ class PlivoSource:
             raise SignatureInvalid(f"missing {SIGNATURE_HEADER} header")
         if not nonce:
             raise SignatureInvalid(f"missing {NONCE_HEADER} header")
-        form = [] if request.method == "GET" else decode_form(request.body)
+        form = [] if request.method == "GET" else request.form
         signed = f"{signature_base(request.method, request.url, form)}.{nonce}"
         mac = hmac.new(self._key, signed.encode("utf-8", "surrogateescape"), hashlib.sha256)
         expected = base64.b64encode(mac.digest())
@@ -157,7 +157,7 @@ class PlivoSource:
 
     def parse(self, request: WebhookRequest) -> CallEvent | None:
         """The callback's facts; None for callbacks (AMD, recording) the ledger does not use."""
-        pairs = request.query if request.method == "GET" else decode_form(request.body)
+        pairs = request.query if request.method == "GET" else request.form
         fields = read_fields(pairs, READ_FIELDS)
         event = fields.get("Event", "").strip()
         if event in IGNORED_EVENTS:

@@ -29,7 +29,7 @@ from ledger.instants import Instant, from_unix, parse_rfc2822
 from ledger.phones import to_e164
 from ledger.settings import Settings
 from worker.sources.base import WebhookRequest
-from worker.sources.fields import decode_form, read_fields, required, whole_seconds
+from worker.sources.fields import read_fields, required, whole_seconds
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
@@ -124,7 +124,7 @@ class TwilioSource:
         digest = DIGESTS.get(signature_algorithm(request.headers.get(SETTINGS_HEADER)))
         if digest is None:
             raise SignatureInvalid(f"{SETTINGS_HEADER} names an unsupported algorithm")
-        params = "" if request.method == "GET" else signed_parameters(decode_form(request.body))
+        params = "" if request.method == "GET" else signed_parameters(request.form)
         given = signature.encode("utf-8", "surrogateescape")
         matched = False
         for url in url_variants(request.url):
@@ -135,7 +135,7 @@ class TwilioSource:
 
     def parse(self, request: WebhookRequest) -> CallEvent | None:
         """The status callback's facts; None for another feature's callback sent here."""
-        pairs = request.query if request.method == "GET" else decode_form(request.body)
+        pairs = request.query if request.method == "GET" else request.form
         fields = read_fields(pairs, READ_FIELDS)
         if not fields.get("CallStatus") and any(fields.get(f) for f in OTHER_CALLBACK_FIELDS):
             return None
