@@ -22,7 +22,7 @@ from ledger.metrics import Metrics
 from ledger.rules import CallState, render_record
 from ledger.settings import Settings
 from ledger.store import GROUP, CommitWrite, Store, open_redis
-from tests.conftest import PLATFORM_SECRET, RedisServer, free_port, make_settings
+from tests.conftest import PLATFORM_SECRET, Guarantees, RedisServer, free_port, make_settings
 from tests.workers import call_events, cost_sums, expected_status, fold, make_event, usage, with_duplicates
 from worker.consumer import Consumer
 
@@ -305,7 +305,7 @@ def eur_to_usd(amount_nano: int, rate: str) -> int:
 
 
 async def test_an_event_with_no_fx_rate_is_dead_lettered_after_max_deliveries_then_replayed_once(
-    ledger: Ledger,
+    ledger: Ledger, guarantees: Guarantees,
 ) -> None:
     sid = "CA-dead-letter"
     eur = usage(sid, "e-eur", 30 * S, "tts", 12_345_678_901, currency="EUR")
@@ -373,6 +373,10 @@ async def test_an_event_with_no_fx_rate_is_dead_lettered_after_max_deliveries_th
     assert counter(fixed, "ledger_events_applied_total") == 1
     assert counter(fixed, "ledger_events_duplicate_total") == 1
     await assert_nothing_pending(store)
+    stored_events = len([f for f in await store.redis.hkeys(store.call_key(sid)) if f.startswith(b"e:")])
+    guarantees.record("poison event (no FX rate): dead-lettered after 3 deliveries, replayed twice once fixed",
+                      sent=5, answered_2xx=5, applied=stored_events, duplicates_suppressed=1,
+                      lost=5 - stored_events)
 
 
 # -- retention --------------------------------------------------------------------------------
