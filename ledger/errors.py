@@ -41,11 +41,6 @@ class NotFound(LedgerError):
     code = "not_found"
 
 
-class MethodNotAllowed(LedgerError):
-    status = 405
-    code = "method_not_allowed"
-
-
 class RequestTimeout(LedgerError):
     """The client did not send its body within LEDGER_READ_TIMEOUT_S."""
 

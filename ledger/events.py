@@ -11,8 +11,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ledger.instants import Instant
-
 Status = Literal["initiated", "ringing", "ongoing", "completed", "busy", "no-answer", "canceled", "failed"]
 STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
 TERMINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "failed"})
@@ -67,7 +65,3 @@ class CallEvent(BaseModel):
     to_phone_number: str | None = None
     customer_phone_number: str | None = None
     call_meta: dict[str, object] | None = None
-
-    @property
-    def instant(self) -> Instant:
-        return Instant(self.occurred_at, self.occurred_us)

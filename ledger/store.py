@@ -111,7 +111,8 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _id_tuple(entry_id: str) -> tuple[int, int]:
+def entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable (milliseconds, sequence) pair."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
@@ -343,7 +344,8 @@ class Store:
         MINID is the oldest of: the retention cut-off, each group's oldest pending entry,
         and each group's last-delivered id (entries after it are not delivered yet).
         """
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        # Redis's clock, not ours: stream ids are Redis timestamps.
+        now_ms = await self.now_ms() if now_ms is None else now_ms
         bound = (max(0, now_ms - retention_s * 1000), 0)
         try:
             groups = await self.redis.xinfo_groups(self.stream)
@@ -351,11 +353,11 @@ class Store:
             return 0
         for group in groups:
             name = _text(group["name"])
-            bound = min(bound, _id_tuple(_text(group["last-delivered-id"])))
+            bound = min(bound, entry_order(_text(group["last-delivered-id"])))
             if int(group.get("pending") or 0):
                 summary = await self.redis.xpending(self.stream, name)
                 if summary.get("min"):
-                    bound = min(bound, _id_tuple(_text(summary["min"])))
+                    bound = min(bound, entry_order(_text(summary["min"])))
         if bound <= (0, 0):
             return 0
         return int(await self.redis.xtrim(self.stream, minid=f"{bound[0]}-{bound[1]}"))

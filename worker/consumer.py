@@ -21,15 +21,11 @@ from pydantic import ValidationError
 from ledger.events import CallEvent
 from ledger.metrics import Metrics
 from ledger.settings import Settings
-from ledger.store import CommitWrite, Entry, LoadedCall, Store
+from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
 from worker.apply import CallPlan, KnownCalls, plan_call
 
 log = structlog.get_logger("ledger.worker")
 
-
-def _id_order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 # Compare-and-set retries per batch when other workers update the same calls; what is
 # still contended after these stays pending and is claimed again later.
@@ -180,7 +176,7 @@ class Consumer:
         failures: dict[str, str] = {}
         redelivered: list[str] = []
         for entry, event in sorted((item for items in by_call.values() for item in items),
-                                   key=lambda item: _id_order(item[0].entry_id)):
+                                   key=lambda item: entry_order(item[0].entry_id)):
             outcome, reason = outcomes.get(entry.entry_id, ("deferred", "call updated concurrently; will retry"))
             self._log(entry, event, outcome, **({"reason": reason} if reason else {}))
             tally[(outcome, event.source)] += 1
