@@ -39,6 +39,7 @@ REQUEST_TIMEOUT_S = 5.0
 EVENT_FIELD = "e:"  # call-hash field prefix of an applied event: e:<event_id>
 EVENT_FIELD_BYTES = EVENT_FIELD.encode()
 COMMIT_LUA = files("ledger").joinpath("commit.lua").read_text()
+COMMIT_MANY_LUA = files("ledger").joinpath("commit_many.lua").read_text()
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -132,6 +133,7 @@ class Store:
         self._durability_key = f"{prefix}:durability-check"
         self._call_prefix = f"{prefix}:call:"
         self._commit = redis.register_script(COMMIT_LUA)
+        self._commit_many = redis.register_script(COMMIT_MANY_LUA)
         # A cluster pipeline cannot pre-load scripts on each node: send the script itself.
         self._cluster = isinstance(redis, RedisCluster)
 
@@ -275,6 +277,15 @@ class Store:
 
     async def commit(self, writes: list[CommitWrite]) -> list[bool]:
         """Run the commit script for each call; False where another worker got there first."""
+        if not self._cluster and len(writes) > 1:
+            # One script call for the whole batch: redis-py's per-command cost dominates otherwise.
+            batch: list[Any] = []
+            for w in writes:
+                batch += [w.version, w.new_version, w.state_json, w.record_id, len(w.events)]
+                for event_id, event_json in w.events:
+                    batch += [EVENT_FIELD + event_id, event_json]
+            replies = await self._commit_many(keys=[self.call_key(w.call_sid) for w in writes], args=batch)
+            return [bool(r) for r in replies]
         pipe = self.redis.pipeline(transaction=False)
         for w in writes:
             args: list[Any] = [w.version, w.new_version, w.state_json, w.record_id]
