@@ -4,6 +4,7 @@ and a real redis-server on a free port for the tests that need one."""
 import base64
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -92,9 +93,22 @@ async def post_platform(client: Any, payload: dict[str, Any], webhook_id: str, *
 # -- a real redis-server ----------------------------------------------------------------------
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range (32768+).
+
+    Port 0 would hand out an ephemeral port, which any outgoing connection (tests open
+    hundreds) can take between this check and the server's bind: seen as a flaky
+    "address already in use". Ports below the range are only taken by servers.
+    """
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randint(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 class RedisServer:
