@@ -112,12 +112,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server of our own on a free port, in a temp dir: stoppable and restartable."""
+    """A redis-server (or Valkey: `binary`) of our own on a free port, in a directory of its
+    own: stoppable, and restartable on the same port and --dir, so its AOF is loaded again."""
 
-    def __init__(self, directory: Path, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, appendonly: bool = False, *, binary: str = "redis-server",
+                 appendfsync: str = "always") -> None:
         self.dir = directory
         self.port = free_port()
         self.appendonly = appendonly
+        self.binary = binary
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -125,19 +129,23 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", str(self.dir), "--appendonly", "yes" if self.appendonly else "no"]
+        log = self.dir / "server.log"
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", str(self.dir), "--logfile", str(log), "--appendonly", "yes" if self.appendonly else "no"]
         if self.appendonly:
-            args += ["--appendfsync", "always"]
+            args += ["--appendfsync", self.appendfsync]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                if redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2).ping():
                     return
             except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    break
                 time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise RuntimeError(f"{self.binary} did not start: {tail}")
 
     def stop(self) -> None:
         if self.proc is not None:

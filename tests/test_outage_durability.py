@@ -53,35 +53,12 @@ CLAIM_IDLE_MS = "1000"  # a batch that failed mid-outage is pending on the worke
 # -- servers and processes --------------------------------------------------------------------------
 
 class Server(RedisServer):
-    """RedisServer with a chosen binary and AOF fsync policy, that can also be SIGKILLed."""
+    """RedisServer with AOF on by default, that can also be SIGKILLed."""
 
     def __init__(self, directory: Path, binary: str = "redis-server", appendonly: bool = True,
                  appendfsync: str = "always") -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        super().__init__(directory, appendonly)
-        self.binary = binary
-        self.appendfsync = appendfsync
-
-    def start(self) -> None:
-        """Start (or restart: same port, same --dir, so the AOF there is loaded) and wait for PING."""
-        import redis
-
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", str(self.dir), "--logfile", str(self.dir / "server.log"),
-                "--appendonly", "yes" if self.appendonly else "no"]
-        if self.appendonly:
-            args += ["--appendfsync", self.appendfsync]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
-                    return
-            except redis.ConnectionError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.02)
-        raise RuntimeError(f"{self.binary} did not start: {(self.dir / 'server.log').read_text()[-2000:]}")
+        super().__init__(directory, appendonly, binary=binary, appendfsync=appendfsync)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final AOF flush."""
