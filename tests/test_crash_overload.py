@@ -28,7 +28,7 @@ from structlog.testing import capture_logs
 
 from ledger.events import COMPONENTS, CallEvent
 from ledger.metrics import Metrics
-from ledger.money import convert, format_nano
+from ledger.money import format_nano
 from ledger.rules import CallState, record_json, render_record
 from ledger.settings import Settings
 from ledger.store import EVENT_FIELD, GROUP, Store, open_redis
@@ -42,7 +42,7 @@ from tests.conftest import (
     make_settings,
     sign_platform,
 )
-from tests.workers import call_events, expected_status, fold, usage, with_duplicates
+from tests.workers import assert_records_exact, by_call, call_events, fold, usage, with_duplicates
 from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
@@ -68,29 +68,6 @@ def ledger_events(prefix: str, calls: int, seed: int | str, usages: int, eur: in
     return events
 
 
-def by_call(events: Iterable[CallEvent]) -> dict[str, list[CallEvent]]:
-    calls: dict[str, list[CallEvent]] = {}
-    for event in events:
-        calls.setdefault(event.call_sid, []).append(event)
-    return calls
-
-
-def cost_sums(events: Iterable[CallEvent], settings: Settings) -> dict[str, int]:
-    """SPEC §5 directly: per component, each event id once, EUR times the rate rounded half-even per charge."""
-    sums: dict[str, int] = {}
-    seen: set[str] = set()
-    for event in events:
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
-        for cost in event.costs:
-            amount = cost.amount_nano
-            if cost.currency != settings.currency:
-                amount = convert(amount, settings.fx_rates[cost.currency])
-            sums[cost.component] = sums.get(cost.component, 0) + amount
-    return sums
-
-
 def ledger_settings(server: RedisServer) -> Settings:
     return make_settings(redis_url=server.url, fx_rates=FX_RATES)
 
@@ -110,38 +87,6 @@ async def fill(store: Store, payloads: list[bytes], chunk: int = 2000) -> None:
         for payload in payloads[i:i + chunk]:
             pipe.xadd(store.stream, {"e": payload})
         await pipe.execute()
-
-
-async def assert_exact(store: Store, events: list[CallEvent], settings: Settings) -> int:
-    """Each call's stored state equals the single-process fold, every event applied exactly once,
-    status and costs also checked against SPEC §5 directly; returns the events applied."""
-    expected = fold(events, settings)
-    calls = by_call(events)
-    record_ids = set()
-    applied = 0
-    for sid, state in expected.items():
-        found = await store.get_call(sid)
-        assert found is not None, f"no record for {sid}"
-        record_id, state_json = found
-        record_ids.add(record_id)
-        stored = CallState.from_json(state_json)
-        record = render_record(sid, record_id, stored, settings)
-        assert record == render_record(sid, record_id, state, settings), sid
-        assert stored == state, sid
-        assert record["status"] == expected_status(calls[sid]), sid
-        sums = cost_sums(calls[sid], settings)
-        for component in COMPONENTS:
-            assert record[f"{component}_cost"] == sums.get(component), (sid, component)
-        assert record["total_cost"] == (sum(sums.values()) if sums else None), sid
-
-        unique = {e.event_id for e in calls[sid]}
-        fields = await store.redis.hkeys(store.call_key(sid))
-        stored_ids = sorted(f.decode()[len(EVENT_FIELD):] for f in fields if f.startswith(EVENT_FIELD.encode()))
-        assert stored_ids == sorted(unique), sid
-        assert int(await store.redis.hget(store.call_key(sid), "v")) == len(unique), sid
-        applied += len(stored_ids)
-    assert len(record_ids) == len(expected), "two calls share a record id"
-    return applied
 
 
 async def assert_api_records(port: int, events: list[CallEvent], settings: Settings) -> None:
@@ -419,7 +364,7 @@ async def test_sigkilled_worker_is_taken_over_by_the_survivor_and_records_are_ex
     survivor_outcomes = survivor.outcomes()
     for entry_id in held:
         assert set(survivor_outcomes.get(entry_id, [])) & {"applied", "duplicate"}, entry_id
-    applied = await assert_exact(store, events, settings)
+    applied = await assert_records_exact(store, events, settings)
     await assert_api_records(api.port, events, settings)
     assert applied == len({(e.call_sid, e.event_id) for e in events})
 
@@ -490,7 +435,7 @@ async def test_worker_killed_between_commit_and_ack_is_redelivered_as_duplicates
     assert reg.get_sample_value("ledger_events_applied_total", {"source": "platform"}) == unique - applied_by_crasher
     assert await pending_ids(store) == []
 
-    applied = await assert_exact(store, events, settings)
+    applied = await assert_records_exact(store, events, settings)
     assert applied == unique
     everything = [*crasher_outcomes.values(), *outcomes.values()]
     dupes = sum(o.count("duplicate") for o in everything)
@@ -568,7 +513,7 @@ async def test_a_burst_of_webhooks_is_all_applied_and_lag_shows_then_clears(
     assert final["ledger_events_applied_total"] == unique
     assert final["ledger_events_duplicate_total"] == len(ok) - unique
     assert final["received_stored"] == len(ok)
-    applied = await assert_exact(store, events, settings)
+    applied = await assert_records_exact(store, events, settings)
     await assert_api_records(api.port, events, settings)
 
     max_lag = max(s["ledger_consumer_lag"] for s in seen)
@@ -693,7 +638,7 @@ async def test_sigterm_under_load_exits_zero_acknowledged_applied_rest_finished_
         await asyncio.gather(*(redeliver(session, hook) for hook in retry))
     await drained(store, 30, second)
 
-    applied = await assert_exact(store, events, settings)
+    applied = await assert_records_exact(store, events, settings)
     unique = len({e.event_id for e in events})
     assert applied == unique
     delivered_2xx = [*(CallEvent.model_validate_json(p).event_id for p in payloads), *answered]

@@ -23,7 +23,13 @@ from ledger.rules import CallState, render_record
 from ledger.settings import Settings
 from ledger.store import GROUP, CommitWrite, Store, open_redis
 from tests.conftest import PLATFORM_SECRET, Guarantees, RedisServer, free_port, make_settings
-from tests.workers import call_events, cost_sums, expected_status, fold, make_event, usage, with_duplicates
+from tests.workers import (
+    assert_records_exact,
+    call_events,
+    make_event,
+    usage,
+    with_duplicates,
+)
 from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
@@ -103,38 +109,6 @@ async def assert_nothing_pending(store: Store) -> None:
     assert (await store.redis.xpending(store.stream, GROUP))["pending"] == 0
 
 
-async def assert_records(store: Store, events: list[CallEvent], settings: Settings) -> None:
-    """Every call's stored state and record equal a single-process fold of the same events,
-    each event applied exactly once; status and cost sums also checked against SPEC §5 directly."""
-    expected = fold(events, settings)
-    by_call: dict[str, list[CallEvent]] = {}
-    for event in events:
-        by_call.setdefault(event.call_sid, []).append(event)
-    record_ids = set()
-    for sid, state in expected.items():
-        found = await store.get_call(sid)
-        assert found is not None, f"no record for {sid}"
-        record_id, state_json = found
-        record_ids.add(record_id)
-        stored = CallState.from_json(state_json)
-        assert stored == state, sid
-        record = render_record(sid, record_id, stored, settings)
-        assert record == render_record(sid, record_id, state, settings)
-
-        mine = by_call[sid]
-        assert record["status"] == expected_status(mine)
-        sums = cost_sums(mine)
-        for component in ("llm", "tts", "stt", "telephony"):
-            assert record[f"{component}_cost"] == sums.get(component), (sid, component)
-        assert record["total_cost"] == sum(sums.values())
-
-        unique = {e.event_id for e in mine}
-        assert int(await store.redis.hget(store.call_key(sid), "v")) == len(unique)
-        stored_ids = [CallEvent.model_validate_json(raw).event_id for raw in await store.get_events(sid)]
-        assert sorted(stored_ids) == sorted(unique)
-    assert len(record_ids) == len(expected), "two calls share a record id"
-
-
 async def drain(consumers: list[Consumer], store: Store, deadline_s: float = 20.0) -> None:
     """Run the consumers concurrently until the group has nothing left, re-claiming what
     a lost compare-and-set left pending."""
@@ -171,7 +145,7 @@ async def test_concurrent_consumers_on_shared_calls_give_the_single_process_reco
     consumers = [ledger.consumer(f"worker-{i}", CountingStore, batch_size=16) for i in range(4)]
     await drain(consumers, producer)
 
-    await assert_records(producer, events, ledger.settings())
+    await assert_records_exact(producer, events, ledger.settings())
     await assert_nothing_pending(producer)
     # The consumers really raced on the same calls: the script refused stale versions...
     assert CountingStore.conflicts > 0
@@ -191,7 +165,7 @@ async def test_one_batch_of_thousands_of_events_for_one_call_is_committed_whole(
     assert await consumer.run_burst() == len(events)
 
     await assert_nothing_pending(producer)
-    await assert_records(producer, events, ledger.settings())
+    await assert_records_exact(producer, events, ledger.settings())
 
 
 async def test_two_consumers_in_the_group_share_the_stream_and_acknowledge_everything(ledger: Ledger) -> None:
@@ -211,7 +185,7 @@ async def test_two_consumers_in_the_group_share_the_stream_and_acknowledge_every
     assert set(consumers) == {"first", "second"}
     assert all(int(c["pending"]) == 0 for c in consumers.values())
     await assert_nothing_pending(producer)
-    await assert_records(producer, events, ledger.settings())
+    await assert_records_exact(producer, events, ledger.settings())
 
 
 # -- a consumer that dies ---------------------------------------------------------------------
@@ -249,7 +223,7 @@ async def test_entries_held_by_a_killed_consumer_are_claimed_and_applied_by_a_li
         assert time.monotonic() < deadline, f"not taken over: {await producer.group_stats()}"
         await survivor.step(block_ms=20)
 
-    await assert_records(producer, events, ledger.settings())
+    await assert_records_exact(producer, events, ledger.settings())
     await assert_nothing_pending(producer)
     assert counter(survivor, "ledger_events_applied_total") == len(events)
     assert await pending_by_consumer(producer) == {}
@@ -294,7 +268,7 @@ async def test_a_survivor_finishes_exactly_what_a_sigkilled_worker_process_left(
         assert time.monotonic() < deadline, f"not finished: {await producer.group_stats()}"
         await survivor.step(block_ms=20)
 
-    await assert_records(producer, events, ledger.settings())
+    await assert_records_exact(producer, events, ledger.settings())
     await assert_nothing_pending(producer)
 
 
@@ -407,7 +381,7 @@ async def test_retention_trims_acknowledged_entries_but_never_pending_or_undeliv
     finisher = ledger.consumer("finisher", stream_retention=0)
     assert await finisher.run_burst(claim_idle_ms=0) == 4
     await assert_nothing_pending(store)
-    await assert_records(store, events, ledger.settings())
+    await assert_records_exact(store, events, ledger.settings())
 
 
 # -- Redis going away -------------------------------------------------------------------------
@@ -450,7 +424,7 @@ async def test_a_running_consumer_applies_again_after_redis_comes_back_empty(
         await until_available(lambda: store.append(after.model_dump_json().encode()))
         # SPEC §7: the worker keeps going through an outage; what is posted afterwards is applied.
         await wait_for_record(store, "CA-after", deadline_s=8)
-        await assert_records(store, [after], ledger.settings())
+        await assert_records_exact(store, [after], ledger.settings())
     finally:
         await consumer.stop()
 

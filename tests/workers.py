@@ -16,10 +16,12 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from ledger.events import TERMINAL_STATUSES, CallEvent, Cost
+from ledger.events import COMPONENTS, TERMINAL_STATUSES, CallEvent, Cost
 from ledger.instants import format_us, parse_iso
-from ledger.rules import CallState, apply_event
+from ledger.money import convert
+from ledger.rules import CallState, apply_event, render_record
 from ledger.settings import Settings
+from ledger.store import EVENT_FIELD, Store
 
 BASE = parse_iso("2026-11-24T10:00:00Z")
 
@@ -109,17 +111,60 @@ def expected_status(events: Iterable[CallEvent]) -> str:
     return max(statuses, key=("initiated", "ringing", "ongoing").index)
 
 
-def cost_sums(events: Iterable[CallEvent]) -> dict[str, int]:
-    """Per-component sums of USD costs, each event id counted once."""
+def cost_sums(events: Iterable[CallEvent], settings: Settings | None = None) -> dict[str, int]:
+    """SPEC §5 directly: per component, each event id once; a cost in another currency times
+    its rate, rounded half-even per charge (only with `settings`)."""
     sums: dict[str, int] = {}
-    seen = set()
+    seen: set[str] = set()
     for event in events:
         if event.event_id in seen:
             continue
         seen.add(event.event_id)
         for cost in event.costs:
-            sums[cost.component] = sums.get(cost.component, 0) + cost.amount_nano
+            amount = cost.amount_nano
+            if settings is not None and cost.currency != settings.currency:
+                amount = convert(amount, settings.fx_rates[cost.currency])
+            sums[cost.component] = sums.get(cost.component, 0) + amount
     return sums
+
+
+def by_call(events: Iterable[CallEvent]) -> dict[str, list[CallEvent]]:
+    calls: dict[str, list[CallEvent]] = {}
+    for event in events:
+        calls.setdefault(event.call_sid, []).append(event)
+    return calls
+
+
+async def assert_records_exact(store: Store, events: list[CallEvent], settings: Settings) -> int:
+    """Each call's stored state and record equal the single-process fold, every event applied
+    exactly once, status and costs also checked against SPEC §5 directly; returns the events applied."""
+    expected = fold(events, settings)
+    calls = by_call(events)
+    record_ids = set()
+    applied = 0
+    for sid, state in expected.items():
+        found = await store.get_call(sid)
+        assert found is not None, f"no record for {sid}"
+        record_id, state_json = found
+        record_ids.add(record_id)
+        stored = CallState.from_json(state_json)
+        record = render_record(sid, record_id, stored, settings)
+        assert record == render_record(sid, record_id, state, settings), sid
+        assert stored == state, sid
+        assert record["status"] == expected_status(calls[sid]), sid
+        sums = cost_sums(calls[sid], settings)
+        for component in COMPONENTS:
+            assert record[f"{component}_cost"] == sums.get(component), (sid, component)
+        assert record["total_cost"] == (sum(sums.values()) if sums else None), sid
+
+        unique = {e.event_id for e in calls[sid]}
+        fields = await store.redis.hkeys(store.call_key(sid))
+        stored_ids = sorted(f.decode()[len(EVENT_FIELD):] for f in fields if f.startswith(EVENT_FIELD.encode()))
+        assert stored_ids == sorted(unique), sid
+        assert int(await store.redis.hget(store.call_key(sid), "v")) == len(unique), sid
+        applied += len(stored_ids)
+    assert len(record_ids) == len(expected), "two calls share a record id"
+    return applied
 
 
 async def _doomed(url: str, count: int) -> None:
