@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from typing import Any
@@ -17,12 +18,19 @@ from tests.conftest import API_TOKEN, PLATFORM_SECRET, RedisServer, free_port, s
 
 
 def start_service(role: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `call-ledger <role>` with stdout and stderr going to files, never to pipes.
+
+    A pipe that nobody reads fills after some 64 KiB of log lines (one per event) and then
+    blocks the service mid-write: the test would wait for a process that is stuck on us.
+    """
     port = free_port()
     environment = {**os.environ, "LEDGER_PORT": str(port), "LEDGER_API_TOKENS": API_TOKEN,
                    "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET, "LEDGER_LOG_FORMAT": "auto", **env}
     environment.pop("LEDGER_REDIS_URL", None) if "LEDGER_REDIS_URL" not in env else None
-    proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", role], env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = tempfile.TemporaryFile()
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", role], env=environment, stdout=out, stderr=err)
+    _OUTPUTS[proc.pid] = (out, err)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -31,7 +39,18 @@ def start_service(role: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError(f"{role} did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+    proc.wait(10)
+    raise RuntimeError(f"{role} did not start: {_read(_OUTPUTS.pop(proc.pid)[1])}")
+
+
+_OUTPUTS: dict[int, tuple[Any, Any]] = {}
+
+
+def _read(file: Any) -> str:
+    file.seek(0)
+    text = file.read().decode()
+    file.close()
+    return str(text)
 
 
 def post(port: int, payload: dict[str, Any], webhook_id: str) -> int:
@@ -57,8 +76,11 @@ def get_record(port: int, sid: str) -> dict[str, Any] | None:
 def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str, float]:
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=20)
-    return proc.returncode, out.decode(), time.monotonic() - started
+    proc.wait(timeout=20)
+    took = time.monotonic() - started
+    out, err = _OUTPUTS.pop(proc.pid)
+    _read(err)
+    return proc.returncode, _read(out), took
 
 
 def test_serve_logs_json_lines_without_secrets_and_exits_zero_on_sigterm() -> None:
