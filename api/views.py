@@ -1,13 +1,19 @@
 """Read API handlers: thin — check the token, load, render, encode."""
 
+import base64
+import binascii
+
 import orjson
 from aiohttp import web
 
 from api.auth import check_bearer
-from ledger.errors import NotFound
+from ledger.errors import InvalidQuery, NotFound
 from ledger.events import MAX_CALL_SID
-from ledger.rules import CallState, record_json, render_record
+from ledger.rules import record_json, render_record
 from ledger.web import SETTINGS, STORE
+
+EVENTS_LIMIT_DEFAULT = 100
+EVENTS_LIMIT_MAX = 1000
 
 
 def _call_sid(request: web.Request) -> str:
@@ -24,16 +30,45 @@ async def get_call(request: web.Request) -> web.Response:
     if found is None:
         raise NotFound("no call with this SID")
     record_id, state = found
-    record = render_record(call_sid, record_id, CallState.from_json(state), request.app[SETTINGS])
+    record = render_record(call_sid, record_id, state, request.app[SETTINGS])
     return web.Response(body=record_json(record), content_type="application/json")
 
 
+def page_limit(request: web.Request, default: int, maximum: int) -> int:
+    """`limit` as an integer in 1..maximum; InvalidQuery (422) naming it otherwise."""
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidQuery(f"limit must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+def encode_cursor(member: str) -> str:
+    return base64.urlsafe_b64encode(member.encode("utf-8", "surrogateescape")).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, parameter: str = "after") -> str:
+    """The opaque cursor back to the order member it names; InvalidQuery when it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        member = raw.decode("utf-8", "surrogateescape")
+    except (binascii.Error, ValueError):
+        raise InvalidQuery(f"{parameter} is not a cursor this service gave out") from None
+    if len(member) < 21 or member[19] != "|" or not member[:19].isdigit():
+        raise InvalidQuery(f"{parameter} is not a cursor this service gave out")
+    return member
+
+
 async def get_call_events(request: web.Request) -> web.Response:
+    """One page of the call's applied events, oldest first: `limit`, `after` = the last `next`."""
     call_sid = _call_sid(request)
-    events = [orjson.loads(raw) for raw in await request.app[STORE].get_events(call_sid)]
-    if not events:
+    limit = page_limit(request, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX)
+    after = request.query.get("after")
+    page = await request.app[STORE].events_page(call_sid, decode_cursor(after) if after else "", limit)
+    if page is None:
         raise NotFound("no call with this SID")
-    events.sort(key=lambda e: (e["occurred_us"], e["event_id"]))
-    return web.Response(
-        body=orjson.dumps({"call_sid": call_sid, "events": events}), content_type="application/json"
-    )
+    events, next_member = page
+    body = b'{"call_sid":' + orjson.dumps(call_sid) + b',"events":[' + b",".join(events) + b'],"next":' + (
+        orjson.dumps(encode_cursor(next_member)) if next_member else b"null") + b"}"
+    return web.Response(body=body, content_type="application/json")

@@ -14,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from ledger.app import Role, create_app
-from ledger.errors import DurabilityUnavailable
+from ledger.errors import DurabilityUnavailable, LayoutMismatch
 from ledger.logs import configure_logging
 from ledger.settings import Settings
 
@@ -60,7 +60,7 @@ def run_service(role: Role, settings: Settings) -> None:
     try:
         web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
                     shutdown_timeout=settings.shutdown_grace_s)
-    except DurabilityUnavailable as exc:
+    except (DurabilityUnavailable, LayoutMismatch) as exc:
         print(f"call-ledger: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -1,22 +1,50 @@
--- Apply a batch of new events to one call, atomically, if nobody else did first.
--- KEYS[1] the call's hash: id, v (version = events applied), state, e:<event_id> per event.
--- ARGV[1] the version the worker read, ARGV[2] the version after this batch,
--- ARGV[3] the new state JSON, ARGV[4] an id for a new call, then e:<event_id>, event_json pairs.
--- Returns 1 when written; 0 when the version moved on or an event is already applied (the
--- worker's picture of the call was stale: it re-reads and retries). Nothing is written then.
-local current = redis.call('HGET', KEYS[1], 'v') or '0'
-if current ~= ARGV[1] then
-  return 0
-end
-for i = 5, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
-    return 0
+-- Commit a batch's new events to one or more calls; each call atomically, if nobody else
+-- wrote it first. Works for one call on a Redis Cluster (its three keys share the call's
+-- hash tag) and for a whole batch in one call on a single server.
+--
+-- KEYS, per call: its hash (id, v, s, r:*, m:*), its journal (source:event_id -> event JSON),
+-- its order index (sorted set, score 0, members "<occurred_us + 2^62, 19 digits>|<source>:<event_id>").
+-- ARGV, per call in KEYS order: the version read, the version after, the core state JSON,
+-- an id for a new call, the number of events n, then n (journal key, order member, event JSON)
+-- triples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
+-- keys the events won. Only those are written: a commit writes what changed.
+--
+-- Returns one 1 (written) or 0 per call: the version moved on, or an event is already in
+-- the journal (the worker's picture of the call was stale: it re-reads and retries).
+-- Nothing of that call is written then.
+local results = {}
+local a = 1
+for k = 1, #KEYS, 3 do
+  local call, journal, order = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local expected, new_version, core, id = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local n = tonumber(ARGV[a + 4])
+  local events = a + 5
+  local m = tonumber(ARGV[events + 3 * n])
+  local fields = events + 3 * n + 1
+  a = fields + 2 * m
+  local ok = (redis.call('HGET', call, 'v') or '0') == expected
+  if ok then
+    for i = events, events + 3 * (n - 1), 3 do
+      if redis.call('HEXISTS', journal, ARGV[i]) == 1 then
+        ok = false
+        break
+      end
+    end
+  end
+  if ok then
+    -- One command per item: unpack() of a big batch would exceed Lua's stack.
+    for i = events, events + 3 * (n - 1), 3 do
+      redis.call('HSET', journal, ARGV[i], ARGV[i + 2])
+      redis.call('ZADD', order, 0, ARGV[i + 1])
+    end
+    for i = fields, fields + 2 * (m - 1), 2 do
+      redis.call('HSET', call, ARGV[i], ARGV[i + 1])
+    end
+    redis.call('HSET', call, 'v', new_version, 's', core)
+    redis.call('HSETNX', call, 'id', id)
+    results[#results + 1] = 1
+  else
+    results[#results + 1] = 0
   end
 end
--- One HSET per event: unpack() of a whole batch would exceed Lua's stack for big batches.
-for i = 5, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'state', ARGV[3])
-redis.call('HSETNX', KEYS[1], 'id', ARGV[4])
-return 1
+return results

@@ -52,6 +52,10 @@ class DurabilityUnavailable(Exception):
     """LEDGER_DURABLE_ACK=aof, but this Redis cannot confirm writes to its AOF."""
 
 
+class LayoutMismatch(Exception):
+    """Redis holds data in a key layout this version does not read: start-up stops."""
+
+
 class MalformedBody(LedgerError):
     """The body cannot be parsed at all (not JSON, not a form)."""
 
@@ -64,6 +68,13 @@ class InvalidEvent(LedgerError):
 
     status = 422
     code = "invalid_event"
+
+
+class InvalidQuery(LedgerError):
+    """A read API query parameter that is missing its form (the message names it)."""
+
+    status = 422
+    code = "invalid_parameter"
 
 
 class StoreUnavailable(LedgerError):
@@ -79,3 +90,9 @@ class Unapplicable(Exception):
     Not an HTTP error: the event stays pending and, after LEDGER_MAX_DELIVERIES
     deliveries, moves to the dead-letter stream with this message as its reason.
     """
+
+
+class Refused(Unapplicable):
+    """An event that no redelivery can apply (SPEC §8: another provider's event on a call,
+    the call's event or call_meta bound reached): dead-lettered at once, with the reason.
+    `call-ledger dlq replay` applies it if the cause is lifted (a raised bound)."""

@@ -17,6 +17,8 @@ TERMINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "fa
 Direction = Literal["inbound", "outbound"]
 Component = Literal["llm", "tts", "stt", "telephony"]
 MAX_CALL_SID = 512
+# Bound on the text registers (names, numbers): a record stays small whatever is posted.
+MAX_TEXT = 1024
 MAX_SECONDS = 10**9  # far beyond any call; keeps every stored integer inside 64 bits
 COMPONENTS: tuple[str, ...] = Component.__args__  # type: ignore[attr-defined]
 
@@ -47,8 +49,8 @@ class CallEvent(BaseModel):
     status: Status | None = None
     direction: Direction | None = None
     # Provider view: who called whom. The read API derives the platform's view.
-    from_number: str | None = None
-    to_number: str | None = None
+    from_number: str | None = Field(default=None, max_length=MAX_TEXT)
+    to_number: str | None = Field(default=None, max_length=MAX_TEXT)
     duration: int | None = Field(default=None, ge=0, le=MAX_SECONDS)  # connected seconds, as reported
     # When a callback reports the call's start / answer time itself (Plivo's hang-up carries
     # StartTime and AnswerTime), those count like the occurred_at of a status event of that kind.
@@ -60,8 +62,14 @@ class CallEvent(BaseModel):
 
     # Platform metadata (call.metadata); the platform's view of the numbers is taken as given.
     assistant_id: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    assistant_name: str | None = None
-    flow_name: str | None = None
-    to_phone_number: str | None = None
-    customer_phone_number: str | None = None
+    assistant_name: str | None = Field(default=None, max_length=MAX_TEXT)
+    flow_name: str | None = Field(default=None, max_length=MAX_TEXT)
+    to_phone_number: str | None = Field(default=None, max_length=MAX_TEXT)
+    customer_phone_number: str | None = Field(default=None, max_length=MAX_TEXT)
     call_meta: dict[str, object] | None = None
+
+    @property
+    def key(self) -> str:
+        """The event's identity in its call's journal: ids are namespaced by source (SPEC §8),
+        so the same id string from two sources is two events."""
+        return f"{self.source}:{self.event_id}"

@@ -1,9 +1,9 @@
 """The ledger's rules (SPEC §5): fold events into a call's state, render the record.
 
 Every piece of `CallState` is a join-semilattice: a max, a min, a sum of distinct
-events, or a last-writer-wins register ordered by (occurred_at, event_id). Applying
-the same set of events in any order therefore gives the same state, and the store
-applies each event id once. Everything here is pure and synchronous.
+events, or a last-writer-wins register ordered by (occurred_at, event_id, source).
+Applying the same set of events in any order therefore gives the same state, and the
+store applies each (source, event id) once. Everything here is pure and synchronous.
 """
 
 import math
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ledger.errors import Unapplicable
+from ledger.errors import Refused, Unapplicable
 from ledger.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
 from ledger.money import NANO, convert, format_nano
 from ledger.settings import Settings
@@ -47,9 +47,22 @@ REGISTERS = (
 )
 
 
+# Where each piece of the state lives in the call's Redis hash (see `ledger.store`): the core
+# (small, bounded) is one field, every register and every call_meta key a field of its own.
+# A commit rewrites the core and only the registers and keys its events won, so what one
+# event writes stays proportional to the event, whatever the size of the call.
+REGISTER_FIELD = "r:"
+META_FIELD = "m:"
+
+
 @dataclass
 class CallState:
-    """Everything the record is derived from; stored as JSON in the call's hash."""
+    """Everything the record is derived from.
+
+    `registers` and `meta` hold `[occurred_us, event_id, source, value]`: the value of the
+    event that is latest by (occurred_us, event_id, source). A worker loads only the
+    registers and keys its events touch; `changed` names the fields it must write back.
+    """
 
     # max of (rank, occurred_us, event_id, occurred_at text) over status events
     status: list[Any] | None = None
@@ -58,16 +71,58 @@ class CallState:
     answered: list[Any] | None = None
     duration: int | None = None  # the largest connected duration reported
     costs: dict[str, int] = field(default_factory=dict)  # component -> nano-units, ledger currency
-    # field -> [occurred_us, event_id, value]; "provider" is the telephony source of the call
+    # The call's telephony provider: the source of the first provider event applied (SPEC §8:
+    # a call has one; another provider's events are refused).
+    provider: str | None = None
+    # Size of the merged call_meta (keys, and bytes of JSON text), for its per-call bound.
+    meta_keys: int = 0
+    meta_bytes: int = 0
     registers: dict[str, list[Any]] = field(default_factory=dict)
-    meta: dict[str, list[Any]] = field(default_factory=dict)  # call_meta key -> [occurred_us, event_id, value]
+    meta: dict[str, list[Any]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set, compare=False, repr=False)
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.__dict__)
+    CORE = ("status", "started", "answered", "duration", "costs", "provider", "meta_keys", "meta_bytes")
+
+    def core_json(self) -> bytes:
+        return orjson.dumps({name: getattr(self, name) for name in self.CORE})
+
+    def changed_fields(self) -> list[tuple[str, bytes]]:
+        """(hash field, JSON) of every register and call_meta key changed since loading."""
+        out = []
+        for name in sorted(self.changed):
+            register = self.registers[name[2:]] if name.startswith(REGISTER_FIELD) else self.meta[name[2:]]
+            out.append((name, orjson.dumps(register)))
+        return out
 
     @classmethod
-    def from_json(cls, raw: bytes | str | None) -> "CallState":
-        return cls(**orjson.loads(raw)) if raw else cls()
+    def from_fields(cls, core: bytes | str | None, fields: dict[str, bytes] | None = None) -> "CallState":
+        """Rebuild from the core JSON and any `r:`/`m:` fields (those not given are unknown)."""
+        state = cls(**orjson.loads(core)) if core else cls()
+        for name, raw in (fields or {}).items():
+            if raw is None:
+                continue
+            if name.startswith(REGISTER_FIELD):
+                state.registers[name[2:]] = orjson.loads(raw)
+            elif name.startswith(META_FIELD):
+                state.meta[name[2:]] = orjson.loads(raw)
+        return state
+
+
+def touched_fields(event: CallEvent) -> list[str]:
+    """The hash fields whose current value applying `event` needs: its registers and meta keys."""
+    names = [REGISTER_FIELD + name for name in REGISTERS if getattr(event, name) is not None]
+    names += [META_FIELD + key for key in event.call_meta or {}]
+    return names
+
+
+def meta_entry_size(key: str, value: object) -> int:
+    """Bytes one call_meta key adds to the record's JSON text: `"key":value,`."""
+    return len(orjson.dumps(key)) + len(orjson.dumps(value)) + 2
+
+
+def call_meta_size(meta: dict[str, object]) -> tuple[int, int]:
+    """(keys, bytes of JSON text) of a call_meta object, as the per-call bound counts them."""
+    return len(meta), 2 + sum(meta_entry_size(key, value) for key, value in meta.items())
 
 
 def ledger_costs(event: CallEvent, settings: Settings) -> list[tuple[str, int]]:
@@ -86,10 +141,8 @@ def ledger_costs(event: CallEvent, settings: Settings) -> list[tuple[str, int]]:
     return converted
 
 
-def _set_register(registers: dict[str, list[Any]], name: str, event: CallEvent, value: object) -> None:
-    current = registers.get(name)
-    if current is None or (event.occurred_us, event.event_id) > (current[0], current[1]):
-        registers[name] = [event.occurred_us, event.event_id, value]
+def _wins(current: list[Any] | None, event: CallEvent) -> bool:
+    return current is None or (event.occurred_us, event.event_id, event.source) > tuple(current[:3])
 
 
 def _earliest(current: list[Any] | None, us: int, text: str | None) -> list[Any]:
@@ -98,12 +151,33 @@ def _earliest(current: list[Any] | None, us: int, text: str | None) -> list[Any]
     return candidate if current is None or candidate < current else current
 
 
+def _check_bounds(state: CallState, event: CallEvent, settings: Settings) -> tuple[int, int]:
+    """Refused (state untouched) if the event breaks a per-call rule; else call_meta's new size."""
+    if event.source != "platform" and state.provider not in (None, event.source):
+        raise Refused(f"call is attributed to {state.provider}; a {event.source} event cannot change it")
+    keys, size = state.meta_keys, state.meta_bytes
+    for key, value in (event.call_meta or {}).items():
+        current = state.meta.get(key)
+        if _wins(current, event):
+            if current is None:
+                keys += 1
+            else:
+                size -= meta_entry_size(key, current[3])
+            size += meta_entry_size(key, value)
+    if keys > settings.max_call_meta_keys or size + 2 > settings.max_call_meta_bytes:
+        raise Refused(f"call_meta of this call would exceed {settings.max_call_meta_keys} keys or "
+                      f"{settings.max_call_meta_bytes} bytes")
+    return keys, size
+
+
 def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
     """Fold one event (never applied to this call before) into the state, in place.
 
-    Raises Unapplicable, leaving the state untouched, when the event cannot be applied.
+    `state` must hold the registers and meta keys the event touches (`touched_fields`).
+    Raises Unapplicable (or Refused), leaving the state untouched, when the event cannot be applied.
     """
     costs = ledger_costs(event, settings)  # may raise: before any change
+    meta_keys, meta_bytes = _check_bounds(state, event, settings)
     us, text = event.occurred_us, event.occurred_at
 
     if event.status is not None:
@@ -123,19 +197,29 @@ def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
     for component, amount in costs:
         state.costs[component] = state.costs.get(component, 0) + amount
 
-    if event.source != "platform":
-        _set_register(state.registers, "provider", event, event.source)
+    if event.source != "platform" and state.provider is None:
+        state.provider = event.source
+    _set_registers(state, event)
+    state.meta_keys, state.meta_bytes = meta_keys, meta_bytes
+
+
+def _set_registers(state: CallState, event: CallEvent) -> None:
+    """Last writer wins, per register and per call_meta key; the winners are marked changed."""
+    us = event.occurred_us
     for name in REGISTERS:
         value = getattr(event, name)
-        if value is not None:
-            _set_register(state.registers, name, event, value)
+        if value is not None and _wins(state.registers.get(name), event):
+            state.registers[name] = [us, event.event_id, event.source, value]
+            state.changed.add(REGISTER_FIELD + name)
     for key, value in (event.call_meta or {}).items():
-        _set_register(state.meta, key, event, value)
+        if _wins(state.meta.get(key), event):
+            state.meta[key] = [us, event.event_id, event.source, value]
+            state.changed.add(META_FIELD + key)
 
 
 def _value(state: CallState, name: str) -> Any:
     register = state.registers.get(name)
-    return None if register is None else register[2]
+    return None if register is None else register[3]
 
 
 def connected_duration(state: CallState) -> int | None:
@@ -154,8 +238,9 @@ def telephony_estimate(state: CallState, duration: int | None, settings: Setting
     """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes."""
     if state.status is None or state.status[0] < _TERMINAL_RANK or duration is None:
         return None
-    provider = _value(state, "provider")
-    rate = settings.telephony_rates.get((provider, _value(state, "direction") or "inbound"))
+    if state.provider is None:
+        return None
+    rate = settings.telephony_rates.get((state.provider, _value(state, "direction") or "inbound"))
     if rate is None:
         return None
     minutes = math.ceil(duration / 60)
@@ -183,7 +268,7 @@ def render_record(call_sid: str, record_id: int, state: CallState, settings: Set
         "id": record_id,
         "assistant_id": _value(state, "assistant_id") or 0,
         "status": RANK_STATUS[state.status[0]] if state.status else "initiated",
-        "call_meta": {key: register[2] for key, register in sorted(state.meta.items())},
+        "call_meta": {key: register[3] for key, register in sorted(state.meta.items())},
         "assistant_name": _value(state, "assistant_name"),
         "flow_name": _value(state, "flow_name"),
         "duration": duration,

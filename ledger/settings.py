@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     # "aof": answer 2xx only once the event reached the AOF on disk (WAITAOF, Redis >= 7.2).
     durable_ack: Literal["none", "aof"] = "none"
     durable_ack_timeout_ms: int = Field(default=1000, ge=1)
+    # SPEC §8 bounds per call: events applied (later ones are dead-lettered), and the merged
+    # call_meta (an event alone above it is 422 at intake; one whose merge would pass it is
+    # dead-lettered).
+    max_events_per_call: int = Field(default=10_000, ge=1)
+    max_call_meta_bytes: int = Field(default=16 * 1024, ge=2)
+    max_call_meta_keys: int = Field(default=256, ge=0)
+    # What a worker keeps in memory about calls it wrote recently (so a busy call is not
+    # re-read before each batch), bounded in bytes, not entries.
+    worker_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     # A webhook body must arrive within this many seconds (slow clients get 408).
     read_timeout_s: float = Field(default=10.0, gt=0)
 

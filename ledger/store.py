@@ -6,14 +6,19 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
     cl:dead                    dead-letter stream: events that could not be applied, with the reason
     cl:failures                hash: stream entry id -> why its last apply failed (until acked)
     cl:ids                     counter that hands out record ids
-    cl:call:{<sid>}            hash: id, v (events applied), state (CallState JSON),
-                               and e:<event_id> -> normalised event JSON (dedupe + /events)
+    cl:layout                  the version of this layout ("2"); start-up refuses data of another
+    cl:call:{<sid>}            hash: id, v (events applied), s (the core state JSON: status, times,
+                               costs, provider, call_meta size), r:<register> and m:<call_meta key>
+                               -> [occurred_us, event_id, source, value]
+    cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event's JSON (dedupe + /events)
+    cl:order:{<sid>}           sorted set (score 0): "<occurred_us + 2^62 as 19 digits>|<source>:<event_id>",
+                               the journal in time order, paged by member (ZRANGEBYLEX)
 
-Everything about one call is one hash, so one Lua script updates it atomically and a
-worker learns a call's version, state and which of its batch's event ids are already
-applied with one HMGET. The `{<sid>}` hash tag keeps any key added per call later on
-the same Redis Cluster slot. Records never name the stream, so the stream can later
-be sharded (one per hash of the SID) without touching them.
+The call hash stays small whatever the call's history (the journal is elsewhere, call_meta is
+bounded), so a lookup reads it whole; a commit writes its core, the journal entries and the
+fields its events won, never a rewrite of everything. The `{<sid>}` hash tag puts a call's
+three keys on one Redis Cluster slot, so one script commits them atomically. Records never
+name the stream, so the stream can be sharded without touching them.
 """
 
 import asyncio
@@ -31,15 +36,20 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from ledger.errors import DurabilityUnavailable, StoreUnavailable
+from ledger.errors import DurabilityUnavailable, LayoutMismatch, StoreUnavailable
+from ledger.rules import CallState
 from ledger.settings import Settings
 
 GROUP = "ledger"
 REQUEST_TIMEOUT_S = 5.0
-EVENT_FIELD = "e:"  # call-hash field prefix of an applied event: e:<event_id>
-EVENT_FIELD_BYTES = EVENT_FIELD.encode()
+LAYOUT = "2"
 COMMIT_LUA = files("ledger").joinpath("commit.lua").read_text()
-COMMIT_MANY_LUA = files("ledger").joinpath("commit_many.lua").read_text()
+EVENTS_PAGE_LUA = files("ledger").joinpath("events_page.lua").read_text()
+# A page of /events ends after the event that reaches this many bytes of JSON.
+EVENTS_PAGE_BYTES = 1024 * 1024
+# Order members sort by time: occurred_us shifted to be non-negative, fixed width.
+_ORDER_OFFSET = 2**62
+_ORDER_WIDTH = 19
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -92,10 +102,13 @@ class Entry:
 
 @dataclass(frozen=True)
 class LoadedCall:
+    """What a worker knows of a call before applying a batch to it."""
+
     version: int
-    state_json: bytes | None
+    core: bytes | None  # the core state JSON
+    fields: dict[str, bytes | None]  # the r:/m: fields asked for (None: not set)
     record_id: int | None
-    applied: frozenset[str]  # those of the asked event ids already applied to the call
+    applied: frozenset[str]  # journal keys of the asked events that the call already has
 
 
 @dataclass(frozen=True)
@@ -103,13 +116,30 @@ class CommitWrite:
     call_sid: str
     version: int
     new_version: int
-    state_json: bytes
+    core: bytes
     record_id: int
-    events: list[tuple[str, bytes]]
+    events: list[tuple[str, str, bytes]]  # (journal key, order member, event JSON)
+    fields: list[tuple[str, bytes]]  # the registers and call_meta keys that changed
+
+
+def order_member(occurred_us: int, journal_key: str) -> str:
+    """The journal's order-index member of an event: sorts by time, then by source:event_id."""
+    return f"{occurred_us + _ORDER_OFFSET:0{_ORDER_WIDTH}d}|{journal_key}"
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _commit_args(w: CommitWrite) -> list[Any]:
+    """One call's share of the commit script's ARGV (see commit.lua)."""
+    args: list[Any] = [w.version, w.new_version, w.core, w.record_id, len(w.events)]
+    for key, member, event_json in w.events:
+        args += [key, member, event_json]
+    args.append(len(w.fields))
+    for name, value in w.fields:
+        args += [name, value]
+    return args
 
 
 def entry_order(entry_id: str) -> tuple[int, int]:
@@ -132,8 +162,11 @@ class Store:
         self.ids = f"{prefix}:ids"
         self._durability_key = f"{prefix}:durability-check"
         self._call_prefix = f"{prefix}:call:"
+        self._layout_key = f"{prefix}:layout"
+        self._journal_prefix = f"{prefix}:journal:"
+        self._order_prefix = f"{prefix}:order:"
         self._commit = redis.register_script(COMMIT_LUA)
-        self._commit_many = redis.register_script(COMMIT_MANY_LUA)
+        self._events_page = redis.register_script(EVENTS_PAGE_LUA)
         # A cluster pipeline cannot pre-load scripts on each node: send the script itself.
         self._cluster = isinstance(redis, RedisCluster)
 
@@ -144,6 +177,36 @@ class Store:
 
     def call_key(self, call_sid: str) -> str:
         return f"{self._call_prefix}{{{call_sid}}}"
+
+    def journal_key(self, call_sid: str) -> str:
+        return f"{self._journal_prefix}{{{call_sid}}}"
+
+    def order_key(self, call_sid: str) -> str:
+        return f"{self._order_prefix}{{{call_sid}}}"
+
+    def call_keys(self, call_sid: str) -> list[str]:
+        """The three keys of one call, in the order the commit script takes them."""
+        return [self.call_key(call_sid), self.journal_key(call_sid), self.order_key(call_sid)]
+
+    async def check_layout(self) -> None:
+        """Refuse to run on data written in another key layout; mark a fresh store with ours.
+
+        Nothing converts old data: an older layout (event ids not namespaced by source, the
+        whole state in one field) is refused with what to do, never half-read.
+        """
+        found = await self.redis.get(self._layout_key)
+        if found is None:
+            # Record ids are handed out only by this layout's `allocate_ids`, which marks it:
+            # ids without the mark were written by an older version. (Stream entries are
+            # the same in both layouts.)
+            if await self.redis.exists(self.ids):
+                raise LayoutMismatch(
+                    f"Redis holds call-ledger data in an older key layout under prefix {self._call_prefix[:-6]!r}: "
+                    "delete those keys (see README, Redis layout) or set another LEDGER_KEY_PREFIX")
+            await self.redis.set(self._layout_key, LAYOUT, nx=True)
+        elif _text(found) != LAYOUT:
+            raise LayoutMismatch(f"Redis holds call-ledger data in key layout {_text(found)!r}; "
+                                 f"this version reads layout {LAYOUT!r}")
 
     # -- health ---------------------------------------------------------------------------
 
@@ -254,48 +317,55 @@ class Store:
         deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         return self._entries(claimed, deliveries)
 
-    async def load_calls(self, wanted: dict[str, list[str]]) -> dict[str, LoadedCall]:
-        """Version, state and id of each call, and which of the given event ids it already has."""
+    async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]]) -> dict[str, LoadedCall]:
+        """Per call: version, core state, id, the given r:/m: fields, and which of the given
+        journal keys it already has. `wanted`: call -> (journal keys, field names)."""
         sids = list(wanted)
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
-            pipe.hmget(self.call_key(sid), "v", "state", "id", *(EVENT_FIELD + eid for eid in wanted[sid]))
+            keys, fields = wanted[sid]
+            pipe.hmget(self.call_key(sid), "v", "s", "id", *fields)
+            # Values of events already applied come back too: only redeliveries have any.
+            pipe.hmget(self.journal_key(sid), keys)
         replies = await pipe.execute()
         loaded = {}
-        for sid, reply in zip(sids, replies, strict=True):
-            version, state, record_id = reply[:3]
-            applied = frozenset(eid for eid, value in zip(wanted[sid], reply[3:], strict=True) if value is not None)
+        for i, sid in enumerate(sids):
+            keys, fields = wanted[sid]
+            call, journal = replies[2 * i], replies[2 * i + 1]
+            version, core, record_id = call[:3]
             loaded[sid] = LoadedCall(
-                int(version or 0), state, int(record_id) if record_id else None, applied
+                int(version or 0), core, dict(zip(fields, call[3:], strict=True)),
+                int(record_id) if record_id else None,
+                frozenset(key for key, value in zip(keys, journal, strict=True) if value is not None),
             )
         return loaded
 
     async def allocate_ids(self, count: int) -> list[int]:
         """`count` fresh record ids (unique, positive; a lost race wastes one, harmlessly)."""
-        last = int(await self.redis.incrby(self.ids, count))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self._layout_key, LAYOUT, nx=True)  # whoever writes records marks their layout
+        pipe.incrby(self.ids, count)
+        last = int((await pipe.execute())[1])
         return list(range(last - count + 1, last + 1))
 
     async def commit(self, writes: list[CommitWrite]) -> list[bool]:
         """Run the commit script for each call; False where another worker got there first."""
-        if not self._cluster and len(writes) > 1:
+        if not writes:
+            return []
+        if not self._cluster:
             # One script call for the whole batch: redis-py's per-command cost dominates otherwise.
-            batch: list[Any] = []
+            keys: list[str] = []
+            args: list[Any] = []
             for w in writes:
-                batch += [w.version, w.new_version, w.state_json, w.record_id, len(w.events)]
-                for event_id, event_json in w.events:
-                    batch += [EVENT_FIELD + event_id, event_json]
-            replies = await self._commit_many(keys=[self.call_key(w.call_sid) for w in writes], args=batch)
-            return [bool(r) for r in replies]
+                keys += self.call_keys(w.call_sid)
+                args += _commit_args(w)
+            return [bool(r) for r in await self._commit(keys=keys, args=args)]
+        # On a cluster one script may only touch one slot: one call per script, pipelined.
         pipe = self.redis.pipeline(transaction=False)
         for w in writes:
-            args: list[Any] = [w.version, w.new_version, w.state_json, w.record_id]
-            for event_id, event_json in w.events:
-                args += [EVENT_FIELD + event_id, event_json]
-            if self._cluster:
-                pipe.eval(COMMIT_LUA, 1, self.call_key(w.call_sid), *args)
-            else:
-                await self._commit(keys=[self.call_key(w.call_sid)], args=args, client=pipe)
-        return [bool(r) for r in await pipe.execute()]
+            # A cluster pipeline cannot pre-load scripts on each node: send the script itself.
+            pipe.eval(COMMIT_LUA, 3, *self.call_keys(w.call_sid), *_commit_args(w))
+        return [bool(r[0]) for r in await pipe.execute()]
 
     async def ack(self, entry_ids: list[str], failed_before: Iterable[str] = ()) -> None:
         if not entry_ids:
@@ -376,16 +446,51 @@ class Store:
     # -- read API -------------------------------------------------------------------------
 
     @unavailable_on_error
-    async def get_call(self, call_sid: str) -> tuple[int, bytes] | None:
-        record_id, state = await self.redis.hmget(self.call_key(call_sid), "id", "state")
-        if record_id is None or state is None:
+    async def get_call(self, call_sid: str) -> tuple[int, CallState] | None:
+        """The call's record id and whole state (one bounded hash), or None."""
+        fields = await self.redis.hgetall(self.call_key(call_sid))
+        record_id, core = fields.get(b"id"), fields.get(b"s")
+        if record_id is None or core is None:
             return None
-        return int(record_id), state
+        return int(record_id), CallState.from_fields(core, {_text(k): v for k, v in fields.items()})
 
     @unavailable_on_error
-    async def get_events(self, call_sid: str) -> list[bytes]:
-        fields = await self.redis.hgetall(self.call_key(call_sid))
-        return [value for name, value in fields.items() if name.startswith(EVENT_FIELD_BYTES)]
+    async def events_page(self, call_sid: str, after: str, limit: int) -> tuple[list[bytes], str | None] | None:
+        """Applied events oldest first, at most `limit` and about EVENTS_PAGE_BYTES, after the
+        order member `after` ('' = the start); with the member to continue from, or None at
+        the end. None when the call does not exist."""
+        keys = [self.order_key(call_sid), self.journal_key(call_sid)]
+        args = [after, limit, EVENTS_PAGE_BYTES]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hexists(self.call_key(call_sid), "id")
+        if self._cluster:
+            pipe.eval(EVENTS_PAGE_LUA, 2, *keys, *args)
+        else:
+            await self._events_page(keys=keys, args=args, client=pipe)
+        exists, reply = await pipe.execute()
+        if not exists:
+            return None
+        more, items = int(reply[0]), reply[1:]
+        return items[1::2], (_text(items[-2]) if more and items else None)
+
+    async def all_events(self, call_sid: str) -> list[bytes]:
+        """Every applied event, oldest first, page by page: for tests and tools, not requests."""
+        events: list[bytes] = []
+        after: str | None = ""
+        while after is not None:
+            page = await self.events_page(call_sid, after, 1000)
+            if page is None:
+                break
+            batch, after = page
+            events += batch
+        return events
+
+    async def applied_keys(self, call_sid: str) -> set[str]:
+        """Every journal key (source:event_id) applied to the call: for tests and tools, not requests."""
+        return {_text(key) for key in await self.redis.hkeys(self.journal_key(call_sid))}
+
+    async def event_count(self, call_sid: str) -> int:
+        return int(await self.redis.hget(self.call_key(call_sid), "v") or 0)
 
     # -- dead letters -----------------------------------------------------------------------
 

@@ -114,6 +114,8 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
         if settings.redis_url is None and own:
             log.warning("embedded_store", detail="LEDGER_REDIS_URL is not set: using the in-memory store; "
                         "nothing survives a restart")
+        if await app[STORE].ping():  # unreachable: lookups answer 503 until it is back; checked then
+            await app[STORE].check_layout()  # data of an older layout stops start-up
         if settings.durable_ack == "aof":
             if await app[STORE].ping():
                 await app[STORE].check_durability()  # a Redis that cannot confirm AOF writes stops start-up

@@ -11,7 +11,7 @@ import pytest
 
 from ledger.events import CallEvent
 from ledger.metrics import Metrics
-from ledger.rules import CallState, render_record
+from ledger.rules import render_record
 from ledger.store import Store, open_redis
 from tests.conftest import RedisServer, make_settings
 from tests.workers import usage
@@ -112,7 +112,7 @@ async def test_dlq_replay_moves_the_dead_letter_back_to_the_main_stream(
     assert await Consumer(store, settings, Metrics()).run_burst() == 1
     found = await store.get_call("CA-dlq-replay")
     assert found is not None
-    record = render_record("CA-dlq-replay", found[0], CallState.from_json(found[1]), settings)
+    record = render_record("CA-dlq-replay", found[0], found[1], settings)
     assert (record["tts_cost"], record["llm_cost"]) == (2_700_000_000, 100_000_000)
     assert await store.group_stats() == (0, 0)
 

@@ -31,7 +31,7 @@ from ledger.metrics import Metrics
 from ledger.money import format_nano
 from ledger.rules import CallState, record_json, render_record
 from ledger.settings import Settings
-from ledger.store import EVENT_FIELD, GROUP, Store, open_redis
+from ledger.store import GROUP, Store, open_redis
 from tests.conftest import (
     API_TOKEN,
     AUTH,
@@ -409,7 +409,7 @@ async def test_worker_killed_between_commit_and_ack_is_redelivered_as_duplicates
     for entry_id in unacked:
         [(_, fields)] = await store.redis.xrange(store.stream, min=entry_id, max=entry_id)
         event = CallEvent.model_validate_json(fields[b"e"])
-        assert await store.redis.hexists(store.call_key(event.call_sid), EVENT_FIELD + event.event_id), entry_id
+        assert await store.redis.hexists(store.journal_key(event.call_sid), event.key), entry_id
     crasher_outcomes = crasher.outcomes()
     assert all(crasher_outcomes[e] in (["applied"], ["duplicate"]) for e in unacked)
     applied_by_crasher = sum(o.count("applied") for o in crasher_outcomes.values())
@@ -506,7 +506,7 @@ async def test_a_burst_of_webhooks_is_all_applied_and_lag_shows_then_clears(
     # Every 2xx'd event is applied, as intake normalised it: the event that was sent.
     originals = {e.event_id: e for e in events}
     for sid, mine in by_call(originals[eid] for eid in set(ok)).items():
-        raw = await store.redis.hmget(store.call_key(sid), [EVENT_FIELD + e.event_id for e in mine])
+        raw = await store.redis.hmget(store.journal_key(sid), [e.key for e in mine])
         assert all(r is not None for r in raw), sid
         assert [CallEvent.model_validate_json(r) for r in raw] == mine
     unique = len(set(ok))
@@ -616,7 +616,7 @@ async def test_sigterm_under_load_exits_zero_acknowledged_applied_rest_finished_
     pipe = store.redis.pipeline(transaction=False)
     for _, fields in acked:
         event = CallEvent.model_validate_json(fields[b"e"])
-        pipe.hexists(store.call_key(event.call_sid), EVENT_FIELD + event.event_id)
+        pipe.hexists(store.journal_key(event.call_sid), event.key)
     assert all(await pipe.execute()), "an acknowledged event is not applied"
     applied_by_first = sum(o.count("applied") for o in first.outcomes().values())
     stored = sum([int(await store.redis.hget(store.call_key(sid), "v") or 0) for sid in by_call(events)])

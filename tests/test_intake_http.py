@@ -36,7 +36,7 @@ async def test_redelivery_is_stored_again_and_applied_once(client: Any, store: S
     for _ in range(3):
         assert (await post_platform(client, STATUS, "msg_same")).status == 200
     await consumer.run_burst()
-    events = await store.get_events("CA1")
+    events = await store.all_events("CA1")
     assert len(events) == 1
 
 

@@ -287,13 +287,12 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: 
 
 
 async def applied_ids(client: Any, ledger: Ledger) -> dict[str, list[str]]:
-    """Per call: the event ids in its hash (`e:<event_id>` fields)."""
+    """Per call: the event ids in its journal (`<source>:<event_id>` fields)."""
     pipe = client.pipeline(transaction=False)
     for sid in ledger.sids:
-        pipe.hkeys(f"cl:call:{{{sid}}}")
+        pipe.hkeys(f"cl:journal:{{{sid}}}")
     replies = await pipe.execute()
-    return {sid: [k.decode()[2:] for k in keys if k.startswith(b"e:")]
-            for sid, keys in zip(ledger.sids, replies, strict=True)}
+    return {sid: [k.decode().partition(":")[2] for k in keys] for sid, keys in zip(ledger.sids, replies, strict=True)}
 
 
 async def all_applied(client: Any, ledger: Ledger, wanted: set[str]) -> bool:

@@ -19,7 +19,7 @@ import pytest
 from ledger.errors import StoreUnavailable
 from ledger.events import CallEvent
 from ledger.metrics import Metrics
-from ledger.rules import CallState, render_record
+from ledger.rules import render_record
 from ledger.settings import Settings
 from ledger.store import GROUP, CommitWrite, Store, open_redis
 from tests.conftest import PLATFORM_SECRET, Guarantees, RedisServer, free_port, make_settings
@@ -301,7 +301,7 @@ async def test_an_event_with_no_fx_rate_is_dead_lettered_after_max_deliveries_th
     # The rest of the call and of the batch went through; the EUR cost waits, pending, with its reason.
     found = await store.get_call(sid)
     assert found is not None
-    record = render_record(sid, found[0], CallState.from_json(found[1]), usd)
+    record = render_record(sid, found[0], found[1], usd)
     assert (record["status"], record["llm_cost"], record["tts_cost"]) == ("completed", 300_000_000, None)
     assert await store.group_stats() == (0, 1)
     assert "EUR" in (await store.failure_reasons([eur_entry]))[eur_entry]
@@ -331,7 +331,7 @@ async def test_an_event_with_no_fx_rate_is_dead_lettered_after_max_deliveries_th
     async def current() -> dict[str, Any]:
         found = await store.get_call(sid)
         assert found is not None
-        return render_record(sid, found[0], CallState.from_json(found[1]), fixed.settings)
+        return render_record(sid, found[0], found[1], fixed.settings)
 
     record = await current()
     assert record["tts_cost"] == tts
@@ -347,7 +347,7 @@ async def test_an_event_with_no_fx_rate_is_dead_lettered_after_max_deliveries_th
     assert counter(fixed, "ledger_events_applied_total") == 1
     assert counter(fixed, "ledger_events_duplicate_total") == 1
     await assert_nothing_pending(store)
-    stored_events = len([f for f in await store.redis.hkeys(store.call_key(sid)) if f.startswith(b"e:")])
+    stored_events = len(await store.applied_keys(sid))
     guarantees.record("poison event (no FX rate): dead-lettered after 3 deliveries, replayed twice once fixed",
                       sent=5, answered_2xx=5, applied=stored_events, duplicates_suppressed=1,
                       lost=5 - stored_events)

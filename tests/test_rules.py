@@ -15,7 +15,7 @@ from ledger.money import NANO, parse_amount
 from ledger.rules import CallState, apply_event, record_json, render_record
 from ledger.store import Entry, LoadedCall
 from tests.conftest import make_settings
-from worker.apply import plan_call
+from worker.apply import plan_call, wanted_fields
 
 SID = "CA00000000000000000000000000000001"
 SETTINGS = make_settings()
@@ -253,16 +253,20 @@ def call_events(draw: Any) -> list[CallEvent]:
 
 
 def fold_deliveries(deliveries: list[CallEvent], settings: Any) -> dict[str, Any]:
-    """Fold in the worker's way: plan_call dedupes by event id against what was applied."""
-    loaded = LoadedCall(0, None, None, frozenset())
-    state_json = None
+    """Fold in the worker's way, one delivery per batch: load only the fields the event
+    touches (as `load_calls` does), plan, and keep what the commit would write."""
+    core: bytes | None = None
+    fields: dict[str, bytes] = {}
     applied: set[str] = set()
     for i, e in enumerate(deliveries):
-        loaded = LoadedCall(i, state_json, 1, frozenset(applied & {e.event_id}))
-        plan = plan_call(loaded, [(Entry(f"{i}-0", e.model_dump_json().encode()), e)], settings)
-        state_json = plan.state.to_json()
-        applied |= {eid for eid, _ in plan.new_events}
-    return render_record(SID, 1, CallState.from_json(state_json), settings)
+        entry = Entry(f"{i}-0", e.model_dump_json().encode())
+        keys, names = wanted_fields([(entry, e)])
+        loaded = LoadedCall(len(applied), core, {n: fields.get(n) for n in names}, 1, frozenset(applied & set(keys)))
+        plan = plan_call(loaded, [(entry, e)], settings)
+        core = plan.state.core_json()
+        fields.update(plan.state.changed_fields())
+        applied |= {key for key, _, _ in plan.new_events}
+    return render_record(SID, 1, CallState.from_fields(core, fields), settings)  # type: ignore[arg-type]
 
 
 @hsettings(max_examples=200, deadline=None)

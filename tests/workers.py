@@ -21,7 +21,7 @@ from ledger.instants import format_us, parse_iso
 from ledger.money import convert
 from ledger.rules import CallState, apply_event, render_record
 from ledger.settings import Settings
-from ledger.store import EVENT_FIELD, Store
+from ledger.store import Store
 
 BASE = parse_iso("2026-11-24T10:00:00Z")
 
@@ -91,9 +91,9 @@ def fold(events: Iterable[CallEvent], settings: Settings) -> dict[str, CallState
     states: dict[str, CallState] = {}
     seen: set[tuple[str, str]] = set()
     for event in events:
-        if (event.call_sid, event.event_id) in seen:
+        if (event.call_sid, event.key) in seen:
             continue
-        seen.add((event.call_sid, event.event_id))
+        seen.add((event.call_sid, event.key))
         apply_event(states.setdefault(event.call_sid, CallState()), event, settings)
     return states
 
@@ -117,9 +117,9 @@ def cost_sums(events: Iterable[CallEvent], settings: Settings | None = None) -> 
     sums: dict[str, int] = {}
     seen: set[str] = set()
     for event in events:
-        if event.event_id in seen:
+        if event.key in seen:
             continue
-        seen.add(event.event_id)
+        seen.add(event.key)
         for cost in event.costs:
             amount = cost.amount_nano
             if settings is not None and cost.currency != settings.currency:
@@ -145,9 +145,8 @@ async def assert_records_exact(store: Store, events: list[CallEvent], settings: 
     for sid, state in expected.items():
         found = await store.get_call(sid)
         assert found is not None, f"no record for {sid}"
-        record_id, state_json = found
+        record_id, stored = found
         record_ids.add(record_id)
-        stored = CallState.from_json(state_json)
         record = render_record(sid, record_id, stored, settings)
         assert record == render_record(sid, record_id, state, settings), sid
         assert stored == state, sid
@@ -157,11 +156,10 @@ async def assert_records_exact(store: Store, events: list[CallEvent], settings: 
             assert record[f"{component}_cost"] == sums.get(component), (sid, component)
         assert record["total_cost"] == (sum(sums.values()) if sums else None), sid
 
-        unique = {e.event_id for e in calls[sid]}
-        fields = await store.redis.hkeys(store.call_key(sid))
-        stored_ids = sorted(f.decode()[len(EVENT_FIELD):] for f in fields if f.startswith(EVENT_FIELD.encode()))
+        unique = {e.key for e in calls[sid]}
+        stored_ids = sorted(await store.applied_keys(sid))
         assert stored_ids == sorted(unique), sid
-        assert int(await store.redis.hget(store.call_key(sid), "v")) == len(unique), sid
+        assert await store.event_count(sid) == len(unique), sid
         applied += len(stored_ids)
     assert len(record_ids) == len(expected), "two calls share a record id"
     return applied

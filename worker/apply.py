@@ -1,17 +1,18 @@
 """Pure planning of one call's share of a batch: which events are new, the state after them.
 
-The consumer loads the call (version, state, applied ids), calls `plan_call`, and
-commits the plan with a compare-and-set on the version; no I/O happens here.
+The consumer loads the call (version, core state, the registers and call_meta keys the
+batch touches, which of its events are applied), calls `plan_call`, and commits the plan
+with a compare-and-set on the version; no I/O happens here.
 """
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ledger.errors import Unapplicable
+from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
-from ledger.rules import CallState, apply_event
+from ledger.rules import CallState, apply_event, touched_fields
 from ledger.settings import Settings
-from ledger.store import Entry, LoadedCall
+from ledger.store import Entry, LoadedCall, order_member
 
 
 @dataclass
@@ -19,62 +20,99 @@ class CallPlan:
     """What committing this call's events would write, and what happened to each entry."""
 
     state: CallState
-    new_events: list[tuple[str, bytes]] = field(default_factory=list)  # (event_id, event JSON)
+    new_events: list[tuple[str, str, bytes]] = field(default_factory=list)  # (journal key, order member, JSON)
     applied: list[tuple[Entry, CallEvent]] = field(default_factory=list)
     duplicates: list[tuple[Entry, CallEvent]] = field(default_factory=list)
-    failed: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)
+    failed: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)  # retried, then dead-lettered
+    refused: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)  # dead-lettered at once
+
+
+def wanted_fields(items: list[tuple[Entry, CallEvent]]) -> tuple[list[str], list[str]]:
+    """(journal keys, r:/m: field names) a worker must load to plan these events."""
+    keys = list(dict.fromkeys(event.key for _, event in items))
+    fields = list(dict.fromkeys(name for _, event in items for name in touched_fields(event)))
+    return keys, fields
 
 
 def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings: Settings) -> CallPlan:
     """Fold the events this call has not seen into its state; the rest are duplicates or failures."""
-    plan = CallPlan(state=CallState.from_json(loaded.state_json))
+    plan = CallPlan(state=CallState.from_fields(loaded.core, loaded.fields))  # type: ignore[arg-type]
     seen = set(loaded.applied)
+    version = loaded.version
     for entry, event in items:
-        if event.event_id in seen:
+        if event.key in seen:
             plan.duplicates.append((entry, event))
+            continue
+        if version >= settings.max_events_per_call:
+            plan.refused.append((entry, event, f"call already has {settings.max_events_per_call} events "
+                                 "(LEDGER_MAX_EVENTS_PER_CALL)"))
             continue
         try:
             apply_event(plan.state, event, settings)
+        except Refused as exc:
+            plan.refused.append((entry, event, str(exc)))
+            continue
         except Unapplicable as exc:
             plan.failed.append((entry, event, str(exc)))
             continue
         except Exception as exc:  # a bug must not hold up the other events of the batch
             plan.failed.append((entry, event, f"apply error: {type(exc).__name__}: {exc}"))
             continue
-        seen.add(event.event_id)
+        seen.add(event.key)
+        version += 1
         # The entry's own bytes are what /events shows: exactly what intake stored.
-        plan.new_events.append((event.event_id, entry.event_json or b""))
+        plan.new_events.append((event.key, order_member(event.occurred_us, event.key), entry.event_json or b""))
         plan.applied.append((entry, event))
     return plan
 
 
+# Rough per-entry overhead of a cached call in a CPython process (objects, dict slots).
+_ENTRY_OVERHEAD = 400
+
+
 class KnownCalls:
     """What this worker last wrote for recently seen calls, so a busy call is not re-read
-    from Redis before every batch.
+    from Redis before every batch. Bounded in bytes (LEDGER_WORKER_CACHE_BYTES), least
+    recently used first out.
 
-    Safe because it is only a guess: the commit script refuses a write whose version
-    is not the one in Redis, or that carries an event id the call already has, and the
-    worker then evicts the entry and re-reads. `applied` may therefore be a subset of
-    the call's event ids; it never holds an id that is not applied.
+    Safe because it is only a guess: the commit script refuses a write whose version is not
+    the one in Redis, or that carries an event the journal already has, and the worker then
+    evicts the entry and re-reads. It keeps no event ids: a redelivered event looks new to a
+    cached call, is refused by the script, and the re-read finds it applied.
     """
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._calls: OrderedDict[str, LoadedCall] = OrderedDict()
+    def __init__(self, capacity_bytes: int = 32 * 1024 * 1024) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.bytes = 0
+        self._calls: OrderedDict[str, tuple[LoadedCall, int]] = OrderedDict()
 
-    def get(self, call_sid: str, event_ids: list[str]) -> LoadedCall | None:
+    def get(self, call_sid: str, fields: list[str]) -> LoadedCall | None:
+        """The call as last written, if every field asked for is known; None otherwise."""
         known = self._calls.get(call_sid)
         if known is None:
             return None
+        call = known[0]
+        if any(name not in call.fields for name in fields):
+            return None
         self._calls.move_to_end(call_sid)
-        return LoadedCall(known.version, known.state_json, known.record_id,
-                          known.applied.intersection(event_ids))
+        return call
 
     def remember(self, call_sid: str, call: LoadedCall) -> None:
-        self._calls[call_sid] = call
-        self._calls.move_to_end(call_sid)
-        while len(self._calls) > self.capacity:
-            self._calls.popitem(last=False)
+        self.forget(call_sid)
+        size = _ENTRY_OVERHEAD + len(call_sid) + len(call.core or b"") + sum(
+            len(name) + len(value or b"") for name, value in call.fields.items())
+        if size > self.capacity_bytes:
+            return
+        self._calls[call_sid] = (call, size)
+        self.bytes += size
+        while self.bytes > self.capacity_bytes:
+            _, (_, evicted) = self._calls.popitem(last=False)
+            self.bytes -= evicted
 
     def forget(self, call_sid: str) -> None:
-        self._calls.pop(call_sid, None)
+        known = self._calls.pop(call_sid, None)
+        if known is not None:
+            self.bytes -= known[1]
+
+    def __len__(self) -> int:
+        return len(self._calls)

@@ -22,7 +22,7 @@ from ledger.events import CallEvent
 from ledger.metrics import Metrics
 from ledger.settings import Settings
 from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
-from worker.apply import CallPlan, KnownCalls, plan_call
+from worker.apply import CallPlan, KnownCalls, plan_call, wanted_fields
 
 log = structlog.get_logger("ledger.worker")
 
@@ -44,7 +44,7 @@ class Consumer:
         self.name = settings.consumer_name
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.known = KnownCalls()
+        self.known = KnownCalls(settings.worker_cache_bytes)
         self._next_claim = 0.0
         self._next_maintenance = 0.0
         # Claim a dead consumer's entries "within a few seconds after LEDGER_CLAIM_IDLE_MS".
@@ -160,21 +160,31 @@ class Consumer:
             for plan in plans.values():
                 outcomes.update((entry.entry_id, ("duplicate", None)) for entry, _ in plan.duplicates)
                 outcomes.update((entry.entry_id, ("failed", reason)) for entry, _, reason in plan.failed)
-            to_write = {sid: plan for sid, plan in plans.items() if plan.new_events}
+            # A refusal is judged on the state read (the call's provider, its event count...):
+            # a call with refusals is committed too, even with nothing new, so that the version
+            # check confirms the refusal against Redis; on a conflict it is judged again.
+            to_write = {sid: plan for sid, plan in plans.items() if plan.new_events or plan.refused}
             conflicts = await self._commit(loaded, to_write)
             for sid, plan in to_write.items():
                 if sid not in conflicts:
                     outcomes.update((entry.entry_id, ("applied", None)) for entry, _ in plan.applied)
+                    outcomes.update((entry.entry_id, ("refused", reason)) for entry, _, reason in plan.refused)
             if not conflicts:
                 break
-            # Re-plan only the new events of contended calls; duplicates/failures are settled.
-            remaining = {sid: to_write[sid].applied for sid in conflicts}
+            # Re-plan only the new and refused events of contended calls; duplicates/failures are settled.
+            remaining = {sid: to_write[sid].applied + [(e, ev) for e, ev, _ in to_write[sid].refused]
+                         for sid in conflicts}
+        await self._settle(by_call, outcomes)
 
+    async def _settle(self, by_call: dict[str, list[tuple[Entry, CallEvent]]],
+                      outcomes: dict[str, tuple[str, str | None]]) -> None:
+        """Log, count and acknowledge each entry by its outcome; dead-letter what must be."""
         # One line per event, in stream order, once its fate in this round is known.
         tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
         done: list[str] = []
         failures: dict[str, str] = {}
         redelivered: list[str] = []
+        refused: list[tuple[Entry, CallEvent, str]] = []
         for entry, event in sorted((item for items in by_call.values() for item in items),
                                    key=lambda item: entry_order(item[0].entry_id)):
             outcome, reason = outcomes.get(entry.entry_id, ("deferred", "call updated concurrently; will retry"))
@@ -186,23 +196,28 @@ class Consumer:
                     redelivered.append(entry.entry_id)
             elif outcome == "failed":
                 failures[entry.entry_id] = reason or "apply failed"
+            elif outcome == "refused":  # no redelivery can change it: dead-lettered now
+                refused.append((entry, event, reason or "refused"))
         counters = {"applied": self.metrics.applied, "duplicate": self.metrics.duplicates,
                     "failed": self.metrics.failed}
         for (outcome, source), count in tally.items():
             if outcome in counters:
                 counters[outcome].labels(source).inc(count)
         await self.store.ack(done, failed_before=redelivered)
+        for entry, event, reason in refused:
+            await self._dead_letter(entry, event, reason)
         await self._settle_failures(by_call, failures)
 
     async def _load(self, calls: dict[str, list[tuple[Entry, CallEvent]]]) -> dict[str, LoadedCall]:
-        """Each call's version, state and applied ids: from what we last wrote, else from Redis."""
+        """Each call's version, state, touched fields and applied events: from what we last
+        wrote, else from Redis."""
         loaded: dict[str, LoadedCall] = {}
-        missing: dict[str, list[str]] = {}
+        missing: dict[str, tuple[list[str], list[str]]] = {}
         for sid, items in calls.items():
-            event_ids = [event.event_id for _, event in items]
-            known = self.known.get(sid, event_ids)
+            keys, fields = wanted_fields(items)
+            known = self.known.get(sid, fields)
             if known is None:
-                missing[sid] = event_ids
+                missing[sid] = (keys, fields)
             else:
                 loaded[sid] = known
         if missing:
@@ -221,9 +236,10 @@ class Consumer:
                 call_sid=sid,
                 version=loaded[sid].version,
                 new_version=loaded[sid].version + len(plan.new_events),
-                state_json=plan.state.to_json(),
+                core=plan.state.core_json(),
                 record_id=loaded[sid].record_id or ids[sid],
                 events=plan.new_events,
+                fields=plan.state.changed_fields(),
             )
             for sid, plan in plans.items()
         ]
@@ -231,9 +247,9 @@ class Consumer:
         conflicts = set()
         for write, ok in zip(writes, results, strict=True):
             if ok:
-                applied = loaded[write.call_sid].applied.union(eid for eid, _ in write.events)
+                fields = {**loaded[write.call_sid].fields, **dict(write.fields)}
                 self.known.remember(write.call_sid, LoadedCall(
-                    write.new_version, write.state_json, write.record_id, applied))
+                    write.new_version, write.core, fields, write.record_id, frozenset()))
             else:  # someone else wrote the call, or our picture of it was stale: re-read it
                 self.known.forget(write.call_sid)
                 conflicts.add(write.call_sid)

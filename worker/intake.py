@@ -23,6 +23,8 @@ from ledger.errors import (
     RequestTimeout,
     SourceNotConfigured,
 )
+from ledger.events import CallEvent
+from ledger.rules import call_meta_size
 from ledger.settings import Settings
 from ledger.web import MAX_BODY, METRICS, SETTINGS, STORE, json_response
 from worker.sources import SOURCES, Source, WebhookRequest
@@ -80,11 +82,22 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         event_json = event.model_dump_json().encode()
     except PydanticSerializationError:  # e.g. a lone surrogate escape ("\ud800") in a text field
         raise InvalidEvent("text fields must be valid Unicode (no lone surrogate escapes)") from None
+    check_call_meta(event, request.app[SETTINGS])  # after: what serialises is what is measured
     await request.app[STORE].append(event_json)
     request.app[METRICS].received.labels(name, "stored").inc()
     log.info("webhook_received", source=name, call_sid=event.call_sid, event_id=event.event_id,
              type=event.type, outcome="stored", status=200)
     return json_response({"outcome": "stored", "call_sid": event.call_sid, "event_id": event.event_id})
+
+
+def check_call_meta(event: CallEvent, settings: Settings) -> None:
+    """SPEC §8: an event whose call_meta alone is over the per-call bound can never be applied."""
+    if not event.call_meta:
+        return
+    keys, size = call_meta_size(event.call_meta)
+    if keys > settings.max_call_meta_keys or size > settings.max_call_meta_bytes:
+        raise InvalidEvent(f"data.call_meta exceeds {settings.max_call_meta_keys} keys or "
+                           f"{settings.max_call_meta_bytes} bytes of JSON (LEDGER_MAX_CALL_META_KEYS / _BYTES)")
 
 
 def webhook_handler(name: str):  # type: ignore[no-untyped-def]
