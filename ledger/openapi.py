@@ -163,15 +163,23 @@ def openapi_document() -> dict[str, Any]:
             },
         }},
         "/api/v1/calls/sid/{call_sid}/events": {"get": {
-            "summary": "The normalised events applied to a call, oldest first", "operationId": "get_call_events",
-            "tags": ["calls"], "parameters": [SID_PARAM],
+            "summary": "The normalised events applied to a call, oldest first, one page at a time",
+            "operationId": "get_call_events", "tags": ["calls"],
+            "parameters": [SID_PARAM,
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                           {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "The `next` of the previous page"}],
             "responses": {
-                "200": {"description": "The events", "content": _json({
-                    "type": "object", "required": ["call_sid", "events"],
+                "200": {"description": "One page of events", "content": _json({
+                    "type": "object", "required": ["call_sid", "events", "next"],
                     "properties": {"call_sid": {"type": "string"}, "events": {
-                        "type": "array", "items": {"$ref": "#/components/schemas/CallEvent"}}}})},
+                        "type": "array", "items": {"$ref": "#/components/schemas/CallEvent"}},
+                        "next": {"type": ["string", "null"],
+                                 "description": "Cursor of the next page (pass as `after`); null on the last"}}})},
                 "401": _error("Missing or invalid bearer token"),
                 "404": _error("No call with this SID"),
+                "422": _error("limit or after is not valid"),
                 "503": _error("Redis is not reachable"),
             },
         }},
