@@ -99,7 +99,7 @@ def call_events(n_calls: int, per_call: int) -> list[bytes]:
             us = t + dt_s * 1_000_000
             return CallEvent(source="platform", event_id=f"{sid}-{i}", call_sid=sid, type="bench",
                              occurred_at=f"2026-11-24T10:00:{dt_s % 60:02d}Z", occurred_us=us,
-                             **fields).model_dump_json().encode()
+                             **fields).model_dump_json(exclude_defaults=True).encode()  # as intake writes it
 
         kinds = [
             ev(0, 0, status="initiated", direction="outbound", from_number="+15551234567", to_number="+15559876543"),
@@ -160,6 +160,26 @@ async def product_apply(url: str, events: list[bytes], batch: int) -> float:
         sys.stdout = sys.__stdout__
     assert applied == len(events), (applied, len(events))
     return len(events) / elapsed
+
+
+async def memory_per_call(url: str, calls: int) -> dict[str, float]:
+    """Redis bytes per call after an apply round (MEMORY USAGE of each of its keys), by key."""
+    import redis.asyncio as aioredis
+
+    from ledger.store import Store
+
+    client = aioredis.Redis.from_url(url)
+    store = Store(client, "bench")
+    totals = {"record": 0, "journal": 0, "order": 0}
+    for c in range(calls):
+        sid = f"CA{c:032x}"
+        pipe = client.pipeline(transaction=False)
+        for key in store.call_keys(sid):
+            pipe.memory_usage(key, samples=0)
+        for name, used in zip(totals, await pipe.execute(), strict=True):
+            totals[name] += int(used or 0)
+    await client.aclose()
+    return {name: total / calls for name, total in totals.items()}
 
 
 def floor_apply(url: str, n: int, calls: int, batch: int) -> float | None:
@@ -281,6 +301,11 @@ def main() -> None:
             print(f"  ratio product/floor: {p / fl:.2f}")
         else:
             print(f"  (no floor found in {FLOOR_DIR})")
+        redis.flush()
+        asyncio.run(product_apply(redis.url, events, args.batch))
+        memory = asyncio.run(memory_per_call(redis.url, calls))
+        print(f"memory: Redis bytes per completed {args.per_call}-event call: {sum(memory.values()):,.0f} "
+              f"({', '.join(f'{k} {v:,.0f}' for k, v in memory.items())})")
 
         if args.skip_http:
             return

@@ -11,8 +11,8 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
                                costs, provider, call_meta size), r:<register> and m:<call_meta key>
                                -> [occurred_us, event_id, source, value]
     cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event's JSON (dedupe + /events)
-    cl:order:{<sid>}           sorted set (score 0): "<occurred_us + 2^62 as 19 digits>|<source>:<event_id>",
-                               the journal in time order, paged by member (ZRANGEBYLEX)
+    cl:order:{<sid>}           sorted set: <source>:<event_id> scored by occurred_us, the journal in
+                               time order (ties by key), paged by rank from a cursor key
 
 The call hash stays small whatever the call's history (the journal is elsewhere, call_meta is
 bounded), so a lookup reads it whole; a commit writes its core, the journal entries and the
@@ -36,7 +36,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from ledger.errors import DurabilityUnavailable, LayoutMismatch, StoreUnavailable
+from ledger.errors import DurabilityUnavailable, InvalidQuery, LayoutMismatch, StoreUnavailable
 from ledger.rules import CallState
 from ledger.settings import Settings
 
@@ -47,9 +47,6 @@ COMMIT_LUA = files("ledger").joinpath("commit.lua").read_text()
 EVENTS_PAGE_LUA = files("ledger").joinpath("events_page.lua").read_text()
 # A page of /events ends after the event that reaches this many bytes of JSON.
 EVENTS_PAGE_BYTES = 1024 * 1024
-# Order members sort by time: occurred_us shifted to be non-negative, fixed width.
-_ORDER_OFFSET = 2**62
-_ORDER_WIDTH = 19
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -118,13 +115,8 @@ class CommitWrite:
     new_version: int
     core: bytes
     record_id: int
-    events: list[tuple[str, str, bytes]]  # (journal key, order member, event JSON)
+    events: list[tuple[str, int, bytes]]  # (journal key, occurred_us, event JSON)
     fields: list[tuple[str, bytes]]  # the registers and call_meta keys that changed
-
-
-def order_member(occurred_us: int, journal_key: str) -> str:
-    """The journal's order-index member of an event: sorts by time, then by source:event_id."""
-    return f"{occurred_us + _ORDER_OFFSET:0{_ORDER_WIDTH}d}|{journal_key}"
 
 
 def _text(value: bytes | str) -> str:
@@ -134,8 +126,9 @@ def _text(value: bytes | str) -> str:
 def _commit_args(w: CommitWrite) -> list[Any]:
     """One call's share of the commit script's ARGV (see commit.lua)."""
     args: list[Any] = [w.version, w.new_version, w.core, w.record_id, len(w.events)]
-    for key, member, event_json in w.events:
-        args += [key, member, event_json]
+    for key, occurred_us, event_json in w.events:
+        # A score is a double: exact for any instant before the year 2255.
+        args += [key, occurred_us, event_json]
     args.append(len(w.fields))
     for name, value in w.fields:
         args += [name, value]
@@ -457,8 +450,8 @@ class Store:
     @unavailable_on_error
     async def events_page(self, call_sid: str, after: str, limit: int) -> tuple[list[bytes], str | None] | None:
         """Applied events oldest first, at most `limit` and about EVENTS_PAGE_BYTES, after the
-        order member `after` ('' = the start); with the member to continue from, or None at
-        the end. None when the call does not exist."""
+        journal key `after` ('' = the start); with the key to continue from, or None at the end.
+        None when the call does not exist; UnknownCursor when `after` is not one of its events."""
         keys = [self.order_key(call_sid), self.journal_key(call_sid)]
         args = [after, limit, EVENTS_PAGE_BYTES]
         pipe = self.redis.pipeline(transaction=False)
@@ -471,6 +464,8 @@ class Store:
         if not exists:
             return None
         more, items = int(reply[0]), reply[1:]
+        if more < 0:
+            raise InvalidQuery("after is not a cursor of this call's events")
         return items[1::2], (_text(items[-2]) if more and items else None)
 
     async def all_events(self, call_sid: str) -> list[bytes]:

@@ -12,7 +12,7 @@ from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
 from ledger.rules import CallState, apply_event, touched_fields
 from ledger.settings import Settings
-from ledger.store import Entry, LoadedCall, order_member
+from ledger.store import Entry, LoadedCall
 
 
 @dataclass
@@ -20,7 +20,7 @@ class CallPlan:
     """What committing this call's events would write, and what happened to each entry."""
 
     state: CallState
-    new_events: list[tuple[str, str, bytes]] = field(default_factory=list)  # (journal key, order member, JSON)
+    new_events: list[tuple[str, int, bytes]] = field(default_factory=list)  # (journal key, occurred_us, JSON)
     applied: list[tuple[Entry, CallEvent]] = field(default_factory=list)
     duplicates: list[tuple[Entry, CallEvent]] = field(default_factory=list)
     failed: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)  # retried, then dead-lettered
@@ -61,7 +61,7 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
         seen.add(event.key)
         version += 1
         # The entry's own bytes are what /events shows: exactly what intake stored.
-        plan.new_events.append((event.key, order_member(event.occurred_us, event.key), entry.event_json or b""))
+        plan.new_events.append((event.key, event.occurred_us, entry.event_json or b""))
         plan.applied.append((entry, event))
     return plan
 
