@@ -60,7 +60,8 @@ class UsageLine(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     component: Component
-    provider: str = Field(min_length=1, max_length=MAX_LABEL)
+    # Required to price a line; None only on lines kept as information beside a reported cost.
+    provider: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL)
     model: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL)
     usage_type: str = Field(min_length=1, max_length=MAX_LABEL)
     usage_amount: str = Field(pattern=r"^[0-9]+(\.[0-9]+)?$")  # exact, non-negative decimal text

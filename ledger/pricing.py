@@ -59,7 +59,7 @@ class PricingError(ValueError):
         self.problems = problems
 
 
-def _decimal_text(value: Decimal) -> str:
+def decimal_text(value: Decimal) -> str:
     """Exact fixed-point text without exponent or trailing zeros: 1.50E+3 -> "1500"."""
     text = format(value, "f")
     if "." in text:
@@ -98,12 +98,12 @@ class PriceEntry:
         object.__setattr__(self, "ref", PriceRef(
             component=self.component, provider=self.provider, model=self.model,  # type: ignore[arg-type]
             usage_type=self.usage_type, effective_from=self.effective_from,
-            unit_price=_decimal_text(self.unit_price), unit_quantity=_decimal_text(self.unit_quantity),
+            unit_price=decimal_text(self.unit_price), unit_quantity=decimal_text(self.unit_quantity),
             currency=self.currency))
         per_unit = _terminating(Fraction(self.unit_price) / Fraction(self.unit_quantity))
         if per_unit is None:
             per_unit = Context(prec=28).divide(self.unit_price, self.unit_quantity)
-        object.__setattr__(self, "unit_cost", _decimal_text(per_unit))
+        object.__setattr__(self, "unit_cost", decimal_text(per_unit))
 
     @property
     def key(self) -> Key:
@@ -190,7 +190,9 @@ EMPTY_TABLE = PriceTable()
 
 def price_line(line: UsageLine, table: PriceTable, occurred_us: int, occurred_at: str) -> Cost:
     """One usage line as a Cost in its entry's currency, with the detail /costs shows."""
-    entry = table.lookup(line.component, line.provider, line.model, line.usage_type, occurred_us)
+    # Intake refuses a usage-only line without a provider; None cannot match any entry.
+    entry = (table.lookup(line.component, line.provider, line.model, line.usage_type, occurred_us)
+             if line.provider is not None else None)
     if entry is None:
         raise Unapplicable(f"no price for {line.component}/{line.provider}/{line.model or ANY_MODEL}/"
                            f"{line.usage_type} at {occurred_at} in LEDGER_PRICING_FILE")
@@ -496,8 +498,8 @@ def format_table(table: PriceTable) -> str:
     header = ("component", "provider", "model", "usage_type", "unit_price", "currency", "unit_quantity",
               "effective_from", "unit_cost")
     rows = [header] + [
-        (e.component, e.provider, e.model, e.usage_type, _decimal_text(e.unit_price), e.currency,
-         _decimal_text(e.unit_quantity), e.effective_from or "always", e.unit_cost)
+        (e.component, e.provider, e.model, e.usage_type, decimal_text(e.unit_price), e.currency,
+         decimal_text(e.unit_quantity), e.effective_from or "always", e.unit_cost)
         for e in sorted(table.entries, key=lambda e: (e.component, e.provider, e.model, e.usage_type,
                                                      e.effective_us))
     ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ledger.errors import Unapplicable
 from ledger.events import CallEvent
+from ledger.pricing import price_event
 from ledger.rules import CallState, apply_event
 from ledger.settings import Settings
 from ledger.store import Entry, LoadedCall
@@ -34,7 +35,10 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
             plan.duplicates.append((entry, event))
             continue
         try:
-            apply_event(plan.state, event, settings)
+            # Usage is priced here, at apply time, with the file this worker loaded: a missing
+            # price fails like a missing FX rate (retried, then dead-lettered, replayable).
+            priced = price_event(event, settings.pricing) if event.usage else event
+            apply_event(plan.state, priced, settings)
         except Unapplicable as exc:
             plan.failed.append((entry, event, str(exc)))
             continue
@@ -42,8 +46,10 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
             plan.failed.append((entry, event, f"apply error: {type(exc).__name__}: {exc}"))
             continue
         seen.add(event.event_id)
-        # The entry's own bytes are what /events shows: exactly what intake stored.
-        plan.new_events.append((event.event_id, entry.event_json or b""))
+        # What /events shows: exactly what intake stored, or for priced usage the priced event,
+        # so the price is frozen with it (a later edit of the file changes no applied cost).
+        journal = (entry.event_json or b"") if priced is event else priced.model_dump_json().encode()
+        plan.new_events.append((event.event_id, journal))
         plan.applied.append((entry, event))
     return plan
 
