@@ -373,7 +373,7 @@ def _check_unit_price(raw: Mapping[str, Any], _currency: str, _fx: Set[str]) -> 
     value = _required(raw, "unit_price")
     price = _number(value)
     if price < 0:
-        raise ValueError(f"negative price {_shown(value)} (a price is never negative)")
+        raise ValueError(f"negative price {price} (a price is never negative)")
     if price > MAX_UNIT_PRICE:
         raise ValueError(f"{_shown(value)} is above {MAX_UNIT_PRICE} per unit_quantity")
     return {"unit_price": price}
