@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger.events import CallEvent, Cost, UsageLine  # noqa: E402
-from ledger.instants import parse_iso  # noqa: E402
-from ledger.pricing import parse_document, price_event  # noqa: E402
-from ledger.settings import Settings  # noqa: E402
-from ledger.store import Entry, LoadedCall  # noqa: E402
-from worker.apply import plan_call  # noqa: E402
+from ledger.events import CallEvent, Cost, UsageLine
+from ledger.instants import parse_iso
+from ledger.pricing import parse_document, price_event
+from ledger.settings import Settings
+from ledger.store import Entry, LoadedCall
+from worker.apply import plan_call
 
 ROUNDS, NUMBER = 7, 5_000
 
