@@ -109,11 +109,16 @@ def test_a_date_alone_is_midnight_utc() -> None:
     (entry(unit_price=None), "prices[0].unit_price (llm/openai/gpt-4o-mini/input_tokens): is required"),
     ("not a mapping", "prices[0]: must be a mapping"),
 ])
-def test_each_kind_of_bad_entry_is_one_line_naming_the_entry_and_key(bad: Any, expected: str) -> None:
-    with pytest.raises(PricingError) as caught:
-        table(bad)
-    [line] = caught.value.problems
-    assert line.startswith(expected), line
+def test_start_up_refuses_each_kind_of_bad_entry_with_one_line_naming_the_entry_and_key(
+        tmp_path: Path, bad: Any, expected: str) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(yaml.safe_dump({"prices": [entry(model="other"), bad]}))  # a good entry first: index 1
+    with pytest.raises(ValidationError) as caught:
+        make_settings(pricing_file=str(path))
+    [error] = caught.value.errors()
+    assert error["loc"] == ("pricing_file",)  # reported as LEDGER_PRICING_FILE by the CLI
+    [line] = error["msg"].removeprefix("Value error, ").splitlines()
+    assert line.startswith(expected.replace("prices[0]", "prices[1]")), line
 
 
 def test_a_duplicate_entry_names_both() -> None:
