@@ -194,8 +194,9 @@ def price_line(line: UsageLine, table: PriceTable, occurred_us: int, occurred_at
     entry = (table.lookup(line.component, line.provider, line.model, line.usage_type, occurred_us)
              if line.provider is not None else None)
     if entry is None:
+        where = "in LEDGER_PRICING_FILE" if len(table) else "(LEDGER_PRICING_FILE is not set)"
         raise Unapplicable(f"no price for {line.component}/{line.provider}/{line.model or ANY_MODEL}/"
-                           f"{line.usage_type} at {occurred_at} in LEDGER_PRICING_FILE")
+                           f"{line.usage_type} at {occurred_at} {where}")
     amount = entry.price_nano(Decimal(line.usage_amount))
     if amount > MAX_AMOUNT_NANO:
         raise Unapplicable(f"{line.component}/{line.provider}/{line.usage_type}: {line.usage_amount} units priced "

@@ -250,6 +250,8 @@ def test_a_missing_price_is_unapplicable_naming_the_key_and_time() -> None:
         price_event(event, table(entry()))
     assert str(caught.value) == ("no price for llm/openai/gpt-4o-mini/cached_tokens at 2026-11-24T10:00:00Z "
                                  "in LEDGER_PRICING_FILE")
+    with pytest.raises(Unapplicable, match=r"input_tokens at .* \(LEDGER_PRICING_FILE is not set\); no price"):
+        price_event(event, PriceTable())
 
 
 def test_an_event_that_reports_a_cost_is_not_priced() -> None:
@@ -330,7 +332,7 @@ def rate_tables(draw: Any) -> list[dict[str, Any]]:
     return list(entries.values())
 
 
-def model_price(raw: list[dict[str, Any]], provider: str, model: str, kind: str, at_us: int) -> int:
+def model_price(raw: list[dict[str, Any]], provider: str, model: str, kind: str, at_us: int) -> dict[str, Any]:
     """Independent model of the rule, by brute force, in Decimal."""
     def in_effect(candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
         dated = [(parse_iso(e["effective_from"]).us if "effective_from" in e else -1, e) for e in candidates]
@@ -339,7 +341,7 @@ def model_price(raw: list[dict[str, Any]], provider: str, model: str, kind: str,
     same = [e for e in raw if (e["provider"], e["usage_type"]) == (provider, kind)]
     chosen = in_effect([e for e in same if e["model"] == model]) or in_effect([e for e in same if e["model"] == "*"])
     assert chosen is not None
-    return chosen  # type: ignore[return-value]
+    return chosen
 
 
 def model_amount(chosen: dict[str, Any], amount: str) -> int:
