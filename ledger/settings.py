@@ -9,12 +9,14 @@ import os
 import secrets
 import socket
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, InstanceOf, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ledger.money import normalise_currency, parse_rate
+from ledger.pricing import EMPTY_TABLE, PriceTable, check_currencies, load_file
 
 PROVIDERS = ("twilio", "telnyx", "vonage", "plivo")
 
@@ -58,6 +60,10 @@ class Settings(BaseSettings):
     plivo_currency: str = "USD"
     # (provider, direction) -> price per started minute, in the ledger currency.
     telephony_rates: Annotated[dict[tuple[str, str], Decimal], NoDecode] = Field(default_factory=dict)
+    # LEDGER_PRICING_FILE (SPEC §11): a path, read and validated here, so that a bad file stops
+    # start-up; the field then holds the table (tests may pass a PriceTable). Declared after
+    # currency and fx_rates: its validator checks every price's currency against them.
+    pricing_file: Annotated[InstanceOf[PriceTable] | None, NoDecode] = None
 
     consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
     batch_size: int = Field(default=200, ge=1, le=10_000)
@@ -138,6 +144,26 @@ class Settings(BaseSettings):
                                  "direction inbound or outbound")
             rates[(provider, direction)] = parse_rate(rate)
         return rates
+
+    @field_validator("pricing_file", mode="before")
+    @classmethod
+    def _pricing(cls, value: object, info: ValidationInfo) -> PriceTable | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        currency, fx_rates = info.data.get("currency"), info.data.get("fx_rates")
+        if currency is None or fx_rates is None:
+            return None  # their own error is reported; the file's currencies cannot be checked
+        if isinstance(value, PriceTable):
+            check_currencies(value, currency, set(fx_rates))
+            return value
+        if not isinstance(value, str | Path):
+            raise ValueError("expected the path of a YAML or JSON pricing file")
+        return load_file(value, currency, set(fx_rates))
+
+    @property
+    def pricing(self) -> PriceTable:
+        """The usage price table; empty without LEDGER_PRICING_FILE."""
+        return self.pricing_file or EMPTY_TABLE
 
     @field_validator("public_url")
     @classmethod
