@@ -355,7 +355,8 @@ async def test_vonage_application_id_must_match_when_configured(aiohttp_client: 
     settings = make_settings(vonage_signature_secret=vn.SECRET, vonage_application_id=configured, fx_rates="EUR=1.1")
     client = await aiohttp_client(create_app(settings, "worker", store, run_consumer=False))
     body = vn.encode(vn.completed())
-    response = await client.post("/webhooks/vonage", data=body, headers=vn.VonageSigner().headers(body, int(time.time())))
+    headers = vn.VonageSigner().headers(body, int(time.time()))
+    response = await client.post("/webhooks/vonage", data=body, headers=headers)
     assert response.status == status, await response.text()
 
 
