@@ -80,17 +80,19 @@ async def webhook_latencies(url: str, n: int) -> tuple[list[float], list[float]]
         signed = signer.sign("POST", tw.PUBLIC_URL + tw.PATH, tw.completed(call_sid=sid))
         requests.append((signed.headers, signed.body))
 
-    class Bypass:
-        async def remember(self, use: Any) -> bool:
-            return True
+    async def bypass(use: Any) -> bool:
+        return True
 
     with_ledger: list[float] = []
     without: list[float] = []
     async with TestClient(TestServer(app)) as client:
-        real = app[SIGNATURES]
+        ledger = app[SIGNATURES]
         for i, (headers, body) in enumerate(requests):
             block = (i // 100) % 2  # alternate in blocks of 100
-            app[SIGNATURES] = real if block == 0 else Bypass()  # type: ignore[assignment]
+            if block == 0:
+                ledger.__dict__.pop("remember", None)
+            else:
+                ledger.remember = bypass  # type: ignore[method-assign]
             started = time.perf_counter()
             response = await client.post(tw.PATH, data=body, headers=headers)
             elapsed = time.perf_counter() - started
@@ -138,7 +140,8 @@ def main() -> None:
         try:
             time.sleep(0.3)
             url = f"redis://127.0.0.1:{port}/0"
-            version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2]
+            version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+            version = version.split()[2].removeprefix("v=")
             print(f"redis-server {version}")
             print("SET NX GET round trip (remember):", summary(asyncio.run(remember_round_trips(url, args.requests))))
             with_ledger, without = asyncio.run(webhook_latencies(url, args.requests))
