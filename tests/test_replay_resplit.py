@@ -385,3 +385,42 @@ async def test_twilio_algorithm_comes_from_configuration(aiohttp_client: Any, st
 def test_unknown_twilio_algorithm_is_a_settings_error() -> None:
     with pytest.raises(ValueError, match="twilio_signature_algorithm"):
         Settings(twilio_signature_algorithm="md5")
+
+
+# -- Plivo GET: the signed `k=v&…` text re-split through an encoded `&` and `=` ---------------------------------
+
+def plivo_get_merges(params: Params) -> Iterator[tuple[str, Params]]:
+    """Each adjacent pair (sorted) merged into the first's value as `v1&n2=v2`: the same signed text."""
+    ordered = sorted(params)
+    for i in range(len(ordered) - 1):
+        (n1, v1), (n2, v2) = ordered[i], ordered[i + 1]
+        yield f"{n1}+{n2}", [*ordered[:i], (n1, f"{v1}&{n2}={v2}"), *ordered[i + 2:]]
+
+
+@pytest.mark.parametrize("ledger", ["remembered", "expired"])
+async def test_plivo_get_resplit_through_encoded_separators_is_refused(client: Any, store: Store,
+                                                                       consumer: Consumer, ledger: str) -> None:
+    params = pl.hangup()
+    original = pl.PlivoSigner().sign("GET", PUBLIC_URL + pl.PATH, params)
+    response = await client.get(URL(original.url.removeprefix(PUBLIC_URL), encoded=True), headers=original.headers)
+    assert response.status == 200
+    event_id = (await response.json())["event_id"]
+    await consumer.run_burst()
+    before = await snapshot(client, store, pl.CALL_UUID)
+    merges = list(plivo_get_merges(params))
+    assert "Event+From" in {label for label, _ in merges}
+    for label, merged in merges:
+        url = f"{PUBLIC_URL}{pl.PATH}?{urlencode(merged)}"
+        signature = original.headers["X-Plivo-Signature-V3"]
+        assert validate_v3_signature("GET", url, pl.NONCE, pl.AUTH_TOKEN, signature), label  # still verifies
+        if ledger == "expired":
+            await store.redis.delete(*(await store.redis.keys("cl:sig:*")))
+        response = await client.get(URL(url.removeprefix(PUBLIC_URL), encoded=True), headers=original.headers)
+        if ledger == "remembered":
+            assert response.status == 401, (label, await response.text())
+        else:  # formats alone: refused, or the original event again (a duplicate)
+            assert response.status in (200, 422), (label, await response.text())
+            if response.status == 200:
+                assert (await response.json())["event_id"] == event_id, label
+    await consumer.run_burst()
+    assert (await snapshot(client, store, pl.CALL_UUID))[:3] == before[:3]
