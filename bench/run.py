@@ -41,7 +41,7 @@ FLOOR_DIR = Path(os.environ.get("LEDGER_FLOOR_DIR", ROOT.parent / "shared" / "be
 TWILIO_TOKEN = "bench-twilio-auth-token"
 API_TOKEN = "bench-api-token"
 TWILIO_BODY = (
-    "AccountSid=ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx&ApiVersion=2010-04-01&CallSid=CA0123456789abcdef0123456789abcdef"
+    "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&CallSid=CA0123456789abcdef0123456789abcdef"
     "&CallStatus=completed&CallDuration=42&Called=%2B15551234567&Caller=%2B15559876543&Direction=outbound-api"
     "&From=%2B15559876543&To=%2B15551234567&SequenceNumber=3&Timestamp=Tue%2C%2024%20Nov%202026%2004%3A52%3A38"
     "%20%2B0000&CallbackSource=call-progress-events&StatusCallbackEvent=completed"
@@ -237,7 +237,9 @@ def http_round(redis: RedisServer, seconds: int, connections: int, workdir: Path
 
     # A call record for GET to find: one signed webhook through the real service.
     port = free_port()
-    worker = start([*cli, "worker"], {**base_env, "LEDGER_PORT": str(port)}, port)
+    # Twilio signs the URL it called; the service checks it against LEDGER_PUBLIC_URL only.
+    worker = start([*cli, "worker"], {**base_env, "LEDGER_PORT": str(port),
+                                      "LEDGER_PUBLIC_URL": f"http://127.0.0.1:{port}"}, port)
     url = f"http://127.0.0.1:{port}/webhooks/twilio"
     post_lua = workdir / "post.lua"
     post_lua.write_text(

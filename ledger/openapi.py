@@ -116,11 +116,13 @@ WEBHOOK_RESPONSES = {
             "call_sid": {"type": "string"}, "event_id": {"type": "string"}}}),
     },
     "400": _error("Body cannot be parsed; nothing stored"),
-    "401": _error("Missing or wrong signature, or timestamp outside the window; nothing stored"),
+    "401": _error("Missing or wrong signature, timestamp outside the window, or a Twilio/Plivo signature "
+                  "already used with other parameters; nothing stored"),
     "404": _error("This source's secret is not configured"),
     "408": _error("Body not received within LEDGER_READ_TIMEOUT_S"),
     "413": _error("Body larger than 64 KiB"),
-    "422": _error("Parsable, but not a usable call event (no call id, unknown status, bad amount...)"),
+    "422": _error("Parsable, but not a usable call event (no call id, unknown status, bad amount, a field "
+                  "not in its provider's format...)"),
     "503": _error("Redis could not take the event; retry"),
 }
 

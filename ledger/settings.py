@@ -46,13 +46,22 @@ class Settings(BaseSettings):
     # Read API bearer tokens, stored only as SHA-256 digests: `sha256:<hex>` or a plain token.
     api_tokens: Annotated[tuple[bytes, ...], NoDecode] = ()
 
-    public_url: str | None = None  # external base URL that URL-signed providers called
+    # External base URL that URL-signed providers (Twilio, Plivo) called; required when either is
+    # configured (checked where intake builds them: the api role does not need it).
+    public_url: str | None = None
     twilio_auth_token: SecretStr | None = None
+    # The HMAC Twilio signs with: chosen here, never by the unsigned X-Twilio-Webhooks-Signature-Settings.
+    twilio_signature_algorithm: Literal["sha1", "sha256"] = "sha1"
     telnyx_public_key: SecretStr | None = None
     vonage_signature_secret: SecretStr | None = None
+    # When set, a Vonage JWT whose application_id claim differs is refused (401).
+    vonage_application_id: str | None = None
     plivo_auth_token: SecretStr | None = None
     platform_webhook_secret: SecretStr | None = None
     signature_tolerance_s: int = Field(default=300, ge=1)
+    # How long an accepted Twilio/Plivo signature is remembered with its parameters (7 days):
+    # within it, the signature cannot be reused with other parameters (ledger.replay).
+    signature_ttl_s: int = Field(default=7 * 86_400, ge=1)
 
     currency: str = "USD"
     fx_rates: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
@@ -174,6 +183,16 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
+
+    @field_validator("twilio_signature_algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("vonage_application_id")
+    @classmethod
+    def _application_id(cls, value: str | None) -> str | None:
+        return value.strip() if value is not None and value.strip() else None
 
     @field_validator("platform_webhook_secret")
     @classmethod
