@@ -132,7 +132,7 @@ async def post_original(client: Any, consumer: Consumer, provider: str) -> tuple
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_every_resplit_of_a_signed_request_is_refused_and_changes_nothing(
-        client: Any, store: Store, consumer: Consumer, provider: str) -> None:
+        client: Any, store: Store, consumer: Consumer, provider: str, guarantees: Any) -> None:
     path, sid, params, header, verifies = PROVIDERS[provider]
     headers, _ = await post_original(client, consumer, provider)
     before = await snapshot(client, store, sid)
@@ -154,6 +154,8 @@ async def test_every_resplit_of_a_signed_request_is_refused_and_changes_nothing(
     assert await snapshot(client, store, sid) == before
     metrics = await (await client.get("/metrics")).text()
     assert f'ledger_events_received_total{{outcome="rejected_replay",source="{provider}"}} {len(splits)}.0' in metrics
+    guarantees.record(f"{provider}: every re-split replay of a signed request (401, record unchanged)",
+                      sent=len(splits), answered_2xx=0, applied=0, duplicates_suppressed=0, lost=0)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -174,7 +176,7 @@ async def test_the_same_request_redelivered_is_a_2xx_duplicate(client: Any, stor
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_after_the_signature_ttl_formats_and_dedupe_still_hold_single_resplits(
-        client: Any, store: Store, consumer: Consumer, provider: str) -> None:
+        client: Any, store: Store, consumer: Consumer, provider: str, guarantees: Any) -> None:
     """The signature's ledger entry gone (its TTL expired) before each re-split.
 
     Honestly: the strict formats refuse every single re-split that would touch a field the
@@ -189,6 +191,7 @@ async def test_after_the_signature_ttl_formats_and_dedupe_still_hold_single_resp
     headers, event_id = await post_original(client, consumer, provider)
     before = await snapshot(client, store, sid)
     passed = []
+    duplicates = 0
     for label, split in resplits(params):
         await store.redis.delete(*(await store.redis.keys("cl:sig:*")))
         response = await post(client, path, headers, split)
@@ -197,10 +200,14 @@ async def test_after_the_signature_ttl_formats_and_dedupe_still_hold_single_resp
             answer = await response.json()
             assert answer.get("event_id") == event_id or answer["outcome"] == "ignored", (label, answer)
             passed.append(label)
+            duplicates += answer.get("event_id") == event_id
     await consumer.run_burst()
     record, events, keys, _ = await snapshot(client, store, sid)
     assert (record, events, keys) == before[:3]
     assert passed, "some re-splits of ignored fields pass the formats: that is why the ledger exists"
+    guarantees.record(f"{provider}: re-split replays after the signature's TTL (422, duplicate or ignored)",
+                      sent=len(list(resplits(params))), answered_2xx=len(passed), applied=0,
+                      duplicates_suppressed=duplicates, lost=0)
 
 
 async def test_plivo_signature_padded_with_garbage_entries_is_one_signature(client: Any, store: Store,
