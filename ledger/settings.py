@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     # Seconds an acknowledged event stays in the stream (unacknowledged ones are never trimmed).
     stream_retention: int = Field(default=86_400, ge=0)
     shutdown_grace_s: float = Field(default=10.0, gt=0)
-    # "aof": answer 2xx only once the event reached the AOF on disk (WAITAOF, Redis >= 7.2).
-    durable_ack: Literal["none", "aof"] = "none"
+    # "aof": answer 2xx only once the event reached the AOF on disk (WAITAOF, Redis >= 7.2);
+    # "replica": only once at least one replica has it (WAIT 1).
+    durable_ack: Literal["none", "aof", "replica"] = "none"
     durable_ack_timeout_ms: int = Field(default=1000, ge=1)
     # SPEC §8 bounds per call: events applied (later ones are dead-lettered), and the merged
     # call_meta (an event alone above it is 422 at intake; one whose merge would pass it is
@@ -201,6 +202,16 @@ class Settings(BaseSettings):
             # Message names the rule, never the value.
             raise ValueError("must be a Standard Webhooks secret starting with whsec_")
         return value
+
+    @model_validator(mode="after")
+    def _replica_durability(self) -> "Settings":
+        if self.durable_ack == "replica" and self.redis_url is None:
+            raise ValueError("LEDGER_DURABLE_ACK=replica needs LEDGER_REDIS_URL (the embedded store has no replica)")
+        if self.durable_ack == "replica" and self.redis_cluster:
+            # WAIT counts the replicas of the connection that wrote; redis-py's cluster client
+            # sends WAIT to every node on other connections, which would confirm nothing.
+            raise ValueError("LEDGER_DURABLE_ACK=replica is not supported with LEDGER_REDIS_CLUSTER=true yet")
+        return self
 
     @model_validator(mode="after")
     def _fx_of_ledger_currency(self) -> "Settings":

@@ -220,18 +220,29 @@ class Store:
         """XADD one normalised event. No MAXLEN: trimming here could drop unapplied events.
 
         With durable_ack "aof", also wait (same round trip) until Redis has fsynced the
-        entry to its AOF; if it does not confirm in time the caller answers 503 and the
-        provider retries (the redelivery is then a harmless duplicate).
+        entry to its AOF; with "replica", until at least one replica has it (WAIT counts
+        the replicas that acknowledged this connection's writes). If that is not confirmed
+        in time the caller answers 503 and the provider retries (the redelivery is then a
+        harmless duplicate).
         """
-        if self.durable_ack != "aof":
+        if self.durable_ack == "none":
             return _text(await self.redis.xadd(self.stream, {"e": event_json}))
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.stream, {"e": event_json})
-        pipe.execute_command("WAITAOF", 1, 0, self.durable_ack_timeout_ms)
-        entry_id, (local, _replicas) = await pipe.execute()
-        if int(local) < 1:
-            raise StoreUnavailable("event not confirmed on disk (WAITAOF) in time")
+        if self.durable_ack == "aof":
+            pipe.execute_command("WAITAOF", 1, 0, self.durable_ack_timeout_ms)
+            entry_id, (confirmed, _replicas) = await pipe.execute()
+        else:
+            pipe.execute_command("WAIT", 1, self.durable_ack_timeout_ms)
+            entry_id, confirmed = await pipe.execute()
+        if int(confirmed) < 1:
+            where = "on disk (WAITAOF)" if self.durable_ack == "aof" else "by a replica (WAIT)"
+            raise StoreUnavailable(f"event not confirmed {where} in time")
         return _text(entry_id)
+
+    async def replicas_in_sync(self) -> int:
+        """How many replicas the server has connected now (INFO replication)."""
+        return int((await self.redis.info("replication")).get("connected_slaves", 0))
 
     async def check_durability(self) -> None:
         """Raise DurabilityUnavailable unless this Redis confirms AOF writes (WAITAOF).

@@ -116,6 +116,9 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
                         "nothing survives a restart")
         if await app[STORE].ping():  # unreachable: lookups answer 503 until it is back; checked then
             await app[STORE].check_layout()  # data of an older layout stops start-up
+        if settings.durable_ack == "replica" and await app[STORE].ping() and not await app[STORE].replicas_in_sync():
+            log.warning("no_replica", detail="LEDGER_DURABLE_ACK=replica and the Redis primary has no replica "
+                        "connected: webhooks answer 503 until one is in sync")
         if settings.durable_ack == "aof":
             if await app[STORE].ping():
                 await app[STORE].check_durability()  # a Redis that cannot confirm AOF writes stops start-up
