@@ -31,7 +31,20 @@ class Metrics:
         self.pending = Gauge(
             "ledger_consumer_pending", "Stream entries delivered but not yet acknowledged", registry=r
         )
+        self.shard_lag = Gauge("ledger_consumer_shard_lag", "Stream entries not yet delivered, by stream shard",
+                               ["shard"], registry=r)
+        self.shard_pending = Gauge("ledger_consumer_shard_pending",
+                                   "Stream entries delivered but not yet acknowledged, by stream shard",
+                                   ["shard"], registry=r)
         self.batch_seconds = Histogram(
             "ledger_apply_batch_duration_seconds", "Time to apply one batch read from the stream", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+
+    def observe_shards(self, stats: dict[str, tuple[int, int]]) -> None:
+        """Set the lag and pending gauges: each shard's, and their sums."""
+        for shard, (lag, pending) in stats.items():
+            self.shard_lag.labels(shard).set(lag)
+            self.shard_pending.labels(shard).set(pending)
+        self.lag.set(sum(lag for lag, _ in stats.values()))
+        self.pending.set(sum(pending for _, pending in stats.values()))

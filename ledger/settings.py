@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # currency and fx_rates: its validator checks every price's currency against them.
     pricing_file: Annotated[InstanceOf[PriceTable] | None, NoDecode] = None
 
+    # Stream shards (SPEC §12): a call's events go to one of this many streams, by a hash of its SID.
+    stream_shards: int = Field(default=1, ge=1, le=256)
     consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
     batch_size: int = Field(default=200, ge=1, le=10_000)
     claim_idle_ms: int = Field(default=15_000, ge=0)

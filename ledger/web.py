@@ -87,9 +87,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_view(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:  # lag and pending straight from Redis, so the API process reports them too
-        lag, pending = await request.app[STORE].group_stats()
-        metrics.lag.set(lag)
-        metrics.pending.set(pending)
+        await request.app[STORE].refresh_shards()
+        metrics.observe_shards(await request.app[STORE].shard_stats())
     except Exception as exc:
         log.warning("metrics_stats_unavailable", error=type(exc).__name__)
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -116,6 +115,7 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
                         "nothing survives a restart")
         if await app[STORE].ping():  # unreachable: lookups answer 503 until it is back; checked then
             await app[STORE].check_layout()  # data of an older layout stops start-up
+            await app[STORE].register_shards()  # every worker drains the shards this K writes
         if settings.durable_ack == "replica" and await app[STORE].ping() and not await app[STORE].replicas_in_sync():
             log.warning("no_replica", detail="LEDGER_DURABLE_ACK=replica and the Redis primary has no replica "
                         "connected: webhooks answer 503 until one is in sync")

@@ -96,7 +96,7 @@ async def _handle(request: web.Request, name: str) -> web.Response:
     except PydanticSerializationError:  # e.g. a lone surrogate escape ("\ud800") in a text field
         raise InvalidEvent("text fields must be valid Unicode (no lone surrogate escapes)") from None
     check_call_meta(event, request.app[SETTINGS])  # after: what serialises is what is measured
-    await request.app[STORE].append(event_json)
+    await request.app[STORE].append(event_json, event.call_sid)
     request.app[METRICS].received.labels(name, "stored").inc()
     log.info("webhook_received", source=name, call_sid=event.call_sid, event_id=event.event_id,
              type=event.type, outcome="stored", status=200)
