@@ -53,7 +53,7 @@ def run_service(role: Role, settings: Settings) -> None:
     # contexts stop the consumer (bounded) and close Redis. serving.run returns: exit 0.
     try:
         serving.run(app, settings)
-    except DurabilityUnavailable as exc:
+    except (DurabilityUnavailable, serving.ListenFailed) as exc:
         print(f"call-ledger: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

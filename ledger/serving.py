@@ -15,6 +15,10 @@ from ledger.settings import Settings
 from ledger.web import METRICS
 
 
+class ListenFailed(Exception):
+    """The listening socket could not be opened."""
+
+
 def make_runner(app: web.Application, settings: Settings) -> LedgerRunner:
     """The runner for `app` with the connection limits of `settings` (access log off: it echoes request lines)."""
     guard = ConnectionGuard(header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections,
@@ -29,16 +33,23 @@ async def serve(app: web.Application, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     runner = make_runner(app, settings)
-    await runner.setup()  # app startup: a DurabilityUnavailable, say, propagates to the CLI
+    # Before start-up, as run_app does: a SIGTERM during start-up still ends in a clean stop.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await runner.setup()  # app startup: a DurabilityUnavailable, say, propagates to the CLI
+        try:
+            try:
+                await web.TCPSite(runner, settings.host, settings.port).start()
+            except OSError as exc:  # port taken, address not ours: one line from the CLI, not a traceback
+                raise ListenFailed(f"cannot listen on {settings.host}:{settings.port}: "
+                                   f"{exc.strerror or type(exc).__name__}") from None
+            await stop.wait()
+        finally:
+            await runner.cleanup()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await runner.cleanup()
 
 
 def run(app: web.Application, settings: Settings) -> None:
