@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ledger.app import Role, create_app
 from ledger.errors import DurabilityUnavailable, LayoutMismatch
-from ledger.logs import configure_logging
+from ledger.logs import configure_logging, secret_values
 from ledger.settings import Settings
 
 
@@ -37,15 +37,9 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def run_service(role: Role, settings: Settings) -> None:
-    from aiohttp import web
-
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # optional speed-up
-        pass
     import structlog
+
+    from ledger import serving
 
     try:
         app = create_app(settings, role)
@@ -58,11 +52,10 @@ def run_service(role: Role, settings: Settings) -> None:
         consumer=settings.consumer_name if role != "api" else None,
     )
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then the cleanup
-    # contexts stop the consumer (bounded) and close Redis. run_app returns: exit 0.
+    # contexts stop the consumer (bounded) and close Redis. serving.run returns: exit 0.
     try:
-        web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                    shutdown_timeout=settings.shutdown_grace_s)
-    except (DurabilityUnavailable, LayoutMismatch) as exc:
+        serving.run(app, settings)
+    except (DurabilityUnavailable, LayoutMismatch, serving.ListenFailed) as exc:
         print(f"call-ledger: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -142,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # FX rates still come from the environment, as they would for the service.
         return _pricing_check(args.file, load_settings(pricing_file=None))
     settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, secrets=secret_values(settings))
     if args.command == "dlq":
         return asyncio.run(_dlq(args, settings))
     run_service(args.command, settings)  # argparse limits it to serve | worker | api

@@ -27,6 +27,16 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.connections_open = Gauge(
+            "ledger_http_connections_open", "HTTP connections open now (counted against LEDGER_MAX_CONNECTIONS)",
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "ledger_http_connections_closed", "HTTP connections the server closed on its own, by reason "
+            "(header_timeout: headers incomplete after LEDGER_HEADER_TIMEOUT_S; over_capacity: "
+            "LEDGER_MAX_CONNECTIONS reached, answered 503)",
+            ["reason"], registry=r,
+        )
         self.lag = Gauge("ledger_consumer_lag", "Stream entries not yet delivered to the worker group", registry=r)
         self.pending = Gauge(
             "ledger_consumer_pending", "Stream entries delivered but not yet acknowledged", registry=r

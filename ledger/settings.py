@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     worker_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     # A webhook body must arrive within this many seconds (slow clients get 408).
     read_timeout_s: float = Field(default=10.0, gt=0)
+    # A request's headers must be complete this many seconds after its first byte (slow-header clients
+    # are disconnected). A connection with no request in progress and no byte of a next one is idle.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # An idle connection (just opened, or kept alive after a response) is closed after this many seconds.
+    keepalive_timeout_s: float = Field(default=15.0, gt=0)
+    # Open connections per process; past it a new connection is answered 503 and closed at once.
+    max_connections: int = Field(default=1000, ge=1)
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -53,25 +53,41 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "internal error")
 
 
+# The method label comes from the client: anything else would be a new series per invented method.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Time every request and count it under the status it was answered with.
+
+    It sits outside `error_middleware`, so it sees the JSON answer a `LedgerError` became (a 401 is
+    `401`, not the `500` it looked like from inside). What still escapes is labelled with its own status
+    (`web.HTTPException`, `LedgerError`), else 500; a cancelled request got no answer and is not counted.
+    """
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        status = 500
         try:
             response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
+        except (web.HTTPException, LedgerError) as exc:
+            _observe(metrics, request, exc.status, started)
             raise
-        finally:
-            # The route's pattern, not the path: one series per route, not per SID.
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            metrics.request_seconds.labels(route, request.method, str(status)).observe(time.perf_counter() - started)
+        except Exception:
+            _observe(metrics, request, 500, started)
+            raise
+        _observe(metrics, request, response.status, started)
+        return response
 
     return middleware
+
+
+def _observe(metrics: Metrics, request: web.Request, status: int, started: float) -> None:
+    # The route's pattern, not the path: one series per route, not per SID.
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "OTHER"
+    metrics.request_seconds.labels(route, method, str(status)).observe(time.perf_counter() - started)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -102,7 +118,8 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
     """
     metrics = Metrics()
     app = web.Application(
-        middlewares=[error_middleware, metrics_middleware(metrics)], client_max_size=MAX_BODY
+        # Metrics outermost: it must see the status error_middleware answered with.
+        middlewares=[metrics_middleware(metrics), error_middleware], client_max_size=MAX_BODY
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics

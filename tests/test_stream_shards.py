@@ -81,7 +81,7 @@ async def test_events_go_to_their_calls_shard_and_every_one_is_applied_exactly(c
 @pytest.mark.real_redis
 async def test_a_busy_shard_does_not_starve_the_others(client: Any) -> None:
     store = sharded(client, 2)
-    busy, quiet = ([sid for sid in (f"CA-fair-{i}" for i in range(100)) if store.shard_for(sid) == shard][0]
+    busy, quiet = (next(sid for sid in (f"CA-fair-{i}" for i in range(100)) if store.shard_for(sid) == shard)
                    for shard in store.shards)
     pipe = client.pipeline(transaction=False)
     for i in range(3000):
@@ -108,7 +108,7 @@ async def test_changing_the_shard_count_strands_nothing(client: Any) -> None:
     consumer = Consumer(new, make_settings(stream_shards=3), Metrics())
     assert await consumer.run_burst() == len(events)
     await assert_records_exact(new, events, consumer.settings)
-    assert set((await new.shard_stats())) == {"0", "0of3", "1of3", "2of3"}
+    assert set(await new.shard_stats()) == {"0", "0of3", "1of3", "2of3"}
     assert await new.group_stats() == (0, 0)
 
 
@@ -136,4 +136,4 @@ async def test_dead_letters_are_kept_per_shard_listed_together_and_replayed(clie
     assert await store.dead_letters() == []
     for sid in sids:
         found = await store.get_call(sid)
-        assert found is not None and found[1].costs == {"llm": 8}  # 5 nano × 1.5, half-even
+        assert found is not None and found[1].costs == {"llm": 8}  # 5 nano times 1.5, half-even
