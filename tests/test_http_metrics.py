@@ -82,7 +82,7 @@ async def test_every_refusal_is_counted_under_its_own_status_never_500(
                  await client.post("/webhooks/platform", data=json.dumps(STATUS).encode(),
                                    headers={**sign_platform(b"{}", "m-401"), "content-type": "application/json"}))
 
-    async def unavailable(event_json: bytes) -> str:
+    async def unavailable(event_json: bytes, call_sid: str | None = None) -> str:
         raise StoreUnavailable("redis did not take the event")
 
     monkeypatch.setattr(store, "append", unavailable)
