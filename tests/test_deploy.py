@@ -291,7 +291,8 @@ def test_cluster_compose_has_six_aof_nodes_and_a_one_shot_init_with_one_replica_
         assert _option(command, "--cluster-announce-hostname") == name
     init = _cluster()["redis-cluster-init"]
     assert init["restart"] == "no"
-    assert {name: dep["condition"] for name, dep in init["depends_on"].items()} == dict.fromkeys(nodes, "service_healthy")
+    conditions = {name: dep["condition"] for name, dep in init["depends_on"].items()}
+    assert conditions == dict.fromkeys(nodes, "service_healthy")
     script = _init_script()
     create = next(line.split() for line in script.splitlines() if "--cluster create" in line)
     assert _option(create, "--cluster-replicas") == "1" and "--cluster-yes" in create
