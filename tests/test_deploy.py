@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import kubernetes_validate
 import pytest
 import redis
 import yaml
@@ -104,6 +105,17 @@ def test_kubernetes_deployments_run_real_commands_with_real_probes() -> None:
         ports = {port["name"] for port in container["ports"]}
         assert container["readinessProbe"]["httpGet"]["port"] in ports
         assert container["livenessProbe"]["httpGet"]["port"] in ports
+
+
+# The oldest Kubernetes the manifests are meant for (HPA autoscaling/v2, PDB policy/v1 and Pod Security
+# Admission labels are all GA there), and the newest the schemas package knows.
+@pytest.mark.parametrize("version", ["1.29.0", kubernetes_validate.latest_version()])
+def test_manifests_match_the_kubernetes_schema(version: str) -> None:
+    for obj in _objects():
+        try:  # strict: an unknown (misspelt) field is an error, as `kubectl apply --validate=strict` says
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']} against {version}: {error.message}")
 
 
 def test_every_object_lives_in_the_dedicated_namespace() -> None:
