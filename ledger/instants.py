@@ -28,7 +28,8 @@ def _instant(dt: datetime, digits: int) -> Instant:
     except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 has no UTC equivalent
         raise ValueError("timestamp out of range") from None
     us = (dt - _EPOCH) // timedelta(microseconds=1)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime("%Y"): it drops the leading zeros of years before 1000 ("1-01-01").
+    text = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
     if digits:
         text += "." + f"{dt.microsecond:06d}"[:digits]
     return Instant(text + "Z", us)

@@ -12,6 +12,10 @@ NANO = 10**9
 # rejects nonsense ("1e300") as malformed rather than storing it.
 MAX_AMOUNT_NANO = 10**9 * NANO
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+# Decimal text as providers write it: ASCII digits, one optional sign, point and exponent.
+# Python's Decimal() also takes "1_0", other scripts' digits and surrounding whitespace; an
+# amount in such a form is malformed, not read as some other number.
+DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def parse_amount(value: object) -> int:
@@ -26,8 +30,10 @@ def parse_amount(value: object) -> int:
     if isinstance(value, float):
         # Never through a float: callers parse JSON with parse_float=Decimal.
         raise ValueError("amount must not be a binary float")
+    if isinstance(value, str) and not DECIMAL_TEXT.fullmatch(value):
+        raise ValueError("amount is not a decimal number")
     try:
-        amount = Decimal(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
+        amount = Decimal(value)  # type: ignore[arg-type]
     except (InvalidOperation, TypeError, ValueError):
         raise ValueError("amount is not a decimal number") from None
     if not amount.is_finite():

@@ -36,10 +36,6 @@ K8S = DEPLOY / "k8s"
 NAMESPACE = "call-ledger"
 UID = 10001
 
-# Variables the deploy files set that SPEC §12 introduces and this branch's Settings may not have yet
-# (pydantic-settings ignores unknown LEDGER_* names, so setting them early is harmless). Remove an
-# entry once its setting is merged (LEDGER_STREAM_SHARDS: the stream-shards branch).
-PENDING_SETTINGS = {"LEDGER_STREAM_SHARDS"}
 
 # Checkov findings that stay, each for a reason (also in deploy/README.md, "Documented exceptions").
 # Keyed by check and resource: the same check failing on a new object is a new finding.
@@ -249,7 +245,7 @@ def test_compose_starts_with_no_secret_in_the_shell(compose_file: str, monkeypat
     services = yaml.safe_load((DEPLOY / compose_file).read_text())["services"]
     for role in ("worker", "api"):
         environment = _compose_environment(services[role]["environment"], shell={})
-        assert set(environment) <= _setting_names() | PENDING_SETTINGS
+        assert set(environment) <= _setting_names()
         for name in list(os.environ):
             if name.startswith("LEDGER_"):
                 monkeypatch.delenv(name)
@@ -441,15 +437,19 @@ async def test_healthcheck_passes_on_a_live_process_and_fails_otherwise(aiohttp_
 # --- checkov ---------------------------------------------------------------------------------------------
 
 def _checkov() -> str:
-    """LEDGER_CHECKOV, else the venv .ci/run makes (.venv/checkov), else PATH. Missing: FAIL, so CI
-    never passes without having run the checker."""
+    """LEDGER_CHECKOV, else the venv .ci/run makes (.venv/checkov), else PATH. Missing: a skip that
+    says how to get it, or a failure with LEDGER_REQUIRE_CHECKOV=1 (CI sets it), so CI never
+    passes without having run the checker."""
     candidates = [os.environ.get("LEDGER_CHECKOV"), str(ROOT / ".venv" / "checkov" / "bin" / "checkov"),
                   shutil.which("checkov")]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
-    pytest.fail("checkov not found: set LEDGER_CHECKOV, or run: python3 -m venv .venv/checkov && "
-                ".venv/checkov/bin/pip install -r deploy/checkov-requirements.txt (see deploy/README.md)")
+    message = ("checkov not found: set LEDGER_CHECKOV, or run: python3 -m venv .venv/checkov && "
+               ".venv/checkov/bin/pip install -r deploy/checkov-requirements.txt (see deploy/README.md)")
+    if os.environ.get("LEDGER_REQUIRE_CHECKOV") == "1":
+        pytest.fail(message)
+    pytest.skip(message + "; LEDGER_REQUIRE_CHECKOV=1 makes this a failure")
 
 
 def test_checkov_finds_nothing_beyond_the_documented_exceptions() -> None:

@@ -216,3 +216,77 @@ def test_state_round_trips_through_its_fields() -> None:
                 settings)
     rebuilt = CallState.from_fields(state.core_json(), dict(state.changed_fields()))
     assert rebuilt == state
+
+
+def test_the_worker_cache_counts_what_it_really_holds() -> None:
+    """Real memory (tracemalloc) of what the cache keeps stays within what it counts: its bound in
+    bytes means bytes (orjson's output, kept as is, holds a 4 KiB buffer per value)."""
+    import gc
+    import tracemalloc
+
+    from ledger.rules import apply_event
+
+    settings = make_settings()
+    written = []
+    for i in range(500):  # what the consumer remembers after committing a metadata event
+        state = CallState()
+        apply_event(state, make_event(f"CA-mem-{i}", f"m{i}", 0, assistant_id=5, assistant_name="Bot",
+                                      flow_name="F", to_phone_number="+15551230000",
+                                      call_meta={"customer_id": f"c{i}", "n": i}), settings)
+        written.append((f"CA-mem-{i}", LoadedCall(1, state.core_json(), dict(state.changed_fields()), i, frozenset())))
+    cache = KnownCalls(capacity_bytes=10**9)
+    gc.collect()
+    tracemalloc.start()
+    for sid, call in written:
+        cache.remember(sid, call)
+    del written, call
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(cache) == 500
+    assert held <= cache.bytes, (held, cache.bytes)
+    assert cache.bytes <= 2 * held, (held, cache.bytes)  # and not wildly over-counted either
+
+
+@pytest.mark.parametrize("text", ["1_0", "\u0661", "\uff13", "\u00a06", " 2 ", "2\n", "0x10", "1e", ".", "--1"])
+def test_amounts_are_plain_decimal_text_or_malformed(text: str) -> None:
+    """Decimal() reads "1_0" as 10 and other scripts' digits as digits; an amount must be decimal text."""
+    from ledger.money import parse_amount
+
+    with pytest.raises(ValueError, match="not a decimal number"):
+        parse_amount(text)
+
+
+@pytest.mark.parametrize("text", ["0.00150000", "-0.013", "+4", "1e-3", "7", ".5", "5."])
+def test_plain_decimal_text_is_an_amount(text: str) -> None:
+    from decimal import Decimal
+
+    from ledger.money import NANO, parse_amount
+
+    assert parse_amount(text) == int(abs(Decimal(text)) * NANO)
+
+
+@pytest.mark.parametrize("cost", ["1_0", "\uff13", " 2 "])
+async def test_a_platform_cost_in_another_form_is_422_and_nothing_is_stored(client: Any, store: Store,
+                                                                           cost: str) -> None:
+    response = await post_platform(client, {"type": "call.usage", "call_sid": "CA-amt",
+                                            "data": {"component": "llm", "cost": cost}}, "u-amt")
+    assert response.status == 422
+    assert await store.redis.xlen(store.stream) == 0
+
+
+async def test_a_call_meta_key_that_is_not_unicode_is_422(client: Any, store: Store) -> None:
+    body = b'{"type":"call.metadata","call_sid":"CA-sur","data":{"call_meta":{"\\ud800":"1"}}}'
+    from tests.conftest import sign_platform
+
+    response = await client.post("/webhooks/platform", data=body, headers=sign_platform(body, "m-sur"))
+    assert response.status == 422
+    assert "Unicode" in (await response.json())["detail"]
+    assert await store.redis.xlen(store.stream) == 0
+
+
+def test_years_before_1000_keep_four_digits() -> None:
+    from ledger.instants import format_us, parse_iso
+
+    assert parse_iso("0001-01-01T00:00:00Z").text == "0001-01-01T00:00:00Z"
+    assert format_us(parse_iso("0999-12-31T23:59:59.5Z").us) == "0999-12-31T23:59:59.500000Z"

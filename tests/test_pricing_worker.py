@@ -81,7 +81,7 @@ def test_a_cost_beside_usage_counts_and_the_usage_is_detail() -> None:
 @pytest.mark.parametrize(("data", "message"), [
     ({"usage_type": "input_tokens", "usage_amount": "-1"}, "usage_amount must be non-negative"),
     ({"usage_type": "input_tokens", "usage_amount": "12,5"}, "usage_amount is not a decimal"),
-    ({"usage_type": "input_tokens", "usage_amount": "NaN"}, "usage_amount is not a finite"),
+    ({"usage_type": "input_tokens", "usage_amount": "NaN"}, "usage_amount is not a decimal number"),
     ({"usage_type": "input_tokens", "usage_amount": True}, "usage_amount must be a decimal"),
     ({"usage_type": "input_tokens", "usage_amount": "1e400"}, "implausibly large"),
     ({"usage_type": "input_tokens", "usage_amount": "0.0000000001"}, "more than 9 decimals"),

@@ -73,8 +73,14 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
     return plan
 
 
-# Rough per-entry overhead of a cached call in a CPython process (objects, dict slots).
-_ENTRY_OVERHEAD = 400
+# Per-entry and per-field overhead of a cached call in CPython (objects, dict slots, the
+# LRU's links), measured with tracemalloc (tests/test_integrity_ledger.py holds it to that).
+_ENTRY_OVERHEAD = 600
+_FIELD_OVERHEAD = 150
+
+
+def _compact(value: bytes | None) -> bytes | None:
+    return None if value is None else bytes(memoryview(value))
 
 
 class KnownCalls:
@@ -106,8 +112,12 @@ class KnownCalls:
 
     def remember(self, call_sid: str, call: LoadedCall) -> None:
         self.forget(call_sid)
+        # Exact-size copies: orjson hands back bytes that keep a 4 KiB buffer each, which
+        # would make the real memory of a cached call some 20 times what is counted here.
+        fields = {name: _compact(value) for name, value in call.fields.items()}
+        call = LoadedCall(call.version, _compact(call.core), fields, call.record_id, frozenset())
         size = _ENTRY_OVERHEAD + len(call_sid) + len(call.core or b"") + sum(
-            len(name) + len(value or b"") for name, value in call.fields.items())
+            _FIELD_OVERHEAD + len(name) + len(value or b"") for name, value in call.fields.items())
         if size > self.capacity_bytes:
             return
         self._calls[call_sid] = (call, size)

@@ -107,7 +107,10 @@ def check_call_meta(event: CallEvent, settings: Settings) -> None:
     """SPEC §8: an event whose call_meta alone is over the per-call bound can never be applied."""
     if not event.call_meta:
         return
-    keys, size = call_meta_size(event.call_meta)
+    try:
+        keys, size = call_meta_size(event.call_meta)
+    except TypeError:  # orjson: a key with a lone surrogate escape ("\ud800") is not Unicode
+        raise InvalidEvent("text fields must be valid Unicode (no lone surrogate escapes)") from None
     if keys > settings.max_call_meta_keys or size > settings.max_call_meta_bytes:
         raise InvalidEvent(f"data.call_meta exceeds {settings.max_call_meta_keys} keys or "
                            f"{settings.max_call_meta_bytes} bytes of JSON (LEDGER_MAX_CALL_META_KEYS / _BYTES)")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ledger.errors import InvalidEvent
 from ledger.events import COMPONENTS, MAX_LABEL, Cost, UsageLine
-from ledger.money import normalise_currency, parse_amount
+from ledger.money import DECIMAL_TEXT, normalise_currency, parse_amount
 from ledger.pricing import decimal_text
 
 MAX_USAGE_LINES = 100
@@ -35,8 +35,10 @@ def usage_amount(value: object, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise InvalidEvent(f"{where} must be a decimal string or a number")
     try:
-        amount = Decimal(value.strip() if isinstance(value, str) else value)
-    except InvalidOperation:
+        if isinstance(value, str) and not DECIMAL_TEXT.fullmatch(value):
+            raise ValueError("not decimal text")
+        amount = Decimal(value)
+    except (InvalidOperation, ValueError):
         raise InvalidEvent(f"{where} is not a decimal number") from None
     if not amount.is_finite():
         raise InvalidEvent(f"{where} is not a finite number")
