@@ -154,6 +154,7 @@ class Store:
     def __init__(self, redis: Any, prefix: str = "cl", *, durable_ack: str = "none",
                  durable_ack_timeout_ms: int = 1000) -> None:
         self.redis = redis
+        self.prefix = prefix
         self.durable_ack = durable_ack
         self.durable_ack_timeout_ms = durable_ack_timeout_ms
         self.stream = f"{prefix}:events"
@@ -453,6 +454,19 @@ class Store:
         if record_id is None or core is None:
             return None
         return int(record_id), CallState.from_fields(core, {_text(k): v for k, v in fields.items()})
+
+    @unavailable_on_error
+    async def get_calls(self, call_sids: list[str]) -> list[tuple[int, CallState] | None]:
+        """`get_call` for many calls in one round trip (a list page)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in call_sids:
+            pipe.hgetall(self.call_key(sid))
+        out: list[tuple[int, CallState] | None] = []
+        for fields in await pipe.execute():
+            record_id, core = fields.get(b"id"), fields.get(b"s")
+            out.append(None if record_id is None or core is None else (
+                int(record_id), CallState.from_fields(core, {_text(k): v for k, v in fields.items()})))
+        return out
 
     @unavailable_on_error
     async def events_page(self, call_sid: str, after: str, limit: int) -> tuple[list[bytes], str | None] | None:
