@@ -27,7 +27,7 @@ def _money(totals: dict[str, int]) -> orjson.Fragment | None:
 
 
 def _average(totals: dict[str, int]) -> float | None:
-    return totals["d"] / totals["dn"] if totals.get("dn") else None
+    return totals.get("d", 0) / totals["dn"] if totals.get("dn") else None
 
 
 def by_status(totals: dict[str, int]) -> dict[str, int]:

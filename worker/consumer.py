@@ -202,7 +202,6 @@ class Consumer:
             # A script error no retry can fix must not hold the batch up forever: the record is
             # committed; its entry stays at the previous version until the call's next commit.
             log.error("index_update_failed", calls=len(entries), error=str(exc))
-            self.metrics.failed.labels("index").inc()
 
     async def _settle(self, by_call: dict[str, list[tuple[Entry, CallEvent]]],
                       outcomes: dict[str, tuple[str, str | None]]) -> None:
