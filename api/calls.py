@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -26,6 +27,8 @@ from ledger.money import format_nano
 from ledger.rules import MONEY_FIELDS, CallState, record_json, render_record
 from ledger.store import REQUEST_TIMEOUT_S
 from ledger.web import SETTINGS, STORE
+
+log = structlog.get_logger("ledger.api")
 
 MAX_RECORD_ID = 2**53 - 1
 # §2's 18 keys in §2's order: the CSV header.
@@ -173,6 +176,13 @@ async def export_calls(request: web.Request) -> web.StreamResponse:
                 await response.write((b"," if written else b"") + b",".join(record_json(r) for r in batch))
             written += len(batch)
             batch = await anext(stream, None)
+    except Exception as exc:
+        # The 200 and part of the body are sent: no error answer can follow. Cut the connection,
+        # so the client sees a truncated transfer, never a complete-looking partial export.
+        log.warning("export_interrupted", rows=written, error=type(exc).__name__)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
     finally:
         await stream.aclose()
     if fmt == "json":

@@ -366,3 +366,34 @@ def test_scoped_token_entries_are_parsed() -> None:
     assert tokens[3].digest == hashlib.sha256(b"abc=def").digest()  # not digits before "=": a plain token
     with pytest.raises(ValueError, match="organization"):
         make_settings(api_tokens="0=t")
+
+
+async def test_an_export_cut_short_by_redis_is_a_truncated_transfer(aiohttp_client: Any, store: Store,
+                                                                   settings: Settings, monkeypatch: Any) -> None:
+    from aiohttp import ClientPayloadError
+
+    from api import listing
+    from ledger.errors import StoreUnavailable
+
+    events: list[CallEvent] = []
+    for i in range(6):
+        events += call(f"CA-cut-{i}", BASE_US + i)
+    await load(store, settings, events)
+    monkeypatch.setattr(listing, "EXPORT_BATCH", 2)
+    real, calls = store.get_calls, 0
+
+    async def flaky(sids: list[str]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise StoreUnavailable("redis went away mid-export")
+        return await real(sids)
+
+    monkeypatch.setattr(store, "get_calls", flaky)
+    client = await aiohttp_client(create_app(settings, "api", store))
+    for fmt in ("json", "csv"):
+        calls = 0
+        response = await client.get("/api/v1/calls/export", headers=auth(), params={"format": fmt})
+        assert response.status == 200
+        with pytest.raises(ClientPayloadError):  # never a complete-looking partial file
+            await response.read()
