@@ -182,3 +182,22 @@ async def test_an_older_or_repeated_version_changes_nothing(store: Store, settin
 
 def test_entries_spread_over_every_shard() -> None:
     assert {shard_of(f"CA{i:032x}") for i in range(500)} == set(range(16))
+
+
+async def test_reindex_builds_the_indexes_of_records_written_before_them(
+        store: Store, settings: Settings) -> None:
+    from ledger.reindex import reindex
+
+    events = call("CA-legacy-1", BASE_US, org=7, assistant=1, cost=5) + call("CA-legacy-2", BASE_US + 1)
+    events.append(event("CA-legacy-3", "meta-only", BASE_US + 7, assistant_id=2))
+    await load(store, settings, events)
+    expected = await dump_indexes(store.redis)
+    # As a store of an older version: no index at all, and no first_seen in the state.
+    for key in await store.redis.keys("cl:ix:*"):
+        await store.redis.delete(key)
+    core = orjson.loads(await store.redis.hget(store.call_key("CA-legacy-3"), "s"))
+    del core["first_seen"]
+    await store.redis.hset(store.call_key("CA-legacy-3"), "s", orjson.dumps(core))
+    assert await reindex(store, settings) == (3, 3)
+    assert await dump_indexes(store.redis) == expected
+    assert await reindex(store, settings) == (3, 0)  # current entries are left alone
