@@ -2,7 +2,7 @@
 -- KEYS: the sorted set, the shard's entries hash.
 -- ARGV: max score, min score (ZRANGEBYSCORE syntax), count, cursor score ('' for none),
 --       cursor member.
--- Returns flat (member, score, entry JSON) triples, at most `count`, of items within
+-- Returns flat (member, score, entry payload JSON) triples, at most `count`, of items within
 -- [min, max] that come after the cursor: score < cursor score, or equal score and a smaller
 -- member. Items tied with the cursor's score are few (same microsecond), so they are read
 -- and skipped here: a page costs O(count + ties), whatever its depth.
@@ -27,7 +27,9 @@ for i = 1, #items, 2 do
   if cs == nil or sn < cs or (sn == cs and m < cmember) then
     out[#out + 1] = m
     out[#out + 1] = s
-    out[#out + 1] = redis.call('HGET', entries, m) or ''
+    local entry = redis.call('HGET', entries, m)
+    -- Only the payload (before the newline): the undo part is the index script's business.
+    out[#out + 1] = entry and string.sub(entry, 1, string.find(entry, '\n', 1, true) - 1) or ''
     taken = taken + 1
     if taken >= count then
       break

@@ -4,8 +4,8 @@ Layout (prefix `cl`), per index shard n in 0..15 (`ledger.indexes.SHARDS`); a ca
 lives in shard crc32(call_sid) % 16, and every key of a shard shares the hash tag `{n}`, so
 one script updates one call's entry atomically on a Redis Cluster too:
 
-    cl:ix:{n}:e                      hash: record id (16 digits) -> the call's entry
-                                     [version, memberships, increments, payload]
+    cl:ix:{n}:e                      hash: record id (16 digits) -> the call's entry: its payload
+                                     (what readers use), then [version, memberships, increments]
     cl:ix:{n}:z:<scope>:<filter>     sorted set: record ids scored by list time (µs);
                                      scope `*` (every call) or `o<org>`; filter '', s=<status>,
                                      a=<assistant_id>, or s=<status>|a=<assistant_id>
@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from redis.asyncio.cluster import RedisCluster
 
-from ledger.indexes import SHARDS, IndexEntry, score
+from ledger.indexes import SHARDS, IndexEntry, entry_payload, score
 
 INDEX_LUA = files("ledger").joinpath("index.lua").read_text()
 INDEX_PAGE_LUA = files("ledger").joinpath("index_page.lua").read_text()
@@ -110,18 +110,20 @@ class IndexStore:
                 raw = reply[i + 2]
                 if not raw:  # a member whose entry is being replaced: it will be back
                     continue
-                items.append(Item(_text(reply[i + 1]), _text(reply[i]), orjson.loads(raw)[3]))
+                items.append(Item(_text(reply[i + 1]), _text(reply[i]), orjson.loads(raw)))
             pages[shard] = items
             if len(reply) // 3 < count:
                 pages[shard].append(_END)
         return pages
 
     async def iterate(self, suffix: str, lo: str = "-inf", hi: str = "+inf",
-                      after: tuple[str, str] | None = None, batch: int = 200) -> AsyncGenerator[Item, None]:
+                      after: tuple[str, str] | None = None, batch: int = 200,
+                      first: int | None = None) -> AsyncGenerator[Item, None]:
         """Every call of the list `suffix` within [lo, hi], newest first (ties: id descending),
         after the cursor `after` = (score text, member): a k-way merge of the shards, reading
-        `batch` items of a shard at a time, so memory stays bounded for any length."""
-        buffers = await self._pages(suffix, lo, hi, batch, dict.fromkeys(range(SHARDS), after))
+        `first` items of each shard at once (all in one round trip), then `batch` at a time
+        from a shard that runs out, so memory stays bounded for any length."""
+        buffers = await self._pages(suffix, lo, hi, first or batch, dict.fromkeys(range(SHARDS), after))
         heap: list[tuple[tuple[float, int], int]] = []
         positions = dict.fromkeys(buffers, 0)
         for shard, items in buffers.items():
@@ -149,8 +151,7 @@ class IndexStore:
             pipe.hget(self.entries_key(shard), member)
         for raw in await pipe.execute():
             if raw:
-                payload: dict[str, Any] = orjson.loads(raw)[3]
-                return payload
+                return entry_payload(raw)
         return None
 
     async def sum_hashes(self, suffixes: list[str]) -> dict[str, dict[str, int]]:

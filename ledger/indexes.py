@@ -126,7 +126,7 @@ class IndexEntry:
         if self.assistant_id:
             prefix = f"a:{self.assistant_id}:"
             per_assistant = [(prefix + name, amount) for name, amount in common if name in (
-                "n", "d", "dn", "cw", "cf", "cn")]
+                "n", "d", "cw", "cf", "cn")]
             if self.assistant_name is not None:
                 per_assistant.append((f"an:{self.assistant_id}:{self.assistant_name}", 1))
         out: list[tuple[str, str, int]] = []
@@ -142,11 +142,17 @@ class IndexEntry:
                 "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number}
 
     def encode(self, version: int) -> bytes:
-        """The stored entry: [version, memberships, increments, payload]; every value the
-        script uses is a string (Lua numbers would round large integers)."""
-        return orjson.dumps([str(version), self.memberships(),
-                             [[key, name, str(amount)] for key, name, amount in self.increments()],
-                             self.payload()])
+        """The stored entry: the payload JSON, a newline, then [version, memberships, increments]
+        for the index script (every value a string: Lua numbers would round large integers).
+        Readers take the part before the newline (JSON text never holds a raw one)."""
+        return orjson.dumps(self.payload()) + b"\n" + orjson.dumps(
+            [str(version), self.memberships(), [[key, name, str(amount)] for key, name, amount in self.increments()]])
+
+
+def entry_payload(stored: bytes) -> dict[str, Any]:
+    """The payload of a stored entry (see `IndexEntry.encode`)."""
+    payload: dict[str, Any] = orjson.loads(stored.partition(b"\n")[0])
+    return payload
 
 
 def list_us(state: CallState) -> int:

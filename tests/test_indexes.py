@@ -201,3 +201,26 @@ async def test_reindex_builds_the_indexes_of_records_written_before_them(
     assert await reindex(store, settings) == (3, 3)
     assert await dump_indexes(store.redis) == expected
     assert await reindex(store, settings) == (3, 0)  # current entries are left alone
+
+
+async def test_the_shard_merge_is_the_same_whatever_the_read_sizes(store: Store, settings: Settings) -> None:
+    from contextlib import aclosing
+
+    from ledger.indexes import list_key
+
+    events: list[CallEvent] = []
+    for i in range(60):  # ties on the same microsecond too
+        events += call(f"CA-merge-{i}", BASE_US + (i // 4))
+    await load(store, settings, events)
+    indexes = IndexStore(store.redis)
+
+    async def order(**sizes: Any) -> list[str]:
+        async with aclosing(indexes.iterate(list_key("*"), **sizes)) as items:
+            return [item.member async for item in items]
+
+    everything = await order(batch=1000)
+    assert len(everything) == 60
+    assert everything == sorted(everything, key=lambda m: (
+        [e.occurred_us for e in events if e.event_id.endswith("-s")][int(m) - 1], int(m)), reverse=True)
+    for sizes in ({"first": 1, "batch": 1}, {"first": 2, "batch": 3}, {"first": 50, "batch": 1}):
+        assert await order(**sizes) == everything, sizes
