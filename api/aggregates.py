@@ -1,8 +1,9 @@
 """Stats and analytics (SPEC §9), summed from the index shards' rollups, never a scan of calls.
 
-`stats` reads one totals hash per shard; `analytics` one hash per UTC day per shard (90 days
-x 16 shards of small hashes, one pipeline). The period `Nd` is the N UTC days ending today
-(the rollups are per day of list time), `1d` being today.
+`stats` reads one totals hash per shard; `analytics` the day hashes of the period, each
+shard adding up its days in one script (`ledger/rollup_days.lua`), all in one pipeline.
+The period `Nd` is the N UTC days ending today (the rollups are per day of list time), `1d`
+being today.
 """
 
 import time
@@ -53,20 +54,19 @@ def period_days(days: int, now: float) -> list[str]:
     return [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
 
 
-def _assistants(per_day: list[dict[str, int]]) -> list[dict[str, Any]]:
-    """calls_by_assistant from the days' `a:<aid>:<field>` and `an:<aid>:<name>` counters."""
+def _assistants(period: dict[str, int]) -> list[dict[str, Any]]:
+    """calls_by_assistant from the period's `a:<aid>:<field>` and `an:<aid>:<name>` counters."""
     sums: dict[int, dict[str, int]] = {}
     names: dict[int, dict[str, int]] = {}
-    for totals in per_day:
-        for field, value in totals.items():
-            if field.startswith("an:"):
-                _, aid_text, name = field.split(":", 2)
-                carried = names.setdefault(int(aid_text), {})
-                carried[name] = carried.get(name, 0) + value
-            elif field.startswith("a:"):
-                _, aid_text, counter = field.split(":", 2)
-                counters = sums.setdefault(int(aid_text), {})
-                counters[counter] = counters.get(counter, 0) + value
+    for field, value in period.items():
+        if field.startswith("an:"):
+            _, aid_text, name = field.split(":", 2)
+            carried = names.setdefault(int(aid_text), {})
+            carried[name] = carried.get(name, 0) + value
+        elif field.startswith("a:"):
+            _, aid_text, counter = field.split(":", 2)
+            counters = sums.setdefault(int(aid_text), {})
+            counters[counter] = counters.get(counter, 0) + value
     rows: list[tuple[int, int, dict[str, Any]]] = []
     for aid, counters in sums.items():
         if not counters.get("n"):
@@ -80,7 +80,9 @@ def _assistants(per_day: list[dict[str, int]]) -> list[dict[str, Any]]:
     return [row[2] for row in rows]
 
 
-def analytics_body(period: str, days: list[str], per_day: dict[str, dict[str, int]]) -> dict[str, Any]:
+def analytics_body(period: str, days: list[str], per_day: dict[str, dict[str, int]],
+                   assistants: dict[str, int]) -> dict[str, Any]:
+    """The answer from each day's own totals and the period's per-assistant counters."""
     totals: dict[str, int] = {}
     calls_by_day = []
     for day in days:
@@ -101,7 +103,7 @@ def analytics_body(period: str, days: list[str], per_day: dict[str, dict[str, in
         "total_duration": totals.get("d", 0),
         "total_cost": _money(totals),
         "calls_by_day": calls_by_day,
-        "calls_by_assistant": _assistants([per_day.get(day, {}) for day in days]),
+        "calls_by_assistant": _assistants(assistants),
         "calls_by_status": by_status(totals),
     }
 
@@ -118,6 +120,7 @@ async def call_analytics(request: web.Request) -> web.Response:
     scope = scope_name(scope_of(request))
     period, n = parse_period(request.query)
     days = period_days(n, time.time())
-    sums = await indexes_of(request).sum_hashes([day_key(scope, day) for day in days])
+    sums, assistants = await indexes_of(request).sum_days([day_key(scope, day) for day in days])
     per_day = {day: sums[day_key(scope, day)] for day in days}
-    return web.Response(body=orjson.dumps(analytics_body(period, days, per_day)), content_type="application/json")
+    body = analytics_body(period, days, per_day, assistants)
+    return web.Response(body=orjson.dumps(body), content_type="application/json")

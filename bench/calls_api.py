@@ -129,8 +129,8 @@ async def main(n: int) -> None:
 
             async def analytics() -> None:
                 days = period_days(90, time.time())
-                sums = await indexes.sum_hashes([day_key("*", d) for d in days])
-                analytics_body("90d", days, {d: sums[day_key("*", d)] for d in days})
+                sums, assistants = await indexes.sum_days([day_key("*", d) for d in days])
+                analytics_body("90d", days, {d: sums[day_key("*", d)] for d in days}, assistants)
 
             await timed("stats", stats)
             await timed("analytics 90d (all calls)", analytics, rounds=20)

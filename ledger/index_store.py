@@ -32,6 +32,7 @@ from ledger.indexes import SHARDS, IndexEntry, entry_payload, score
 
 INDEX_LUA = files("ledger").joinpath("index.lua").read_text()
 INDEX_PAGE_LUA = files("ledger").joinpath("index_page.lua").read_text()
+ROLLUP_DAYS_LUA = files("ledger").joinpath("rollup_days.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class IndexStore:
         self._cluster = isinstance(redis, RedisCluster)
         self._update = redis.register_script(INDEX_LUA)
         self._page = redis.register_script(INDEX_PAGE_LUA)
+        self._rollup_days = redis.register_script(ROLLUP_DAYS_LUA)
 
     def base(self, shard: int) -> str:
         return f"{self._prefix}:ix:{{{shard}}}:"
@@ -170,6 +172,28 @@ class IndexStore:
                     summed[key] = summed.get(key, 0) + int(value)
             out[suffix] = summed
         return out
+
+
+    async def sum_days(self, suffixes: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """Day rollups over every shard: (suffix -> that day's own totals, the per-assistant
+        fields summed over all the days), each shard adding up its days in one script."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            base = self.base(shard)
+            await self._script(pipe, ROLLUP_DAYS_LUA, self._rollup_days, [base + s for s in suffixes], [])
+        days: dict[str, dict[str, int]] = {suffix: {} for suffix in suffixes}
+        assistants: dict[str, int] = {}
+        for reply in await pipe.execute():
+            for suffix, flat in zip(suffixes, reply, strict=False):
+                _add(days[suffix], flat)
+            _add(assistants, reply[len(suffixes)])
+        return days, assistants
+
+
+def _add(into: dict[str, int], flat: list[Any]) -> None:
+    for i in range(0, len(flat), 2):
+        name = _text(flat[i])
+        into[name] = into.get(name, 0) + int(flat[i + 1])
 
 
 def _neg(order: tuple[float, int]) -> tuple[float, int]:

@@ -110,6 +110,8 @@ CALL_COSTS = {
 SCHEMAS = {"CallStats": CALL_STATS, "CallAnalytics": CALL_ANALYTICS, "CostEntry": COST_ENTRY, "CallCosts": CALL_COSTS}
 
 COMMON = {
+    "400": {"description": "The request line is longer than the server reads (8 KiB): answered by the HTTP "
+            "parser before any route"},
     "401": _error("Missing or invalid bearer token"),
     "503": _error("Redis is not reachable"),
 }
