@@ -16,7 +16,7 @@ from aiohttp import web
 from api.auth import may_see
 from api.calls import call_by_id, store_errors
 from api.views import call_sid_and_scope
-from ledger.errors import NotFound
+from ledger.errors import NotFound, Unapplicable
 from ledger.events import CallEvent
 from ledger.money import format_nano
 from ledger.rules import CallState, ledger_costs, render_record, telephony_estimate
@@ -34,7 +34,11 @@ def cost_entries(events: list[CallEvent], state: CallState, record: dict[str, An
     """One entry per counted charge, oldest first; then the estimate, if the record uses one."""
     entries = []
     for event in sorted(events, key=lambda e: (e.occurred_us, e.key)):
-        for n, (component, amount) in enumerate(ledger_costs(event, settings)):
+        try:
+            converted: list[tuple[str, int | None]] = list(ledger_costs(event, settings))
+        except Unapplicable:  # applied with an FX rate this process no longer has: shown unconverted
+            converted = [(cost.component, None) for cost in event.costs]
+        for n, (component, amount) in enumerate(converted):
             original = event.costs[n]
             metadata: dict[str, Any] = {"source": event.source, "event_id": event.event_id, "event_type": event.type}
             if original.currency != settings.currency:

@@ -85,7 +85,10 @@ COST_ENTRY = {
     "properties": {
         "id": {"type": "string"}, "service_type": {"type": "string", "enum": ["llm", "tts", "stt", "telephony"]},
         "provider": NULLABLE_STRING, "model": NULLABLE_STRING, "usage_type": NULLABLE_STRING,
-        "usage_amount": NULLABLE_NUMBER, "unit_cost": NULLABLE_NUMBER, "total_cost": {"type": "number"},
+        "usage_amount": NULLABLE_NUMBER, "unit_cost": NULLABLE_NUMBER,
+        "total_cost": {"type": ["number", "null"],
+                       "description": "In the ledger currency; null only for a charge whose FX rate is no longer "
+                       "configured (metadata has its original amount)"},
         "timestamp": {"type": ["string", "null"], "format": "date-time"},
         "metadata": {"type": "object", "description": "The rate-card estimate has {\"estimated\": true}"},
     },
