@@ -16,7 +16,7 @@ from aiohttp import web
 from api.calls import indexes_of, scope_of, store_errors
 from api.query import parse_period
 from ledger.events import STATUSES, TERMINAL_STATUSES
-from ledger.indexes import day_key, scope_name, totals_key
+from ledger.indexes import day_key, scope_name, totals_key, week_key, week_of
 from ledger.money import NANO, format_nano
 
 
@@ -52,6 +52,17 @@ def period_days(days: int, now: float) -> list[str]:
     """The `days` UTC dates ending with today's, oldest first."""
     today = datetime.fromtimestamp(now, tz=UTC).date()
     return [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
+
+
+def period_plan(days: list[str]) -> tuple[list[str], set[str]]:
+    """(the ISO weeks wholly inside the period, the days outside them): per-assistant counters
+    are read from those weeks' hashes and only the remaining days' hashes."""
+    weeks: dict[str, list[str]] = {}
+    for day in days:
+        weeks.setdefault(week_of(day), []).append(day)
+    full = [monday for monday, members in weeks.items() if len(members) == 7]
+    edge = {day for monday, members in weeks.items() if len(members) < 7 for day in members}
+    return full, edge
 
 
 def _assistants(period: dict[str, int]) -> list[dict[str, Any]]:
@@ -120,7 +131,10 @@ async def call_analytics(request: web.Request) -> web.Response:
     scope = scope_name(scope_of(request))
     period, n = parse_period(request.query)
     days = period_days(n, time.time())
-    sums, assistants = await indexes_of(request).sum_days([day_key(scope, day) for day in days])
+    weeks, edge = period_plan(days)
+    sums, assistants = await indexes_of(request).sum_days(
+        [day_key(scope, day) for day in days], [week_key(scope, monday) for monday in weeks],
+        {day_key(scope, day) for day in edge})
     per_day = {day: sums[day_key(scope, day)] for day in days}
     body = analytics_body(period, days, per_day, assistants)
     return web.Response(body=orjson.dumps(body), content_type="application/json")

@@ -408,3 +408,33 @@ async def test_costs_of_a_charge_whose_fx_rate_was_removed_are_shown_unconverted
     [entry] = (await get(api, "/api/v1/calls/sid/CA-fx/costs"))["detailed_entries"]
     assert entry["total_cost"] is None
     assert (entry["metadata"]["original_currency"], entry["metadata"]["original_amount"]) == ("EUR", 1)
+
+
+def test_a_period_reads_whole_weeks_and_the_days_around_them() -> None:
+    from api.aggregates import period_days, period_plan
+
+    days = period_days(90, time.mktime((2026, 12, 1, 12, 0, 0, 0, 0, 0)))  # a Tuesday
+    weeks, edge = period_plan(days)
+    assert (days[0], days[-1], len(days)) == ("2026-09-03", "2026-12-01", 90)
+    assert weeks[0] == "2026-09-07" and weeks[-1] == "2026-11-23" and len(weeks) == 12
+    assert sorted(edge) == ["2026-09-03", "2026-09-04", "2026-09-05", "2026-09-06", "2026-11-30", "2026-12-01"]
+
+
+async def test_analytics_per_assistant_over_whole_weeks_and_edge_days(api: Any, store: Store,
+                                                                      settings: Settings) -> None:
+    now = int(time.time() * 1_000_000)
+    events: list[CallEvent] = []
+    for k in range(0, 89, 4):  # over the 90 days: whole weeks and the days at both ends
+        events += call(f"CA-wk-{k}", now - k * DAY_US, assistant=9, name="Weekly", cost=10**9, duration=10)
+    events += call("CA-wk-old", now - 120 * DAY_US, assistant=9, name="Weekly")  # outside the period
+    await load(store, settings, events)
+    from api.aggregates import period_days
+
+    for period, days in (("90d", 90), ("30d", 30), ("7d", 7), ("1d", 1)):
+        in_period = set(period_days(days, time.time()))
+        expected = sum(format_us(now - k * DAY_US)[:10] in in_period for k in range(0, 89, 4))
+        body = await get(api, "/api/v1/calls/analytics", period=period)
+        assert body["total_calls"] == sum(d["total"] for d in body["calls_by_day"]) == expected, period
+        [row] = body["calls_by_assistant"]
+        assert (row["assistant_id"], row["assistant_name"], row["calls"]) == (9, "Weekly", expected), period
+        assert (row["duration"], row["cost"]) == (10 * expected, expected), period
