@@ -5,7 +5,8 @@ lives in shard crc32(call_sid) % 16, and every key of a shard shares the hash ta
 one script updates one call's entry atomically on a Redis Cluster too:
 
     cl:ix:{n}:e                      hash: record id (16 digits) -> the call's entry: its payload
-                                     (what readers use), then [version, memberships, increments]
+                                     (what readers use), then [memberships, increments, score]
+    cl:ix:{n}:v                      hash: record id -> the call's version the entry is of
     cl:ix:{n}:z:<scope>:<filter>     sorted set: record ids scored by list time (µs);
                                      scope `*` (every call) or `o<org>`; filter '', s=<status>,
                                      a=<assistant_id>, or s=<status>|a=<assistant_id>
@@ -70,6 +71,9 @@ class IndexStore:
     def entries_key(self, shard: int) -> str:
         return self.base(shard) + "e"
 
+    def versions_key(self, shard: int) -> str:
+        return self.base(shard) + "v"
+
     async def _script(self, pipe: Any, source: str, script: Any, keys: list[str], args: list[Any]) -> None:
         if self._cluster:  # a cluster pipeline cannot pre-load scripts on each node
             pipe.eval(source, len(keys), *keys, *args)
@@ -84,8 +88,8 @@ class IndexStore:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for shard, entry, version in entries:
-            await self._script(pipe, INDEX_LUA, self._update, [self.entries_key(shard)],
-                               [self.base(shard), entry.member, version, str(entry.list_us), entry.encode(version)])
+            await self._script(pipe, INDEX_LUA, self._update, [self.entries_key(shard), self.versions_key(shard)],
+                               [self.base(shard), entry.member, version, str(entry.list_us), entry.encode()])
         return [bool(int(r)) for r in await pipe.execute()]
 
     # -- reads --------------------------------------------------------------------------------

@@ -154,12 +154,16 @@ class IndexEntry:
                 "aid": self.assistant_id, "an": self.assistant_name, "st": self.status,
                 "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number}
 
-    def encode(self, version: int) -> bytes:
-        """The stored entry: the payload JSON, a newline, then [version, memberships, increments]
-        for the index script (every value a string: Lua numbers would round large integers).
-        Readers take the part before the newline (JSON text never holds a raw one)."""
+    def encode(self) -> bytes:
+        """The stored entry: the payload JSON, a newline, then [memberships, {rollup key:
+        {field: amount}}, score] for the index script (every value a string: Lua numbers
+        print large integers with an exponent). Readers take the part before the newline
+        (JSON text never holds a raw one). The version is stored beside it."""
+        grouped: dict[str, dict[str, str]] = {}
+        for key, name, amount in self.increments():
+            grouped.setdefault(key, {})[name] = str(amount)
         return orjson.dumps(self.payload()) + b"\n" + orjson.dumps(
-            [str(version), self.memberships(), [[key, name, str(amount)] for key, name, amount in self.increments()]])
+            [self.memberships(), grouped, str(self.list_us)])
 
 
 def entry_payload(stored: bytes) -> dict[str, Any]:
