@@ -16,7 +16,7 @@ from aiohttp import web
 from api.calls import indexes_of, scope_of, store_errors
 from api.query import parse_period
 from ledger.events import STATUSES, TERMINAL_STATUSES
-from ledger.indexes import day_key, scope_name, totals_key, week_key, week_of
+from ledger.indexes import day_assistants_key, day_key, scope_name, totals_key, week_key, week_of
 from ledger.money import NANO, format_nano
 
 
@@ -99,8 +99,7 @@ def analytics_body(period: str, days: list[str], per_day: dict[str, dict[str, in
     for day in days:
         day_totals = per_day.get(day, {})
         for field, value in day_totals.items():
-            if not field.startswith("a"):
-                totals[field] = totals.get(field, 0) + value
+            totals[field] = totals.get(field, 0) + value
         if day_totals.get("n"):
             calls_by_day.append({"date": day, "total": day_totals["n"], "completed": day_totals.get("c", 0),
                                  "failed": day_totals.get("f", 0), "duration": day_totals.get("d", 0),
@@ -133,8 +132,8 @@ async def call_analytics(request: web.Request) -> web.Response:
     days = period_days(n, time.time())
     weeks, edge = period_plan(days)
     sums, assistants = await indexes_of(request).sum_days(
-        [day_key(scope, day) for day in days], [week_key(scope, monday) for monday in weeks],
-        {day_key(scope, day) for day in edge})
+        [day_key(scope, day) for day in days],
+        [week_key(scope, monday) for monday in weeks] + [day_assistants_key(scope, day) for day in sorted(edge)])
     per_day = {day: sums[day_key(scope, day)] for day in days}
     body = analytics_body(period, days, per_day, assistants)
     return web.Response(body=orjson.dumps(body), content_type="application/json")

@@ -28,7 +28,16 @@ from api.aggregates import analytics_body, period_days, period_plan  # noqa: E40
 from api.query import CallFilter  # noqa: E402
 from ledger.events import CallEvent, Cost  # noqa: E402
 from ledger.index_store import IndexStore  # noqa: E402
-from ledger.indexes import day_key, decode_cursor, index_entry, scope_name, shard_of, totals_key, week_key  # noqa: E402
+from ledger.indexes import (  # noqa: E402
+    day_assistants_key,
+    day_key,
+    decode_cursor,
+    index_entry,
+    scope_name,
+    shard_of,
+    totals_key,
+    week_key,
+)
 from ledger.instants import format_us  # noqa: E402
 from ledger.rules import CallState, apply_event  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
@@ -130,9 +139,9 @@ async def main(n: int) -> None:
             async def analytics() -> None:
                 days = period_days(90, time.time())
                 weeks, edge = period_plan(days)
-                sums, assistants = await indexes.sum_days([day_key("*", d) for d in days],
-                                                          [week_key("*", w) for w in weeks],
-                                                          {day_key("*", d) for d in edge})
+                sums, assistants = await indexes.sum_days(
+                    [day_key("*", d) for d in days],
+                    [week_key("*", w) for w in weeks] + [day_assistants_key("*", d) for d in edge])
                 analytics_body("90d", days, {d: sums[day_key("*", d)] for d in days}, assistants)
 
             await timed("stats", stats)

@@ -11,9 +11,10 @@ one script updates one call's entry atomically on a Redis Cluster too:
                                      scope `*` (every call) or `o<org>`; filter '', s=<status>,
                                      a=<assistant_id>, or s=<status>|a=<assistant_id>
     cl:ix:{n}:t:<scope>              hash: the scope's totals (n, s:<status>, c, f, d, dn, cw, cf, cn)
-    cl:ix:{n}:d:<scope>:<YYYY-MM-DD> hash: the same per UTC day of list time, plus a:<aid>:<field>
-                                     per assistant and an:<aid>:<name> (calls carrying that name)
-    cl:ix:{n}:w:<scope>:<monday>     hash: those per-assistant fields per ISO week
+    cl:ix:{n}:d:<scope>:<YYYY-MM-DD> hash: the same per UTC day of list time
+    cl:ix:{n}:da:<scope>:<YYYY-MM-DD> hash: per assistant that day: a:<aid>:<field>, and
+                                     an:<aid>:<name> (calls carrying that name)
+    cl:ix:{n}:w:<scope>:<monday>     hash: the same per-assistant fields per ISO week
 
 Readers merge the shards: a list page is a k-way merge of each shard's next items, a count
 or a rollup a sum. Indexes are derived from committed records by the worker after each
@@ -179,24 +180,22 @@ class IndexStore:
         return out
 
 
-    async def sum_days(self, days: list[str], weeks: list[str],
-                       counted: set[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
-        """Rollups over every shard for analytics: (day suffix -> that day's own totals, the
-        per-assistant fields summed over the `weeks` and the `counted` days), each shard
-        adding up its hashes in one script."""
-        flags = ["1" if day in counted else "0" for day in days]
+    async def sum_days(self, days: list[str],
+                       assistants: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """Rollups over every shard for analytics: (day-total suffix -> that day's totals, the
+        fields of the `assistants` hashes summed), each shard adding up its hashes in one script."""
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(SHARDS):
             base = self.base(shard)
-            await self._script(pipe, ROLLUP_DAYS_LUA, self._rollup_days, [base + s for s in days + weeks],
-                               [len(days), *flags])
+            await self._script(pipe, ROLLUP_DAYS_LUA, self._rollup_days, [base + s for s in days + assistants],
+                               [len(days)])
         totals: dict[str, dict[str, int]] = {suffix: {} for suffix in days}
-        assistants: dict[str, int] = {}
+        summed: dict[str, int] = {}
         for reply in await pipe.execute():
             for suffix, flat in zip(days, reply, strict=False):
                 _add(totals[suffix], flat)
-            _add(assistants, reply[len(days)])
-        return totals, assistants
+            _add(summed, reply[len(days)])
+        return totals, summed
 
 
 def _add(into: dict[str, int], flat: list[Any]) -> None:

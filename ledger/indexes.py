@@ -68,6 +68,12 @@ def day_key(scope: str, day: str) -> str:
     return f"d:{scope}:{day}"
 
 
+def day_assistants_key(scope: str, day: str) -> str:
+    """Per-assistant rollups of a day, apart from the day's totals: analytics reads them only
+    for the days of a period outside its whole weeks."""
+    return f"da:{scope}:{day}"
+
+
 def week_key(scope: str, monday: str) -> str:
     """Per-assistant rollups per ISO week too: 90 days of analytics read 12 weeks and a few
     days of them instead of 90 days (their size grows with the assistants, not the calls)."""
@@ -144,7 +150,8 @@ class IndexEntry:
         out: list[tuple[str, str, int]] = []
         for scope in self.scopes():
             out += [(totals_key(scope), name, amount) for name, amount in common]
-            out += [(day_key(scope, self.day), name, amount) for name, amount in common + per_assistant]
+            out += [(day_key(scope, self.day), name, amount) for name, amount in common]
+            out += [(day_assistants_key(scope, self.day), name, amount) for name, amount in per_assistant]
             out += [(week_key(scope, week_of(self.day)), name, amount) for name, amount in per_assistant]
         return [item for item in out if item[2] != 0]
 
