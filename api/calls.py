@@ -63,12 +63,7 @@ def scope_of(request: web.Request) -> int | None:
 
 
 def indexes_of(request: web.Request) -> IndexStore:
-    store = request.app[STORE]
-    cached: IndexStore | None = getattr(store, "_index_store", None)
-    if cached is None:
-        cached = IndexStore(store.redis, store.prefix)
-        store._index_store = cached  # type: ignore[attr-defined]  # one per store, built on first use
-    return cached
+    return request.app[STORE].indexes
 
 
 def records_json(records: list[dict[str, Any]]) -> bytes:

@@ -37,6 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from ledger.errors import DurabilityUnavailable, LayoutMismatch, StoreUnavailable
+from ledger.index_store import IndexStore
 from ledger.rules import CallState
 from ledger.settings import Settings
 
@@ -166,6 +167,8 @@ class Store:
         self._layout_key = f"{prefix}:layout"
         self._journal_prefix = f"{prefix}:journal:"
         self._order_prefix = f"{prefix}:order:"
+        # The calls API's index shards (their own module: they span calls, not one call's slot).
+        self.indexes = IndexStore(redis, prefix)
         self._commit = redis.register_script(COMMIT_LUA)
         self._events_page = redis.register_script(EVENTS_PAGE_LUA)
         # A cluster pipeline cannot pre-load scripts on each node: send the script itself.
