@@ -56,7 +56,7 @@ def decode_cursor(cursor: str, parameter: str = "after") -> str:
         member = raw.decode("utf-8", "surrogateescape")
     except (binascii.Error, ValueError):
         raise InvalidQuery(f"{parameter} is not a cursor this service gave out") from None
-    if len(member) < 21 or member[19] != "|" or not member[:19].isdigit():
+    if ":" not in member:
         raise InvalidQuery(f"{parameter} is not a cursor this service gave out")
     return member
 

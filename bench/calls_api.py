@@ -41,7 +41,7 @@ from ledger.indexes import (  # noqa: E402
 from ledger.instants import format_us  # noqa: E402
 from ledger.rules import CallState, apply_event  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
-from ledger.store import CommitWrite, Store, order_member  # noqa: E402
+from ledger.store import CommitWrite, Store  # noqa: E402
 
 STATUSES = ["completed"] * 6 + ["failed", "busy", "no-answer", "ongoing"]
 
@@ -74,7 +74,7 @@ async def fill(store: Store, indexes: IndexStore, settings: Settings, n: int) ->
                 apply_event(state, e, settings)
             sid = events[0].call_sid
             writes.append(CommitWrite(sid, 0, len(events), state.core_json(), record_id,
-                                      [(e.key, order_member(e.occurred_us, e.key), e.model_dump_json().encode())
+                                      [(e.key, e.occurred_us, e.model_dump_json().encode())
                                        for e in events], state.changed_fields()))
             entries.append((shard_of(sid), index_entry(sid, record_id, state, settings), len(events)))
         await store.commit(writes)

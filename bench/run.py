@@ -41,7 +41,7 @@ FLOOR_DIR = Path(os.environ.get("LEDGER_FLOOR_DIR", ROOT.parent / "shared" / "be
 TWILIO_TOKEN = "bench-twilio-auth-token"
 API_TOKEN = "bench-api-token"
 TWILIO_BODY = (
-    "AccountSid=ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx&ApiVersion=2010-04-01&CallSid=CA0123456789abcdef0123456789abcdef"
+    "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&CallSid=CA0123456789abcdef0123456789abcdef"
     "&CallStatus=completed&CallDuration=42&Called=%2B15551234567&Caller=%2B15559876543&Direction=outbound-api"
     "&From=%2B15559876543&To=%2B15551234567&SequenceNumber=3&Timestamp=Tue%2C%2024%20Nov%202026%2004%3A52%3A38"
     "%20%2B0000&CallbackSource=call-progress-events&StatusCallbackEvent=completed"
@@ -99,7 +99,7 @@ def call_events(n_calls: int, per_call: int) -> list[bytes]:
             us = t + dt_s * 1_000_000
             return CallEvent(source="platform", event_id=f"{sid}-{i}", call_sid=sid, type="bench",
                              occurred_at=f"2026-11-24T10:00:{dt_s % 60:02d}Z", occurred_us=us,
-                             **fields).model_dump_json().encode()
+                             **fields).model_dump_json(exclude_defaults=True).encode()  # as intake writes it
 
         kinds = [
             ev(0, 0, status="initiated", direction="outbound", from_number="+15551234567", to_number="+15559876543"),
@@ -162,6 +162,26 @@ async def product_apply(url: str, events: list[bytes], batch: int) -> float:
     return len(events) / elapsed
 
 
+async def memory_per_call(url: str, calls: int) -> dict[str, float]:
+    """Redis bytes per call after an apply round (MEMORY USAGE of each of its keys), by key."""
+    import redis.asyncio as aioredis
+
+    from ledger.store import Store
+
+    client = aioredis.Redis.from_url(url)
+    store = Store(client, "bench")
+    totals = {"record": 0, "journal": 0, "order": 0}
+    for c in range(calls):
+        sid = f"CA{c:032x}"
+        pipe = client.pipeline(transaction=False)
+        for key in store.call_keys(sid):
+            pipe.memory_usage(key, samples=0)
+        for name, used in zip(totals, await pipe.execute(), strict=True):
+            totals[name] += int(used or 0)
+    await client.aclose()
+    return {name: total / calls for name, total in totals.items()}
+
+
 def floor_apply(url: str, n: int, calls: int, batch: int) -> float | None:
     script = FLOOR_DIR / "floor_worker.py"
     if not script.exists():
@@ -217,7 +237,9 @@ def http_round(redis: RedisServer, seconds: int, connections: int, workdir: Path
 
     # A call record for GET to find: one signed webhook through the real service.
     port = free_port()
-    worker = start([*cli, "worker"], {**base_env, "LEDGER_PORT": str(port)}, port)
+    # Twilio signs the URL it called; the service checks it against LEDGER_PUBLIC_URL only.
+    worker = start([*cli, "worker"], {**base_env, "LEDGER_PORT": str(port),
+                                      "LEDGER_PUBLIC_URL": f"http://127.0.0.1:{port}"}, port)
     url = f"http://127.0.0.1:{port}/webhooks/twilio"
     post_lua = workdir / "post.lua"
     post_lua.write_text(
@@ -281,6 +303,11 @@ def main() -> None:
             print(f"  ratio product/floor: {p / fl:.2f}")
         else:
             print(f"  (no floor found in {FLOOR_DIR})")
+        redis.flush()
+        asyncio.run(product_apply(redis.url, events, args.batch))
+        memory = asyncio.run(memory_per_call(redis.url, calls))
+        print(f"memory: Redis bytes per completed {args.per_call}-event call: {sum(memory.values()):,.0f} "
+              f"({', '.join(f'{k} {v:,.0f}' for k, v in memory.items())})")
 
         if args.skip_http:
             return

@@ -1,4 +1,4 @@
-"""`call-ledger serve | worker | api | dlq list | dlq replay | reindex`.
+"""`call-ledger serve | worker | api | dlq list | dlq replay | pricing check FILE | reindex`.
 
 Settings are built once here; a bad value stops start-up with one line naming the
 variable, never a traceback.
@@ -15,19 +15,21 @@ from pydantic import ValidationError
 
 from ledger.app import Role, create_app
 from ledger.errors import DurabilityUnavailable, LayoutMismatch
-from ledger.logs import configure_logging
+from ledger.logs import configure_logging, secret_values
 from ledger.settings import Settings
 
 
-def load_settings() -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     try:
-        return Settings()
+        return Settings(**overrides)
     except ValidationError as exc:
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else ""
             variable = f"LEDGER_{field.upper()}" if field else "configuration"
             message = error["msg"].removeprefix("Value error, ")
-            print(f"call-ledger: invalid {variable}: {message}", file=sys.stderr)
+            # One line per problem: an invalid LEDGER_PRICING_FILE reports each of its entries' errors.
+            for line in message.splitlines():
+                print(f"call-ledger: invalid {variable}: {line}", file=sys.stderr)
         raise SystemExit(2) from None
     except ValueError as exc:  # e.g. a secret that is not valid base64
         print(f"call-ledger: invalid configuration: {exc}", file=sys.stderr)
@@ -35,15 +37,9 @@ def load_settings() -> Settings:
 
 
 def run_service(role: Role, settings: Settings) -> None:
-    from aiohttp import web
-
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # optional speed-up
-        pass
     import structlog
+
+    from ledger import serving
 
     try:
         app = create_app(settings, role)
@@ -56,11 +52,10 @@ def run_service(role: Role, settings: Settings) -> None:
         consumer=settings.consumer_name if role != "api" else None,
     )
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then the cleanup
-    # contexts stop the consumer (bounded) and close Redis. run_app returns: exit 0.
+    # contexts stop the consumer (bounded) and close Redis. serving.run returns: exit 0.
     try:
-        web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                    shutdown_timeout=settings.shutdown_grace_s)
-    except (DurabilityUnavailable, LayoutMismatch) as exc:
+        serving.run(app, settings)
+    except (DurabilityUnavailable, LayoutMismatch, serving.ListenFailed) as exc:
         print(f"call-ledger: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -127,14 +122,37 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     replay = dlq_sub.add_parser("replay", help="re-queue dead-lettered events (all, or --id ones)")
     replay.add_argument("--id", dest="ids", action="append", help="a dead-letter id from `dlq list`")
+    pricing = sub.add_parser("pricing", help="usage price files (LEDGER_PRICING_FILE)")
+    pricing_sub = pricing.add_subparsers(dest="pricing_command", required=True)
+    check = pricing_sub.add_parser("check", help="validate a pricing file and print its table")
+    check.add_argument("file", help="a YAML or JSON pricing file")
     sub.add_parser("reindex", help="(re)build the calls API's indexes from the records (safe while running)")
     return p
 
 
+def _pricing_check(path: str, settings: Settings) -> int:
+    """Print the table (exit 0), or every problem of an invalid file, one per line (exit 2)."""
+    from ledger.pricing import PricingError, format_table, load_file
+
+    try:
+        table = load_file(path, settings.currency, set(settings.fx_rates))
+    except PricingError as exc:
+        for problem in exc.problems:
+            print(f"call-ledger: {path}: {problem}", file=sys.stderr)
+        return 2
+    print(format_table(table))
+    print(f"{len(table)} price(s), ledger currency {settings.currency}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "pricing":
+        # The file named on the command line is checked, not LEDGER_PRICING_FILE; currency and
+        # FX rates still come from the environment, as they would for the service.
+        return _pricing_check(args.file, load_settings(pricing_file=None))
     settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, secrets=secret_values(settings))
     if args.command == "dlq":
         return asyncio.run(_dlq(args, settings))
     if args.command == "reindex":

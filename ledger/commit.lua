@@ -3,9 +3,9 @@
 -- hash tag) and for a whole batch in one call on a single server.
 --
 -- KEYS, per call: its hash (id, v, s, r:*, m:*), its journal (source:event_id -> event JSON),
--- its order index (sorted set, score 0, members "<occurred_us + 2^62, 19 digits>|<source>:<event_id>").
+-- its order index (sorted set: score occurred_us, member the journal key).
 -- ARGV, per call in KEYS order: the version read, the version after, the core state JSON,
--- an id for a new call, the number of events n, then n (journal key, order member, event JSON)
+-- an id for a new call, the number of events n, then n (journal key, occurred_us, event JSON)
 -- triples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
 -- keys the events won. Only those are written: a commit writes what changed.
 --
@@ -35,7 +35,7 @@ for k = 1, #KEYS, 3 do
     -- One command per item: unpack() of a big batch would exceed Lua's stack.
     for i = events, events + 3 * (n - 1), 3 do
       redis.call('HSET', journal, ARGV[i], ARGV[i + 2])
-      redis.call('ZADD', order, 0, ARGV[i + 1])
+      redis.call('ZADD', order, ARGV[i + 1], ARGV[i])
     end
     for i = fields, fields + 2 * (m - 1), 2 do
       redis.call('HSET', call, ARGV[i], ARGV[i + 1])

@@ -26,6 +26,16 @@ class SignatureInvalid(LedgerError):
     code = "invalid_signature"
 
 
+class SignatureReused(SignatureInvalid):
+    """An authentic signature presented again with other parameters (a moved name/value boundary).
+
+    Twilio and Plivo sign the plain concatenation of names and values, so a captured request
+    re-split (`Event=Hangup` as `Even=tHangup`) still verifies: see `ledger.replay`.
+    """
+
+    outcome = "rejected_replay"  # its own metrics outcome, apart from wrong signatures
+
+
 class Unauthorized(LedgerError):
     status = 401
     code = "unauthorized"

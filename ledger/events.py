@@ -7,7 +7,7 @@ currency it was charged in); the ledger's rules (`ledger.rules`) decide what the
 mean for the record.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,52 @@ MAX_CALL_SID = 512
 MAX_TEXT = 1024
 MAX_SECONDS = 10**9  # far beyond any call; keeps every stored integer inside 64 bits
 COMPONENTS: tuple[str, ...] = Component.__args__  # type: ignore[attr-defined]
+MAX_LABEL = 256  # provider, model and usage_type names: far beyond any real one, bounded for storage
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def _is_empty(value: object) -> bool:
+    return not value
+
+
+# Usage-pricing detail (SPEC §11) is left out of the JSON when absent, so an event without
+# it serialises byte for byte as before: nothing changes for stored events, the journal's
+# size or workers of the previous version reading the stream.
+def _detail() -> Any:
+    return Field(default=None, exclude_if=_is_none)
+
+
+class PriceRef(BaseModel):
+    """The pricing-file entry a usage line was priced by, frozen with the applied event:
+    enough to see (and recompute) the price even after the file has changed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    component: Component
+    provider: str
+    model: str  # "*" for an any-model entry
+    usage_type: str
+    effective_from: str | None  # None: in effect always
+    unit_price: str  # exact decimal text, per unit_quantity, in currency
+    unit_quantity: str
+    currency: str
+
+
+class UsageLine(BaseModel):
+    """One usage quantity a platform `call.usage` reported without a cost; the worker
+    prices it (ledger.pricing) when it applies the event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    component: Component
+    # Required to price a line; None only on lines kept as information beside a reported cost.
+    provider: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL)
+    model: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL)
+    usage_type: str = Field(min_length=1, max_length=MAX_LABEL)
+    usage_amount: str = Field(pattern=r"^[0-9]+(\.[0-9]+)?$")  # exact, non-negative decimal text
 
 
 class Cost(BaseModel):
@@ -31,6 +77,14 @@ class Cost(BaseModel):
     component: Component
     amount_nano: int = Field(ge=0)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
+    # Where the charge came from (SPEC §9 /costs, §11), when known. A priced usage line
+    # has all of them; a reported cost may carry provider/model/usage as information.
+    provider: str | None = _detail()
+    model: str | None = _detail()
+    usage_type: str | None = _detail()
+    usage_amount: str | None = _detail()  # exact decimal text
+    unit_cost: str | None = _detail()  # unit_price / unit_quantity, decimal text
+    price_entry: PriceRef | None = _detail()
 
 
 class CallEvent(BaseModel):
@@ -59,6 +113,9 @@ class CallEvent(BaseModel):
     answered_at: str | None = None
     answered_us: int | None = None
     costs: tuple[Cost, ...] = ()
+    # Usage reported without a cost, priced by the worker at apply time; the event it
+    # journals carries the resulting costs instead (and no usage lines).
+    usage: tuple[UsageLine, ...] = Field(default=(), exclude_if=_is_empty)
 
     # Platform metadata (call.metadata); the platform's view of the numbers is taken as given.
     assistant_id: int | None = Field(default=None, ge=0, le=2**63 - 1)

@@ -9,7 +9,7 @@ class Metrics:
         r = self.registry
         self.received = Counter(
             "ledger_events_received", "Webhooks received, by source and outcome "
-            "(stored, ignored, rejected_signature, rejected_body, unavailable, not_configured)",
+            "(stored, ignored, rejected_signature, rejected_replay, rejected_body, unavailable, not_configured)",
             ["source", "outcome"], registry=r,
         )
         self.applied = Counter("ledger_events_applied", "Events applied to a call record", ["source"], registry=r)
@@ -27,11 +27,34 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.connections_open = Gauge(
+            "ledger_http_connections_open", "HTTP connections open now (counted against LEDGER_MAX_CONNECTIONS)",
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "ledger_http_connections_closed", "HTTP connections the server closed on its own, by reason "
+            "(header_timeout: headers incomplete after LEDGER_HEADER_TIMEOUT_S; over_capacity: "
+            "LEDGER_MAX_CONNECTIONS reached, answered 503)",
+            ["reason"], registry=r,
+        )
         self.lag = Gauge("ledger_consumer_lag", "Stream entries not yet delivered to the worker group", registry=r)
         self.pending = Gauge(
             "ledger_consumer_pending", "Stream entries delivered but not yet acknowledged", registry=r
         )
+        self.shard_lag = Gauge("ledger_consumer_shard_lag", "Stream entries not yet delivered, by stream shard",
+                               ["shard"], registry=r)
+        self.shard_pending = Gauge("ledger_consumer_shard_pending",
+                                   "Stream entries delivered but not yet acknowledged, by stream shard",
+                                   ["shard"], registry=r)
         self.batch_seconds = Histogram(
             "ledger_apply_batch_duration_seconds", "Time to apply one batch read from the stream", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+
+    def observe_shards(self, stats: dict[str, tuple[int, int]]) -> None:
+        """Set the lag and pending gauges: each shard's, and their sums."""
+        for shard, (lag, pending) in stats.items():
+            self.shard_lag.labels(shard).set(lag)
+            self.shard_pending.labels(shard).set(pending)
+        self.lag.set(sum(lag for lag, _ in stats.values()))
+        self.pending.set(sum(pending for _, pending in stats.values()))

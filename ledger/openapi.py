@@ -77,9 +77,18 @@ CALL_EVENT = {
                     "component": {"type": "string", "enum": ["llm", "tts", "stt", "telephony"]},
                     "amount_nano": {"type": "integer"},
                     "currency": {"type": "string"},
+                    # Present when known (SPEC §11): what was used, and the price entry that priced it.
+                    "provider": {"type": "string"},
+                    "model": {"type": "string"},
+                    "usage_type": {"type": "string"},
+                    "usage_amount": {"type": "string", "description": "exact decimal"},
+                    "unit_cost": {"type": "string", "description": "unit_price / unit_quantity, decimal"},
+                    "price_entry": {"type": "object", "description": "the LEDGER_PRICING_FILE entry, frozen"},
                 },
             },
         },
+        "usage": {"type": "array", "description": "usage lines reported beside a cost (not priced)",
+                  "items": {"type": "object"}},
         "assistant_id": {"type": ["integer", "null"]},
         "organization_id": {"type": ["integer", "null"], "minimum": 1},
         "assistant_name": NULLABLE_STRING,
@@ -111,11 +120,13 @@ WEBHOOK_RESPONSES = {
             "call_sid": {"type": "string"}, "event_id": {"type": "string"}}}),
     },
     "400": _error("Body cannot be parsed; nothing stored"),
-    "401": _error("Missing or wrong signature, or timestamp outside the window; nothing stored"),
+    "401": _error("Missing or wrong signature, timestamp outside the window, or a Twilio/Plivo signature "
+                  "already used with other parameters; nothing stored"),
     "404": _error("This source's secret is not configured"),
     "408": _error("Body not received within LEDGER_READ_TIMEOUT_S"),
     "413": _error("Body larger than 64 KiB"),
-    "422": _error("Parsable, but not a usable call event (no call id, unknown status, bad amount...)"),
+    "422": _error("Parsable, but not a usable call event (no call id, unknown status, bad amount, a field "
+                  "not in its provider's format...)"),
     "503": _error("Redis could not take the event; retry"),
 }
 
@@ -167,15 +178,23 @@ def openapi_document() -> dict[str, Any]:
             },
         }},
         "/api/v1/calls/sid/{call_sid}/events": {"get": {
-            "summary": "The normalised events applied to a call, oldest first", "operationId": "get_call_events",
-            "tags": ["calls"], "parameters": [SID_PARAM],
+            "summary": "The normalised events applied to a call, oldest first, one page at a time",
+            "operationId": "get_call_events", "tags": ["calls"],
+            "parameters": [SID_PARAM,
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                           {"name": "after", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "The `next` of the previous page"}],
             "responses": {
-                "200": {"description": "The events", "content": _json({
-                    "type": "object", "required": ["call_sid", "events"],
+                "200": {"description": "One page of events", "content": _json({
+                    "type": "object", "required": ["call_sid", "events", "next"],
                     "properties": {"call_sid": {"type": "string"}, "events": {
-                        "type": "array", "items": {"$ref": "#/components/schemas/CallEvent"}}}})},
+                        "type": "array", "items": {"$ref": "#/components/schemas/CallEvent"}},
+                        "next": {"type": ["string", "null"],
+                                 "description": "Cursor of the next page (pass as `after`); null on the last"}}})},
                 "401": _error("Missing or invalid bearer token"),
                 "404": _error("No call with this SID"),
+                "422": _error("limit or after is not valid"),
                 "503": _error("Redis is not reachable"),
             },
         }},

@@ -22,12 +22,12 @@ def _text(value: bytes | str) -> str:
 
 
 async def _first_seen(store: Store, sid: str) -> int | None:
-    """The earliest event's time, from the journal's time index (calls written before the
-    state kept it): its first member starts with occurred_us + 2^62."""
-    first = await store.redis.zrange(store.order_key(sid), 0, 0)
+    """The earliest event's time, from the journal's time index (scored by occurred_us), for
+    calls written before the state kept it."""
+    first = await store.redis.zrange(store.order_key(sid), 0, 0, withscores=True)
     if not first:
         return None
-    return int(_text(first[0])[:19]) - 2**62
+    return int(first[0][1])
 
 
 async def reindex(store: Store, settings: Settings) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import orjson
 from ledger.errors import Refused, Unapplicable
 from ledger.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
 from ledger.money import NANO, convert, format_nano
+from ledger.pricing import telephony_charge
 from ledger.settings import Settings
 
 # initiated < ringing < ongoing < every terminal status; among terminal ones the
@@ -246,10 +247,19 @@ def telephony_estimate(state: CallState, duration: int | None, settings: Setting
         return None
     if state.provider is None:
         return None
-    rate = settings.telephony_rates.get((state.provider, _value(state, "direction") or "inbound"))
+    direction = _value(state, "direction") or "inbound"
+    minutes = math.ceil(duration / 60)
+    # A telephony entry of LEDGER_PRICING_FILE wins over LEDGER_TELEPHONY_RATES; it is picked
+    # by the call's start, so an entry added for the future reprices no past call.
+    charge = telephony_charge(settings.pricing, state.provider, direction, minutes,
+                              state.started[0] if state.started else state.status[1])
+    if charge is not None:
+        amount, currency = charge
+        # Settings refuses a file whose currencies have no FX rate.
+        return amount if currency == settings.currency else convert(amount, settings.fx_rates[currency])
+    rate = settings.telephony_rates.get((state.provider, direction))
     if rate is None:
         return None
-    minutes = math.ceil(duration / 60)
     return int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 

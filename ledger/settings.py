@@ -9,12 +9,14 @@ import os
 import secrets
 import socket
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, InstanceOf, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ledger.money import normalise_currency, parse_rate
+from ledger.pricing import EMPTY_TABLE, PriceTable, check_currencies, load_file
 
 PROVIDERS = ("twilio", "telnyx", "vonage", "plivo")
 
@@ -75,13 +77,22 @@ class Settings(BaseSettings):
     # each optionally scoped to one organization as `<organization_id>=<entry>` (SPEC §10).
     api_tokens: Annotated[tuple[ApiToken, ...], NoDecode] = ()
 
-    public_url: str | None = None  # external base URL that URL-signed providers called
+    # External base URL that URL-signed providers (Twilio, Plivo) called; required when either is
+    # configured (checked where intake builds them: the api role does not need it).
+    public_url: str | None = None
     twilio_auth_token: SecretStr | None = None
+    # The HMAC Twilio signs with: chosen here, never by the unsigned X-Twilio-Webhooks-Signature-Settings.
+    twilio_signature_algorithm: Literal["sha1", "sha256"] = "sha1"
     telnyx_public_key: SecretStr | None = None
     vonage_signature_secret: SecretStr | None = None
+    # When set, a Vonage JWT whose application_id claim differs is refused (401).
+    vonage_application_id: str | None = None
     plivo_auth_token: SecretStr | None = None
     platform_webhook_secret: SecretStr | None = None
     signature_tolerance_s: int = Field(default=300, ge=1)
+    # How long an accepted Twilio/Plivo signature is remembered with its parameters (7 days):
+    # within it, the signature cannot be reused with other parameters (ledger.replay).
+    signature_ttl_s: int = Field(default=7 * 86_400, ge=1)
 
     currency: str = "USD"
     fx_rates: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
@@ -89,7 +100,13 @@ class Settings(BaseSettings):
     plivo_currency: str = "USD"
     # (provider, direction) -> price per started minute, in the ledger currency.
     telephony_rates: Annotated[dict[tuple[str, str], Decimal], NoDecode] = Field(default_factory=dict)
+    # LEDGER_PRICING_FILE (SPEC §11): a path, read and validated here, so that a bad file stops
+    # start-up; the field then holds the table (tests may pass a PriceTable). Declared after
+    # currency and fx_rates: its validator checks every price's currency against them.
+    pricing_file: Annotated[InstanceOf[PriceTable] | None, NoDecode] = None
 
+    # Stream shards (SPEC §12): a call's events go to one of this many streams, by a hash of its SID.
+    stream_shards: int = Field(default=1, ge=1, le=256)
     consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
     batch_size: int = Field(default=200, ge=1, le=10_000)
     claim_idle_ms: int = Field(default=15_000, ge=0)
@@ -97,8 +114,9 @@ class Settings(BaseSettings):
     # Seconds an acknowledged event stays in the stream (unacknowledged ones are never trimmed).
     stream_retention: int = Field(default=86_400, ge=0)
     shutdown_grace_s: float = Field(default=10.0, gt=0)
-    # "aof": answer 2xx only once the event reached the AOF on disk (WAITAOF, Redis >= 7.2).
-    durable_ack: Literal["none", "aof"] = "none"
+    # "aof": answer 2xx only once the event reached the AOF on disk (WAITAOF, Redis >= 7.2);
+    # "replica": only once at least one replica has it (WAIT 1).
+    durable_ack: Literal["none", "aof", "replica"] = "none"
     durable_ack_timeout_ms: int = Field(default=1000, ge=1)
     # SPEC §8 bounds per call: events applied (later ones are dead-lettered), and the merged
     # call_meta (an event alone above it is 422 at intake; one whose merge would pass it is
@@ -111,6 +129,13 @@ class Settings(BaseSettings):
     worker_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     # A webhook body must arrive within this many seconds (slow clients get 408).
     read_timeout_s: float = Field(default=10.0, gt=0)
+    # A request's headers must be complete this many seconds after its first byte (slow-header clients
+    # are disconnected). A connection with no request in progress and no byte of a next one is idle.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # An idle connection (just opened, or kept alive after a response) is closed after this many seconds.
+    keepalive_timeout_s: float = Field(default=15.0, gt=0)
+    # Open connections per process; past it a new connection is answered 503 and closed at once.
+    max_connections: int = Field(default=1000, ge=1)
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -157,6 +182,26 @@ class Settings(BaseSettings):
             rates[(provider, direction)] = parse_rate(rate)
         return rates
 
+    @field_validator("pricing_file", mode="before")
+    @classmethod
+    def _pricing(cls, value: object, info: ValidationInfo) -> PriceTable | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        currency, fx_rates = info.data.get("currency"), info.data.get("fx_rates")
+        if currency is None or fx_rates is None:
+            return None  # their own error is reported; the file's currencies cannot be checked
+        if isinstance(value, PriceTable):
+            check_currencies(value, currency, set(fx_rates))
+            return value
+        if not isinstance(value, str | Path):
+            raise ValueError("expected the path of a YAML or JSON pricing file")
+        return load_file(value, currency, set(fx_rates))
+
+    @property
+    def pricing(self) -> PriceTable:
+        """The usage price table; empty without LEDGER_PRICING_FILE."""
+        return self.pricing_file or EMPTY_TABLE
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
@@ -167,6 +212,16 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
+    @field_validator("twilio_signature_algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("vonage_application_id")
+    @classmethod
+    def _application_id(cls, value: str | None) -> str | None:
+        return value.strip() if value is not None and value.strip() else None
+
     @field_validator("platform_webhook_secret")
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
@@ -174,6 +229,16 @@ class Settings(BaseSettings):
             # Message names the rule, never the value.
             raise ValueError("must be a Standard Webhooks secret starting with whsec_")
         return value
+
+    @model_validator(mode="after")
+    def _replica_durability(self) -> "Settings":
+        if self.durable_ack == "replica" and self.redis_url is None:
+            raise ValueError("LEDGER_DURABLE_ACK=replica needs LEDGER_REDIS_URL (the embedded store has no replica)")
+        if self.durable_ack == "replica" and self.redis_cluster:
+            # WAIT counts the replicas of the connection that wrote; redis-py's cluster client
+            # sends WAIT to every node on other connections, which would confirm nothing.
+            raise ValueError("LEDGER_DURABLE_ACK=replica is not supported with LEDGER_REDIS_CLUSTER=true yet")
+        return self
 
     @model_validator(mode="after")
     def _fx_of_ledger_currency(self) -> "Settings":

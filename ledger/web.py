@@ -53,25 +53,41 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "internal error")
 
 
+# The method label comes from the client: anything else would be a new series per invented method.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Time every request and count it under the status it was answered with.
+
+    It sits outside `error_middleware`, so it sees the JSON answer a `LedgerError` became (a 401 is
+    `401`, not the `500` it looked like from inside). What still escapes is labelled with its own status
+    (`web.HTTPException`, `LedgerError`), else 500; a cancelled request got no answer and is not counted.
+    """
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        status = 500
         try:
             response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
+        except (web.HTTPException, LedgerError) as exc:
+            _observe(metrics, request, exc.status, started)
             raise
-        finally:
-            # The route's pattern, not the path: one series per route, not per SID.
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            metrics.request_seconds.labels(route, request.method, str(status)).observe(time.perf_counter() - started)
+        except Exception:
+            _observe(metrics, request, 500, started)
+            raise
+        _observe(metrics, request, response.status, started)
+        return response
 
     return middleware
+
+
+def _observe(metrics: Metrics, request: web.Request, status: int, started: float) -> None:
+    # The route's pattern, not the path: one series per route, not per SID.
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "OTHER"
+    metrics.request_seconds.labels(route, method, str(status)).observe(time.perf_counter() - started)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -87,9 +103,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_view(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:  # lag and pending straight from Redis, so the API process reports them too
-        lag, pending = await request.app[STORE].group_stats()
-        metrics.lag.set(lag)
-        metrics.pending.set(pending)
+        await request.app[STORE].refresh_shards()
+        metrics.observe_shards(await request.app[STORE].shard_stats())
     except Exception as exc:
         log.warning("metrics_stats_unavailable", error=type(exc).__name__)
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -103,7 +118,8 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
     """
     metrics = Metrics()
     app = web.Application(
-        middlewares=[error_middleware, metrics_middleware(metrics)], client_max_size=MAX_BODY
+        # Metrics outermost: it must see the status error_middleware answered with.
+        middlewares=[metrics_middleware(metrics), error_middleware], client_max_size=MAX_BODY
     )
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -116,6 +132,10 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
                         "nothing survives a restart")
         if await app[STORE].ping():  # unreachable: lookups answer 503 until it is back; checked then
             await app[STORE].check_layout()  # data of an older layout stops start-up
+            await app[STORE].register_shards()  # every worker drains the shards this K writes
+        if settings.durable_ack == "replica" and await app[STORE].ping() and not await app[STORE].replicas_in_sync():
+            log.warning("no_replica", detail="LEDGER_DURABLE_ACK=replica and the Redis primary has no replica "
+                        "connected: webhooks answer 503 until one is in sync")
         if settings.durable_ack == "aof":
             if await app[STORE].ping():
                 await app[STORE].check_durability()  # a Redis that cannot confirm AOF writes stops start-up

@@ -116,9 +116,10 @@ class RedisServer:
     own: stoppable, and restartable on the same port and --dir, so its AOF is loaded again."""
 
     def __init__(self, directory: Path, appendonly: bool = False, *, binary: str = "redis-server",
-                 appendfsync: str = "always") -> None:
+                 appendfsync: str = "always", extra_args: tuple[str, ...] = ()) -> None:
         self.dir = directory
         self.port = free_port()
+        self.extra_args = extra_args
         self.appendonly = appendonly
         self.binary = binary
         self.appendfsync = appendfsync
@@ -134,6 +135,7 @@ class RedisServer:
                 "--dir", str(self.dir), "--logfile", str(log), "--appendonly", "yes" if self.appendonly else "no"]
         if self.appendonly:
             args += ["--appendfsync", self.appendfsync]
+        args += list(self.extra_args)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -99,3 +99,27 @@ async def test_calls_spread_over_slots_are_applied_and_read_back_on_a_cluster(
     assert len(nodes) == 3  # the records really are spread over the cluster
     assert (await client.get("/readyz")).status == 200
     await store.close()
+
+
+async def test_six_stream_shards_spread_over_the_masters_and_drain_exactly(cluster_url: str) -> None:
+    import random
+    from collections import Counter
+
+    from tests.workers import assert_records_exact, call_events
+
+    settings = make_settings(redis_url=cluster_url, redis_cluster=True, stream_shards=6, batch_size=60)
+    store = Store.from_settings(settings)
+    assert await store.ping()  # the cluster client learns the slot map
+    nodes = Counter(store.redis.get_node_from_key(shard.stream).port for shard in store.shards)
+    assert sorted(nodes.values()) == [2, 2, 2]  # 6 shards, 2 on each master
+    rng = random.Random(3)
+    events = [e for i in range(18) for e in call_events(f"CA-shard-{i}", rng, usages=4)]
+    rng.shuffle(events)
+    for event in events:
+        await store.append(event.model_dump_json().encode(), event.call_sid)
+    consumer = Consumer(store, settings, Metrics())
+    assert await consumer.run_burst() == len(events)
+    await assert_records_exact(store, events, settings)
+    assert await store.group_stats() == (0, 0)
+    assert set(await store.shard_stats()) == {shard.name for shard in store.shards}
+    await store.close()

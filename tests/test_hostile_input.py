@@ -716,12 +716,16 @@ def _fuzz_signed(source: str, method: str, examples: int = 60) -> Any:
         before = await stream_length(store)
         with capture_logs():
             response = await req.send(client)
-            assert response.status in (200, 400, 422), (response.status, await response.text(), req.method,
-                                                         str(req.url)[:500], req.body[:1000])
             answer = await response.json()
+            # Examples share one store, and Twilio/Plivo sign names and values concatenated: two
+            # examples can carry one signature over other parameters (a repeated pair, a moved
+            # boundary). The signature ledger refuses the later one, rightly (test_replay_resplit.py).
+            replay = response.status == 401 and answer.get("detail") == "signature already used with other parameters"
+            assert response.status in (200, 400, 422) or (replay and source in ("twilio", "plivo")), (
+                response.status, await response.text(), req.method, str(req.url)[:500], req.body[:1000])
             event(f"answered {response.status} {answer.get('outcome') or answer.get('detail', '')[:40]}")
             if response.status != 200:
-                assert answer["error"] in ("malformed_body", "invalid_event") and answer["detail"]
+                assert answer["error"] in ("malformed_body", "invalid_event", "invalid_signature") and answer["detail"]
                 assert await stream_length(store) == before
                 return
             assert answer["outcome"] in ("stored", "ignored")

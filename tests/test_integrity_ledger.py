@@ -58,7 +58,7 @@ async def test_platform_webhook_id_equal_to_a_twilio_event_id_suppresses_nothing
         f"twilio:{TWILIO_SID}:1", f"twilio:{TWILIO_SID}:3", f"platform:{TWILIO_SID}:3"}
 
 
-async def test_a_second_provider_cannot_take_over_a_call(store: Store, consumer: Any) -> None:
+async def test_a_second_provider_cannot_take_over_a_call(store: Store, consumer: Any, guarantees: Any) -> None:
     await append(store, twilio(1, "ringing", 0, direction="inbound",
                                from_number="+15559876543", to_number="+15551234567"))
     await consumer.run_burst()
@@ -76,6 +76,8 @@ async def test_a_second_provider_cannot_take_over_a_call(store: Store, consumer:
     assert dead["reason"] == "call is attributed to twilio; a telnyx event cannot change it"
     assert f"telnyx:{intruder.event_id}" not in await store.applied_keys(TWILIO_SID)
     assert await store.group_stats() == (0, 0)  # dead-lettered at once, nothing left pending
+    guarantees.record("another provider's event on a call (dead-lettered at once, record unchanged)",
+                      sent=2, answered_2xx=2, applied=1, duplicates_suppressed=0, lost=0)
 
 
 async def test_events_past_the_per_call_bound_are_dead_lettered_then_replayable(store: Store) -> None:

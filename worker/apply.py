@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
+from ledger.pricing import price_event
 from ledger.rules import CallState, apply_event, touched_fields
 from ledger.settings import Settings
-from ledger.store import Entry, LoadedCall, order_member
+from ledger.store import Entry, LoadedCall
 
 
 @dataclass
@@ -20,7 +21,7 @@ class CallPlan:
     """What committing this call's events would write, and what happened to each entry."""
 
     state: CallState
-    new_events: list[tuple[str, str, bytes]] = field(default_factory=list)  # (journal key, order member, JSON)
+    new_events: list[tuple[str, int, bytes]] = field(default_factory=list)  # (journal key, occurred_us, JSON)
     applied: list[tuple[Entry, CallEvent]] = field(default_factory=list)
     duplicates: list[tuple[Entry, CallEvent]] = field(default_factory=list)
     failed: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)  # retried, then dead-lettered
@@ -48,7 +49,10 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
                                  "(LEDGER_MAX_EVENTS_PER_CALL)"))
             continue
         try:
-            apply_event(plan.state, event, settings)
+            # Usage is priced here, at apply time, with the file this worker loaded: a missing
+            # price fails like a missing FX rate (retried, then dead-lettered, replayable).
+            priced = price_event(event, settings.pricing) if event.usage else event
+            apply_event(plan.state, priced, settings)
         except Refused as exc:
             plan.refused.append((entry, event, str(exc)))
             continue
@@ -60,8 +64,11 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
             continue
         seen.add(event.key)
         version += 1
-        # The entry's own bytes are what /events shows: exactly what intake stored.
-        plan.new_events.append((event.key, order_member(event.occurred_us, event.key), entry.event_json or b""))
+        # What /events shows: exactly what intake stored, or for priced usage the priced event,
+        # so the price is frozen with it (a later edit of the file changes no applied cost).
+        journal = (entry.event_json or b"") if priced is event else priced.model_dump_json(
+            exclude_defaults=True).encode()
+        plan.new_events.append((event.key, event.occurred_us, journal))
         plan.applied.append((entry, event))
     return plan
 

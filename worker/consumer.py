@@ -131,9 +131,8 @@ class Consumer:
     async def maintain(self) -> None:
         """Trim what retention allows, and refresh the lag gauges."""
         trimmed = await self.store.trim(self.settings.stream_retention)
-        lag, pending = await self.store.group_stats()
-        self.metrics.lag.set(lag)
-        self.metrics.pending.set(pending)
+        await self.store.refresh_shards()  # shards another K registered since we started
+        self.metrics.observe_shards(await self.store.shard_stats())
         if trimmed:
             log.info("stream_trimmed", entries=trimmed)
 
@@ -157,7 +156,7 @@ class Consumer:
         return len(entries)
 
     async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
-        outcomes: dict[str, tuple[str, str | None]] = {}  # entry id -> (outcome, reason)
+        outcomes: dict[tuple[str, str], tuple[str, str | None]] = {}  # entry ref -> (outcome, reason)
         # Per call: (record id, version, state) as committed, or as found when every event of the
         # call was a duplicate or failed (re-indexing it repairs an index update a dead worker missed).
         committed: dict[str, tuple[int, int, CallState]] = {}
@@ -166,8 +165,8 @@ class Consumer:
             loaded = await self._load(remaining)
             plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in remaining.items()}
             for plan in plans.values():
-                outcomes.update((entry.entry_id, ("duplicate", None)) for entry, _ in plan.duplicates)
-                outcomes.update((entry.entry_id, ("failed", reason)) for entry, _, reason in plan.failed)
+                outcomes.update((entry.ref, ("duplicate", None)) for entry, _ in plan.duplicates)
+                outcomes.update((entry.ref, ("failed", reason)) for entry, _, reason in plan.failed)
             # A refusal is judged on the state read (the call's provider, its event count...):
             # a call with refusals is committed too, even with nothing new, so that the version
             # check confirms the refusal against Redis; on a conflict it is judged again.
@@ -179,8 +178,8 @@ class Consumer:
             conflicts, written = await self._commit(loaded, to_write)
             for sid, plan in to_write.items():
                 if sid not in conflicts:
-                    outcomes.update((entry.entry_id, ("applied", None)) for entry, _ in plan.applied)
-                    outcomes.update((entry.entry_id, ("refused", reason)) for entry, _, reason in plan.refused)
+                    outcomes.update((entry.ref, ("applied", None)) for entry, _ in plan.applied)
+                    outcomes.update((entry.ref, ("refused", reason)) for entry, _, reason in plan.refused)
                     committed[sid] = (written[sid].record_id, written[sid].new_version, plan.state)
             if not conflicts:
                 break
@@ -204,25 +203,25 @@ class Consumer:
             log.error("index_update_failed", calls=len(entries), error=str(exc))
 
     async def _settle(self, by_call: dict[str, list[tuple[Entry, CallEvent]]],
-                      outcomes: dict[str, tuple[str, str | None]]) -> None:
+                      outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
         """Log, count and acknowledge each entry by its outcome; dead-letter what must be."""
         # One line per event, in stream order, once its fate in this round is known.
         tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
-        done: list[str] = []
-        failures: dict[str, str] = {}
-        redelivered: list[str] = []
+        done: list[Entry] = []
+        failures: dict[tuple[str, str], str] = {}
+        redelivered: list[Entry] = []
         refused: list[tuple[Entry, CallEvent, str]] = []
         for entry, event in sorted((item for items in by_call.values() for item in items),
                                    key=lambda item: entry_order(item[0].entry_id)):
-            outcome, reason = outcomes.get(entry.entry_id, ("deferred", "call updated concurrently; will retry"))
+            outcome, reason = outcomes.get(entry.ref, ("deferred", "call updated concurrently; will retry"))
             self._log(entry, event, outcome, **({"reason": reason} if reason else {}))
             tally[(outcome, event.source)] += 1
             if outcome in ("applied", "duplicate"):
-                done.append(entry.entry_id)
+                done.append(entry)
                 if entry.deliveries > 1:  # only a redelivered entry can have a failure reason on record
-                    redelivered.append(entry.entry_id)
+                    redelivered.append(entry)
             elif outcome == "failed":
-                failures[entry.entry_id] = reason or "apply failed"
+                failures[entry.ref] = reason or "apply failed"
             elif outcome == "refused":  # no redelivery can change it: dead-lettered now
                 refused.append((entry, event, reason or "refused"))
         counters = {"applied": self.metrics.applied, "duplicate": self.metrics.duplicates,
@@ -287,21 +286,21 @@ class Consumer:
         return conflicts, {w.call_sid: w for w in writes}
 
     async def _settle_failures(
-        self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[str, str]
+        self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[tuple[str, str], str]
     ) -> None:
         """Dead-letter failures that used their last delivery; remember the reason of the others."""
         if not failures:
             return
-        keep: dict[str, str] = {}
+        keep: list[tuple[Entry, str]] = []
         for items in by_call.values():
             for entry, event in items:
-                reason = failures.get(entry.entry_id)
+                reason = failures.get(entry.ref)
                 if reason is None:
                     continue
                 if entry.deliveries >= self.settings.max_deliveries:
                     await self._dead_letter(entry, event, reason)
                 else:
-                    keep[entry.entry_id] = reason
+                    keep.append((entry, reason))
         await self.store.record_failures(keep)
 
     async def _dead_letter(self, entry: Entry, event: CallEvent | None, reason: str) -> None:

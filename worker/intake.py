@@ -7,6 +7,7 @@ stores nothing.
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
@@ -21,17 +22,20 @@ from ledger.errors import (
     MalformedBody,
     PayloadTooLarge,
     RequestTimeout,
+    SignatureReused,
     SourceNotConfigured,
 )
 from ledger.events import CallEvent
 from ledger.rules import call_meta_size
 from ledger.settings import Settings
+from ledger.signature_ledger import SignatureLedger
 from ledger.web import MAX_BODY, METRICS, SETTINGS, STORE, json_response
 from worker.sources import SOURCES, Source, WebhookRequest
 
 log = structlog.get_logger("ledger.intake")
 
 CONFIGURED = web.AppKey("configured_sources", dict[str, Source | None])
+SIGNATURES = web.AppKey("signature_ledger", SignatureLedger)
 
 # The metrics outcome of each refusal, by HTTP status.
 _REFUSALS = {401: "rejected_signature", 400: "rejected_body", 422: "rejected_body", 413: "rejected_size",
@@ -39,9 +43,13 @@ _REFUSALS = {401: "rejected_signature", 400: "rejected_body", 422: "rejected_bod
 
 
 def external_url(request: web.Request, settings: Settings) -> str:
-    """The URL the provider called: LEDGER_PUBLIC_URL's base (behind a proxy) + our raw path and query."""
-    base = settings.public_url or f"{request.scheme}://{request.host}"
-    return base + request.raw_path
+    """The URL the provider called: LEDGER_PUBLIC_URL's base + our raw path and query.
+
+    Never the Host header: whoever sends the request chooses it, and with it the URL whose
+    signature is checked. URL-signed sources refuse to start without LEDGER_PUBLIC_URL; the
+    others do not read the URL, so without it the URL is just the path.
+    """
+    return (settings.public_url or "") + request.raw_path
 
 
 async def _handle(request: web.Request, name: str) -> web.Response:
@@ -67,7 +75,11 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         received_at=time.time(),
         query=tuple(request.query.items()),
     )
-    source.verify(webhook)  # raw bytes first: nothing unauthentic is parsed
+    use = source.verify(webhook)  # raw bytes first: nothing unauthentic is parsed
+    # Before parsing (a request refused at parse still claims its signature) and before the
+    # XADD (a 503 there is retried with the same parameters, which pass).
+    if use is not None and not await request.app[SIGNATURES].remember(use):
+        raise SignatureReused("signature already used with other parameters")
     try:
         event = source.parse(webhook)
     except ValidationError as exc:  # a value the event model refuses (lone surrogate, oversized id, ...)
@@ -79,11 +91,12 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         log.info("webhook_received", source=name, outcome="ignored", status=200)
         return json_response({"outcome": "ignored"})
     try:
-        event_json = event.model_dump_json().encode()
+        # Defaults (mostly nulls) left out: half of a stored event would be `null`s otherwise.
+        event_json = event.model_dump_json(exclude_defaults=True).encode()
     except PydanticSerializationError:  # e.g. a lone surrogate escape ("\ud800") in a text field
         raise InvalidEvent("text fields must be valid Unicode (no lone surrogate escapes)") from None
     check_call_meta(event, request.app[SETTINGS])  # after: what serialises is what is measured
-    await request.app[STORE].append(event_json)
+    await request.app[STORE].append(event_json, event.call_sid)
     request.app[METRICS].received.labels(name, "stored").inc()
     log.info("webhook_received", source=name, call_sid=event.call_sid, event_id=event.event_id,
              type=event.type, outcome="stored", status=200)
@@ -107,9 +120,10 @@ def webhook_handler(name: str):  # type: ignore[no-untyped-def]
             return await _handle(request, name)
         except (LedgerError, web.HTTPRequestEntityTooLarge) as exc:
             status = getattr(exc, "status", 500)
-            request.app[METRICS].received.labels(name, _REFUSALS.get(status, "rejected")).inc()
+            outcome = getattr(exc, "outcome", None) or _REFUSALS.get(status, "rejected")
+            request.app[METRICS].received.labels(name, outcome).inc()
             # The reason names what was wrong, never a header value or a secret.
-            log.info("webhook_received", source=name, outcome=_REFUSALS.get(status, "rejected"),
+            log.info("webhook_received", source=name, outcome=outcome,
                      status=status, reason=str(exc) if isinstance(exc, LedgerError) else "body too large")
             raise
 
@@ -120,6 +134,13 @@ def webhook_handler(name: str):  # type: ignore[no-untyped-def]
 def add_intake(app: web.Application, settings: Settings) -> None:
     """Register /webhooks/<source> for every source; unconfigured ones answer 404."""
     app[CONFIGURED] = {source.name: source.from_settings(settings) for source in SOURCES}
+
+    async def signatures_ctx(app: web.Application) -> AsyncIterator[None]:
+        # After base_app's store context (registered first), on the same Redis client.
+        app[SIGNATURES] = SignatureLedger(app[STORE].redis, settings.key_prefix, settings.signature_ttl_s)
+        yield
+
+    app.cleanup_ctx.append(signatures_ctx)
     for source in SOURCES:
         handler = webhook_handler(source.name)
         for method in sorted(source.methods):

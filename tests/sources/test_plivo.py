@@ -27,7 +27,8 @@ SIGNATURE, NONCE = "X-Plivo-Signature-V3", "X-Plivo-Signature-V3-Nonce"
 
 
 def make_source(token: str = pl.AUTH_TOKEN, currency: str = "USD") -> PlivoSource:
-    source = PlivoSource.from_settings(Settings(plivo_auth_token=token, plivo_currency=currency))
+    source = PlivoSource.from_settings(Settings(plivo_auth_token=token, plivo_currency=currency,
+                                                public_url=pl.PUBLIC_URL))
     assert source is not None
     return source
 
@@ -186,8 +187,18 @@ def test_end_time_with_an_offset_is_converted_to_utc():
     assert parsed is not None and parsed.occurred_at == "2026-11-24T10:04:52Z"
 
 
-def test_unreadable_end_time_falls_back_to_the_time_of_receipt():
-    parsed = accept(signed_request(pl.hangup(end="24/11/2026 10:04")))
+@pytest.mark.parametrize("end", ["24/11/2026 10:04", "2026-11-24 10:04:52 trailing", "2026-11-24T10:04:52Z",
+                                 "2026-13-24 10:04:52"])
+def test_unreadable_end_time_is_invalid_not_skipped(end):
+    # Skipping it would date the hang-up at its arrival: what a replay with a moved boundary aims for.
+    request = signed_request(pl.hangup(end=end))
+    make_source().verify(request)
+    with pytest.raises(InvalidEvent, match="EndTime"):
+        make_source().parse(request)
+
+
+def test_blank_end_time_falls_back_to_the_time_of_receipt():
+    parsed = accept(signed_request(pl.hangup(end="")))
     assert parsed is not None and parsed.occurred_at == RECEIVED
 
 
@@ -327,3 +338,69 @@ def test_signed_callback_lacking_what_a_call_event_needs_is_invalid(params, fiel
     make_source().verify(request)
     with pytest.raises(InvalidEvent, match=field):
         make_source().parse(request)
+
+
+# --- strict formats: every field the ledger reads, exactly as Plivo writes it ------------------------------
+
+@pytest.mark.parametrize("name, value", [
+    ("CallUUID", "CA1"),
+    ("CallUUID", pl.CALL_UUID.upper()),  # another case would be another call record
+    ("CallUUID", pl.CALL_UUID + "CallerName+14155551234"),  # CallUUID absorbing CallerName
+    ("Event", "tHangup"),
+    ("Event", "HangupFrom14155551234"),  # Event absorbing From
+    ("Event", ""),
+    ("Direction", "outboundDuration287"),
+    ("Direction", "sideways"),
+    ("From", "14155551234HangupCauseNORMAL_CLEARING"),
+    ("From", "anonymous"),
+    ("To", "44 7700 900123"),
+    ("Duration", "287EndTime2026-11-24 10:04:52"),
+    ("BillDuration", "300BillRate0.00850"),
+    ("TotalCost", "0.04250x"),
+    ("TotalCost", "-0.04"),
+    ("TotalCost", "1e3"),
+    ("StartTime", "2026-11-24 10:00:00To447700900123"),
+    ("AnswerTime", "2026-11-24 10:00:05 "),
+])
+def test_field_not_as_plivo_writes_it_is_invalid_and_named(name, value):
+    params = [(k, value if k == name else v) for k, v in pl.hangup()]
+    request = signed_request(params)
+    make_source().verify(request)
+    with pytest.raises(InvalidEvent, match=name):
+        make_source().parse(request)
+
+
+@pytest.mark.parametrize("event_name", ["StartApp", "Redirect", "Transfer", "Ring"])
+def test_documented_event_values_are_accepted(event_name):
+    parsed = accept(signed_request(pl.callback("in-progress", event=event_name)))
+    assert parsed is not None and parsed.event_id.endswith(f":{event_name}:in-progress")
+
+
+def test_blank_answer_time_of_an_unanswered_call_is_absent():
+    parsed = accept(signed_request([*pl.busy(), ("AnswerTime", "")]))
+    assert parsed is not None and parsed.answered_at is None
+
+
+@pytest.mark.parametrize("params", [
+    [("Even", "tHangup") if k == "Event" else (k, v) for k, v in pl.hangup()],
+    [("EventH", "angup") if k == "Event" else (k, v) for k, v in pl.hangup()],
+    [("CallStatu", "scompleted") if k == "CallStatus" else (k, v) for k, v in pl.hangup()],
+    [("EndTim", "e" + pl.END) if k == "EndTime" else (k, v) for k, v in pl.hangup()],
+], ids=["event-cut-left", "event-cut-right", "status-cut", "end-time-cut"])
+def test_trace_of_a_moved_boundary_around_the_event_id_is_invalid(params):
+    request = signed_request(params)
+    make_source().verify(request)
+    with pytest.raises(InvalidEvent):
+        make_source().parse(request)
+
+
+def test_verify_identity_is_the_matching_mac_not_the_header_text():
+    valid = SIGNER.signature("POST", URL, pl.hangup())
+    plain = make_source().verify(signed_request(pl.hangup()))
+    padded = make_source().verify(signed_request(pl.hangup(), X_Plivo_Signature_V3=f"garbage,{valid}, more"))
+    assert plain == padded
+
+
+def test_public_url_is_required_to_build_the_source():
+    with pytest.raises(ValueError, match="LEDGER_PUBLIC_URL"):
+        PlivoSource.from_settings(Settings(plivo_auth_token=pl.AUTH_TOKEN))

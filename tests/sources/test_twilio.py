@@ -23,8 +23,9 @@ SIGNER = tw.TwilioSigner()
 OURS, CUSTOMER = tw.OUR_NUMBER, tw.CUSTOMER
 
 
-def make_source(token: str = tw.AUTH_TOKEN) -> TwilioSource:
-    source = TwilioSource.from_settings(Settings(twilio_auth_token=token))
+def make_source(token: str = tw.AUTH_TOKEN, algorithm: str = "sha1") -> TwilioSource:
+    source = TwilioSource.from_settings(Settings(twilio_auth_token=token, public_url=tw.PUBLIC_URL,
+                                                 twilio_signature_algorithm=algorithm))
     assert source is not None
     return source
 
@@ -244,25 +245,29 @@ def test_reordered_form_parameters_still_verify():
     make_source().verify(as_received(signed, body=reordered))
 
 
-def test_hmac_sha256_signature_is_accepted_when_the_settings_header_says_so():
-    params = tw.completed()
-    request = as_received(SIGNER.sign("POST", URL, params, algorithm="HMAC_SHA256"))
+def test_hmac_sha256_signature_is_accepted_when_configured():
+    source = make_source(algorithm="sha256")
+    request = as_received(SIGNER.sign("POST", URL, tw.completed(), algorithm="HMAC_SHA256"))
+    source.verify(request)
+    assert source.parse(request) == LIFECYCLE["completed"][1]
+
+
+def test_sha256_signature_is_rejected_when_configured_sha1_whatever_the_settings_header_says():
+    # The settings header is not signed: anyone could otherwise choose the algorithm.
+    request = as_received(SIGNER.sign("POST", URL, tw.completed(), algorithm="HMAC_SHA256"))
     assert request.headers["X-Twilio-Webhooks-Signature-Settings"] == tw.SHA256_SETTINGS
-    assert accept(request) == LIFECYCLE["completed"][1]
-
-
-def test_sha1_signature_is_rejected_when_the_settings_header_says_sha256():
-    request = signed_request(tw.completed(), X_Twilio_Webhooks_Signature_Settings=tw.SHA256_SETTINGS)
     rejected(request)
 
 
-def test_settings_header_without_an_algorithm_means_sha1():
-    make_source().verify(signed_request(tw.completed(), X_Twilio_Webhooks_Signature_Settings="key=KS123"))
+def test_sha1_signature_is_rejected_when_configured_sha256_whatever_the_settings_header_says():
+    rejected(signed_request(tw.completed()), make_source(algorithm="sha256"))
+    rejected(signed_request(tw.completed(), X_Twilio_Webhooks_Signature_Settings="algorithm=HMAC_SHA1"),
+             make_source(algorithm="sha256"))
 
 
-def test_unsupported_signature_algorithm_is_rejected():
-    request = signed_request(tw.completed(), X_Twilio_Webhooks_Signature_Settings="algorithm=HMAC_MD5")
-    assert "unsupported" in rejected(request)
+def test_settings_header_is_ignored():
+    for header in ("key=KS123", "algorithm=HMAC_MD5", tw.SHA256_SETTINGS):
+        make_source().verify(signed_request(tw.completed(), X_Twilio_Webhooks_Signature_Settings=header))
 
 
 def test_rejections_never_reveal_the_token_or_the_signature():
@@ -271,7 +276,7 @@ def test_rejections_never_reveal_the_token_or_the_signature():
         rejected(as_received(signed, body=signed.body + b"&x=1")),
         rejected(as_received(signed), make_source("f" * 32)),
         rejected(as_received(signed, drop="X-Twilio-Signature")),
-        rejected(as_received(signed, X_Twilio_Webhooks_Signature_Settings="algorithm=NOPE")),
+        rejected(as_received(signed), make_source(algorithm="sha256")),
     ]
     for message in messages:
         assert tw.AUTH_TOKEN not in message and "f" * 32 not in message
@@ -319,3 +324,90 @@ def test_signed_callback_lacking_what_a_call_event_needs_is_invalid(params, fiel
 def test_blank_call_duration_is_treated_as_absent():
     parsed = accept(signed_request(_with(tw.completed(), "CallDuration", "")))
     assert parsed is not None and parsed.duration is None
+
+
+# --- strict formats: every field the ledger reads, exactly as Twilio writes it -----------------------------
+
+@pytest.mark.parametrize("name, value", [
+    ("CallSid", "CA1"),
+    ("CallSid", "CA" + tw.CALL_SID[2:].upper()),  # upper-case hex: would be another call record
+    ("CallSid", tw.CALL_SID + "CallStatuscompleted"),  # CallSid absorbing CallStatus
+    ("CallSid", " " + tw.CALL_SID),
+    ("AccountSid", "ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+    ("AccountSid", tw.ACCOUNT_SID + "ApiVersion2010-04-01"),
+    ("AccountSid", ""),
+    ("SequenceNumber", "3SipResponseCode200"),
+    ("SequenceNumber", ""),
+    ("SequenceNumber", "-1"),
+    ("Timestamp", "Tue, 24 Nov 2026 10:05:06 +0000To+15559876543"),  # trailing garbage parsedate accepts
+    ("Timestamp", "Wed, 24 Nov 2026 10:05:06 +0000"),  # weekday does not match the date
+    ("Timestamp", "24 Nov 2026 10:05:06 +0000"),
+    ("Timestamp", "Tue, 24 Nov 2026 10:05:06 GMT"),
+    ("Timestamp", "Tue, 24 Nov 2026 25:05:06 +0000"),
+    ("Timestamp", ""),
+    ("Direction", "outbound-apiDuration5"),
+    ("Direction", "sideways"),
+    ("Direction", ""),
+    ("From", "+15551234567SequenceNumber3"),  # From absorbing SequenceNumber
+    ("From", "+15551234567FromCitySAN FRANCISCO"),
+    ("From", "15551234567"),
+    ("From", "client:alice bob"),
+    ("To", "+1 555 123 4567"),
+    ("To", "sip:"),
+    ("CallDuration", "300Direction"),
+])
+def test_field_not_as_twilio_writes_it_is_invalid_and_named_without_echoing_it(name, value):
+    params = [(k, value if k == name else v) for k, v in tw.completed()]
+    request = signed_request(params)
+    make_source().verify(request)
+    with pytest.raises(InvalidEvent, match=name) as info:
+        make_source().parse(request)
+    assert len(value) < 8 or value not in str(info.value)
+
+
+@pytest.mark.parametrize("number", ["+266696687", "+7378742833", "anonymous", "Anonymous",
+                                    "client:assistant_12", "sip:alice@acme.sip.twilio.com", ""])
+def test_withheld_caller_ids_and_addresses_twilio_sends_are_accepted(number):
+    params = [(k, number if k == "From" else v) for k, v in tw.completed()]
+    assert accept(signed_request(params)) is not None
+
+
+@pytest.mark.parametrize("direction, ours", [("trunking-originating", "inbound"),
+                                             ("trunking-terminating", "outbound")])
+def test_sip_trunking_directions_are_known(direction, ours):
+    parsed = accept(signed_request(tw.completed(direction=direction)))
+    assert parsed is not None and parsed.direction == ours
+
+
+def test_absent_direction_is_fine():
+    parsed = accept(signed_request(_without(tw.completed(), "Direction")))
+    assert parsed is not None and parsed.direction is None
+
+
+@pytest.mark.parametrize("params", [
+    [("SequenceNumbe", "r3") if k == "SequenceNumber" else (k, v) for k, v in tw.completed()],  # cut inside
+    [("SequenceNumber3", "") if k == "SequenceNumber" else (k, v) for k, v in tw.completed()],
+    [("Timestam", "pTue, 24 Nov 2026 10:05:06 +0000") if k == "Timestamp" else (k, v) for k, v in tw.completed()],
+    # FromZip (unread) absorbing SequenceNumber: the event id would fall back to CallSid:CallStatus.
+    [(k, v + "SequenceNumber3") if k == "FromZip" else (k, v) for k, v in tw.completed() if k != "SequenceNumber"],
+    [(k, v + "Timestamp" + tw.TIMESTAMPS["completed"]) if k == "SipResponseCode" else (k, v)
+     for k, v in tw.completed() if k != "Timestamp"],
+], ids=["cut-left", "cut-right", "timestamp-cut", "sequence-absorbed", "timestamp-absorbed"])
+def test_trace_of_a_moved_boundary_around_the_event_id_is_invalid(params):
+    request = signed_request(params)
+    make_source().verify(request)
+    with pytest.raises(InvalidEvent, match="moved name/value boundary"):
+        make_source().parse(request)
+
+
+def test_verify_returns_the_matching_mac_and_the_parameters_digest():
+    use = make_source().verify(signed_request(tw.completed()))
+    again = make_source().verify(signed_request(tw.completed()))
+    other = make_source().verify(signed_request(tw.ended("busy")))
+    assert use == again and use.identity != other.identity and use.params_digest != other.params_digest
+    assert tw.AUTH_TOKEN not in use.identity
+
+
+def test_public_url_is_required_to_build_the_source():
+    with pytest.raises(ValueError, match="LEDGER_PUBLIC_URL"):
+        TwilioSource.from_settings(Settings(twilio_auth_token=tw.AUTH_TOKEN))

@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import ClassVar, Protocol
 
 from ledger.events import CallEvent
+from ledger.replay import SignatureUse
 from ledger.settings import Settings
 from worker.sources.fields import decode_form
 
@@ -49,8 +50,15 @@ class Source(Protocol):
         """The configured source, or None when its secret is not set."""
         ...
 
-    def verify(self, request: WebhookRequest) -> None:
-        """Raise `SignatureInvalid` unless the request is authentic and fresh."""
+    def verify(self, request: WebhookRequest) -> SignatureUse | None:
+        """Raise `SignatureInvalid` unless the request is authentic and fresh.
+
+        Sources that sign names and values concatenated (Twilio, Plivo) return the
+        signature that matched with a digest of the parameters, so that intake can refuse
+        the same signature with other parameters (`ledger.replay`). Sources that sign the
+        raw bytes with a timestamp (platform, Telnyx, Vonage) return None: their bytes
+        cannot be re-split, and a replay is stale or deduplicated by its event id.
+        """
         ...
 
     def parse(self, request: WebhookRequest) -> CallEvent | None:

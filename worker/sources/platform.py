@@ -16,12 +16,12 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from ledger.errors import InvalidEvent, SignatureInvalid
-from ledger.events import COMPONENTS, STATUSES, CallEvent, Cost
+from ledger.events import STATUSES, CallEvent
 from ledger.instants import from_unix, parse_iso
-from ledger.money import normalise_currency, parse_amount
 from ledger.settings import Settings
 from worker.sources.base import WebhookRequest
 from worker.sources.fields import load_json_object
+from worker.sources.usage import parse_usage
 
 USED_TYPES = ("call.metadata", "call.usage", "call.status")
 MAX_META_DEPTH = 32
@@ -139,7 +139,7 @@ class PlatformSource:
         if kind == "call.metadata":
             fields.update(self._metadata(data))
         elif kind == "call.usage":
-            fields["costs"] = (self._usage(data),)
+            fields.update(parse_usage(data, self._currency))
         else:
             fields.update(self._status(data))
         return CallEvent(**fields)
@@ -180,23 +180,6 @@ class PlatformSource:
                 raise InvalidEvent("data.call_meta must be an object")
             fields["call_meta"] = _plain(meta)
         return fields
-
-    def _usage(self, data: dict[str, Any]) -> Cost:
-        component = data.get("component")
-        if component not in COMPONENTS:
-            raise InvalidEvent(f"data.component must be one of {', '.join(COMPONENTS)}")
-        cost = data.get("cost")
-        if isinstance(cost, bool) or not isinstance(cost, str | int | Decimal):
-            raise InvalidEvent("data.cost must be a decimal string or a number")
-        try:
-            amount = parse_amount(cost)
-        except ValueError as exc:
-            raise InvalidEvent(f"data.cost: {exc}") from None
-        try:
-            currency = normalise_currency(data.get("currency") or self._currency)
-        except ValueError as exc:
-            raise InvalidEvent(f"data.currency: {exc}") from None
-        return Cost(component=component, amount_nano=amount, currency=currency)
 
     @staticmethod
     def _status(data: dict[str, Any]) -> dict[str, Any]:

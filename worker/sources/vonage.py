@@ -12,7 +12,10 @@ are made, here, with the standard library rather than a JWT library:
   For `GET` the body is empty; Vonage hashes the query parameters as a JSON object in
   their order, without whitespace (its support article on verifying Voice webhook
   payloads), so that is what is recomputed. The hash of an empty body is never
-  accepted for a `GET`: it would let one token vouch for any query string.
+  accepted for a `GET`: it would let one token vouch for any query string;
+- with `LEDGER_VONAGE_APPLICATION_ID` set, the `application_id` claim is exactly it: the
+  signature secret is the account's, shared by all its applications, so this is what
+  keeps another application's webhooks (or a test application's) out.
 
 Vonage sends no event id: `uuid:status:timestamp` (raw text) is stable across
 redeliveries. Amounts carry no currency: `LEDGER_VONAGE_CURRENCY` supplies it.
@@ -111,7 +114,10 @@ def signed_payloads(request: WebhookRequest) -> list[bytes]:
     ]
 
 
-def _check_claims(claims: dict[str, object], request: WebhookRequest, tolerance_s: int) -> None:
+def _check_claims(claims: dict[str, object], request: WebhookRequest, tolerance_s: int,
+                  application_id: str | None = None) -> None:
+    if application_id is not None and claims.get("application_id") != application_id:
+        raise SignatureInvalid("bearer token is for another Vonage application")
     iat = claims.get("iat")
     # Bounded before any float arithmetic: a huge integer would overflow it.
     if (isinstance(iat, bool) or not isinstance(iat, int | float)
@@ -190,10 +196,11 @@ class VonageSource:
     secret_variable: ClassVar[str] = "LEDGER_VONAGE_SIGNATURE_SECRET"
     methods: ClassVar[frozenset[str]] = frozenset({"POST", "GET"})
 
-    def __init__(self, secret: bytes, tolerance_s: int, currency: str) -> None:
+    def __init__(self, secret: bytes, tolerance_s: int, currency: str, application_id: str | None = None) -> None:
         self._secret = secret
         self._tolerance_s = tolerance_s
         self._currency = currency
+        self._application_id = application_id
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "VonageSource | None":
@@ -202,12 +209,12 @@ class VonageSource:
         if secret is None or not secret.get_secret_value():
             return None
         return cls(secret.get_secret_value().encode("utf-8"), settings.signature_tolerance_s,
-                   settings.vonage_currency)
+                   settings.vonage_currency, settings.vonage_application_id)
 
     def verify(self, request: WebhookRequest) -> None:
-        """Signature, freshness (`iat`) and `payload_hash`; any failure is SignatureInvalid."""
+        """Signature, application, freshness (`iat`) and `payload_hash`; any failure is SignatureInvalid."""
         claims = verify_hs256(bearer_token(request.headers.get("Authorization")), self._secret)
-        _check_claims(claims, request, self._tolerance_s)
+        _check_claims(claims, request, self._tolerance_s, self._application_id)
 
     def parse(self, request: WebhookRequest) -> CallEvent | None:
         """The event's facts, or None for a kind of event the ledger does not use."""

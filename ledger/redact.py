@@ -1,0 +1,113 @@
+"""Keeping secrets, signatures, request lines and phone numbers out of log lines (SPEC §8).
+
+Three pieces, from the most to the least specific:
+
+- `mask_phone`: for code that wants to log a number, its last 4 digits only (`+15551234567` → `***4567`).
+- `ForeignRecords`: every line a library writes through stdlib logging. aiohttp's messages and
+  exceptions quote the request line or header they choke on, so an aiohttp record keeps only a fixed
+  event name, its level, logger and exception class. Other libraries' messages and tracebacks are
+  kept, with secrets redacted and digit runs that could be phone numbers masked.
+- `Redactor`: the last line of defence, run on every rendered line (ours included): configured
+  secret values, `Bearer …`/`Basic …` credentials and base64 runs after `…Signature:` become
+  `[redacted]`. It costs one lower-casing and a few substring tests per line unless something
+  matches; phone-number masking is *not* applied to our own lines, whose ids are long digit runs too.
+"""
+
+import ipaddress
+import re
+import traceback
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+REDACTED = "[redacted]"
+# Shorter configured values are not redacted: they would blank out ordinary words of every line.
+MIN_SECRET_LENGTH = 8
+
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[^\s\"',;&]+")
+_SIGNATURE = re.compile(r"(?i)(signature[\w-]*[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9+/=_,.\-]{16,}")
+_TRIGGERS = ("bearer", "basic", "signature")
+# In library text only: a run of 7+ digits (optionally after + or %2B) may be a phone number.
+_DIGIT_RUN = re.compile(r"(?:\+|%2[bB])?\d{7,}")
+
+
+def mask_phone(number: str | None) -> str:
+    """A phone number reduced to its last 4 digits, for logs: `+15551234567` → `***4567`.
+
+    Anything with fewer than 4 digits (or a `sip:` address without digits) becomes `***`.
+    """
+    digits = "".join(ch for ch in number or "" if ch.isdigit())
+    return "***" + digits[-4:] if len(digits) >= 4 else "***"
+
+
+def mask_digit_runs(text: str) -> str:
+    """Every run of 7+ digits (a phone number, maybe URL-encoded as %2B…) masked to its last 4."""
+    return _DIGIT_RUN.sub(lambda match: mask_phone(match.group()), text)
+
+
+class Redactor:
+    """Redacts known secrets and obvious credentials from one rendered log line."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        # Substring tests on the lower-cased line are the cheap common path (about 1 µs a line); a regex
+        # alternation over the same needles is some 20 times slower in CPython.
+        self._needles = (*_TRIGGERS, *(value.lower() for value in values))
+        self._secrets = re.compile("|".join(re.escape(value) for value in values), re.I) if values else None
+
+    def __call__(self, line: str) -> str:
+        lowered = line.lower()
+        for needle in self._needles:
+            if needle in lowered:
+                break
+        else:
+            return line  # the common case: nothing to look at
+        if self._secrets is not None:
+            line = self._secrets.sub(REDACTED, line)
+        line = _CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", line)
+        return _SIGNATURE.sub(lambda m: m.group(1) + REDACTED, line)
+
+    def processor(self, logger: Any, method: str, rendered: Any) -> Any:
+        """structlog processor, placed after the renderer: redacts the rendered line."""
+        return self(rendered) if isinstance(rendered, str) else rendered
+
+
+def _peer(args: object) -> str | None:
+    """The peer address aiohttp passes as its message argument, if it is one (never free text)."""
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        try:
+            return str(ipaddress.ip_address(args[0]))
+        except ValueError:
+            return None
+    return None
+
+
+class ForeignRecords:
+    """structlog `foreign_pre_chain` processor for stdlib records (aiohttp, asyncio, redis, …)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redact = redactor
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        record = event_dict.get("_record")
+        name = getattr(record, "name", "") or ""
+        args = event_dict.pop("positional_args", None)
+        exc_info = event_dict.pop("exc_info", None)
+        event_dict.pop("stack_info", None)
+        exc = exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) == 3 else None
+        event_dict["logger"] = name
+        if name == "aiohttp" or name.startswith("aiohttp."):
+            # "Error handling request from %s" with a BadStatusLine quoting the line, "Can not load
+            # cookies: Illegal cookie name %r", ...: the text is the leak, so none of it is kept.
+            message = str(getattr(record, "msg", ""))
+            protocol = message.startswith("Error handling request")
+            event_dict["event"] = "http_protocol_error" if protocol else "http_library_message"
+            if protocol and (peer := _peer(args)):
+                event_dict["peer"] = peer
+            if exc is not None:
+                event_dict["error"] = type(exc).__name__
+            return event_dict
+        event_dict["event"] = mask_digit_runs(self._redact(str(event_dict.get("event", ""))))
+        if exc is not None:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            event_dict["exception"] = mask_digit_runs(self._redact(text))
+        return event_dict
