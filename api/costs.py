@@ -8,6 +8,7 @@ telephony cost is one, is an entry of its own marked `"estimated": true`.
 """
 
 import math
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -29,6 +30,11 @@ def _money(nano: int | None) -> orjson.Fragment | None:
     return None if nano is None else orjson.Fragment(format_nano(nano).encode())
 
 
+def _decimal(text: str | None) -> orjson.Fragment | None:
+    """Decimal text (a usage amount, a unit cost) as an exact JSON number."""
+    return None if text is None else orjson.Fragment(format(Decimal(text), "f").encode())
+
+
 def cost_entries(events: list[CallEvent], state: CallState, record: dict[str, Any],
                  settings: Settings) -> list[dict[str, Any]]:
     """One entry per counted charge, oldest first; then the estimate, if the record uses one."""
@@ -44,10 +50,13 @@ def cost_entries(events: list[CallEvent], state: CallState, record: dict[str, An
             if original.currency != settings.currency:
                 metadata["original_currency"] = original.currency
                 metadata["original_amount"] = _money(original.amount_nano)
+            if original.price_entry is not None:  # priced from usage (SPEC §11): the entry it was priced by
+                metadata["price_entry"] = original.price_entry.model_dump()
             entries.append({
                 "id": f"{event.key}#{n}", "service_type": component,
-                "provider": None if event.source == "platform" else event.source,
-                "model": None, "usage_type": None, "usage_amount": None, "unit_cost": None,
+                "provider": original.provider or (None if event.source == "platform" else event.source),
+                "model": original.model, "usage_type": original.usage_type,
+                "usage_amount": _decimal(original.usage_amount), "unit_cost": _decimal(original.unit_cost),
                 "total_cost": _money(amount), "timestamp": event.occurred_at, "metadata": metadata,
             })
     if "telephony" not in state.costs and record["telephony_cost"] is not None:

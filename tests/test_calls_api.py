@@ -438,3 +438,25 @@ async def test_analytics_per_assistant_over_whole_weeks_and_edge_days(api: Any, 
         [row] = body["calls_by_assistant"]
         assert (row["assistant_id"], row["assistant_name"], row["calls"]) == (9, "Weekly", expected), period
         assert (row["duration"], row["cost"]) == (10 * expected, expected), period
+
+
+async def test_costs_show_each_priced_usage_line_with_its_unit_cost_and_price_entry(
+        aiohttp_client: Any, store: Store, tmp_path: Any) -> None:
+    from tests.conftest import post_platform
+    from tests.test_pricing_worker import price, usage_payload, write_prices
+
+    settings = make_settings(api_tokens=TOKENS, pricing_file=write_prices(
+        tmp_path / "p.yaml", price("0.15"), price("0.60", usage_type="output_tokens")))
+    client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+    payload = usage_payload(usage=[{"usage_type": "input_tokens", "usage_amount": 8200},
+                                   {"usage_type": "output_tokens", "usage_amount": "150"}])
+    assert (await post_platform(client, payload, "turn-1")).status == 200
+    await Consumer(store, settings, Metrics()).run_burst()
+    sid = payload["call_sid"]
+    body = await get(client, f"/api/v1/calls/sid/{sid}/costs")
+    lines = [(e["provider"], e["model"], e["usage_type"], e["usage_amount"], e["unit_cost"], e["total_cost"])
+             for e in body["detailed_entries"]]
+    assert lines == [("openai", "gpt-4o-mini", "input_tokens", 8200, 0.00015, 1.23),
+                     ("openai", "gpt-4o-mini", "output_tokens", 150, 0.0006, 0.09)]
+    assert body["detailed_entries"][0]["metadata"]["price_entry"]["usage_type"] == "input_tokens"
+    assert body["call_summary"]["llm_cost"] == 1.32
