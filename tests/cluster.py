@@ -1,0 +1,111 @@
+"""A real Redis Cluster for tests: masters (and replicas) started from redis-server
+--cluster-enabled yes and joined with redis-cli --cluster create, on ports below the
+ephemeral range whose bus ports (+10000) are free too."""
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from tests.conftest import free_port
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) exists and is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port pair for a cluster node")
+
+
+class Cluster:
+    """`masters` masters with `replicas` replicas each; nodes can be SIGKILLed and restarted."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+        self.dir = directory
+        self.ports = [cluster_port() for _ in range(masters * (1 + replicas))]
+        self.masters, self.replicas = masters, replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: what LEDGER_REDIS_URL may hold."""
+        return ",".join(f"redis://127.0.0.1:{port}" for port in self.ports)
+
+    def start_node(self, port: int) -> None:
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", f"node-{port}.log",
+             # A replica that never finished its first sync may not take over: sync at once.
+             "--repl-diskless-sync-delay", "0"],
+            stdout=subprocess.DEVNULL, cwd=self.dir)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(host="127.0.0.1", port=port).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def start(self) -> "Cluster":
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every live node says the cluster is ok and sees every master with its replicas."""
+        deadline = time.monotonic() + timeout
+        while not all(self._ok(port) for port in self.procs):
+            assert time.monotonic() < deadline, "cluster did not become ok"
+            time.sleep(0.1)
+
+    def _ok(self, port: int) -> bool:
+        try:
+            client = redis.Redis(host="127.0.0.1", port=port)
+            if client.cluster("info").get("cluster_state") != "ok":
+                return False
+            nodes = client.cluster("nodes")
+            healthy_masters = [n for n in nodes.values() if "master" in n["flags"] and "fail" not in n["flags"]]
+            replication = client.info("replication")
+            synced = replication["role"] == "master" or replication.get("master_link_status") == "up"
+            return len(healthy_masters) == self.masters and synced
+        except redis.RedisError:
+            return False
+
+    def master_of(self, key: str) -> int:
+        slot = redis.Redis(host="127.0.0.1", port=next(iter(self.procs))).cluster("keyslot", key)
+        for port in self.procs:
+            try:
+                info = redis.Redis(host="127.0.0.1", port=port).cluster("slots")
+            except redis.RedisError:
+                continue
+            for start, end, master, *_ in info:
+                if start <= slot <= end:
+                    return int(master[1])
+        raise AssertionError(f"no master for {key}")
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for port in list(self.procs):
+            self.kill(port)
