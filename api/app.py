@@ -1,8 +1,12 @@
-"""The read API's routes: call lookup by SID and its events."""
+"""The read API's routes: one call by SID (and its events and costs), and the calls API of
+SPEC §9 (lists, counts, stats, analytics, search, export, one call by id)."""
 
 import structlog
 from aiohttp import web
 
+from api.aggregates import call_analytics, call_stats
+from api.calls import count_calls, export_calls, get_call_by_id, list_calls, search_calls
+from api.costs import costs_by_id, costs_by_sid
 from api.views import get_call, get_call_events
 from ledger.settings import Settings
 
@@ -15,4 +19,15 @@ def add_read_api(app: web.Application, settings: Settings) -> None:
     # Any characters (line feeds included) rather than the default segment pattern: a SID with
     # an encoded slash or newline, or an empty one, still reaches the handler and gets a JSON 404.
     app.router.add_get(r"/api/v1/calls/sid/{call_sid:[\s\S]+}/events", get_call_events)
+    app.router.add_get(r"/api/v1/calls/sid/{call_sid:[\s\S]+}/costs", costs_by_sid)
     app.router.add_get(r"/api/v1/calls/sid/{call_sid:[\s\S]*}", get_call)
+    app.router.add_get("/api/v1/calls", list_calls)
+    # The fixed names before /{id}: aiohttp matches routes in the order they were added.
+    app.router.add_get("/api/v1/calls/count", count_calls)
+    app.router.add_get("/api/v1/calls/stats", call_stats)
+    app.router.add_get("/api/v1/calls/analytics", call_analytics)
+    app.router.add_get("/api/v1/calls/search", search_calls)
+    app.router.add_get("/api/v1/calls/export", export_calls)
+    # Any segment, so that a non-integer id gets the same JSON 404 as an unknown one.
+    app.router.add_get("/api/v1/calls/{id}/costs", costs_by_id)
+    app.router.add_get("/api/v1/calls/{id}", get_call_by_id)

@@ -1,17 +1,27 @@
 """Bearer tokens for the read API: compared as SHA-256 digests, in constant time.
 
 Configured tokens are hashed when settings are built (`sha256:<hex>` entries are
-digests already), so no plain token is kept in memory longer than that.
+digests already), so no plain token is kept in memory longer than that. A token may
+be scoped to one organization (SPEC §10): `check_bearer` returns that scope, and every
+read route shows a scoped caller only its organization's calls.
 """
 
 import hashlib
 import hmac
 
 from ledger.errors import Unauthorized
+from ledger.rules import CallState
+from ledger.settings import ApiToken
+
+# Sentinel for "no token matched" that no organization id can equal.
+_NO_MATCH = -1
 
 
-def check_bearer(header: str | None, digests: tuple[bytes, ...]) -> None:
-    """Raise Unauthorized unless `header` is `Bearer <token>` with a configured token."""
+def check_bearer(header: str | None, tokens: tuple[ApiToken, ...]) -> int | None:
+    """The caller's scope: its organization id, or None for an unscoped token (every call).
+
+    Raises Unauthorized unless `header` is `Bearer <token>` with a configured token.
+    """
     if not header:
         raise Unauthorized("missing Authorization: Bearer <token> header")
     scheme, _, token = header.strip().partition(" ")
@@ -19,8 +29,19 @@ def check_bearer(header: str | None, digests: tuple[bytes, ...]) -> None:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("expected Authorization: Bearer <token>")
     presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-    matched = False
-    for digest in digests:  # no early exit: the time taken says nothing about which token
-        matched |= hmac.compare_digest(presented, digest)
-    if not matched:
+    scope: int | None = _NO_MATCH
+    for configured in tokens:  # no early exit: the time taken says nothing about which token
+        if hmac.compare_digest(presented, configured.digest) and scope == _NO_MATCH:
+            scope = configured.organization_id
+    if scope == _NO_MATCH:
         raise Unauthorized("invalid token")
+    return scope
+
+
+def may_see(state: CallState, scope: int | None) -> bool:
+    """Whether a caller of this scope may see the call (SPEC §10): an unscoped token every
+    call; a scoped one only its organization's (a call with no organization yet is not)."""
+    if scope is None:
+        return True
+    organization = state.registers.get("organization_id")
+    return organization is not None and organization[3] == scope

@@ -6,7 +6,7 @@ import binascii
 import orjson
 from aiohttp import web
 
-from api.auth import check_bearer
+from api.auth import check_bearer, may_see
 from ledger.errors import InvalidQuery, NotFound
 from ledger.events import MAX_CALL_SID
 from ledger.rules import record_json, render_record
@@ -16,18 +16,19 @@ EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 1000
 
 
-def _call_sid(request: web.Request) -> str:
-    check_bearer(request.headers.get("Authorization"), request.app[SETTINGS].api_tokens)
+def call_sid_and_scope(request: web.Request) -> tuple[str, int | None]:
+    """The path's SID and the caller's scope (401 without a valid token, 404 for an impossible SID)."""
+    scope = check_bearer(request.headers.get("Authorization"), request.app[SETTINGS].api_tokens)
     call_sid = request.match_info.get("call_sid", "")
     if not call_sid or len(call_sid) > MAX_CALL_SID:  # intake refuses longer ids: no such call
         raise NotFound("no call with this SID")
-    return call_sid
+    return call_sid, scope
 
 
 async def get_call(request: web.Request) -> web.Response:
-    call_sid = _call_sid(request)
+    call_sid, scope = call_sid_and_scope(request)
     found = await request.app[STORE].get_call(call_sid)
-    if found is None:
+    if found is None or not may_see(found[1], scope):  # another tenant's call is an unknown one
         raise NotFound("no call with this SID")
     record_id, state = found
     record = render_record(call_sid, record_id, state, request.app[SETTINGS])
@@ -62,9 +63,13 @@ def decode_cursor(cursor: str, parameter: str = "after") -> str:
 
 async def get_call_events(request: web.Request) -> web.Response:
     """One page of the call's applied events, oldest first: `limit`, `after` = the last `next`."""
-    call_sid = _call_sid(request)
+    call_sid, scope = call_sid_and_scope(request)
     limit = page_limit(request, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX)
     after = request.query.get("after")
+    if scope is not None:
+        found = await request.app[STORE].get_call(call_sid)
+        if found is None or not may_see(found[1], scope):
+            raise NotFound("no call with this SID")
     page = await request.app[STORE].events_page(call_sid, decode_cursor(after) if after else "", limit)
     if page is None:
         raise NotFound("no call with this SID")

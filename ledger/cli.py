@@ -1,4 +1,4 @@
-"""`call-ledger serve | worker | api | dlq list | dlq replay | pricing check FILE`.
+"""`call-ledger serve | worker | api | dlq list | dlq replay | pricing check FILE | reindex`.
 
 Settings are built once here; a bad value stops start-up with one line naming the
 variable, never a traceback.
@@ -87,6 +87,22 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
         await store.close()
 
 
+async def _reindex(settings: Settings) -> int:
+    from ledger.reindex import reindex
+    from ledger.store import Store
+
+    if settings.redis_url is None:
+        print("call-ledger: reindex needs LEDGER_REDIS_URL", file=sys.stderr)
+        return 2
+    store = Store.from_settings(settings)
+    try:
+        seen, written = await reindex(store, settings)
+        print(f"{seen} call(s) indexed, {written} entr(y/ies) written", file=sys.stderr)
+        return 0
+    finally:
+        await store.close()
+
+
 def _dlq_line(row: dict[str, Any]) -> str:
     event = row.get("event") or {}
     return (f"{row['id']}  source={event.get('source')} call_sid={event.get('call_sid')} "
@@ -110,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
     pricing_sub = pricing.add_subparsers(dest="pricing_command", required=True)
     check = pricing_sub.add_parser("check", help="validate a pricing file and print its table")
     check.add_argument("file", help="a YAML or JSON pricing file")
+    sub.add_parser("reindex", help="(re)build the calls API's indexes from the records (safe while running)")
     return p
 
 
@@ -138,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level, secrets=secret_values(settings))
     if args.command == "dlq":
         return asyncio.run(_dlq(args, settings))
+    if args.command == "reindex":
+        return asyncio.run(_reindex(settings))
     run_service(args.command, settings)  # argparse limits it to serve | worker | api
     return 0
 

@@ -119,6 +119,8 @@ class CallEvent(BaseModel):
 
     # Platform metadata (call.metadata); the platform's view of the numbers is taken as given.
     assistant_id: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    # The tenant (SPEC §10): a register like assistant_id; scoped API tokens see only theirs.
+    organization_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
     assistant_name: str | None = Field(default=None, max_length=MAX_TEXT)
     flow_name: str | None = Field(default=None, max_length=MAX_TEXT)
     to_phone_number: str | None = Field(default=None, max_length=MAX_TEXT)

@@ -6,6 +6,9 @@ the apps register appears here and that a real GET response matches CallResponse
 
 from typing import Any
 
+from ledger.openapi_calls import SCHEMAS as CALLS_SCHEMAS
+from ledger.openapi_calls import calls_paths
+
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 NULLABLE_DATETIME = {"type": ["string", "null"], "format": "date-time"}
@@ -87,6 +90,7 @@ CALL_EVENT = {
         "usage": {"type": "array", "description": "usage lines reported beside a cost (not priced)",
                   "items": {"type": "object"}},
         "assistant_id": {"type": ["integer", "null"]},
+        "organization_id": {"type": ["integer", "null"], "minimum": 1},
         "assistant_name": NULLABLE_STRING,
         "flow_name": NULLABLE_STRING,
         "to_phone_number": NULLABLE_STRING,
@@ -199,6 +203,7 @@ def openapi_document() -> dict[str, Any]:
         "/metrics": _probe("Prometheus metrics", "Prometheus text format", "text/plain"),
         "/openapi.json": _probe("This document", "OpenAPI 3.1 document"),
     }
+    paths.update(calls_paths())
     for name in WEBHOOKS:
         summary, media, methods = WEBHOOKS[name]
         paths[f"/webhooks/{name}"] = _webhook_path(name, summary, media, methods)
@@ -208,7 +213,7 @@ def openapi_document() -> dict[str, Any]:
                  "description": "Exact per-call records and costs from telephony and platform webhooks."},
         "paths": paths,
         "components": {
-            "schemas": {"CallResponse": CALL_RESPONSE, "CallEvent": CALL_EVENT, "Error": ERROR},
+            "schemas": {"CallResponse": CALL_RESPONSE, "CallEvent": CALL_EVENT, "Error": ERROR, **CALLS_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

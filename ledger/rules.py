@@ -41,6 +41,7 @@ REGISTERS = (
     "from_number",
     "to_number",
     "assistant_id",
+    "organization_id",
     "assistant_name",
     "flow_name",
     "to_phone_number",
@@ -71,6 +72,8 @@ class CallState:
     started: list[Any] | None = None
     answered: list[Any] | None = None
     duration: int | None = None  # the largest connected duration reported
+    # min occurred_us over every event: the list time of a call with no status event (SPEC §9)
+    first_seen: int | None = None
     costs: dict[str, int] = field(default_factory=dict)  # component -> nano-units, ledger currency
     # The call's telephony provider: the source of the first provider event applied (SPEC §8:
     # a call has one; another provider's events are refused).
@@ -82,7 +85,8 @@ class CallState:
     meta: dict[str, list[Any]] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set, compare=False, repr=False)
 
-    CORE = ("status", "started", "answered", "duration", "costs", "provider", "meta_keys", "meta_bytes")
+    CORE = ("status", "started", "answered", "duration", "first_seen", "costs", "provider", "meta_keys",
+            "meta_bytes")
 
     def core_json(self) -> bytes:
         return orjson.dumps({name: getattr(self, name) for name in self.CORE})
@@ -197,6 +201,8 @@ def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
         state.duration = event.duration
     for component, amount in costs:
         state.costs[component] = state.costs.get(component, 0) + amount
+    if state.first_seen is None or us < state.first_seen:
+        state.first_seen = us
 
     if event.source != "platform" and state.provider is None:
         state.provider = event.source

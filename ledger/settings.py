@@ -10,7 +10,7 @@ import secrets
 import socket
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field, InstanceOf, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,6 +34,36 @@ def _split(value: object) -> list[str]:
     raise ValueError("expected a comma-separated list")
 
 
+class ApiToken(NamedTuple):
+    """One configured read-API token: its SHA-256 digest, and the organization it is
+    scoped to (None: an unscoped token, which sees every call)."""
+
+    digest: bytes
+    organization_id: int | None = None
+
+
+def _api_token(entry: str) -> ApiToken:
+    """`<token>`, `sha256:<hex>`, or either after `<organization_id>=` (digits before the first `=`)."""
+    scope: int | None = None
+    head, sep, rest = entry.partition("=")
+    if sep and head.strip().isdigit():
+        scope = int(head.strip())
+        if not 1 <= scope < 2**63:
+            raise ValueError("a scoped token's organization id must be a positive integer")
+        entry = rest.strip()
+        if not entry:
+            raise ValueError("a scoped entry needs a token after <organization_id>=")
+    if entry.startswith("sha256:"):
+        try:
+            raw = bytes.fromhex(entry.removeprefix("sha256:").strip().lower())
+        except ValueError:
+            raise ValueError("a sha256: entry must be 64 hex digits") from None
+        if len(raw) != 32:
+            raise ValueError("a sha256: entry must be 64 hex digits")
+        return ApiToken(raw, scope)
+    return ApiToken(hashlib.sha256(entry.encode()).digest(), scope)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True)
 
@@ -43,8 +73,9 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     key_prefix: str = Field(default="cl", pattern=r"^[A-Za-z0-9_.-]+$")
 
-    # Read API bearer tokens, stored only as SHA-256 digests: `sha256:<hex>` or a plain token.
-    api_tokens: Annotated[tuple[bytes, ...], NoDecode] = ()
+    # Read API bearer tokens, stored only as SHA-256 digests: `sha256:<hex>` or a plain token,
+    # each optionally scoped to one organization as `<organization_id>=<entry>` (SPEC §10).
+    api_tokens: Annotated[tuple[ApiToken, ...], NoDecode] = ()
 
     # External base URL that URL-signed providers (Twilio, Plivo) called; required when either is
     # configured (checked where intake builds them: the api role does not need it).
@@ -111,23 +142,10 @@ class Settings(BaseSettings):
 
     @field_validator("api_tokens", mode="before")
     @classmethod
-    def _tokens(cls, value: object) -> tuple[bytes, ...]:
-        digests = []
-        for entry in _split(value):
-            if isinstance(entry, bytes):
-                digests.append(entry)
-            elif entry.startswith("sha256:"):
-                hex_digest = entry.removeprefix("sha256:").strip().lower()
-                try:
-                    raw = bytes.fromhex(hex_digest)
-                except ValueError:
-                    raise ValueError("a sha256: entry must be 64 hex digits") from None
-                if len(raw) != 32:
-                    raise ValueError("a sha256: entry must be 64 hex digits")
-                digests.append(raw)
-            else:
-                digests.append(hashlib.sha256(entry.encode()).digest())
-        return tuple(digests)
+    def _tokens(cls, value: object) -> tuple[ApiToken, ...]:
+        if isinstance(value, tuple | list) and all(isinstance(t, ApiToken) for t in value):
+            return tuple(value)
+        return tuple(_api_token(entry) for entry in _split(value))
 
     @field_validator("currency", "vonage_currency", "plivo_currency", mode="before")
     @classmethod

@@ -39,6 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ledger.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
+from ledger.index_store import IndexStore
 from ledger.rules import CallState
 from ledger.settings import Settings
 from ledger.stream_store import GROUP, Entry, StreamStore, _text, entry_order
@@ -139,6 +140,8 @@ class Store(StreamStore):
         self._layout_key = f"{prefix}:layout"
         self._journal_prefix = f"{prefix}:journal:"
         self._order_prefix = f"{prefix}:order:"
+        # The calls API's index shards (their own module: they span calls, not one call's slot).
+        self.indexes = IndexStore(redis, prefix)
         self._commit = redis.register_script(COMMIT_LUA)
         self._events_page = redis.register_script(EVENTS_PAGE_LUA)
 
@@ -257,6 +260,19 @@ class Store(StreamStore):
         if record_id is None or core is None:
             return None
         return int(record_id), CallState.from_fields(core, {_text(k): v for k, v in fields.items()})
+
+    @unavailable_on_error
+    async def get_calls(self, call_sids: list[str]) -> list[tuple[int, CallState] | None]:
+        """`get_call` for many calls in one round trip (a list page)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in call_sids:
+            pipe.hgetall(self.call_key(sid))
+        out: list[tuple[int, CallState] | None] = []
+        for fields in await pipe.execute():
+            record_id, core = fields.get(b"id"), fields.get(b"s")
+            out.append(None if record_id is None or core is None else (
+                int(record_id), CallState.from_fields(core, {_text(k): v for k, v in fields.items()})))
+        return out
 
     @unavailable_on_error
     async def events_page(self, call_sid: str, after: str, limit: int) -> tuple[list[bytes], str | None] | None:

@@ -90,8 +90,8 @@ def test_usage_event_is_normalised_with_exact_amount() -> None:
         # The cost counts; the usage beside it is kept on the Cost as information (SPEC §11).
         "costs": ({"component": "llm", "amount_nano": 12_300_000, "currency": "USD", "provider": "openai",
                    "model": "gpt-4o-mini", "usage_type": "tokens", "usage_amount": "8200"},),
-        "assistant_id": None, "assistant_name": None, "flow_name": None, "to_phone_number": None,
-        "customer_phone_number": None, "call_meta": None,
+        "assistant_id": None, "organization_id": None, "assistant_name": None, "flow_name": None,
+        "to_phone_number": None, "customer_phone_number": None, "call_meta": None,
     }
 
 
@@ -111,6 +111,8 @@ def test_metadata_event_keeps_every_field() -> None:
     event = SOURCE.parse(request(payload))
     assert event is not None
     assert (event.assistant_id, event.assistant_name, event.flow_name) == (12, "ServiceBot", "Support")
+    with_org = SOURCE.parse(request({"type": "call.metadata", "call_sid": "CA1", "data": {"organization_id": 42}}))
+    assert with_org is not None and with_org.organization_id == 42
     assert (event.to_phone_number, event.customer_phone_number) == ("+15551234567", "+15559876543")
     assert event.direction == "inbound" and event.occurred_at == "2026-11-24T10:00:00.5Z"
     assert event.call_meta == {"customer_id": "cust_abc123", "score": 1.5}
@@ -150,6 +152,9 @@ def test_unparsable_body_is_malformed(raw: bytes) -> None:
     ({"type": "call.metadata", "call_sid": "CA1", "occurred_at": "yesterday", "data": {}}, "occurred_at"),
     ({"type": "call.metadata", "call_sid": "CA1", "data": {"assistant_id": "twelve"}}, "assistant_id"),
     ({"type": "call.metadata", "call_sid": "CA1", "data": {"direction": "sideways"}}, "direction"),
+    ({"type": "call.metadata", "call_sid": "CA1", "data": {"organization_id": 0}}, "organization_id"),
+    ({"type": "call.metadata", "call_sid": "CA1", "data": {"organization_id": "7"}}, "organization_id"),
+    ({"type": "call.metadata", "call_sid": "CA1", "data": {"organization_id": 1.5}}, "organization_id"),
 ])
 def test_events_that_lack_what_a_call_event_needs_are_invalid(payload: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidEvent, match=message):

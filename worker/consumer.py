@@ -17,9 +17,13 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
+from redis.exceptions import ResponseError
 
 from ledger.events import CallEvent
+from ledger.index_store import IndexStore
+from ledger.indexes import INDEX_FIELDS, index_entry, shard_of
 from ledger.metrics import Metrics
+from ledger.rules import CallState
 from ledger.settings import Settings
 from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
 from worker.apply import CallPlan, KnownCalls, plan_call, wanted_fields
@@ -41,6 +45,7 @@ class Consumer:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self.indexes = IndexStore(store.redis, store.prefix)
         self.name = settings.consumer_name
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -152,6 +157,9 @@ class Consumer:
 
     async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
         outcomes: dict[tuple[str, str], tuple[str, str | None]] = {}  # entry ref -> (outcome, reason)
+        # Per call: (record id, version, state) as committed, or as found when every event of the
+        # call was a duplicate or failed (re-indexing it repairs an index update a dead worker missed).
+        committed: dict[str, tuple[int, int, CallState]] = {}
         remaining = by_call
         for _attempt in range(COMMIT_ATTEMPTS):
             loaded = await self._load(remaining)
@@ -163,17 +171,36 @@ class Consumer:
             # a call with refusals is committed too, even with nothing new, so that the version
             # check confirms the refusal against Redis; on a conflict it is judged again.
             to_write = {sid: plan for sid, plan in plans.items() if plan.new_events or plan.refused}
-            conflicts = await self._commit(loaded, to_write)
+            for sid, plan in plans.items():
+                record_id = loaded[sid].record_id
+                if sid not in to_write and record_id is not None:
+                    committed[sid] = (record_id, loaded[sid].version, plan.state)
+            conflicts, written = await self._commit(loaded, to_write)
             for sid, plan in to_write.items():
                 if sid not in conflicts:
                     outcomes.update((entry.ref, ("applied", None)) for entry, _ in plan.applied)
                     outcomes.update((entry.ref, ("refused", reason)) for entry, _, reason in plan.refused)
+                    committed[sid] = (written[sid].record_id, written[sid].new_version, plan.state)
             if not conflicts:
                 break
             # Re-plan only the new and refused events of contended calls; duplicates/failures are settled.
             remaining = {sid: to_write[sid].applied + [(e, ev) for e, ev, _ in to_write[sid].refused]
                          for sid in conflicts}
+        # Before the acknowledgement: if this fails, the entries stay pending and their
+        # redelivery (as duplicates) indexes the calls again.
+        await self._index(committed)
         await self._settle(by_call, outcomes)
+
+    async def _index(self, committed: dict[str, tuple[int, int, CallState]]) -> None:
+        """Bring each call's index entry up to the version just committed (SPEC §9)."""
+        entries = [(shard_of(sid), index_entry(sid, record_id, state, self.settings), version)
+                   for sid, (record_id, version, state) in committed.items()]
+        try:
+            await self.indexes.update(entries)
+        except ResponseError as exc:
+            # A script error no retry can fix must not hold the batch up forever: the record is
+            # committed; its entry stays at the previous version until the call's next commit.
+            log.error("index_update_failed", calls=len(entries), error=str(exc))
 
     async def _settle(self, by_call: dict[str, list[tuple[Entry, CallEvent]]],
                       outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
@@ -214,6 +241,8 @@ class Consumer:
         missing: dict[str, tuple[list[str], list[str]]] = {}
         for sid, items in calls.items():
             keys, fields = wanted_fields(items)
+            # The registers the call's index entry is derived from, whatever the events touch.
+            fields = list(dict.fromkeys([*fields, *INDEX_FIELDS]))
             known = self.known.get(sid, fields)
             if known is None:
                 missing[sid] = (keys, fields)
@@ -223,9 +252,11 @@ class Consumer:
             loaded.update(await self.store.load_calls(missing))
         return loaded
 
-    async def _commit(self, loaded: dict[str, LoadedCall], plans: dict[str, CallPlan]) -> set[str]:
+    async def _commit(self, loaded: dict[str, LoadedCall],
+                      plans: dict[str, CallPlan]) -> tuple[set[str], dict[str, CommitWrite]]:
+        """Commit each call's plan; (calls that conflicted, what was written per call)."""
         if not plans:
-            return set()
+            return set(), {}
         new_calls = [sid for sid in plans if loaded[sid].record_id is None]
         ids = {}
         if new_calls:
@@ -252,7 +283,7 @@ class Consumer:
             else:  # someone else wrote the call, or our picture of it was stale: re-read it
                 self.known.forget(write.call_sid)
                 conflicts.add(write.call_sid)
-        return conflicts
+        return conflicts, {w.call_sid: w for w in writes}
 
     async def _settle_failures(
         self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[tuple[str, str], str]

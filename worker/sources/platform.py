@@ -162,6 +162,12 @@ class PlatformSource:
             if isinstance(assistant_id, bool) or not isinstance(assistant_id, int) or assistant_id < 0:
                 raise InvalidEvent("data.assistant_id must be a non-negative integer")
             fields["assistant_id"] = assistant_id
+        organization_id = data.get("organization_id")
+        if organization_id is not None:
+            if (isinstance(organization_id, bool) or not isinstance(organization_id, int)
+                    or not 1 <= organization_id < 2**63):
+                raise InvalidEvent("data.organization_id must be a positive integer")
+            fields["organization_id"] = organization_id
         for name in ("assistant_name", "flow_name", "to_phone_number", "customer_phone_number"):
             fields[name] = _text(data, name)
         direction = _text(data, "direction")

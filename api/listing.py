@@ -1,0 +1,160 @@
+"""Reading lists of calls through the indexes: pages, counts, search, export (SPEC §9).
+
+The index says which calls and in what order; the records themselves are read from the
+calls' own hashes and rendered as `GET /sid/{sid}` renders them, so a listed record is
+never older than its lookup. A record whose organization no longer matches the caller's
+scope (its index entry lagging a commit) is left out, never shown to the wrong tenant.
+"""
+
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from api.auth import may_see
+from api.query import CallFilter
+from ledger.errors import InvalidQuery
+from ledger.index_store import IndexStore, Item, bound
+from ledger.indexes import SHARDS, encode_cursor, list_key, scope_name
+from ledger.rules import render_record
+from ledger.settings import Settings
+from ledger.store import Store
+
+# List filters that are not indexed (substrings, durations) are checked on each indexed
+# candidate; a request examines at most this many, else it is refused (422) with a hint to
+# narrow it by status, assistant_id or dates. Within the bound `total` stays exact.
+SCAN_LIMIT = 10_000
+# Search looks at most at this many of the scope's most recent calls.
+SEARCH_SCAN = 10_000
+# Records rendered per round trip when streaming an export.
+EXPORT_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[dict[str, Any]]
+    total: int
+    next_cursor: str | None
+
+
+def _range(f: CallFilter) -> tuple[str, str]:
+    return bound(f.date_from_us, "-inf"), bound(f.date_to_us, "+inf")
+
+
+def _suffix(f: CallFilter, scope: int | None) -> str:
+    return list_key(scope_name(scope), f.status, f.assistant_id)
+
+
+def _empty_range(f: CallFilter) -> bool:
+    return f.date_from_us is not None and f.date_to_us is not None and f.date_from_us > f.date_to_us
+
+
+async def render_items(store: Store, settings: Settings, items: list[Item], scope: int | None) -> list[dict[str, Any]]:
+    """The records of these index items, in order; those not (or no longer) the caller's left out."""
+    found = await store.get_calls([item.payload["sid"] for item in items])
+    records = []
+    for item, call in zip(items, found, strict=True):
+        if call is None:
+            continue
+        record_id, state = call
+        if not may_see(state, scope):
+            continue
+        records.append(render_record(item.payload["sid"], record_id, state, settings))
+    return records
+
+
+async def count(indexes: IndexStore, f: CallFilter, scope: int | None) -> int:
+    if _empty_range(f):
+        return 0
+    suffix = _suffix(f, scope)
+    lo, hi = _range(f)
+    candidates = await indexes.count(suffix, lo, hi)
+    if not f.scanned():
+        return candidates
+    _check_scan(f, candidates)
+    return len(await _scan(indexes, f, suffix, lo, hi))
+
+
+def _check_scan(f: CallFilter, candidates: int) -> None:
+    if candidates > SCAN_LIMIT:
+        raise InvalidQuery(f"{f.scanned()[0]} is checked call by call and {candidates} calls match the other "
+                           f"filters (at most {SCAN_LIMIT}): narrow them with status, assistant_id or a date range")
+
+
+async def _scan(indexes: IndexStore, f: CallFilter, suffix: str, lo: str, hi: str) -> list[Item]:
+    async with aclosing(indexes.iterate(suffix, lo, hi, batch=1000)) as items:
+        return [item async for item in items if f.matches(item.payload)]
+
+
+async def page(store: Store, indexes: IndexStore, settings: Settings, f: CallFilter, scope: int | None,
+               skip: int, limit: int, cursor: tuple[str, str] | None) -> Page:
+    """One page of the list, newest first, with the total and the cursor to continue."""
+    if _empty_range(f):
+        return Page([], 0, None)
+    suffix = _suffix(f, scope)
+    lo, hi = _range(f)
+    total = await indexes.count(suffix, lo, hi)
+    items: list[Item] = []
+    if not f.scanned():
+        wanted = skip + limit + 1
+        # Calls spread evenly over the shards: twice a shard's share (and a little) is read
+        # at first, in one round trip; a shard that runs out is read on, so any page is exact.
+        first = min(wanted, 2 * (wanted // SHARDS) + 8)
+        async with aclosing(indexes.iterate(suffix, lo, hi, after=cursor, batch=min(wanted, 1000),
+                                            first=first)) as stream:
+            seen = 0
+            async for item in stream:
+                if seen >= skip:
+                    items.append(item)
+                    if len(items) > limit:
+                        break
+                seen += 1
+    else:
+        _check_scan(f, total)
+        matched = await _scan(indexes, f, suffix, lo, hi)
+        total = len(matched)
+        if cursor is not None:
+            after = (float(cursor[0]), int(cursor[1]))
+            matched = [item for item in matched if item.order < after]
+        items = matched[skip:skip + limit + 1]
+    more = len(items) > limit
+    items = items[:limit]
+    next_cursor = encode_cursor(items[-1].score_text, items[-1].member) if more and items else None
+    return Page(await render_items(store, settings, items, scope), total, next_cursor)
+
+
+async def search(store: Store, indexes: IndexStore, settings: Settings, q: str, limit: int,
+                 scope: int | None) -> list[dict[str, Any]]:
+    """Records whose SID, numbers or assistant name contain `q` (lower-cased), newest first,
+    among the scope's SEARCH_SCAN most recent calls."""
+    found: list[Item] = []
+    examined = 0
+    async with aclosing(indexes.iterate(list_key(scope_name(scope)), batch=500)) as stream:
+        async for item in stream:
+            p = item.payload
+            if any(isinstance(p.get(k), str) and q in p[k].lower() for k in ("sid", "cph", "tph", "an")):
+                found.append(item)
+                if len(found) >= limit:
+                    break
+            examined += 1
+            if examined >= SEARCH_SCAN:
+                break
+    return await render_items(store, settings, found, scope)
+
+
+async def export(store: Store, indexes: IndexStore, settings: Settings, f: CallFilter,
+                 scope: int | None) -> AsyncGenerator[list[dict[str, Any]], None]:
+    """Every matching record, newest first, EXPORT_BATCH at a time (memory stays flat)."""
+    if _empty_range(f):
+        return
+    lo, hi = _range(f)
+    batch: list[Item] = []
+    async with aclosing(indexes.iterate(_suffix(f, scope), lo, hi, batch=EXPORT_BATCH)) as stream:
+        async for item in stream:
+            if f.matches(item.payload):
+                batch.append(item)
+            if len(batch) >= EXPORT_BATCH:
+                yield await render_items(store, settings, batch, scope)
+                batch = []
+    if batch:
+        yield await render_items(store, settings, batch, scope)

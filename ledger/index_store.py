@@ -1,0 +1,217 @@
+"""The calls API's indexes in Redis: key names, the index script, and the reads (SPEC §9, §10).
+
+Layout (prefix `cl`), per index shard n in 0..15 (`ledger.indexes.SHARDS`); a call's entry
+lives in shard crc32(call_sid) % 16, and every key of a shard shares the hash tag `{n}`, so
+one script updates one call's entry atomically on a Redis Cluster too:
+
+    cl:ix:{n}:e                      hash: record id (16 digits) -> the call's entry: its payload
+                                     (what readers use), then [memberships, increments, score]
+    cl:ix:{n}:v                      hash: record id -> the call's version the entry is of
+    cl:ix:{n}:z:<scope>:<filter>     sorted set: record ids scored by list time (µs);
+                                     scope `*` (every call) or `o<org>`; filter '', s=<status>,
+                                     a=<assistant_id>, or s=<status>|a=<assistant_id>
+    cl:ix:{n}:t:<scope>              hash: the scope's totals (n, s:<status>, c, f, d, dn, cw, cf, cn)
+    cl:ix:{n}:d:<scope>:<YYYY-MM-DD> hash: the same per UTC day of list time
+    cl:ix:{n}:da:<scope>:<YYYY-MM-DD> hash: per assistant that day: a:<aid>:<field>, and
+                                     an:<aid>:<name> (calls carrying that name)
+    cl:ix:{n}:w:<scope>:<monday>     hash: the same per-assistant fields per ISO week
+
+Readers merge the shards: a list page is a k-way merge of each shard's next items, a count
+or a rollup a sum. Indexes are derived from committed records by the worker after each
+commit (and on each duplicate delivery, which repairs an update lost to a crash); they may
+lag a record briefly, never diverge.
+"""
+
+import heapq
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+import orjson
+from redis.asyncio.cluster import RedisCluster
+
+from ledger.indexes import SHARDS, IndexEntry, entry_payload, score
+
+INDEX_LUA = files("ledger").joinpath("index.lua").read_text()
+INDEX_PAGE_LUA = files("ledger").joinpath("index_page.lua").read_text()
+ROLLUP_DAYS_LUA = files("ledger").joinpath("rollup_days.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Item:
+    """One call in a list, as the index holds it."""
+
+    score_text: str  # the list time as Redis wrote it (for cursors)
+    member: str  # zero-padded record id
+    payload: dict[str, Any]  # IndexEntry.payload()
+
+    @property
+    def order(self) -> tuple[float, int]:
+        return float(self.score_text), int(self.member)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class IndexStore:
+    """The index shards above, for the worker (update) and the API (reads)."""
+
+    def __init__(self, redis: Any, prefix: str = "cl") -> None:
+        self.redis = redis
+        self._prefix = prefix
+        self._cluster = isinstance(redis, RedisCluster)
+        self._update = redis.register_script(INDEX_LUA)
+        self._page = redis.register_script(INDEX_PAGE_LUA)
+        self._rollup_days = redis.register_script(ROLLUP_DAYS_LUA)
+
+    def base(self, shard: int) -> str:
+        return f"{self._prefix}:ix:{{{shard}}}:"
+
+    def entries_key(self, shard: int) -> str:
+        return self.base(shard) + "e"
+
+    def versions_key(self, shard: int) -> str:
+        return self.base(shard) + "v"
+
+    async def _script(self, pipe: Any, source: str, script: Any, keys: list[str], args: list[Any]) -> None:
+        if self._cluster:  # a cluster pipeline cannot pre-load scripts on each node
+            pipe.eval(source, len(keys), *keys, *args)
+        else:
+            await script(keys=keys, args=args, client=pipe)
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    async def update(self, entries: list[tuple[int, IndexEntry, int]]) -> list[bool]:
+        """Apply (shard, entry, version) for each call; True where the shard took it (newer)."""
+        if not entries:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, entry, version in entries:
+            await self._script(pipe, INDEX_LUA, self._update, [self.entries_key(shard), self.versions_key(shard)],
+                               [self.base(shard), entry.member, version, str(entry.list_us), entry.encode()])
+        return [bool(int(r)) for r in await pipe.execute()]
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def count(self, suffix: str, lo: str, hi: str) -> int:
+        """Calls in the list `suffix` with list time in [lo, hi], over every shard."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zcount(self.base(shard) + suffix, lo, hi)
+        return sum(int(n) for n in await pipe.execute())
+
+    async def _pages(self, suffix: str, lo: str, hi: str, count: int,
+                     after: dict[int, tuple[str, str] | None]) -> dict[int, list[Item]]:
+        pipe = self.redis.pipeline(transaction=False)
+        shards = list(after)
+        for shard in shards:
+            cursor = after[shard]
+            await self._script(pipe, INDEX_PAGE_LUA, self._page,
+                               [self.base(shard) + suffix, self.entries_key(shard)],
+                               [hi, lo, count, *(cursor if cursor else ("", ""))])
+        pages: dict[int, list[Item]] = {}
+        for shard, reply in zip(shards, await pipe.execute(), strict=True):
+            items = []
+            for i in range(0, len(reply), 3):
+                raw = reply[i + 2]
+                if not raw:  # a member whose entry is being replaced: it will be back
+                    continue
+                items.append(Item(_text(reply[i + 1]), _text(reply[i]), orjson.loads(raw)))
+            pages[shard] = items
+            if len(reply) // 3 < count:
+                pages[shard].append(_END)
+        return pages
+
+    async def iterate(self, suffix: str, lo: str = "-inf", hi: str = "+inf",
+                      after: tuple[str, str] | None = None, batch: int = 200,
+                      first: int | None = None) -> AsyncGenerator[Item, None]:
+        """Every call of the list `suffix` within [lo, hi], newest first (ties: id descending),
+        after the cursor `after` = (score text, member): a k-way merge of the shards, reading
+        `first` items of each shard at once (all in one round trip), then `batch` at a time
+        from a shard that runs out, so memory stays bounded for any length."""
+        buffers = await self._pages(suffix, lo, hi, first or batch, dict.fromkeys(range(SHARDS), after))
+        heap: list[tuple[tuple[float, int], int]] = []
+        positions = dict.fromkeys(buffers, 0)
+        for shard, items in buffers.items():
+            if items and items[0] is not _END:
+                heap.append((_neg(items[0].order), shard))
+        heapq.heapify(heap)
+        while heap:
+            _, shard = heapq.heappop(heap)
+            items, at = buffers[shard], positions[shard]
+            item = items[at]
+            yield item
+            at += 1
+            if at == len(items):  # refill this shard from the item just given
+                refill = await self._pages(suffix, lo, hi, batch, {shard: (item.score_text, item.member)})
+                items, at = refill[shard], 0
+                buffers[shard] = items
+            positions[shard] = at
+            if at < len(items) and items[at] is not _END:
+                heapq.heappush(heap, (_neg(items[at].order), shard))
+
+    async def find(self, member: str) -> dict[str, Any] | None:
+        """The payload of the call with this record id (its shard is unknown: ask all)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.hget(self.entries_key(shard), member)
+        for raw in await pipe.execute():
+            if raw:
+                return entry_payload(raw)
+        return None
+
+    async def sum_hashes(self, suffixes: list[str]) -> dict[str, dict[str, int]]:
+        """Each rollup hash summed over the shards: suffix -> field -> total."""
+        pipe = self.redis.pipeline(transaction=False)
+        for suffix in suffixes:
+            for shard in range(SHARDS):
+                pipe.hgetall(self.base(shard) + suffix)
+        replies = await pipe.execute()
+        out: dict[str, dict[str, int]] = {}
+        for i, suffix in enumerate(suffixes):
+            summed: dict[str, int] = {}
+            for fields in replies[i * SHARDS:(i + 1) * SHARDS]:
+                for name, value in fields.items():
+                    key = _text(name)
+                    summed[key] = summed.get(key, 0) + int(value)
+            out[suffix] = summed
+        return out
+
+
+    async def sum_days(self, days: list[str],
+                       assistants: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        """Rollups over every shard for analytics: (day-total suffix -> that day's totals, the
+        fields of the `assistants` hashes summed), each shard adding up its hashes in one script."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            base = self.base(shard)
+            await self._script(pipe, ROLLUP_DAYS_LUA, self._rollup_days, [base + s for s in days + assistants],
+                               [len(days)])
+        totals: dict[str, dict[str, int]] = {suffix: {} for suffix in days}
+        summed: dict[str, int] = {}
+        for reply in await pipe.execute():
+            for suffix, flat in zip(days, reply, strict=False):
+                _add(totals[suffix], flat)
+            _add(summed, reply[len(days)])
+        return totals, summed
+
+
+def _add(into: dict[str, int], flat: list[Any]) -> None:
+    for i in range(0, len(flat), 2):
+        name = _text(flat[i])
+        into[name] = into.get(name, 0) + int(flat[i + 1])
+
+
+def _neg(order: tuple[float, int]) -> tuple[float, int]:
+    return -order[0], -order[1]
+
+
+# Marks a shard's page that ended before `count`: nothing more to read there.
+_END = Item("", "", {})
+
+
+def bound(us: int | None, default: str) -> str:
+    """A score bound for ZRANGEBYSCORE / ZCOUNT (inclusive)."""
+    return default if us is None else repr(score(us))

@@ -1,0 +1,235 @@
+"""The calls API's indexes, as pure data: what one call contributes to them (SPEC §9, §10).
+
+A call's index entry is derived from its committed state alone (`index_entry`), so any
+worker that sees the same version of a call derives the same entry. The entry names:
+
+- its **memberships**: the sorted sets it belongs to, scored by its list time, one per
+  combination of scope (every call, and its organization) x status x assistant, so that
+  every combination of those filters is one range read per shard;
+- its **increments**: what it adds to the rollups (per scope: calls by status, durations,
+  cost; per UTC day of its list time: the same, and per assistant), so stats and analytics
+  read small counters, never the calls.
+
+The index script (`ledger/index.lua`) removes the call's previous entry's memberships and
+increments and adds the new ones, so the rollups are exactly the sums over current entries.
+Nothing here does I/O.
+"""
+
+import base64
+import binascii
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from ledger.events import TERMINAL_STATUSES
+from ledger.money import NANO
+from ledger.rules import CallState, render_record
+from ledger.settings import Settings
+
+# Fixed: a call's shard is crc32(sid) % SHARDS, and changing it would move every entry.
+SHARDS = 16
+# Record ids as sorted-set members: fixed width, so equal scores order by id (desc in a
+# reverse range) and the member is also the entries-hash field. 2^53 - 1 has 16 digits.
+MEMBER_WIDTH = 16
+ALL = "*"  # the scope of every call (unscoped tokens)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def shard_of(call_sid: str) -> int:
+    return zlib.crc32(call_sid.encode("utf-8", "surrogateescape")) % SHARDS
+
+
+def member(record_id: int) -> str:
+    return f"{record_id:0{MEMBER_WIDTH}d}"
+
+
+def scope_name(organization_id: int | None) -> str:
+    return ALL if organization_id is None else f"o{organization_id}"
+
+
+def list_key(scope: str, status: str | None = None, assistant_id: int | None = None) -> str:
+    """The sorted set (suffix under a shard's base) of a scope's calls with this status/assistant."""
+    parts = []
+    if status is not None:
+        parts.append(f"s={status}")
+    if assistant_id is not None:
+        parts.append(f"a={assistant_id}")
+    return f"z:{scope}:{'|'.join(parts)}"
+
+
+def totals_key(scope: str) -> str:
+    return f"t:{scope}"
+
+
+def day_key(scope: str, day: str) -> str:
+    return f"d:{scope}:{day}"
+
+
+def day_assistants_key(scope: str, day: str) -> str:
+    """Per-assistant rollups of a day, apart from the day's totals: analytics reads them only
+    for the days of a period outside its whole weeks."""
+    return f"da:{scope}:{day}"
+
+
+def week_key(scope: str, monday: str) -> str:
+    """Per-assistant rollups per ISO week too: 90 days of analytics read 12 weeks and a few
+    days of them instead of 90 days (their size grows with the assistants, not the calls)."""
+    return f"w:{scope}:{monday}"
+
+
+def week_of(day: str) -> str:
+    """The Monday (YYYY-MM-DD) of a day's ISO week."""
+    date = datetime.strptime(day, "%Y-%m-%d").date()
+    return (date - timedelta(days=date.weekday())).isoformat()
+
+
+def day_of(us: int) -> str:
+    """The UTC date (YYYY-MM-DD) of an instant in microseconds."""
+    try:
+        return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%d")
+    except OverflowError:  # far outside any real call; one bucket for them
+        return "0001-01-01" if us < 0 else "9999-12-31"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One call as the indexes see it (at one version of its state)."""
+
+    call_sid: str
+    record_id: int
+    list_us: int  # started_at, else the earliest occurred_at of its events
+    organization_id: int | None
+    assistant_id: int
+    assistant_name: str | None
+    status: str
+    duration: int | None
+    total_cost: int | None  # nano-units, the rate-card estimate included (as the record shows it)
+    to_phone_number: str
+    customer_phone_number: str
+
+    @property
+    def member(self) -> str:
+        return member(self.record_id)
+
+    @property
+    def day(self) -> str:
+        return day_of(self.list_us)
+
+    def scopes(self) -> list[str]:
+        return [ALL] if self.organization_id is None else [ALL, scope_name(self.organization_id)]
+
+    def memberships(self) -> list[str]:
+        return [list_key(scope, status, assistant)
+                for scope in self.scopes()
+                for status in (None, self.status)
+                for assistant in (None, self.assistant_id)]
+
+    def increments(self) -> list[tuple[str, str, int]]:
+        """(key suffix, hash field, positive amount) this entry adds to the rollups."""
+        terminal = self.status in TERMINAL_STATUSES
+        common: list[tuple[str, int]] = [("n", 1), (f"s:{self.status}", 1)]
+        if self.status == "completed":
+            common.append(("c", 1))
+        elif terminal:
+            common.append(("f", 1))
+        if self.duration is not None:
+            common += [("d", self.duration), ("dn", 1)]
+        if self.total_cost is not None:
+            # Whole units and nano remainder apart: sums of nano-units could pass 2^63.
+            common += [("cw", self.total_cost // NANO), ("cf", self.total_cost % NANO), ("cn", 1)]
+        per_assistant: list[tuple[str, int]] = []
+        if self.assistant_id:
+            prefix = f"a:{self.assistant_id}:"
+            per_assistant = [(prefix + name, amount) for name, amount in common if name in (
+                "n", "d", "cw", "cf", "cn")]
+            if self.assistant_name is not None:
+                per_assistant.append((f"an:{self.assistant_id}:{self.assistant_name}", 1))
+        out: list[tuple[str, str, int]] = []
+        for scope in self.scopes():
+            out += [(totals_key(scope), name, amount) for name, amount in common]
+            out += [(day_key(scope, self.day), name, amount) for name, amount in common]
+            out += [(day_assistants_key(scope, self.day), name, amount) for name, amount in per_assistant]
+            out += [(week_key(scope, week_of(self.day)), name, amount) for name, amount in per_assistant]
+        return [item for item in out if item[2] != 0]
+
+    def payload(self) -> dict[str, Any]:
+        """What readers need of the entry without loading the call: filters and the SID."""
+        return {"sid": self.call_sid, "us": self.list_us, "org": self.organization_id,
+                "aid": self.assistant_id, "an": self.assistant_name, "st": self.status,
+                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number}
+
+    def encode(self) -> bytes:
+        """The stored entry: the payload JSON, a newline, then [memberships, {rollup key:
+        {field: amount}}, score] for the index script (every value a string: Lua numbers
+        print large integers with an exponent). Readers take the part before the newline
+        (JSON text never holds a raw one). The version is stored beside it."""
+        grouped: dict[str, dict[str, str]] = {}
+        for key, name, amount in self.increments():
+            grouped.setdefault(key, {})[name] = str(amount)
+        return orjson.dumps(self.payload()) + b"\n" + orjson.dumps(
+            [self.memberships(), grouped, str(self.list_us)])
+
+
+def entry_payload(stored: bytes) -> dict[str, Any]:
+    """The payload of a stored entry (see `IndexEntry.encode`)."""
+    payload: dict[str, Any] = orjson.loads(stored.partition(b"\n")[0])
+    return payload
+
+
+def list_us(state: CallState) -> int:
+    if state.started is not None:
+        return int(state.started[0])
+    return state.first_seen if state.first_seen is not None else 0
+
+
+def index_entry(call_sid: str, record_id: int, state: CallState, settings: Settings) -> IndexEntry:
+    """The call's entry, from its state as committed (`state` must hold the index registers)."""
+    record = render_record(call_sid, record_id, state, settings)
+    organization = state.registers.get("organization_id")
+    return IndexEntry(
+        call_sid=call_sid, record_id=record_id, list_us=list_us(state),
+        organization_id=organization[3] if organization else None,
+        assistant_id=record["assistant_id"], assistant_name=record["assistant_name"], status=record["status"],
+        duration=record["duration"], total_cost=record["total_cost"],
+        to_phone_number=record["to_phone_number"], customer_phone_number=record["customer_phone_number"],
+    )
+
+
+def score(us: int) -> float:
+    """A sorted-set score: exact for any instant within ±285 years of 1970 (2^53 µs)."""
+    return float(us)
+
+
+# The registers an entry is derived from: a worker loads them with every call it applies,
+# so that it can index a call whose events were all duplicates (the repair path).
+INDEX_FIELDS = tuple(f"r:{name}" for name in (
+    "organization_id", "assistant_id", "assistant_name", "to_phone_number", "customer_phone_number",
+    "direction", "from_number", "to_number"))
+
+
+# -- cursors --------------------------------------------------------------------------------
+
+def encode_cursor(score_text: str, member_text: str) -> str:
+    """An opaque cursor naming the last item of a page: its score (as Redis wrote it) and id."""
+    return base64.urlsafe_b64encode(f"{score_text}/{member_text}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """(score text, member) of a cursor; ValueError when it is not one this service gave out."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, ValueError):
+        raise ValueError("not a cursor") from None
+    score_text, sep, member_text = raw.partition("/")
+    if not sep or len(member_text) != MEMBER_WIDTH or not member_text.isdigit():
+        raise ValueError("not a cursor")
+    try:
+        value = float(score_text)
+    except ValueError:
+        raise ValueError("not a cursor") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("not a cursor")
+    return score_text, member_text

@@ -1,0 +1,61 @@
+"""`call-ledger reindex`: (re)build the calls API's index entries from the records themselves.
+
+For a store written before the indexes existed, or to repair one by hand: every call key is
+read and its entry written at the call's version, through the same versioned index script
+the worker uses, so it is safe while workers run (an entry already at that version, or a
+newer one, is left alone) and safe to repeat.
+"""
+
+from typing import Any
+
+from ledger.index_store import IndexStore
+from ledger.indexes import index_entry, shard_of
+from ledger.rules import CallState
+from ledger.settings import Settings
+from ledger.store import Store
+
+BATCH = 500
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+async def _first_seen(store: Store, sid: str) -> int | None:
+    """The earliest event's time, from the journal's time index (scored by occurred_us), for
+    calls written before the state kept it."""
+    first = await store.redis.zrange(store.order_key(sid), 0, 0, withscores=True)
+    if not first:
+        return None
+    return int(first[0][1])
+
+
+async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
+    """(calls seen, entries written); entries already current are not rewritten."""
+    indexes = IndexStore(store.redis, store.prefix)
+    prefix = store.call_key("")[:-2]  # "cl:call:"
+    seen = written = 0
+    batch: list[tuple[int, Any, int]] = []
+
+    async def flush() -> None:
+        nonlocal written
+        written += sum(await indexes.update(batch))
+        batch.clear()
+
+    async for key in store.redis.scan_iter(match=f"{prefix}{{*}}", count=1000):
+        name = _text(key)
+        sid = name[len(prefix) + 1:-1]
+        fields = await store.redis.hgetall(key)
+        record_id, core = fields.get(b"id"), fields.get(b"s")
+        if record_id is None or core is None:
+            continue
+        state = CallState.from_fields(core, {_text(k): v for k, v in fields.items()})
+        if state.first_seen is None and state.started is None:
+            state.first_seen = await _first_seen(store, sid)
+        seen += 1
+        batch.append((shard_of(sid), index_entry(sid, int(record_id), state, settings), int(fields.get(b"v", 0))))
+        if len(batch) >= BATCH:
+            await flush()
+    if batch:
+        await flush()
+    return seen, written
