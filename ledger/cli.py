@@ -14,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from ledger.app import Role, create_app
-from ledger.errors import DurabilityUnavailable, LayoutMismatch
+from ledger.errors import DurabilityUnavailable, LayoutMismatch, StoreUnreachable
 from ledger.logs import configure_logging, secret_values
 from ledger.settings import Settings
 
@@ -55,7 +55,7 @@ def run_service(role: Role, settings: Settings) -> None:
     # contexts stop the consumer (bounded) and close Redis. serving.run returns: exit 0.
     try:
         serving.run(app, settings)
-    except (DurabilityUnavailable, LayoutMismatch, serving.ListenFailed) as exc:
+    except (DurabilityUnavailable, LayoutMismatch, StoreUnreachable, serving.ListenFailed) as exc:
         print(f"call-ledger: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -62,6 +62,10 @@ class DurabilityUnavailable(Exception):
     """LEDGER_DURABLE_ACK=aof, but this Redis cannot confirm writes to its AOF."""
 
 
+class StoreUnreachable(Exception):
+    """At start-up, no Redis of LEDGER_REDIS_URL answered in time: start-up stops."""
+
+
 class LayoutMismatch(Exception):
     """Redis holds data in a key layout this version does not read: start-up stops."""
 

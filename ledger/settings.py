@@ -11,6 +11,7 @@ import socket
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import Field, InstanceOf, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -24,6 +25,11 @@ PROVIDERS = ("twilio", "telnyx", "vonage", "plivo")
 def _default_consumer_name() -> str:
     # Unique per process: two replicas on one host, or a restarted pod, never share a name.
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def redis_urls(value: str) -> list[str]:
+    """The nodes of LEDGER_REDIS_URL (one URL, or several comma-separated for a Cluster)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _split(value: object) -> list[str]:
@@ -69,7 +75,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    redis_url: str | None = None  # None: the embedded in-memory store (nothing survives a restart)
+    # None: the embedded in-memory store (nothing survives a restart). A Redis Cluster may be given
+    # as several nodes, comma-separated: any one that answers is enough to start.
+    redis_url: str | None = None
+    # How long start-up waits for Redis to answer before it stops with one line.
+    redis_startup_timeout_s: float = Field(default=10.0, ge=0)
     redis_cluster: bool = False
     key_prefix: str = Field(default="cl", pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -229,6 +239,27 @@ class Settings(BaseSettings):
             # Message names the rule, never the value.
             raise ValueError("must be a Standard Webhooks secret starting with whsec_")
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for url in redis_urls(value):
+            parts = urlsplit(url)
+            if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+                raise ValueError("each entry must be a redis://host:port or rediss://host:port URL")
+            try:
+                parts.port  # noqa: B018 (a port that is not a number raises here)
+            except ValueError:
+                raise ValueError("a port in it is not a number") from None
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _several_nodes_are_a_cluster(self) -> "Settings":
+        if self.redis_url and len(redis_urls(self.redis_url)) > 1 and not self.redis_cluster:
+            raise ValueError("LEDGER_REDIS_URL lists several nodes: that needs LEDGER_REDIS_CLUSTER=true")
+        return self
 
     @model_validator(mode="after")
     def _replica_durability(self) -> "Settings":

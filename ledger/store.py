@@ -30,18 +30,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ledger.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
 from ledger.index_store import IndexStore
 from ledger.rules import CallState
-from ledger.settings import Settings
+from ledger.settings import Settings, redis_urls
 from ledger.stream_store import GROUP, Entry, StreamStore, _text, entry_order
 
 __all__ = ["GROUP", "Entry", "Store", "entry_order", "open_redis"]
@@ -72,7 +73,13 @@ def open_redis(settings: Settings) -> Any:
 
         return fakeredis.FakeAsyncRedis()
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **common)
+        # Every listed node is a way in: the client needs one that answers to learn the rest.
+        urls = redis_urls(settings.redis_url)
+        first = urlsplit(urls[0])
+        nodes = [ClusterNode(urlsplit(url).hostname or "127.0.0.1", urlsplit(url).port or 6379) for url in urls]
+        return RedisCluster(startup_nodes=nodes, username=unquote(first.username) if first.username else None,
+                            password=unquote(first.password) if first.password else None,
+                            ssl=first.scheme == "rediss", **common)
     return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, **common)
 
 
@@ -87,7 +94,7 @@ def unavailable_on_error(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable
                 return await fn(*args, **kwargs)
         except TimeoutError as exc:
             raise StoreUnavailable("redis did not answer in time") from exc
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
     return wrapper
@@ -194,7 +201,7 @@ class Store(StreamStore):
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 return bool(await self.redis.ping())
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, RedisClusterException, OSError, TimeoutError):
             return False
 
     async def close(self) -> None:

@@ -1,18 +1,20 @@
 """What every call-ledger HTTP app shares: the store's lifecycle, the error
 middleware, request metrics, and /healthz, /readyz, /metrics."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
 
 import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, StoreUnreachable
 from ledger.metrics import Metrics
 from ledger.openapi import openapi_document
-from ledger.settings import Settings
+from ledger.settings import Settings, redis_urls
 from ledger.store import Store
 
 log = structlog.get_logger("ledger.http")
@@ -110,6 +112,19 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def wait_for_redis(store: Store, settings: Settings) -> None:
+    """Start-up waits up to LEDGER_REDIS_STARTUP_TIMEOUT_S for Redis (a Cluster: any listed node),
+    then stops with StoreUnreachable, which the CLI prints as one line."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.redis_startup_timeout_s
+    while not await store.ping():
+        if loop.time() >= deadline:
+            nodes = ", ".join(urlsplit(url).netloc.rpartition("@")[2] for url in redis_urls(settings.redis_url or ""))
+            raise StoreUnreachable(f"no Redis of LEDGER_REDIS_URL answers ({nodes}) after "
+                                   f"{settings.redis_startup_timeout_s:g} s")
+        await asyncio.sleep(0.5)
+
+
 def base_app(settings: Settings, store: Store | None = None) -> web.Application:
     """An app with the shared middlewares, probes and the store's lifecycle.
 
@@ -130,6 +145,8 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
         if settings.redis_url is None and own:
             log.warning("embedded_store", detail="LEDGER_REDIS_URL is not set: using the in-memory store; "
                         "nothing survives a restart")
+        if own and settings.redis_url is not None:
+            await wait_for_redis(app[STORE], settings)  # none of the nodes answers: one line, exit 2
         if await app[STORE].ping():  # unreachable: lookups answer 503 until it is back; checked then
             await app[STORE].check_layout()  # data of an older layout stops start-up
             await app[STORE].register_shards()  # every worker drains the shards this K writes
