@@ -15,6 +15,7 @@ lint:
 
 bench:
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/calls_api.py 1000000
 
 serve:
 	call-ledger serve

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,10 @@ async def fill(store: Store, indexes: IndexStore, settings: Settings, n: int) ->
         await indexes.update(entries)
 
 
+def rng_sid(n: int) -> int:
+    return random.randrange(n)
+
+
 async def timed(label: str, fn: Any, rounds: int = 50) -> None:
     samples = []
     for _ in range(rounds):
@@ -111,6 +116,9 @@ async def main(n: int) -> None:
                 ix += int(await client.memory_usage(key) or 0)
             print(f"memory per call: {used / n:.0f} B in all, of which indexes {ix / n:.0f} B")
             now_us = int(time.time() * 1e6)
+            # The yardstick: one HGETALL of a call's hash on the same store (what a lookup by SID does).
+            await timed("one HGETALL of a call (the floor of a lookup)",
+                        lambda: client.hgetall(store.call_key(f"CA{rng_sid(n):032x}")), rounds=200)
             week = CallFilter(date_from_us=now_us - 7 * 86_400_000_000)
             cases = {
                 "list page, no filter": (CallFilter(), None),
@@ -148,9 +156,13 @@ async def main(n: int) -> None:
             await timed("analytics 90d (all calls)", analytics, rounds=20)
             started = time.perf_counter()
             rows = 0
+            tracemalloc.start()
             async for batch in listing.export(store, indexes, settings, CallFilter(), None):
                 rows += len(batch)
-            print(f"export (records rendered, not encoded): {rows / (time.perf_counter() - started):,.0f} rows/s")
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            print(f"export (records rendered, not encoded): {rows / (time.perf_counter() - started):,.0f} rows/s "
+                  f"(under tracemalloc), {rows:,} rows, exporter's peak Python memory {peak / 2**20:.1f} MiB")
             await client.aclose()
         finally:
             proc.terminate()
