@@ -1,6 +1,5 @@
 """LEDGER_REDIS_CLUSTER=true: the whole path on a real three-node Redis Cluster."""
 
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,25 +12,11 @@ import redis
 from ledger.app import create_app
 from ledger.metrics import Metrics
 from ledger.store import Store
-from tests.conftest import AUTH, _require_redis, free_port, make_settings, post_platform
+from tests.cluster import cluster_port
+from tests.conftest import AUTH, _require_redis, make_settings, post_platform
 from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) exists and is free too."""
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no port pair for a cluster node")
 
 
 @pytest.fixture

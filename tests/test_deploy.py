@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,8 @@ from ledger.app import create_app
 from ledger.cli import parser
 from ledger.metrics import Metrics
 from ledger.settings import Settings
-from tests.conftest import _require_redis, free_port, make_settings
+from tests.cluster import cluster_port
+from tests.conftest import _require_redis, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -319,20 +319,6 @@ def test_cluster_compose_roles_use_the_cluster_through_several_nodes() -> None:
         assert service["depends_on"] == {"redis-cluster-init": {"condition": "service_completed_successfully"}}
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 <= 65535:
-            with socket.socket() as bus:
-                try:
-                    bus.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no port pair for a cluster node")
-
-
 @pytest.fixture
 def cluster_from_compose() -> Iterator[list[int]]:
     """The compose file's six node commands, run by the local redis-server (ports and data directory
@@ -340,7 +326,7 @@ def cluster_from_compose() -> Iterator[list[int]]:
     _require_redis()
     nodes = _cluster_nodes()
     with tempfile.TemporaryDirectory() as directory:
-        ports = [_cluster_port() for _ in nodes]
+        ports = [cluster_port() for _ in nodes]
         procs = []
         for port, command in zip(ports, nodes.values(), strict=True):
             command = list(command)
