@@ -20,6 +20,7 @@ import binascii
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -80,18 +81,27 @@ def week_key(scope: str, monday: str) -> str:
     return f"w:{scope}:{monday}"
 
 
+@lru_cache(maxsize=4096)  # the apply loop asks for the same few weeks over and over
 def week_of(day: str) -> str:
     """The Monday (YYYY-MM-DD) of a day's ISO week."""
     date = datetime.strptime(day, "%Y-%m-%d").date()
     return (date - timedelta(days=date.weekday())).isoformat()
 
 
+_DAY_US = 86_400_000_000
+
+
 def day_of(us: int) -> str:
     """The UTC date (YYYY-MM-DD) of an instant in microseconds."""
+    return _day_name(us // _DAY_US)
+
+
+@lru_cache(maxsize=4096)
+def _day_name(days: int) -> str:
     try:
-        return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%d")
+        return (_EPOCH + timedelta(days=days)).strftime("%Y-%m-%d")
     except OverflowError:  # far outside any real call; one bucket for them
-        return "0001-01-01" if us < 0 else "9999-12-31"
+        return "0001-01-01" if days < 0 else "9999-12-31"
 
 
 @dataclass(frozen=True)
@@ -148,11 +158,13 @@ class IndexEntry:
             if self.assistant_name is not None:
                 per_assistant.append((f"an:{self.assistant_id}:{self.assistant_name}", 1))
         out: list[tuple[str, str, int]] = []
+        day = self.day
+        week = week_of(day)
         for scope in self.scopes():
             out += [(totals_key(scope), name, amount) for name, amount in common]
-            out += [(day_key(scope, self.day), name, amount) for name, amount in common]
-            out += [(day_assistants_key(scope, self.day), name, amount) for name, amount in per_assistant]
-            out += [(week_key(scope, week_of(self.day)), name, amount) for name, amount in per_assistant]
+            out += [(day_key(scope, day), name, amount) for name, amount in common]
+            out += [(day_assistants_key(scope, day), name, amount) for name, amount in per_assistant]
+            out += [(week_key(scope, week), name, amount) for name, amount in per_assistant]
         return [item for item in out if item[2] != 0]
 
     def payload(self) -> dict[str, Any]:
