@@ -99,7 +99,9 @@ def day_of(us: int) -> str:
 @lru_cache(maxsize=4096)
 def _day_name(days: int) -> str:
     try:
-        return (_EPOCH + timedelta(days=days)).strftime("%Y-%m-%d")
+        date = _EPOCH + timedelta(days=days)
+        # Not strftime("%Y"): it drops the leading zeros of years before 1000 ("1-01-01").
+        return f"{date.year:04d}-{date.month:02d}-{date.day:02d}"
     except OverflowError:  # far outside any real call; one bucket for them
         return "0001-01-01" if days < 0 else "9999-12-31"
 

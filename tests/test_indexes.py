@@ -224,3 +224,15 @@ async def test_the_shard_merge_is_the_same_whatever_the_read_sizes(store: Store,
         [e.occurred_us for e in events if e.event_id.endswith("-s")][int(m) - 1], int(m)), reverse=True)
     for sizes in ({"first": 1, "batch": 1}, {"first": 2, "batch": 3}, {"first": 50, "batch": 1}):
         assert await order(**sizes) == everything, sizes
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00Z", "0999-06-01T12:00:00Z", "9999-12-31T23:59:59Z"])
+def test_calls_at_the_edges_of_the_calendar_get_day_and_week_buckets(at: str) -> None:
+    """strftime("%Y") writes year 1 as "1": a bucket name must stay YYYY-MM-DD (found by the fuzzer)."""
+    from ledger.indexes import day_of, week_of
+    from ledger.instants import parse_iso
+
+    day = day_of(parse_iso(at).us)
+    assert day == at[:10]
+    week = week_of(day)
+    assert len(week) == 10 and week <= day
