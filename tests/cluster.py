@@ -27,6 +27,19 @@ def cluster_port() -> int:
     raise RuntimeError("no port pair for a cluster node")
 
 
+def wait_ping(port: int, timeout: float = 10) -> None:
+    """Until a freshly started redis-server on `port` answers PING."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            redis.Redis(host="127.0.0.1", port=port).ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Cluster:
     """`masters` masters with `replicas` replicas each; nodes can be SIGKILLed and restarted."""
 
@@ -50,15 +63,7 @@ class Cluster:
              # A replica that never finished its first sync may not take over: sync at once.
              "--repl-diskless-sync-delay", "0"],
             stdout=subprocess.DEVNULL, cwd=self.dir)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis(host="127.0.0.1", port=port).ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        wait_ping(port)
 
     def start(self) -> "Cluster":
         for port in self.ports:

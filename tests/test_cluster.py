@@ -1,18 +1,16 @@
 """LEDGER_REDIS_CLUSTER=true: the whole path on a real three-node Redis Cluster."""
 
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from ledger.app import create_app
 from ledger.metrics import Metrics
 from ledger.store import Store
-from tests.cluster import cluster_port
+from tests.cluster import Cluster
 from tests.conftest import AUTH, _require_redis, make_settings, post_platform
 from worker.consumer import Consumer
 
@@ -24,33 +22,11 @@ def cluster_url() -> Iterator[str]:
     """Three masters on free ports, slots assigned by redis-cli --cluster create."""
     _require_redis()
     with tempfile.TemporaryDirectory() as directory:
-        ports = [cluster_port() for _ in range(3)]
-        procs = [subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
-             "--dir", directory], stdout=subprocess.DEVNULL) for port in ports]
+        cluster = Cluster(Path(directory), masters=3).start()
         try:
-            for port in ports:
-                deadline = time.monotonic() + 10
-                while True:
-                    try:
-                        redis.Redis(host="127.0.0.1", port=port).ping()
-                        break
-                    except redis.ConnectionError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.02)
-            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                            "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, timeout=30)
-            deadline = time.monotonic() + 15
-            while redis.Redis(host="127.0.0.1", port=ports[0]).cluster("info").get("cluster_state") != "ok":
-                assert time.monotonic() < deadline, "cluster did not become ok"
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{ports[0]}/0"
+            yield f"redis://127.0.0.1:{cluster.ports[0]}/0"
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(10)
+            cluster.stop()
 
 
 async def test_calls_spread_over_slots_are_applied_and_read_back_on_a_cluster(

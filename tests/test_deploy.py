@@ -27,7 +27,7 @@ from ledger.app import create_app
 from ledger.cli import parser
 from ledger.metrics import Metrics
 from ledger.settings import Settings
-from tests.cluster import cluster_port
+from tests.cluster import cluster_port, wait_ping
 from tests.conftest import _require_redis, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,14 +337,7 @@ def cluster_from_compose() -> Iterator[list[int]]:
                                           stdout=subprocess.DEVNULL))
         try:
             for port in ports:
-                deadline = time.monotonic() + 10
-                while True:
-                    try:
-                        redis.Redis(host="127.0.0.1", port=port).ping()
-                        break
-                    except redis.ConnectionError:
-                        assert time.monotonic() < deadline, "a node did not start with the compose command"
-                        time.sleep(0.02)
+                wait_ping(port)  # a node started with the compose file's own command
             create = next(line.split() for line in _init_script().splitlines() if "--cluster create" in line)
             addresses = [f"127.0.0.1:{port}" for port in ports]
             create = [part for part in create if part != "$nodes"]
