@@ -135,12 +135,11 @@ async def fill_stream(url: str, events: list[bytes]) -> None:
 
 
 async def product_apply(url: str, events: list[bytes], batch: int) -> float:
-    import redis.asyncio as aioredis
 
     from ledger.logs import configure_logging
     from ledger.metrics import Metrics
     from ledger.settings import Settings
-    from ledger.store import Store
+    from ledger.store import Store, open_redis
     from worker.consumer import Consumer
 
     await fill_stream(url, events)
@@ -150,7 +149,7 @@ async def product_apply(url: str, events: list[bytes], batch: int) -> float:
     configure_logging("json", "info")
     try:
         settings = Settings(redis_url=url, key_prefix="bench", batch_size=batch, consumer_name="bench")
-        client = aioredis.Redis.from_url(url)
+        client = open_redis(settings)  # the product's client (commands packed in C)
         consumer = Consumer(Store(client, "bench"), settings, Metrics())
         started = time.perf_counter()
         applied = await consumer.run_burst()

@@ -1,8 +1,9 @@
--- Replace one call's entry in one index shard, if this version is newer than the one indexed.
+-- Replace calls' entries in one index shard, each if its version is newer than the one indexed.
 -- Every key is under the shard's hash tag (ARGV[1] is the shard's key base, KEYS[1] its entries
 -- hash, KEYS[2] its versions hash), so on a Redis Cluster the whole update is one slot, atomic.
 --
--- ARGV: base, member (zero-padded record id), version, score (list time µs), entry
+-- ARGV: base, then per call: member (zero-padded record id), version, score (list time µs), entry
+--   (a whole batch's calls of one shard in one script call: per-command costs dominated otherwise)
 --   entry = <payload JSON> "\n" [[sorted-set suffix...], {hash suffix: {field: amount}}, score]
 --   (readers take the payload; this script only the part after the newline)
 -- A new version whose entry is the same as the indexed one (a call_meta or flow change)
@@ -15,70 +16,79 @@
 -- finishing out of order converge on the newest version.
 -- Amounts are integers below 2^53 (counts, seconds, whole units, nano remainders): a Lua
 -- number holds them and their differences exactly; '%.0f' writes them without an exponent.
--- Returns 1 when applied, 0 when the stored version is the same or newer.
-local base, member, version, score, entry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+-- Returns per call 1 when applied, 0 when the stored version is the same or newer.
+local base = ARGV[1]
 local function undo(stored)
   return cjson.decode(string.sub(stored, string.find(stored, '\n', 1, true) + 1))
 end
-local indexed = redis.call('HGET', KEYS[2], member)
-if indexed and tonumber(indexed) >= version then
-  return 0
-end
-redis.call('HSET', KEYS[2], member, ARGV[3])
-local old = redis.call('HGET', KEYS[1], member)
-if old == entry then
-  return 1
-end
-local o = nil
-if old then
-  o = undo(old)
-end
-local n = undo(entry)
 
-local held, wanted = {}, {}
-for _, suffix in ipairs(n[1]) do
-  wanted[suffix] = true
-end
-if o then
-  for _, suffix in ipairs(o[1]) do
-    held[suffix] = true
-    if not wanted[suffix] then
-      redis.call('ZREM', base .. suffix, member)
-    end
+local function replace(member, version_text, score, entry)
+  local indexed = redis.call('HGET', KEYS[2], member)
+  if indexed and tonumber(indexed) >= tonumber(version_text) then
+    return 0
   end
-end
-local moved = o == nil or o[3] ~= score
-for _, suffix in ipairs(n[1]) do
-  if moved or not held[suffix] then
-    redis.call('ZADD', base .. suffix, score, member)
+  redis.call('HSET', KEYS[2], member, version_text)
+  local old = redis.call('HGET', KEYS[1], member)
+  if old == entry then
+    return 1
   end
-end
+  local o = nil
+  if old then
+    o = undo(old)
+  end
+  local n = undo(entry)
 
-local delta = {}
-local function add(increments, sign)
-  for key, fields in pairs(increments) do
-    local d = delta[key]
-    if d == nil then
-      d = {}
-      delta[key] = d
-    end
-    for field, amount in pairs(fields) do
-      d[field] = (d[field] or 0) + sign * tonumber(amount)
-    end
+  local held, wanted = {}, {}
+  for _, suffix in ipairs(n[1]) do
+    wanted[suffix] = true
   end
-end
-if o then
-  add(o[2], -1)
-end
-add(n[2], 1)
-for key, fields in pairs(delta) do
-  for field, d in pairs(fields) do
-    if d ~= 0 then
-      if tonumber(redis.call('HINCRBY', base .. key, field, string.format('%.0f', d))) == 0 then
-        redis.call('HDEL', base .. key, field)
+  if o then
+    for _, suffix in ipairs(o[1]) do
+      held[suffix] = true
+      if not wanted[suffix] then
+        redis.call('ZREM', base .. suffix, member)
       end
     end
   end
+  local moved = o == nil or o[3] ~= score
+  for _, suffix in ipairs(n[1]) do
+    if moved or not held[suffix] then
+      redis.call('ZADD', base .. suffix, score, member)
+    end
+  end
+
+  local delta = {}
+  local function add(increments, sign)
+    for key, fields in pairs(increments) do
+      local d = delta[key]
+      if d == nil then
+        d = {}
+        delta[key] = d
+      end
+      for field, amount in pairs(fields) do
+        d[field] = (d[field] or 0) + sign * tonumber(amount)
+      end
+    end
+  end
+  if o then
+    add(o[2], -1)
+  end
+  add(n[2], 1)
+  for key, fields in pairs(delta) do
+    for field, d in pairs(fields) do
+      if d ~= 0 then
+        if tonumber(redis.call('HINCRBY', base .. key, field, string.format('%.0f', d))) == 0 then
+          redis.call('HDEL', base .. key, field)
+        end
+      end
+    end
+  end
+  redis.call('HSET', KEYS[1], member, entry)
+  return 1
 end
-redis.call('HSET', KEYS[1], member, entry)
-return 1
+
+local results = {}
+for i = 2, #ARGV, 4 do
+  results[#results + 1] = replace(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+end
+return results

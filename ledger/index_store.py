@@ -23,19 +23,20 @@ lag a record briefly, never diverge.
 """
 
 import heapq
+from collections import defaultdict
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from importlib.resources import files
 from typing import Any
 
 import orjson
 from redis.asyncio.cluster import RedisCluster
 
 from ledger.indexes import SHARDS, IndexEntry, entry_payload, score
+from ledger.lua import Lua, run_pipeline
 
-INDEX_LUA = files("ledger").joinpath("index.lua").read_text()
-INDEX_PAGE_LUA = files("ledger").joinpath("index_page.lua").read_text()
-ROLLUP_DAYS_LUA = files("ledger").joinpath("rollup_days.lua").read_text()
+INDEX = Lua("index.lua")
+INDEX_PAGE = Lua("index_page.lua")
+ROLLUP_DAYS = Lua("rollup_days.lua")
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,6 @@ class IndexStore:
         self.redis = redis
         self._prefix = prefix
         self._cluster = isinstance(redis, RedisCluster)
-        self._update = redis.register_script(INDEX_LUA)
-        self._page = redis.register_script(INDEX_PAGE_LUA)
-        self._rollup_days = redis.register_script(ROLLUP_DAYS_LUA)
 
     def base(self, shard: int) -> str:
         return f"{self._prefix}:ix:{{{shard}}}:"
@@ -75,23 +73,35 @@ class IndexStore:
     def versions_key(self, shard: int) -> str:
         return self.base(shard) + "v"
 
-    async def _script(self, pipe: Any, source: str, script: Any, keys: list[str], args: list[Any]) -> None:
-        if self._cluster:  # a cluster pipeline cannot pre-load scripts on each node
-            pipe.eval(source, len(keys), *keys, *args)
-        else:
-            await script(keys=keys, args=args, client=pipe)
-
     # -- the worker ---------------------------------------------------------------------------
 
     async def update(self, entries: list[tuple[int, IndexEntry, int]]) -> list[bool]:
-        """Apply (shard, entry, version) for each call; True where the shard took it (newer)."""
+        """Apply (shard, entry, version) for each call; True where the shard took it (newer).
+
+        One script call per shard for all its calls: per-command costs dominated otherwise."""
         if not entries:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for shard, entry, version in entries:
-            await self._script(pipe, INDEX_LUA, self._update, [self.entries_key(shard), self.versions_key(shard)],
-                               [self.base(shard), entry.member, version, str(entry.list_us), entry.encode()])
-        return [bool(int(r)) for r in await pipe.execute()]
+        by_shard: dict[int, list[int]] = defaultdict(list)  # shard -> positions in `entries`
+        for position, (shard, _, _) in enumerate(entries):
+            by_shard[shard].append(position)
+        calls: dict[int, list[Any]] = {}
+        for shard, positions in by_shard.items():
+            args: list[Any] = [self.base(shard)]
+            for position in positions:
+                _, entry, version = entries[position]
+                args += [entry.member, version, str(entry.list_us), entry.encode()]
+            calls[shard] = args
+
+        def build(pipe: Any) -> None:
+            for shard, args in calls.items():
+                INDEX.queue(pipe, [self.entries_key(shard), self.versions_key(shard)], args, self._cluster)
+
+        taken = [False] * len(entries)
+        replies = await run_pipeline(self.redis, build, (INDEX,))
+        for positions, reply in zip(by_shard.values(), replies, strict=True):
+            for position, result in zip(positions, reply, strict=True):
+                taken[position] = bool(int(result))
+        return taken
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -104,15 +114,16 @@ class IndexStore:
 
     async def _pages(self, suffix: str, lo: str, hi: str, count: int,
                      after: dict[int, tuple[str, str] | None]) -> dict[int, list[Item]]:
-        pipe = self.redis.pipeline(transaction=False)
         shards = list(after)
-        for shard in shards:
-            cursor = after[shard]
-            await self._script(pipe, INDEX_PAGE_LUA, self._page,
-                               [self.base(shard) + suffix, self.entries_key(shard)],
-                               [hi, lo, count, *(cursor if cursor else ("", ""))])
+
+        def build(pipe: Any) -> None:
+            for shard in shards:
+                cursor = after[shard]
+                INDEX_PAGE.queue(pipe, [self.base(shard) + suffix, self.entries_key(shard)],
+                                 [hi, lo, count, *(cursor if cursor else ("", ""))], self._cluster)
+
         pages: dict[int, list[Item]] = {}
-        for shard, reply in zip(shards, await pipe.execute(), strict=True):
+        for shard, reply in zip(shards, await run_pipeline(self.redis, build, (INDEX_PAGE,)), strict=True):
             items = []
             for i in range(0, len(reply), 3):
                 raw = reply[i + 2]
@@ -184,14 +195,14 @@ class IndexStore:
                        assistants: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
         """Rollups over every shard for analytics: (day-total suffix -> that day's totals, the
         fields of the `assistants` hashes summed), each shard adding up its hashes in one script."""
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(SHARDS):
-            base = self.base(shard)
-            await self._script(pipe, ROLLUP_DAYS_LUA, self._rollup_days, [base + s for s in days + assistants],
-                               [len(days)])
+        def build(pipe: Any) -> None:
+            for shard in range(SHARDS):
+                base = self.base(shard)
+                ROLLUP_DAYS.queue(pipe, [base + s for s in days + assistants], [len(days)], self._cluster)
+
         totals: dict[str, dict[str, int]] = {suffix: {} for suffix in days}
         summed: dict[str, int] = {}
-        for reply in await pipe.execute():
+        for reply in await run_pipeline(self.redis, build, (ROLLUP_DAYS,)):
             for suffix, flat in zip(days, reply, strict=False):
                 _add(totals[suffix], flat)
             _add(summed, reply[len(days)])

@@ -7,6 +7,8 @@ renderer after `ledger.redact.ForeignRecords` has taken out what they quote, and
 every rendered line passes `ledger.redact.Redactor` (SPEC §8).
 """
 
+import asyncio
+import atexit
 import logging
 import sys
 from collections.abc import Iterable
@@ -22,6 +24,51 @@ from ledger.settings import Settings
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default).decode()
+
+
+class TickLogger:
+    """A structlog logger that writes the lines of one event-loop tick with one write.
+
+    The worker logs a line per event; one write and flush per line was a system call per
+    event. Lines wait at most until the loop's next turn (or 1,000 lines); outside a running
+    loop, and at exit, they are written at once. A SIGKILL can lose the lines of the tick in
+    hand, never an event.
+    """
+
+    MAX_LINES = 1000
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._lines: list[str] = []
+        self._scheduled = False
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        self._lines.append(message)
+        if len(self._lines) >= self.MAX_LINES:
+            self.flush()
+        elif not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_soon(self.flush)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._lines:
+            return
+        data = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except (OSError, ValueError):  # stdout closed (a pipe whose reader left, or at exit)
+            pass
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -60,7 +107,7 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer, redactor.processor],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=_tick_logger_factory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
@@ -74,3 +121,24 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # third-party chatter: warnings and up
+
+
+_LOGGER: TickLogger | None = None
+
+
+def _tick_logger_factory(file: Any) -> Any:
+    global _LOGGER
+    if _LOGGER is not None:
+        _LOGGER.flush()
+    logger = _LOGGER = TickLogger(file)  # one buffer for every logger name: lines stay in order
+
+    def factory(*_args: Any) -> TickLogger:
+        return logger
+
+    return factory
+
+
+def flush_logs() -> None:
+    """Write the lines waiting for the loop's next turn now (the worker: before an XACK)."""
+    if _LOGGER is not None:
+        _LOGGER.flush()

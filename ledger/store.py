@@ -41,6 +41,8 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ledger.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
 from ledger.index_store import IndexStore
+from ledger.lua import Lua, run_pipeline
+from ledger.redis_wire import FastConnection, FastSSLConnection
 from ledger.rules import CallState
 from ledger.settings import Settings, redis_urls
 from ledger.stream_store import GROUP, Entry, StreamStore, _text, entry_order
@@ -50,7 +52,7 @@ __all__ = ["GROUP", "Entry", "Store", "entry_order", "open_redis"]
 REQUEST_TIMEOUT_S = 5.0
 LAYOUT = "2"
 COMMIT_LUA = files("ledger").joinpath("commit.lua").read_text()
-EVENTS_PAGE_LUA = files("ledger").joinpath("events_page.lua").read_text()
+EVENTS_PAGE = Lua("events_page.lua")
 # A page of /events ends after the event that reaches this many bytes of JSON.
 EVENTS_PAGE_BYTES = 1024 * 1024
 
@@ -80,7 +82,11 @@ def open_redis(settings: Settings) -> Any:
         return RedisCluster(startup_nodes=nodes, username=unquote(first.username) if first.username else None,
                             password=unquote(first.password) if first.password else None,
                             ssl=first.scheme == "rediss", **common)
-    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, **common)
+    # Commands packed in C (ledger/redis_wire.py). The cluster client keeps redis-py's packer:
+    # it takes no connection class, and there every script carries one call's arguments only.
+    connection_class = FastSSLConnection if settings.redis_url.startswith("rediss:") else FastConnection
+    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, connection_class=connection_class,
+                                   **common)
 
 
 def unavailable_on_error(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -150,7 +156,6 @@ class Store(StreamStore):
         # The calls API's index shards (their own module: they span calls, not one call's slot).
         self.indexes = IndexStore(redis, prefix)
         self._commit = redis.register_script(COMMIT_LUA)
-        self._events_page = redis.register_script(EVENTS_PAGE_LUA)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
@@ -288,13 +293,12 @@ class Store(StreamStore):
         None when the call does not exist; UnknownCursor when `after` is not one of its events."""
         keys = [self.order_key(call_sid), self.journal_key(call_sid)]
         args = [after, limit, EVENTS_PAGE_BYTES]
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hexists(self.call_key(call_sid), "id")
-        if self._cluster:
-            pipe.eval(EVENTS_PAGE_LUA, 2, *keys, *args)
-        else:
-            await self._events_page(keys=keys, args=args, client=pipe)
-        exists, reply = await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            pipe.hexists(self.call_key(call_sid), "id")
+            EVENTS_PAGE.queue(pipe, keys, args, self._cluster)
+
+        exists, reply = await run_pipeline(self.redis, build, (EVENTS_PAGE,))
         if not exists:
             return None
         more, items = int(reply[0]), reply[1:]

@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 from ledger.events import CallEvent
 from ledger.index_store import IndexStore
 from ledger.indexes import INDEX_FIELDS, index_entry, shard_of
+from ledger.logs import flush_logs
 from ledger.metrics import Metrics
 from ledger.rules import CallState
 from ledger.settings import Settings
@@ -52,6 +53,9 @@ class Consumer:
         self.known = KnownCalls(settings.worker_cache_bytes)
         self._next_claim = 0.0
         self._next_maintenance = 0.0
+        # The previous batch's index update and acknowledgement, running while the next batch
+        # is read, planned and committed (see `_apply`).
+        self._finishing: asyncio.Task[None] | None = None
         # Claim a dead consumer's entries "within a few seconds after LEDGER_CLAIM_IDLE_MS".
         self._claim_every = min(1.0, max(0.05, settings.claim_idle_ms / 4000))
 
@@ -91,6 +95,7 @@ class Consumer:
             except Exception as exc:  # Redis away, or a bug: log, back off, keep the process alive
                 log.error("apply_loop_error", consumer=self.name, error=f"{type(exc).__name__}: {exc}")
                 await self._pause(1.0)
+        await self.settled()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once on stop()."""
@@ -111,6 +116,7 @@ class Consumer:
             await self.store.read_new(self.name, self.settings.batch_size, block_ms=None)
         ):
             total += handled
+        await self.settled()
         return total
 
     async def step(self, block_ms: int) -> int:
@@ -119,6 +125,7 @@ class Consumer:
         handled = 0
         if now >= self._next_claim:
             self._next_claim = now + self._claim_every
+            await self.settled()  # else our own batch in flight could look stale to a short claim idle
             handled += await self._process(
                 await self.store.claim_stale(self.name, self.settings.claim_idle_ms, self.settings.batch_size)
             )
@@ -126,7 +133,16 @@ class Consumer:
             self._next_maintenance = now + MAINTENANCE_EVERY_S
             await self.maintain()
         entries = await self.store.read_new(self.name, self.settings.batch_size, block_ms=block_ms)
-        return handled + await self._process(entries)
+        handled += await self._process(entries)
+        if not entries:  # idle: nothing to overlap with, settle what is in hand
+            await self.settled()
+        return handled
+
+    async def settled(self) -> None:
+        """Wait for the last batch's index update and acknowledgements (see `_apply`)."""
+        task, self._finishing = self._finishing, None
+        if task is not None:
+            await task
 
     async def maintain(self) -> None:
         """Trim what retention allows, and refresh the lag gauges."""
@@ -186,8 +202,19 @@ class Consumer:
             # Re-plan only the new and refused events of contended calls; duplicates/failures are settled.
             remaining = {sid: to_write[sid].applied + [(e, ev) for e, ev, _ in to_write[sid].refused]
                          for sid in conflicts}
-        # Before the acknowledgement: if this fails, the entries stay pending and their
-        # redelivery (as duplicates) indexes the calls again.
+        # The index update, logs and acknowledgements run while the next batch is read, planned
+        # and committed: the worker's CPU overlaps Redis running the index script. One batch at
+        # most is in flight (the previous one is awaited first), and its failure is this
+        # round's failure. Nothing is acknowledged before its call is indexed: if the index
+        # update fails, the entries stay pending and their redelivery (as duplicates) indexes
+        # the calls again. Index versions make the updates commute, so overlapping batches
+        # that touch the same call converge on its newest version.
+        await self.settled()
+        self._finishing = asyncio.create_task(self._finish(committed, by_call, outcomes))
+
+    async def _finish(self, committed: dict[str, tuple[int, int, CallState]],
+                      by_call: dict[str, list[tuple[Entry, CallEvent]]],
+                      outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
         await self._index(committed)
         await self._settle(by_call, outcomes)
 
@@ -229,6 +256,7 @@ class Consumer:
         for (outcome, source), count in tally.items():
             if outcome in counters:
                 counters[outcome].labels(source).inc(count)
+        flush_logs()  # an event's line is out before its acknowledgement, even if we die next
         await self.store.ack(done, failed_before=redelivered)
         for entry, event, reason in refused:
             await self._dead_letter(entry, event, reason)

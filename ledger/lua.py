@@ -1,0 +1,48 @@
+"""Lua scripts run by SHA in pipelines, without redis-py's per-pipeline SCRIPT EXISTS.
+
+redis-py checks every script of a pipeline with a SCRIPT EXISTS before running it: one more
+round trip per pipeline, on the apply loop's every batch and on every list page. Here a
+pipeline sends EVALSHA only; when the server answers NOSCRIPT (a restart, SCRIPT FLUSH, a
+node that never saw it) the scripts are loaded and the pipeline is built and sent again.
+Only pipelines that may run twice use this: index updates (version-guarded, idempotent)
+and reads.
+
+A Redis Cluster pipeline cannot pre-load a script on each node: there the script itself is
+sent (EVAL), as before.
+"""
+
+import hashlib
+from collections.abc import Callable
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+
+class Lua:
+    def __init__(self, name: str) -> None:
+        self.source = files("ledger").joinpath(name).read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def queue(self, pipe: Any, keys: list[str], args: list[Any], cluster: bool) -> None:
+        if cluster:
+            pipe.eval(self.source, len(keys), *keys, *args)
+        else:
+            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+async def run_pipeline(redis: Any, build: Callable[[Any], None], scripts: tuple[Lua, ...]) -> list[Any]:
+    """Build a pipeline with `build(pipe)` and run it; on NOSCRIPT load `scripts`, run it again."""
+    pipe = redis.pipeline(transaction=False)
+    build(pipe)
+    try:
+        return list(await pipe.execute())
+    except NoScriptError:
+        if isinstance(redis, RedisCluster):  # not reached: cluster pipelines send EVAL
+            raise
+        for script in scripts:
+            await redis.script_load(script.source)
+        pipe = redis.pipeline(transaction=False)
+        build(pipe)
+        return list(await pipe.execute())
