@@ -20,7 +20,7 @@ from api.views import call_sid_and_scope
 from ledger.errors import NotFound, Unapplicable
 from ledger.events import CallEvent
 from ledger.money import format_nano
-from ledger.rules import CallState, ledger_costs, render_record, telephony_estimate
+from ledger.rules import CallState, estimate_of, ledger_costs, render_record
 from ledger.settings import Settings
 from ledger.store import Store
 from ledger.web import SETTINGS, STORE
@@ -60,14 +60,12 @@ def cost_entries(events: list[CallEvent], state: CallState, record: dict[str, An
                 "total_cost": _money(amount), "timestamp": event.occurred_at, "metadata": metadata,
             })
     if "telephony" not in state.costs and record["telephony_cost"] is not None:
-        estimate = telephony_estimate(state, record["duration"], settings)
+        estimate, rate = estimate_of(state, record["duration"], settings)  # as fixed when applied
         minutes = math.ceil(record["duration"] / 60)
-        direction = state.registers.get("direction")
-        rate = settings.telephony_rates.get((state.provider or "", direction[3] if direction else "inbound"))
         entries.append({
             "id": "estimate:telephony", "service_type": "telephony", "provider": state.provider,
             "model": None, "usage_type": "minutes", "usage_amount": minutes,
-            "unit_cost": None if rate is None else orjson.Fragment(str(rate).encode()),
+            "unit_cost": None if rate is None else orjson.Fragment(rate.encode()),
             "total_cost": _money(estimate), "timestamp": record["ended_at"], "metadata": {"estimated": True},
         })
     return entries

@@ -9,7 +9,7 @@ from aiohttp import web
 from api.auth import check_bearer, may_see
 from ledger.errors import InvalidQuery, NotFound
 from ledger.events import MAX_CALL_SID
-from ledger.rules import record_json, render_record
+from ledger.served import organization_of, served_record
 from ledger.web import SETTINGS, STORE
 
 EVENTS_LIMIT_DEFAULT = 100
@@ -27,12 +27,12 @@ def call_sid_and_scope(request: web.Request) -> tuple[str, int | None]:
 
 async def get_call(request: web.Request) -> web.Response:
     call_sid, scope = call_sid_and_scope(request)
-    found = await request.app[STORE].get_call(call_sid)
-    if found is None or not may_see(found[1], scope):  # another tenant's call is an unknown one
+    fields = await request.app[STORE].call_fields(call_sid)
+    # Another tenant's call is an unknown one (a call with no organization yet is nobody's).
+    if fields is None or (scope is not None and organization_of(fields) != scope):
         raise NotFound("no call with this SID")
-    record_id, state = found
-    record = render_record(call_sid, record_id, state, request.app[SETTINGS])
-    return web.Response(body=record_json(record), content_type="application/json")
+    body = served_record(call_sid, fields, request.app[SETTINGS])  # as the worker stored it
+    return web.Response(body=body, content_type="application/json")
 
 
 def page_limit(request: web.Request, default: int, maximum: int) -> int:

@@ -27,7 +27,7 @@ import orjson
 
 from ledger.events import TERMINAL_STATUSES
 from ledger.money import NANO
-from ledger.rules import CallState, render_record
+from ledger.rules import REGISTER_FIELD, REGISTERS, CallState, render_record
 from ledger.settings import Settings
 
 # Fixed: a call's shard is crc32(sid) % SHARDS, and changing it would move every entry.
@@ -199,9 +199,12 @@ def list_us(state: CallState) -> int:
     return state.first_seen if state.first_seen is not None else 0
 
 
-def index_entry(call_sid: str, record_id: int, state: CallState, settings: Settings) -> IndexEntry:
-    """The call's entry, from its state as committed (`state` must hold the index registers)."""
-    record = render_record(call_sid, record_id, state, settings)
+def index_entry(call_sid: str, record_id: int, state: CallState, settings: Settings,
+                record: dict[str, Any] | None = None) -> IndexEntry:
+    """The call's entry, from its state as committed (`state` must hold the index registers),
+    or from the record rendered from that state."""
+    if record is None:
+        record = render_record(call_sid, record_id, state, settings)
     organization = state.registers.get("organization_id")
     return IndexEntry(
         call_sid=call_sid, record_id=record_id, list_us=list_us(state),
@@ -217,11 +220,10 @@ def score(us: int) -> float:
     return float(us)
 
 
-# The registers an entry is derived from: a worker loads them with every call it applies,
-# so that it can index a call whose events were all duplicates (the repair path).
-INDEX_FIELDS = tuple(f"r:{name}" for name in (
-    "organization_id", "assistant_id", "assistant_name", "to_phone_number", "customer_phone_number",
-    "direction", "from_number", "to_number"))
+# The registers a record and its entry are rendered from: a worker loads them with every call
+# it applies, so that it can render the record at commit, and index a call whose events
+# were all duplicates (the repair path).
+RECORD_FIELDS = tuple(REGISTER_FIELD + name for name in REGISTERS)
 
 
 # -- cursors --------------------------------------------------------------------------------

@@ -84,9 +84,14 @@ class CallState:
     registers: dict[str, list[Any]] = field(default_factory=dict)
     meta: dict[str, list[Any]] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set, compare=False, repr=False)
+    # The rate-card telephony estimate [nano-units or None, the per-minute rate's text or None],
+    # fixed by the worker at each commit (`fix_estimate`), so every reader (the record, the
+    # indexes' rollups, /costs) shows the one computed with the rates the events were applied
+    # under. None: a state never committed with it (older records): computed when read.
+    estimate: list[Any] | None = field(default=None, compare=False)
 
     CORE = ("status", "started", "answered", "duration", "first_seen", "costs", "provider", "meta_keys",
-            "meta_bytes")
+            "meta_bytes", "estimate")
 
     def core_json(self) -> bytes:
         return orjson.dumps({name: getattr(self, name) for name in self.CORE})
@@ -263,6 +268,27 @@ def telephony_estimate(state: CallState, duration: int | None, settings: Setting
     return int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
+def fix_estimate(state: CallState, settings: Settings) -> None:
+    """Fix the telephony estimate with these settings (the worker, before each commit)."""
+    amount = telephony_estimate(state, connected_duration(state), settings)
+    rate = None
+    if amount is not None:
+        direction = _value(state, "direction") or "inbound"
+        card = settings.telephony_rates.get((state.provider or "", direction))
+        rate = None if card is None else str(card)
+    state.estimate = [amount, rate]
+
+
+def estimate_of(state: CallState, duration: int | None, settings: Settings) -> tuple[int | None, str | None]:
+    """(the telephony estimate, its per-minute rate text): as fixed at the last commit, else now."""
+    if state.estimate is not None:
+        return state.estimate[0], state.estimate[1]
+    amount = telephony_estimate(state, duration, settings)
+    direction = _value(state, "direction") or "inbound"
+    card = settings.telephony_rates.get((state.provider or "", direction))
+    return amount, None if card is None else str(card)
+
+
 def render_record(call_sid: str, record_id: int, state: CallState, settings: Settings) -> dict[str, Any]:
     """The read API's 18 fields; money as integer nano-units (the encoder writes decimals)."""
     direction = _value(state, "direction") or "inbound"  # SPEC §4: inbound while unknown
@@ -275,7 +301,7 @@ def render_record(call_sid: str, record_id: int, state: CallState, settings: Set
     duration = connected_duration(state)
     costs: dict[str, int | None] = {c: state.costs.get(c) for c in COMPONENTS}
     if costs["telephony"] is None:
-        costs["telephony"] = telephony_estimate(state, duration, settings)
+        costs["telephony"] = estimate_of(state, duration, settings)[0]
     present = [amount for amount in costs.values() if amount is not None]
     return {
         "call_sid": call_sid,

@@ -274,6 +274,12 @@ class Store(StreamStore):
         return int(record_id), CallState.from_fields(core, {_text(k): v for k, v in fields.items()})
 
     @unavailable_on_error
+    async def call_fields(self, call_sid: str) -> dict[bytes, bytes] | None:
+        """The call's raw hash (one bounded HGETALL), or None when there is no such call."""
+        fields = await self.redis.hgetall(self.call_key(call_sid))
+        return fields if fields.get(b"id") is not None and fields.get(b"s") is not None else None
+
+    @unavailable_on_error
     async def get_calls(self, call_sids: list[str]) -> list[tuple[int, CallState] | None]:
         """`get_call` for many calls in one round trip (a list page)."""
         pipe = self.redis.pipeline(transaction=False)

@@ -7,6 +7,7 @@ with a compare-and-set on the version; no I/O happens here.
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
@@ -26,6 +27,7 @@ class CallPlan:
     duplicates: list[tuple[Entry, CallEvent]] = field(default_factory=list)
     failed: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)  # retried, then dead-lettered
     refused: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)  # dead-lettered at once
+    record: dict[str, Any] | None = None  # rendered when committed
 
 
 def wanted_fields(items: list[tuple[Entry, CallEvent]]) -> tuple[list[str], list[str]]:

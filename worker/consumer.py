@@ -21,16 +21,21 @@ from redis.exceptions import ResponseError
 
 from ledger.events import CallEvent
 from ledger.index_store import IndexStore
-from ledger.indexes import INDEX_FIELDS, index_entry, shard_of
+from ledger.indexes import RECORD_FIELDS, index_entry, shard_of
 from ledger.logs import flush_logs
 from ledger.metrics import Metrics
-from ledger.rules import CallState
+from ledger.rules import CallState, fix_estimate, render_record
+from ledger.served import RECORD_FIELD, stored_record
 from ledger.settings import Settings
 from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
 from worker.apply import CallPlan, KnownCalls, plan_call, wanted_fields
 
 log = structlog.get_logger("ledger.worker")
 
+
+# A call as committed (or found, when all its events were duplicates): record id, version,
+# state, and the record rendered at the commit (None when there was no commit).
+Committed = tuple[int, int, CallState, dict[str, Any] | None]
 
 # Compare-and-set retries per batch when other workers update the same calls; what is
 # still contended after these stays pending and is claimed again later.
@@ -175,7 +180,7 @@ class Consumer:
         outcomes: dict[tuple[str, str], tuple[str, str | None]] = {}  # entry ref -> (outcome, reason)
         # Per call: (record id, version, state) as committed, or as found when every event of the
         # call was a duplicate or failed (re-indexing it repairs an index update a dead worker missed).
-        committed: dict[str, tuple[int, int, CallState]] = {}
+        committed: dict[str, Committed] = {}
         remaining = by_call
         for _attempt in range(COMMIT_ATTEMPTS):
             loaded = await self._load(remaining)
@@ -190,13 +195,13 @@ class Consumer:
             for sid, plan in plans.items():
                 record_id = loaded[sid].record_id
                 if sid not in to_write and record_id is not None:
-                    committed[sid] = (record_id, loaded[sid].version, plan.state)
+                    committed[sid] = (record_id, loaded[sid].version, plan.state, None)
             conflicts, written = await self._commit(loaded, to_write)
             for sid, plan in to_write.items():
                 if sid not in conflicts:
                     outcomes.update((entry.ref, ("applied", None)) for entry, _ in plan.applied)
                     outcomes.update((entry.ref, ("refused", reason)) for entry, _, reason in plan.refused)
-                    committed[sid] = (written[sid].record_id, written[sid].new_version, plan.state)
+                    committed[sid] = (written[sid].record_id, written[sid].new_version, plan.state, plan.record)
             if not conflicts:
                 break
             # Re-plan only the new and refused events of contended calls; duplicates/failures are settled.
@@ -212,16 +217,16 @@ class Consumer:
         await self.settled()
         self._finishing = asyncio.create_task(self._finish(committed, by_call, outcomes))
 
-    async def _finish(self, committed: dict[str, tuple[int, int, CallState]],
+    async def _finish(self, committed: dict[str, Committed],
                       by_call: dict[str, list[tuple[Entry, CallEvent]]],
                       outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
         await self._index(committed)
         await self._settle(by_call, outcomes)
 
-    async def _index(self, committed: dict[str, tuple[int, int, CallState]]) -> None:
+    async def _index(self, committed: dict[str, Committed]) -> None:
         """Bring each call's index entry up to the version just committed (SPEC §9)."""
-        entries = [(shard_of(sid), index_entry(sid, record_id, state, self.settings), version)
-                   for sid, (record_id, version, state) in committed.items()]
+        entries = [(shard_of(sid), index_entry(sid, record_id, state, self.settings, record), version)
+                   for sid, (record_id, version, state, record) in committed.items()]
         try:
             await self.indexes.update(entries)
         except ResponseError as exc:
@@ -269,8 +274,8 @@ class Consumer:
         missing: dict[str, tuple[list[str], list[str]]] = {}
         for sid, items in calls.items():
             keys, fields = wanted_fields(items)
-            # The registers the call's index entry is derived from, whatever the events touch.
-            fields = list(dict.fromkeys([*fields, *INDEX_FIELDS]))
+            # The registers the record and its index entry are rendered from, whatever the events touch.
+            fields = list(dict.fromkeys([*fields, *RECORD_FIELDS]))
             known = self.known.get(sid, fields)
             if known is None:
                 missing[sid] = (keys, fields)
@@ -289,23 +294,28 @@ class Consumer:
         ids = {}
         if new_calls:
             ids = dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True))
-        writes = [
-            CommitWrite(
+        writes = []
+        for sid, plan in plans.items():
+            # The estimate and the record are fixed here, with this worker's rates (SPEC §11, §13):
+            # the lookup serves `j` as it is, and the index rolls up the same numbers.
+            fix_estimate(plan.state, self.settings)
+            record_id = loaded[sid].record_id or ids[sid]
+            plan.record = render_record(sid, record_id, plan.state, self.settings)
+            changed = plan.state.changed_fields()
+            writes.append(CommitWrite(
                 call_sid=sid,
                 version=loaded[sid].version,
                 new_version=loaded[sid].version + len(plan.new_events),
                 core=plan.state.core_json(),
-                record_id=loaded[sid].record_id or ids[sid],
+                record_id=record_id,
                 events=plan.new_events,
-                fields=plan.state.changed_fields(),
-            )
-            for sid, plan in plans.items()
-        ]
+                fields=[*changed, (RECORD_FIELD.decode(), stored_record(plan.record))],
+            ))
         results = await self.store.commit(writes)
         conflicts = set()
         for write, ok in zip(writes, results, strict=True):
-            if ok:
-                fields = {**loaded[write.call_sid].fields, **dict(write.fields)}
+            if ok:  # the cache keeps the state's fields, not the rendered record (the last one)
+                fields = {**loaded[write.call_sid].fields, **dict(write.fields[:-1])}
                 self.known.remember(write.call_sid, LoadedCall(
                     write.new_version, write.core, fields, write.record_id, frozenset()))
             else:  # someone else wrote the call, or our picture of it was stale: re-read it

@@ -1,0 +1,115 @@
+"""Records stored ready to serve at commit (SPEC §13), with the telephony estimate fixed when
+applied (SPEC §11): what GET returns is byte for byte what rendering the state would give,
+and a later change of the rate card changes no served number, list row or rollup."""
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from ledger.app import create_app
+from ledger.events import CallEvent
+from ledger.metrics import Metrics
+from ledger.rules import record_json, render_record
+from ledger.served import RECORD_FIELD, served_record
+from ledger.store import Store
+from tests.conftest import AUTH, make_settings
+from tests.workers import BASE, make_event, usage
+from worker.consumer import Consumer
+
+SID = "CA00000000000000000000000000000001"
+
+
+def twilio(event_id: str, offset_s: int, **fields: Any) -> CallEvent:
+    us = BASE.us + offset_s * 1_000_000
+    from ledger.instants import format_us
+    return CallEvent(source="twilio", event_id=event_id, call_sid=SID, type="call.status",
+                     occurred_at=format_us(us), occurred_us=us, **fields)
+
+
+async def apply(store: Store, events: list[CallEvent], **settings: Any) -> None:
+    for event in events:
+        await store.append(event.model_dump_json(exclude_defaults=True).encode(), event.call_sid)
+    await Consumer(store, make_settings(**settings), Metrics()).run_burst()
+
+
+async def rendered(store: Store, sid: str, **settings: Any) -> bytes:
+    found = await store.get_call(sid)
+    assert found is not None
+    return record_json(render_record(sid, found[0], found[1], make_settings(**settings)))
+
+
+async def test_get_serves_the_record_stored_at_commit_byte_for_byte(aiohttp_client: Any, store: Store) -> None:
+    meta = {"zeta": [1, {"b": None}], "alpha": "x", 'quote"key': "\"call_meta\":{}", "émoji": "☎"}
+    await apply(store, [
+        twilio("s1", 0, status="initiated", direction="outbound", from_number="+15551234567",
+               to_number="+15559876543"),
+        make_event(SID, "m1", 1_000_000, call_meta=meta, assistant_id=7, assistant_name='Bot "1"'),
+        usage(SID, "u1", 2_000_000, "llm", 1_234_567_891),
+        twilio("s2", 65, status="completed", duration=61),
+    ], telephony_rates="twilio:outbound=0.014")
+    stored = await store.redis.hget(store.call_key(SID), RECORD_FIELD)
+    assert stored is not None and b'"call_meta":{}' in stored  # call_meta is spliced in when read
+    client = await aiohttp_client(create_app(make_settings(telephony_rates="twilio:outbound=0.014"), "api", store))
+    response = await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)
+    assert response.status == 200
+    body = await response.read()
+    assert body == await rendered(store, SID, telephony_rates="twilio:outbound=0.014")
+    record = orjson.loads(body)
+    assert record["call_meta"] == meta and list(record["call_meta"]) == sorted(meta)
+    assert record["telephony_cost"] == 0.028 and record["assistant_name"] == 'Bot "1"'
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(meta=st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.text(max_size=12),
+    st.lists(st.text(max_size=4), max_size=3)), max_size=6))
+async def test_any_call_meta_is_spliced_exactly_as_rendering_would_write_it(meta: dict[str, Any]) -> None:
+    import fakeredis
+    store = Store(fakeredis.FakeAsyncRedis())
+    await apply(store, [make_event(SID, "m", 0, call_meta=meta, flow_name="f"), usage(SID, "u", 1, "tts", 5)])
+    fields = await store.call_fields(SID)
+    assert fields is not None
+    assert served_record(SID, fields, make_settings()) == await rendered(store, SID)
+
+
+async def test_a_record_committed_before_records_were_stored_is_rendered_from_its_state(
+        aiohttp_client: Any, store: Store) -> None:
+    await apply(store, [make_event(SID, "m", 0, call_meta={"k": 1}), usage(SID, "u", 1, "stt", 40)])
+    expected = await rendered(store, SID)
+    await store.redis.hdel(store.call_key(SID), RECORD_FIELD)
+    client = await aiohttp_client(create_app(make_settings(), "api", store))
+    response = await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)
+    assert response.status == 200 and await response.read() == expected
+
+
+@pytest.mark.parametrize("route", ["sid", "list", "costs", "rollups"])
+async def test_the_estimate_is_the_one_fixed_when_applied_whatever_the_api_rates(
+        aiohttp_client: Any, store: Store, route: str) -> None:
+    events = [twilio("s1", 0, status="initiated", direction="inbound", from_number="+15551234567",
+                     to_number="+15559876543"),
+              twilio("s2", 130, status="completed", duration=121)]  # 3 billed minutes
+    random.Random(1).shuffle(events)
+    await apply(store, events, telephony_rates="twilio:inbound=0.01")
+    # The API runs with another rate card: it serves what the worker fixed, 3 × 0.01.
+    client = await aiohttp_client(create_app(make_settings(telephony_rates="twilio:inbound=0.5"), "api", store))
+    if route == "sid":
+        body = await (await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)).json()
+        assert body["telephony_cost"] == 0.03 and body["total_cost"] == 0.03
+    elif route == "list":
+        body = await (await client.get("/api/v1/calls", headers=AUTH)).json()
+        [item] = body["items"]
+        assert item["telephony_cost"] == 0.03
+    elif route == "costs":
+        found = await store.get_call(SID)
+        assert found is not None
+        body = await (await client.get(f"/api/v1/calls/{found[0]}/costs", headers=AUTH)).json()
+        [entry] = [e for e in body["detailed_entries"] if e["id"] == "estimate:telephony"]
+        assert entry["total_cost"] == 0.03 and entry["unit_cost"] == 0.01
+    else:  # the rollups the analytics sum: whole units and nano remainder
+        totals = (await store.indexes.sum_hashes(["t:*"]))["t:*"]
+        assert (totals.get("cw", 0), totals["cf"]) == (0, 30_000_000)  # a field at 0 is deleted
