@@ -7,7 +7,7 @@ import orjson
 from aiohttp import web
 
 from api.auth import check_bearer, may_see
-from ledger.errors import InvalidQuery, NotFound
+from ledger.errors import InvalidQuery, JournalOff, NotFound
 from ledger.events import MAX_CALL_SID
 from ledger.served import organization_of, served_record
 from ledger.web import SETTINGS, STORE
@@ -64,6 +64,8 @@ def decode_cursor(cursor: str, parameter: str = "after") -> str:
 async def get_call_events(request: web.Request) -> web.Response:
     """One page of the call's applied events, oldest first: `limit`, `after` = the last `next`."""
     call_sid, scope = call_sid_and_scope(request)
+    if request.app[SETTINGS].journal == "off":
+        raise JournalOff("this service keeps no event journal (LEDGER_JOURNAL=off)")
     limit = page_limit(request, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX)
     after = request.query.get("after")
     if scope is not None:

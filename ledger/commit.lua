@@ -9,8 +9,10 @@
 -- triples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
 -- keys the events won. Only those are written: a commit writes what changed.
 --
--- Returns one 1 (written) or 0 per call: the version moved on, or an event is already in
--- the journal (the worker's picture of the call was stale: it re-reads and retries).
+-- An empty event JSON (LEDGER_JOURNAL=off) keeps no copy of the event: the order index alone
+-- records it, and is what recognises an event already applied in both modes.
+-- Returns one 1 (written) or 0 per call: the version moved on, or an event is already
+-- applied (the worker's picture of the call was stale: it re-reads and retries).
 -- Nothing of that call is written then.
 local results = {}
 local a = 1
@@ -25,7 +27,7 @@ for k = 1, #KEYS, 3 do
   local ok = (redis.call('HGET', call, 'v') or '0') == expected
   if ok then
     for i = events, events + 3 * (n - 1), 3 do
-      if redis.call('HEXISTS', journal, ARGV[i]) == 1 then
+      if redis.call('ZSCORE', order, ARGV[i]) then
         ok = false
         break
       end
@@ -34,7 +36,9 @@ for k = 1, #KEYS, 3 do
   if ok then
     -- One command per item: unpack() of a big batch would exceed Lua's stack.
     for i = events, events + 3 * (n - 1), 3 do
-      redis.call('HSET', journal, ARGV[i], ARGV[i + 2])
+      if ARGV[i + 2] ~= '' then
+        redis.call('HSET', journal, ARGV[i], ARGV[i + 2])
+      end
       redis.call('ZADD', order, ARGV[i + 1], ARGV[i])
     end
     for i = fields, fields + 2 * (m - 1), 2 do

@@ -51,6 +51,12 @@ class NotFound(LedgerError):
     code = "not_found"
 
 
+class JournalOff(NotFound):
+    """/events on a service that keeps no journal (LEDGER_JOURNAL=off)."""
+
+    code = "journal_off"
+
+
 class RequestTimeout(LedgerError):
     """The client did not send its body within LEDGER_READ_TIMEOUT_S."""
 

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # "replica": only once at least one replica has it (WAIT 1).
     durable_ack: Literal["none", "aof", "replica"] = "none"
     durable_ack_timeout_ms: int = Field(default=1000, ge=1)
+    # "off": keep no copy of applied events (no /events, no per-event /costs entries): about
+    # half of a call's Redis memory. Duplicates are still recognised by the call's order index.
+    journal: Literal["on", "off"] = "on"
     # SPEC §8 bounds per call: events applied (later ones are dead-lettered), and the merged
     # call_meta (an event alone above it is 422 at intake; one whose merge would pass it is
     # dead-lettered).

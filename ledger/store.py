@@ -11,11 +11,15 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
     cl:ids                     counter that hands out record ids
     cl:layout                  the version of this layout ("2"); start-up refuses data of another
     cl:call:{<sid>}            hash: id, v (events applied), s (the core state JSON: status, times,
-                               costs, provider, call_meta size), r:<register> and m:<call_meta key>
-                               -> [occurred_us, event_id, source, value]
-    cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event's JSON (dedupe + /events)
-    cl:order:{<sid>}           sorted set: <source>:<event_id> scored by occurred_us, the journal in
-                               time order (ties by key), paged by rank from a cursor key
+                               costs, provider, call_meta size, the fixed telephony estimate),
+                               r:<register> and m:<call_meta key> -> [occurred_us, event_id, source,
+                               value], j (the record rendered at commit, call_meta left `{}`:
+                               ledger.served)
+    cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event's JSON (/events);
+                               not written with LEDGER_JOURNAL=off
+    cl:order:{<sid>}           sorted set: <source>:<event_id> scored by occurred_us: every applied
+                               event (what recognises a duplicate), the journal in time order (ties
+                               by key), paged by rank from a cursor key
 
 The call hash stays small whatever the call's history (the journal is elsewhere, call_meta is
 bounded), so a lookup reads it whole; a commit writes its core, the journal entries and the
@@ -220,8 +224,8 @@ class Store(StreamStore):
         for sid in sids:
             keys, fields = wanted[sid]
             pipe.hmget(self.call_key(sid), "v", "s", "id", *fields)
-            # Values of events already applied come back too: only redeliveries have any.
-            pipe.hmget(self.journal_key(sid), keys)
+            # The order index holds every applied event's key (the journal may be off).
+            pipe.zmscore(self.order_key(sid), keys)
         replies = await pipe.execute()
         loaded = {}
         for i, sid in enumerate(sids):

@@ -113,3 +113,21 @@ async def test_the_estimate_is_the_one_fixed_when_applied_whatever_the_api_rates
     else:  # the rollups the analytics sum: whole units and nano remainder
         totals = (await store.indexes.sum_hashes(["t:*"]))["t:*"]
         assert (totals.get("cw", 0), totals["cf"]) == (0, 30_000_000)  # a field at 0 is deleted
+
+
+async def test_with_the_journal_off_duplicates_are_still_recognised_and_events_say_so(
+        aiohttp_client: Any, store: Store) -> None:
+    events = [make_event(SID, "m", 0, call_meta={"k": 1}), usage(SID, "u1", 1, "stt", 40),
+              usage(SID, "u2", 2, "llm", 2)]
+    await apply(store, events + events[::-1], journal="off")  # every event delivered twice
+    await apply(store, events, journal="off")  # and again, in a later batch
+    found = await store.get_call(SID)
+    assert found is not None and found[1].costs == {"stt": 40, "llm": 2}
+    assert await store.event_count(SID) == 3
+    assert not await store.redis.exists(store.journal_key(SID))  # no copy of any event kept
+    assert await store.redis.zcard(store.order_key(SID)) == 3
+    client = await aiohttp_client(create_app(make_settings(journal="off"), "api", store))
+    response = await client.get(f"/api/v1/calls/sid/{SID}/events", headers=AUTH)
+    assert response.status == 404 and (await response.json())["error"] == "journal_off"
+    record = await (await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)).json()
+    assert record["stt_cost"] == 0.00000004 and record["call_meta"] == {"k": 1}

@@ -68,8 +68,11 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
         version += 1
         # What /events shows: exactly what intake stored, or for priced usage the priced event,
         # so the price is frozen with it (a later edit of the file changes no applied cost).
-        journal = (entry.event_json or b"") if priced is event else priced.model_dump_json(
-            exclude_defaults=True).encode()
+        if settings.journal == "off":
+            journal = b""  # the commit then records the event's key only
+        else:
+            journal = (entry.event_json or b"") if priced is event else priced.model_dump_json(
+                exclude_defaults=True).encode()
         plan.new_events.append((event.key, event.occurred_us, journal))
         plan.applied.append((entry, event))
     return plan

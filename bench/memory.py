@@ -1,0 +1,84 @@
+"""Redis bytes per completed ~10-event call, by key, with the journal on and off.
+
+    python bench/memory.py            # 2,000 calls of 10 events each
+    python bench/memory.py --calls 500
+
+Applies realistic calls (statuses, metadata with call_meta, usage costs, 10% redeliveries)
+through the product's own worker on a fresh redis-server (default encodings), then sums
+`MEMORY USAGE` of every key of each call and of every index key, and divides by the calls.
+The stream is trimmed first: it is retention, not the call's cost.
+"""
+
+import argparse
+import asyncio
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import DEVNULL, RedisServer, call_events, fill_stream  # noqa: E402
+
+
+async def per_call(url: str, calls: int, journal: str) -> dict[str, float]:
+    from ledger.logs import configure_logging
+    from ledger.metrics import Metrics
+    from ledger.settings import Settings
+    from ledger.store import Store, open_redis
+    from worker.consumer import Consumer
+
+    random.seed(7)
+    events = call_events(calls, 10)
+    await fill_stream(url, events)
+    sys.stdout = DEVNULL
+    configure_logging("json", "info")
+    try:
+        settings = Settings(redis_url=url, key_prefix="bench", batch_size=500, consumer_name="memory",
+                            journal=journal)  # type: ignore[arg-type]
+        client: Any = open_redis(settings)
+        store = Store(client, "bench")
+        await Consumer(store, settings, Metrics()).run_burst()
+    finally:
+        sys.stdout = sys.__stdout__
+    totals = {"record": 0, "journal": 0, "order": 0}
+    for c in range(calls):
+        pipe = client.pipeline(transaction=False)
+        for key in store.call_keys(f"CA{c:032x}"):
+            pipe.memory_usage(key, samples=0)
+        for name, used in zip(totals, await pipe.execute(), strict=True):
+            totals[name] += int(used or 0)
+    index = 0
+    async for key in client.scan_iter(match="bench:ix:*", count=1000):
+        index += int(await client.memory_usage(key, samples=0) or 0)
+    await client.aclose()
+    out = {name: total / calls for name, total in totals.items()}
+    out["indexes"] = index / calls
+    out["total"] = sum(out.values())
+    return out
+
+
+def measure(calls: int) -> dict[str, dict[str, float]]:
+    results = {}
+    for journal in ("on", "off"):
+        redis = RedisServer()
+        try:
+            results[journal] = asyncio.run(per_call(redis.url, calls, journal))
+        finally:
+            redis.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+    for journal, row in measure(args.calls).items():
+        print(f"journal {journal}: {row['total']:,.0f} B per call = record {row['record']:,.0f} + journal "
+              f"{row['journal']:,.0f} + order {row['order']:,.0f} + indexes {row['indexes']:,.0f}")
+
+
+if __name__ == "__main__":
+    main()
