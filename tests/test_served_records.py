@@ -95,7 +95,7 @@ async def test_the_estimate_is_the_one_fixed_when_applied_whatever_the_api_rates
               twilio("s2", 130, status="completed", duration=121)]  # 3 billed minutes
     random.Random(1).shuffle(events)
     await apply(store, events, telephony_rates="twilio:inbound=0.01")
-    # The API runs with another rate card: it serves what the worker fixed, 3 × 0.01.
+    # The API runs with another rate card: it serves what the worker fixed, 3 x 0.01.
     client = await aiohttp_client(create_app(make_settings(telephony_rates="twilio:inbound=0.5"), "api", store))
     if route == "sid":
         body = await (await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)).json()
