@@ -389,13 +389,15 @@ def report(results: list[Result], script_us: dict[str, float]) -> None:
               f"| {r.apply_rate:,.0f} | {r.apply_per_core:,.0f} |")
     print("\nThe id counter (cl:ids) during apply: allocations per event (INCRBY calls) x the server time of "
           "one allocation, against its node's CPU per event:\n")
-    print("| Redis | shards | procs | node | allocations/event | id µs/event | node CPU µs/event | share |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| Redis | shards | procs | node | allocations/event | share of the node's commands | id µs/event "
+          "| node CPU µs/event | share of its CPU |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         node = r.apply_nodes[r.ids_node]
         allocations = node.commands.get("incrby", (0.0, 0.0))[0]
         cost = allocations * script_us[r.topology]
-        print(f"| {r.topology} | {r.shards} | {r.procs} | :{node.port} | {allocations:.3f} | {cost:.2f} "
+        print(f"| {r.topology} | {r.shards} | {r.procs} | :{node.port} | {allocations:.3f} "
+              f"| {allocations / max(node.calls, 1e-9):.2%} | {cost:.2f} "
               f"| {node.cpu_us:.1f} | {cost / max(node.cpu_us, 1e-9):.1%} |")
     print("\nRedis cost per event, per node (CPU: the redis-server process; calls: every command, "
           "those scripts run included):")
