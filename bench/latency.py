@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -53,6 +54,7 @@ def body_of(sid: str, n: int) -> bytes:
 
 async def run_rate(base: str, rate: int, seconds: float, tag: str) -> dict[str, float]:
     latencies: list[float] = []
+    statuses: Counter[object] = Counter()
     errors = 0
     late = 0
     total = int(rate * seconds)
@@ -71,6 +73,7 @@ async def run_rate(base: str, rate: int, seconds: float, tag: str) -> dict[str, 
                     await response.read()
                     if response.status >= 300:
                         errors += 1
+                        statuses[response.status] += 1
                         return
                 accepted = time.perf_counter()
                 if not timed:
@@ -82,8 +85,9 @@ async def run_rate(base: str, rate: int, seconds: float, tag: str) -> dict[str, 
                             latencies.append(time.perf_counter() - accepted)
                             return
                     await asyncio.sleep(POLL_S)
-            except aiohttp.ClientError:
+            except aiohttp.ClientError as exc:
                 errors += 1
+                statuses[type(exc).__name__] += 1
 
         tasks = []
         started = time.perf_counter()
@@ -102,6 +106,8 @@ async def run_rate(base: str, rate: int, seconds: float, tag: str) -> dict[str, 
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
 
+    if statuses:
+        print(f"    errors at {rate}/s: {dict(statuses)}", file=sys.stderr)
     return {"rate": rate, "sent": total, "achieved": total / elapsed, "errors": errors, "late": late,
             "timed": len(latencies), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
             "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
