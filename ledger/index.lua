@@ -2,8 +2,15 @@
 -- Every key is under the shard's hash tag (ARGV[1] is the shard's key base, KEYS[1] its entries
 -- hash, KEYS[2] its versions hash), so on a Redis Cluster the whole update is one slot, atomic.
 --
--- ARGV: base, then per call: member (zero-padded record id), version, score (list time µs), entry
---   (a whole batch's calls of one shard in one script call: per-command costs dominated otherwise)
+-- ARGV: base, then per call: member (zero-padded record id), version, score (list time µs), entry,
+--   base, delta (a whole batch's calls of one shard in one script call: per-command costs
+--   dominated otherwise)
+-- Fast path: when `base` is the version indexed now, `delta` (ledger.indexes.entry_delta:
+-- [memberships to leave, to join, [[key, field, difference]...]]) is applied as it is, and no
+-- stored entry is read or decoded (that was most of this script's time). A worker sends a
+-- base only for the version whose entry it wrote itself and the shard took; since a version
+-- is indexed once (an equal one is refused below), the entry indexed at `base` is that one.
+-- Any other case (base '' or another version indexed) takes the full path.
 --   entry = <payload JSON> "\n" [[sorted-set suffix...], {hash suffix: {field: amount}}, score]
 --   (readers take the payload; this script only the part after the newline)
 -- A new version whose entry is the same as the indexed one (a call_meta or flow change)
@@ -22,10 +29,31 @@ local function undo(stored)
   return cjson.decode(string.sub(stored, string.find(stored, '\n', 1, true) + 1))
 end
 
-local function replace(member, version_text, score, entry)
+local function fast(member, version_text, score, entry, delta)
+  local d = cjson.decode(delta)
+  for _, suffix in ipairs(d[1]) do
+    redis.call('ZREM', base .. suffix, member)
+  end
+  for _, suffix in ipairs(d[2]) do
+    redis.call('ZADD', base .. suffix, score, member)
+  end
+  for _, op in ipairs(d[3]) do
+    if tonumber(redis.call('HINCRBY', base .. op[1], op[2], op[3])) == 0 then
+      redis.call('HDEL', base .. op[1], op[2])
+    end
+  end
+  redis.call('HSET', KEYS[2], member, version_text)
+  redis.call('HSET', KEYS[1], member, entry)
+  return 1
+end
+
+local function replace(member, version_text, score, entry, from, delta)
   local indexed = redis.call('HGET', KEYS[2], member)
   if indexed and tonumber(indexed) >= tonumber(version_text) then
     return 0
+  end
+  if from ~= '' and indexed == from then
+    return fast(member, version_text, score, entry, delta)
   end
   redis.call('HSET', KEYS[2], member, version_text)
   local old = redis.call('HGET', KEYS[1], member)
@@ -88,7 +116,7 @@ local function replace(member, version_text, score, entry)
 end
 
 local results = {}
-for i = 2, #ARGV, 4 do
-  results[#results + 1] = replace(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+for i = 2, #ARGV, 6 do
+  results[#results + 1] = replace(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
 end
 return results

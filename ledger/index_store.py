@@ -40,6 +40,21 @@ ROLLUP_DAYS = Lua("rollup_days.lua")
 
 
 @dataclass(frozen=True)
+class IndexWrite:
+    """One call's entry for the index script. With `base` (the version of the entry this
+    writer indexed last, '' if none) and `delta` (ledger.indexes.entry_delta from that entry),
+    the script applies the delta without reading the stored entry while `base` is the
+    version indexed (index.lua)."""
+
+    shard: int
+    entry: IndexEntry
+    version: int
+    encoded: bytes
+    base: str = ""
+    delta: bytes = b""
+
+
+@dataclass(frozen=True)
 class Item:
     """One call in a list, as the index holds it."""
 
@@ -76,27 +91,32 @@ class IndexStore:
     # -- the worker ---------------------------------------------------------------------------
 
     async def update(self, entries: list[tuple[int, IndexEntry, int]]) -> list[bool]:
-        """Apply (shard, entry, version) for each call; True where the shard took it (newer).
+        """Apply (shard, entry, version) for each call; True where the shard took it (newer)."""
+        return await self.write([IndexWrite(shard, entry, version, entry.encode())
+                                 for shard, entry, version in entries])
+
+    async def write(self, writes: list["IndexWrite"]) -> list[bool]:
+        """Apply each write; True where the shard took it (newer than the version indexed).
 
         One script call per shard for all its calls: per-command costs dominated otherwise."""
-        if not entries:
+        if not writes:
             return []
-        by_shard: dict[int, list[int]] = defaultdict(list)  # shard -> positions in `entries`
-        for position, (shard, _, _) in enumerate(entries):
-            by_shard[shard].append(position)
+        by_shard: dict[int, list[int]] = defaultdict(list)  # shard -> positions in `writes`
+        for position, w in enumerate(writes):
+            by_shard[w.shard].append(position)
         calls: dict[int, list[Any]] = {}
         for shard, positions in by_shard.items():
             args: list[Any] = [self.base(shard)]
             for position in positions:
-                _, entry, version = entries[position]
-                args += [entry.member, version, str(entry.list_us), entry.encode()]
+                w = writes[position]
+                args += [w.entry.member, w.version, str(w.entry.list_us), w.encoded, w.base, w.delta]
             calls[shard] = args
 
         def build(pipe: Any) -> None:
             for shard, args in calls.items():
                 INDEX.queue(pipe, [self.entries_key(shard), self.versions_key(shard)], args, self._cluster)
 
-        taken = [False] * len(entries)
+        taken = [False] * len(writes)
         replies = await run_pipeline(self.redis, build, (INDEX,))
         for positions, reply in zip(by_shard.values(), replies, strict=True):
             for position, result in zip(positions, reply, strict=True):

@@ -187,6 +187,22 @@ class IndexEntry:
             [self.memberships(), grouped, str(self.list_us)])
 
 
+def entry_delta(old: IndexEntry, new: IndexEntry) -> bytes | None:
+    """What replacing `old` by `new` changes, for the index script's fast path:
+    [memberships to leave, memberships to join, [[rollup key, field, difference], ...]].
+    None when the list time moved (every membership is re-scored: the script's full path)."""
+    if old.list_us != new.list_us or old.record_id != new.record_id:
+        return None
+    held, wanted = old.memberships(), new.memberships()
+    change: dict[tuple[str, str], int] = {}
+    for key, name, amount in old.increments():
+        change[(key, name)] = change.get((key, name), 0) - amount
+    for key, name, amount in new.increments():
+        change[(key, name)] = change.get((key, name), 0) + amount
+    return orjson.dumps([[s for s in held if s not in wanted], [s for s in wanted if s not in held],
+                         [[key, name, str(d)] for (key, name), d in change.items() if d]])
+
+
 def entry_payload(stored: bytes) -> dict[str, Any]:
     """The payload of a stored entry (see `IndexEntry.encode`)."""
     payload: dict[str, Any] = orjson.loads(stored.partition(b"\n")[0])

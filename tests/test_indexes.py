@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ledger.app import create_app
 from ledger.events import TERMINAL_STATUSES, CallEvent, Cost
-from ledger.index_store import IndexStore
+from ledger.index_store import IndexStore, IndexWrite
 from ledger.indexes import index_entry, shard_of
 from ledger.metrics import Metrics
 from ledger.rules import record_json, render_record
@@ -145,7 +145,7 @@ async def test_an_index_update_lost_to_a_crash_is_repaired_by_the_redelivery(
     async def die(*args: Any) -> list[bool]:
         raise RedisConnectionError("worker lost Redis between commit and index update")
 
-    doomed.indexes.update = die  # type: ignore[method-assign]
+    doomed.indexes.write = die  # type: ignore[method-assign]
     for e in call("CA-crash", BASE_US, assistant=2):
         await store.append(e.model_dump_json().encode())
     with pytest.raises(RedisConnectionError):
@@ -236,3 +236,30 @@ def test_calls_at_the_edges_of_the_calendar_get_day_and_week_buckets(at: str) ->
     assert day == at[:10]
     week = week_of(day)
     assert len(week) == 10 and week <= day
+
+
+@pytest.mark.parametrize("poisoned", [False, True])
+async def test_delta_updates_give_the_index_a_fresh_build_gives(
+        store: Store, settings: Settings, poisoned: bool) -> None:
+    """A worker sends a call's next index update as a delta from the entry it wrote last
+    (index.lua's fast path); a base version that is not the one indexed takes the full path."""
+    rng = random.Random(5)
+    events = random_calls(rng, 20)
+    consumer = Consumer(store, settings.model_copy(update={"batch_size": 3}), Metrics())
+    sent: list[IndexWrite] = []
+    write = consumer.indexes.write
+
+    async def spy(writes: list[IndexWrite]) -> list[bool]:
+        if poisoned:  # every remembered version one behind what the shard holds: never the base
+            for sid, (version, entry) in list(consumer.indexed._entries.items()):
+                consumer.indexed._entries[sid] = (version - 1, entry)
+        sent.extend(writes)
+        return await write(writes)
+
+    consumer.indexes.write = spy  # type: ignore[method-assign]
+    for e in sorted(events, key=lambda e: rng.random()):
+        await store.append(e.model_dump_json().encode())
+    await consumer.run_burst()
+    assert sum(1 for w in sent if w.base) > 10  # the fast path was offered, many times
+    sids = sorted({e.call_sid for e in events})
+    assert await dump_indexes(store.redis) == await rebuilt(store, settings, sids)

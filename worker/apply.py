@@ -11,6 +11,7 @@ from typing import Any
 
 from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
+from ledger.indexes import IndexEntry
 from ledger.pricing import price_event
 from ledger.rules import CallState, apply_event, touched_fields
 from ledger.settings import Settings
@@ -138,3 +139,42 @@ class KnownCalls:
 
     def __len__(self) -> int:
         return len(self._calls)
+
+
+class IndexedEntries:
+    """The index entry this worker last wrote, and the shard took, for recently seen calls
+    (its version and the entry), so the call's next update can go as a delta from it
+    (ledger/index.lua's fast path). Only a hint: the script applies the delta only while
+    that version is the one indexed, and takes its full path otherwise. Bounded in bytes,
+    least recently used first out.
+    """
+
+    _SIZE = 1200  # an IndexEntry, its strings and the dict slot, measured with tracemalloc
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, tuple[int, IndexEntry]] = OrderedDict()
+
+    def get(self, call_sid: str) -> tuple[int, IndexEntry] | None:
+        found = self._entries.get(call_sid)
+        if found is not None:
+            self._entries.move_to_end(call_sid)
+        return found
+
+    def remember(self, call_sid: str, version: int, entry: IndexEntry) -> None:
+        self.forget(call_sid)
+        if self._SIZE > self.capacity_bytes:
+            return
+        self._entries[call_sid] = (version, entry)
+        self.bytes += self._SIZE
+        while self.bytes > self.capacity_bytes:
+            self._entries.popitem(last=False)
+            self.bytes -= self._SIZE
+
+    def forget(self, call_sid: str) -> None:
+        if self._entries.pop(call_sid, None) is not None:
+            self.bytes -= self._SIZE
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -20,15 +20,15 @@ from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
 from ledger.events import CallEvent
-from ledger.index_store import IndexStore
-from ledger.indexes import RECORD_FIELDS, index_entry, shard_of
+from ledger.index_store import IndexStore, IndexWrite
+from ledger.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
 from ledger.logs import flush_logs
 from ledger.metrics import Metrics
 from ledger.rules import CallState, fix_estimate, render_record
 from ledger.served import RECORD_FIELD, stored_record
 from ledger.settings import Settings
 from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
-from worker.apply import CallPlan, KnownCalls, plan_call, wanted_fields
+from worker.apply import CallPlan, IndexedEntries, KnownCalls, plan_call, wanted_fields
 
 log = structlog.get_logger("ledger.worker")
 
@@ -55,7 +55,9 @@ class Consumer:
         self.name = settings.consumer_name
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.known = KnownCalls(settings.worker_cache_bytes)
+        # LEDGER_WORKER_CACHE_BYTES: three quarters for call states, one for index entries.
+        self.known = KnownCalls(settings.worker_cache_bytes * 3 // 4)
+        self.indexed = IndexedEntries(settings.worker_cache_bytes // 4)
         self._next_claim = 0.0
         self._next_maintenance = 0.0
         # The previous batch's index update and acknowledgement, running while the next batch
@@ -225,14 +227,29 @@ class Consumer:
 
     async def _index(self, committed: dict[str, Committed]) -> None:
         """Bring each call's index entry up to the version just committed (SPEC §9)."""
-        entries = [(shard_of(sid), index_entry(sid, record_id, state, self.settings, record), version)
-                   for sid, (record_id, version, state, record) in committed.items()]
+        writes = []
+        for sid, (record_id, version, state, record) in committed.items():
+            entry = index_entry(sid, record_id, state, self.settings, record)
+            encoded = entry.encode()
+            base, delta = "", b""
+            previous = self.indexed.get(sid)
+            if previous is not None and previous[0] < version:
+                change = entry_delta(previous[1], entry)
+                if change is not None:
+                    base, delta = str(previous[0]), change
+            writes.append(IndexWrite(shard_of(sid), entry, version, encoded, base, delta))
         try:
-            await self.indexes.update(entries)
+            taken = await self.indexes.write(writes)
         except ResponseError as exc:
             # A script error no retry can fix must not hold the batch up forever: the record is
             # committed; its entry stays at the previous version until the call's next commit.
-            log.error("index_update_failed", calls=len(entries), error=str(exc))
+            log.error("index_update_failed", calls=len(writes), error=str(exc))
+            return
+        for write, ok in zip(writes, taken, strict=True):
+            if ok:
+                self.indexed.remember(write.entry.call_sid, write.version, write.entry)
+            else:  # the shard has this version or a newer one, perhaps another worker's
+                self.indexed.forget(write.entry.call_sid)
 
     async def _settle(self, by_call: dict[str, list[tuple[Entry, CallEvent]]],
                       outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
