@@ -46,14 +46,14 @@ def page_limit(request: web.Request, default: int, maximum: int) -> int:
 
 
 def encode_cursor(member: str) -> str:
-    return base64.urlsafe_b64encode(member.encode("utf-8", "surrogateescape")).decode().rstrip("=")
+    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str, parameter: str = "after") -> str:
     """The opaque cursor back to the order member it names; InvalidQuery when it is not one."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        member = raw.decode("utf-8", "surrogateescape")
+        member = raw.decode()  # strict: event ids are valid Unicode, and so must a cursor be
     except (binascii.Error, ValueError):
         raise InvalidQuery(f"{parameter} is not a cursor this service gave out") from None
     if ":" not in member:

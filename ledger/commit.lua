@@ -13,7 +13,9 @@
 -- records it, and is what recognises an event already applied in both modes.
 -- Returns one 1 (written) or 0 per call: the version moved on, or an event is already
 -- applied (the worker's picture of the call was stale: it re-reads and retries).
--- Nothing of that call is written then.
+-- Nothing of that call is written then. A call with no events (n = 0) is only checked: its
+-- refusals were judged on the state read, and the version confirms that state; nothing is
+-- written (no record appears for a call whose only events were refused).
 local results = {}
 local a = 1
 for k = 1, #KEYS, 3 do
@@ -33,7 +35,7 @@ for k = 1, #KEYS, 3 do
       end
     end
   end
-  if ok then
+  if ok and n > 0 then
     -- One command per item: unpack() of a big batch would exceed Lua's stack.
     for i = events, events + 3 * (n - 1), 3 do
       if ARGV[i + 2] ~= '' then
@@ -46,6 +48,8 @@ for k = 1, #KEYS, 3 do
     end
     redis.call('HSET', call, 'v', new_version, 's', core)
     redis.call('HSETNX', call, 'id', id)
+    results[#results + 1] = 1
+  elseif ok then
     results[#results + 1] = 1
   else
     results[#results + 1] = 0

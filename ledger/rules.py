@@ -16,7 +16,7 @@ import orjson
 from ledger.errors import Refused, Unapplicable
 from ledger.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
 from ledger.money import NANO, convert, format_nano
-from ledger.pricing import telephony_charge
+from ledger.pricing import TELEPHONY_USAGE_TYPES, telephony_charge
 from ledger.settings import Settings
 
 # initiated < ringing < ongoing < every terminal status; among terminal ones the
@@ -268,15 +268,24 @@ def telephony_estimate(state: CallState, duration: int | None, settings: Setting
     return int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
+def _estimate_rate(state: CallState, settings: Settings) -> str | None:
+    """The per-minute rate the estimate used, as decimal text in the ledger currency: the
+    pricing file's telephony entry when it has one (None if that is in another currency),
+    else LEDGER_TELEPHONY_RATES'."""
+    direction = _value(state, "direction") or "inbound"
+    entry = None if state.provider is None else settings.pricing.lookup(
+        "telephony", state.provider, None, TELEPHONY_USAGE_TYPES[direction],
+        state.started[0] if state.started else (state.status[1] if state.status else 0))
+    if entry is not None:
+        return entry.unit_cost if entry.currency == settings.currency else None
+    card = settings.telephony_rates.get((state.provider or "", direction))
+    return None if card is None else str(card)
+
+
 def fix_estimate(state: CallState, settings: Settings) -> None:
     """Fix the telephony estimate with these settings (the worker, before each commit)."""
     amount = telephony_estimate(state, connected_duration(state), settings)
-    rate = None
-    if amount is not None:
-        direction = _value(state, "direction") or "inbound"
-        card = settings.telephony_rates.get((state.provider or "", direction))
-        rate = None if card is None else str(card)
-    state.estimate = [amount, rate]
+    state.estimate = [amount, None if amount is None else _estimate_rate(state, settings)]
 
 
 def estimate_of(state: CallState, duration: int | None, settings: Settings) -> tuple[int | None, str | None]:
@@ -284,9 +293,7 @@ def estimate_of(state: CallState, duration: int | None, settings: Settings) -> t
     if state.estimate is not None:
         return state.estimate[0], state.estimate[1]
     amount = telephony_estimate(state, duration, settings)
-    direction = _value(state, "direction") or "inbound"
-    card = settings.telephony_rates.get((state.provider or "", direction))
-    return amount, None if card is None else str(card)
+    return amount, None if amount is None else _estimate_rate(state, settings)
 
 
 def render_record(call_sid: str, record_id: int, state: CallState, settings: Settings) -> dict[str, Any]:

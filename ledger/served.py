@@ -7,7 +7,10 @@ must not rewrite them with each event. A lookup reads the hash once and, when th
 call_meta keys, puts them in place of the `{}` (`served_record`): no state is rebuilt, no
 money formatted, no estimate computed on the request path.
 
-Records committed before `j` existed are rendered from their state, as before.
+`j` starts with the version it was rendered at and a newline. A record whose `j` is missing
+or of another version than the call's `v` (committed by a version of call-ledger from before
+records were stored ready, e.g. during a rolling upgrade) is rendered from its state, as
+before: a lookup never serves a stale `j`.
 """
 
 from typing import Any
@@ -23,9 +26,10 @@ _META = META_FIELD.encode()
 _ORGANIZATION = (REGISTER_FIELD + "organization_id").encode()
 
 
-def stored_record(record: dict[str, Any]) -> bytes:
-    """The `j` field for a rendered record: its JSON with call_meta `{}`."""
-    return record_json({**record, "call_meta": {}})
+def stored_record(record: dict[str, Any], version: int) -> bytes:
+    """The `j` field for a record rendered at `version`: the version, a newline, its JSON with
+    call_meta `{}`."""
+    return str(version).encode() + b"\n" + record_json({**record, "call_meta": {}})
 
 
 def organization_of(fields: dict[bytes, bytes]) -> int | str | None:
@@ -36,8 +40,8 @@ def organization_of(fields: dict[bytes, bytes]) -> int | str | None:
 
 def served_record(call_sid: str, fields: dict[bytes, bytes], settings: Settings) -> bytes:
     """The record's JSON from the call's raw hash fields (HGETALL)."""
-    stored = fields.get(RECORD_FIELD)
-    if stored is None:  # committed before records were stored ready
+    version, _, stored = (fields.get(RECORD_FIELD) or b"").partition(b"\n")
+    if not stored or version != fields.get(b"v", b"0"):  # not rendered at this version
         state = CallState.from_fields(fields[b"s"], {k.decode(): v for k, v in fields.items()})
         return record_json(render_record(call_sid, int(fields[b"id"]), state, settings))
     meta = sorted((name[2:].decode(), orjson.loads(value)[3]) for name, value in fields.items()

@@ -53,7 +53,7 @@ async def test_get_serves_the_record_stored_at_commit_byte_for_byte(aiohttp_clie
         twilio("s2", 65, status="completed", duration=61),
     ], telephony_rates="twilio:outbound=0.014")
     stored = await store.redis.hget(store.call_key(SID), RECORD_FIELD)
-    assert stored is not None and b'"call_meta":{}' in stored  # call_meta is spliced in when read
+    assert stored is not None and stored.startswith(b"4\n") and b'"call_meta":{}' in stored  # spliced in when read
     client = await aiohttp_client(create_app(make_settings(telephony_rates="twilio:outbound=0.014"), "api", store))
     response = await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)
     assert response.status == 200
@@ -77,11 +77,17 @@ async def test_any_call_meta_is_spliced_exactly_as_rendering_would_write_it(meta
     assert served_record(SID, fields, make_settings()) == await rendered(store, SID)
 
 
-async def test_a_record_committed_before_records_were_stored_is_rendered_from_its_state(
-        aiohttp_client: Any, store: Store) -> None:
+@pytest.mark.parametrize("written_by", ["a version without j", "a version that leaves j behind"])
+async def test_a_record_whose_j_is_missing_or_stale_is_rendered_from_its_state(
+        aiohttp_client: Any, store: Store, written_by: str) -> None:
     await apply(store, [make_event(SID, "m", 0, call_meta={"k": 1}), usage(SID, "u", 1, "stt", 40)])
+    if written_by == "a version without j":
+        await store.redis.hdel(store.call_key(SID), RECORD_FIELD)
+    else:  # an older worker committed one more event: `s` and `v` moved on, `j` did not
+        stale = await store.redis.hget(store.call_key(SID), RECORD_FIELD)
+        await apply(store, [usage(SID, "u2", 2, "stt", 2)])
+        await store.redis.hset(store.call_key(SID), RECORD_FIELD, stale)
     expected = await rendered(store, SID)
-    await store.redis.hdel(store.call_key(SID), RECORD_FIELD)
     client = await aiohttp_client(create_app(make_settings(), "api", store))
     response = await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)
     assert response.status == 200 and await response.read() == expected
@@ -131,3 +137,60 @@ async def test_with_the_journal_off_duplicates_are_still_recognised_and_events_s
     assert response.status == 404 and (await response.json())["error"] == "journal_off"
     record = await (await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)).json()
     assert record["stt_cost"] == 0.00000004 and record["call_meta"] == {"k": 1}
+
+
+async def test_a_call_whose_only_events_are_refused_gets_no_record(aiohttp_client: Any, store: Store) -> None:
+    # Over the call_meta bound when applied (queued before the bound was lowered): dead-lettered.
+    await apply(store, [make_event(SID, "big", 0, call_meta={f"k{i}": i for i in range(5)})],
+                max_call_meta_keys=2)
+    assert not await store.redis.exists(store.call_key(SID))  # no id, no state, no record
+    assert len(await store.redis.xrange(store.dead)) == 1
+    client = await aiohttp_client(create_app(make_settings(), "api", store))
+    assert (await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)).status == 404
+    assert (await (await client.get("/api/v1/calls/count", headers=AUTH)).json())["count"] == 0
+    # Its first applicable event creates the call, with one id everywhere.
+    await apply(store, [make_event(SID, "small", 1, call_meta={"k": 1})], max_call_meta_keys=2)
+    record = await (await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)).json()
+    by_id = await (await client.get(f"/api/v1/calls/{record['id']}", headers=AUTH)).json()
+    assert by_id["call_sid"] == SID and by_id["id"] == record["id"]
+    assert (await (await client.get("/api/v1/calls/count", headers=AUTH)).json())["count"] == 1
+
+
+async def test_a_refused_event_after_a_rate_change_reprices_nothing(aiohttp_client: Any, store: Store) -> None:
+    await apply(store, [twilio("s1", 0, status="initiated", direction="inbound", from_number="+15551234567",
+                               to_number="+15559876543"), twilio("s2", 61, status="completed", duration=61)],
+                telephony_rates="twilio:inbound=0.01")
+    before = await store.redis.hgetall(store.call_key(SID))
+    # A worker with new rates refuses an event over the call_meta bound (no redelivery can apply it).
+    await apply(store, [make_event(SID, "big", 5, call_meta={f"k{i}": i for i in range(5)})],
+                telephony_rates="twilio:inbound=0.5", max_call_meta_keys=2)
+    assert len(await store.redis.xrange(store.dead)) == 1
+    assert await store.redis.hgetall(store.call_key(SID)) == before  # not a byte rewritten
+    client = await aiohttp_client(create_app(make_settings(), "api", store))
+    assert (await (await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)).json())["telephony_cost"] == 0.02
+
+
+async def test_an_events_cursor_that_is_not_unicode_is_a_422(aiohttp_client: Any, store: Store) -> None:
+    import base64
+    await apply(store, [usage(SID, "u", 0, "llm", 1)])
+    client = await aiohttp_client(create_app(make_settings(), "api", store))
+    cursor = base64.urlsafe_b64encode(b"platform:\xff\xfe").decode().rstrip("=")
+    response = await client.get(f"/api/v1/calls/sid/{SID}/events", params={"after": cursor}, headers=AUTH)
+    assert response.status == 422 and (await response.json())["error"] == "invalid_parameter"
+
+
+async def test_the_estimate_entry_shows_the_pricing_file_rate_that_priced_it(
+        aiohttp_client: Any, store: Store, tmp_path: Any) -> None:
+    table = tmp_path / "prices.yaml"
+    table.write_text('prices:\n  - {component: telephony, provider: twilio, model: "*", usage_type: inbound_minutes,'
+                     ' unit_price: "0.02"}\n')
+    rates = {"telephony_rates": "twilio:inbound=0.01", "pricing_file": str(table)}
+    await apply(store, [twilio("s1", 0, status="initiated", direction="inbound", from_number="+15551234567",
+                               to_number="+15559876543"), twilio("s2", 181, status="completed", duration=181)],
+                **rates)
+    found = await store.get_call(SID)
+    assert found is not None
+    client = await aiohttp_client(create_app(make_settings(**rates), "api", store))
+    body = await (await client.get(f"/api/v1/calls/{found[0]}/costs", headers=AUTH)).json()
+    [entry] = [e for e in body["detailed_entries"] if e["id"] == "estimate:telephony"]
+    assert (entry["usage_amount"], entry["unit_cost"], entry["total_cost"]) == (4, 0.02, 0.08)

@@ -203,7 +203,10 @@ class Consumer:
                 if sid not in conflicts:
                     outcomes.update((entry.ref, ("applied", None)) for entry, _ in plan.applied)
                     outcomes.update((entry.ref, ("refused", reason)) for entry, _, reason in plan.refused)
-                    committed[sid] = (written[sid].record_id, written[sid].new_version, plan.state, plan.record)
+                    if plan.new_events:
+                        committed[sid] = (written[sid].record_id, written[sid].new_version, plan.state, plan.record)
+                    elif (found := loaded[sid].record_id) is not None:  # checked only: index it as found
+                        committed[sid] = (found, loaded[sid].version, plan.state, None)
             if not conflicts:
                 break
             # Re-plan only the new and refused events of contended calls; duplicates/failures are settled.
@@ -307,30 +310,38 @@ class Consumer:
         """Commit each call's plan; (calls that conflicted, what was written per call)."""
         if not plans:
             return set(), {}
-        new_calls = [sid for sid in plans if loaded[sid].record_id is None]
+        # A plan with refusals only is a check of the version (nothing is written): no id for it.
+        new_calls = [sid for sid, plan in plans.items() if loaded[sid].record_id is None and plan.new_events]
         ids = {}
         if new_calls:
             ids = dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True))
         writes = []
         for sid, plan in plans.items():
+            if not plan.new_events:
+                writes.append(CommitWrite(call_sid=sid, version=loaded[sid].version, new_version=loaded[sid].version,
+                                          core=b"", record_id=loaded[sid].record_id or 0, events=[], fields=[]))
+                continue
             # The estimate and the record are fixed here, with this worker's rates (SPEC §11, §13):
             # the lookup serves `j` as it is, and the index rolls up the same numbers.
             fix_estimate(plan.state, self.settings)
             record_id = loaded[sid].record_id or ids[sid]
             plan.record = render_record(sid, record_id, plan.state, self.settings)
             changed = plan.state.changed_fields()
+            new_version = loaded[sid].version + len(plan.new_events)
             writes.append(CommitWrite(
                 call_sid=sid,
                 version=loaded[sid].version,
-                new_version=loaded[sid].version + len(plan.new_events),
+                new_version=new_version,
                 core=plan.state.core_json(),
                 record_id=record_id,
                 events=plan.new_events,
-                fields=[*changed, (RECORD_FIELD.decode(), stored_record(plan.record))],
+                fields=[*changed, (RECORD_FIELD.decode(), stored_record(plan.record, new_version))],
             ))
         results = await self.store.commit(writes)
         conflicts = set()
         for write, ok in zip(writes, results, strict=True):
+            if ok and not write.events:  # checked, not written: what was loaded still holds
+                continue
             if ok:  # the cache keeps the state's fields, not the rendered record (the last one)
                 fields = {**loaded[write.call_sid].fields, **dict(write.fields[:-1])}
                 self.known.remember(write.call_sid, LoadedCall(
