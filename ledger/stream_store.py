@@ -30,6 +30,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _call_sid_of(event_json: bytes) -> str:
+    return str(orjson.loads(event_json).get("call_sid", ""))
+
+
 def entry_order(entry_id: str) -> tuple[int, int]:
     """A stream entry id as a sortable (milliseconds, sequence) pair."""
     ms, _, seq = entry_id.partition("-")
@@ -87,7 +91,7 @@ class StreamStore:
         harmless duplicate).
         """
         if call_sid is None:  # replays and tools: the event says which call it is
-            call_sid = str(orjson.loads(event_json).get("call_sid", ""))
+            call_sid = _call_sid_of(event_json)
         stream = self.shard_for(call_sid).stream
         if self.durable_ack == "none":
             return _text(await self.redis.xadd(stream, {"e": event_json}))

@@ -60,9 +60,12 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         variable = next(s.secret_variable for s in SOURCES if s.name == name)
         log.warning("source_not_configured", source=name, missing_variable=variable)
         raise SourceNotConfigured(f"{name} webhooks are not configured on this service")
-    try:  # a client trickling its body must not hold the handler forever
-        async with asyncio.timeout(request.app[SETTINGS].read_timeout_s):
+    try:
+        if request.content.is_eof():  # the whole body is already here (nearly always): nothing to wait for
             body = await request.read()  # aiohttp answers 413 past client_max_size (chunked bodies)
+        else:  # a client trickling its body must not hold the handler forever
+            async with asyncio.timeout(request.app[SETTINGS].read_timeout_s):
+                body = await request.read()
     except TimeoutError:
         raise RequestTimeout(f"body not received within {request.app[SETTINGS].read_timeout_s:g} s") from None
     except (RequestPayloadError, HttpProcessingError):  # e.g. Content-Encoding: gzip that does not inflate
@@ -140,7 +143,8 @@ def add_intake(app: web.Application, settings: Settings) -> None:
 
     async def signatures_ctx(app: web.Application) -> AsyncIterator[None]:
         # After base_app's store context (registered first), on the same Redis client.
-        app[SIGNATURES] = SignatureLedger(app[STORE].redis, settings.key_prefix, settings.signature_ttl_s)
+        app[SIGNATURES] = SignatureLedger(app[STORE].redis, settings.key_prefix, settings.signature_ttl_s,
+                                         batcher=app[STORE].batcher)
         yield
 
     app.cleanup_ctx.append(signatures_ctx)
