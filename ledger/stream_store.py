@@ -109,8 +109,15 @@ class StreamStore:
         return _text(entry_id)
 
     async def replicas_in_sync(self) -> int:
-        """How many replicas the server has connected now (INFO replication)."""
-        return int((await self.redis.info("replication")).get("connected_slaves", 0))
+        """How many replicas the server has connected now (INFO replication); on a Cluster, the
+        fewest any master has (a master without one answers its shards' webhooks 503)."""
+        if not self._cluster:
+            return int((await self.redis.info("replication")).get("connected_slaves", 0))
+        counts = []
+        for node in self.redis.get_primaries():
+            info = await self.redis.info("replication", target_nodes=node)
+            counts.append(int(info.get("connected_slaves", 0)))
+        return min(counts, default=0)
 
     async def check_durability(self) -> None:
         """Raise DurabilityUnavailable unless this Redis confirms AOF writes (WAITAOF).

@@ -24,6 +24,7 @@ deduplicated by its event id). Status callbacks carry no price.
 """
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -89,6 +90,7 @@ def signed_parameters(pairs: Iterable[tuple[str, str]]) -> str:
     return "".join(name + value for name in sorted(grouped) for value in sorted(grouped[name]))
 
 
+@functools.lru_cache(maxsize=256)  # a service is called on a handful of URLs; urlsplit per request showed
 def url_variants(url: str) -> tuple[str, ...]:
     """The URL as given, plus the same URL with its default port added or removed."""
     parts = urlsplit(url)
