@@ -98,22 +98,24 @@ class AppendBatcher:
     def _submit(self, key: str, args: tuple[Any, ...], options: dict[str, Any], *, acked: bool) -> Awaitable[Any]:
         loop = asyncio.get_running_loop()
         if not self._pending:
-            loop.call_soon(self._flush)
+            # A task's first step runs on the loop's next iteration, after every callback that
+            # is ready now: what this tick's other requests submit meanwhile goes with it.
+            task = loop.create_task(self._send_tick())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Op(key, args, options, future, acked))
         return future
 
     # -- one tick -----------------------------------------------------------------------------
 
-    def _flush(self) -> None:
+    async def _send_tick(self) -> None:
         # Every tick sends at once, even while an earlier one is in flight (measured: making
         # later ticks wait for it, to grow the batches, did not raise throughput; and on a
         # cluster one node's slow WAIT would hold up the others' answers).
         batch, self._pending = self._pending, []
         self.batches += 1
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._send(batch)
 
     async def _send(self, batch: list[_Op]) -> None:
         try:

@@ -195,3 +195,11 @@ async def test_replica_ack_on_a_cluster_loses_nothing_answered_2xx_through_a_mas
     guarantees.record("cluster, durable ack replica: master SIGKILLed and replaced; 503 while unconfirmable",
                       sent=len(answers) + len(cost_events), answered_2xx=len(answers) + len(cost_events),
                       applied=len(answers) + len(cost_events), duplicates_suppressed=0, lost=0)
+
+
+def test_replica_durability_is_accepted_on_a_cluster() -> None:
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url="redis://127.0.0.1:7000,redis://127.0.0.1:7001", redis_cluster=True,
+                             durable_ack="replica")
+    assert settings.durable_ack == "replica" and settings.redis_cluster
