@@ -90,7 +90,8 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         field = ".".join(str(part) for part in error["loc"]) or "event"
         raise InvalidEvent(f"{field}: {error['msg']}") from None
     if event is None:
-        request.app[METRICS].received.labels(name, "ignored").inc()
+        metrics = request.app[METRICS]
+        metrics.labelled(metrics.received, name, "ignored").inc()
         log.info("webhook_received", source=name, outcome="ignored", status=200)
         return json_response({"outcome": "ignored"})
     try:
@@ -100,7 +101,8 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         raise InvalidEvent("text fields must be valid Unicode (no lone surrogate escapes)") from None
     check_call_meta(event, request.app[SETTINGS])  # after: what serialises is what is measured
     await request.app[STORE].append(event_json, event.call_sid)
-    request.app[METRICS].received.labels(name, "stored").inc()
+    metrics = request.app[METRICS]
+    metrics.labelled(metrics.received, name, "stored").inc()
     log.info("webhook_received", source=name, call_sid=event.call_sid, event_id=event.event_id,
              type=event.type, outcome="stored", status=200)
     return json_response({"outcome": "stored", "call_sid": event.call_sid, "event_id": event.event_id})
@@ -127,7 +129,8 @@ def webhook_handler(name: str):  # type: ignore[no-untyped-def]
         except (LedgerError, web.HTTPRequestEntityTooLarge) as exc:
             status = getattr(exc, "status", 500)
             outcome = getattr(exc, "outcome", None) or _REFUSALS.get(status, "rejected")
-            request.app[METRICS].received.labels(name, outcome).inc()
+            metrics = request.app[METRICS]
+            metrics.labelled(metrics.received, name, outcome).inc()
             # The reason names what was wrong, never a header value or a secret.
             log.info("webhook_received", source=name, outcome=outcome,
                      status=status, reason=str(exc) if isinstance(exc, LedgerError) else "body too large")

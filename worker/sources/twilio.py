@@ -84,10 +84,8 @@ TIMESTAMP = re.compile(rf"({'|'.join(WEEKDAYS)}), ([0-9]{{1,2}}) ({'|'.join(MONT
 
 def signed_parameters(pairs: Iterable[tuple[str, str]]) -> str:
     """`name + value` for each name sorted, each distinct value sorted (the SDK's rule)."""
-    grouped: dict[str, set[str]] = {}
-    for name, value in pairs:
-        grouped.setdefault(name, set()).add(value)
-    return "".join(name + value for name in sorted(grouped) for value in sorted(grouped[name]))
+    # Sorting the distinct (name, value) pairs is that order: by name, then each name's values.
+    return "".join(map("".join, sorted(set(pairs))))
 
 
 @functools.lru_cache(maxsize=256)  # a service is called on a handful of URLs; urlsplit per request showed
