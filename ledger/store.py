@@ -39,12 +39,11 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
-from ledger.append_batcher import AppendBatcher
 from ledger.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
 from ledger.index_store import IndexStore
 from ledger.rules import CallState
 from ledger.settings import Settings, redis_urls
-from ledger.stream_store import GROUP, Entry, StreamStore, _call_sid_of, _text, entry_order
+from ledger.stream_store import GROUP, Entry, StreamStore, _text, entry_order
 
 __all__ = ["GROUP", "Entry", "Store", "entry_order", "open_redis"]
 
@@ -142,7 +141,7 @@ class Store(StreamStore):
     def __init__(self, redis: Any, prefix: str = "cl", *, stream_shards: int = 1, durable_ack: str = "none",
                  durable_ack_timeout_ms: int = 1000) -> None:
         super().__init__(redis, prefix, stream_shards=stream_shards, durable_ack=durable_ack,
-                         durable_ack_timeout_ms=durable_ack_timeout_ms)
+                         durable_ack_timeout_ms=durable_ack_timeout_ms, append_timeout_s=REQUEST_TIMEOUT_S)
         self.ids = f"{prefix}:ids"
         self._call_prefix = f"{prefix}:call:"
         self._layout_key = f"{prefix}:layout"
@@ -151,10 +150,6 @@ class Store(StreamStore):
         # The calls API's index shards (their own module: they span calls, not one call's slot).
         self.indexes = IndexStore(redis, prefix)
         self._commit = redis.register_script(COMMIT_LUA)
-        # Intake's writes (XADD, the signature ledger's SET), one pipeline per event-loop tick,
-        # bounded in time per tick rather than per request.
-        self.batcher = AppendBatcher(redis, durable_ack=durable_ack, durable_ack_timeout_ms=durable_ack_timeout_ms,
-                                     timeout_s=REQUEST_TIMEOUT_S)
         self._events_page = redis.register_script(EVENTS_PAGE_LUA)
 
     @classmethod
@@ -166,10 +161,8 @@ class Store(StreamStore):
         """Intake's XADD, coalesced with the others of its event-loop tick into one pipeline
         (`ledger.append_batcher`; durability as in StreamStore._append). Failures, the tick's
         timeout included, are StoreUnavailable (503)."""
-        if call_sid is None:  # replays and tools: the event says which call it is
-            call_sid = _call_sid_of(event_json)
         try:
-            return await self.batcher.xadd(self.shard_for(call_sid).stream, event_json)
+            return await self._append(event_json, call_sid)
         except (RedisError, RedisClusterException, OSError) as exc:  # the server refused it (OOM, ...)
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
