@@ -189,3 +189,39 @@ async def test_intake_role_stores_webhooks_and_serves_no_read_api_and_applies_no
 
 def test_intake_is_a_command() -> None:
     assert parser().parse_args(["intake"]).command == "intake"
+
+
+@pytest.mark.real_redis
+async def test_on_a_cluster_a_moved_tick_is_503_and_the_next_tick_finds_the_right_node(tmp_path: Any) -> None:
+    import redis
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import ClusterNode
+
+    from tests.cluster import Cluster
+    from tests.conftest import _require_redis
+
+    _require_redis()
+    cluster = Cluster(tmp_path, masters=3).start()
+    client = aioredis.RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.ports])
+    try:
+        store = Store(client, "cl", stream_shards=3)
+        await client.initialize()
+        stream = store.shard_for("CA-moved").stream
+        # The client's slot map goes stale (as after a failover or a resharding): the stream's
+        # slot points at a node that does not own it, which answers MOVED.
+        slot = client.keyslot(stream)
+        owner = client.nodes_manager.slots_cache[slot][0]
+        other = next(n for n in client.get_primaries() if n.name != owner.name)
+        client.nodes_manager.slots_cache[slot] = [other]
+        # Read on the owner directly: a command of the cluster client itself would repair the map.
+        on_owner = redis.Redis(host="127.0.0.1", port=int(owner.port))
+        with pytest.raises(StoreUnavailable):
+            await store.append(b'{"call_sid":"CA-moved","n":1}', "CA-moved")
+        assert on_owner.xlen(stream) == 0  # refused, not stored: the provider retries
+        entry_id = await store.append(b'{"call_sid":"CA-moved","n":2}', "CA-moved")  # the next tick
+        assert [e.decode() for e, _ in on_owner.xrange(stream)] == [entry_id]
+        assert client.get_node_from_key(stream).name == owner.name
+        on_owner.close()
+    finally:
+        await store.close()
+        cluster.stop()
