@@ -8,8 +8,10 @@ data is touched. Measures:
 
 - apply: events/s one worker applies from a pre-filled stream (realistic calls:
   status, metadata, usage events, 10% redeliveries), against floor_worker.py;
-- GET /api/v1/calls/sid/{sid} and POST /webhooks/twilio (signed) with wrk, against
-  floor_api.py.
+- GET /api/v1/calls/sid/{sid} (`api`) with wrk, against floor_api.py's HGETALL;
+- signed POST /webhooks/twilio and signed POST /webhooks/platform on `serve` (intake, apply
+  loop and read API in one process) and on `intake` (webhooks only), each row measured right
+  after floor_api.py's POST /webhooks/twilio (its XADD) and reported as product / floor.
 
 Product and floor alternate in one run; quote the ratio, absolute numbers drift on a
 shared machine. Floors are looked up in ../shared/bench (or LEDGER_FLOOR_DIR).
@@ -39,6 +41,9 @@ sys.path.insert(0, str(ROOT))
 DEVNULL = open(os.devnull, "w")  # the log sink of every apply round; lives with the process
 FLOOR_DIR = Path(os.environ.get("LEDGER_FLOOR_DIR", ROOT.parent / "shared" / "bench"))
 TWILIO_TOKEN = "bench-twilio-auth-token"
+PLATFORM_SECRET = "whsec_" + base64.b64encode(b"bench-platform-signing-key-32byt").decode()
+PLATFORM_BODY = ('{"type":"call.usage","call_sid":"CA0123456789abcdef0123456789abcdef",'
+                 '"occurred_at":"2026-11-24T10:02:00Z","data":{"component":"llm","cost":"0.0123"}}')
 API_TOKEN = "bench-api-token"
 TWILIO_BODY = (
     "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&CallSid=CA0123456789abcdef0123456789abcdef"
@@ -198,6 +203,22 @@ def twilio_signature(url: str, body: str) -> str:
     return base64.b64encode(hmac.new(TWILIO_TOKEN.encode(), payload.encode(), hashlib.sha1).digest()).decode()
 
 
+def platform_headers(body: str, webhook_id: str = "msg_bench_1") -> dict[str, str]:
+    """Standard Webhooks headers (valid for the signature tolerance, ±300 s: longer than a run)."""
+    timestamp = str(int(time.time()))
+    key = base64.b64decode(PLATFORM_SECRET.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{webhook_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return {"webhook-id": webhook_id, "webhook-timestamp": timestamp,
+            "webhook-signature": "v1," + base64.b64encode(mac).decode(), "Content-Type": "application/json"}
+
+
+def post_script(path: Path, headers: dict[str, str], body: str) -> str:
+    lines = ['wrk.method = "POST"', *(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())]
+    lines.append("wrk.body = '" + body + "'")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
@@ -225,47 +246,70 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(15)
 
 
+# The intake rows: (name, role, route); each measured right after the floor's POST.
+INTAKE_ROWS = [(f"POST /webhooks/{route} {role}", role, route)
+               for role in ("serve", "intake") for route in ("twilio", "platform")]
+
+
 def http_round(redis: RedisServer, seconds: int, connections: int, workdir: Path) -> dict[str, dict[str, float]]:
     import redis as sync_redis
 
     results: dict[str, dict[str, float]] = {}
     sid = "CA0123456789abcdef0123456789abcdef"
     base_env = {"LEDGER_REDIS_URL": redis.url, "LEDGER_API_TOKENS": API_TOKEN, "LEDGER_TWILIO_AUTH_TOKEN":
-                TWILIO_TOKEN, "LEDGER_LOG_FORMAT": "json", "LEDGER_KEY_PREFIX": "benchhttp"}
+                TWILIO_TOKEN, "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET, "LEDGER_LOG_FORMAT": "json",
+                "LEDGER_KEY_PREFIX": "benchhttp"}
     cli = [sys.executable, "-m", "ledger.cli"]
-
-    # A call record for GET to find: one signed webhook through the real service.
-    port = free_port()
-    # Twilio signs the URL it called; the service checks it against LEDGER_PUBLIC_URL only.
-    worker = start([*cli, "worker"], {**base_env, "LEDGER_PORT": str(port),
-                                      "LEDGER_PUBLIC_URL": f"http://127.0.0.1:{port}"}, port)
-    url = f"http://127.0.0.1:{port}/webhooks/twilio"
-    post_lua = workdir / "post.lua"
-    post_lua.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
-        f'wrk.headers["X-Twilio-Signature"] = "{twilio_signature(url, TWILIO_BODY)}"\n'
-        f'wrk.body = "{TWILIO_BODY}"\n')
-    results["POST /webhooks/twilio"] = wrk(url, seconds, connections, str(post_lua))
-    stop(worker)
-
-    port = free_port()
-    api = start([*cli, "api"], {**base_env, "LEDGER_PORT": str(port)}, port)
-    get_lua = workdir / "get.lua"
-    get_lua.write_text(f'wrk.headers["Authorization"] = "Bearer {API_TOKEN}"\n')
-    results["GET /api/v1/calls/sid"] = wrk(f"http://127.0.0.1:{port}/api/v1/calls/sid/{sid}", seconds,
-                                           connections, str(get_lua))
-    stop(api)
-
+    redis.flush()  # no backlog of the previous round for serve's apply loop to chew on
     floor = FLOOR_DIR / "floor_api.py"
-    if floor.exists():
-        sync_redis.Redis.from_url(redis.url).hset(f"floor:call:{sid}", mapping={
-            "call_sid": sid, "status": "completed", "duration": "42", "telephony_cost": "0.013"})
+    floor_port = free_port()
+    floor_proc = start([sys.executable, str(floor), str(floor_port)], {"REDIS_URL": redis.url},
+                       floor_port) if floor.exists() else None
+
+    def floor_post() -> dict[str, float]:
+        return wrk(f"http://127.0.0.1:{floor_port}/webhooks/twilio", seconds, connections,
+                   str(FLOOR_DIR / "post_twilio.lua"))
+
+    try:
+        for role in ("serve", "intake"):
+            port = free_port()
+            # Twilio signs the URL it called; the service checks it against LEDGER_PUBLIC_URL only.
+            proc = start([*cli, role], {**base_env, "LEDGER_PORT": str(port),
+                                        "LEDGER_PUBLIC_URL": f"http://127.0.0.1:{port}"}, port)
+            try:
+                for name, row_role, route in INTAKE_ROWS:
+                    if row_role != role:
+                        continue
+                    url = f"http://127.0.0.1:{port}/webhooks/{route}"
+                    if route == "twilio":
+                        headers = {"Content-Type": "application/x-www-form-urlencoded",
+                                   "X-Twilio-Signature": twilio_signature(url, TWILIO_BODY)}
+                        script = post_script(workdir / f"{route}.lua", headers, TWILIO_BODY)
+                    else:
+                        script = post_script(workdir / f"{route}.lua", platform_headers(PLATFORM_BODY),
+                                             PLATFORM_BODY)
+                    if floor_proc is not None:
+                        results[f"floor POST before {name}"] = floor_post()
+                    results[name] = wrk(url, seconds, connections, script)
+            finally:
+                stop(proc)
+
+        # The record GET finds: the serve round above applied the signed webhooks.
         port = free_port()
-        proc = start([sys.executable, str(floor), str(port)], {"REDIS_URL": redis.url}, port)
-        results["floor GET"] = wrk(f"http://127.0.0.1:{port}/api/v1/calls/sid/{sid}", seconds, connections)
-        results["floor POST"] = wrk(f"http://127.0.0.1:{port}/webhooks/twilio", seconds, connections,
-                                    str(FLOOR_DIR / "post_twilio.lua"))
-        stop(proc)
+        api = start([*cli, "api"], {**base_env, "LEDGER_PORT": str(port)}, port)
+        get_lua = workdir / "get.lua"
+        get_lua.write_text(f'wrk.headers["Authorization"] = "Bearer {API_TOKEN}"\n')
+        results["GET /api/v1/calls/sid"] = wrk(f"http://127.0.0.1:{port}/api/v1/calls/sid/{sid}", seconds,
+                                               connections, str(get_lua))
+        stop(api)
+        if floor_proc is not None:
+            sync_redis.Redis.from_url(redis.url).hset(f"floor:call:{sid}", mapping={
+                "call_sid": sid, "status": "completed", "duration": "42", "telephony_cost": "0.013"})
+            results["floor GET"] = wrk(f"http://127.0.0.1:{floor_port}/api/v1/calls/sid/{sid}", seconds,
+                                       connections)
+    finally:
+        if floor_proc is not None:
+            stop(floor_proc)
     return results
 
 
@@ -278,35 +322,37 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per HTTP measurement")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-apply", action="store_true", help="HTTP rows only")
     args = parser.parse_args()
 
     redis = RedisServer()
     try:
-        calls = max(1, args.events // args.per_call)
-        events = call_events(calls, args.per_call)
-        print(f"apply: {len(events)} events over {calls} calls (10% redeliveries), batch {args.batch}")
-        product, floor = [], []
-        for _ in range(args.rounds):
+        if not args.skip_apply:
+            calls = max(1, args.events // args.per_call)
+            events = call_events(calls, args.per_call)
+            print(f"apply: {len(events)} events over {calls} calls (10% redeliveries), batch {args.batch}")
+            product, floor = [], []
+            for _ in range(args.rounds):
+                redis.flush()
+                product.append(asyncio.run(product_apply(redis.url, events, args.batch)))
+                redis.flush()
+                f = floor_apply(redis.url, len(events), calls, args.batch)
+                if f is not None:
+                    floor.append(f)
+            p = statistics.median(product)
+            line = f"  product: {p:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in product)})"
+            print(line)
+            if floor:
+                fl = statistics.median(floor)
+                print(f"  floor:   {fl:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in floor)})")
+                print(f"  ratio product/floor: {p / fl:.2f}")
+            else:
+                print(f"  (no floor found in {FLOOR_DIR})")
             redis.flush()
-            product.append(asyncio.run(product_apply(redis.url, events, args.batch)))
-            redis.flush()
-            f = floor_apply(redis.url, len(events), calls, args.batch)
-            if f is not None:
-                floor.append(f)
-        p = statistics.median(product)
-        line = f"  product: {p:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in product)})"
-        print(line)
-        if floor:
-            fl = statistics.median(floor)
-            print(f"  floor:   {fl:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in floor)})")
-            print(f"  ratio product/floor: {p / fl:.2f}")
-        else:
-            print(f"  (no floor found in {FLOOR_DIR})")
-        redis.flush()
-        asyncio.run(product_apply(redis.url, events, args.batch))
-        memory = asyncio.run(memory_per_call(redis.url, calls))
-        print(f"memory: Redis bytes per completed {args.per_call}-event call: {sum(memory.values()):,.0f} "
-              f"({', '.join(f'{k} {v:,.0f}' for k, v in memory.items())})")
+            asyncio.run(product_apply(redis.url, events, args.batch))
+            memory = asyncio.run(memory_per_call(redis.url, calls))
+            print(f"memory: Redis bytes per completed {args.per_call}-event call: {sum(memory.values()):,.0f} "
+                  f"({', '.join(f'{k} {v:,.0f}' for k, v in memory.items())})")
 
         if args.skip_http:
             return
@@ -321,12 +367,14 @@ def main() -> None:
             p50 = statistics.median(r[name]["p50_ms"] for r in rounds)
             p99 = statistics.median(r[name]["p99_ms"] for r in rounds)
             errors = sum(r[name]["errors"] for r in rounds)
-            print(f"  {name:24} {rps:9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  non-2xx {errors:.0f}")
-        for product_name, floor_name in (("GET /api/v1/calls/sid", "floor GET"),
-                                         ("POST /webhooks/twilio", "floor POST")):
+            print(f"  {name:50} {rps:9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  non-2xx {errors:.0f}")
+        pairs = [("GET /api/v1/calls/sid", "floor GET"), *((name, f"floor POST before {name}")
+                                                          for name, _, _ in INTAKE_ROWS)]
+        for product_name, floor_name in pairs:
             if floor_name in rounds[0]:
-                ratio = statistics.median(r[product_name]["rps"] / r[floor_name]["rps"] for r in rounds)
-                print(f"  ratio {product_name} / floor: {ratio:.2f}")
+                ratios = [r[product_name]["rps"] / r[floor_name]["rps"] for r in rounds]
+                print(f"  ratio {product_name:30} / floor: {statistics.median(ratios):.2f} "
+                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
     finally:
         redis.stop()
 

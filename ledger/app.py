@@ -1,7 +1,8 @@
 """The app factory: one aiohttp application per role.
 
-`serve` = intake + apply loop + read API; `worker` = intake + apply loop; `api` = read API.
-Every role serves /healthz, /readyz, /metrics and /openapi.json.
+`serve` = intake + apply loop + read API; `worker` = intake + apply loop; `api` = read API;
+`intake` = webhooks only (no apply loop, no read API), for deployments that scale the
+webhook-facing processes apart from the apply loop. Every role serves /healthz, /readyz, /metrics and /openapi.json.
 """
 
 from typing import Literal
@@ -12,7 +13,7 @@ from ledger.settings import Settings
 from ledger.store import Store
 from ledger.web import base_app
 
-Role = Literal["serve", "worker", "api"]
+Role = Literal["serve", "worker", "api", "intake"]
 
 
 def create_app(
@@ -28,9 +29,9 @@ def create_app(
     from worker.intake import add_intake
 
     app = base_app(settings, store)
-    if role in ("serve", "worker"):
+    if role in ("serve", "worker", "intake"):
         add_intake(app, settings)
-        if run_consumer:
+        if run_consumer and role != "intake":
             add_consumer(app)
     if role in ("serve", "api"):
         add_read_api(app, settings)

@@ -1,4 +1,4 @@
-"""`call-ledger serve | worker | api | dlq list | dlq replay | pricing check FILE | reindex`.
+"""`call-ledger serve | worker | api | intake | dlq list | dlq replay | pricing check FILE | reindex`.
 
 Settings are built once here; a bad value stops start-up with one line naming the
 variable, never a traceback.
@@ -49,7 +49,7 @@ def run_service(role: Role, settings: Settings) -> None:
     structlog.get_logger("ledger").info(
         "service_starting", role=role, host=settings.host, port=settings.port,
         store="embedded" if settings.redis_url is None else ("cluster" if settings.redis_cluster else "redis"),
-        consumer=settings.consumer_name if role != "api" else None,
+        consumer=settings.consumer_name if role in ("serve", "worker") else None,
     )
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then the cleanup
     # contexts stop the consumer (bounded) and close Redis. serving.run returns: exit 0.
@@ -115,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="intake, worker and read API in one process")
     sub.add_parser("worker", help="webhook intake + apply loop")
     sub.add_parser("api", help="read API")
+    sub.add_parser("intake", help="webhook intake only (no apply loop, no read API)")
     dlq = sub.add_parser("dlq", help="inspect and replay dead-lettered events")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     listing = dlq_sub.add_parser("list", help="show dead-lettered events with their reason")
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_dlq(args, settings))
     if args.command == "reindex":
         return asyncio.run(_reindex(settings))
-    run_service(args.command, settings)  # argparse limits it to serve | worker | api
+    run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake
     return 0
 
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,21 @@ def params_digest(method: str, query: Iterable[tuple[str, str]], form: Iterable[
     a request with one pair more or less does not. `ensure_ascii` escapes every character
     JSON would otherwise pass through, lone surrogates included, so this never fails.
     """
+    canonical = f"[{encode_basestring_ascii(method.upper())},{_pairs_json(query)},{_pairs_json(form)}]"
+    return hashlib.sha256(canonical.encode("ascii")).digest()
+
+
+def _pairs_json(pairs: Iterable[tuple[str, str]]) -> str:
+    """`json.dumps(_canonical(pairs), ensure_ascii=True, separators=(",", ":"))`, character for
+    character (the digests already stored must stay valid), with json's own C string encoder and
+    none of json.dumps's per-call set-up (a profile put that at ~4% of a signed Twilio webhook)."""
+    q = encode_basestring_ascii
+    return "[" + ",".join(f"[{q(name)},{q(value)}]" for name, value in _canonical(pairs)) + "]"
+
+
+def params_digest_reference(method: str, query: Iterable[tuple[str, str]],
+                            form: Iterable[tuple[str, str]]) -> bytes:
+    """The digest as first defined (json.dumps): what params_digest must keep equal (tests)."""
     canonical = json.dumps([method.upper(), _canonical(query), _canonical(form)], ensure_ascii=True,
                            separators=(",", ":"))
     return hashlib.sha256(canonical.encode("ascii")).digest()

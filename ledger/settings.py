@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     stream_retention: int = Field(default=86_400, ge=0)
     shutdown_grace_s: float = Field(default=10.0, gt=0)
     # "aof": answer 2xx only once the event reached the AOF on disk (WAITAOF, Redis >= 7.2);
-    # "replica": only once at least one replica has it (WAIT 1).
+    # "replica": only once at least one replica has it (WAIT 1; on a Cluster, of the shard's master).
     durable_ack: Literal["none", "aof", "replica"] = "none"
     durable_ack_timeout_ms: int = Field(default=1000, ge=1)
     # "off": keep no copy of applied events (no /events, no per-event /costs entries): about
@@ -268,10 +268,8 @@ class Settings(BaseSettings):
     def _replica_durability(self) -> "Settings":
         if self.durable_ack == "replica" and self.redis_url is None:
             raise ValueError("LEDGER_DURABLE_ACK=replica needs LEDGER_REDIS_URL (the embedded store has no replica)")
-        if self.durable_ack == "replica" and self.redis_cluster:
-            # WAIT counts the replicas of the connection that wrote; redis-py's cluster client
-            # sends WAIT to every node on other connections, which would confirm nothing.
-            raise ValueError("LEDGER_DURABLE_ACK=replica is not supported with LEDGER_REDIS_CLUSTER=true yet")
+        # On a Cluster too: intake sends each node's XADDs and their WAIT on one connection to
+        # that node (ledger.append_batcher), so the WAIT counts the replicas of those writes.
         return self
 
     @model_validator(mode="after")

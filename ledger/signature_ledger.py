@@ -11,6 +11,9 @@ digest → the very same request redelivered, go on (its event id dedupes it); a
 digest → the signature is being reused with other parameters. Redis before 7.0 refuses
 NX together with GET: a one-key Lua script does the same there.
 
+In the service the `SET` goes through the store's AppendBatcher: the signed requests of one
+event-loop tick share one round trip (with that tick's XADDs).
+
 Intake calls this before the XADD: if the XADD then fails (503), the provider's retry
 carries the same parameters and passes.
 """
@@ -19,6 +22,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from ledger.append_batcher import AppendBatcher
+from ledger.errors import StoreUnavailable
 from ledger.replay import SignatureUse
 from ledger.store import unavailable_on_error
 
@@ -34,8 +39,10 @@ return false
 class SignatureLedger:
     """`remember(use)`: True unless the signature was already used with other parameters."""
 
-    def __init__(self, redis: Any, prefix: str = "cl", ttl_s: int = 7 * 86_400) -> None:
+    def __init__(self, redis: Any, prefix: str = "cl", ttl_s: int = 7 * 86_400,
+                 batcher: AppendBatcher | None = None) -> None:
         self.redis = redis
+        self.batcher = batcher
         self.ttl_s = ttl_s
         self._prefix = f"{prefix}:sig:"
         self._set_nx_get = True  # until the server says it cannot
@@ -43,9 +50,23 @@ class SignatureLedger:
     def key(self, identity: str) -> str:
         return self._prefix + identity
 
-    @unavailable_on_error
     async def remember(self, use: SignatureUse) -> bool:
-        """Remember the signature with these parameters; False if it is known with other ones."""
+        """Remember the signature with these parameters; False if it is known with other ones.
+        Failures are StoreUnavailable (503)."""
+        if self.batcher is not None and self._set_nx_get:
+            key = self.key(use.identity)
+            try:  # bounded in time by the batcher's tick, not one timeout per request
+                previous = await self.batcher.set_nx_get(key, use.params_digest, self.ttl_s)
+            except ResponseError as exc:
+                if "syntax" not in str(exc).lower():
+                    raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+                self._set_nx_get = False
+            else:
+                return previous is None or bytes(previous) == use.params_digest
+        return await self._remember(use)
+
+    @unavailable_on_error
+    async def _remember(self, use: SignatureUse) -> bool:
         key = self.key(use.identity)
         if self._set_nx_get:
             try:

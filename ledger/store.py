@@ -164,7 +164,7 @@ class Store(StreamStore):
     def __init__(self, redis: Any, prefix: str = "cl", *, stream_shards: int = 1, durable_ack: str = "none",
                  durable_ack_timeout_ms: int = 1000) -> None:
         super().__init__(redis, prefix, stream_shards=stream_shards, durable_ack=durable_ack,
-                         durable_ack_timeout_ms=durable_ack_timeout_ms)
+                         durable_ack_timeout_ms=durable_ack_timeout_ms, append_timeout_s=REQUEST_TIMEOUT_S)
         self.ids = f"{prefix}:ids"
         self.ids_fence = id_fence_key(self.ids)
         self._call_prefix = f"{prefix}:call:"
@@ -180,10 +180,14 @@ class Store(StreamStore):
         return cls(open_redis(settings), settings.key_prefix, stream_shards=settings.stream_shards,
                    durable_ack=settings.durable_ack, durable_ack_timeout_ms=settings.durable_ack_timeout_ms)
 
-    @unavailable_on_error
     async def append(self, event_json: bytes, call_sid: str | None = None) -> str:
-        """Intake's XADD (see StreamStore._append), bounded in time; failures are StoreUnavailable (503)."""
-        return await self._append(event_json, call_sid)
+        """Intake's XADD, coalesced with the others of its event-loop tick into one pipeline
+        (`ledger.append_batcher`; durability as in StreamStore._append). Failures, the tick's
+        timeout included, are StoreUnavailable (503)."""
+        try:
+            return await self._append(event_json, call_sid)
+        except (RedisError, RedisClusterException, OSError) as exc:  # the server refused it (OOM, ...)
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
     def call_key(self, call_sid: str) -> str:
         return f"{self._call_prefix}{{{call_sid}}}"
@@ -228,6 +232,7 @@ class Store(StreamStore):
             return False
 
     async def close(self) -> None:
+        await self.batcher.close()
         await self.redis.aclose()
 
     async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]]) -> dict[str, LoadedCall]:

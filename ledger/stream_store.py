@@ -19,7 +19,8 @@ import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from ledger.errors import DurabilityUnavailable, StoreUnavailable
+from ledger.append_batcher import AppendBatcher
+from ledger.errors import DurabilityUnavailable
 from ledger.shards import Shard, all_shards, shard_index, shard_of_stream
 
 GROUP = "ledger"
@@ -28,6 +29,10 @@ T = TypeVar("T")
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _call_sid_of(event_json: bytes) -> str:
+    return str(orjson.loads(event_json).get("call_sid", ""))
 
 
 def entry_order(entry_id: str) -> tuple[int, int]:
@@ -55,7 +60,7 @@ class StreamStore:
     """Intake's streams and the worker's consumer group over them."""
 
     def __init__(self, redis: Any, prefix: str = "cl", *, stream_shards: int = 1, durable_ack: str = "none",
-                 durable_ack_timeout_ms: int = 1000) -> None:
+                 durable_ack_timeout_ms: int = 1000, append_timeout_s: float = 5.0) -> None:
         self.redis = redis
         self.prefix = prefix
         self.durable_ack = durable_ack
@@ -67,6 +72,10 @@ class StreamStore:
         self._consumed: list[Shard] = list(self.shards)
         self._durability_key = f"{prefix}:durability-check"
         self._cluster = isinstance(redis, RedisCluster)
+        # Intake's writes (XADD, the signature ledger's SET), one pipeline per event-loop tick,
+        # bounded in time per tick rather than per request.
+        self.batcher = AppendBatcher(redis, durable_ack=durable_ack, durable_ack_timeout_ms=durable_ack_timeout_ms,
+                                     timeout_s=append_timeout_s)
 
     def shard_for(self, call_sid: str) -> Shard:
         return self.shards[shard_index(call_sid, len(self.shards))]
@@ -83,30 +92,25 @@ class StreamStore:
         With durable_ack "aof", also wait (same round trip) until Redis has fsynced the
         entry to its AOF; with "replica", until at least one replica has it (WAIT counts
         the replicas that acknowledged this connection's writes). If that is not confirmed
-        in time the caller answers 503 and the provider retries (the redelivery is then a
-        harmless duplicate).
+        in time it raises StoreUnavailable: the caller answers 503 and the provider retries
+        (the redelivery is then a harmless duplicate).
         """
         if call_sid is None:  # replays and tools: the event says which call it is
-            call_sid = str(orjson.loads(event_json).get("call_sid", ""))
-        stream = self.shard_for(call_sid).stream
-        if self.durable_ack == "none":
-            return _text(await self.redis.xadd(stream, {"e": event_json}))
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(stream, {"e": event_json})
-        if self.durable_ack == "aof":
-            pipe.execute_command("WAITAOF", 1, 0, self.durable_ack_timeout_ms)
-            entry_id, (confirmed, _replicas) = await pipe.execute()
-        else:
-            pipe.execute_command("WAIT", 1, self.durable_ack_timeout_ms)
-            entry_id, confirmed = await pipe.execute()
-        if int(confirmed) < 1:
-            where = "on disk (WAITAOF)" if self.durable_ack == "aof" else "by a replica (WAIT)"
-            raise StoreUnavailable(f"event not confirmed {where} in time")
-        return _text(entry_id)
+            call_sid = _call_sid_of(event_json)
+        # The same path as intake's (one pipeline per event-loop tick, durability on the same
+        # connection, per node on a Cluster), so tools keep the durability promise too.
+        return await self.batcher.xadd(self.shard_for(call_sid).stream, event_json)
 
     async def replicas_in_sync(self) -> int:
-        """How many replicas the server has connected now (INFO replication)."""
-        return int((await self.redis.info("replication")).get("connected_slaves", 0))
+        """How many replicas the server has connected now (INFO replication); on a Cluster, the
+        fewest any master has (a master without one answers its shards' webhooks 503)."""
+        if not self._cluster:
+            return int((await self.redis.info("replication")).get("connected_slaves", 0))
+        counts = []
+        for node in self.redis.get_primaries():
+            info = await self.redis.info("replication", target_nodes=node)
+            counts.append(int(info.get("connected_slaves", 0)))
+        return min(counts, default=0)
 
     async def check_durability(self) -> None:
         """Raise DurabilityUnavailable unless this Redis confirms AOF writes (WAITAOF).

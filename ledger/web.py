@@ -89,7 +89,7 @@ def _observe(metrics: Metrics, request: web.Request, status: int, started: float
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     method = request.method if request.method in _METHODS else "OTHER"
-    metrics.request_seconds.labels(route, method, str(status)).observe(time.perf_counter() - started)
+    metrics.labelled(metrics.request_seconds, route, method, str(status)).observe(time.perf_counter() - started)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -61,17 +61,18 @@ def cluster() -> Iterator[Cluster]:
 
 
 class Serve:
-    """`call-ledger serve` on the cluster, output to a file."""
+    """`call-ledger <role>` (serve by default) on the cluster, output to a file."""
 
-    def __init__(self, url: str, log: Path) -> None:
+    def __init__(self, url: str, log: Path, role: str = "serve", **extra_env: str) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         env.update({"LEDGER_PORT": str(self.port), "LEDGER_REDIS_URL": url, "LEDGER_REDIS_CLUSTER": "true",
                     "LEDGER_API_TOKENS": API_TOKEN, "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET,
-                    "LEDGER_LOG_FORMAT": "json", "LEDGER_STREAM_SHARDS": "3", "LEDGER_CLAIM_IDLE_MS": "1000"})
+                    "LEDGER_LOG_FORMAT": "json", "LEDGER_STREAM_SHARDS": "3", "LEDGER_CLAIM_IDLE_MS": "1000",
+                    **extra_env})
         self.log = log
         with log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve"], cwd=ROOT, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", role], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT)
 
     def url(self, path: str) -> str:

@@ -24,6 +24,7 @@ deduplicated by its event id). Status callbacks carry no price.
 """
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -83,12 +84,11 @@ TIMESTAMP = re.compile(rf"({'|'.join(WEEKDAYS)}), ([0-9]{{1,2}}) ({'|'.join(MONT
 
 def signed_parameters(pairs: Iterable[tuple[str, str]]) -> str:
     """`name + value` for each name sorted, each distinct value sorted (the SDK's rule)."""
-    grouped: dict[str, set[str]] = {}
-    for name, value in pairs:
-        grouped.setdefault(name, set()).add(value)
-    return "".join(name + value for name in sorted(grouped) for value in sorted(grouped[name]))
+    # Sorting the distinct (name, value) pairs is that order: by name, then each name's values.
+    return "".join(map("".join, sorted(set(pairs))))
 
 
+@functools.lru_cache(maxsize=256)  # a service is called on a handful of URLs; urlsplit per request showed
 def url_variants(url: str) -> tuple[str, ...]:
     """The URL as given, plus the same URL with its default port added or removed."""
     parts = urlsplit(url)
