@@ -1,13 +1,17 @@
 """call-ledger benchmarks, side by side with the naive floors when they are present.
 
-    python bench/run.py                  # apply loop + HTTP (needs wrk for HTTP)
-    python bench/run.py --skip-http      # apply loop only
+    python bench/run.py                  # every row, then one table (needs wrk for HTTP)
+    python bench/run.py --skip-http      # no wrk rows
+    python bench/run.py --skip-apply --skip-latency   # HTTP rows only
 
 Starts its own redis-server on a free port (no persistence), so nothing else's
 data is touched. Measures:
 
 - apply: events/s one worker applies from a pre-filled stream (realistic calls:
   status, metadata, usage events, 10% redeliveries), against floor_worker.py;
+- memory: Redis bytes per completed 10-event call, by key, journal on and off (bench/memory.py);
+- latency: webhook 2xx -> visible in GET, open loop at 1,000 and 3,000 events/s on one
+  `serve` (bench/latency.py);
 - GET /api/v1/calls/sid/{sid} (`api`) with wrk, against floor_api.py's HGETALL;
 - signed POST /webhooks/twilio and signed POST /webhooks/platform on `serve` (intake, apply
   loop and read API in one process) and on `intake` (webhooks only), each row measured right
@@ -166,26 +170,6 @@ async def product_apply(url: str, events: list[bytes], batch: int) -> float:
     return len(events) / elapsed
 
 
-async def memory_per_call(url: str, calls: int) -> dict[str, float]:
-    """Redis bytes per call after an apply round (MEMORY USAGE of each of its keys), by key."""
-    import redis.asyncio as aioredis
-
-    from ledger.store import Store
-
-    client = aioredis.Redis.from_url(url)
-    store = Store(client, "bench")
-    totals = {"record": 0, "journal": 0, "order": 0}
-    for c in range(calls):
-        sid = f"CA{c:032x}"
-        pipe = client.pipeline(transaction=False)
-        for key in store.call_keys(sid):
-            pipe.memory_usage(key, samples=0)
-        for name, used in zip(totals, await pipe.execute(), strict=True):
-            totals[name] += int(used or 0)
-    await client.aclose()
-    return {name: total / calls for name, total in totals.items()}
-
-
 def floor_apply(url: str, n: int, calls: int, batch: int) -> float | None:
     script = FLOOR_DIR / "floor_worker.py"
     if not script.exists():
@@ -313,6 +297,84 @@ def http_round(redis: RedisServer, seconds: int, connections: int, workdir: Path
     return results
 
 
+Row = tuple[str, str, str, str, str]  # path, product, floor, product / floor, target
+
+
+def apply_rows(redis: RedisServer, args: argparse.Namespace) -> list[Row]:
+    from memory import measure as measure_memory
+
+    rows: list[Row] = []
+    calls = max(1, args.events // args.per_call)
+    events = call_events(calls, args.per_call)
+    print(f"apply: {len(events)} events over {calls} calls (10% redeliveries), batch {args.batch}")
+    product, floor = [], []
+    for _ in range(args.rounds):
+        redis.flush()
+        product.append(asyncio.run(product_apply(redis.url, events, args.batch)))
+        redis.flush()
+        f = floor_apply(redis.url, len(events), calls, args.batch)
+        if f is not None:
+            floor.append(f)
+    p = statistics.median(product)
+    print(f"  product: {p:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in product)})")
+    if floor:
+        fl = statistics.median(floor)
+        print(f"  floor:   {fl:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in floor)})")
+        print(f"  ratio product/floor: {p / fl:.2f}")
+        rows.append(("apply loop, one worker (events/s)", f"{p:,.0f}", f"{fl:,.0f}", f"{p / fl:.2f}", "≥ 0.8"))
+    else:
+        print(f"  (no floor found in {FLOOR_DIR})")
+    for journal, m in measure_memory(min(calls, 2000)).items():
+        line = (f"{m['total']:,.0f} B = record {m['record']:,.0f} + journal {m['journal']:,.0f} + "
+                f"order {m['order']:,.0f} + indexes {m['indexes']:,.0f}")
+        print(f"memory per completed {args.per_call}-event call, journal {journal}: {line}")
+        rows.append((f"Redis memory per completed call, LEDGER_JOURNAL={journal}", line, "", "",
+                     "< 2 KiB" if journal == "on" else "< 1 KiB"))
+    return rows
+
+
+def latency_rows(seconds: float) -> list[Row]:
+    from latency import measure as measure_latency
+
+    rows: list[Row] = []
+    print("webhook 2xx -> visible in GET, open loop, one serve process (1 in 10 events timed)")
+    for r in measure_latency([1000, 3000], seconds):
+        line = (f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms ({r['achieved']:,.0f}/s sent, "
+                f"{r['errors']:.0f} errors)")
+        print(f"  {r['rate']:,.0f}/s offered: {line}")
+        rows.append((f"webhook 2xx → visible in GET at {r['rate']:,.0f} events/s", line, "", "", "p99 < 10 ms"))
+    return rows
+
+
+def http_rows(redis: RedisServer, args: argparse.Namespace) -> list[Row]:
+    if shutil.which("wrk") is None:
+        print("http: skipped, wrk is not installed (apt-get install wrk)")
+        return []
+    rows: list[Row] = []
+    print(f"http: wrk -t1 -c{args.connections} -d{args.seconds}s, one process each")
+    with tempfile.TemporaryDirectory() as workdir:
+        rounds = [http_round(redis, args.seconds, args.connections, Path(workdir)) for _ in range(args.rounds)]
+    for name in rounds[0]:
+        rps = statistics.median(r[name]["rps"] for r in rounds)
+        p50 = statistics.median(r[name]["p50_ms"] for r in rounds)
+        p99 = statistics.median(r[name]["p99_ms"] for r in rounds)
+        errors = sum(r[name]["errors"] for r in rounds)
+        print(f"  {name:50} {rps:9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  non-2xx {errors:.0f}")
+    pairs = [("GET /api/v1/calls/sid", "floor GET"), *((name, f"floor POST before {name}")
+                                                      for name, _, _ in INTAKE_ROWS)]
+    for product_name, floor_name in pairs:
+        if floor_name not in rounds[0]:
+            continue
+        ratios = [r[product_name]["rps"] / r[floor_name]["rps"] for r in rounds]
+        ratio = statistics.median(ratios)
+        print(f"  ratio {product_name:30} / floor: {ratio:.2f} (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+        product = statistics.median(r[product_name]["rps"] for r in rounds)
+        floor = statistics.median(r[floor_name]["rps"] for r in rounds)
+        target = "≥ 0.85" if product_name.startswith("GET") else "≥ 0.7"
+        rows.append((f"{product_name} (req/s)", f"{product:,.0f}", f"{floor:,.0f}", f"{ratio:.2f}", target))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20_000, help="approximate events in the apply benchmark")
@@ -323,60 +385,24 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-apply", action="store_true", help="HTTP rows only")
+    parser.add_argument("--skip-latency", action="store_true", help="no open-loop webhook-to-GET rows")
+    parser.add_argument("--latency-seconds", type=float, default=10)
     args = parser.parse_args()
 
+    table: list[Row] = []
     redis = RedisServer()
     try:
         if not args.skip_apply:
-            calls = max(1, args.events // args.per_call)
-            events = call_events(calls, args.per_call)
-            print(f"apply: {len(events)} events over {calls} calls (10% redeliveries), batch {args.batch}")
-            product, floor = [], []
-            for _ in range(args.rounds):
-                redis.flush()
-                product.append(asyncio.run(product_apply(redis.url, events, args.batch)))
-                redis.flush()
-                f = floor_apply(redis.url, len(events), calls, args.batch)
-                if f is not None:
-                    floor.append(f)
-            p = statistics.median(product)
-            line = f"  product: {p:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in product)})"
-            print(line)
-            if floor:
-                fl = statistics.median(floor)
-                print(f"  floor:   {fl:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in floor)})")
-                print(f"  ratio product/floor: {p / fl:.2f}")
-            else:
-                print(f"  (no floor found in {FLOOR_DIR})")
-            redis.flush()
-            asyncio.run(product_apply(redis.url, events, args.batch))
-            memory = asyncio.run(memory_per_call(redis.url, calls))
-            print(f"memory: Redis bytes per completed {args.per_call}-event call: {sum(memory.values()):,.0f} "
-                  f"({', '.join(f'{k} {v:,.0f}' for k, v in memory.items())})")
-
-        if args.skip_http:
-            return
-        if shutil.which("wrk") is None:
-            print("http: skipped, wrk is not installed (apt-get install wrk)")
-            return
-        print(f"http: wrk -t1 -c{args.connections} -d{args.seconds}s, one process each")
-        with tempfile.TemporaryDirectory() as workdir:
-            rounds = [http_round(redis, args.seconds, args.connections, Path(workdir)) for _ in range(args.rounds)]
-        for name in rounds[0]:
-            rps = statistics.median(r[name]["rps"] for r in rounds)
-            p50 = statistics.median(r[name]["p50_ms"] for r in rounds)
-            p99 = statistics.median(r[name]["p99_ms"] for r in rounds)
-            errors = sum(r[name]["errors"] for r in rounds)
-            print(f"  {name:50} {rps:9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  non-2xx {errors:.0f}")
-        pairs = [("GET /api/v1/calls/sid", "floor GET"), *((name, f"floor POST before {name}")
-                                                          for name, _, _ in INTAKE_ROWS)]
-        for product_name, floor_name in pairs:
-            if floor_name in rounds[0]:
-                ratios = [r[product_name]["rps"] / r[floor_name]["rps"] for r in rounds]
-                print(f"  ratio {product_name:30} / floor: {statistics.median(ratios):.2f} "
-                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+            table += apply_rows(redis, args)
+        if not args.skip_latency:
+            table += latency_rows(args.latency_seconds)
+        if not args.skip_http:
+            table += http_rows(redis, args)
     finally:
         redis.stop()
+    print("\n| path | product | floor | product / floor | target |\n|---|---|---|---|---|")
+    for row in table:
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
