@@ -2,14 +2,19 @@
 --cluster-enabled yes and joined with redis-cli --cluster create, on ports below the
 ephemeral range whose bus ports (+10000) are free too."""
 
+import os
+import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 
-from tests.conftest import free_port
+from tests.conftest import _require_redis, free_port
 
 
 def cluster_port() -> int:
@@ -114,3 +119,21 @@ class Cluster:
     def stop(self) -> None:
         for port in list(self.procs):
             self.kill(port)
+
+
+@contextmanager
+def replicated_cluster() -> Iterator[Cluster]:
+    """3 masters + 3 replicas in a temporary directory, stopped afterwards (a node a test
+    paused with SIGSTOP is resumed first, so that it can stop)."""
+    _require_redis()
+    with tempfile.TemporaryDirectory() as directory:
+        running = Cluster(Path(directory), masters=3, replicas=1, node_timeout_ms=1000).start()
+        try:
+            yield running
+        finally:
+            for proc in running.procs.values():
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            running.stop()

@@ -5,7 +5,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,8 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from tests.cluster import Cluster, cluster_port
-from tests.conftest import API_TOKEN, PLATFORM_SECRET, _require_redis, free_port, make_settings, sign_platform
+from tests.cluster import Cluster, cluster_port, replicated_cluster
+from tests.conftest import API_TOKEN, PLATFORM_SECRET, free_port, make_settings, sign_platform
 
 ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -51,13 +50,8 @@ def test_start_up_with_no_redis_answering_stops_with_one_line(cluster: bool) -> 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    _require_redis()
-    with tempfile.TemporaryDirectory() as directory:
-        running = Cluster(Path(directory), masters=3, replicas=1, node_timeout_ms=1000).start()
-        try:
-            yield running
-        finally:
-            running.stop()
+    with replicated_cluster() as running:
+        yield running
 
 
 class Serve:

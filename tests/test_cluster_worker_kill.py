@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -27,8 +26,8 @@ from ledger.events import CallEvent
 from ledger.rules import record_json, render_record
 from ledger.settings import Settings
 from ledger.store import GROUP, Store
-from tests.cluster import Cluster
-from tests.conftest import API_TOKEN, AUTH, PLATFORM_SECRET, _require_redis, free_port, make_settings, sign_platform
+from tests.cluster import Cluster, replicated_cluster
+from tests.conftest import API_TOKEN, AUTH, PLATFORM_SECRET, free_port, make_settings, sign_platform
 from tests.workers import assert_records_exact, expected_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +37,8 @@ CALLS = 300
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    _require_redis()
-    with tempfile.TemporaryDirectory() as directory:
-        running = Cluster(Path(directory), masters=3, replicas=1, node_timeout_ms=1000).start()
-        try:
-            yield running
-        finally:
-            running.stop()
+    with replicated_cluster() as running:
+        yield running
 
 
 def webhooks(rng: random.Random) -> list[tuple[str, str, dict[str, Any]]]:

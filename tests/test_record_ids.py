@@ -8,10 +8,8 @@ backwards, on one server (as a promoted replica would find it) and on a real clu
 import asyncio
 import os
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +21,8 @@ from redis.exceptions import RedisClusterException, RedisError
 from ledger.app import create_app
 from ledger.metrics import Metrics
 from ledger.store import ID_JUMP, Store
-from tests.cluster import Cluster
-from tests.conftest import AUTH, RedisServer, _require_redis, make_settings
+from tests.cluster import Cluster, replicated_cluster
+from tests.conftest import AUTH, RedisServer, make_settings
 from tests.workers import usage
 from worker.consumer import Consumer
 
@@ -104,15 +102,8 @@ async def test_a_restarted_server_jumps_its_counter_once(redis_server: RedisServ
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    _require_redis()
-    with tempfile.TemporaryDirectory() as directory:
-        running = Cluster(Path(directory), masters=3, replicas=1, node_timeout_ms=1000).start()
-        try:
-            yield running
-        finally:
-            for proc in running.procs.values():
-                os.kill(proc.pid, signal.SIGCONT)
-            running.stop()
+    with replicated_cluster() as running:
+        yield running
 
 
 def replica_of(cluster: Cluster, master_port: int) -> int:
