@@ -113,20 +113,25 @@ async def test_replica_mode_confirms_a_whole_tick_with_one_wait_or_fails_all_of_
         assert all(isinstance(r, StoreUnavailable) for r in results), results
         replica = RedisServer(tmp_path, extra_args=("--replicaof", "127.0.0.1", str(redis_server.port)))
         replica.start()
+        replica_client = aioredis.Redis.from_url(replica.url)
         try:
-            replica_client = aioredis.Redis.from_url(replica.url)
+            # In sync on both sides: the replica's link is up and the primary counts it online.
             deadline = asyncio.get_running_loop().time() + 20
-            while (await replica_client.info("replication")).get("master_link_status") != "up":
+            while (await replica_client.info("replication")).get("master_link_status") != "up" or "online" not in str(
+                    (await client.info("replication")).get("slave0", "")):
                 assert asyncio.get_running_loop().time() < deadline, "the replica did not sync"
                 await asyncio.sleep(0.05)
+            # A loaded machine can take longer than 200 ms to relay an ACK: this part is about
+            # one WAIT confirming the tick, not about how fast.
+            store.batcher.durable_ack_timeout_ms = 5000
             before = store.batcher.batches
             ids = await asyncio.gather(*(store.append(b'{"call_sid":"CB%d"}' % i, f"CB{i}") for i in range(8)))
             assert store.batcher.batches == before + 1
             # The moment the tick was answered, the replica holds every entry of it.
             on_replica = {entry_id.decode() for entry_id, _ in await replica_client.xrange(store.stream)}
             assert set(ids) <= on_replica
-            await replica_client.aclose()
         finally:
+            await replica_client.aclose()
             replica.stop()
     finally:
         await store.close()

@@ -84,3 +84,46 @@ async def test_six_stream_shards_spread_over_the_masters_and_drain_exactly(clust
     assert await store.group_stats() == (0, 0)
     assert set(await store.shard_stats()) == {shard.name for shard in store.shards}
     await store.close()
+
+
+async def test_the_signature_ledger_and_dead_letters_work_on_a_cluster(aiohttp_client: Any, cluster_url: str) -> None:
+    """SPEC §12 "everything on the cluster": §8's signature ledger (a re-split replay is refused)
+    and dead letters listed and replayed over stream shards on several masters."""
+    from urllib.parse import urlencode
+
+    from tests.sources import payloads_twilio as tw
+    from tests.test_replay_resplit import resplits, sign
+
+    common: dict[str, Any] = {"redis_url": cluster_url, "redis_cluster": True, "stream_shards": 6,
+                              "max_deliveries": 1, "twilio_auth_token": tw.AUTH_TOKEN, "public_url": tw.PUBLIC_URL}
+    settings = make_settings(**common)
+    store = Store.from_settings(settings)
+    client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+    params = tw.completed()
+    headers = sign("twilio", params)
+    for _ in range(2):  # the original, then its exact redelivery: both 2xx
+        response = await client.post(tw.PATH, data=urlencode(params).encode(), headers=headers)
+        assert response.status == 200, await response.text()
+    _, moved = next(resplits(params))
+    response = await client.post(tw.PATH, data=urlencode(moved).encode(), headers=headers)
+    assert response.status == 401  # the same signature with its boundaries moved
+    assert await store.redis.keys("cl:sig:*", target_nodes=store.redis.ALL_NODES)  # the ledger is in the cluster
+
+    # Events without an FX rate on calls spread over every shard: dead-lettered, then replayed.
+    sids = [f"CA-dead-{i}" for i in range(12)]
+    for sid in sids:
+        await post_platform(client, {"type": "call.usage", "call_sid": sid, "occurred_at": "2026-11-24T10:00:00Z",
+                                     "data": {"component": "llm", "cost": "0.1", "currency": "EUR"}}, f"{sid}-eur")
+    assert await Consumer(store, settings, Metrics()).run_burst() >= len(sids)
+    dead = await store.dead_letters()
+    assert len([row for row in dead if "EUR" in row["reason"]]) == len(sids)
+    assert len({row["id"].split("/")[0] for row in dead}) > 1  # several shards hold them
+    fixed = make_settings(**common, fx_rates="EUR=2", consumer_name="replayer")
+    assert len(await store.replay_dead()) == len(dead)
+    replayer = Store.from_settings(fixed)
+    assert await Consumer(replayer, fixed, Metrics()).run_burst() == len(dead)
+    await replayer.close()
+    for sid in sids:
+        record = await (await client.get(f"/api/v1/calls/sid/{sid}", headers=AUTH)).json()
+        assert record["llm_cost"] == 0.2
+    await store.close()
