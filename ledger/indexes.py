@@ -17,6 +17,7 @@ Nothing here does I/O.
 
 import base64
 import binascii
+import functools
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -134,13 +135,22 @@ class IndexEntry:
         return [ALL] if self.organization_id is None else [ALL, scope_name(self.organization_id)]
 
     def memberships(self) -> list[str]:
+        return self._memberships
+
+    def increments(self) -> list[tuple[str, str, int]]:
+        """(key suffix, hash field, positive amount) this entry adds to the rollups."""
+        return self._increments
+
+    # Computed once per entry: encoding it and the next update's delta from it both need them.
+    @functools.cached_property
+    def _memberships(self) -> list[str]:
         return [list_key(scope, status, assistant)
                 for scope in self.scopes()
                 for status in (None, self.status)
                 for assistant in (None, self.assistant_id)]
 
-    def increments(self) -> list[tuple[str, str, int]]:
-        """(key suffix, hash field, positive amount) this entry adds to the rollups."""
+    @functools.cached_property
+    def _increments(self) -> list[tuple[str, str, int]]:
         terminal = self.status in TERMINAL_STATUSES
         common: list[tuple[str, int]] = [("n", 1), (f"s:{self.status}", 1)]
         if self.status == "completed":
