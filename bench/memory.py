@@ -6,12 +6,16 @@
 Applies realistic calls (statuses, metadata with call_meta, usage costs, 10% redeliveries)
 through the product's own worker on a fresh redis-server (default encodings), then sums
 `MEMORY USAGE` of every key of each call and of every index key, and divides by the calls.
-The stream is trimmed first: it is retention, not the call's cost.
+The stream is not counted: it is retention, not the call's cost. Measured on Redis's
+default encodings, and again with hashes kept as listpacks up to 1 KiB values
+(`hash-max-listpack-value 1024`: every journal entry and record field is over the default
+64 bytes, so their hashes are hashtables otherwise).
 """
 
 import argparse
 import asyncio
 import random
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,14 +64,23 @@ async def per_call(url: str, calls: int, journal: str) -> dict[str, float]:
     return out
 
 
+LISTPACK = ("hash-max-listpack-value", "1024")
+
+
 def measure(calls: int) -> dict[str, dict[str, float]]:
+    """{"on" | "off" | "on, listpack" | "off, listpack": bytes per call by key}."""
     results = {}
-    for journal in ("on", "off"):
-        redis = RedisServer()
-        try:
-            results[journal] = asyncio.run(per_call(redis.url, calls, journal))
-        finally:
-            redis.stop()
+    for config in ((), LISTPACK):
+        for journal in ("on", "off"):
+            redis = RedisServer()
+            try:
+                if config:
+                    subprocess.run(["redis-cli", "-p", str(redis.port), "CONFIG", "SET", *config], check=True,
+                                   stdout=subprocess.DEVNULL)
+                name = journal + (", listpack" if config else "")
+                results[name] = asyncio.run(per_call(redis.url, calls, journal))
+            finally:
+                redis.stop()
     return results
 
 
