@@ -7,8 +7,8 @@ node that never saw it) the scripts are loaded and the pipeline is built and sen
 Only pipelines that may run twice use this: index updates (version-guarded, idempotent)
 and reads.
 
-A Redis Cluster pipeline cannot pre-load a script on each node: there the script itself is
-sent (EVAL), as before.
+On a Redis Cluster too: redis-py's cluster pipeline refuses `evalsha()`, so EVALSHA goes as a
+plain command (routed by its first key); SCRIPT LOAD there reaches every primary.
 """
 
 import hashlib
@@ -16,7 +16,6 @@ from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 
@@ -25,11 +24,8 @@ class Lua:
         self.source = files("ledger").joinpath(name).read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    def queue(self, pipe: Any, keys: list[str], args: list[Any], cluster: bool) -> None:
-        if cluster:
-            pipe.eval(self.source, len(keys), *keys, *args)
-        else:
-            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+    def queue(self, pipe: Any, keys: list[str], args: list[Any], cluster: bool = False) -> None:
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 async def run_pipeline(redis: Any, build: Callable[[Any], None], scripts: tuple[Lua, ...]) -> list[Any]:
@@ -39,8 +35,6 @@ async def run_pipeline(redis: Any, build: Callable[[Any], None], scripts: tuple[
     try:
         return list(await pipe.execute())
     except NoScriptError:
-        if isinstance(redis, RedisCluster):  # not reached: cluster pipelines send EVAL
-            raise
         for script in scripts:
             await redis.script_load(script.source)
         pipe = redis.pipeline(transaction=False)

@@ -48,6 +48,9 @@ async def test_calls_spread_over_slots_are_applied_and_read_back_on_a_cluster(
             assert response.status == 200, await response.text()
     consumer = Consumer(store, settings, Metrics())
     assert await consumer.run_burst() == 90
+    # Commits go by SHA: a node that lost its scripts (a promoted replica, a restart) answers
+    # NOSCRIPT, and the script is loaded and just those calls sent again.
+    await store.redis.script_flush()
     await post_platform(client, {"type": "call.usage", "call_sid": sids[0], "occurred_at": "2026-11-24T10:00:40Z",
                                  "data": {"component": "llm", "cost": "0.2"}}, "late")
     await consumer.run_burst()
