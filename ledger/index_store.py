@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio.cluster import RedisCluster
 
 from ledger.indexes import SHARDS, IndexEntry, entry_payload, score
 from ledger.lua import Lua, run_pipeline
@@ -77,7 +76,6 @@ class IndexStore:
     def __init__(self, redis: Any, prefix: str = "cl") -> None:
         self.redis = redis
         self._prefix = prefix
-        self._cluster = isinstance(redis, RedisCluster)
 
     def base(self, shard: int) -> str:
         return f"{self._prefix}:ix:{{{shard}}}:"
@@ -114,7 +112,7 @@ class IndexStore:
 
         def build(pipe: Any) -> None:
             for shard, args in calls.items():
-                INDEX.queue(pipe, [self.entries_key(shard), self.versions_key(shard)], args, self._cluster)
+                INDEX.queue(pipe, [self.entries_key(shard), self.versions_key(shard)], args)
 
         taken = [False] * len(writes)
         replies = await run_pipeline(self.redis, build, (INDEX,))
@@ -140,7 +138,7 @@ class IndexStore:
             for shard in shards:
                 cursor = after[shard]
                 INDEX_PAGE.queue(pipe, [self.base(shard) + suffix, self.entries_key(shard)],
-                                 [hi, lo, count, *(cursor if cursor else ("", ""))], self._cluster)
+                                 [hi, lo, count, *(cursor if cursor else ("", ""))])
 
         pages: dict[int, list[Item]] = {}
         for shard, reply in zip(shards, await run_pipeline(self.redis, build, (INDEX_PAGE,)), strict=True):
@@ -218,7 +216,7 @@ class IndexStore:
         def build(pipe: Any) -> None:
             for shard in range(SHARDS):
                 base = self.base(shard)
-                ROLLUP_DAYS.queue(pipe, [base + s for s in days + assistants], [len(days)], self._cluster)
+                ROLLUP_DAYS.queue(pipe, [base + s for s in days + assistants], [len(days)])
 
         totals: dict[str, dict[str, int]] = {suffix: {} for suffix in days}
         summed: dict[str, int] = {}

@@ -41,7 +41,6 @@ class TickLogger:
         self._file = file
         self._lines: list[str] = []
         self._scheduled = False
-        atexit.register(self.flush)
 
     def msg(self, message: str) -> None:
         self._lines.append(message)
@@ -139,6 +138,9 @@ def _tick_logger_factory(file: Any) -> Any:
 
 
 def flush_logs() -> None:
-    """Write the lines waiting for the loop's next turn now (the worker: before an XACK)."""
+    """Write the lines waiting for the loop's next turn now (the worker: before an XACK; and at exit)."""
     if _LOGGER is not None:
         _LOGGER.flush()
+
+
+atexit.register(flush_logs)

@@ -24,7 +24,7 @@ class Lua:
         self.source = files("ledger").joinpath(name).read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    def queue(self, pipe: Any, keys: list[str], args: list[Any], cluster: bool = False) -> None:
+    def queue(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 

@@ -229,17 +229,17 @@ def price_event(event: CallEvent, table: PriceTable) -> CallEvent:
 
 
 def telephony_charge(table: PriceTable, provider: str | None, direction: str, minutes: int,
-                     at_us: int) -> tuple[int, str] | None:
+                     at_us: int) -> tuple[int, str, str] | None:
     """The rate-card estimate from the file: `minutes` of `{direction}_minutes` of the
     call's provider, priced by the `*`-model telephony entry in effect at `at_us` (the
     call's start, so an entry added later for the future reprices no past call).
-    (nano-units, currency), or None when the file has no such entry."""
+    (nano-units, currency, the entry's unit cost text), or None when the file has no such entry."""
     if provider is None:
         return None
     entry = table.lookup("telephony", provider, None, TELEPHONY_USAGE_TYPES[direction], at_us)
     if entry is None:
         return None
-    return entry.price_nano(Decimal(minutes)), entry.currency
+    return entry.price_nano(Decimal(minutes)), entry.currency, entry.unit_cost
 
 
 # -- reading and validating a file --------------------------------------------------------------

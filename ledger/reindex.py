@@ -46,10 +46,10 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
         name = _text(key)
         sid = name[len(prefix) + 1:-1]
         fields = await store.redis.hgetall(key)
-        record_id, core = fields.get(b"id"), fields.get(b"s")
-        if record_id is None or core is None:
+        found = CallState.from_hash(fields)
+        if found is None:
             continue
-        state = CallState.from_fields(core, {_text(k): v for k, v in fields.items()})
+        record_id, state = found
         if state.first_seen is None and state.started is None:
             state.first_seen = await _first_seen(store, sid)
         seen += 1

@@ -16,7 +16,7 @@ import orjson
 from ledger.errors import Refused, Unapplicable
 from ledger.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
 from ledger.money import NANO, convert, format_nano
-from ledger.pricing import TELEPHONY_USAGE_TYPES, telephony_charge
+from ledger.pricing import telephony_charge
 from ledger.settings import Settings
 
 # initiated < ringing < ongoing < every terminal status; among terminal ones the
@@ -116,6 +116,14 @@ class CallState:
             elif name.startswith(META_FIELD):
                 state.meta[name[2:]] = orjson.loads(raw)
         return state
+
+    @classmethod
+    def from_hash(cls, fields: dict[bytes, bytes]) -> tuple[int, "CallState"] | None:
+        """(record id, whole state) from a call hash as HGETALL returns it; None without a record."""
+        record_id, core = fields.get(b"id"), fields.get(b"s")
+        if record_id is None or core is None:
+            return None
+        return int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()})
 
 
 def touched_fields(event: CallEvent) -> list[str]:
@@ -246,12 +254,15 @@ def connected_duration(state: CallState) -> int | None:
     return max(0, int(seconds.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)))
 
 
-def telephony_estimate(state: CallState, duration: int | None, settings: Settings) -> int | None:
-    """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes."""
+def telephony_estimate(state: CallState, duration: int | None,
+                       settings: Settings) -> tuple[int | None, str | None]:
+    """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes.
+    (nano-units, the per-minute rate as decimal text in the ledger currency, None if the
+    pricing file's entry is in another), or (None, None)."""
     if state.status is None or state.status[0] < _TERMINAL_RANK or duration is None:
-        return None
+        return None, None
     if state.provider is None:
-        return None
+        return None, None
     direction = _value(state, "direction") or "inbound"
     minutes = math.ceil(duration / 60)
     # A telephony entry of LEDGER_PRICING_FILE wins over LEDGER_TELEPHONY_RATES; it is picked
@@ -259,41 +270,27 @@ def telephony_estimate(state: CallState, duration: int | None, settings: Setting
     charge = telephony_charge(settings.pricing, state.provider, direction, minutes,
                               state.started[0] if state.started else state.status[1])
     if charge is not None:
-        amount, currency = charge
+        amount, currency, unit_cost = charge
+        if currency == settings.currency:
+            return amount, unit_cost
         # Settings refuses a file whose currencies have no FX rate.
-        return amount if currency == settings.currency else convert(amount, settings.fx_rates[currency])
+        return convert(amount, settings.fx_rates[currency]), None
     rate = settings.telephony_rates.get((state.provider, direction))
     if rate is None:
-        return None
-    return int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def _estimate_rate(state: CallState, settings: Settings) -> str | None:
-    """The per-minute rate the estimate used, as decimal text in the ledger currency: the
-    pricing file's telephony entry when it has one (None if that is in another currency),
-    else LEDGER_TELEPHONY_RATES'."""
-    direction = _value(state, "direction") or "inbound"
-    entry = None if state.provider is None else settings.pricing.lookup(
-        "telephony", state.provider, None, TELEPHONY_USAGE_TYPES[direction],
-        state.started[0] if state.started else (state.status[1] if state.status else 0))
-    if entry is not None:
-        return entry.unit_cost if entry.currency == settings.currency else None
-    card = settings.telephony_rates.get((state.provider or "", direction))
-    return None if card is None else str(card)
+        return None, None
+    return int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), str(rate)
 
 
 def fix_estimate(state: CallState, settings: Settings) -> None:
     """Fix the telephony estimate with these settings (the worker, before each commit)."""
-    amount = telephony_estimate(state, connected_duration(state), settings)
-    state.estimate = [amount, None if amount is None else _estimate_rate(state, settings)]
+    state.estimate = list(telephony_estimate(state, connected_duration(state), settings))
 
 
 def estimate_of(state: CallState, duration: int | None, settings: Settings) -> tuple[int | None, str | None]:
     """(the telephony estimate, its per-minute rate text): as fixed at the last commit, else now."""
     if state.estimate is not None:
         return state.estimate[0], state.estimate[1]
-    amount = telephony_estimate(state, duration, settings)
-    return amount, None if amount is None else _estimate_rate(state, settings)
+    return telephony_estimate(state, duration, settings)
 
 
 def render_record(call_sid: str, record_id: int, state: CallState, settings: Settings) -> dict[str, Any]:

@@ -42,8 +42,9 @@ def served_record(call_sid: str, fields: dict[bytes, bytes], settings: Settings)
     """The record's JSON from the call's raw hash fields (HGETALL)."""
     version, _, stored = (fields.get(RECORD_FIELD) or b"").partition(b"\n")
     if not stored or version != fields.get(b"v", b"0"):  # not rendered at this version
-        state = CallState.from_fields(fields[b"s"], {k.decode(): v for k, v in fields.items()})
-        return record_json(render_record(call_sid, int(fields[b"id"]), state, settings))
+        found = CallState.from_hash(fields)
+        assert found is not None  # Store.call_fields returns calls with a record only
+        return record_json(render_record(call_sid, *found, settings))
     meta = sorted((name[2:].decode(), orjson.loads(value)[3]) for name, value in fields.items()
                   if name.startswith(_META))
     if not meta:

@@ -31,10 +31,8 @@ name the stream, so the stream can be sharded without touching them.
 
 import asyncio
 import functools
-import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib.resources import files
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -50,6 +48,7 @@ from ledger.index_store import IndexStore
 from ledger.lua import Lua, run_pipeline
 from ledger.redis_wire import FastConnection, FastSSLConnection
 from ledger.rules import CallState
+from ledger.served import RECORD_FIELD
 from ledger.settings import Settings, redis_urls
 from ledger.stream_store import GROUP, Entry, StreamStore, _text, entry_order
 
@@ -57,8 +56,7 @@ __all__ = ["GROUP", "Entry", "Store", "entry_order", "open_redis"]
 
 REQUEST_TIMEOUT_S = 5.0
 LAYOUT = "2"
-COMMIT_LUA = files("ledger").joinpath("commit.lua").read_text()
-COMMIT_SHA = hashlib.sha1(COMMIT_LUA.encode()).hexdigest()
+COMMIT = Lua("commit.lua")
 EVENTS_PAGE = Lua("events_page.lua")
 IDS = Lua("ids.lua")
 # How far the id counter jumps when it may have gone backwards (a failover, a restart, a slot
@@ -145,6 +143,7 @@ class CommitWrite:
     record_id: int
     events: list[tuple[str, int, bytes]]  # (journal key, occurred_us, event JSON)
     fields: list[tuple[str, bytes]]  # the registers and call_meta keys that changed
+    record: bytes = b""  # the record rendered ready to serve (ledger.served), written as `j`
 
 
 def _commit_args(w: CommitWrite) -> list[Any]:
@@ -153,8 +152,9 @@ def _commit_args(w: CommitWrite) -> list[Any]:
     for key, occurred_us, event_json in w.events:
         # A score is a double: exact for any instant before the year 2255.
         args += [key, occurred_us, event_json]
-    args.append(len(w.fields))
-    for name, value in w.fields:
+    fields = [*w.fields, (RECORD_FIELD.decode(), w.record)] if w.record else w.fields
+    args.append(len(fields))
+    for name, value in fields:
         args += [name, value]
     return args
 
@@ -175,7 +175,7 @@ class Store(StreamStore):
         self._order_prefix = f"{prefix}:order:"
         # The calls API's index shards (their own module: they span calls, not one call's slot).
         self.indexes = IndexStore(redis, prefix)
-        self._commit = redis.register_script(COMMIT_LUA)
+        self._commit = redis.register_script(COMMIT.source)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":
@@ -274,7 +274,7 @@ class Store(StreamStore):
 
         def build(pipe: Any) -> None:  # may run twice (NOSCRIPT): the id script had not run then
             pipe.set(self._layout_key, LAYOUT, nx=True)  # whoever writes records marks their layout
-            IDS.queue(pipe, keys, args, self._cluster)
+            IDS.queue(pipe, keys, args)
 
         last = int((await run_pipeline(self.redis, build, (IDS,)))[1])
         return list(range(last - count + 1, last + 1))
@@ -302,13 +302,13 @@ class Store(StreamStore):
             pipe = self.redis.pipeline(transaction=False)
             for i in todo:
                 w = writes[i]
-                pipe.execute_command("EVALSHA", COMMIT_SHA, 3, *self.call_keys(w.call_sid), *_commit_args(w))
+                COMMIT.queue(pipe, self.call_keys(w.call_sid), _commit_args(w))
             for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
                 results[i] = reply
             todo = [i for i in todo if isinstance(results[i], NoScriptError)]
             if not todo or attempt:
                 break
-            await self.redis.script_load(COMMIT_LUA)
+            await self.redis.script_load(COMMIT.source)
         for reply in results:
             if isinstance(reply, Exception):
                 raise reply
@@ -319,11 +319,7 @@ class Store(StreamStore):
     @unavailable_on_error
     async def get_call(self, call_sid: str) -> tuple[int, CallState] | None:
         """The call's record id and whole state (one bounded hash), or None."""
-        fields = await self.redis.hgetall(self.call_key(call_sid))
-        record_id, core = fields.get(b"id"), fields.get(b"s")
-        if record_id is None or core is None:
-            return None
-        return int(record_id), CallState.from_fields(core, {_text(k): v for k, v in fields.items()})
+        return CallState.from_hash(await self.redis.hgetall(self.call_key(call_sid)))
 
     @unavailable_on_error
     async def call_fields(self, call_sid: str) -> dict[bytes, bytes] | None:
@@ -337,12 +333,7 @@ class Store(StreamStore):
         pipe = self.redis.pipeline(transaction=False)
         for sid in call_sids:
             pipe.hgetall(self.call_key(sid))
-        out: list[tuple[int, CallState] | None] = []
-        for fields in await pipe.execute():
-            record_id, core = fields.get(b"id"), fields.get(b"s")
-            out.append(None if record_id is None or core is None else (
-                int(record_id), CallState.from_fields(core, {_text(k): v for k, v in fields.items()})))
-        return out
+        return [CallState.from_hash(fields) for fields in await pipe.execute()]
 
     @unavailable_on_error
     async def events_page(self, call_sid: str, after: str, limit: int) -> tuple[list[bytes], str | None] | None:
@@ -354,7 +345,7 @@ class Store(StreamStore):
 
         def build(pipe: Any) -> None:
             pipe.hexists(self.call_key(call_sid), "id")
-            EVENTS_PAGE.queue(pipe, keys, args, self._cluster)
+            EVENTS_PAGE.queue(pipe, keys, args)
 
         exists, reply = await run_pipeline(self.redis, build, (EVENTS_PAGE,))
         if not exists:

@@ -251,8 +251,10 @@ async def test_delta_updates_give_the_index_a_fresh_build_gives(
 
     async def spy(writes: list[IndexWrite]) -> list[bool]:
         if poisoned:  # every remembered version one behind what the shard holds: never the base
-            for sid, (version, entry) in list(consumer.indexed._entries.items()):
-                consumer.indexed._entries[sid] = (version - 1, entry)
+            for sid in consumer.indexed.keys():
+                version, entry = consumer.indexed.peek(sid) or (0, None)
+                if entry is not None:
+                    consumer.indexed.remember(sid, version - 1, entry)
         sent.extend(writes)
         return await write(writes)
 

@@ -7,7 +7,7 @@ with a compare-and-set on the version; no I/O happens here.
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
@@ -85,11 +85,56 @@ _ENTRY_OVERHEAD = 600
 _FIELD_OVERHEAD = 150
 
 
+V = TypeVar("V")
+
+
 def _compact(value: bytes | None) -> bytes | None:
     return None if value is None else bytes(memoryview(value))
 
 
-class KnownCalls:
+class SizedLRU(Generic[V]):
+    """Values by key, bounded in bytes (each value's size given with it), least recently used
+    first out."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[V, int]] = OrderedDict()
+
+    def peek(self, key: str) -> V | None:
+        found = self._items.get(key)
+        return None if found is None else found[0]
+
+    def get(self, key: str) -> V | None:
+        found = self._items.get(key)
+        if found is None:
+            return None
+        self._items.move_to_end(key)
+        return found[0]
+
+    def put(self, key: str, value: V, size: int) -> None:
+        self.forget(key)
+        if size > self.capacity_bytes:
+            return
+        self._items[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.capacity_bytes:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.bytes -= evicted
+
+    def forget(self, key: str) -> None:
+        found = self._items.pop(key, None)
+        if found is not None:
+            self.bytes -= found[1]
+
+    def keys(self) -> list[str]:
+        return list(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class KnownCalls(SizedLRU[LoadedCall]):
     """What this worker last wrote for recently seen calls, so a busy call is not re-read
     from Redis before every batch. Bounded in bytes (LEDGER_WORKER_CACHE_BYTES), least
     recently used first out.
@@ -101,47 +146,26 @@ class KnownCalls:
     """
 
     def __init__(self, capacity_bytes: int = 32 * 1024 * 1024) -> None:
-        self.capacity_bytes = capacity_bytes
-        self.bytes = 0
-        self._calls: OrderedDict[str, tuple[LoadedCall, int]] = OrderedDict()
+        super().__init__(capacity_bytes)
 
-    def get(self, call_sid: str, fields: list[str]) -> LoadedCall | None:
+    def get(self, call_sid: str, fields: list[str] | None = None) -> LoadedCall | None:
         """The call as last written, if every field asked for is known; None otherwise."""
-        known = self._calls.get(call_sid)
-        if known is None:
+        call = self.peek(call_sid)
+        if call is None or any(name not in call.fields for name in fields or ()):
             return None
-        call = known[0]
-        if any(name not in call.fields for name in fields):
-            return None
-        self._calls.move_to_end(call_sid)
-        return call
+        return super().get(call_sid)
 
     def remember(self, call_sid: str, call: LoadedCall) -> None:
-        self.forget(call_sid)
         # Exact-size copies: orjson hands back bytes that keep a 4 KiB buffer each, which
         # would make the real memory of a cached call some 20 times what is counted here.
         fields = {name: _compact(value) for name, value in call.fields.items()}
         call = LoadedCall(call.version, _compact(call.core), fields, call.record_id, frozenset())
         size = _ENTRY_OVERHEAD + len(call_sid) + len(call.core or b"") + sum(
             _FIELD_OVERHEAD + len(name) + len(value or b"") for name, value in call.fields.items())
-        if size > self.capacity_bytes:
-            return
-        self._calls[call_sid] = (call, size)
-        self.bytes += size
-        while self.bytes > self.capacity_bytes:
-            _, (_, evicted) = self._calls.popitem(last=False)
-            self.bytes -= evicted
-
-    def forget(self, call_sid: str) -> None:
-        known = self._calls.pop(call_sid, None)
-        if known is not None:
-            self.bytes -= known[1]
-
-    def __len__(self) -> int:
-        return len(self._calls)
+        self.put(call_sid, call, size)
 
 
-class IndexedEntries:
+class IndexedEntries(SizedLRU[tuple[int, IndexEntry]]):
     """The index entry this worker last wrote, and the shard took, for recently seen calls
     (its version and the entry), so the call's next update can go as a delta from it
     (ledger/index.lua's fast path). Only a hint: the script applies the delta only while
@@ -151,30 +175,5 @@ class IndexedEntries:
 
     _SIZE = 1200  # an IndexEntry, its strings and the dict slot, measured with tracemalloc
 
-    def __init__(self, capacity_bytes: int) -> None:
-        self.capacity_bytes = capacity_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[str, tuple[int, IndexEntry]] = OrderedDict()
-
-    def get(self, call_sid: str) -> tuple[int, IndexEntry] | None:
-        found = self._entries.get(call_sid)
-        if found is not None:
-            self._entries.move_to_end(call_sid)
-        return found
-
     def remember(self, call_sid: str, version: int, entry: IndexEntry) -> None:
-        self.forget(call_sid)
-        if self._SIZE > self.capacity_bytes:
-            return
-        self._entries[call_sid] = (version, entry)
-        self.bytes += self._SIZE
-        while self.bytes > self.capacity_bytes:
-            self._entries.popitem(last=False)
-            self.bytes -= self._SIZE
-
-    def forget(self, call_sid: str) -> None:
-        if self._entries.pop(call_sid, None) is not None:
-            self.bytes -= self._SIZE
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        self.put(call_sid, (version, entry), self._SIZE)

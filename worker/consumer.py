@@ -25,7 +25,7 @@ from ledger.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
 from ledger.logs import flush_logs
 from ledger.metrics import Metrics
 from ledger.rules import CallState, fix_estimate, render_record
-from ledger.served import RECORD_FIELD, stored_record
+from ledger.served import stored_record
 from ledger.settings import Settings
 from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
 from worker.apply import CallPlan, IndexedEntries, KnownCalls, plan_call, wanted_fields
@@ -180,8 +180,8 @@ class Consumer:
 
     async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
         outcomes: dict[tuple[str, str], tuple[str, str | None]] = {}  # entry ref -> (outcome, reason)
-        # Per call: (record id, version, state) as committed, or as found when every event of the
-        # call was a duplicate or failed (re-indexing it repairs an index update a dead worker missed).
+        # Per call: as committed, or as found when every event of the call was a duplicate, failed
+        # or was refused (re-indexing it repairs an index update a dead worker missed).
         committed: dict[str, Committed] = {}
         remaining = by_call
         for _attempt in range(COMMIT_ATTEMPTS):
@@ -326,7 +326,6 @@ class Consumer:
             fix_estimate(plan.state, self.settings)
             record_id = loaded[sid].record_id or ids[sid]
             plan.record = render_record(sid, record_id, plan.state, self.settings)
-            changed = plan.state.changed_fields()
             new_version = loaded[sid].version + len(plan.new_events)
             writes.append(CommitWrite(
                 call_sid=sid,
@@ -335,15 +334,16 @@ class Consumer:
                 core=plan.state.core_json(),
                 record_id=record_id,
                 events=plan.new_events,
-                fields=[*changed, (RECORD_FIELD.decode(), stored_record(plan.record, new_version))],
+                fields=plan.state.changed_fields(),
+                record=stored_record(plan.record, new_version),
             ))
         results = await self.store.commit(writes)
         conflicts = set()
         for write, ok in zip(writes, results, strict=True):
             if ok and not write.events:  # checked, not written: what was loaded still holds
                 continue
-            if ok:  # the cache keeps the state's fields, not the rendered record (the last one)
-                fields = {**loaded[write.call_sid].fields, **dict(write.fields[:-1])}
+            if ok:
+                fields = {**loaded[write.call_sid].fields, **dict(write.fields)}
                 self.known.remember(write.call_sid, LoadedCall(
                     write.new_version, write.core, fields, write.record_id, frozenset()))
             else:  # someone else wrote the call, or our picture of it was stale: re-read it
