@@ -131,7 +131,10 @@ class LoadedCall:
     core: bytes | None  # the core state JSON
     fields: dict[str, bytes | None]  # the r:/m: fields asked for (None: not set)
     record_id: int | None
-    applied: frozenset[str]  # journal keys of the asked events that the call already has
+    applied: frozenset[str]  # journal keys it has: of the asked events, and maybe its latest
+    # Already decoded (the worker's cache of calls it committed): used as it is, in place of
+    # core and fields.
+    state: CallState | None = None
 
 
 @dataclass(frozen=True)
@@ -237,9 +240,11 @@ class Store(StreamStore):
         await self.batcher.close()
         await self.redis.aclose()
 
-    async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]]) -> dict[str, LoadedCall]:
+    async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]],
+                         latest: int = 0) -> dict[str, LoadedCall]:
         """Per call: version, core state, id, the given r:/m: fields, and which of the given
-        journal keys it already has. `wanted`: call -> (journal keys, field names)."""
+        journal keys it already has, with the keys of its `latest` latest events (by time).
+        `wanted`: call -> (journal keys, field names)."""
         sids = list(wanted)
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
@@ -247,16 +252,21 @@ class Store(StreamStore):
             pipe.hmget(self.call_key(sid), "v", "s", "id", *fields)
             # The order index holds every applied event's key (the journal may be off).
             pipe.zmscore(self.order_key(sid), keys)
+            if latest:
+                pipe.zrange(self.order_key(sid), -latest, -1)
         replies = await pipe.execute()
         loaded = {}
+        per_call = 3 if latest else 2
         for i, sid in enumerate(sids):
             keys, fields = wanted[sid]
-            call, journal = replies[2 * i], replies[2 * i + 1]
+            call, journal = replies[per_call * i], replies[per_call * i + 1]
             version, core, record_id = call[:3]
+            applied = [key for key, value in zip(keys, journal, strict=True) if value is not None]
+            if latest:
+                applied += [_text(key) for key in replies[per_call * i + 2]]
             loaded[sid] = LoadedCall(
                 int(version or 0), core, dict(zip(fields, call[3:], strict=True)),
-                int(record_id) if record_id else None,
-                frozenset(key for key, value in zip(keys, journal, strict=True) if value is not None),
+                int(record_id) if record_id else None, frozenset(applied),
             )
         return loaded
 

@@ -16,7 +16,7 @@ from ledger.events import CallEvent
 from ledger.instants import format_us
 from ledger.metrics import Metrics
 from ledger.rules import CallState, render_record
-from ledger.store import LoadedCall, Store
+from ledger.store import Store
 from tests.conftest import AUTH, make_settings, post_platform
 from tests.workers import BASE, make_event, usage
 from worker.apply import KnownCalls
@@ -176,17 +176,42 @@ async def test_events_of_an_unknown_call_are_404(client: Any) -> None:
 
 
 def test_worker_cache_is_bounded_in_bytes_not_entries() -> None:
+    from ledger.rules import apply_event
+
     cache = KnownCalls(capacity_bytes=100_000)
-    big = LoadedCall(1, b"x" * 10_000, {"m:k": b"y" * 10_000}, 1, frozenset())
+    big = CallState()
+    apply_event(big, make_event("CA-big", "m1", 0, call_meta={"k": "y" * 10_000}), make_settings())
     for i in range(50):
-        cache.remember(f"CA{i}", big)
+        cache.remember(f"CA{i}", 1, i + 1, big, frozenset({"m:k"}))
         assert cache.bytes <= 100_000
-    assert 1 <= len(cache) <= 5
+    assert 1 <= len(cache) <= 9
     assert cache.get("CA49", ["m:k"]) is not None  # most recent kept
     assert cache.get("CA0", []) is None  # oldest evicted
-    assert cache.get("CA49", ["r:other"]) is None  # a field it does not know: read Redis
-    cache.remember("CA-huge", LoadedCall(1, b"x" * 200_000, {}, 1, frozenset()))  # alone above the budget
+    assert cache.get("CA49", ["m:other"]) is not None  # it holds the call's every key: m:other is unset
+    partial = CallState.from_fields(big.core_json().replace(b'"meta_keys":1', b'"meta_keys":2'),
+                                    {"m:k": orjson.dumps(big.meta["k"])})
+    cache.remember("CA-partial", 1, 99, partial, frozenset({"m:k"}))
+    assert cache.get("CA-partial", ["m:k"]) is not None
+    assert cache.get("CA-partial", ["m:other"]) is None  # a key it may not hold: read Redis
+    huge = CallState()
+    apply_event(huge, make_event("CA-huge", "m1", 0, call_meta={"k": "x" * 200_000}),
+                make_settings(max_call_meta_bytes=300_000))
+    cache.remember("CA-huge", 1, 1, huge, frozenset())  # alone above the budget
     assert cache.get("CA-huge", []) is None and cache.bytes <= 100_000
+
+
+def test_the_worker_cache_hands_out_the_decoded_state_it_was_given() -> None:
+    """A cached call is planned from its state as committed, with no decoding: the same object."""
+    from ledger.rules import apply_event
+
+    state = CallState()
+    apply_event(state, make_event("CA-s", "m1", 0, assistant_name="Bot"), make_settings())
+    cache = KnownCalls()
+    cache.remember("CA-s", 3, 7, state, frozenset({"m:a"}))
+    found = cache.get("CA-s", ["m:a"])
+    assert found is not None and found.state is state and (found.version, found.record_id) == (3, 7)
+    cache.forget("CA-s")
+    assert cache.get("CA-s", []) is None
 
 
 async def test_a_store_with_data_of_an_older_layout_is_refused(fake_redis: Any) -> None:
@@ -220,26 +245,27 @@ def test_state_round_trips_through_its_fields() -> None:
 
 def test_the_worker_cache_counts_what_it_really_holds() -> None:
     """Real memory (tracemalloc) of what the cache keeps stays within what it counts: its bound in
-    bytes means bytes (orjson's output, kept as is, holds a 4 KiB buffer per value)."""
+    bytes means bytes, for calls as the consumer remembers them after a commit."""
     import gc
     import tracemalloc
 
     from ledger.rules import apply_event
 
     settings = make_settings()
-    written = []
-    for i in range(500):  # what the consumer remembers after committing a metadata event
-        state = CallState()
-        apply_event(state, make_event(f"CA-mem-{i}", f"m{i}", 0, assistant_id=5, assistant_name="Bot",
-                                      flow_name="F", to_phone_number="+15551230000",
-                                      call_meta={"customer_id": f"c{i}", "n": i}), settings)
-        written.append((f"CA-mem-{i}", LoadedCall(1, state.core_json(), dict(state.changed_fields()), i, frozenset())))
     cache = KnownCalls(capacity_bytes=10**9)
     gc.collect()
     tracemalloc.start()
-    for sid, call in written:
-        cache.remember(sid, call)
-    del written, call
+    for i in range(500):  # decoded states of calls with their registers and call_meta set
+        state = CallState()
+        apply_event(state, make_event(f"CA-mem-{i}", f"m{i}", 0, status="ongoing", assistant_id=5,
+                                      assistant_name="Bot", flow_name="F", to_phone_number="+15551230000",
+                                      call_meta={"customer_id": f"c{i}", "n": i, "tags": ["a", {"b": i}]}),
+                    settings)
+        apply_event(state, make_event(f"CA-mem-{i}", f"u{i}", 5, costs=[{"component": "llm", "amount_nano": i,
+                                                                         "currency": "USD"}]), settings)
+        state.changed.clear()
+        cache.remember(f"CA-mem-{i}", 2, i + 1, state, frozenset({"m:customer_id", "m:n", "m:tags"}))
+    del state
     gc.collect()
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()

@@ -6,29 +6,34 @@ with a compare-and-set on the version; no I/O happens here.
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+import orjson
 
 from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
 from ledger.indexes import IndexEntry
 from ledger.pricing import price_event
-from ledger.rules import CallState, apply_event, touched_fields
+from ledger.rules import META_FIELD, CallState, apply_event, touched_fields
 from ledger.settings import Settings
 from ledger.store import Entry, LoadedCall
 
 
-@dataclass
 class CallPlan:
-    """What committing this call's events would write, and what happened to each entry."""
+    """What committing this call's events would write, and what happened to each entry.
+    (A plain class: a dataclass's default factories were 4% of the apply loop's CPU.)"""
 
-    state: CallState
-    new_events: list[tuple[str, int, bytes]] = field(default_factory=list)  # (journal key, occurred_us, JSON)
-    applied: list[tuple[Entry, CallEvent]] = field(default_factory=list)
-    duplicates: list[tuple[Entry, CallEvent]] = field(default_factory=list)
-    failed: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)  # retried, then dead-lettered
-    refused: list[tuple[Entry, CallEvent, str]] = field(default_factory=list)  # dead-lettered at once
-    record: dict[str, Any] | None = None  # rendered when committed
+    __slots__ = ("applied", "duplicates", "failed", "new_events", "record", "refused", "state")
+
+    def __init__(self, state: CallState) -> None:
+        self.state = state
+        self.new_events: list[tuple[str, int, bytes]] = []  # (journal key, occurred_us, JSON)
+        self.applied: list[tuple[Entry, CallEvent]] = []
+        self.duplicates: list[tuple[Entry, CallEvent]] = []
+        self.failed: list[tuple[Entry, CallEvent, str]] = []  # retried, then dead-lettered
+        self.refused: list[tuple[Entry, CallEvent, str]] = []  # dead-lettered at once
+        self.record: dict[str, Any] | None = None  # rendered when committed
 
 
 def wanted_fields(items: list[tuple[Entry, CallEvent]]) -> tuple[list[str], list[str]]:
@@ -38,9 +43,19 @@ def wanted_fields(items: list[tuple[Entry, CallEvent]]) -> tuple[list[str], list
     return keys, fields
 
 
+def wanted_meta(items: list[tuple[Entry, CallEvent]]) -> tuple[list[str], list[str]]:
+    """(journal keys, m: field names) of these events: what a worker that loads every register
+    anyway (to render the record) must load besides."""
+    keys = list(dict.fromkeys(event.key for _, event in items))
+    meta = [META_FIELD + key for _, event in items if event.call_meta for key in event.call_meta]
+    return keys, list(dict.fromkeys(meta)) if len(meta) > 1 else meta
+
+
 def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings: Settings) -> CallPlan:
     """Fold the events this call has not seen into its state; the rest are duplicates or failures."""
-    plan = CallPlan(state=CallState.from_fields(loaded.core, loaded.fields))  # type: ignore[arg-type]
+    state = loaded.state if loaded.state is not None else CallState.from_fields(
+        loaded.core, loaded.fields)  # type: ignore[arg-type]
+    plan = CallPlan(state=state)
     seen = set(loaded.applied)
     version = loaded.version
     for entry, event in items:
@@ -79,17 +94,14 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
     return plan
 
 
-# Per-entry and per-field overhead of a cached call in CPython (objects, dict slots, the
-# LRU's links), measured with tracemalloc (tests/test_integrity_ledger.py holds it to that).
-_ENTRY_OVERHEAD = 600
-_FIELD_OVERHEAD = 150
+# Per-entry and per-field overhead of a cached call in CPython (the state's objects, dict
+# slots, the LRU's links), measured with tracemalloc (tests/test_integrity_ledger.py holds the
+# count to what is really held).
+_ENTRY_OVERHEAD = 1500
+_FIELD_OVERHEAD = 330
 
 
 V = TypeVar("V")
-
-
-def _compact(value: bytes | None) -> bytes | None:
-    return None if value is None else bytes(memoryview(value))
 
 
 class SizedLRU(Generic[V]):
@@ -134,35 +146,82 @@ class SizedLRU(Generic[V]):
         return len(self._items)
 
 
-class KnownCalls(SizedLRU[LoadedCall]):
+@dataclass(slots=True)
+class KnownCall:
+    """A call as this worker last committed it: decoded, so the next batch folds into it at once."""
+
+    version: int
+    record_id: int
+    state: CallState  # every register, and the call_meta keys of `meta_fields`
+    meta_fields: frozenset[str]  # the m: fields it was loaded or written with (set or not)
+    applied: tuple[str, ...]  # journal keys of its latest events, oldest first (KNOWN_EVENTS at most)
+
+
+# Journal keys a cached call keeps of its latest events: a provider's retry of one of them is
+# then a duplicate at once, not a refused commit and a re-read. Absence proves nothing (the
+# commit script checks every event), so a bound only costs re-reads for older retries.
+KNOWN_EVENTS = 32
+_KEY_OVERHEAD = 90  # a str object and its set slot
+
+
+def _value_size(value: Any) -> int:
+    return len(value) if isinstance(value, str) else 0 if value is None or isinstance(
+        value, int | float) else len(orjson.dumps(value))
+
+
+class KnownCalls(SizedLRU[KnownCall]):
     """What this worker last wrote for recently seen calls, so a busy call is not re-read
-    from Redis before every batch. Bounded in bytes (LEDGER_WORKER_CACHE_BYTES), least
-    recently used first out.
+    (nor its state decoded) before every batch. Bounded in bytes (LEDGER_WORKER_CACHE_BYTES),
+    least recently used first out.
 
     Safe because it is only a guess: the commit script refuses a write whose version is not
     the one in Redis, or that carries an event the journal already has, and the worker then
     evicts the entry and re-reads. It keeps no event ids: a redelivered event looks new to a
-    cached call, is refused by the script, and the re-read finds it applied.
+    cached call, is refused by the script, and the re-read finds it applied. To spare that
+    round trip for the common case, it keeps the keys of each call's latest events
+    (KNOWN_EVENTS): a retry of one of those is a duplicate without asking Redis.
+
+    The cached state is the one the next plan folds into, in place (no copy): the consumer
+    forgets a call whose plan it does not commit (a conflict, an error on the way), so a state
+    changed by an uncommitted plan is never planned from again.
     """
 
     def __init__(self, capacity_bytes: int = 32 * 1024 * 1024) -> None:
         super().__init__(capacity_bytes)
 
-    def get(self, call_sid: str, fields: list[str] | None = None) -> LoadedCall | None:
-        """The call as last written, if every field asked for is known; None otherwise."""
+    def get(self, call_sid: str, meta_fields: list[str] | None = None) -> LoadedCall | None:  # type: ignore[override]
+        """The call as last written, if every call_meta field asked for is known (or the call's
+        every key is); None otherwise."""
         call = self.peek(call_sid)
-        if call is None or any(name not in call.fields for name in fields or ()):
+        if call is None:
             return None
-        return super().get(call_sid)
+        # It knows every key when it holds as many as the call has (the core counts them).
+        if meta_fields and len(call.state.meta) < call.state.meta_keys and not call.meta_fields.issuperset(
+                meta_fields):
+            return None
+        super().get(call_sid)  # most recently used
+        return LoadedCall(call.version, None, {}, call.record_id, frozenset(call.applied), call.state)
 
-    def remember(self, call_sid: str, call: LoadedCall) -> None:
-        # Exact-size copies: orjson hands back bytes that keep a 4 KiB buffer each, which
-        # would make the real memory of a cached call some 20 times what is counted here.
-        fields = {name: _compact(value) for name, value in call.fields.items()}
-        call = LoadedCall(call.version, _compact(call.core), fields, call.record_id, frozenset())
-        size = _ENTRY_OVERHEAD + len(call_sid) + len(call.core or b"") + sum(
-            _FIELD_OVERHEAD + len(name) + len(value or b"") for name, value in call.fields.items())
-        self.put(call_sid, call, size)
+    def committed(self, call_sid: str, loaded: LoadedCall, version: int, record_id: int, state: CallState,
+                  new_events: list[str]) -> None:
+        """Cache the call as just committed: `state` planned from `loaded` (cached or read),
+        now at `version` with the journal keys `new_events` added."""
+        cached = self.peek(call_sid) if loaded.state is not None else None
+        if cached is not None and cached.state is state:  # planned from the cache: what it knew holds
+            meta_fields, applied = cached.meta_fields, (*cached.applied, *new_events)
+        else:  # read from Redis: the fields asked for (set or not), and the asked events it had
+            meta_fields = frozenset(name for name in loaded.fields if name.startswith(META_FIELD))
+            applied = (*loaded.applied, *new_events)
+        meta_fields |= {META_FIELD + key for key in state.meta}
+        self.remember(call_sid, version, record_id, state, meta_fields, applied[-KNOWN_EVENTS:])
+
+    def remember(self, call_sid: str, version: int, record_id: int, state: CallState,
+                 meta_fields: frozenset[str], applied: tuple[str, ...] = ()) -> None:
+        size = _ENTRY_OVERHEAD + len(call_sid) + sum(len(key) + _KEY_OVERHEAD for key in applied) + sum(
+            _FIELD_OVERHEAD + len(register[1]) + len(register[2]) + _value_size(register[3])
+            for registers in (state.registers, state.meta) for register in registers.values())
+        size += sum(len(name) for name in state.meta)
+        self.put(call_sid, KnownCall(version, record_id, state, meta_fields, applied), size)
 
 
 class IndexedEntries(SizedLRU[tuple[int, IndexEntry]]):

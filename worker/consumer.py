@@ -28,7 +28,7 @@ from ledger.rules import CallState, fix_estimate, render_record
 from ledger.served import stored_record
 from ledger.settings import Settings
 from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
-from worker.apply import CallPlan, IndexedEntries, KnownCalls, plan_call, wanted_fields
+from worker.apply import KNOWN_EVENTS, CallPlan, IndexedEntries, KnownCalls, plan_call, wanted_meta
 
 log = structlog.get_logger("ledger.worker")
 
@@ -175,7 +175,14 @@ class Consumer:
                                             if isinstance(exc, ValidationError) else "undecodable event")
                     continue
                 by_call[event.call_sid].append((entry, event))
-            await self._apply(by_call)
+            try:
+                await self._apply(by_call)
+            except BaseException:
+                # A plan folds into the cached state in place: one not known to be committed
+                # must not be planned from again (KnownCalls).
+                for sid in by_call:
+                    self.known.forget(sid)
+                raise
         return len(entries)
 
     async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
@@ -219,17 +226,19 @@ class Consumer:
         # update fails, the entries stay pending and their redelivery (as duplicates) indexes
         # the calls again. Index versions make the updates commute, so overlapping batches
         # that touch the same call converge on its newest version.
+        # The entries are derived now, before the next batch folds into the cached states.
+        writes = self._index_writes(committed)
         await self.settled()
-        self._finishing = asyncio.create_task(self._finish(committed, by_call, outcomes))
+        self._finishing = asyncio.create_task(self._finish(writes, by_call, outcomes))
 
-    async def _finish(self, committed: dict[str, Committed],
+    async def _finish(self, writes: list[IndexWrite],
                       by_call: dict[str, list[tuple[Entry, CallEvent]]],
                       outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
-        await self._index(committed)
+        await self._index(writes)
         await self._settle(by_call, outcomes)
 
-    async def _index(self, committed: dict[str, Committed]) -> None:
-        """Bring each call's index entry up to the version just committed (SPEC §9)."""
+    def _index_writes(self, committed: dict[str, Committed]) -> list[IndexWrite]:
+        """Each call's index entry at the version just committed, as a delta where it can be."""
         writes = []
         for sid, (record_id, version, state, record) in committed.items():
             entry = index_entry(sid, record_id, state, self.settings, record)
@@ -241,6 +250,10 @@ class Consumer:
                 if change is not None:
                     base, delta = str(previous[0]), change
             writes.append(IndexWrite(shard_of(sid), entry, version, encoded, base, delta))
+        return writes
+
+    async def _index(self, writes: list[IndexWrite]) -> None:
+        """Bring each call's index entry up to the version just committed (SPEC §9)."""
         try:
             taken = await self.indexes.write(writes)
         except ResponseError as exc:
@@ -293,16 +306,17 @@ class Consumer:
         loaded: dict[str, LoadedCall] = {}
         missing: dict[str, tuple[list[str], list[str]]] = {}
         for sid, items in calls.items():
-            keys, fields = wanted_fields(items)
-            # The registers the record and its index entry are rendered from, whatever the events touch.
-            fields = list(dict.fromkeys([*fields, *RECORD_FIELDS]))
-            known = self.known.get(sid, fields)
+            # Every register (the record and its index entry are rendered from them), and the
+            # call_meta keys the events touch.
+            keys, meta = wanted_meta(items)
+            known = self.known.get(sid, meta)
             if known is None:
-                missing[sid] = (keys, fields)
+                missing[sid] = (keys, [*RECORD_FIELDS, *meta])
             else:
                 loaded[sid] = known
         if missing:
-            loaded.update(await self.store.load_calls(missing))
+            # With its latest events' keys: a retry of one is then a duplicate at once (KnownCalls).
+            loaded.update(await self.store.load_calls(missing, latest=KNOWN_EVENTS))
         return loaded
 
     async def _commit(self, loaded: dict[str, LoadedCall],
@@ -343,9 +357,10 @@ class Consumer:
             if ok and not write.events:  # checked, not written: what was loaded still holds
                 continue
             if ok:
-                fields = {**loaded[write.call_sid].fields, **dict(write.fields)}
-                self.known.remember(write.call_sid, LoadedCall(
-                    write.new_version, write.core, fields, write.record_id, frozenset()))
+                state = plans[write.call_sid].state
+                state.changed.clear()  # what the next plan changes is what its commit writes
+                self.known.committed(write.call_sid, loaded[write.call_sid], write.new_version, write.record_id,
+                                     state, [key for key, _, _ in write.events])
             else:  # someone else wrote the call, or our picture of it was stale: re-read it
                 self.known.forget(write.call_sid)
                 conflicts.add(write.call_sid)
