@@ -11,7 +11,9 @@ import asyncio
 import atexit
 import logging
 import sys
+import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +26,23 @@ from ledger.settings import Settings
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default).decode()
+
+
+class UtcStamper:
+    """structlog's TimeStamper(fmt="iso", utc=True), the same text ("2026-12-01T16:00:45.123456Z",
+    no fraction on a whole second), with the date and time of day formatted once per second:
+    datetime.isoformat per line was 2% of the apply loop's CPU."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, _logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        if second != self._second:
+            self._second, self._text = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        event_dict["timestamp"] = f"{self._text}.{micros:06d}Z" if micros else f"{self._text}Z"
+        return event_dict
 
 
 class TickLogger:
@@ -101,7 +120,7 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcStamper(),
     ]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer, redactor.processor],

@@ -333,10 +333,13 @@ MONEY_FIELDS = ("total_cost", "llm_cost", "tts_cost", "stt_cost", "telephony_cos
 
 
 def record_json(record: dict[str, Any]) -> bytes:
-    """Encode a rendered record; money goes out as exact decimal literals (0.1 + 0.2 → 0.3)."""
-    plain = orjson.dumps({k: v for k, v in record.items() if k not in MONEY_FIELDS})
-    money = b"".join(
-        b',"' + name.encode() + b'":' + (b"null" if record[name] is None else format_nano(record[name]).encode())
-        for name in MONEY_FIELDS
-    )
-    return plain[:-1] + money + b"}"
+    """Encode a rendered record; money goes out as exact decimal literals (0.1 + 0.2 → 0.3),
+    after the other keys."""
+    out = {key: value for key, value in record.items() if key not in _MONEY}
+    for name in MONEY_FIELDS:
+        amount = record[name]
+        out[name] = None if amount is None else orjson.Fragment(format_nano(amount))
+    return orjson.dumps(out)
+
+
+_MONEY = frozenset(MONEY_FIELDS)
