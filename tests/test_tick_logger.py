@@ -3,6 +3,8 @@
 import asyncio
 import io
 
+import pytest
+
 from ledger.logs import TickLogger
 
 
@@ -48,3 +50,18 @@ def test_a_closed_output_loses_the_lines_not_the_process() -> None:
     logger = TickLogger(out)
     out.close()
     logger.msg("nowhere to go")  # no exception
+
+
+@pytest.mark.parametrize("ns", [1_795_500_000_000_000_000, 1_795_500_000_000_001_000, 1_795_500_059_999_999_999,
+                                1_795_500_001_250_000_000])
+def test_the_timestamp_is_structlogs_iso_utc_text(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    """Formatted once per second, but the same text structlog's TimeStamper(fmt="iso", utc=True) writes."""
+    from datetime import UTC, datetime
+
+    from ledger import logs
+
+    stamper = logs.UtcStamper()
+    monkeypatch.setattr(logs.time, "time_ns", lambda: ns)
+    expected = datetime.fromtimestamp(ns // 1000 / 1_000_000, UTC)
+    expected = expected.replace(microsecond=(ns // 1000) % 1_000_000)
+    assert stamper(None, "info", {})["timestamp"] == expected.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,111 @@
+"""The worker's cache of calls it committed (worker/apply.py KnownCalls): what it spares Redis,
+and that it never makes a record wrong. Outcomes are the records in Redis and the commands sent."""
+
+from typing import Any
+
+from ledger.events import CallEvent
+from ledger.metrics import Metrics
+from ledger.rules import render_record
+from ledger.store import Store
+from tests.conftest import make_settings
+from tests.workers import make_event, usage
+from worker.apply import KNOWN_EVENTS
+from worker.consumer import Consumer
+
+
+async def append(store: Store, *events: CallEvent) -> None:
+    for event in events:
+        await store.append(event.model_dump_json(exclude_defaults=True).encode())
+
+
+def counting(store: Store) -> dict[str, int]:
+    """Count load_calls and commit calls of the store."""
+    counts = {"loads": 0, "commits": 0}
+    load, commit = store.load_calls, store.commit
+
+    async def counted_load(*args: Any, **kwargs: Any) -> Any:
+        counts["loads"] += 1
+        return await load(*args, **kwargs)
+
+    async def counted_commit(*args: Any, **kwargs: Any) -> Any:
+        counts["commits"] += 1
+        return await commit(*args, **kwargs)
+
+    store.load_calls = counted_load  # type: ignore[method-assign]
+    store.commit = counted_commit  # type: ignore[method-assign]
+    return counts
+
+
+async def record(store: Store, sid: str) -> dict[str, Any]:
+    found = await store.get_call(sid)
+    assert found is not None
+    return render_record(sid, *found, make_settings())
+
+
+async def test_a_retry_of_a_recent_event_is_a_duplicate_without_a_reread(store: Store) -> None:
+    consumer = Consumer(store, make_settings(), Metrics())
+    await append(store, usage("CA-c", "u1", 0, "llm", 5), make_event("CA-c", "m1", 1, assistant_name="Bot"))
+    await consumer.run_burst()
+    counts = counting(store)
+    await append(store, usage("CA-c", "u1", 0, "llm", 5), usage("CA-c", "u2", 2, "llm", 7))  # u1 again
+    assert await consumer.run_burst() == 2
+    # Planned from the cache: no read of the call, one commit (no refused compare-and-set).
+    assert counts == {"loads": 0, "commits": 1}
+    assert (await record(store, "CA-c"))["llm_cost"] == 12
+    assert await store.applied_keys("CA-c") == {"platform:u1", "platform:m1", "platform:u2"}
+
+
+async def test_a_call_read_from_redis_knows_its_latest_events(store: Store) -> None:
+    first = Consumer(store, make_settings(), Metrics())
+    await append(store, *(usage("CA-r", f"u{i}", i, "tts", 1) for i in range(KNOWN_EVENTS + 5)))
+    await first.run_burst()
+    fresh = Consumer(store, make_settings(), Metrics())  # another worker: nothing cached
+    counts = counting(store)
+    await append(store, usage("CA-r", f"u{KNOWN_EVENTS + 4}", KNOWN_EVENTS + 4, "tts", 1))  # the latest, again
+    await fresh.run_burst()
+    assert counts == {"loads": 1, "commits": 0}  # read once; a duplicate: nothing to commit
+    await append(store, usage("CA-r", "u0", 0, "tts", 1))  # older than the latest 32: the script finds it
+    await fresh.run_burst()
+    assert (await record(store, "CA-r"))["tts_cost"] == KNOWN_EVENTS + 5
+
+
+async def test_a_cached_call_missing_a_call_meta_key_is_read_again_only_if_it_may_exist(store: Store) -> None:
+    consumer = Consumer(store, make_settings(), Metrics())
+    await append(store, make_event("CA-m", "m1", 0, call_meta={"a": 1}))
+    await consumer.run_burst()
+    counts = counting(store)
+    await append(store, make_event("CA-m", "m2", 1, call_meta={"b": 2}))  # the cache holds the call's every key
+    await consumer.run_burst()
+    assert counts["loads"] == 0
+    # Another worker adds a key this one never saw: its cached version is stale, the commit is
+    # refused, and the call is read again; the record has both workers' keys.
+    other = Consumer(store, make_settings(), Metrics())
+    await append(store, make_event("CA-m", "m3", 2, call_meta={"c": 3}))
+    await other.run_burst()
+    counts.update(loads=0, commits=0)
+    await append(store, make_event("CA-m", "m4", 3, call_meta={"a": 10}))
+    await consumer.run_burst()
+    assert counts == {"loads": 1, "commits": 2}  # refused with the stale version, read, committed
+    assert (await record(store, "CA-m"))["call_meta"] == {"a": 10, "b": 2, "c": 3}
+
+
+async def test_a_plan_that_was_not_committed_is_never_planned_from_again(store: Store) -> None:
+    """The cached state is folded into in place: a commit that fails (Redis away) must drop it,
+    or the next batch would start from a state with events Redis never got."""
+    consumer = Consumer(store, make_settings(), Metrics())
+    await append(store, usage("CA-f", "u1", 0, "llm", 5))
+    await consumer.run_burst()
+    commit = store.commit
+
+    async def failing(*_args: Any, **_kwargs: Any) -> Any:
+        raise ConnectionError("redis went away")
+
+    store.commit = failing  # type: ignore[method-assign]
+    await append(store, usage("CA-f", "u2", 1, "llm", 7))
+    try:
+        await consumer.run_burst()
+    except ConnectionError:
+        pass
+    store.commit = commit  # type: ignore[method-assign]
+    await consumer.run_burst(claim_idle_ms=0)  # u2 again (pending), from a fresh read
+    assert (await record(store, "CA-f"))["llm_cost"] == 12  # 5 + 7, not 5 + 7 + 7
