@@ -147,6 +147,7 @@ async def product_apply(url: str, events: list[bytes], batch: int) -> float:
 
     from ledger.logs import configure_logging
     from ledger.metrics import Metrics
+    from ledger.runtime import tune_gc
     from ledger.settings import Settings
     from ledger.store import Store, open_redis
     from worker.consumer import Consumer
@@ -157,6 +158,7 @@ async def product_apply(url: str, events: list[bytes], batch: int) -> float:
     sys.stdout = DEVNULL
     configure_logging("json", "info")
     try:
+        tune_gc()  # as every `call-ledger` service role does at start
         settings = Settings(redis_url=url, key_prefix="bench", batch_size=batch, consumer_name="bench")
         client = open_redis(settings)  # the product's client (commands packed in C)
         consumer = Consumer(Store(client, "bench"), settings, Metrics())

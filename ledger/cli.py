@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from ledger.app import Role, create_app
 from ledger.errors import DurabilityUnavailable, LayoutMismatch, StoreUnreachable
 from ledger.logs import configure_logging, secret_values
+from ledger.runtime import tune_gc
 from ledger.settings import Settings
 
 
@@ -51,6 +52,7 @@ def run_service(role: Role, settings: Settings) -> None:
         store="embedded" if settings.redis_url is None else ("cluster" if settings.redis_cluster else "redis"),
         consumer=settings.consumer_name if role in ("serve", "worker") else None,
     )
+    tune_gc()
     # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then the cleanup
     # contexts stop the consumer (bounded) and close Redis. serving.run returns: exit 0.
     try:
