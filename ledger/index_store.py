@@ -99,24 +99,42 @@ class IndexStore:
         One script call per shard for all its calls: per-command costs dominated otherwise."""
         if not writes:
             return []
-        by_shard: dict[int, list[int]] = defaultdict(list)  # shard -> positions in `writes`
+        calls = self._script_calls(writes)
+
+        def build(pipe: Any) -> None:
+            for keys, args, _ in calls:
+                INDEX.queue(pipe, keys, args)
+
+        return self.taken(writes, calls, await run_pipeline(self.redis, build, (INDEX,)))
+
+    def queue(self, pipe: Any, writes: list["IndexWrite"]) -> list[tuple[list[str], list[Any], list[int]]]:
+        """Queue the index script calls of `writes` on `pipe` (each with its source: see
+        Lua.queue_source); `taken` reads their replies."""
+        calls = self._script_calls(writes)
+        for keys, args, _ in calls:
+            INDEX.queue_source(pipe, keys, args)
+        return calls
+
+    def _script_calls(self, writes: list["IndexWrite"]) -> list[tuple[list[str], list[Any], list[int]]]:
+        """(keys, args, positions in `writes`) of one script call per shard."""
+        by_shard: dict[int, list[int]] = defaultdict(list)
         for position, w in enumerate(writes):
             by_shard[w.shard].append(position)
-        calls: dict[int, list[Any]] = {}
+        calls = []
         for shard, positions in by_shard.items():
             args: list[Any] = [self.base(shard)]
             for position in positions:
                 w = writes[position]
                 args += [w.entry.member, w.version, str(w.entry.list_us), w.encoded, w.base, w.delta]
-            calls[shard] = args
+            calls.append(([self.entries_key(shard), self.versions_key(shard)], args, positions))
+        return calls
 
-        def build(pipe: Any) -> None:
-            for shard, args in calls.items():
-                INDEX.queue(pipe, [self.entries_key(shard), self.versions_key(shard)], args)
-
+    @staticmethod
+    def taken(writes: list["IndexWrite"], calls: list[tuple[list[str], list[Any], list[int]]],
+              replies: list[Any]) -> list[bool]:
+        """Per write, whether its shard took it, from the replies of its script calls."""
         taken = [False] * len(writes)
-        replies = await run_pipeline(self.redis, build, (INDEX,))
-        for positions, reply in zip(by_shard.values(), replies, strict=True):
+        for (_, _, positions), reply in zip(calls, replies, strict=True):
             for position, result in zip(positions, reply, strict=True):
                 taken[position] = bool(int(result))
         return taken

@@ -227,20 +227,25 @@ class StreamStore:
 
     async def ack(self, entries: Iterable[Entry], failed_before: Iterable[Entry] = ()) -> None:
         """Acknowledge entries, and forget the failure reasons of those that had one."""
+        pipe = self.redis.pipeline(transaction=False)
+        if self.queue_ack(pipe, entries, failed_before):
+            await pipe.execute()
+
+    def queue_ack(self, pipe: Any, entries: Iterable[Entry], failed_before: Iterable[Entry] = ()) -> int:
+        """Queue what `ack` sends on `pipe`; the number of commands queued."""
         by_stream: dict[str, list[str]] = defaultdict(list)
         for entry in entries:
             by_stream[entry.stream or self.stream].append(entry.entry_id)
         if not by_stream:
-            return
+            return 0
         cleared: dict[str, list[str]] = defaultdict(list)
         for entry in failed_before:
             cleared[self._shard(entry.stream).failures].append(entry.entry_id)
-        pipe = self.redis.pipeline(transaction=False)
         for stream, ids in by_stream.items():
             pipe.xack(stream, GROUP, *ids)
         for failures, ids in cleared.items():
             pipe.hdel(failures, *ids)
-        await pipe.execute()
+        return len(by_stream) + len(cleared)
 
     async def record_failures(self, reasons: Iterable[tuple[Entry, str]]) -> None:
         by_shard: dict[str, dict[str, str]] = defaultdict(dict)

@@ -37,10 +37,25 @@ log = structlog.get_logger("ledger.worker")
 # state, and the record rendered at the commit (None when there was no commit).
 Committed = tuple[int, int, CallState, dict[str, Any] | None]
 
+class Settled:
+    """A batch's entries by what happens to them once logged."""
+
+    __slots__ = ("done", "failures", "redelivered", "refused")
+
+    def __init__(self) -> None:
+        self.done: list[Entry] = []  # acknowledged
+        self.redelivered: list[Entry] = []  # acknowledged, with a failure reason to forget
+        self.refused: list[tuple[Entry, CallEvent, str]] = []  # dead-lettered now
+        self.failures: dict[tuple[str, str], str] = {}  # retried, or dead-lettered after the last
+
+
 # Compare-and-set retries per batch when other workers update the same calls; what is
 # still contended after these stays pending and is claimed again later.
 COMMIT_ATTEMPTS = 5
 MAINTENANCE_EVERY_S = 5.0
+# Record ids a worker takes from the counter beyond what a batch needs (one INCRBY per this many
+# new calls in the steady state, not one per batch); a worker that stops leaves its rest unused.
+ID_RESERVE = 32
 # Upper bound on one round (read + apply + ack): a Redis that stops answering without
 # closing the connection must not stall the loop forever; the batch stays pending.
 STEP_TIMEOUT_S = 60.0
@@ -58,6 +73,7 @@ class Consumer:
         # LEDGER_WORKER_CACHE_BYTES: three quarters for call states, one for index entries.
         self.known = KnownCalls(settings.worker_cache_bytes * 3 // 4)
         self.indexed = IndexedEntries(settings.worker_cache_bytes // 4)
+        self._spare_ids: list[int] = []  # record ids taken from the counter, not yet given (_new_ids)
         self._next_claim = 0.0
         self._next_maintenance = 0.0
         # The previous batch's index update and acknowledgement, running while the next batch
@@ -234,8 +250,29 @@ class Consumer:
     async def _finish(self, writes: list[IndexWrite],
                       by_call: dict[str, list[tuple[Entry, CallEvent]]],
                       outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
-        await self._index(writes)
-        await self._settle(by_call, outcomes)
+        """Index, log, count and acknowledge a committed batch; dead-letter what must be."""
+        if self.store._cluster:
+            # The index shards and the streams are on different nodes, whose commands run in
+            # no set order: the acknowledgement waits for the index update's answer.
+            self._indexed(writes, await self._index_replies(writes))
+            settled = self._log_outcomes(by_call, outcomes)
+            await self.store.ack(settled.done, failed_before=settled.redelivered)
+        else:
+            # One round trip: the index scripts, then the acknowledgements, which Redis runs
+            # after them. The scripts go with their source, never NOSCRIPT: an XACK must not
+            # run after an index update that did not (a script error is the case below).
+            settled = self._log_outcomes(by_call, outcomes)
+            pipe = self.store.redis.pipeline(transaction=False)
+            calls = self.indexes.queue(pipe, writes)
+            self.store.queue_ack(pipe, settled.done, settled.redelivered)
+            replies = list(await pipe.execute(raise_on_error=False))
+            for reply in replies[len(calls):]:
+                if isinstance(reply, Exception):
+                    raise reply
+            self._indexed(writes, self._taken(writes, calls, replies[:len(calls)]))
+        for entry, event, reason in settled.refused:
+            await self._dead_letter(entry, event, reason)
+        await self._settle_failures(by_call, settled.failures)
 
     def _index_writes(self, committed: dict[str, Committed]) -> list[IndexWrite]:
         """Each call's index entry at the version just committed, as a delta where it can be."""
@@ -252,14 +289,32 @@ class Consumer:
             writes.append(IndexWrite(shard_of(sid), entry, version, encoded, base, delta))
         return writes
 
-    async def _index(self, writes: list[IndexWrite]) -> None:
-        """Bring each call's index entry up to the version just committed (SPEC §9)."""
+    async def _index_replies(self, writes: list[IndexWrite]) -> list[bool] | None:
         try:
-            taken = await self.indexes.write(writes)
+            return await self.indexes.write(writes)
         except ResponseError as exc:
-            # A script error no retry can fix must not hold the batch up forever: the record is
-            # committed; its entry stays at the previous version until the call's next commit.
-            log.error("index_update_failed", calls=len(writes), error=str(exc))
+            return self._index_failed(writes, exc)
+
+    def _taken(self, writes: list[IndexWrite], calls: list[Any], replies: list[Any]) -> list[bool] | None:
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                return self._index_failed(writes, reply)
+            if isinstance(reply, Exception):
+                raise reply
+        return self.indexes.taken(writes, calls, replies)
+
+    @staticmethod
+    def _index_failed(writes: list[IndexWrite], exc: Exception) -> None:
+        # A script error no retry can fix must not hold the batch up forever: the record is
+        # committed; its entry stays at the previous version until the call's next commit.
+        log.error("index_update_failed", calls=len(writes), error=str(exc))
+        return None
+
+    def _indexed(self, writes: list[IndexWrite], taken: list[bool] | None) -> None:
+        """Remember the entries the shards took (the next update of each goes as a delta)."""
+        if taken is None:
+            for write in writes:
+                self.indexed.forget(write.entry.call_sid)
             return
         for write, ok in zip(writes, taken, strict=True):
             if ok:
@@ -267,38 +322,32 @@ class Consumer:
             else:  # the shard has this version or a newer one, perhaps another worker's
                 self.indexed.forget(write.entry.call_sid)
 
-    async def _settle(self, by_call: dict[str, list[tuple[Entry, CallEvent]]],
-                      outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
-        """Log, count and acknowledge each entry by its outcome; dead-letter what must be."""
-        # One line per event, in stream order, once its fate in this round is known.
+    def _log_outcomes(self, by_call: dict[str, list[tuple[Entry, CallEvent]]],
+                      outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> "Settled":
+        """One line per event, in stream order, and the metrics; what to acknowledge, dead-letter
+        or retry. The lines are written before any acknowledgement, even if we die next."""
         tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
-        done: list[Entry] = []
-        failures: dict[tuple[str, str], str] = {}
-        redelivered: list[Entry] = []
-        refused: list[tuple[Entry, CallEvent, str]] = []
+        settled = Settled()
         for entry, event in sorted((item for items in by_call.values() for item in items),
                                    key=lambda item: entry_order(item[0].entry_id)):
             outcome, reason = outcomes.get(entry.ref, ("deferred", "call updated concurrently; will retry"))
             self._log(entry, event, outcome, **({"reason": reason} if reason else {}))
             tally[(outcome, event.source)] += 1
             if outcome in ("applied", "duplicate"):
-                done.append(entry)
+                settled.done.append(entry)
                 if entry.deliveries > 1:  # only a redelivered entry can have a failure reason on record
-                    redelivered.append(entry)
+                    settled.redelivered.append(entry)
             elif outcome == "failed":
-                failures[entry.ref] = reason or "apply failed"
+                settled.failures[entry.ref] = reason or "apply failed"
             elif outcome == "refused":  # no redelivery can change it: dead-lettered now
-                refused.append((entry, event, reason or "refused"))
+                settled.refused.append((entry, event, reason or "refused"))
         counters = {"applied": self.metrics.applied, "duplicate": self.metrics.duplicates,
                     "failed": self.metrics.failed}
         for (outcome, source), count in tally.items():
             if outcome in counters:
                 counters[outcome].labels(source).inc(count)
-        flush_logs()  # an event's line is out before its acknowledgement, even if we die next
-        await self.store.ack(done, failed_before=redelivered)
-        for entry, event, reason in refused:
-            await self._dead_letter(entry, event, reason)
-        await self._settle_failures(by_call, failures)
+        flush_logs()
+        return settled
 
     async def _load(self, calls: dict[str, list[tuple[Entry, CallEvent]]]) -> dict[str, LoadedCall]:
         """Each call's version, state, touched fields and applied events: from what we last
@@ -328,7 +377,7 @@ class Consumer:
         new_calls = [sid for sid, plan in plans.items() if loaded[sid].record_id is None and plan.new_events]
         ids = {}
         if new_calls:
-            ids = dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True))
+            ids = dict(zip(new_calls, await self._new_ids(len(new_calls)), strict=True))
         writes = []
         for sid, plan in plans.items():
             if not plan.new_events:
@@ -365,6 +414,14 @@ class Consumer:
                 self.known.forget(write.call_sid)
                 conflicts.add(write.call_sid)
         return conflicts, {w.call_sid: w for w in writes}
+
+    async def _new_ids(self, count: int) -> list[int]:
+        """`count` record ids from this worker's reserve, topped up from the counter (with
+        ID_RESERVE more) when short: most batches with a new call then need no round trip."""
+        if len(self._spare_ids) < count:
+            self._spare_ids += await self.store.allocate_ids(count - len(self._spare_ids) + ID_RESERVE)
+        ids, self._spare_ids = self._spare_ids[:count], self._spare_ids[count:]
+        return ids
 
     async def _settle_failures(
         self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[tuple[str, str], str]
