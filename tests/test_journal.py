@@ -312,3 +312,29 @@ async def test_a_page_that_reaches_the_budget_before_events_kept_without_a_copy_
 
     assert await store.events_page("CA1", "", 100) == (raws[:4], "platform:e3")
     assert await store.events_page("CA1", "platform:e3", 100) == ([], None)
+
+
+@pytest.mark.parametrize("whole_call", WHOLE_CALLS.values(), ids=WHOLE_CALLS.keys())
+async def test_events_and_costs_bodies_are_the_bytes_served_when_entries_were_whole_json(
+        start_ledger: StartLedger, whole_call: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The same stream into a service that journals whole JSON (as the previous version did) and
+    into this one: every /events page (small byte budgets included) and /costs, byte for byte."""
+    call: WholeCall = whole_call()
+    before, after = await start_ledger(**call.settings), await start_ledger(**call.settings)
+    with pytest.MonkeyPatch.context() as mp:
+        written_whole(mp)
+        await before.deliver(redelivered_and_shuffled(call.sends, seed=22))
+    store = after.consumer.store
+    # The very entries (some sources stamp an event with its time of arrival), in their order.
+    for _, fields in await before.consumer.store.redis.xrange(before.consumer.store.stream):
+        await store.append(fields[b"e"])
+    assert await after.consumer.run_burst() > 0
+    assert all(v[:1] != b"{" for v in (await store.redis.hgetall(store.journal_key(call.call_sid))).values())
+
+    for budget in (store_module.EVENTS_PAGE_BYTES, 700, 1):
+        monkeypatch.setattr(store_module, "EVENTS_PAGE_BYTES", budget)
+        for limit in (100, 2):
+            assert await events_bodies(after, call.call_sid, limit) == await events_bodies(before, call.call_sid, limit)
+    costs = [await (await service.client.get(f"/api/v1/calls/sid/{call.call_sid}/costs", headers=AUTH)).read()
+             for service in (before, after)]
+    assert costs[0] == costs[1] and b"detailed_entries" in costs[0]
