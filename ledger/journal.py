@@ -23,7 +23,9 @@ it is, which is also how the entries of versions before this one read (they kept
 whole): a compact entry starts with a digit, which no JSON object does.
 """
 
+import functools
 import re
+from typing import Any
 
 import orjson
 
@@ -40,12 +42,13 @@ _TOKENS: tuple[bytes, ...] = (
     b',"unit_quantity":"', b',"assistant_id":', b',"organization_id":', b',"assistant_name":"',
     b',"flow_name":"', b',"to_phone_number":"', b',"customer_phone_number":"', b',"call_meta":{',
 )
-# One pass each way. Any matching is undone exactly: what is left unmatched holds no control byte.
-_NAMES = re.compile(b"|".join(re.escape(text) for text in _TOKENS))
-_CODES = re.compile(rb"[\x01-\x1e]")
+# One pass each way (split on the names, or on the codes, and map every other piece): any
+# matching is undone exactly, since what is left unmatched holds no control byte.
+_NAMES = re.compile(b"(" + b"|".join(re.escape(text) for text in _TOKENS) + b")")
+_CODES = re.compile(rb"([\x01-\x1e])")
 _CODE_OF = {text: bytes([code]) for code, text in enumerate(_TOKENS, start=1)}.__getitem__
 _TEXT_OF = {bytes([code]): text for code, text in enumerate(_TOKENS, start=1)}.__getitem__
-_CONTROL = re.compile(rb"[\x00-\x1f]")
+_CONTROL = bytes(range(0x20))
 # The ZSET score that stands for occurred_us is a double: exact below 2^53 (the year 2255).
 _EXACT_US = 2**53
 # The first byte of an entry: `0`-`6` compact, `~` whole JSON that begins with one of these;
@@ -55,11 +58,26 @@ _OCCURRED_AT = b',"occurred_at":"'
 _OCCURRED_US = b'","occurred_us":'
 
 
+@functools.lru_cache(maxsize=64)
+def _source_json(source: bytes) -> bytes:
+    return b'{"source":' + orjson.dumps(source.decode()) + b',"event_id":'
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_json(call_sid: str) -> bytes:
+    return b',"call_sid":' + orjson.dumps(call_sid) + b',"type":"'
+
+
 def _head(key: bytes, call_sid: str) -> bytes:
     """What every event of this key and call begins with, up to its type."""
     source, _, event_id = key.partition(b":")
-    return (b'{"source":' + orjson.dumps(source.decode()) + b',"event_id":' + orjson.dumps(event_id.decode())
-            + b',"call_sid":' + orjson.dumps(call_sid) + b',"type":"')
+    return _source_json(source) + orjson.dumps(event_id.decode()) + _call_json(call_sid)
+
+
+def _recode(text: bytes, pattern: re.Pattern[bytes], mapping: Any) -> bytes:
+    pieces = pattern.split(text)
+    pieces[1::2] = map(mapping, pieces[1::2])
+    return b"".join(pieces)
 
 
 def _whole(event_json: bytes) -> bytes:
@@ -91,10 +109,9 @@ def compact(event_json: bytes, key: str, call_sid: str, occurred_us: int) -> byt
             return _whole(event_json)
     except (OverflowError, ValueError):
         return _whole(event_json)
-    if _CONTROL.search(event_json, len(head)):
+    if len(event_json.translate(None, _CONTROL)) != len(event_json):  # JSON escapes them; whitespace?
         return _whole(event_json)
-    tail = _NAMES.sub(lambda m: _CODE_OF(m[0]), event_json[rest:])
-    return b"%d" % digits + event_json[len(head):type_end] + tail
+    return b"%d" % digits + event_json[len(head):type_end] + _recode(event_json[rest:], _NAMES, _CODE_OF)
 
 
 def restore(stored: bytes, key: bytes, call_sid: str, occurred_us: int) -> bytes:
@@ -107,6 +124,6 @@ def restore(stored: bytes, key: bytes, call_sid: str, occurred_us: int) -> bytes
         return stored[1:]
     digits = stored[0] - 0x30
     type_end = stored.index(b'"', 1) + 1  # the type holds no backslash, so no escaped quote
-    tail = _CODES.sub(lambda m: _TEXT_OF(m[0]), stored[type_end:])
+    tail = _recode(stored[type_end:], _CODES, _TEXT_OF)
     return (_head(key, call_sid) + stored[1:type_end] + _OCCURRED_AT + text_at(occurred_us, digits).encode()
             + _OCCURRED_US + str(occurred_us).encode() + tail)
