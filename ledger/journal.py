@@ -63,7 +63,8 @@ def _source_json(source: bytes) -> bytes:
     return b'{"source":' + orjson.dumps(source.decode()) + b',"event_id":'
 
 
-@functools.lru_cache(maxsize=4096)
+# Small: a batch's events come a few calls at a time, and a call id can be 512 characters.
+@functools.lru_cache(maxsize=256)
 def _call_json(call_sid: str) -> bytes:
     return b',"call_sid":' + orjson.dumps(call_sid) + b',"type":"'
 
