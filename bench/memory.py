@@ -8,8 +8,8 @@ through the product's own worker on a fresh redis-server (default encodings), th
 `MEMORY USAGE` of every key of each call and of every index key, and divides by the calls.
 The stream is not counted: it is retention, not the call's cost. Measured on Redis's
 default encodings, and again with hashes kept as listpacks up to 1 KiB values
-(`hash-max-listpack-value 1024`: every journal entry and record field is over the default
-64 bytes, so their hashes are hashtables otherwise).
+(`hash-max-listpack-value 1024`: most record fields are over the default 64 bytes, so the
+record hash is a hashtable otherwise; the journal's compact entries fit, ledger/journal.py).
 """
 
 import argparse

@@ -97,6 +97,7 @@ class RedisServer:
 def call_events(n_calls: int, per_call: int) -> list[bytes]:
     """Normalised events for n_calls realistic calls, shuffled, with 10% redeliveries."""
     from ledger.events import CallEvent, Cost
+    from ledger.instants import format_us
 
     base_us = 1_795_500_000_000_000
     events = []
@@ -107,7 +108,7 @@ def call_events(n_calls: int, per_call: int) -> list[bytes]:
         def ev(i: int, dt_s: int, sid: str = sid, t: int = t, **fields: object) -> bytes:
             us = t + dt_s * 1_000_000
             return CallEvent(source="platform", event_id=f"{sid}-{i}", call_sid=sid, type="bench",
-                             occurred_at=f"2026-11-24T10:00:{dt_s % 60:02d}Z", occurred_us=us,
+                             occurred_at=format_us(us), occurred_us=us,  # one instant, as intake has it
                              **fields).model_dump_json(exclude_defaults=True).encode()  # as intake writes it
 
         kinds = [

@@ -2,14 +2,15 @@
 -- wrote it first. Works for one call on a Redis Cluster (its three keys share the call's
 -- hash tag) and for a whole batch in one call on a single server.
 --
--- KEYS, per call: its hash (id, v, s, r:*, m:*), its journal (source:event_id -> event JSON),
+-- KEYS, per call: its hash (id, v, s, r:*, m:*), its journal (source:event_id -> the event's
+-- journal entry, ledger/journal.py),
 -- its order index (sorted set: score occurred_us, member the journal key).
 -- ARGV, per call in KEYS order: the version read, the version after, the core state JSON,
--- an id for a new call, the number of events n, then n (journal key, occurred_us, event JSON)
+-- an id for a new call, the number of events n, then n (journal key, occurred_us, journal entry)
 -- triples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
 -- keys the events won. Only those are written: a commit writes what changed.
 --
--- An empty event JSON (LEDGER_JOURNAL=off) keeps no copy of the event: the order index alone
+-- An empty entry (LEDGER_JOURNAL=off) keeps no copy of the event: the order index alone
 -- records it, and is what recognises an event already applied in both modes.
 -- Returns one 1 (written) or 0 per call: the version moved on, or an event is already
 -- applied (the worker's picture of the call was stale: it re-reads and retries).

@@ -5,6 +5,7 @@ fraction digits the source wrote, up to six) with integer microseconds since the
 epoch, which is what the ledger compares.
 """
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -86,3 +87,21 @@ def format_us(us: int) -> str:
     """Microseconds since the epoch → canonical text (fraction only when non-zero)."""
     dt = _EPOCH + timedelta(microseconds=us)
     return _instant(dt, 6 if dt.microsecond else 0).text
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_text(days: int) -> str:
+    day = _EPOCH + timedelta(days=days)
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}T"
+
+
+def text_at(us: int, digits: int) -> str:
+    """Microseconds since the epoch → canonical text with exactly `digits` fraction digits, as
+    `_instant` writes it: the journal keeps an event's occurred_at as its precision only
+    (ledger.journal), and writes and reads it per event, so no datetime is built for it."""
+    days, micro = divmod(us, 86_400_000_000)
+    seconds, micro = divmod(micro, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    text = f"{_day_text(days)}{hour:02d}:{minute:02d}:{second:02d}"
+    return (f"{text}.{micro:06d}"[:len(text) + 1 + digits] if digits else text) + "Z"

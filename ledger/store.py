@@ -16,8 +16,10 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
                                r:<register> and m:<call_meta key> -> [occurred_us, event_id, source,
                                value], j (the record rendered at commit, call_meta left `{}`:
                                ledger.served)
-    cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event's JSON (/events);
-                               not written with LEDGER_JOURNAL=off
+    cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event in the journal's
+                               form (ledger.journal: what the key, the order score and the call do
+                               not say; an entry of an earlier version is the event's JSON, and
+                               reads as it is); not written with LEDGER_JOURNAL=off
     cl:order:{<sid>}           sorted set: <source>:<event_id> scored by occurred_us: every applied
                                event (what recognises a duplicate), the journal in time order (ties
                                by key), paged by rank from a cursor key
@@ -45,6 +47,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ledger.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
 from ledger.index_store import IndexStore
+from ledger.journal import compact, restore
 from ledger.lua import Lua, run_pipeline
 from ledger.redis_wire import FastConnection, FastSSLConnection
 from ledger.rules import CallState
@@ -153,8 +156,9 @@ def _commit_args(w: CommitWrite) -> list[Any]:
     """One call's share of the commit script's ARGV (see commit.lua)."""
     args: list[Any] = [w.version, w.new_version, w.core, w.record_id, len(w.events)]
     for key, occurred_us, event_json in w.events:
-        # A score is a double: exact for any instant before the year 2255.
-        args += [key, occurred_us, event_json]
+        # A score is a double: exact for any instant before the year 2255. The journal keeps
+        # what the key, the score and the call do not say already (ledger.journal).
+        args += [key, occurred_us, compact(event_json, key, w.call_sid, occurred_us) if event_json else b""]
     fields = [*w.fields, (RECORD_FIELD.decode(), w.record)] if w.record else w.fields
     args.append(len(fields))
     for name, value in fields:
@@ -360,10 +364,24 @@ class Store(StreamStore):
         exists, reply = await run_pipeline(self.redis, build, (EVENTS_PAGE,))
         if not exists:
             return None
-        more, items = int(reply[0]), reply[1:]
+        more = int(reply[0])
         if more < 0:
             raise InvalidQuery("after is not a cursor of this call's events")
-        return items[1::2], (_text(items[-2]) if more and items else None)
+        # The script bounded the page by the bytes of the entries it read. The page ends as it
+        # did when the entries were the events' JSON: an event restored is no shorter than its
+        # entry, so the script read at least the page, and it ends after the event whose JSON
+        # reaches the budget if another event follows (SPEC §8).
+        events: list[bytes] = []
+        size = 0
+        end = len(reply)
+        for i in range(2, end, 3):
+            event = restore(reply[i + 2], reply[i], call_sid, int(float(reply[i + 1])))
+            events.append(event)
+            size += len(event)
+            if size >= EVENTS_PAGE_BYTES and (i + 3 < end or int(reply[1])):
+                more, end = 1, i + 3
+                break
+        return events, (_text(reply[end - 3]) if more and events else None)
 
     async def all_events(self, call_sid: str) -> list[bytes]:
         """Every applied event, oldest first, page by page: for tests and tools, not requests."""
