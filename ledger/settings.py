@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
     batch_size: int = Field(default=200, ge=1, le=10_000)
     claim_idle_ms: int = Field(default=15_000, ge=0)
+    # After a batch that drained the stream (fewer entries than batch_size), wait this long
+    # before reading again, so that the next batch is several events, not one: a batch costs
+    # three round trips whatever its size (see worker/consumer.py). 0: read again at once.
+    apply_linger_ms: float = Field(default=1.0, ge=0, le=1000)
     max_deliveries: int = Field(default=5, ge=1)
     # Seconds an acknowledged event stays in the stream (unacknowledged ones are never trimmed).
     stream_retention: int = Field(default=86_400, ge=0)

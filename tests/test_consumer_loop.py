@@ -46,3 +46,34 @@ async def test_running_loop_applies_what_arrives_and_stops_cleanly(store: Store)
     assert await store.get_call("CA-loop") is not None
     await consumer.stop()
     assert consumer._task is not None and consumer._task.done()
+
+
+async def test_after_draining_the_stream_the_loop_lingers_so_the_next_events_come_as_one_batch(store: Store) -> None:
+    """LEDGER_APPLY_LINGER_MS: events arriving just after a small batch are read together."""
+    from tests.workers import usage
+
+    sizes: list[int] = []
+    original = store.read_new
+
+    async def recording_read(*args: Any, **kwargs: Any) -> Any:
+        entries = await original(*args, **kwargs)
+        if entries:
+            sizes.append(len(entries))
+        return entries
+
+    store.read_new = recording_read  # type: ignore[method-assign]
+    consumer = Consumer(store, make_settings(apply_linger_ms=400), Metrics())
+    await consumer.start()
+    await store.append(usage("CA-linger", "u0", 0, "llm", 1).model_dump_json().encode())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not sizes and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    for i in range(1, 6):  # within the 400 ms the loop waits after its batch of one
+        await store.append(usage("CA-linger", f"u{i}", i, "llm", 1).model_dump_json().encode())
+    while sum(sizes) < 6 and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    await consumer.stop()
+    assert sizes == [1, 5]
+    found = await store.get_call("CA-linger")
+    assert found is not None and found[1].costs == {"llm": 6}

@@ -107,6 +107,7 @@ class Consumer:
         # Block no longer than the claim interval, so an idle worker still looks for a dead
         # replica's entries as often as promised.
         block_ms = max(1, int(self._claim_every * 1000))
+        linger = self.settings.apply_linger_ms / 1000
         while not self._stopping.is_set():
             try:
                 started = time.monotonic()
@@ -115,6 +116,11 @@ class Consumer:
                 # Some servers (the embedded store) answer a blocking read at once: don't spin.
                 if not handled and time.monotonic() - started < block_ms / 2000:
                     await self._pause(0.05)
+                elif 0 < handled < self.settings.batch_size and linger:
+                    # The stream is drained: let the next events gather into one batch. A batch
+                    # of one event cost as much worker CPU (three round trips) as one of ten,
+                    # so reading each event alone made a busy `serve` fall behind (README, Speed).
+                    await self._pause(linger)
             except Exception as exc:  # Redis away, or a bug: log, back off, keep the process alive
                 log.error("apply_loop_error", consumer=self.name, error=f"{type(exc).__name__}: {exc}")
                 await self._pause(1.0)
