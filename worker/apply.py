@@ -217,10 +217,13 @@ class KnownCalls(SizedLRU[KnownCall]):
 
     def remember(self, call_sid: str, version: int, record_id: int, state: CallState,
                  meta_fields: frozenset[str], applied: tuple[str, ...] = ()) -> None:
-        size = _ENTRY_OVERHEAD + len(call_sid) + sum(len(key) + _KEY_OVERHEAD for key in applied) + sum(
-            _FIELD_OVERHEAD + len(register[1]) + len(register[2]) + _value_size(register[3])
-            for registers in (state.registers, state.meta) for register in registers.values())
-        size += sum(len(name) for name in state.meta)
+        registers, meta = state.registers, state.meta
+        size = (_ENTRY_OVERHEAD + len(call_sid) + _KEY_OVERHEAD * len(applied) + _FIELD_OVERHEAD * (
+            len(registers) + len(meta)) + sum(map(len, applied)) + sum(map(len, meta)))
+        for register in (*registers.values(), *meta.values()):  # [occurred_us, event_id, source, value]
+            value = register[3]
+            size += len(register[1]) + len(register[2]) + (
+                len(value) if value.__class__ is str else _value_size(value))
         self.put(call_sid, KnownCall(version, record_id, state, meta_fields, applied), size)
 
 
