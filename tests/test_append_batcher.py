@@ -205,6 +205,41 @@ def test_twilio_timestamp_equals_the_email_parser(parts: tuple[int, ...], right_
     assert got == expected
 
 
+_NUMBERS = st.one_of(st.lists(st.sampled_from(list("+0123456789 ()-.\t") + ["٣", "²", "１", "sip:", "a"]),
+                              max_size=18).map("".join),
+                     st.text(alphabet=st.sampled_from(list("0123456789٣²１")), max_size=17).map(lambda s: "+" + s))
+
+
+@given(_NUMBERS)
+def test_e164_fast_path_equals_the_general_rules(raw: str) -> None:
+    import re
+
+    from ledger.phones import to_e164
+
+    value = raw.strip()  # the rules as they were before the fast path for numbers already in E.164
+    expected: str | None = None
+    if value:
+        expected = value
+        if not value.lower().startswith(("sip:", "sips:", "client:")):
+            compact = re.sub(r"[\s().-]", "", value)
+            if compact.startswith("00") and compact[2:].isdigit():
+                compact = "+" + compact[2:]
+            if re.match(r"^\+?\d{3,15}$", compact):
+                expected = compact if compact.startswith("+") else "+" + compact
+    assert to_e164(raw) == expected
+
+
+def test_json_bodies_with_a_byte_order_mark_are_refused_as_json_loads_refuses_them() -> None:
+    from ledger.errors import MalformedBody
+    from worker.sources.fields import load_json_object
+
+    assert load_json_object(b'{"a": 1.5}') == {"a": __import__("decimal").Decimal("1.5")}
+    with pytest.raises(MalformedBody):
+        load_json_object(b'\xef\xbb\xbf{"a": 1}')
+    with pytest.raises(MalformedBody):
+        load_json_object(b'{"a": NaN}')
+
+
 def test_form_decoding_keeps_blanks_order_and_refuses_bad_utf8() -> None:
     assert decode_form(b"a=1&b=&c&&a=%2B+x") == [("a", "1"), ("b", ""), ("c", ""), ("a", "+ x")]
     with pytest.raises(Exception, match="UTF-8"):

@@ -68,10 +68,17 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+# What `json.loads(text, parse_float=Decimal, parse_constant=...)` builds on every call.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
 def load_json_object(body: bytes) -> dict[str, object]:
     """Strict UTF-8 JSON object; decimals as `Decimal` so amounts never pass through a float."""
     try:
-        doc = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
+        text = body.decode("utf-8")
+        if text.startswith("\ufeff"):  # what json.loads refuses before decoding
+            raise ValueError("Unexpected UTF-8 BOM")
+        doc = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedBody("body is not valid UTF-8 JSON") from None
     if not isinstance(doc, dict):
