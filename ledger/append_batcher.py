@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.exceptions import (
     AskError,
@@ -186,13 +187,41 @@ class AppendBatcher:
         return trouble
 
     def _pipeline_sender(self) -> Sender:
-        async def send(commands: list[Command]) -> list[Any]:
+        if isinstance(self.redis, Redis):
+            return self._send_on_connection
+
+        async def send(commands: list[Command]) -> list[Any]:  # another client (a test's double)
             pipe = self.redis.pipeline(transaction=False)
             for args, options in commands:
                 pipe.execute_command(*args, **options)
             return list(await pipe.execute(raise_on_error=False))
 
         return send
+
+    async def _send_on_connection(self, commands: list[Command]) -> list[Any]:
+        """What `pipeline(transaction=False).execute(raise_on_error=False)` does for these commands,
+        without its per-pipeline machinery (a profile put it at half the cost of a tick): one pooled
+        connection, the commands packed and written at once, each reply read and parsed by the
+        client (its response callbacks) or kept as the command's own error; on a connection error
+        the connection is dropped and the whole tick sent again, as far as the client's `Retry` goes."""
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            return await connection.retry.call_with_retry(lambda: self._exchange(connection, commands),
+                                                          lambda error: connection.disconnect())
+        finally:
+            await pool.release(connection)
+
+    async def _exchange(self, connection: Any, commands: list[Command]) -> list[Any]:
+        await connection.send_packed_command(connection.pack_commands([args for args, _ in commands]))
+        parse = self.redis.parse_response
+        replies: list[Any] = []
+        for args, options in commands:
+            try:
+                replies.append(await parse(connection, args[0], **options))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     # -- a cluster: one connection per node ------------------------------------------------------
 

@@ -23,12 +23,20 @@ class Instant(NamedTuple):
     us: int
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _instant(dt: datetime, digits: int) -> Instant:
     try:
         dt = dt.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 has no UTC equivalent
         raise ValueError("timestamp out of range") from None
-    us = (dt - _EPOCH) // timedelta(microseconds=1)
+    return utc_instant(dt, digits)
+
+
+def utc_instant(dt: datetime, digits: int = 0) -> Instant:
+    """The Instant of an aware datetime already in UTC (`_instant` without the conversion)."""
+    us = (dt - _EPOCH) // _MICROSECOND
     # Not strftime("%Y"): it drops the leading zeros of years before 1000 ("1-01-01").
     text = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
     if digits:

@@ -17,6 +17,8 @@ def to_e164(raw: str | None) -> str | None:
     value = raw.strip()
     if not value:
         return None
+    if value[0] == "+" and value[1:].isdecimal() and 3 <= len(value) - 1 <= 15:
+        return value  # already E.164 (what most providers send): what the rules below return for it
     if value.lower().startswith(("sip:", "sips:", "client:")):
         return value
     compact = _SEPARATORS.sub("", value)

@@ -7,6 +7,7 @@ protocol in one C call. The bytes on the wire are the same: a float is written a
 Python's repr (as redis-py does) before hiredis sees it.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 import hiredis
@@ -27,11 +28,24 @@ def pack_command(*args: Any) -> list[bytes]:
     return [hiredis.pack_command(args)]
 
 
+def pack_commands(commands: Iterable[Iterable[Any]]) -> list[bytes]:
+    """A pipeline's commands as one buffer: the bytes of redis-py's `pack_commands`, which also
+    cuts them into chunks by size, in one join (its per-chunk loop was a tenth of an intake tick)."""
+    packed = b"".join([pack_command(*command)[0] for command in commands])
+    return [packed] if packed else []
+
+
 class FastConnection(Connection):
     def pack_command(self, *args: Any) -> list[bytes]:
         return pack_command(*args)
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
+        return pack_commands(commands)
 
 
 class FastSSLConnection(SSLConnection):
     def pack_command(self, *args: Any) -> list[bytes]:
         return pack_command(*args)
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
+        return pack_commands(commands)

@@ -144,6 +144,10 @@ _FORM_TEXT = st.text(alphabet=st.sampled_from("ab=&+%2B%zz%e2%82%ac%ff%41é;"), 
 
 @given(_FORM_TEXT)
 def test_form_decoding_equals_parse_qsl(text: str) -> None:
+    _assert_form_decoding_equals_parse_qsl(text)
+
+
+def _assert_form_decoding_equals_parse_qsl(text: str) -> None:
     try:
         expected: Any = parse_qsl(text, keep_blank_values=True, errors="strict")
     except ValueError:
@@ -153,6 +157,87 @@ def test_form_decoding_equals_parse_qsl(text: str) -> None:
     except ValueError:
         got = ValueError
     assert got == expected
+
+
+# Escapes that decode to the separators, and a literal non-ASCII letter between escapes: the
+# whole-text path must stand aside for the first and fail UTF-8 exactly as per piece for the second.
+_FORM_TEXT_SEPARATORS = st.lists(st.sampled_from(["a", "=", "&", "+", "%", "%26", "%3D", "%3d", "%2B", "%C3", "%A9",
+                                                   "%e2%82%ac", "%ff", "%2", "6", "é", "\ud800"]),
+                                  max_size=15).map("".join)
+
+
+@given(_FORM_TEXT_SEPARATORS)
+def test_form_decoding_equals_parse_qsl_with_escaped_separators(text: str) -> None:
+    _assert_form_decoding_equals_parse_qsl(text)
+
+
+_TIMES = st.tuples(st.integers(1, 9999), st.integers(1, 12), st.integers(0, 31), st.integers(0, 99),
+                   st.integers(0, 99), st.integers(0, 99), st.sampled_from(["+0000", "-0000", "+0530", "-2400"]))
+
+
+@given(_TIMES, st.booleans())
+def test_twilio_timestamp_equals_the_email_parser(parts: tuple[int, ...], right_weekday: bool) -> None:
+    from datetime import datetime
+
+    from ledger.errors import InvalidEvent
+    from ledger.instants import parse_rfc2822
+    from worker.sources.twilio import MONTHS, WEEKDAYS, parse_timestamp
+
+    year, month, day, hour, minute, second, offset = parts
+    try:
+        weekday = WEEKDAYS[datetime(year, month, day).weekday()]  # type: ignore[arg-type]
+    except ValueError:
+        weekday = "Mon"
+    if not right_weekday:
+        weekday = WEEKDAYS[(WEEKDAYS.index(weekday) + 1) % 7]
+    value = f"{weekday}, {day} {MONTHS[month - 1]} {year:04d} {hour:02d}:{minute:02d}:{second:02d} {offset}"
+    try:  # what parse_timestamp did before its fast path: the weekday check, then email.utils
+        if WEEKDAYS[datetime(year, month, day).weekday()] != weekday:  # type: ignore[arg-type]
+            expected: Any = "weekday"
+        else:
+            expected = parse_rfc2822(value)
+    except ValueError:
+        expected = "invalid"
+    try:
+        got: Any = parse_timestamp(value)
+    except InvalidEvent as exc:
+        got = "weekday" if "weekday" in str(exc) else "invalid"
+    assert got == expected
+
+
+_NUMBERS = st.one_of(st.lists(st.sampled_from(list("+0123456789 ()-.\t") + ["٣", "²", "１", "sip:", "a"]),
+                              max_size=18).map("".join),
+                     st.text(alphabet=st.sampled_from(list("0123456789٣²１")), max_size=17).map(lambda s: "+" + s))
+
+
+@given(_NUMBERS)
+def test_e164_fast_path_equals_the_general_rules(raw: str) -> None:
+    import re
+
+    from ledger.phones import to_e164
+
+    value = raw.strip()  # the rules as they were before the fast path for numbers already in E.164
+    expected: str | None = None
+    if value:
+        expected = value
+        if not value.lower().startswith(("sip:", "sips:", "client:")):
+            compact = re.sub(r"[\s().-]", "", value)
+            if compact.startswith("00") and compact[2:].isdigit():
+                compact = "+" + compact[2:]
+            if re.match(r"^\+?\d{3,15}$", compact):
+                expected = compact if compact.startswith("+") else "+" + compact
+    assert to_e164(raw) == expected
+
+
+def test_json_bodies_with_a_byte_order_mark_are_refused_as_json_loads_refuses_them() -> None:
+    from ledger.errors import MalformedBody
+    from worker.sources.fields import load_json_object
+
+    assert load_json_object(b'{"a": 1.5}') == {"a": __import__("decimal").Decimal("1.5")}
+    with pytest.raises(MalformedBody):
+        load_json_object(b'\xef\xbb\xbf{"a": 1}')
+    with pytest.raises(MalformedBody):
+        load_json_object(b'{"a": NaN}')
 
 
 def test_form_decoding_keeps_blanks_order_and_refuses_bad_utf8() -> None:

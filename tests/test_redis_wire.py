@@ -22,6 +22,14 @@ def test_packing_equals_redis_pys(name: Any, args: list[Any]) -> None:
     assert b"".join(FastConnection().pack_command(name, *text_only)) == expected
 
 
+@given(st.lists(st.tuples(NAMES, ARGS), max_size=6))
+def test_pipeline_packing_equals_redis_pys(commands: list[tuple[Any, list[Any]]]) -> None:
+    packed = [(name, *[a for a in args if not (isinstance(a, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in a))])
+              for name, args in commands]
+    expected = b"".join(bytes(chunk) for chunk in Connection().pack_commands(packed))
+    assert b"".join(FastConnection().pack_commands(packed)) == expected
+
+
 def test_memoryviews_are_packed_as_their_bytes() -> None:
     assert pack_command("SET", "k", memoryview(b"value")) == [b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n"]
 

@@ -26,9 +26,32 @@ def decode_form(text: bytes | str, what: str = "body") -> list[tuple[str, str]]:
 
 def _parse_qsl(text: str) -> list[tuple[str, str]]:
     """`urllib.parse.parse_qsl(text, keep_blank_values=True, errors="strict")`, pair for pair,
-    in half the time: `unquote` is only called on the pieces that hold a `%` (it returns the
-    others unchanged anyway), and `partition` replaces a split + length check. A profile put
-    parse_qsl at ~7% of a signed Twilio webhook; tests compare the two on random input."""
+    in a fraction of the time. A profile put parse_qsl at ~7% of a signed Twilio webhook, and
+    `unquote` per piece still at ~5%; tests compare the two on random input.
+
+    When no escape can decode to `&` or `=` (no `%26`, `%3D`), splitting after decoding finds
+    the same pieces as splitting before, so the whole text is unquoted in one call (a provider's
+    body escapes `+`, `,`, `:` and spaces in most values). Strict UTF-8 fails the same either way:
+    a literal `&` or `=` is ASCII, so it never falls inside a multi-byte sequence. A raw piece is
+    empty exactly when its decoded piece is (every escape decodes to at least one character).
+    """
+    if "%" in text:
+        if "%26" in text or "%3D" in text or "%3d" in text:
+            return _parse_qsl_pieces(text)
+        text = unquote(text.replace("+", " "), errors="strict")
+    else:
+        text = text.replace("+", " ")
+    pairs = []
+    for piece in text.split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            pairs.append((name, value))
+    return pairs
+
+
+def _parse_qsl_pieces(text: str) -> list[tuple[str, str]]:
+    """The same, splitting first and unquoting each piece that holds a `%` (`partition`, not a
+    split + length check)."""
     pairs = []
     for piece in text.split("&"):
         if not piece:
@@ -45,10 +68,17 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+# What `json.loads(text, parse_float=Decimal, parse_constant=...)` builds on every call.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
 def load_json_object(body: bytes) -> dict[str, object]:
     """Strict UTF-8 JSON object; decimals as `Decimal` so amounts never pass through a float."""
     try:
-        doc = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_reject_constant)
+        text = body.decode("utf-8")
+        if text.startswith("\ufeff"):  # what json.loads refuses before decoding
+            raise ValueError("Unexpected UTF-8 BOM")
+        doc = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedBody("body is not valid UTF-8 JSON") from None
     if not isinstance(doc, dict):

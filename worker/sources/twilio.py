@@ -29,13 +29,13 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ledger.errors import InvalidEvent, SignatureInvalid
 from ledger.events import CallEvent
-from ledger.instants import Instant, from_unix, parse_rfc2822
+from ledger.instants import Instant, from_unix, parse_rfc2822, utc_instant
 from ledger.phones import to_e164
 from ledger.replay import SignatureUse, signature_use
 from ledger.settings import Settings
@@ -79,7 +79,7 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # `Tue, 1 Dec 2026 08:15:02 +0000`: parsedate_to_datetime alone also takes trailing garbage.
 TIMESTAMP = re.compile(rf"({'|'.join(WEEKDAYS)}), ([0-9]{{1,2}}) ({'|'.join(MONTHS)}) ([0-9]{{4}}) "
-                       r"[0-9]{2}:[0-9]{2}:[0-9]{2} [+-][0-9]{4}")
+                       r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-][0-9]{4})")
 
 
 def signed_parameters(pairs: Iterable[tuple[str, str]]) -> str:
@@ -110,10 +110,16 @@ def parse_timestamp(value: str) -> Instant:
     m = TIMESTAMP.fullmatch(value)
     if not m:
         raise InvalidEvent("Timestamp must be an RFC 2822 date as Twilio writes it (Tue, 1 Dec 2026 08:15:02 +0000)")
-    weekday, day, month, year = m.groups()
+    weekday, day, month, year, hour, minute, second, offset = m.groups()
     try:
-        if WEEKDAYS[datetime(int(year), MONTHS.index(month) + 1, int(day)).weekday()] != weekday:
+        date = datetime(int(year), MONTHS.index(month) + 1, int(day))
+        if WEEKDAYS[date.weekday()] != weekday:
             raise InvalidEvent("Timestamp's weekday does not match its date")
+        if offset == "+0000" and date.year >= 1000:
+            # What Twilio writes: the fields are already split out, so the instant is built from
+            # them (email.utils' parser was ~4% of a webhook). Other offsets, and the two-digit
+            # years parsedate maps to 19xx/20xx, go through it as before (tests compare the two).
+            return utc_instant(date.replace(hour=int(hour), minute=int(minute), second=int(second), tzinfo=UTC))
         return parse_rfc2822(value)
     except ValueError:
         raise InvalidEvent("Timestamp is not a valid date and time") from None
