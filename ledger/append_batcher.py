@@ -207,8 +207,9 @@ class AppendBatcher:
         pool = self.redis.connection_pool
         connection = await pool.get_connection()
         try:
-            return await connection.retry.call_with_retry(lambda: self._exchange(connection, commands),
-                                                          lambda error: connection.disconnect())
+            replies: list[Any] = await connection.retry.call_with_retry(
+                lambda: self._exchange(connection, commands), lambda error: connection.disconnect())
+            return replies
         finally:
             await pool.release(connection)
 
