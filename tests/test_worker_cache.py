@@ -109,3 +109,27 @@ async def test_a_plan_that_was_not_committed_is_never_planned_from_again(store: 
     store.commit = commit  # type: ignore[method-assign]
     await consumer.run_burst(claim_idle_ms=0)  # u2 again (pending), from a fresh read
     assert (await record(store, "CA-f"))["llm_cost"] == 12  # 5 + 7, not 5 + 7 + 7
+
+
+async def test_a_duplicate_of_a_call_this_worker_indexed_itself_sends_no_index_update(store: Store) -> None:
+    """The re-index of a call found unchanged repairs what a dead worker missed; a call whose
+    version this worker indexed itself (and the shard took) needs none."""
+    consumer = Consumer(store, make_settings(), Metrics())
+    await append(store, usage("CA-i", "u1", 0, "llm", 5))
+    await consumer.run_burst()
+    sent: list[Any] = []
+    queue = consumer.indexes.queue
+
+    def spy(pipe: Any, writes: list[Any]) -> Any:
+        sent.extend(writes)
+        return queue(pipe, writes)
+
+    consumer.indexes.queue = spy  # type: ignore[method-assign]
+    await append(store, usage("CA-i", "u1", 0, "llm", 5))  # a provider's retry
+    assert await consumer.run_burst() == 1
+    assert sent == []
+    other = Consumer(store, make_settings(), Metrics())  # knows nothing it indexed: repairs
+    other.indexes.queue = spy  # type: ignore[method-assign]
+    await append(store, usage("CA-i", "u1", 0, "llm", 5))
+    await other.run_burst()
+    assert [w.entry.call_sid for w in sent] == ["CA-i"]

@@ -284,10 +284,12 @@ class Consumer:
         """Each call's index entry at the version just committed, as a delta where it can be."""
         writes = []
         for sid, (record_id, version, state, record) in committed.items():
+            previous = self.indexed.get(sid)
+            if previous is not None and previous[0] == version:
+                continue  # this worker indexed this very version (the shard took it): nothing to repair
             entry = index_entry(sid, record_id, state, self.settings, record)
             encoded = entry.encode()
             base, delta = "", b""
-            previous = self.indexed.get(sid)
             if previous is not None and previous[0] < version:
                 change = entry_delta(previous[1], entry)
                 if change is not None:
