@@ -45,7 +45,7 @@ async def test_an_event_whose_commit_redis_lost_is_applied_when_redelivered(redi
         try:
             await worker.run_burst()  # u2's entry, never acknowledged in this history
             break
-        except Exception:  # noqa: BLE001 - reconnecting
+        except Exception:
             await asyncio.sleep(0.1)
     found = await store.get_call("CA-lost")
     pending = await store.redis.xpending("cl:events", "ledger")
@@ -77,14 +77,14 @@ async def test_a_record_is_the_fold_of_its_journal_after_redis_lost_a_commit(red
         try:
             await b.run_burst()  # version 2 = {u1, u3}
             break
-        except Exception:  # noqa: BLE001 - reconnecting
+        except Exception:
             await asyncio.sleep(0.1)
     await _append(a_store, usage("CA-aba", "u4", 3, "llm", 1000).model_dump_json().encode(), "CA-aba")
     for _ in range(20):
         try:
             await a.run_burst()
             break
-        except Exception:  # noqa: BLE001 - reconnecting
+        except Exception:
             await asyncio.sleep(0.1)
     found = await a_store.get_call("CA-aba")
     journal = sorted(await a_store.applied_keys("CA-aba"))

@@ -9,7 +9,6 @@ numbers out again: two calls, one id."""
 import asyncio
 
 from ledger.errors import StoreUnavailable
-
 from ledger.metrics import Metrics
 from ledger.store import Store
 from tests.conftest import RedisServer, make_settings

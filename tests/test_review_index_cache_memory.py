@@ -20,7 +20,8 @@ def test_the_index_cache_stays_within_its_bytes() -> None:
         entry = IndexEntry(call_sid=f"CA{i:06d}" + "s" * 500, record_id=i + 1, list_us=1_795_996_800_000_000,
                            organization_id=7, assistant_id=3, assistant_name=f"{i}" + "n" * 1_000,
                            status="completed", duration=60, total_cost=10**9,
-                           to_phone_number=f"+1{i:010d}" + "1" * 1_000, customer_phone_number=f"+2{i:010d}" + "2" * 1_000)
+                           to_phone_number=f"+1{i:010d}" + "1" * 1_000,
+                           customer_phone_number=f"+2{i:010d}" + "2" * 1_000)
         entry.encode()  # as Consumer._index_writes does (derives and caches its shape)
         cache.remember(entry.call_sid, 1, entry)
     gc.collect()
