@@ -1,0 +1,26 @@
+"""Review (minor): a redelivery of an applied event to a cached call at LEDGER_MAX_EVENTS_PER_CALL,
+older than the 32 event keys the cache keeps, is refused ("call already has N events") and
+dead-lettered, though it is applied: the refusal check (a compare-and-set of the version only)
+passes, so nobody asks the order index. The dead-letter stream then lists an applied event with a
+wrong reason (a replay finds it a duplicate). A worker that read the call from Redis asks ZMSCORE
+for the batch's keys and calls it a duplicate."""
+
+from ledger.metrics import Metrics
+from ledger.store import Store
+from tests.conftest import make_settings
+from tests.workers import usage
+from worker.apply import KNOWN_EVENTS
+from worker.consumer import Consumer
+
+
+async def test_an_applied_event_is_a_duplicate_not_refused_at_the_bound(store: Store) -> None:
+    bound = KNOWN_EVENTS + 8
+    consumer = Consumer(store, make_settings(max_events_per_call=bound, batch_size=10), Metrics())
+    for i in range(bound):
+        await store.append(usage("CA-b", f"u{i}", i, "llm", 1).model_dump_json().encode())
+    await consumer.run_burst()
+    assert await store.event_count("CA-b") == bound
+    await store.append(usage("CA-b", "u0", 0, "llm", 1).model_dump_json().encode())  # a provider retry
+    await consumer.run_burst()
+    dead = await store.dead_letters()
+    assert dead == [], f"an applied event dead-lettered: {[(d['e'][:60], d['reason']) for d in dead]}"

@@ -1,0 +1,41 @@
+"""Review: an index update Redis refuses for a transient reason is acknowledged anyway.
+
+On one server the index scripts and the XACKs go in one pipeline (Consumer._finish); any error
+reply of a script is taken for "a script error no retry can fix" (_taken -> _index_failed) and the
+XACKs, which Redis runs whatever the scripts answered, acknowledge the batch. Under maxmemory with
+noeviction, the commit can pass and push memory over the limit: the index script is refused with
+OOM (a write), XACK is not (it is not a deny-oom command). The record exists, nothing is pending,
+and the call is missing from every list, count and rollup until its next event (if any)."""
+
+from typing import Any
+
+from ledger.metrics import Metrics
+from ledger.store import Store
+from tests.conftest import RedisServer, make_settings
+from tests.test_indexes import dump_indexes
+from tests.workers import make_event
+from worker.consumer import Consumer
+
+
+async def test_an_index_update_refused_for_memory_is_not_acknowledged(redis_server: RedisServer) -> None:
+    settings = make_settings(redis_url=redis_server.url)
+    store = Store.from_settings(settings)
+    consumer = Consumer(store, settings, Metrics())
+    commit = store.commit
+
+    async def commit_then_memory_full(writes: Any) -> Any:
+        result = await commit(writes)
+        await store.redis.config_set("maxmemory", "1")  # the commit's writes passed the limit
+        return result
+
+    store.commit = commit_then_memory_full  # type: ignore[method-assign]
+    await store.append(make_event("CA-oom", "s1", 0, status="completed", duration=30).model_dump_json().encode())
+    await consumer.run_burst()
+    await store.redis.config_set("maxmemory", "0")  # memory freed again
+    store.commit = commit  # type: ignore[method-assign]
+    await consumer.run_burst(claim_idle_ms=0)  # anything left pending is retried now
+    assert await store.get_call("CA-oom") is not None
+    indexed = await dump_indexes(store.redis)
+    pending = await store.group_stats()
+    await store.close()
+    assert indexed, f"the call is committed but in no index; pending/lag {pending}"
