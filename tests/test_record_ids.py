@@ -24,7 +24,7 @@ from ledger.store import ID_JUMP, Store
 from tests.cluster import Cluster, replicated_cluster
 from tests.conftest import AUTH, RedisServer, make_settings
 from tests.workers import usage
-from worker.consumer import ID_RESERVE, Consumer
+from worker.consumer import Consumer
 
 
 @pytest.fixture
@@ -52,30 +52,7 @@ async def apply_new_calls(store: Store, sids: list[str]) -> dict[str, int]:
 async def test_a_fresh_store_counts_from_one_and_does_not_jump_without_a_cause(client: Any) -> None:
     store = Store(client)
     assert sorted((await apply_new_calls(store, [f"CA-one-{i}" for i in range(5)])).values()) == [1, 2, 3, 4, 5]
-    # The worker took ID_RESERVE more than its batch needed, for its next new calls.
-    assert await store.allocate_ids(3) == [6 + ID_RESERVE, 7 + ID_RESERVE, 8 + ID_RESERVE]
-
-
-@pytest.mark.real_redis
-async def test_a_worker_gives_ids_from_its_reserve_without_asking_the_counter(client: Any) -> None:
-    store = Store(client)
-    consumer = Consumer(store, make_settings(redis_url="redis://unused", batch_size=1), Metrics())
-    counted = 0
-    allocate = store.allocate_ids
-
-    async def counting(count: int) -> list[int]:
-        nonlocal counted
-        counted += 1
-        return await allocate(count)
-
-    store.allocate_ids = counting  # type: ignore[method-assign]
-    sids = [f"CA-reserve-{i}" for i in range(ID_RESERVE + 2)]
-    for sid in sids:  # one new call per batch
-        await store.append(usage(sid, f"{sid}-e1", 0, "llm", 1_000).model_dump_json().encode(), sid)
-    await consumer.run_burst()
-    ids = [found[0] for found in [await store.get_call(sid) for sid in sids] if found is not None]
-    assert ids == list(range(1, ID_RESERVE + 3))  # in order, unique, no gap
-    assert counted == 2  # 1 + ID_RESERVE ids at the first new call, then 1 + ID_RESERVE more
+    assert await store.allocate_ids(3) == [6, 7, 8]
 
 
 @pytest.mark.real_redis

@@ -53,9 +53,6 @@ class Settled:
 # still contended after these stays pending and is claimed again later.
 COMMIT_ATTEMPTS = 5
 MAINTENANCE_EVERY_S = 5.0
-# Record ids a worker takes from the counter beyond what a batch needs (one INCRBY per this many
-# new calls in the steady state, not one per batch); a worker that stops leaves its rest unused.
-ID_RESERVE = 32
 # Upper bound on one round (read + apply + ack): a Redis that stops answering without
 # closing the connection must not stall the loop forever; the batch stays pending.
 STEP_TIMEOUT_S = 60.0
@@ -73,7 +70,6 @@ class Consumer:
         # LEDGER_WORKER_CACHE_BYTES: three quarters for call states, one for index entries.
         self.known = KnownCalls(settings.worker_cache_bytes * 3 // 4)
         self.indexed = IndexedEntries(settings.worker_cache_bytes // 4)
-        self._spare_ids: list[int] = []  # record ids taken from the counter, not yet given (_new_ids)
         self._next_claim = 0.0
         self._next_maintenance = 0.0
         # The previous batch's index update and acknowledgement, running while the next batch
@@ -385,7 +381,7 @@ class Consumer:
         new_calls = [sid for sid, plan in plans.items() if loaded[sid].record_id is None and plan.new_events]
         ids = {}
         if new_calls:
-            ids = dict(zip(new_calls, await self._new_ids(len(new_calls)), strict=True))
+            ids = dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True))
         writes = []
         for sid, plan in plans.items():
             if not plan.new_events:
@@ -422,14 +418,6 @@ class Consumer:
                 self.known.forget(write.call_sid)
                 conflicts.add(write.call_sid)
         return conflicts, {w.call_sid: w for w in writes}
-
-    async def _new_ids(self, count: int) -> list[int]:
-        """`count` record ids from this worker's reserve, topped up from the counter (with
-        ID_RESERVE more) when short: most batches with a new call then need no round trip."""
-        if len(self._spare_ids) < count:
-            self._spare_ids += await self.store.allocate_ids(count - len(self._spare_ids) + ID_RESERVE)
-        ids, self._spare_ids = self._spare_ids[:count], self._spare_ids[count:]
-        return ids
 
     async def _settle_failures(
         self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[tuple[str, str], str]
