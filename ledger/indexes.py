@@ -147,9 +147,13 @@ class IndexEntry:
     # delta between two entries of one shape from the 4 numbers is most of what made the
     # index entry a fifth of the worker's CPU cheap.
     @functools.cached_property
+    def shape_key(self) -> "ShapeKey":
+        return (self.organization_id, self.status, self.assistant_id, self.assistant_name, self.day,
+                self.duration is not None, self.total_cost is not None)
+
+    @functools.cached_property
     def _shape(self) -> "_Shape":
-        return _shape(self.organization_id, self.status, self.assistant_id, self.assistant_name, self.day,
-                      self.duration is not None, self.total_cost is not None)
+        return shape_of(self.shape_key)
 
     @functools.cached_property
     def _amounts(self) -> tuple[int, int, int, int]:
@@ -189,7 +193,20 @@ class _Shape:
     by_slot: list[list[tuple[str, str]]]  # (key suffix, field) per amount slot
 
 
-@lru_cache(maxsize=8192)  # a few statuses x assistants x days x organizations at any time
+# (organization_id, status, assistant_id, assistant_name, day, has a duration, has a cost)
+ShapeKey = tuple[int | None, str, int, str | None, str, bool, bool]
+# Shapes with an assistant name up to this long are cached (shared by every entry of that shape);
+# a longer name's shape (up to 1 KiB names: ~20 KB) is derived for its entry alone, so the
+# cache's memory stays bounded whatever names a platform sends.
+_CACHED_NAME = 128
+
+
+def shape_of(key: ShapeKey) -> _Shape:
+    name = key[3]
+    return _shape(*key) if name is None or len(name) <= _CACHED_NAME else _shape.__wrapped__(*key)
+
+
+@lru_cache(maxsize=1024)  # a few statuses x assistants x days x organizations at any time
 def _shape(organization_id: int | None, status: str, assistant_id: int, assistant_name: str | None, day: str,
            has_duration: bool, has_cost: bool) -> _Shape:
     scopes = [ALL] if organization_id is None else [ALL, scope_name(organization_id)]
@@ -226,13 +243,39 @@ def _shape(organization_id: int | None, status: str, assistant_id: int, assistan
     return _Shape(memberships, items, list(grouped.items()), by_slot)
 
 
-def entry_delta(old: IndexEntry, new: IndexEntry) -> bytes | None:
+class IndexBasis:
+    """What the next update's delta needs of an entry a worker wrote (worker/apply.py
+    IndexedEntries keeps these, not whole entries): its list time, id, shape and amounts."""
+
+    __slots__ = ("_amounts", "list_us", "record_id", "shape_key")
+
+    def __init__(self, entry: IndexEntry) -> None:
+        self.list_us, self.record_id = entry.list_us, entry.record_id
+        self.shape_key, self._amounts = entry.shape_key, entry._amounts
+
+    @property
+    def _shape(self) -> _Shape:
+        return shape_of(self.shape_key)
+
+    def memberships(self) -> list[str]:
+        return self._shape.memberships
+
+    def increments(self) -> list[tuple[str, str, int]]:
+        amounts = self._amounts
+        return [(key, name, amounts[slot]) for key, name, slot in self._shape.items if amounts[slot]]
+
+    def size(self) -> int:
+        """Bytes it holds, about (its strings; the shape is shared or derived on use)."""
+        return 400 + len(self.shape_key[1]) + len(self.shape_key[3] or "") + len(self.shape_key[4])
+
+
+def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
     """What replacing `old` by `new` changes, for the index script's fast path:
     [memberships to leave, memberships to join, [[rollup key, field, difference], ...]].
     None when the list time moved (every membership is re-scored: the script's full path)."""
     if old.list_us != new.list_us or old.record_id != new.record_id:
         return None
-    if old._shape is new._shape:  # same keys and fields (the usual case): only amounts moved
+    if old.shape_key == new.shape_key:  # same keys and fields (the usual case): only amounts moved
         moved = zip(old._amounts, new._amounts, strict=True)
         return orjson.dumps([[], [], [[key, name, str(after - before)] for slot, (before, after) in enumerate(moved)
                                       if after != before for key, name in new._shape.by_slot[slot]]])

@@ -5,9 +5,14 @@ reply of a script is taken for "a script error no retry can fix" (_taken -> _ind
 XACKs, which Redis runs whatever the scripts answered, acknowledge the batch. Under maxmemory with
 noeviction, the commit can pass and push memory over the limit: the index script is refused with
 OOM (a write), XACK is not (it is not a deny-oom command). The record exists, nothing is pending,
-and the call is missing from every list, count and rollup until its next event (if any)."""
+and the call is missing from every list, count and rollup until its next event (if any).
+Fixed: such errors are transient (worker/consumer.py), and the acknowledgement is a script that
+Redis refuses out of memory too (ledger/ack.lua)."""
 
 from typing import Any
+
+import pytest
+from redis.exceptions import OutOfMemoryError
 
 from ledger.metrics import Metrics
 from ledger.store import Store
@@ -30,7 +35,9 @@ async def test_an_index_update_refused_for_memory_is_not_acknowledged(redis_serv
 
     store.commit = commit_then_memory_full  # type: ignore[method-assign]
     await store.append(make_event("CA-oom", "s1", 0, status="completed", duration=30).model_dump_json().encode())
-    await consumer.run_burst()
+    with pytest.raises(OutOfMemoryError):  # the batch stays pending (the service's loop logs it, backs off)
+        await consumer.run_burst()
+    assert (await store.group_stats())[1] == 1  # pending, not acknowledged
     await store.redis.config_set("maxmemory", "0")  # memory freed again
     store.commit = commit  # type: ignore[method-assign]
     await consumer.run_burst(claim_idle_ms=0)  # anything left pending is retried now

@@ -204,19 +204,23 @@ async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates:
     settings = Settings(redis_url=url, consumer_name="crasher", batch_size=batch_size, fx_rates=fx_rates,
                         claim_idle_ms=3_600_000)
     store = Store.from_settings(settings)
-    original_ack = store.queue_ack  # what `ack` sends, and the worker's one-round-trip index + ack
+    # What `ack` sends, and (as a script) the worker's one-round-trip index update + ack.
+    originals = {"queue_ack": store.queue_ack, "queue_ack_script": store.queue_ack_script}
     acks = 0
 
-    def ack_or_die(pipe: Any, entries: list[Any], failed_before: Iterable[Any] = ()) -> int:
-        nonlocal acks
-        if entries:
-            acks += 1
-            if acks == batches:
-                print(f"crashing before ack: {','.join(e.entry_id for e in entries)}", flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
-        return original_ack(pipe, entries, failed_before)
+    def or_die(name: str) -> Any:
+        def ack_or_die(pipe: Any, entries: list[Any], failed_before: Iterable[Any] = ()) -> int:
+            nonlocal acks
+            if entries:
+                acks += 1
+                if acks == batches:
+                    print(f"crashing before ack: {','.join(e.entry_id for e in entries)}", flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return originals[name](pipe, entries, failed_before)
+        return ack_or_die
 
-    store.queue_ack = ack_or_die  # type: ignore[method-assign]
+    store.queue_ack = or_die("queue_ack")  # type: ignore[method-assign]
+    store.queue_ack_script = or_die("queue_ack_script")  # type: ignore[method-assign]
     consumer = Consumer(store, settings, Metrics())
     await consumer.run_burst()
     print(f"drained after {acks} batches without crashing", flush=True)

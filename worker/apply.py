@@ -13,7 +13,7 @@ import orjson
 
 from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
-from ledger.indexes import IndexEntry
+from ledger.indexes import IndexBasis, IndexEntry
 from ledger.pricing import price_event
 from ledger.rules import META_FIELD, CallState, apply_event, touched_fields
 from ledger.settings import Settings
@@ -161,6 +161,8 @@ class KnownCall:
 # then a duplicate at once, not a refused commit and a re-read. Absence proves nothing (the
 # commit script checks every event), so a bound only costs re-reads for older retries.
 KNOWN_EVENTS = 32
+# call_meta fields a cached call may know to be unset (asked for, not found) beyond those it holds.
+KNOWN_ABSENT = 64
 _KEY_OVERHEAD = 90  # a str object and its set slot
 
 
@@ -212,14 +214,19 @@ class KnownCalls(SizedLRU[KnownCall]):
         else:  # read from Redis: the fields asked for (set or not), and the asked events it had
             meta_fields = frozenset(name for name in loaded.fields if name.startswith(META_FIELD))
             applied = (*loaded.applied, *new_events)
-        meta_fields |= {META_FIELD + key for key in state.meta}
+        present = {META_FIELD + key for key in state.meta}
+        if len(meta_fields) > len(present) + KNOWN_ABSENT:  # e.g. the keys of refused events: not worth keeping
+            meta_fields = frozenset(present)
+        else:
+            meta_fields |= present
         self.remember(call_sid, version, record_id, state, meta_fields, applied[-KNOWN_EVENTS:])
 
     def remember(self, call_sid: str, version: int, record_id: int, state: CallState,
                  meta_fields: frozenset[str], applied: tuple[str, ...] = ()) -> None:
         registers, meta = state.registers, state.meta
-        size = (_ENTRY_OVERHEAD + len(call_sid) + _KEY_OVERHEAD * len(applied) + _FIELD_OVERHEAD * (
-            len(registers) + len(meta)) + sum(map(len, applied)) + sum(map(len, meta)))
+        size = (_ENTRY_OVERHEAD + len(call_sid) + _KEY_OVERHEAD * (len(applied) + len(meta_fields))
+                + _FIELD_OVERHEAD * (len(registers) + len(meta)) + sum(map(len, applied)) + sum(map(len, meta))
+                + sum(map(len, meta_fields)))
         for register in (*registers.values(), *meta.values()):  # [occurred_us, event_id, source, value]
             value = register[3]
             size += len(register[1]) + len(register[2]) + (
@@ -227,15 +234,16 @@ class KnownCalls(SizedLRU[KnownCall]):
         self.put(call_sid, KnownCall(version, record_id, state, meta_fields, applied), size)
 
 
-class IndexedEntries(SizedLRU[tuple[int, IndexEntry]]):
-    """The index entry this worker last wrote, and the shard took, for recently seen calls
-    (its version and the entry), so the call's next update can go as a delta from it
-    (ledger/index.lua's fast path). Only a hint: the script applies the delta only while
-    that version is the one indexed, and takes its full path otherwise. Bounded in bytes,
-    least recently used first out.
+class IndexedEntries(SizedLRU[tuple[int, IndexBasis]]):
+    """What this worker last wrote to the index, and the shard took, for recently seen calls
+    (its version and the entry's basis: list time, id, shape, amounts), so the call's next update
+    can go as a delta from it (ledger/index.lua's fast path). Only a hint: the script applies the
+    delta only while that version is the one indexed, and takes its full path otherwise. Bounded
+    in bytes, least recently used first out.
     """
 
-    _SIZE = 1200  # an IndexEntry, its strings and the dict slot, measured with tracemalloc
+    _OVERHEAD = 300  # the tuple, the dict slot, the LRU's links
 
-    def remember(self, call_sid: str, version: int, entry: IndexEntry) -> None:
-        self.put(call_sid, (version, entry), self._SIZE)
+    def remember(self, call_sid: str, version: int, entry: IndexEntry | IndexBasis) -> None:
+        basis = entry if isinstance(entry, IndexBasis) else IndexBasis(entry)
+        self.put(call_sid, (version, basis), self._OVERHEAD + len(call_sid) + basis.size())

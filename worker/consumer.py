@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from ledger.events import CallEvent
 from ledger.index_store import IndexStore, IndexWrite
@@ -36,6 +36,18 @@ log = structlog.get_logger("ledger.worker")
 # A call as committed (or found, when all its events were duplicates): record id, version,
 # state, and the record rendered at the commit (None when there was no commit).
 Committed = tuple[int, int, CallState, dict[str, Any] | None]
+
+# Error replies that say "not now" rather than "never": Redis out of memory, a replica, loading,
+# busy with a script, refusing writes after a failed save, a cluster slot moving.
+_TRANSIENT = ("OOM", "READONLY", "LOADING", "BUSY", "MISCONF", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
+              "NOREPLICAS")
+
+
+def transient(exc: ResponseError) -> bool:
+    if isinstance(exc, OutOfMemoryError | ReadOnlyError | BusyLoadingError):  # redis-py drops their code
+        return True
+    return str(exc).split(" ", 1)[0] in _TRANSIENT or "OOM command not allowed" in str(exc)
+
 
 class Settled:
     """A batch's entries by what happens to them once logged."""
@@ -212,13 +224,27 @@ class Consumer:
         for _attempt in range(COMMIT_ATTEMPTS):
             loaded = await self._load(remaining)
             plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in remaining.items()}
-            for plan in plans.values():
-                outcomes.update((entry.ref, ("duplicate", None)) for entry, _ in plan.duplicates)
+            # A call planned from the worker's cache (KnownCalls) is only a guess of what Redis
+            # holds. A refusal there (the event bound, say) may be of an event already applied
+            # that the cache does not list (it keeps the latest keys only): judge it again on the
+            # call as read from Redis, whose order index knows every applied event.
+            rejudge = {sid: remaining[sid] for sid, plan in plans.items()
+                       if plan.refused and loaded[sid].state is not None}
+            for sid in rejudge:
+                self.known.forget(sid)
+                del plans[sid]
+            for sid, plan in plans.items():
+                if loaded[sid].state is None:  # read from Redis this round: its duplicates are settled
+                    outcomes.update((entry.ref, ("duplicate", None)) for entry, _ in plan.duplicates)
                 outcomes.update((entry.ref, ("failed", reason)) for entry, _, reason in plan.failed)
             # A refusal is judged on the state read (the call's provider, its event count...):
             # a call with refusals is committed too, even with nothing new, so that the version
-            # check confirms the refusal against Redis; on a conflict it is judged again.
-            to_write = {sid: plan for sid, plan in plans.items() if plan.new_events or plan.refused}
+            # check confirms the refusal against Redis; on a conflict it is judged again. So is
+            # a duplicate found by the cache: the version check confirms that Redis still has the
+            # commits the cache remembers (a Redis that lost them, restarted from an older
+            # snapshot, gets the event applied again, not acknowledged as a duplicate).
+            to_write = {sid: plan for sid, plan in plans.items()
+                        if plan.new_events or plan.refused or (plan.duplicates and loaded[sid].state is not None)}
             for sid, plan in plans.items():
                 record_id = loaded[sid].record_id
                 if sid not in to_write and record_id is not None:
@@ -228,15 +254,18 @@ class Consumer:
                 if sid not in conflicts:
                     outcomes.update((entry.ref, ("applied", None)) for entry, _ in plan.applied)
                     outcomes.update((entry.ref, ("refused", reason)) for entry, _, reason in plan.refused)
+                    outcomes.update((entry.ref, ("duplicate", None)) for entry, _ in plan.duplicates)
                     if plan.new_events:
                         committed[sid] = (written[sid].record_id, written[sid].new_version, plan.state, plan.record)
                     elif (found := loaded[sid].record_id) is not None:  # checked only: index it as found
                         committed[sid] = (found, loaded[sid].version, plan.state, None)
-            if not conflicts:
+            # Re-plan the new and refused events of contended calls (and the duplicates the cache
+            # found: the version that vouched for them moved); failures are settled.
+            remaining = {sid: to_write[sid].applied + [(e, ev) for e, ev, _ in to_write[sid].refused] + (
+                to_write[sid].duplicates if loaded[sid].state is not None else []) for sid in conflicts}
+            remaining.update(rejudge)
+            if not remaining:
                 break
-            # Re-plan only the new and refused events of contended calls; duplicates/failures are settled.
-            remaining = {sid: to_write[sid].applied + [(e, ev) for e, ev, _ in to_write[sid].refused]
-                         for sid in conflicts}
         # The index update, logs and acknowledgements run while the next batch is read, planned
         # and committed: the worker's CPU overlaps Redis running the index script. One batch at
         # most is in flight (the previous one is awaited first), and its failure is this
@@ -266,7 +295,7 @@ class Consumer:
             settled = self._log_outcomes(by_call, outcomes)
             pipe = self.store.redis.pipeline(transaction=False)
             calls = self.indexes.queue(pipe, writes)
-            self.store.queue_ack(pipe, settled.done, settled.redelivered)
+            self.store.queue_ack_script(pipe, settled.done, settled.redelivered)
             replies = list(await pipe.execute(raise_on_error=False))
             for reply in replies[len(calls):]:
                 if isinstance(reply, Exception):
@@ -308,7 +337,9 @@ class Consumer:
         return self.indexes.taken(writes, calls, replies)
 
     @staticmethod
-    def _index_failed(writes: list[IndexWrite], exc: Exception) -> None:
+    def _index_failed(writes: list[IndexWrite], exc: ResponseError) -> None:
+        if transient(exc):  # out of memory, read-only, loading...: the batch stays pending, retried
+            raise exc
         # A script error no retry can fix must not hold the batch up forever: the record is
         # committed; its entry stays at the previous version until the call's next commit.
         log.error("index_update_failed", calls=len(writes), error=str(exc))
