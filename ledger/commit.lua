@@ -5,13 +5,16 @@
 -- KEYS, per call: its hash (id, v, s, r:*, m:*), its journal (source:event_id -> the event's
 -- journal entry, ledger/journal.py),
 -- its order index (sorted set: score occurred_us, member the journal key).
--- ARGV, per call in KEYS order: the version read, the version after, the core state JSON,
--- an id for a new call, the number of events n, then n (journal key, occurred_us, journal entry)
+-- ARGV, per call in KEYS order: the version read and the commit token read ('' for none), the
+-- version after and its token, the core state JSON, an id for a new call, the number of events n, then n (journal key, occurred_us, journal entry)
 -- triples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
 -- keys the events won. Only those are written: a commit writes what changed.
 --
 -- An empty entry (LEDGER_JOURNAL=off) keeps no copy of the event: the order index alone
 -- records it, and is what recognises an event already applied in both modes.
+-- The token (`t`, unique per commit) makes the compare-and-set see another history that reached
+-- the same version: a Redis that lost a worker's commit (restart from an older snapshot, a
+-- promoted replica) and then took another worker's has that version with another token.
 -- Returns one 1 (written) or 0 per call: the version moved on, or an event is already
 -- applied (the worker's picture of the call was stale: it re-reads and retries).
 -- Nothing of that call is written then. A call with no events (n = 0) is only checked: its
@@ -21,13 +24,15 @@ local results = {}
 local a = 1
 for k = 1, #KEYS, 3 do
   local call, journal, order = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local expected, new_version, core, id = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local n = tonumber(ARGV[a + 4])
-  local events = a + 5
+  local expected, token, new_version, new_token = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local core, id = ARGV[a + 4], ARGV[a + 5]
+  local n = tonumber(ARGV[a + 6])
+  local events = a + 7
   local m = tonumber(ARGV[events + 3 * n])
   local fields = events + 3 * n + 1
   a = fields + 2 * m
-  local ok = (redis.call('HGET', call, 'v') or '0') == expected
+  local found = redis.call('HMGET', call, 'v', 't')
+  local ok = (found[1] or '0') == expected and (found[2] or '') == token
   if ok then
     for i = events, events + 3 * (n - 1), 3 do
       if redis.call('ZSCORE', order, ARGV[i]) then
@@ -47,7 +52,7 @@ for k = 1, #KEYS, 3 do
     for i = fields, fields + 2 * (m - 1), 2 do
       redis.call('HSET', call, ARGV[i], ARGV[i + 1])
     end
-    redis.call('HSET', call, 'v', new_version, 's', core)
+    redis.call('HSET', call, 'v', new_version, 's', core, 't', new_token)
     redis.call('HSETNX', call, 'id', id)
     results[#results + 1] = 1
   elseif ok then

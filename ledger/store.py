@@ -138,6 +138,7 @@ class LoadedCall:
     # Already decoded (the worker's cache of calls it committed): used as it is, in place of
     # core and fields.
     state: CallState | None = None
+    token: str = ""  # the token of the commit that made `version` ('' before tokens; commit.lua)
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,13 @@ class CommitWrite:
     events: list[tuple[str, int, bytes]]  # (journal key, occurred_us, event JSON)
     fields: list[tuple[str, bytes]]  # the registers and call_meta keys that changed
     record: bytes = b""  # the record rendered ready to serve (ledger.served), written as `j`
+    token: str = ""  # the commit token read with `version` (commit.lua)
+    new_token: str = ""  # this commit's, unique
 
 
 def _commit_args(w: CommitWrite) -> list[Any]:
     """One call's share of the commit script's ARGV (see commit.lua)."""
-    args: list[Any] = [w.version, w.new_version, w.core, w.record_id, len(w.events)]
+    args: list[Any] = [w.version, w.token, w.new_version, w.new_token, w.core, w.record_id, len(w.events)]
     for key, occurred_us, event_json in w.events:
         # A score is a double: exact for any instant before the year 2255. The journal keeps
         # what the key, the score and the call do not say already (ledger.journal).
@@ -253,7 +256,7 @@ class Store(StreamStore):
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
             keys, fields = wanted[sid]
-            pipe.hmget(self.call_key(sid), "v", "s", "id", *fields)
+            pipe.hmget(self.call_key(sid), "v", "s", "id", "t", *fields)
             # The order index holds every applied event's key (the journal may be off).
             pipe.zmscore(self.order_key(sid), keys)
             if latest:
@@ -264,13 +267,13 @@ class Store(StreamStore):
         for i, sid in enumerate(sids):
             keys, fields = wanted[sid]
             call, journal = replies[per_call * i], replies[per_call * i + 1]
-            version, core, record_id = call[:3]
+            version, core, record_id, token = call[:4]
             applied = [key for key, value in zip(keys, journal, strict=True) if value is not None]
             if latest:
                 applied += [_text(key) for key in replies[per_call * i + 2]]
             loaded[sid] = LoadedCall(
-                int(version or 0), core, dict(zip(fields, call[3:], strict=True)),
-                int(record_id) if record_id else None, frozenset(applied),
+                int(version or 0), core, dict(zip(fields, call[4:], strict=True)),
+                int(record_id) if record_id else None, frozenset(applied), token=_text(token) if token else "",
             )
         return loaded
 

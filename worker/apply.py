@@ -155,6 +155,7 @@ class KnownCall:
     state: CallState  # every register, and the call_meta keys of `meta_fields`
     meta_fields: frozenset[str]  # the m: fields it was loaded or written with (set or not)
     applied: tuple[str, ...]  # journal keys of its latest events, oldest first (KNOWN_EVENTS at most)
+    token: str  # the token of the commit that made `version` (ledger/commit.lua)
 
 
 # Journal keys a cached call keeps of its latest events: a provider's retry of one of them is
@@ -202,10 +203,10 @@ class KnownCalls(SizedLRU[KnownCall]):
                 meta_fields):
             return None
         super().get(call_sid)  # most recently used
-        return LoadedCall(call.version, None, {}, call.record_id, frozenset(call.applied), call.state)
+        return LoadedCall(call.version, None, {}, call.record_id, frozenset(call.applied), call.state, call.token)
 
     def committed(self, call_sid: str, loaded: LoadedCall, version: int, record_id: int, state: CallState,
-                  new_events: list[str]) -> None:
+                  new_events: list[str], token: str = "") -> None:
         """Cache the call as just committed: `state` planned from `loaded` (cached or read),
         now at `version` with the journal keys `new_events` added."""
         cached = self.peek(call_sid) if loaded.state is not None else None
@@ -219,10 +220,10 @@ class KnownCalls(SizedLRU[KnownCall]):
             meta_fields = frozenset(present)
         else:
             meta_fields |= present
-        self.remember(call_sid, version, record_id, state, meta_fields, applied[-KNOWN_EVENTS:])
+        self.remember(call_sid, version, record_id, state, meta_fields, applied[-KNOWN_EVENTS:], token)
 
     def remember(self, call_sid: str, version: int, record_id: int, state: CallState,
-                 meta_fields: frozenset[str], applied: tuple[str, ...] = ()) -> None:
+                 meta_fields: frozenset[str], applied: tuple[str, ...] = (), token: str = "") -> None:
         registers, meta = state.registers, state.meta
         size = (_ENTRY_OVERHEAD + len(call_sid) + _KEY_OVERHEAD * (len(applied) + len(meta_fields))
                 + _FIELD_OVERHEAD * (len(registers) + len(meta)) + sum(map(len, applied)) + sum(map(len, meta))
@@ -231,7 +232,7 @@ class KnownCalls(SizedLRU[KnownCall]):
             value = register[3]
             size += len(register[1]) + len(register[2]) + (
                 len(value) if value.__class__ is str else _value_size(value))
-        self.put(call_sid, KnownCall(version, record_id, state, meta_fields, applied), size)
+        self.put(call_sid, KnownCall(version, record_id, state, meta_fields, applied, token), size)
 
 
 class IndexedEntries(SizedLRU[tuple[int, IndexBasis]]):

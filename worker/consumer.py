@@ -11,6 +11,7 @@ dead-letter stream with the last failure's reason.
 """
 
 import asyncio
+import secrets
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -83,6 +84,7 @@ class Consumer:
         self.known = KnownCalls(settings.worker_cache_bytes * 3 // 4)
         self.indexed = IndexedEntries(settings.worker_cache_bytes // 4)
         self._next_claim = 0.0
+        self._token_prefix, self._commits = secrets.token_hex(4) + ".", 0
         self._next_maintenance = 0.0
         # The previous batch's index update and acknowledgement, running while the next batch
         # is read, planned and committed (see `_apply`).
@@ -417,7 +419,8 @@ class Consumer:
         for sid, plan in plans.items():
             if not plan.new_events:
                 writes.append(CommitWrite(call_sid=sid, version=loaded[sid].version, new_version=loaded[sid].version,
-                                          core=b"", record_id=loaded[sid].record_id or 0, events=[], fields=[]))
+                                          core=b"", record_id=loaded[sid].record_id or 0, events=[], fields=[],
+                                          token=loaded[sid].token))
                 continue
             # The estimate and the record are fixed here, with this worker's rates (SPEC §11, §13):
             # the lookup serves `j` as it is, and the index rolls up the same numbers.
@@ -434,6 +437,8 @@ class Consumer:
                 events=plan.new_events,
                 fields=plan.state.changed_fields(),
                 record=stored_record(plan.record, new_version),
+                token=loaded[sid].token,
+                new_token=self._new_token(),
             ))
         results = await self.store.commit(writes)
         conflicts = set()
@@ -444,11 +449,19 @@ class Consumer:
                 state = plans[write.call_sid].state
                 state.changed.clear()  # what the next plan changes is what its commit writes
                 self.known.committed(write.call_sid, loaded[write.call_sid], write.new_version, write.record_id,
-                                     state, [key for key, _, _ in write.events])
+                                     state, [key for key, _, _ in write.events], write.new_token)
             else:  # someone else wrote the call, or our picture of it was stale: re-read it
                 self.known.forget(write.call_sid)
+                # What it indexed last may be of that stale picture too: no delta from it.
+                self.indexed.forget(write.call_sid)
                 conflicts.add(write.call_sid)
         return conflicts, {w.call_sid: w for w in writes}
+
+    def _new_token(self) -> str:
+        """A commit token no other commit has (ledger/commit.lua): this worker's random prefix and
+        a count."""
+        self._commits += 1
+        return f"{self._token_prefix}{self._commits:x}"
 
     async def _settle_failures(
         self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[tuple[str, str], str]
