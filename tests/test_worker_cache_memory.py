@@ -1,8 +1,6 @@
-"""Review: LEDGER_WORKER_CACHE_BYTES does not bound what KnownCalls holds. A cached call keeps
-`meta_fields`, the names of every m: field its last read asked for (set or not), which includes
-the call_meta keys of the batch's refused events (over the per-call bound); KnownCalls.remember
-counts none of them. A few platform events per call with big call_meta objects (refused, within
-the 64 KiB body bound) make each cached call hold megabytes that the cache counts as ~2 KB."""
+"""LEDGER_WORKER_CACHE_BYTES bounds what KnownCalls holds, the call_meta field names included:
+refused events with huge call_meta objects (their keys asked for, never set) once made one
+cached call hold megabytes the cache counted as ~2 KB."""
 
 import sys
 

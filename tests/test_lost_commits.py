@@ -1,11 +1,7 @@
-"""Review: the worker cache's latest-32 event keys (KnownCalls.applied) outlive the commit they
-remember. When Redis comes back without the worker's last commit but with the event's stream
-entry (a node restarted from an older snapshot, the README's own id-guarantee case; or a replica
-promoted before it received the commit, where LEDGER_DURABLE_ACK=replica promises nothing answered
-2xx is lost), the entry is delivered again and the worker calls it a duplicate from its cache, with
-no look at Redis, and acknowledges it: the event is in no record, and nothing will ever apply it.
-(Before the cache kept event keys, the redelivery looked new, the compare-and-set was refused on
-the version and the re-read applied it.)"""
+"""When Redis comes back without a worker's last commit (a node restarted from an older snapshot,
+a promoted replica that had not received it), nothing the worker cached about that commit is
+trusted: a redelivered event is applied again, not taken for a duplicate, and a version that
+another worker reached by another history is a conflict (the commit token)."""
 
 import asyncio
 

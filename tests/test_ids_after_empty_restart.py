@@ -1,10 +1,6 @@
-"""Review: a worker's record-id reserve (Consumer._new_ids, ID_RESERVE) outlives the counter.
-
-Redis without persistence restarted (the README's "no persistence" row: records are lost, the
-service recovers by itself, "a consumer group lost with the data is recreated"). The counter and
-its fence are gone, so ids.lua starts again at 1 without a jump; the worker still holds ids it
-reserved before the restart and hands them to new calls, while the counter hands the same
-numbers out again: two calls, one id."""
+"""Record ids stay unique across a restart of a Redis without persistence: the counter and its
+fence are gone, so ids.lua starts again at 1, and a worker must not hand out ids it took before
+the restart (a reserve across batches once did: two calls, one id)."""
 
 import asyncio
 

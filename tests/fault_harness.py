@@ -1,4 +1,4 @@
-"""Review harness: two or more Consumers on one stream (each with its own client), random batch
+"""Fault harness: two or more Consumers on one stream (each with its own client), random batch
 sizes, random faults (a commit refused by a dropped connection before or after Redis ran it, an id
 allocation whose reply is lost, a load that fails, a finish pipeline that fails before or after
 Redis ran it), random redeliveries (claims at idle 0, provider retries), refusals (another

@@ -1,7 +1,6 @@
-"""Review: IndexedEntries counts each entry as 1,200 B whatever it holds (worker/apply.py _SIZE),
-but an IndexEntry keeps the call id (up to 512 characters), the assistant name and both phone
-numbers (up to 1,024 each, what intake accepts), and its cached shape. The index quarter of
-LEDGER_WORKER_CACHE_BYTES then holds several times its budget."""
+"""IndexedEntries stays within its bytes whatever an entry holds: call ids up to 512 characters,
+assistant names and phone numbers up to 1,024 (what intake accepts). It keeps a small basis per
+call, sized by its strings, and shapes with long assistant names are not cached."""
 
 import gc
 import tracemalloc

@@ -1,9 +1,7 @@
-"""Review (minor): a redelivery of an applied event to a cached call at LEDGER_MAX_EVENTS_PER_CALL,
-older than the 32 event keys the cache keeps, is refused ("call already has N events") and
-dead-lettered, though it is applied: the refusal check (a compare-and-set of the version only)
-passes, so nobody asks the order index. The dead-letter stream then lists an applied event with a
-wrong reason (a replay finds it a duplicate). A worker that read the call from Redis asks ZMSCORE
-for the batch's keys and calls it a duplicate."""
+"""A redelivery of an applied event to a cached call at LEDGER_MAX_EVENTS_PER_CALL, older than
+the 32 event keys the worker cache keeps, is a duplicate, not a refusal: a refusal judged on the
+cache is judged again on the call as read from Redis, whose order index knows every applied event.
+(It was once refused and dead-lettered though applied.)"""
 
 from ledger.metrics import Metrics
 from ledger.store import Store

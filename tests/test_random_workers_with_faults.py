@@ -1,5 +1,6 @@
-"""Review: randomized two-worker runs with faults (tests/review_harness.py). Fakeredis for many
-seeds; a real redis-server with the workers running concurrently for a few."""
+"""Randomized runs of two or three workers on one stream with faults (tests/fault_harness.py):
+fakeredis for many seeds; a real redis-server with the workers running concurrently, and with
+redis-server restarts, for a few."""
 
 import os
 import random
@@ -15,9 +16,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from tests.conftest import RedisServer
-from tests.review_harness import check, drive
+from tests.fault_harness import check, drive
 
-EXAMPLES = int(os.environ.get("REVIEW_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FAULT_EXAMPLES", "40"))
 # The faults drop connections mid-command and cancel workers mid-batch: redis-py leaves those
 # sockets to the garbage collector, which warns. The product's outcome is what is checked.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -35,7 +36,7 @@ async def test_two_workers_with_faults_fakeredis(seed: int) -> None:
         await c.aclose()
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("REVIEW_REAL_SEEDS", "6"))))
+@pytest.mark.parametrize("seed", range(int(os.environ.get("FAULT_REAL_SEEDS", "6"))))
 async def test_two_workers_with_faults_real_redis_concurrent(redis_server: RedisServer, seed: int) -> None:
     rng = random.Random(seed)
     await aioredis.Redis.from_url(redis_server.url).flushall()
@@ -47,7 +48,7 @@ async def test_two_workers_with_faults_real_redis_concurrent(redis_server: Redis
         await c.aclose()
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("REVIEW_RESTART_SEEDS", "4"))))
+@pytest.mark.parametrize("seed", range(int(os.environ.get("FAULT_RESTART_SEEDS", "4"))))
 async def test_two_workers_with_faults_and_redis_restarts(tmp_path: Path, seed: int) -> None:
     """The same with redis-server (AOF, appendfsync always) restarted between batches."""
     from redis.exceptions import ConnectionError as RedisConnectionError

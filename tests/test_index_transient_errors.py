@@ -1,13 +1,6 @@
-"""Review: an index update Redis refuses for a transient reason is acknowledged anyway.
-
-On one server the index scripts and the XACKs go in one pipeline (Consumer._finish); any error
-reply of a script is taken for "a script error no retry can fix" (_taken -> _index_failed) and the
-XACKs, which Redis runs whatever the scripts answered, acknowledge the batch. Under maxmemory with
-noeviction, the commit can pass and push memory over the limit: the index script is refused with
-OOM (a write), XACK is not (it is not a deny-oom command). The record exists, nothing is pending,
-and the call is missing from every list, count and rollup until its next event (if any).
-Fixed: such errors are transient (worker/consumer.py), and the acknowledgement is a script that
-Redis refuses out of memory too (ledger/ack.lua)."""
+"""An index update Redis refuses for a transient reason (out of memory here) leaves the batch
+pending, not acknowledged: on one server the acks after the index scripts are a script that Redis
+refuses too, where a plain XACK would run (it is not refused for memory)."""
 
 from typing import Any
 
