@@ -46,6 +46,17 @@ Command = tuple[tuple[Any, ...], dict[str, Any]]  # (args, options) as execute_c
 Sender = Callable[[list[Command]], Awaitable[list[Any]]]
 
 
+# The signature ledger's check and the XADD in one step (one server: two keys of two slots on a
+# Cluster). Known with another digest: 0, nothing written. GET then SET rather than SET NX GET,
+# which Redis before 7.0 refuses; a script is atomic either way.
+_CLAIM_AND_XADD = """
+local previous = redis.call('GET', KEYS[1])
+if previous and previous ~= ARGV[1] then return 0 end
+if not previous then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+"""
+
+
 @dataclass(slots=True)
 class _Op:
     key: str
@@ -90,6 +101,17 @@ class AppendBatcher:
     async def xadd(self, stream: str, event_json: bytes) -> str:
         """XADD `{"e": event_json}` to `stream` (no MAXLEN); the entry id, once confirmed."""
         entry_id = await self._submit(stream, ("XADD", stream, "*", "e", event_json), {}, acked=True)
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def claim_and_xadd(self, signature_key: str, digest: bytes, ttl_s: int, stream: str,
+                             event_json: bytes) -> str | None:
+        """Remember a signature with its parameters' digest and XADD the event, in one script on
+        one server (ledger/signature_ledger.py); None, and nothing stored, when the signature is
+        known with other parameters."""
+        entry_id = await self._submit(stream, ("EVAL", _CLAIM_AND_XADD, 2, signature_key, stream, digest, ttl_s,
+                                               event_json), {}, acked=True)
+        if not entry_id:
+            return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     async def set_nx_get(self, key: str, value: bytes, ttl_s: int) -> Any:

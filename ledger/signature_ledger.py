@@ -14,8 +14,11 @@ NX together with GET: a one-key Lua script does the same there.
 In the service the `SET` goes through the store's AppendBatcher: the signed requests of one
 event-loop tick share one round trip (with that tick's XADDs).
 
-Intake calls this before the XADD: if the XADD then fails (503), the provider's retry
-carries the same parameters and passes.
+Intake claims every verified request's signature. On one server a request that parses claims
+it in its XADD's own script (ledger/append_batcher.py, `claim_and_xadd`: one round trip; a
+503 claims nothing); otherwise (refused at parse, ignored, or on a Cluster, where the two keys
+are in different slots) it calls `remember` before answering or before the XADD: if the XADD
+then fails (503), the provider's retry carries the same parameters and passes.
 """
 
 from typing import Any

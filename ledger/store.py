@@ -201,6 +201,16 @@ class Store(StreamStore):
         except (RedisError, RedisClusterException, OSError) as exc:  # the server refused it (OOM, ...)
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
+    async def append_claimed(self, event_json: bytes, call_sid: str, signature_key: str, digest: bytes,
+                             ttl_s: int) -> str | None:
+        """`append` with a signature ledger claim in the same step (one server only: see
+        `claims_with_append`): None, and nothing stored, if the signature is known with other
+        parameters. Failures are StoreUnavailable (503), with nothing claimed."""
+        try:
+            return await self._append_claimed(event_json, call_sid, signature_key, digest, ttl_s)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
     def call_key(self, call_sid: str) -> str:
         return f"{self._call_prefix}{{{call_sid}}}"
 

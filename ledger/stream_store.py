@@ -105,6 +105,18 @@ class StreamStore:
         # connection, per node on a Cluster), so tools keep the durability promise too.
         return await self.batcher.xadd(self.shard_for(call_sid).stream, event_json)
 
+    @property
+    def claims_with_append(self) -> bool:
+        """Whether a signature can be claimed in the XADD's own step (one server, not a Cluster)."""
+        return not self._cluster
+
+    async def _append_claimed(self, event_json: bytes, call_sid: str, signature_key: str, digest: bytes,
+                              ttl_s: int) -> str | None:
+        """`_append`, with the signature ledger's claim in the same script (ledger/append_batcher.py):
+        the entry id, or None (nothing stored) when the signature is known with other parameters."""
+        return await self.batcher.claim_and_xadd(signature_key, digest, ttl_s, self.shard_for(call_sid).stream,
+                                                 event_json)
+
     async def replicas_in_sync(self) -> int:
         """How many replicas the server has connected now (INFO replication); on a Cluster, the
         fewest any master has (a master without one answers its shards' webhooks 503)."""

@@ -431,3 +431,55 @@ async def test_plivo_get_resplit_through_encoded_separators_is_refused(client: A
                 assert (await response.json())["event_id"] == event_id, label
     await consumer.run_burst()
     assert (await snapshot(client, store, pl.CALL_UUID))[:3] == before[:3]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_on_one_server_the_claim_and_the_xadd_are_one_round_trip(
+        client: Any, store: Store, consumer: Consumer, provider: str) -> None:
+    """The signature ledger's claim goes in the XADD's own script: one tick, not two in sequence."""
+    path, _, params, _, _ = PROVIDERS[provider]
+    before = store.batcher.batches
+    response = await post(client, path, sign(provider, params), params)
+    assert response.status == 200 and (await response.json())["outcome"] == "stored"
+    assert store.batcher.batches == before + 1
+    assert await store.redis.exists(*[key async for key in store.redis.scan_iter("cl:sig:*")]) == 1
+    assert int(await store.redis.xlen(store.stream)) == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_request_refused_at_parse_still_claims_its_signature(
+        client: Any, store: Store, consumer: Consumer, provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed before its claim now (the claim goes with the XADD), a refused request claims its
+    signature all the same: a re-split of it that would parse is refused later."""
+    from ledger.errors import InvalidEvent
+    from worker import intake
+
+    path, _, params, _, _ = PROVIDERS[provider]
+    headers = sign(provider, params)
+
+    def refuse(*_args: Any) -> None:
+        raise InvalidEvent("refused for the test")
+
+    monkeypatch.setattr(intake, "parse", refuse)
+    assert (await post(client, path, headers, params)).status == 422
+    assert [key async for key in store.redis.scan_iter("cl:sig:*")]
+    monkeypatch.undo()
+    resplit = next(moved for _, moved in resplits(params))
+    assert (await post(client, path, headers, resplit)).status == 401
+    assert int(await store.redis.xlen(store.stream)) == 0
+
+
+async def test_a_failed_claim_and_xadd_claims_nothing_so_the_retry_passes(
+        client: Any, store: Store, consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, sid, params, _, _ = PROVIDERS["twilio"]
+    headers = sign("twilio", params)
+    original = store.batcher.claim_and_xadd
+
+    async def down(*_args: Any) -> Any:
+        raise RedisConnectionError("redis went away")
+
+    monkeypatch.setattr(store.batcher, "claim_and_xadd", down)
+    assert (await post(client, path, headers, params)).status == 503
+    monkeypatch.setattr(store.batcher, "claim_and_xadd", original)
+    response = await post(client, path, headers, params)  # the provider's retry
+    assert response.status == 200 and (await response.json())["call_sid"] == sid

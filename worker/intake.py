@@ -26,6 +26,7 @@ from ledger.errors import (
     SourceNotConfigured,
 )
 from ledger.events import CallEvent
+from ledger.replay import SignatureUse
 from ledger.rules import call_meta_size
 from ledger.settings import Settings
 from ledger.signature_ledger import SignatureLedger
@@ -79,33 +80,66 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         query=tuple(request.query.items()),
     )
     use = source.verify(webhook)  # raw bytes first: nothing unauthentic is parsed
-    # Before parsing (a request refused at parse still claims its signature) and before the
-    # XADD (a 503 there is retried with the same parameters, which pass).
-    if use is not None and not await request.app[SIGNATURES].remember(use):
-        raise SignatureReused("signature already used with other parameters")
+    # Every verified request claims its signature (SPEC §8), the ones refused at parse or
+    # ignored too: a re-split of one of those must not pass later. A signature known with other
+    # parameters is refused before anything else is said about the request.
     try:
-        event = source.parse(webhook)
-    except ValidationError as exc:  # a value the event model refuses (lone surrogate, oversized id, ...)
-        error = exc.errors()[0]
-        field = ".".join(str(part) for part in error["loc"]) or "event"
-        raise InvalidEvent(f"{field}: {error['msg']}") from None
-    if event is None:
+        event = parse(source, webhook)
+        event_json = None if event is None else stored_form(event, request.app[SETTINGS])
+    except LedgerError:
+        await claim(request, use)
+        raise
+    if event is None or event_json is None:
+        await claim(request, use)
         metrics = request.app[METRICS]
         metrics.labelled(metrics.received, name, "ignored").inc()
         log.info("webhook_received", source=name, outcome="ignored", status=200)
         return json_response({"outcome": "ignored"})
-    try:
-        # Defaults (mostly nulls) left out: half of a stored event would be `null`s otherwise.
-        event_json = event.model_dump_json(exclude_defaults=True).encode()
-    except PydanticSerializationError:  # e.g. a lone surrogate escape ("\ud800") in a text field
-        raise InvalidEvent("text fields must be valid Unicode (no lone surrogate escapes)") from None
-    check_call_meta(event, request.app[SETTINGS])  # after: what serialises is what is measured
-    await request.app[STORE].append(event_json, event.call_sid)
+    store = request.app[STORE]
+    if use is not None and store.claims_with_append:
+        # One server: the claim and the XADD in one script, one round trip (a 503 claims nothing,
+        # so the provider's retry with the same parameters passes).
+        signatures = request.app[SIGNATURES]
+        if await store.append_claimed(event_json, event.call_sid, signatures.key(use.identity), use.params_digest,
+                                      signatures.ttl_s) is None:
+            raise SignatureReused("signature already used with other parameters")
+    else:
+        # Claimed before the XADD: if the XADD then fails (503), the retry carries the same
+        # parameters and passes.
+        await claim(request, use)
+        await store.append(event_json, event.call_sid)
     metrics = request.app[METRICS]
     metrics.labelled(metrics.received, name, "stored").inc()
     log.info("webhook_received", source=name, call_sid=event.call_sid, event_id=event.event_id,
              type=event.type, outcome="stored", status=200)
     return json_response({"outcome": "stored", "call_sid": event.call_sid, "event_id": event.event_id})
+
+
+def parse(source: Source, webhook: WebhookRequest) -> CallEvent | None:
+    try:
+        return source.parse(webhook)
+    except ValidationError as exc:  # a value the event model refuses (lone surrogate, oversized id, ...)
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "event"
+        raise InvalidEvent(f"{field}: {error['msg']}") from None
+
+
+async def claim(request: web.Request, use: SignatureUse | None) -> None:
+    """Remember the request's signature (Twilio, Plivo); SignatureReused if it is known with other
+    parameters."""
+    if use is not None and not await request.app[SIGNATURES].remember(use):
+        raise SignatureReused("signature already used with other parameters")
+
+
+def stored_form(event: CallEvent, settings: Settings) -> bytes:
+    """The event as the stream keeps it; InvalidEvent if it cannot be stored or applied."""
+    try:
+        # Defaults (mostly nulls) left out: half of a stored event would be `null`s otherwise.
+        event_json = event.model_dump_json(exclude_defaults=True).encode()
+    except PydanticSerializationError:  # e.g. a lone surrogate escape ("\ud800") in a text field
+        raise InvalidEvent("text fields must be valid Unicode (no lone surrogate escapes)") from None
+    check_call_meta(event, settings)  # after: what serialises is what is measured
+    return event_json
 
 
 def check_call_meta(event: CallEvent, settings: Settings) -> None:
