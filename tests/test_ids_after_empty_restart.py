@@ -8,7 +8,7 @@ from ledger.errors import StoreUnavailable
 from ledger.metrics import Metrics
 from ledger.store import Store
 from tests.conftest import RedisServer, make_settings
-from tests.workers import usage
+from tests.workers import record_ids, usage
 from worker.consumer import Consumer
 
 
@@ -21,19 +21,14 @@ async def _apply(store: Store, consumer: Consumer, sids: list[str]) -> dict[str,
             except StoreUnavailable:
                 await asyncio.sleep(0.1)
     await consumer.run_burst()
-    ids = {}
-    for sid in sids:
-        found = await store.get_call(sid)
-        assert found is not None, sid
-        ids[sid] = found[0]
-    return ids
+    return await record_ids(store, sids)
 
 
 async def test_ids_stay_unique_after_an_empty_redis_restart(redis_server: RedisServer) -> None:
     settings = make_settings(redis_url=redis_server.url)
     store = Store.from_settings(settings)  # the service's client: reconnects after a restart
     a = Consumer(store, settings.model_copy(update={"consumer_name": "a"}), Metrics())
-    assert await _apply(store, a, ["CA-before"]) == {"CA-before": 1}  # a now holds 2..33 in reserve
+    assert await _apply(store, a, ["CA-before"]) == {"CA-before": 1}  # a reserve would hold 2..33 now
 
     redis_server.stop()
     redis_server.start()  # no persistence: an empty server, same address

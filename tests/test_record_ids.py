@@ -23,7 +23,7 @@ from ledger.metrics import Metrics
 from ledger.store import ID_JUMP, Store
 from tests.cluster import Cluster, replicated_cluster
 from tests.conftest import AUTH, RedisServer, make_settings
-from tests.workers import usage
+from tests.workers import record_ids, usage
 from worker.consumer import Consumer
 
 
@@ -40,12 +40,7 @@ async def apply_new_calls(store: Store, sids: list[str]) -> dict[str, int]:
     for sid in sids:
         await store.append(usage(sid, f"{sid}-e1", 0, "llm", 1_000).model_dump_json().encode(), sid)
     await Consumer(store, settings, Metrics()).run_burst()
-    ids = {}
-    for sid in sids:
-        found = await store.get_call(sid)
-        assert found is not None, sid
-        ids[sid] = found[0]
-    return ids
+    return await record_ids(store, sids)
 
 
 @pytest.mark.real_redis

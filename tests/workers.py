@@ -135,6 +135,16 @@ def by_call(events: Iterable[CallEvent]) -> dict[str, list[CallEvent]]:
     return calls
 
 
+async def record_ids(store: Store, sids: list[str]) -> dict[str, int]:
+    """Each call's record id; every call must have a record."""
+    ids = {}
+    for sid in sids:
+        found = await store.get_call(sid)
+        assert found is not None, sid
+        ids[sid] = found[0]
+    return ids
+
+
 async def assert_records_exact(store: Store, events: list[CallEvent], settings: Settings) -> int:
     """Each call's stored state and record equal the single-process fold, every event applied
     exactly once, status and costs also checked against SPEC §5 directly; returns the events applied."""
