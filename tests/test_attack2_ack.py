@@ -128,3 +128,40 @@ async def test_an_ack_after_a_refused_index_update_runs_if_memory_was_freed_in_b
         f"index update refused ({type(raised).__name__}: {str(raised)[:60]}) yet pending={pending}: "
         f"acknowledged anyway; committed {len(committed)} calls, index hashes {versions}")
     assert indexed_members, "calls committed but in no index"
+
+
+@pytest.mark.parametrize("shards,count", [(1, 3), (3, 1200)])
+async def test_failure_reasons_of_acked_redeliveries_are_cleared_and_no_dash_field_is_left(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, shards: int, count: int) -> None:
+    from worker import apply as apply_module
+
+    settings = make_settings(redis_url=redis_server.url, stream_shards=shards, batch_size=2000, max_deliveries=5)
+    store = Store.from_settings(settings)
+    consumer = Consumer(store, settings, Metrics())
+    real = apply_module.apply_event
+    failing = {"on": True}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failing["on"]:
+            raise RuntimeError("transient apply failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(apply_module, "apply_event", flaky)
+    sids = [f"CA-f-{i}" for i in range(count)]
+    for i, sid in enumerate(sids):
+        await store.append(make_event(sid, f"e{i}", i, status="completed", duration=30).model_dump_json().encode(),
+                           sid)
+    await consumer.run_burst()
+    direct = aioredis.Redis.from_url(redis_server.url)
+    keys = await direct.keys("cl:failures*")
+    recorded = sum([await direct.hlen(k) for k in keys])
+    failing["on"] = False
+    await consumer.run_burst(claim_idle_ms=0)
+    left = {k: await direct.hgetall(k) for k in await direct.keys("cl:failures*")}
+    lag, pending = await store.group_stats()
+    applied = [sid for sid in sids if await store.get_call(sid) is not None]
+    await store.close()
+    await direct.aclose()
+    assert recorded == count, f"reasons recorded {recorded} of {count} in {keys}"
+    assert (lag, pending, len(applied)) == (0, 0, count)
+    assert not left, f"failure reasons left after the acked redeliveries: { {k: len(v) for k, v in left.items()} }"

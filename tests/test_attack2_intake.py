@@ -169,3 +169,53 @@ async def test_durable_ack_replica_a_claim_answered_without_the_replica_is_lost_
 
 
 import contextlib  # noqa: E402
+
+
+# -- what held ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_held_original_and_resplits_raced_in_one_tick_store_exactly_one(
+        client: Any, store: Store, consumer: Consumer, provider: str) -> None:
+    """Original and every single re-split posted at once, over and over: one parameters digest wins."""
+    path, _sid, params, _, _ = PROVIDERS[provider]
+    headers = sign(provider, params)
+    moved = [m for _, m in resplits(params)][:10]
+    answers = await asyncio.gather(*(post(client, path, headers, p) for p in [*moved, params, *moved]))
+    statuses = [a.status for a in answers]
+    digests_stored = {i % (len(moved) + 1) for i, a in enumerate(answers) if a.status == 200}
+    assert len(digests_stored) <= 1, statuses
+
+
+async def test_held_durable_ack_replica_the_script_path_confirms_on_the_replica(aiohttp_client: Any) -> None:
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        primary = RedisServer(Path(a))
+        primary.start()
+        replica = RedisServer(Path(b), extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+        replica.start()
+        rclient = aioredis.Redis.from_url(replica.url)
+        try:
+            for _ in range(200):
+                if await _synced(rclient):
+                    break
+                await asyncio.sleep(0.05)
+            settings = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
+                                     public_url=PUBLIC_URL, redis_url=primary.url, durable_ack="replica",
+                                     durable_ack_timeout_ms=300)
+            store = Store.from_settings(settings)
+            client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+            for provider in PROVIDERS:
+                path, _sid, params, _, _ = PROVIDERS[provider]
+                answer = await post(client, path, sign(provider, params), params)
+                assert answer.status == 200
+                # the moment the 200 is here, the replica has the entry and the claim
+                assert int(await rclient.xlen(store.stream)) >= 1 and await rclient.keys("cl:sig:*")
+            os.kill(replica.proc.pid, signal.SIGSTOP)
+            other = [(n, v) for n, v in PROVIDERS["twilio"][2] if n != "SequenceNumber"] + [("SequenceNumber", "4")]
+            assert (await post(client, PROVIDERS["twilio"][0], sign("twilio", other), other)).status == 503
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        finally:
+            with contextlib.suppress(Exception):
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            await rclient.aclose()
+            replica.stop()
+            primary.stop()
