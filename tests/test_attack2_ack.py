@@ -1,0 +1,167 @@
+"""attack2: the acknowledgement script (ledger/ack.lua) after the index EVALs, on one server.
+
+Run: PYTHONPATH=$PWD .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_attack2_ack.py
+
+ack.lua is refused out of memory only if Redis is out of memory *when the ack script starts*: Redis
+evaluates the OOM state before each command. The index EVAL before it in the pipeline may have been
+refused (OOM) while memory was then freed by anything else Redis ran in between (signature keys
+expiring, a trim, another client's delete: here a `CONFIG SET maxmemory 0` on another connection,
+sent while a TCP proxy holds back the bytes of the ack script). The ack then runs: entries are
+acknowledged whose call's index update did not run, and nothing ever redelivers them.
+"""
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from ledger.lua import Lua
+from ledger.metrics import Metrics
+from ledger.store import Store
+from tests.conftest import RedisServer, free_port, make_settings
+from tests.workers import make_event
+from worker.consumer import Consumer
+
+ACK_SOURCE = Lua("ack.lua").source.encode()[:40]
+
+
+class SplittingProxy:
+    """Forwards client → Redis; a write that holds the ack script is forwarded in two parts, and
+    `between()` runs after the first part (the index EVALs) reached Redis."""
+
+    def __init__(self, upstream_port: int, between: Any) -> None:
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.between = between
+        self.armed = False
+        self.split = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def down() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        task = asyncio.create_task(down())
+        buffer = b""
+        try:
+            while data := await reader.read(65536):
+                buffer += data
+                pos = buffer.find(ACK_SOURCE)
+                if self.armed and pos > 0:
+                    eval_at = buffer.rfind(b"$4\r\nEVAL\r\n", 0, pos)
+                    start = buffer.rfind(b"*", 0, eval_at)
+                    if start > 0:  # index EVALs before the ack script: send them, then the rest
+                        self.armed = False
+                        self.split += 1
+                        up_writer.write(buffer[:start])
+                        await up_writer.drain()
+                        await asyncio.sleep(0.3)  # Redis runs the index EVALs (refused: OOM)
+                        await self.between()
+                        buffer = buffer[start:]
+                if b"\r\n" in buffer[-2:] or not self.armed:
+                    up_writer.write(buffer)
+                    await up_writer.drain()
+                    buffer = b""
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            up_writer.close()
+            task.cancel()
+            writer.close()
+
+
+@pytest.mark.parametrize("freed", [False, True], ids=["control-still-full", "memory-freed-between"])
+async def test_an_ack_after_a_refused_index_update_runs_if_memory_was_freed_in_between(
+        redis_server: RedisServer, freed: bool) -> None:
+    direct = aioredis.Redis.from_url(redis_server.url)
+
+    async def memory_freed() -> None:
+        if freed:
+            await direct.config_set("maxmemory", "0")
+
+    proxy = SplittingProxy(redis_server.port, memory_freed)
+    await proxy.start()
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0")
+    store = Store.from_settings(settings)
+    consumer = Consumer(store, settings, Metrics())
+    commit = store.commit
+
+    async def commit_then_memory_full(writes: Any) -> Any:
+        result = await commit(writes)
+        await direct.config_set("maxmemory", "1")  # the commit's writes passed the limit
+        proxy.armed = True
+        return result
+
+    store.commit = commit_then_memory_full  # type: ignore[method-assign]
+    sids = [f"CA-oom-{i}" for i in range(4)]
+    for i, sid in enumerate(sids):
+        await store.append(make_event(sid, f"s{i}", i, status="completed", duration=30).model_dump_json().encode())
+    raised = None
+    try:
+        await consumer.run_burst()
+    except Exception as exc:  # noqa: BLE001
+        raised = exc
+    store.commit = commit  # type: ignore[method-assign]
+    await direct.config_set("maxmemory", "0")
+    lag, pending = await store.group_stats()
+    await consumer.run_burst(claim_idle_ms=0)  # anything left pending is retried now
+    versions = {}
+    for key in await direct.keys("cl:ix:*"):
+        if await direct.type(key) == b"hash":
+            versions[key] = len(await direct.hkeys(key))
+    committed = [sid for sid in sids if await store.get_call(sid) is not None]
+    indexed_members = sum(versions.values())
+    await store.close()
+    await direct.aclose()
+    proxy.server.close()
+    await proxy.server.wait_closed()
+    assert proxy.split == 1, "the proxy never saw the index EVALs and the ack script in one write"
+    assert pending == len(sids) or raised is None, (
+        f"index update refused ({type(raised).__name__}: {str(raised)[:60]}) yet pending={pending}: "
+        f"acknowledged anyway; committed {len(committed)} calls, index hashes {versions}")
+    assert indexed_members, "calls committed but in no index"
+
+
+@pytest.mark.parametrize("shards,count", [(1, 3), (3, 1200)])
+async def test_failure_reasons_of_acked_redeliveries_are_cleared_and_no_dash_field_is_left(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, shards: int, count: int) -> None:
+    from worker import apply as apply_module
+
+    settings = make_settings(redis_url=redis_server.url, stream_shards=shards, batch_size=2000, max_deliveries=5)
+    store = Store.from_settings(settings)
+    consumer = Consumer(store, settings, Metrics())
+    real = apply_module.apply_event
+    failing = {"on": True}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failing["on"]:
+            raise RuntimeError("transient apply failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(apply_module, "apply_event", flaky)
+    sids = [f"CA-f-{i}" for i in range(count)]
+    for i, sid in enumerate(sids):
+        await store.append(make_event(sid, f"e{i}", i, status="completed", duration=30).model_dump_json().encode(),
+                           sid)
+    await consumer.run_burst()
+    direct = aioredis.Redis.from_url(redis_server.url)
+    keys = await direct.keys("cl:failures*")
+    recorded = sum([await direct.hlen(k) for k in keys])
+    failing["on"] = False
+    await consumer.run_burst(claim_idle_ms=0)
+    left = {k: await direct.hgetall(k) for k in await direct.keys("cl:failures*")}
+    lag, pending = await store.group_stats()
+    applied = [sid for sid in sids if await store.get_call(sid) is not None]
+    await store.close()
+    await direct.aclose()
+    assert recorded == count, f"reasons recorded {recorded} of {count} in {keys}"
+    assert (lag, pending, len(applied)) == (0, 0, count)
+    assert not left, f"failure reasons left after the acked redeliveries: { {k: len(v) for k, v in left.items()} }"

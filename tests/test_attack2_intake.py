@@ -1,0 +1,221 @@
+"""attack2: the one-server claim-and-XADD script and the claims made apart from it.
+
+Run: PYTHONPATH=$PWD .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_attack2_intake.py
+"""
+
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ledger.errors import LedgerError
+from ledger.store import Store
+from tests.test_replay_resplit import PROVIDERS, PUBLIC_URL, post, resplits, settings, sign  # noqa: F401
+from worker import intake
+from worker.consumer import Consumer
+from worker.sources import WebhookRequest
+
+
+def parsing_resplit(client: Any, provider: str, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A single re-split of `params` that the source parses (found offline, so the attacker's one try
+    per signature is spent on it)."""
+    path = PROVIDERS[provider][0]
+    source = client.server.app[intake.CONFIGURED][provider]
+    for _label, moved in resplits(params):
+        webhook = WebhookRequest(method="POST", url=PUBLIC_URL + path, headers={}, body=urlencode(moved).encode(),
+                                 received_at=time.time(), query=())
+        try:
+            if source.parse(webhook) is not None:
+                return moved
+        except LedgerError:
+            continue
+    raise AssertionError("no single re-split parses")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_503_original_lets_a_resplit_in_and_then_refuses_the_honest_retry(
+        client: Any, store: Store, consumer: Consumer, provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original is answered 503 (the one-server script never ran: Redis went away), which now
+    claims nothing. The captured request re-split then takes the signature (200 stored), and the
+    provider's honest retry of the original is refused 401 for good (within the TTL)."""
+    path, _sid, params, _, _ = PROVIDERS[provider]
+    headers = sign(provider, params)
+    original = store.batcher.claim_and_xadd
+
+    async def down(*_args: Any) -> Any:
+        raise RedisConnectionError("redis went away")
+
+    monkeypatch.setattr(store.batcher, "claim_and_xadd", down)
+    assert (await post(client, path, headers, params)).status == 503
+    monkeypatch.setattr(store.batcher, "claim_and_xadd", original)
+    moved = parsing_resplit(client, provider, params)
+    attack = await post(client, path, headers, moved)
+    retry = await post(client, path, headers, params)
+    assert (attack.status, retry.status) == (401, 200), (
+        f"re-split after a 503: {attack.status} {await attack.text()}; honest retry: {retry.status} {await retry.text()}")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_request_whose_parse_fails_unexpectedly_claims_nothing(
+        client: Any, store: Store, consumer: Consumer, provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only LedgerError at parse claims. Any other exception (a 500) leaves the verified signature
+    unclaimed (before this change the claim came before the parse, whatever it raised)."""
+    path, _sid, params, _, _ = PROVIDERS[provider]
+    headers = sign(provider, params)
+
+    def crash(*_args: Any) -> None:
+        raise ValueError("an unexpected parser error")
+
+    monkeypatch.setattr(intake, "parse", crash)
+    assert (await post(client, path, headers, params)).status == 500
+    monkeypatch.undo()
+    claimed = [key async for key in store.redis.scan_iter("cl:sig:*")]
+    moved = parsing_resplit(client, provider, params)
+    attack = await post(client, path, headers, moved)
+    assert claimed and attack.status == 401, f"claimed {claimed}; re-split answered {attack.status} {await attack.text()}"
+
+
+# -- LEDGER_DURABLE_ACK=replica: the claims made apart from the script are never confirmed ----------------------
+
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import redis.asyncio as aioredis  # noqa: E402
+
+from ledger.app import create_app  # noqa: E402
+from ledger.errors import InvalidEvent  # noqa: E402
+from tests.conftest import RedisServer, make_settings  # noqa: E402
+from tests.sources import payloads_plivo as pl  # noqa: E402
+from tests.sources import payloads_twilio as tw  # noqa: E402
+
+
+async def _synced(client: Any) -> bool:
+    info = await client.info("replication")
+    return info.get("master_link_status") == "up"
+
+
+@pytest.mark.parametrize("outcome", ["refused", "ignored"])
+async def test_durable_ack_replica_a_claim_answered_without_the_replica_is_lost_on_failover(
+        aiohttp_client: Any, outcome: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With LEDGER_DURABLE_ACK=replica, a request refused at parse (422) or ignored (200) is answered
+    with its claim on the primary only: no WAIT goes with a tick of SET NX GETs. The primary lost and
+    its replica promoted, the claim is gone and the re-split of the captured request is stored."""
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        primary = RedisServer(Path(a))
+        primary.start()
+        replica = RedisServer(Path(b), extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+        replica.start()
+        rclient = aioredis.Redis.from_url(replica.url)
+        try:
+            for _ in range(200):
+                if await _synced(rclient):
+                    break
+                await asyncio.sleep(0.05)
+            assert await _synced(rclient)
+            settings = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
+                                     public_url=PUBLIC_URL, redis_url=primary.url, durable_ack="replica",
+                                     durable_ack_timeout_ms=300)
+            store = Store.from_settings(settings)
+            client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+            path, _sid, params, _, _ = PROVIDERS["twilio"]
+            headers = sign("twilio", params)
+            moved = parsing_resplit(client, "twilio", params)
+
+            # The replica's link drops (a network cut, a restart): no replica in sync. A request that
+            # parses is now refused 503, as promised ("while no replica is in sync every webhook gets 503").
+            await rclient.replicaof("127.0.0.1", "1")
+            for _ in range(200):
+                if int((await store.redis.info("replication"))["connected_slaves"]) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            other = [(n, v) for n, v in params if n != "SequenceNumber"] + [("SequenceNumber", "4")]
+            assert (await post(client, path, sign("twilio", other), other)).status == 503
+            real_parse = intake.parse
+
+            def refuse(*_args: Any) -> Any:
+                if outcome == "refused":
+                    raise InvalidEvent("refused for the test")
+                return None
+
+            monkeypatch.setattr(intake, "parse", refuse)
+            answer = await post(client, path, headers, params)
+            monkeypatch.setattr(intake, "parse", real_parse)
+            assert answer.status == (422 if outcome == "refused" else 200)  # answered without the replica
+            assert await store.redis.keys("cl:sig:*")  # claimed on the primary only
+
+            primary.proc.kill()  # the primary is lost ...
+            primary.proc.wait()
+            primary.proc = None
+            await rclient.replicaof("NO", "ONE")
+            on_replica = await rclient.keys("cl:sig:*")
+            promoted = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
+                                     public_url=PUBLIC_URL, redis_url=replica.url)
+            store2 = Store.from_settings(promoted)
+            client2 = await aiohttp_client(create_app(promoted, "serve", store2, run_consumer=False))
+            attack = await post(client2, path, headers, moved)
+            assert on_replica and attack.status == 401, (
+                f"claim on the promoted replica: {on_replica}; re-split answered {attack.status} {await attack.text()}")
+        finally:
+            with contextlib.suppress(Exception):
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            await rclient.aclose()
+            replica.stop()
+            primary.stop()
+
+
+import contextlib  # noqa: E402
+
+
+# -- what held ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_held_original_and_resplits_raced_in_one_tick_store_exactly_one(
+        client: Any, store: Store, consumer: Consumer, provider: str) -> None:
+    """Original and every single re-split posted at once, over and over: one parameters digest wins."""
+    path, _sid, params, _, _ = PROVIDERS[provider]
+    headers = sign(provider, params)
+    moved = [m for _, m in resplits(params)][:10]
+    answers = await asyncio.gather(*(post(client, path, headers, p) for p in [*moved, params, *moved]))
+    statuses = [a.status for a in answers]
+    digests_stored = {i % (len(moved) + 1) for i, a in enumerate(answers) if a.status == 200}
+    assert len(digests_stored) <= 1, statuses
+
+
+async def test_held_durable_ack_replica_the_script_path_confirms_on_the_replica(aiohttp_client: Any) -> None:
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        primary = RedisServer(Path(a))
+        primary.start()
+        replica = RedisServer(Path(b), extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+        replica.start()
+        rclient = aioredis.Redis.from_url(replica.url)
+        try:
+            for _ in range(200):
+                if await _synced(rclient):
+                    break
+                await asyncio.sleep(0.05)
+            settings = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
+                                     public_url=PUBLIC_URL, redis_url=primary.url, durable_ack="replica",
+                                     durable_ack_timeout_ms=300)
+            store = Store.from_settings(settings)
+            client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+            for provider in PROVIDERS:
+                path, _sid, params, _, _ = PROVIDERS[provider]
+                answer = await post(client, path, sign(provider, params), params)
+                assert answer.status == 200
+                # the moment the 200 is here, the replica has the entry and the claim
+                assert int(await rclient.xlen(store.stream)) >= 1 and await rclient.keys("cl:sig:*")
+            os.kill(replica.proc.pid, signal.SIGSTOP)
+            other = [(n, v) for n, v in PROVIDERS["twilio"][2] if n != "SequenceNumber"] + [("SequenceNumber", "4")]
+            assert (await post(client, PROVIDERS["twilio"][0], sign("twilio", other), other)).status == 503
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        finally:
+            with contextlib.suppress(Exception):
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            await rclient.aclose()
+            replica.stop()
+            primary.stop()
