@@ -116,7 +116,9 @@ class AppendBatcher:
 
     async def set_nx_get(self, key: str, value: bytes, ttl_s: int) -> Any:
         """`SET key value NX GET EX ttl_s`: the previous value, or None if this set it."""
-        return await self._submit(key, ("SET", key, value, "NX", "GET", "EX", ttl_s), {"get": True}, acked=False)
+        # A claim is confirmed like an XADD (LEDGER_DURABLE_ACK): a request answered after it (a
+        # refusal, an "ignored") must not leave a claim that a failover can lose.
+        return await self._submit(key, ("SET", key, value, "NX", "GET", "EX", ttl_s), {"get": True}, acked=True)
 
     def _submit(self, key: str, args: tuple[Any, ...], options: dict[str, Any], *, acked: bool) -> Awaitable[Any]:
         loop = asyncio.get_running_loop()

@@ -107,14 +107,6 @@ class IndexStore:
 
         return self.taken(writes, calls, await run_pipeline(self.redis, build, (INDEX,)))
 
-    def queue(self, pipe: Any, writes: list["IndexWrite"]) -> list[tuple[list[str], list[Any], list[int]]]:
-        """Queue the index script calls of `writes` on `pipe` (each with its source: see
-        Lua.queue_source); `taken` reads their replies."""
-        calls = self._script_calls(writes)
-        for keys, args, _ in calls:
-            INDEX.queue_source(pipe, keys, args)
-        return calls
-
     def _script_calls(self, writes: list["IndexWrite"]) -> list[tuple[list[str], list[Any], list[int]]]:
         """(keys, args, positions in `writes`) of one script call per shard."""
         by_shard: dict[int, list[int]] = defaultdict(list)

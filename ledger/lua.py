@@ -27,11 +27,6 @@ class Lua:
     def queue(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
-    def queue_source(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
-        """EVAL with the whole script: never NOSCRIPT, for a pipeline whose later commands must
-        not run when this one did not (Redis finds the compiled script by its SHA1)."""
-        pipe.execute_command("EVAL", self.source, len(keys), *keys, *args)
-
 
 async def run_pipeline(redis: Any, build: Callable[[Any], None], scripts: tuple[Lua, ...]) -> list[Any]:
     """Build a pipeline with `build(pipe)` and run it; on NOSCRIPT load `scripts`, run it again."""

@@ -21,7 +21,6 @@ from redis.exceptions import ResponseError
 
 from ledger.append_batcher import AppendBatcher
 from ledger.errors import DurabilityUnavailable
-from ledger.lua import Lua
 from ledger.shards import Shard, all_shards, shard_index, shard_of_stream
 
 GROUP = "ledger"
@@ -56,8 +55,6 @@ class Entry:
         """Unique across shards (two shards can hand out the same entry id)."""
         return self.stream, self.entry_id
 
-
-ACK = Lua("ack.lua")
 
 
 class StreamStore:
@@ -262,23 +259,6 @@ class StreamStore:
         for failures, ids in cleared.items():
             pipe.hdel(failures, *ids)
         return len(by_stream) + len(cleared)
-
-    def queue_ack_script(self, pipe: Any, entries: Iterable[Entry], failed_before: Iterable[Entry] = ()) -> int:
-        """What `queue_ack` queues, as one script call per shard (ledger/ack.lua): Redis refuses it
-        whenever it refuses the index update queued before it (out of memory, read-only...),
-        where it would run a plain XACK. The worker uses it on one server; on a Cluster it
-        acknowledges after the index update's answer."""
-        by_stream: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
-        for entry in entries:
-            by_stream[entry.stream or self.stream][0].append(entry.entry_id)
-        for entry in failed_before:
-            by_stream[entry.stream or self.stream][1].append(entry.entry_id)
-        queued = 0
-        for stream, (ids, cleared) in by_stream.items():
-            if ids:
-                ACK.queue_source(pipe, [stream, self._shard(stream).failures], [GROUP, len(ids), *ids, *cleared])
-                queued += 1
-        return queued
 
     async def record_failures(self, reasons: Iterable[tuple[Entry, str]]) -> None:
         by_shard: dict[str, dict[str, str]] = defaultdict(dict)

@@ -146,11 +146,6 @@ async def test_an_index_update_lost_to_a_crash_is_repaired_by_the_redelivery(
         raise RedisConnectionError("worker lost Redis between commit and index update")
 
     doomed.indexes.write = die  # type: ignore[method-assign]
-
-    def lost(*args: Any) -> list[Any]:  # on one server the index update goes with the acks
-        raise RedisConnectionError("worker lost Redis between commit and index update")
-
-    doomed.indexes.queue = lost  # type: ignore[method-assign]
     for e in call("CA-crash", BASE_US, assistant=2):
         await store.append(e.model_dump_json().encode())
     with pytest.raises(RedisConnectionError):
@@ -252,18 +247,18 @@ async def test_delta_updates_give_the_index_a_fresh_build_gives(
     events = random_calls(rng, 20)
     consumer = Consumer(store, settings.model_copy(update={"batch_size": 3}), Metrics())
     sent: list[IndexWrite] = []
-    queue = consumer.indexes.queue  # on one server the index update goes with the acks
+    write = consumer.indexes.write
 
-    def spy(pipe: Any, writes: list[IndexWrite]) -> Any:
+    async def spy(writes: list[IndexWrite]) -> list[bool]:
         if poisoned:  # every remembered version one behind what the shard holds: never the base
             for sid in consumer.indexed.keys():
                 version, entry = consumer.indexed.peek(sid) or (0, None)
                 if entry is not None:
                     consumer.indexed.remember(sid, version - 1, entry)
         sent.extend(writes)
-        return queue(pipe, writes)
+        return await write(writes)
 
-    consumer.indexes.queue = spy  # type: ignore[method-assign]
+    consumer.indexes.write = spy  # type: ignore[method-assign]
     for e in sorted(events, key=lambda e: rng.random()):
         await store.append(e.model_dump_json().encode())
     await consumer.run_burst()

@@ -118,18 +118,18 @@ async def test_a_duplicate_of_a_call_this_worker_indexed_itself_sends_no_index_u
     await append(store, usage("CA-i", "u1", 0, "llm", 5))
     await consumer.run_burst()
     sent: list[Any] = []
-    queue = consumer.indexes.queue
+    write = consumer.indexes.write
 
-    def spy(pipe: Any, writes: list[Any]) -> Any:
+    async def spy(writes: list[Any]) -> list[bool]:
         sent.extend(writes)
-        return queue(pipe, writes)
+        return await write(writes)
 
-    consumer.indexes.queue = spy  # type: ignore[method-assign]
+    consumer.indexes.write = spy  # type: ignore[method-assign]
     await append(store, usage("CA-i", "u1", 0, "llm", 5))  # a provider's retry
     assert await consumer.run_burst() == 1
     assert sent == []
     other = Consumer(store, make_settings(), Metrics())  # knows nothing it indexed: repairs
-    other.indexes.queue = spy  # type: ignore[method-assign]
+    other.indexes.write = spy  # type: ignore[method-assign]
     await append(store, usage("CA-i", "u1", 0, "llm", 5))
     await other.run_burst()
     assert [w.entry.call_sid for w in sent] == ["CA-i"]

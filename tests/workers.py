@@ -214,8 +214,7 @@ async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates:
     settings = Settings(redis_url=url, consumer_name="crasher", batch_size=batch_size, fx_rates=fx_rates,
                         claim_idle_ms=3_600_000)
     store = Store.from_settings(settings)
-    # What `ack` sends, and (as a script) the worker's one-round-trip index update + ack.
-    originals = {"queue_ack": store.queue_ack, "queue_ack_script": store.queue_ack_script}
+    originals = {"queue_ack": store.queue_ack}  # what `ack` sends
     acks = 0
 
     def or_die(name: str) -> Any:
@@ -230,7 +229,6 @@ async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates:
         return ack_or_die
 
     store.queue_ack = or_die("queue_ack")  # type: ignore[method-assign]
-    store.queue_ack_script = or_die("queue_ack_script")  # type: ignore[method-assign]
     consumer = Consumer(store, settings, Metrics())
     await consumer.run_burst()
     print(f"drained after {acks} batches without crashing", flush=True)

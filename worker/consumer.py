@@ -284,25 +284,13 @@ class Consumer:
                       by_call: dict[str, list[tuple[Entry, CallEvent]]],
                       outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
         """Index, log, count and acknowledge a committed batch; dead-letter what must be."""
-        if self.store._cluster:
-            # The index shards and the streams are on different nodes, whose commands run in
-            # no set order: the acknowledgement waits for the index update's answer.
-            self._indexed(writes, await self._index_replies(writes))
-            settled = self._log_outcomes(by_call, outcomes)
-            await self.store.ack(settled.done, failed_before=settled.redelivered)
-        else:
-            # One round trip: the index scripts, then the acknowledgements, which Redis runs
-            # after them. The scripts go with their source, never NOSCRIPT: an XACK must not
-            # run after an index update that did not (a script error is the case below).
-            settled = self._log_outcomes(by_call, outcomes)
-            pipe = self.store.redis.pipeline(transaction=False)
-            calls = self.indexes.queue(pipe, writes)
-            self.store.queue_ack_script(pipe, settled.done, settled.redelivered)
-            replies = list(await pipe.execute(raise_on_error=False))
-            for reply in replies[len(calls):]:
-                if isinstance(reply, Exception):
-                    raise reply
-            self._indexed(writes, self._taken(writes, calls, replies[:len(calls)]))
+        # The acknowledgement waits for the index update's answer: a transient refusal (out of
+        # memory, a read-only replica...) leaves the batch pending. In one pipeline Redis would
+        # run the acknowledgements whatever the index scripts answered, and memory freed between
+        # two of its commands lets an ack through after a refused update.
+        self._indexed(writes, await self._index_replies(writes))
+        settled = self._log_outcomes(by_call, outcomes)
+        await self.store.ack(settled.done, failed_before=settled.redelivered)
         for entry, event, reason in settled.refused:
             await self._dead_letter(entry, event, reason)
         await self._settle_failures(by_call, settled.failures)
@@ -329,14 +317,6 @@ class Consumer:
             return await self.indexes.write(writes)
         except ResponseError as exc:
             return self._index_failed(writes, exc)
-
-    def _taken(self, writes: list[IndexWrite], calls: list[Any], replies: list[Any]) -> list[bool] | None:
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                return self._index_failed(writes, reply)
-            if isinstance(reply, Exception):
-                raise reply
-        return self.indexes.taken(writes, calls, replies)
 
     @staticmethod
     def _index_failed(writes: list[IndexWrite], exc: ResponseError) -> None:

@@ -86,7 +86,7 @@ async def _handle(request: web.Request, name: str) -> web.Response:
     try:
         event = parse(source, webhook)
         event_json = None if event is None else stored_form(event, request.app[SETTINGS])
-    except LedgerError:
+    except Exception:  # refused (4xx), or a parser bug (500): the signature is claimed all the same
         await claim(request, use)
         raise
     if event is None or event_json is None:

@@ -1,7 +1,6 @@
-"""attack2: the one-server claim-and-XADD script and the claims made apart from it.
-
-Run: PYTHONPATH=$PWD .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_attack2_intake.py
-"""
+"""Signature claims around the one-server claim-and-XADD script: a parser failure of any kind
+still claims, claims are confirmed like writes under LEDGER_DURABLE_ACK, concurrent re-splits
+store one set of parameters; and the known limit of a 503 that reached no Redis."""
 
 import time
 from typing import Any
@@ -35,6 +34,8 @@ def parsing_resplit(client: Any, provider: str, params: list[tuple[str, str]]) -
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.xfail(strict=True, reason="known limit (README): a 503 that reached no Redis claims nothing, "
+                   "so a captured copy re-split and delivered before the provider's retry takes the signature")
 async def test_a_503_original_lets_a_resplit_in_and_then_refuses_the_honest_retry(
         client: Any, store: Store, consumer: Consumer, provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The original is answered 503 (the one-server script never ran: Redis went away), which now
@@ -54,7 +55,8 @@ async def test_a_503_original_lets_a_resplit_in_and_then_refuses_the_honest_retr
     attack = await post(client, path, headers, moved)
     retry = await post(client, path, headers, params)
     assert (attack.status, retry.status) == (401, 200), (
-        f"re-split after a 503: {attack.status} {await attack.text()}; honest retry: {retry.status} {await retry.text()}")
+        f"re-split after a 503: {attack.status} {await attack.text()}; "
+        f"honest retry: {retry.status} {await retry.text()}")
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -74,7 +76,8 @@ async def test_a_request_whose_parse_fails_unexpectedly_claims_nothing(
     claimed = [key async for key in store.redis.scan_iter("cl:sig:*")]
     moved = parsing_resplit(client, provider, params)
     attack = await post(client, path, headers, moved)
-    assert claimed and attack.status == 401, f"claimed {claimed}; re-split answered {attack.status} {await attack.text()}"
+    assert claimed and attack.status == 401, (
+        f"claimed {claimed}; re-split answered {attack.status} {await attack.text()}")
 
 
 # -- LEDGER_DURABLE_ACK=replica: the claims made apart from the script are never confirmed ----------------------
@@ -100,11 +103,11 @@ async def _synced(client: Any) -> bool:
 
 
 @pytest.mark.parametrize("outcome", ["refused", "ignored"])
-async def test_durable_ack_replica_a_claim_answered_without_the_replica_is_lost_on_failover(
+async def test_durable_ack_replica_confirms_the_claim_of_a_refused_or_ignored_request(
         aiohttp_client: Any, outcome: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With LEDGER_DURABLE_ACK=replica, a request refused at parse (422) or ignored (200) is answered
-    with its claim on the primary only: no WAIT goes with a tick of SET NX GETs. The primary lost and
-    its replica promoted, the claim is gone and the re-split of the captured request is stored."""
+    """With LEDGER_DURABLE_ACK=replica a claim is confirmed like an XADD: a request refused at parse
+    or ignored is not answered 422/200 with its claim on the primary only (a failover would lose it,
+    and a re-split of the captured request would then be stored). With no replica in sync it is 503."""
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         primary = RedisServer(Path(a))
         primary.start()
@@ -124,7 +127,6 @@ async def test_durable_ack_replica_a_claim_answered_without_the_replica_is_lost_
             client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
             path, _sid, params, _, _ = PROVIDERS["twilio"]
             headers = sign("twilio", params)
-            moved = parsing_resplit(client, "twilio", params)
 
             # The replica's link drops (a network cut, a restart): no replica in sync. A request that
             # parses is now refused 503, as promised ("while no replica is in sync every webhook gets 503").
@@ -145,21 +147,8 @@ async def test_durable_ack_replica_a_claim_answered_without_the_replica_is_lost_
             monkeypatch.setattr(intake, "parse", refuse)
             answer = await post(client, path, headers, params)
             monkeypatch.setattr(intake, "parse", real_parse)
-            assert answer.status == (422 if outcome == "refused" else 200)  # answered without the replica
-            assert await store.redis.keys("cl:sig:*")  # claimed on the primary only
-
-            primary.proc.kill()  # the primary is lost ...
-            primary.proc.wait()
-            primary.proc = None
-            await rclient.replicaof("NO", "ONE")
-            on_replica = await rclient.keys("cl:sig:*")
-            promoted = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
-                                     public_url=PUBLIC_URL, redis_url=replica.url)
-            store2 = Store.from_settings(promoted)
-            client2 = await aiohttp_client(create_app(promoted, "serve", store2, run_consumer=False))
-            attack = await post(client2, path, headers, moved)
-            assert on_replica and attack.status == 401, (
-                f"claim on the promoted replica: {on_replica}; re-split answered {attack.status} {await attack.text()}")
+            assert answer.status == 503, await answer.text()  # not answered before a replica has the claim
+            await store.close()
         finally:
             with contextlib.suppress(Exception):
                 os.kill(replica.proc.pid, signal.SIGCONT)
@@ -169,7 +158,6 @@ async def test_durable_ack_replica_a_claim_answered_without_the_replica_is_lost_
 
 
 import contextlib  # noqa: E402
-
 
 # -- what held ------------------------------------------------------------------------------------------------
 

@@ -1,14 +1,8 @@
-"""attack2: the acknowledgement script (ledger/ack.lua) after the index EVALs, on one server.
-
-Run: PYTHONPATH=$PWD .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_attack2_ack.py
-
-ack.lua is refused out of memory only if Redis is out of memory *when the ack script starts*: Redis
-evaluates the OOM state before each command. The index EVAL before it in the pipeline may have been
-refused (OOM) while memory was then freed by anything else Redis ran in between (signature keys
-expiring, a trim, another client's delete: here a `CONFIG SET maxmemory 0` on another connection,
-sent while a TCP proxy holds back the bytes of the ack script). The ack then runs: entries are
-acknowledged whose call's index update did not run, and nothing ever redelivers them.
-"""
+"""The acknowledgement waits for the index update's answer. With both in one pipeline, an index
+EVAL refused out of memory could be followed by an ack that Redis ran once memory was freed in
+between (here a `CONFIG SET maxmemory 0` on another connection, sent while a TCP proxy holds back
+the bytes after the index scripts): entries acknowledged whose calls were never indexed. Failure
+reasons of acknowledged redeliveries are cleared."""
 
 import asyncio
 from typing import Any
@@ -16,19 +10,19 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from ledger.lua import Lua
+from ledger.index_store import INDEX
 from ledger.metrics import Metrics
 from ledger.store import Store
 from tests.conftest import RedisServer, free_port, make_settings
 from tests.workers import make_event
 from worker.consumer import Consumer
 
-ACK_SOURCE = Lua("ack.lua").source.encode()[:40]
+INDEX_SHA = INDEX.sha.encode()
 
 
 class SplittingProxy:
-    """Forwards client → Redis; a write that holds the ack script is forwarded in two parts, and
-    `between()` runs after the first part (the index EVALs) reached Redis."""
+    """Forwards client → Redis; once armed, `between()` runs right after a write holding the index
+    scripts has reached Redis (before anything the worker sends next)."""
 
     def __init__(self, upstream_port: int, between: Any) -> None:
         self.port = free_port()
@@ -54,22 +48,16 @@ class SplittingProxy:
         try:
             while data := await reader.read(65536):
                 buffer += data
-                pos = buffer.find(ACK_SOURCE)
-                if self.armed and pos > 0:
-                    eval_at = buffer.rfind(b"$4\r\nEVAL\r\n", 0, pos)
-                    start = buffer.rfind(b"*", 0, eval_at)
-                    if start > 0:  # index EVALs before the ack script: send them, then the rest
-                        self.armed = False
-                        self.split += 1
-                        up_writer.write(buffer[:start])
-                        await up_writer.drain()
-                        await asyncio.sleep(0.3)  # Redis runs the index EVALs (refused: OOM)
-                        await self.between()
-                        buffer = buffer[start:]
-                if b"\r\n" in buffer[-2:] or not self.armed:
-                    up_writer.write(buffer)
-                    await up_writer.drain()
-                    buffer = b""
+                if not buffer.endswith(b"\r\n"):
+                    continue
+                up_writer.write(buffer)
+                await up_writer.drain()
+                if self.armed and INDEX_SHA in buffer:
+                    self.armed = False
+                    self.split += 1
+                    await asyncio.sleep(0.3)  # Redis runs the index scripts (refused: OOM)
+                    await self.between()
+                buffer = b""
         except (ConnectionError, OSError):
             pass
         finally:
@@ -107,11 +95,11 @@ async def test_an_ack_after_a_refused_index_update_runs_if_memory_was_freed_in_b
     raised = None
     try:
         await consumer.run_burst()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raised = exc
     store.commit = commit  # type: ignore[method-assign]
     await direct.config_set("maxmemory", "0")
-    lag, pending = await store.group_stats()
+    _lag, pending = await store.group_stats()
     await consumer.run_burst(claim_idle_ms=0)  # anything left pending is retried now
     versions = {}
     for key in await direct.keys("cl:ix:*"):
@@ -123,7 +111,7 @@ async def test_an_ack_after_a_refused_index_update_runs_if_memory_was_freed_in_b
     await direct.aclose()
     proxy.server.close()
     await proxy.server.wait_closed()
-    assert proxy.split == 1, "the proxy never saw the index EVALs and the ack script in one write"
+    assert proxy.split == 1, "the proxy never saw the index scripts"
     assert pending == len(sids) or raised is None, (
         f"index update refused ({type(raised).__name__}: {str(raised)[:60]}) yet pending={pending}: "
         f"acknowledged anyway; committed {len(committed)} calls, index hashes {versions}")
