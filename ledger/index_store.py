@@ -100,6 +100,9 @@ class IndexStore:
         if not writes:
             return []
         calls = self._script_calls(writes)
+        if len(calls) == 1:  # a small batch, one shard: one command, without a pipeline's fixed cost
+            keys, args, _ = calls[0]
+            return self.taken(writes, calls, [await INDEX.run(self.redis, keys, args)])
 
         def build(pipe: Any) -> None:
             for keys, args, _ in calls:

@@ -27,6 +27,15 @@ class Lua:
     def queue(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
+    async def run(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
+        """One call by SHA, alone (no pipeline); on NOSCRIPT the script is loaded and the call sent
+        again (only for scripts that may run twice: it did not run the first time)."""
+        try:
+            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
 
 async def run_pipeline(redis: Any, build: Callable[[Any], None], scripts: tuple[Lua, ...]) -> list[Any]:
     """Build a pipeline with `build(pipe)` and run it; on NOSCRIPT load `scripts`, run it again."""

@@ -240,6 +240,12 @@ class StreamStore:
 
     async def ack(self, entries: Iterable[Entry], failed_before: Iterable[Entry] = ()) -> None:
         """Acknowledge entries, and forget the failure reasons of those that had one."""
+        entries = list(entries)
+        failed_before = list(failed_before)
+        streams = {entry.stream or self.stream for entry in entries}
+        if len(streams) == 1 and not failed_before:  # the usual batch: one command, no pipeline's fixed cost
+            await self.redis.xack(streams.pop(), GROUP, *(entry.entry_id for entry in entries))
+            return
         pipe = self.redis.pipeline(transaction=False)
         if self.queue_ack(pipe, entries, failed_before):
             await pipe.execute()
