@@ -200,8 +200,8 @@ if __name__ == "__main__":
 # It prints "crashing before ack: <entry id>,<entry id>,..." and SIGKILLs itself.)
 
 async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates: str) -> int:
-    """A real Consumer whose store SIGKILLs this process as it queues the `batches`-th batch's
-    XACK: the commit script has written that batch's events, XACK never runs."""
+    """A real Consumer whose store's `ack` SIGKILLs this process on the `batches`-th batch:
+    the commit script has written that batch's events, XACK never runs."""
     import os
     import signal
 
@@ -214,21 +214,20 @@ async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates:
     settings = Settings(redis_url=url, consumer_name="crasher", batch_size=batch_size, fx_rates=fx_rates,
                         claim_idle_ms=3_600_000)
     store = Store.from_settings(settings)
-    originals = {"queue_ack": store.queue_ack}  # what `ack` sends
+    original_ack = store.ack
     acks = 0
 
-    def or_die(name: str) -> Any:
-        def ack_or_die(pipe: Any, entries: list[Any], failed_before: Iterable[Any] = ()) -> int:
-            nonlocal acks
-            if entries:
-                acks += 1
-                if acks == batches:
-                    print(f"crashing before ack: {','.join(e.entry_id for e in entries)}", flush=True)
-                    os.kill(os.getpid(), signal.SIGKILL)
-            return originals[name](pipe, entries, failed_before)
-        return ack_or_die
+    async def ack_or_die(entries: list[Any], failed_before: Iterable[Any] = ()) -> None:
+        nonlocal acks
+        entries = list(entries)
+        if entries:
+            acks += 1
+            if acks == batches:
+                print(f"crashing before ack: {','.join(e.entry_id for e in entries)}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+        await original_ack(entries, failed_before)
 
-    store.queue_ack = or_die("queue_ack")  # type: ignore[method-assign]
+    store.ack = ack_or_die  # type: ignore[method-assign]
     consumer = Consumer(store, settings, Metrics())
     await consumer.run_burst()
     print(f"drained after {acks} batches without crashing", flush=True)
