@@ -447,10 +447,12 @@ async def test_on_one_server_the_claim_and_the_xadd_are_one_round_trip(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_a_request_refused_at_parse_still_claims_its_signature(
-        client: Any, store: Store, consumer: Consumer, provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parsed before its claim now (the claim goes with the XADD), a refused request claims its
-    signature all the same: a re-split of it that would parse is refused later."""
+@pytest.mark.parametrize("failure,status", [("refused", 422), ("parser bug", 500)])
+async def test_a_request_failing_at_parse_still_claims_its_signature(
+        client: Any, store: Store, consumer: Consumer, provider: str, failure: str, status: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed before its claim now (the claim goes with the XADD), a request refused at parse, or
+    failing there in any way, claims its signature all the same: a re-split of it is refused later."""
     from ledger.errors import InvalidEvent
     from worker import intake
 
@@ -458,10 +460,10 @@ async def test_a_request_refused_at_parse_still_claims_its_signature(
     headers = sign(provider, params)
 
     def refuse(*_args: Any) -> None:
-        raise InvalidEvent("refused for the test")
+        raise InvalidEvent("refused for the test") if failure == "refused" else ValueError("a parser bug")
 
     monkeypatch.setattr(intake, "parse", refuse)
-    assert (await post(client, path, headers, params)).status == 422
+    assert (await post(client, path, headers, params)).status == status
     assert [key async for key in store.redis.scan_iter("cl:sig:*")]
     monkeypatch.undo()
     resplit = next(moved for _, moved in resplits(params))
@@ -469,17 +471,25 @@ async def test_a_request_refused_at_parse_still_claims_its_signature(
     assert int(await store.redis.xlen(store.stream)) == 0
 
 
-async def test_a_failed_claim_and_xadd_claims_nothing_so_the_retry_passes(
-        client: Any, store: Store, consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, sid, params, _, _ = PROVIDERS["twilio"]
-    headers = sign("twilio", params)
+async def post_while_redis_is_down(client: Any, store: Store, monkeypatch: pytest.MonkeyPatch, path: str,
+                                   headers: dict[str, str], params: Params) -> int:
+    """POST while the one-server claim-and-XADD script cannot reach Redis; the answer's status."""
     original = store.batcher.claim_and_xadd
 
     async def down(*_args: Any) -> Any:
         raise RedisConnectionError("redis went away")
 
     monkeypatch.setattr(store.batcher, "claim_and_xadd", down)
-    assert (await post(client, path, headers, params)).status == 503
-    monkeypatch.setattr(store.batcher, "claim_and_xadd", original)
+    try:
+        return int((await post(client, path, headers, params)).status)
+    finally:
+        monkeypatch.setattr(store.batcher, "claim_and_xadd", original)
+
+
+async def test_a_failed_claim_and_xadd_claims_nothing_so_the_retry_passes(
+        client: Any, store: Store, consumer: Consumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, sid, params, _, _ = PROVIDERS["twilio"]
+    headers = sign("twilio", params)
+    assert await post_while_redis_is_down(client, store, monkeypatch, path, headers, params) == 503
     response = await post(client, path, headers, params)  # the provider's retry
     assert response.status == 200 and (await response.json())["call_sid"] == sid

@@ -2,16 +2,35 @@
 still claims, claims are confirmed like writes under LEDGER_DURABLE_ACK, concurrent re-splits
 store one set of parameters; and the known limit of a 503 that reached no Redis."""
 
+import asyncio
+import contextlib
+import os
+import signal
+import tempfile
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
+import redis.asyncio as aioredis
 
-from ledger.errors import LedgerError
+from ledger.app import create_app
+from ledger.errors import InvalidEvent, LedgerError
 from ledger.store import Store
-from tests.test_replay_resplit import PROVIDERS, PUBLIC_URL, post, resplits, settings, sign  # noqa: F401
+from tests.conftest import RedisServer, make_settings
+from tests.sources import payloads_plivo as pl
+from tests.sources import payloads_twilio as tw
+from tests.test_replay_resplit import (  # noqa: F401
+    PROVIDERS,
+    PUBLIC_URL,
+    post,
+    post_while_redis_is_down,
+    resplits,
+    settings,
+    sign,
+)
 from worker import intake
 from worker.consumer import Consumer
 from worker.sources import WebhookRequest
@@ -43,14 +62,7 @@ async def test_a_503_original_lets_a_resplit_in_and_then_refuses_the_honest_retr
     provider's honest retry of the original is refused 401 for good (within the TTL)."""
     path, _sid, params, _, _ = PROVIDERS[provider]
     headers = sign(provider, params)
-    original = store.batcher.claim_and_xadd
-
-    async def down(*_args: Any) -> Any:
-        raise RedisConnectionError("redis went away")
-
-    monkeypatch.setattr(store.batcher, "claim_and_xadd", down)
-    assert (await post(client, path, headers, params)).status == 503
-    monkeypatch.setattr(store.batcher, "claim_and_xadd", original)
+    assert await post_while_redis_is_down(client, store, monkeypatch, path, headers, params) == 503
     moved = parsing_resplit(client, provider, params)
     attack = await post(client, path, headers, moved)
     retry = await post(client, path, headers, params)
@@ -59,55 +71,20 @@ async def test_a_503_original_lets_a_resplit_in_and_then_refuses_the_honest_retr
         f"honest retry: {retry.status} {await retry.text()}")
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_a_request_whose_parse_fails_unexpectedly_claims_nothing(
-        client: Any, store: Store, consumer: Consumer, provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only LedgerError at parse claims. Any other exception (a 500) leaves the verified signature
-    unclaimed (before this change the claim came before the parse, whatever it raised)."""
-    path, _sid, params, _, _ = PROVIDERS[provider]
-    headers = sign(provider, params)
-
-    def crash(*_args: Any) -> None:
-        raise ValueError("an unexpected parser error")
-
-    monkeypatch.setattr(intake, "parse", crash)
-    assert (await post(client, path, headers, params)).status == 500
-    monkeypatch.undo()
-    claimed = [key async for key in store.redis.scan_iter("cl:sig:*")]
-    moved = parsing_resplit(client, provider, params)
-    attack = await post(client, path, headers, moved)
-    assert claimed and attack.status == 401, (
-        f"claimed {claimed}; re-split answered {attack.status} {await attack.text()}")
-
 
 # -- LEDGER_DURABLE_ACK=replica: the claims made apart from the script are never confirmed ----------------------
 
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import redis.asyncio as aioredis  # noqa: E402
 
-from ledger.app import create_app  # noqa: E402
-from ledger.errors import InvalidEvent  # noqa: E402
-from tests.conftest import RedisServer, make_settings  # noqa: E402
-from tests.sources import payloads_plivo as pl  # noqa: E402
-from tests.sources import payloads_twilio as tw  # noqa: E402
 
 
 async def _synced(client: Any) -> bool:
     info = await client.info("replication")
     return info.get("master_link_status") == "up"
 
-
-@pytest.mark.parametrize("outcome", ["refused", "ignored"])
-async def test_durable_ack_replica_confirms_the_claim_of_a_refused_or_ignored_request(
-        aiohttp_client: Any, outcome: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With LEDGER_DURABLE_ACK=replica a claim is confirmed like an XADD: a request refused at parse
-    or ignored is not answered 422/200 with its claim on the primary only (a failover would lose it,
-    and a re-split of the captured request would then be stored). With no replica in sync it is 503."""
+@contextlib.asynccontextmanager
+async def primary_and_replica() -> AsyncIterator[tuple[RedisServer, RedisServer, Any]]:
+    """A redis-server and its replica (in sync when this yields), and a client of the replica."""
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         primary = RedisServer(Path(a))
         primary.start()
@@ -119,36 +96,7 @@ async def test_durable_ack_replica_confirms_the_claim_of_a_refused_or_ignored_re
                 if await _synced(rclient):
                     break
                 await asyncio.sleep(0.05)
-            assert await _synced(rclient)
-            settings = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
-                                     public_url=PUBLIC_URL, redis_url=primary.url, durable_ack="replica",
-                                     durable_ack_timeout_ms=300)
-            store = Store.from_settings(settings)
-            client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
-            path, _sid, params, _, _ = PROVIDERS["twilio"]
-            headers = sign("twilio", params)
-
-            # The replica's link drops (a network cut, a restart): no replica in sync. A request that
-            # parses is now refused 503, as promised ("while no replica is in sync every webhook gets 503").
-            await rclient.replicaof("127.0.0.1", "1")
-            for _ in range(200):
-                if int((await store.redis.info("replication"))["connected_slaves"]) == 0:
-                    break
-                await asyncio.sleep(0.05)
-            other = [(n, v) for n, v in params if n != "SequenceNumber"] + [("SequenceNumber", "4")]
-            assert (await post(client, path, sign("twilio", other), other)).status == 503
-            real_parse = intake.parse
-
-            def refuse(*_args: Any) -> Any:
-                if outcome == "refused":
-                    raise InvalidEvent("refused for the test")
-                return None
-
-            monkeypatch.setattr(intake, "parse", refuse)
-            answer = await post(client, path, headers, params)
-            monkeypatch.setattr(intake, "parse", real_parse)
-            assert answer.status == 503, await answer.text()  # not answered before a replica has the claim
-            await store.close()
+            yield primary, replica, rclient
         finally:
             with contextlib.suppress(Exception):
                 os.kill(replica.proc.pid, signal.SIGCONT)
@@ -157,7 +105,46 @@ async def test_durable_ack_replica_confirms_the_claim_of_a_refused_or_ignored_re
             primary.stop()
 
 
-import contextlib  # noqa: E402
+
+@pytest.mark.parametrize("outcome", ["refused", "ignored"])
+async def test_durable_ack_replica_confirms_the_claim_of_a_refused_or_ignored_request(
+        aiohttp_client: Any, outcome: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With LEDGER_DURABLE_ACK=replica a claim is confirmed like an XADD: a request refused at parse
+    or ignored is not answered 422/200 with its claim on the primary only (a failover would lose it,
+    and a re-split of the captured request would then be stored). With no replica in sync it is 503."""
+    async with primary_and_replica() as (primary, _replica, rclient):
+        assert await _synced(rclient)
+        settings = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
+                                 public_url=PUBLIC_URL, redis_url=primary.url, durable_ack="replica",
+                                 durable_ack_timeout_ms=300)
+        store = Store.from_settings(settings)
+        client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+        path, _sid, params, _, _ = PROVIDERS["twilio"]
+        headers = sign("twilio", params)
+
+        # The replica's link drops (a network cut, a restart): no replica in sync. A request that
+        # parses is now refused 503, as promised ("while no replica is in sync every webhook gets 503").
+        await rclient.replicaof("127.0.0.1", "1")
+        for _ in range(200):
+            if int((await store.redis.info("replication"))["connected_slaves"]) == 0:
+                break
+            await asyncio.sleep(0.05)
+        other = [(n, v) for n, v in params if n != "SequenceNumber"] + [("SequenceNumber", "4")]
+        assert (await post(client, path, sign("twilio", other), other)).status == 503
+        real_parse = intake.parse
+
+        def refuse(*_args: Any) -> Any:
+            if outcome == "refused":
+                raise InvalidEvent("refused for the test")
+            return None
+
+        monkeypatch.setattr(intake, "parse", refuse)
+        answer = await post(client, path, headers, params)
+        monkeypatch.setattr(intake, "parse", real_parse)
+        assert answer.status == 503, await answer.text()  # not answered before a replica has the claim
+        await store.close()
+
+
 
 # -- what held ------------------------------------------------------------------------------------------------
 
@@ -175,35 +162,19 @@ async def test_held_original_and_resplits_raced_in_one_tick_store_exactly_one(
 
 
 async def test_held_durable_ack_replica_the_script_path_confirms_on_the_replica(aiohttp_client: Any) -> None:
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        primary = RedisServer(Path(a))
-        primary.start()
-        replica = RedisServer(Path(b), extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
-        replica.start()
-        rclient = aioredis.Redis.from_url(replica.url)
-        try:
-            for _ in range(200):
-                if await _synced(rclient):
-                    break
-                await asyncio.sleep(0.05)
-            settings = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
-                                     public_url=PUBLIC_URL, redis_url=primary.url, durable_ack="replica",
-                                     durable_ack_timeout_ms=300)
-            store = Store.from_settings(settings)
-            client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
-            for provider in PROVIDERS:
-                path, _sid, params, _, _ = PROVIDERS[provider]
-                answer = await post(client, path, sign(provider, params), params)
-                assert answer.status == 200
-                # the moment the 200 is here, the replica has the entry and the claim
-                assert int(await rclient.xlen(store.stream)) >= 1 and await rclient.keys("cl:sig:*")
-            os.kill(replica.proc.pid, signal.SIGSTOP)
-            other = [(n, v) for n, v in PROVIDERS["twilio"][2] if n != "SequenceNumber"] + [("SequenceNumber", "4")]
-            assert (await post(client, PROVIDERS["twilio"][0], sign("twilio", other), other)).status == 503
-            os.kill(replica.proc.pid, signal.SIGCONT)
-        finally:
-            with contextlib.suppress(Exception):
-                os.kill(replica.proc.pid, signal.SIGCONT)
-            await rclient.aclose()
-            replica.stop()
-            primary.stop()
+    async with primary_and_replica() as (primary, replica, rclient):
+        settings = make_settings(twilio_auth_token=tw.AUTH_TOKEN, plivo_auth_token=pl.AUTH_TOKEN,
+                                 public_url=PUBLIC_URL, redis_url=primary.url, durable_ack="replica",
+                                 durable_ack_timeout_ms=300)
+        store = Store.from_settings(settings)
+        client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
+        for provider in PROVIDERS:
+            path, _sid, params, _, _ = PROVIDERS[provider]
+            answer = await post(client, path, sign(provider, params), params)
+            assert answer.status == 200
+            # the moment the 200 is here, the replica has the entry and the claim
+            assert int(await rclient.xlen(store.stream)) >= 1 and await rclient.keys("cl:sig:*")
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        other = [(n, v) for n, v in PROVIDERS["twilio"][2] if n != "SequenceNumber"] + [("SequenceNumber", "4")]
+        assert (await post(client, PROVIDERS["twilio"][0], sign("twilio", other), other)).status == 503
+        os.kill(replica.proc.pid, signal.SIGCONT)
