@@ -32,10 +32,13 @@ def cluster_port() -> int:
     raise RuntimeError("no port pair for a cluster node")
 
 
-def wait_ping(port: int, timeout: float = 10) -> None:
-    """Until a freshly started redis-server on `port` answers PING."""
+def wait_ping(port: int, timeout: float = 10, proc: "subprocess.Popen[bytes] | None" = None) -> None:
+    """Until a freshly started redis-server on `port` answers PING (NodeDidNotStart if it exited:
+    another process took its port or bus port between our check and its bind)."""
     deadline = time.monotonic() + timeout
     while True:
+        if proc is not None and proc.poll() is not None:
+            raise NodeDidNotStart(f"redis-server on {port} exited with {proc.returncode}")
         try:
             redis.Redis(host="127.0.0.1", port=port).ping()
             return
@@ -43,6 +46,10 @@ def wait_ping(port: int, timeout: float = 10) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+class NodeDidNotStart(Exception):
+    pass
 
 
 class Cluster:
@@ -68,16 +75,31 @@ class Cluster:
              # A replica that never finished its first sync may not take over: sync at once.
              "--repl-diskless-sync-delay", "0"],
             stdout=subprocess.DEVNULL, cwd=self.dir)
-        wait_ping(port)
+        wait_ping(port, proc=self.procs[port])
 
     def start(self) -> "Cluster":
-        for port in self.ports:
-            self.start_node(port)
+        try:
+            for i in range(len(self.ports)):
+                for attempt in range(3):  # a port taken by another process meanwhile: another port
+                    try:
+                        self.start_node(self.ports[i])
+                        break
+                    except (NodeDidNotStart, redis.ConnectionError):
+                        self.kill(self.ports[i])
+                        if attempt == 2:
+                            raise
+                        self.ports[i] = cluster_port()
+            self._create()
+        except BaseException:
+            self.stop()  # no node left running behind a failed start
+            raise
+        return self
+
+    def _create(self) -> None:
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, timeout=60)
         self.wait_ok()
-        return self
 
     def wait_ok(self, timeout: float = 30) -> None:
         """Until every live node says the cluster is ok and sees every master with its replicas."""
@@ -112,7 +134,9 @@ class Cluster:
         raise AssertionError(f"no master for {key}")
 
     def kill(self, port: int) -> None:
-        proc = self.procs.pop(port)
+        proc = self.procs.pop(port, None)
+        if proc is None:
+            return
         proc.kill()
         proc.wait(10)
 
