@@ -126,13 +126,6 @@ class CallState:
         return int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()})
 
 
-def touched_fields(event: CallEvent) -> list[str]:
-    """The hash fields whose current value applying `event` needs: its registers and meta keys."""
-    names = [REGISTER_FIELD + name for name in REGISTERS if getattr(event, name) is not None]
-    names += [META_FIELD + key for key in event.call_meta or {}]
-    return names
-
-
 def meta_entry_size(key: str, value: object) -> int:
     """Bytes one call_meta key adds to the record's JSON text: `"key":value,`."""
     return len(orjson.dumps(key)) + len(orjson.dumps(value)) + 2
@@ -191,7 +184,7 @@ def _check_bounds(state: CallState, event: CallEvent, settings: Settings) -> tup
 def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
     """Fold one event (never applied to this call before) into the state, in place.
 
-    `state` must hold the registers and meta keys the event touches (`touched_fields`).
+    `state` must hold every register and the meta keys the event touches (worker/apply.py `wanted_meta`).
     Raises Unapplicable (or Refused), leaving the state untouched, when the event cannot be applied.
     """
     costs = ledger_costs(event, settings)  # may raise: before any change

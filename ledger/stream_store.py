@@ -246,25 +246,20 @@ class StreamStore:
         if len(streams) == 1 and not failed_before:  # the usual batch: one command, no pipeline's fixed cost
             await self.redis.xack(streams.pop(), GROUP, *(entry.entry_id for entry in entries))
             return
-        pipe = self.redis.pipeline(transaction=False)
-        if self.queue_ack(pipe, entries, failed_before):
-            await pipe.execute()
-
-    def queue_ack(self, pipe: Any, entries: Iterable[Entry], failed_before: Iterable[Entry] = ()) -> int:
-        """Queue what `ack` sends on `pipe`; the number of commands queued."""
         by_stream: dict[str, list[str]] = defaultdict(list)
         for entry in entries:
             by_stream[entry.stream or self.stream].append(entry.entry_id)
         if not by_stream:
-            return 0
+            return
         cleared: dict[str, list[str]] = defaultdict(list)
         for entry in failed_before:
             cleared[self._shard(entry.stream).failures].append(entry.entry_id)
+        pipe = self.redis.pipeline(transaction=False)
         for stream, ids in by_stream.items():
             pipe.xack(stream, GROUP, *ids)
         for failures, ids in cleared.items():
             pipe.hdel(failures, *ids)
-        return len(by_stream) + len(cleared)
+        await pipe.execute()
 
     async def record_failures(self, reasons: Iterable[tuple[Entry, str]]) -> None:
         by_shard: dict[str, dict[str, str]] = defaultdict(dict)

@@ -15,13 +15,14 @@ from pydantic import ValidationError
 
 from ledger.errors import Unapplicable
 from ledger.events import CallEvent, Cost, UsageLine
+from ledger.indexes import RECORD_FIELDS
 from ledger.instants import format_us, parse_iso
 from ledger.money import NANO
 from ledger.pricing import PriceTable, PricingError, format_table, load_file, parse_document, price_event
 from ledger.rules import CallState, apply_event, render_record
 from ledger.store import Entry, LoadedCall
 from tests.conftest import make_settings
-from worker.apply import plan_call, wanted_fields
+from worker.apply import plan_call, wanted_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 SID = "CA00000000000000000000000000000002"
@@ -372,7 +373,8 @@ def fold(deliveries: list[CallEvent], settings: Any) -> tuple[dict[str, Any], di
     journal: dict[str, bytes] = {}
     for i, e in enumerate(deliveries):
         entry = Entry(f"{i}-0", e.model_dump_json().encode())
-        keys, names = wanted_fields([(entry, e)])
+        keys, meta = wanted_meta([(entry, e)])  # and every register, as the worker loads them
+        names = [*RECORD_FIELDS, *meta]
         loaded = LoadedCall(len(journal), core, {n: fields.get(n) for n in names}, 1,
                             frozenset(set(journal) & set(keys)))
         plan = plan_call(loaded, [(entry, e)], settings)

@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 
 from ledger.errors import Unapplicable
 from ledger.events import CallEvent, Cost
+from ledger.indexes import RECORD_FIELDS
 from ledger.instants import parse_iso
 from ledger.money import NANO, parse_amount
 from ledger.rules import CallState, apply_event, record_json, render_record
 from ledger.store import Entry, LoadedCall
 from tests.conftest import make_settings
-from worker.apply import plan_call, wanted_fields
+from worker.apply import plan_call, wanted_meta
 
 SID = "CA00000000000000000000000000000001"
 SETTINGS = make_settings()
@@ -260,7 +261,8 @@ def fold_deliveries(deliveries: list[CallEvent], settings: Any) -> dict[str, Any
     applied: set[str] = set()
     for i, e in enumerate(deliveries):
         entry = Entry(f"{i}-0", e.model_dump_json().encode())
-        keys, names = wanted_fields([(entry, e)])
+        keys, meta = wanted_meta([(entry, e)])  # and every register, as the worker loads them
+        names = [*RECORD_FIELDS, *meta]
         loaded = LoadedCall(len(applied), core, {n: fields.get(n) for n in names}, 1, frozenset(applied & set(keys)))
         plan = plan_call(loaded, [(entry, e)], settings)
         core = plan.state.core_json()

@@ -15,7 +15,7 @@ from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
 from ledger.indexes import IndexBasis, IndexEntry
 from ledger.pricing import price_event
-from ledger.rules import META_FIELD, CallState, apply_event, touched_fields
+from ledger.rules import META_FIELD, CallState, apply_event
 from ledger.settings import Settings
 from ledger.store import Entry, LoadedCall
 
@@ -34,13 +34,6 @@ class CallPlan:
         self.failed: list[tuple[Entry, CallEvent, str]] = []  # retried, then dead-lettered
         self.refused: list[tuple[Entry, CallEvent, str]] = []  # dead-lettered at once
         self.record: dict[str, Any] | None = None  # rendered when committed
-
-
-def wanted_fields(items: list[tuple[Entry, CallEvent]]) -> tuple[list[str], list[str]]:
-    """(journal keys, r:/m: field names) a worker must load to plan these events."""
-    keys = list(dict.fromkeys(event.key for _, event in items))
-    fields = list(dict.fromkeys(name for _, event in items for name in touched_fields(event)))
-    return keys, fields
 
 
 def wanted_meta(items: list[tuple[Entry, CallEvent]]) -> tuple[list[str], list[str]]:
