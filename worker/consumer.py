@@ -14,6 +14,7 @@ import asyncio
 import secrets
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -23,7 +24,7 @@ from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, 
 from ledger.events import CallEvent
 from ledger.index_store import IndexStore, IndexWrite
 from ledger.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
-from ledger.logs import flush_logs
+from ledger.logs import event_lines, flush_logs
 from ledger.metrics import Metrics
 from ledger.rules import CallState, fix_estimate, render_record
 from ledger.served import stored_record
@@ -345,10 +346,15 @@ class Consumer:
         or retry. The lines are written before any acknowledgement, even if we die next."""
         tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
         settled = Settled()
+        write = event_lines() or self._log_with_structlog
         for entry, event in sorted((item for items in by_call.values() for item in items),
                                    key=lambda item: entry_order(item[0].entry_id)):
             outcome, reason = outcomes.get(entry.ref, ("deferred", "call updated concurrently; will retry"))
-            self._log(entry, event, outcome, **({"reason": reason} if reason else {}))
+            line = {"call_sid": event.call_sid, "source": event.source, "event_id": event.event_id,
+                    "entry_id": entry.entry_id, "outcome": outcome}
+            if reason:
+                line["reason"] = reason
+            write("event_applied" if outcome in ("applied", "duplicate") else "event_not_applied", line)
             tally[(outcome, event.source)] += 1
             if outcome in ("applied", "duplicate"):
                 settled.done.append(entry)
@@ -477,13 +483,5 @@ class Consumer:
         )
 
     @staticmethod
-    def _log(entry: Entry, event: CallEvent, outcome: str, **extra: Any) -> None:
-        log.info(
-            "event_applied" if outcome in ("applied", "duplicate") else "event_not_applied",
-            call_sid=event.call_sid,
-            source=event.source,
-            event_id=event.event_id,
-            entry_id=entry.entry_id,
-            outcome=outcome,
-            **extra,
-        )
+    def _log_with_structlog(event: str, fields: Mapping[str, str | int]) -> None:
+        log.info(event, **fields)

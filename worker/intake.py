@@ -26,6 +26,7 @@ from ledger.errors import (
     SourceNotConfigured,
 )
 from ledger.events import CallEvent
+from ledger.logs import log_info
 from ledger.replay import SignatureUse
 from ledger.rules import call_meta_size
 from ledger.settings import Settings
@@ -110,8 +111,8 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         await store.append(event_json, event.call_sid)
     metrics = request.app[METRICS]
     metrics.labelled(metrics.received, name, "stored").inc()
-    log.info("webhook_received", source=name, call_sid=event.call_sid, event_id=event.event_id,
-             type=event.type, outcome="stored", status=200)
+    log_info(log, "webhook_received", {"source": name, "call_sid": event.call_sid, "event_id": event.event_id,
+                                       "type": event.type, "outcome": "stored", "status": 200})
     return json_response({"outcome": "stored", "call_sid": event.call_sid, "event_id": event.event_id})
 
 
