@@ -16,19 +16,37 @@ event-loop tick share one round trip (with that tick's XADDs).
 
 Intake claims every verified request's signature. On one server a request that parses claims
 it in its XADD's own script (ledger/append_batcher.py, `claim_and_xadd`: one round trip; a
-503 claims nothing); otherwise (refused at parse, ignored, or on a Cluster, where the two keys
+503 claims nothing in Redis); otherwise (refused at parse, ignored, or on a Cluster, where the two keys
 are in different slots) it calls `remember` before answering or before the XADD: if the XADD
 then fails (503), the provider's retry carries the same parameters and passes.
+
+A claim that reached no Redis (the request was answered 503: Redis down, or no answer in
+time) is held in this process (`hold`) until one lands: until then the same signature with
+other parameters is refused here (401) before anything is sent, so a captured copy re-split
+and delivered between the 503 and the provider's retry cannot take the signature. The held
+claims are written to Redis as soon as it answers again (`land_held`, every second while any
+are held), first claim wins, so every process sees them. What a process holds is lost if it
+stops before Redis is back, and at most `HELD_CLAIMS` are held (the oldest go first).
 """
 
+import asyncio
+from collections import OrderedDict
 from typing import Any
 
+import structlog
 from redis.exceptions import ResponseError
 
 from ledger.append_batcher import AppendBatcher
 from ledger.errors import StoreUnavailable
 from ledger.replay import SignatureUse
 from ledger.store import unavailable_on_error
+
+log = structlog.get_logger("ledger.signature_ledger")
+
+# Claims held while Redis is unreachable: ~250 B each (a 43-character identity, a 32-byte
+# digest, the dict's slot), so about 12 MB at most; past it the oldest are given up.
+HELD_CLAIMS = 50_000
+LAND_EVERY_S = 1.0
 
 # GET-or-SET for servers without SET NX GET (Redis < 7.0).
 _REMEMBER_LUA = """
@@ -49,9 +67,59 @@ class SignatureLedger:
         self.ttl_s = ttl_s
         self._prefix = f"{prefix}:sig:"
         self._set_nx_get = True  # until the server says it cannot
+        self._held: OrderedDict[str, bytes] = OrderedDict()  # identity -> digest, first claim first
 
     def key(self, identity: str) -> str:
         return self._prefix + identity
+
+    # -- claims that reached no Redis ------------------------------------------------------
+
+    def held_elsewhere(self, use: SignatureUse) -> bool:
+        """True if this signature's claim is held here with other parameters (refuse it: 401)."""
+        held = self._held.get(use.identity)
+        return held is not None and held != use.params_digest
+
+    def hold(self, use: SignatureUse) -> None:
+        """Hold the claim of a request answered 503 (the first one for a signature stays)."""
+        if use.identity in self._held:
+            return
+        self._held[use.identity] = use.params_digest
+        if len(self._held) > HELD_CLAIMS:
+            self._held.popitem(last=False)
+            log.warning("signature_claim_dropped", held=HELD_CLAIMS)
+
+    def answered(self, use: SignatureUse) -> None:
+        """Redis answered this signature's claim: it holds a digest for it now, held or not."""
+        self._held.pop(use.identity, None)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    async def land_held(self) -> int:
+        """Write the held claims to Redis (first claim wins); how many landed as held. Stops at the
+        first StoreUnavailable (Redis is still away): the rest stay held."""
+        landed = 0
+        for identity, digest in list(self._held.items()):
+            use = SignatureUse(identity, digest)
+            if await self.remember(use):
+                landed += 1
+            else:  # another process took the signature first, with other parameters
+                log.warning("signature_claim_taken_elsewhere")
+            self.answered(use)
+        if landed:
+            log.info("signature_claims_landed", claims=landed)
+        return landed
+
+    async def land_held_forever(self) -> None:
+        """The service's background task: land the held claims once Redis answers again."""
+        while True:
+            await asyncio.sleep(LAND_EVERY_S)
+            if self._held:
+                try:
+                    await self.land_held()
+                except StoreUnavailable:
+                    continue
 
     async def remember(self, use: SignatureUse) -> bool:
         """Remember the signature with these parameters; False if it is known with other ones.

@@ -205,7 +205,8 @@ class Store(StreamStore):
                              ttl_s: int) -> str | None:
         """`append` with a signature ledger claim in the same step (one server only: see
         `claims_with_append`): None, and nothing stored, if the signature is known with other
-        parameters. Failures are StoreUnavailable (503), with nothing claimed."""
+        parameters. Failures are StoreUnavailable (503), with nothing claimed in Redis (intake
+        then holds the claim itself: ledger.signature_ledger)."""
         try:
             return await self._append_claimed(event_json, call_sid, signature_key, digest, ttl_s)
         except (RedisError, RedisClusterException, OSError) as exc:

@@ -1,6 +1,7 @@
 """Signature claims around the one-server claim-and-XADD script: a parser failure of any kind
 still claims, claims are confirmed like writes under LEDGER_DURABLE_ACK, concurrent re-splits
-store one set of parameters; and the known limit of a 503 that reached no Redis."""
+store one set of parameters; and a claim that reached no Redis (503) is held by the process
+until it lands."""
 
 import asyncio
 import contextlib
@@ -15,9 +16,13 @@ from urllib.parse import urlencode
 
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
+from ledger import signature_ledger
 from ledger.app import create_app
-from ledger.errors import InvalidEvent, LedgerError
+from ledger.errors import InvalidEvent, LedgerError, StoreUnavailable
+from ledger.replay import SignatureUse
+from ledger.signature_ledger import SignatureLedger
 from ledger.store import Store
 from tests.conftest import RedisServer, make_settings
 from tests.sources import payloads_plivo as pl
@@ -53,23 +58,78 @@ def parsing_resplit(client: Any, provider: str, params: list[tuple[str, str]]) -
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.xfail(strict=True, reason="known limit (README): a 503 that reached no Redis claims nothing, "
-                   "so a captured copy re-split and delivered before the provider's retry takes the signature")
-async def test_a_503_original_lets_a_resplit_in_and_then_refuses_the_honest_retry(
+async def test_a_503_original_holds_its_claim_so_a_resplit_is_refused_and_the_honest_retry_passes(
         client: Any, store: Store, consumer: Consumer, provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The original is answered 503 (the one-server script never ran: Redis went away), which now
-    claims nothing. The captured request re-split then takes the signature (200 stored), and the
-    provider's honest retry of the original is refused 401 for good (within the TTL)."""
-    path, _sid, params, _, _ = PROVIDERS[provider]
+    """The original is answered 503 (the one-server script never ran: Redis went away), so Redis
+    has no claim. The process holds it: the captured request re-split, delivered before the
+    provider's retry, is refused 401 and stores nothing; the honest retry passes and is stored."""
+    path, sid, params, _, _ = PROVIDERS[provider]
     headers = sign(provider, params)
     assert await post_while_redis_is_down(client, store, monkeypatch, path, headers, params) == 503
+    assert client.server.app[intake.SIGNATURES].held == 1
     moved = parsing_resplit(client, provider, params)
     attack = await post(client, path, headers, moved)
+    assert attack.status == 401 and (await attack.json())["detail"] == "signature already used with other parameters"
+    assert await store.redis.xlen(store.stream) == 0  # the re-split stored nothing
     retry = await post(client, path, headers, params)
-    assert (attack.status, retry.status) == (401, 200), (
-        f"re-split after a 503: {attack.status} {await attack.text()}; "
-        f"honest retry: {retry.status} {await retry.text()}")
+    assert retry.status == 200 and (await retry.json())["call_sid"] == sid
+    assert client.server.app[intake.SIGNATURES].held == 0  # Redis holds the claim now
+    again = await post(client, path, headers, moved)
+    assert again.status == 401  # refused by Redis's claim from here on, in every process
 
+
+async def test_held_claims_land_in_redis_when_it_answers_again_so_other_processes_refuse_the_resplit(
+        client: Any, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _sid, params, _, _ = PROVIDERS["twilio"]
+    headers = sign("twilio", params)
+    assert await post_while_redis_is_down(client, store, monkeypatch, path, headers, params) == 503
+    here = client.server.app[intake.SIGNATURES]
+    (identity, digest), = here._held.items()
+    assert await store.redis.exists(here.key(identity)) == 0
+    for _ in range(100):  # the service's background task tries every second
+        if here.held == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert here.held == 0 and await store.redis.get(here.key(identity)) == digest
+    # Another process on the same Redis, which never saw the 503, refuses the re-split.
+    elsewhere = SignatureLedger(store.redis, "cl")
+    assert not await elsewhere.remember(SignatureUse(identity, b"\0" * 32))
+    assert await elsewhere.remember(SignatureUse(identity, digest))  # the provider's retry, anywhere
+
+
+async def test_a_held_claim_taken_elsewhere_first_yields_to_redis(store: Store) -> None:
+    """Two processes each held a claim of one signature; the first to land wins, as in Redis."""
+    here, elsewhere = SignatureLedger(store.redis, "cl"), SignatureLedger(store.redis, "cl")
+    original, resplit = SignatureUse("sig-1", b"a" * 32), SignatureUse("sig-1", b"b" * 32)
+    elsewhere.hold(resplit)
+    here.hold(original)
+    assert await elsewhere.land_held() == 1
+    with capture_logs() as logs:
+        assert await here.land_held() == 0
+    assert [line["event"] for line in logs] == ["signature_claim_taken_elsewhere"]
+    assert here.held == 0 and not here.held_elsewhere(resplit)  # Redis decides from here on
+    assert not await here.remember(original)
+
+
+async def test_held_claims_stay_held_while_redis_is_away_and_are_bounded(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = SignatureLedger(store.redis, "cl")
+    monkeypatch.setattr(signature_ledger, "HELD_CLAIMS", 3)
+    for n in range(5):
+        ledger.hold(SignatureUse(f"sig-{n}", b"a" * 32))
+    ledger.hold(SignatureUse("sig-4", b"b" * 32))  # a second 503 of the same signature: the first stays
+    assert list(ledger._held) == ["sig-2", "sig-3", "sig-4"] and ledger._held["sig-4"] == b"a" * 32
+    assert ledger.held_elsewhere(SignatureUse("sig-4", b"b" * 32))
+    assert not ledger.held_elsewhere(SignatureUse("sig-4", b"a" * 32))
+    assert not ledger.held_elsewhere(SignatureUse("sig-0", b"b" * 32))  # given up: Redis will decide
+
+    async def down(*_args: Any, **_kwargs: Any) -> Any:
+        raise StoreUnavailable("redis: ConnectionError")
+
+    monkeypatch.setattr(ledger, "remember", down)
+    with pytest.raises(StoreUnavailable):
+        await ledger.land_held()
+    assert ledger.held == 3  # nothing given up while Redis is away
 
 
 # -- LEDGER_DURABLE_ACK=replica: the claims made apart from the script are never confirmed ----------------------

@@ -6,6 +6,7 @@ stores nothing.
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -24,6 +25,7 @@ from ledger.errors import (
     RequestTimeout,
     SignatureReused,
     SourceNotConfigured,
+    StoreUnavailable,
 )
 from ledger.events import CallEvent
 from ledger.logs import log_info
@@ -81,6 +83,9 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         query=tuple(request.query.items()),
     )
     use = source.verify(webhook)  # raw bytes first: nothing unauthentic is parsed
+    signatures = request.app[SIGNATURES]
+    if use is not None and signatures.held_elsewhere(use):  # its first claim reached no Redis yet
+        raise SignatureReused("signature already used with other parameters")
     # Every verified request claims its signature (SPEC §8), the ones refused at parse or
     # ignored too: a re-split of one of those must not pass later. A signature known with other
     # parameters is refused before anything else is said about the request.
@@ -98,11 +103,16 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         return json_response({"outcome": "ignored"})
     store = request.app[STORE]
     if use is not None and store.claims_with_append:
-        # One server: the claim and the XADD in one script, one round trip (a 503 claims nothing,
-        # so the provider's retry with the same parameters passes).
-        signatures = request.app[SIGNATURES]
-        if await store.append_claimed(event_json, event.call_sid, signatures.key(use.identity), use.params_digest,
-                                      signatures.ttl_s) is None:
+        # One server: the claim and the XADD in one script, one round trip (a 503 holds the claim
+        # here, so the provider's retry with the same parameters passes and a re-split does not).
+        try:
+            entry_id = await store.append_claimed(event_json, event.call_sid, signatures.key(use.identity),
+                                                  use.params_digest, signatures.ttl_s)
+        except StoreUnavailable:
+            signatures.hold(use)
+            raise
+        signatures.answered(use)
+        if entry_id is None:
             raise SignatureReused("signature already used with other parameters")
     else:
         # Claimed before the XADD: if the XADD then fails (503), the retry carries the same
@@ -128,7 +138,16 @@ def parse(source: Source, webhook: WebhookRequest) -> CallEvent | None:
 async def claim(request: web.Request, use: SignatureUse | None) -> None:
     """Remember the request's signature (Twilio, Plivo); SignatureReused if it is known with other
     parameters."""
-    if use is not None and not await request.app[SIGNATURES].remember(use):
+    if use is None:
+        return
+    signatures = request.app[SIGNATURES]
+    try:
+        claimed = await signatures.remember(use)
+    except StoreUnavailable:  # answered 503: held here until it lands (ledger.signature_ledger)
+        signatures.hold(use)
+        raise
+    signatures.answered(use)
+    if not claimed:
         raise SignatureReused("signature already used with other parameters")
 
 
@@ -181,9 +200,13 @@ def add_intake(app: web.Application, settings: Settings) -> None:
 
     async def signatures_ctx(app: web.Application) -> AsyncIterator[None]:
         # After base_app's store context (registered first), on the same Redis client.
-        app[SIGNATURES] = SignatureLedger(app[STORE].redis, settings.key_prefix, settings.signature_ttl_s,
-                                         batcher=app[STORE].batcher)
+        signatures = app[SIGNATURES] = SignatureLedger(app[STORE].redis, settings.key_prefix,
+                                                       settings.signature_ttl_s, batcher=app[STORE].batcher)
+        landing = asyncio.create_task(signatures.land_held_forever())
         yield
+        landing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await landing
 
     app.cleanup_ctx.append(signatures_ctx)
     for source in SOURCES:
