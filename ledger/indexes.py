@@ -17,11 +17,11 @@ Nothing here does I/O.
 
 import base64
 import binascii
-import functools
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -107,9 +107,16 @@ def _day_name(days: int) -> str:
         return "0001-01-01" if days < 0 else "9999-12-31"
 
 
-@dataclass(frozen=True)
 class IndexEntry:
-    """One call as the indexes see it (at one version of its state)."""
+    """One call as the indexes see it (at one version of its state). Not to be changed once made:
+    its shape and amounts are derived from its fields when it is made."""
+
+    # Slots, and the derived parts computed in __init__, rather than a frozen dataclass with
+    # cached properties: its __init__ (object.__setattr__ per field) and functools.cached_property
+    # (which takes a lock on Python 3.11) made an entry and its shape in ~5.4 µs, this in ~0.9.
+    __slots__ = ("_amounts", "_shape", "assistant_id", "assistant_name", "call_sid", "customer_phone_number",
+                 "duration", "list_us", "organization_id", "record_id", "shape_key", "status", "to_phone_number",
+                 "total_cost")
 
     call_sid: str
     record_id: int
@@ -122,6 +129,45 @@ class IndexEntry:
     total_cost: int | None  # nano-units, the rate-card estimate included (as the record shows it)
     to_phone_number: str
     customer_phone_number: str
+    # The keys and fields an entry touches depend on a few of its values only (its shape);
+    # the amounts are 4 numbers. The shape is derived once per distinct one (cached), and the
+    # encoding and the deltas between entries are templates of their shapes (made once, by
+    # orjson) filled in with the 4 numbers: no dicts built and encoded per entry.
+    shape_key: "ShapeKey"
+    _shape: "_Shape"
+    _amounts: tuple[int, int, int, int]  # (1, duration, whole units of cost, nano remainder): ints
+
+    def __init__(self, call_sid: str, record_id: int, list_us: int, organization_id: int | None,
+                 assistant_id: int, assistant_name: str | None, status: str, duration: int | None,
+                 total_cost: int | None, to_phone_number: str, customer_phone_number: str) -> None:
+        self.call_sid, self.record_id, self.list_us = call_sid, record_id, list_us
+        self.organization_id, self.assistant_id, self.assistant_name = organization_id, assistant_id, assistant_name
+        self.status, self.duration, self.total_cost = status, duration, total_cost
+        self.to_phone_number, self.customer_phone_number = to_phone_number, customer_phone_number
+        cost = total_cost or 0
+        self._amounts = (1, duration or 0, cost // NANO, cost % NANO)
+        self.shape_key = (organization_id, status, assistant_id, assistant_name, day_of(list_us),
+                          duration is not None, total_cost is not None)
+        self._shape = shape_of(self.shape_key)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.call_sid, self.record_id, self.list_us, self.organization_id, self.assistant_id,
+                self.assistant_name, self.status, self.duration, self.total_cost, self.to_phone_number,
+                self.customer_phone_number)
+
+    # Equal, hashable and shown by value, as the frozen dataclass it was.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, IndexEntry):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        names = ("call_sid", "record_id", "list_us", "organization_id", "assistant_id", "assistant_name", "status",
+                 "duration", "total_cost", "to_phone_number", "customer_phone_number")
+        return f"IndexEntry({', '.join(f'{n}={v!r}' for n, v in zip(names, self._fields(), strict=True))})"
 
     @property
     def member(self) -> str:
@@ -142,24 +188,6 @@ class IndexEntry:
         amounts = self._amounts
         return [(key, name, amounts[slot]) for key, name, slot in self._shape.items if amounts[slot]]
 
-    # The keys and fields an entry touches depend on a few of its values only (its shape);
-    # the amounts are 4 numbers. Deriving the shape once per distinct one (cached) and the
-    # delta between two entries of one shape from the 4 numbers is most of what made the
-    # index entry a fifth of the worker's CPU cheap.
-    @functools.cached_property
-    def shape_key(self) -> "ShapeKey":
-        return (self.organization_id, self.status, self.assistant_id, self.assistant_name, self.day,
-                self.duration is not None, self.total_cost is not None)
-
-    @functools.cached_property
-    def _shape(self) -> "_Shape":
-        return shape_of(self.shape_key)
-
-    @functools.cached_property
-    def _amounts(self) -> tuple[int, int, int, int]:
-        cost = self.total_cost or 0
-        return 1, self.duration or 0, cost // NANO, cost % NANO
-
     def payload(self) -> dict[str, Any]:
         """What readers need of the entry without loading the call: filters and the SID."""
         return {"sid": self.call_sid, "us": self.list_us, "org": self.organization_id,
@@ -169,28 +197,47 @@ class IndexEntry:
     def encode(self) -> bytes:
         """The stored entry: the payload JSON, a newline, then [memberships, {rollup key:
         {field: amount}}, score] for the index script (every value a string: Lua numbers
-        print large integers with an exponent). Readers take the part before the newline
-        (JSON text never holds a raw one). The version is stored beside it."""
-        amounts = [str(a) if a else "" for a in self._amounts]
-        grouped: dict[str, dict[str, str]] = {}
-        for key, fields in self._shape.grouped:
-            present = {name: amounts[slot] for name, slot in fields if amounts[slot]}
-            if present:
-                grouped[key] = present
-        return orjson.dumps(self.payload()) + b"\n" + orjson.dumps(
-            [self._shape.memberships, grouped, str(self.list_us)])
+        print large integers with an exponent; a field whose amount is 0 is left out, and a key
+        left with none). Readers take the part before the newline (JSON text never holds a raw
+        one). The version is stored beside it."""
+        amounts = self._amounts
+        template = self._shape.encoding(_nonzero(amounts))
+        return orjson.dumps(self.payload()) + template.text % template.pick((*amounts, self.list_us))
 
 
-# Where an increment's amount comes from: IndexEntry._amounts[slot].
+# Where an increment's amount comes from: IndexEntry._amounts[slot]. The first is always 1.
 _ONE, _DURATION, _WHOLE, _FRACTION = range(4)
+_LIST_US = 4  # in an encoding's values, after the amounts
 
 
-@dataclass(frozen=True)
-class _Shape:
-    memberships: list[str]
-    items: list[tuple[str, str, int]]  # (key suffix, field, amount slot), in increments' order
-    grouped: list[tuple[str, list[tuple[str, int]]]]  # the same by key, first appearance first
-    by_slot: list[list[tuple[str, str]]]  # (key suffix, field) per amount slot
+def _nonzero(amounts: tuple[int, int, int, int]) -> int:
+    """The slots (bit 1 << slot) whose amount is not 0: which fields an entry's rollups have."""
+    _, duration, whole, fraction = amounts
+    return 1 | (duration and 2) | (whole and 4) | (fraction and 8)
+
+
+# A hole in a template: orjson writes this fragment as is, and a raw NUL is a byte it writes
+# nowhere else (JSON text escapes control characters), so the holes are found in its output.
+_HOLE = orjson.Fragment(b'"\x00"')
+
+
+def _nothing(values: tuple[int, ...]) -> tuple[()]:
+    return ()
+
+
+class _Template:
+    """JSON text with integers (written as strings) left out, made by orjson from the very
+    structure it stands for, so filling it in gives orjson's bytes for that structure:
+    `text % pick(values)`, where values[holes[i]] goes in the i-th hole."""
+
+    __slots__ = ("pick", "text")
+
+    def __init__(self, structure: Any, holes: list[int], before: bytes = b"") -> None:
+        out = orjson.dumps(structure)
+        if out.count(b"\x00") != len(holes):
+            raise AssertionError("a template's holes are not where its structure has them")
+        self.text = before.replace(b"%", b"%%") + out.replace(b"%", b"%%").replace(b"\x00", b"%d")
+        self.pick: Callable[[tuple[int, ...]], tuple[int, ...] | int] = itemgetter(*holes) if holes else _nothing
 
 
 # (organization_id, status, assistant_id, assistant_name, day, has a duration, has a cost)
@@ -199,6 +246,50 @@ ShapeKey = tuple[int | None, str, int, str | None, str, bool, bool]
 # a longer name's shape (up to 1 KiB names: ~20 KB) is derived for its entry alone, so the
 # cache's memory stays bounded whatever names a platform sends.
 _CACHED_NAME = 128
+
+
+class _Shape:
+    """The memberships and rollup fields of the entries of one shape, and the templates of their
+    encodings and of the deltas between two of them (made as they are first needed: a few per
+    shape, one per set of amounts that are 0 or moved)."""
+
+    __slots__ = ("_deltas", "_encodings", "items", "memberships")
+
+    def __init__(self, memberships: list[str], items: list[tuple[str, str, int]]) -> None:
+        self.memberships = memberships
+        self.items = items  # (key suffix, field, amount slot), in increments' order
+        self._encodings: dict[int, _Template] = {}
+        self._deltas: dict[int, _Template] = {}
+
+    def encoding(self, nonzero: int) -> _Template:
+        """An entry's encoding after its payload, for amounts nonzero in the slots `nonzero`.
+        Values: the 4 amounts, then the list time."""
+        template = self._encodings.get(nonzero)
+        if template is None:
+            grouped: dict[str, list[tuple[str, int]]] = {}
+            for key, name, slot in self.items:
+                grouped.setdefault(key, []).append((name, slot))
+            rollups: dict[str, dict[str, Any]] = {}
+            holes: list[int] = []
+            for key, fields in grouped.items():
+                present = {name: slot for name, slot in fields if nonzero >> slot & 1}
+                if present:
+                    rollups[key] = {name: "1" if slot == _ONE else _HOLE for name, slot in present.items()}
+                    holes += [slot for slot in present.values() if slot != _ONE]
+            template = self._encodings[nonzero] = _Template([self.memberships, rollups, _HOLE],
+                                                            [*holes, _LIST_US], before=b"\n")
+        return template
+
+    def same_shape_delta(self, moved: int) -> _Template:
+        """The delta between two entries of this shape whose amounts differ in the slots `moved`:
+        its changes by slot, then in the order of the shape's fields. Values: the 4 differences."""
+        template = self._deltas.get(moved)
+        if template is None:
+            changes = [[key, name, _HOLE] for slot in range(4) if moved >> slot & 1
+                       for key, name, s in self.items if s == slot]
+            holes = [slot for slot in range(4) if moved >> slot & 1 for _, _, s in self.items if s == slot]
+            template = self._deltas[moved] = _Template([[], [], changes], holes)
+        return template
 
 
 def shape_of(key: ShapeKey) -> _Shape:
@@ -235,12 +326,7 @@ def _shape(organization_id: int | None, status: str, assistant_id: int, assistan
         items += [(day_key(scope, day), name, slot) for name, slot in common]
         items += [(day_assistants_key(scope, day), name, slot) for name, slot in per_assistant]
         items += [(week_key(scope, week), name, slot) for name, slot in per_assistant]
-    grouped: dict[str, list[tuple[str, int]]] = {}
-    by_slot: list[list[tuple[str, str]]] = [[], [], [], []]
-    for key, name, slot in items:
-        grouped.setdefault(key, []).append((name, slot))
-        by_slot[slot].append((key, name))
-    return _Shape(memberships, items, list(grouped.items()), by_slot)
+    return _Shape(memberships, items)
 
 
 class IndexBasis:
@@ -269,16 +355,78 @@ class IndexBasis:
         return 400 + len(self.shape_key[1]) + len(self.shape_key[3] or "") + len(self.shape_key[4])
 
 
+_UNMOVED = b"[[],[],[]]"
+
+
 def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
     """What replacing `old` by `new` changes, for the index script's fast path:
-    [memberships to leave, memberships to join, [[rollup key, field, difference], ...]].
-    None when the list time moved (every membership is re-scored: the script's full path)."""
+    [memberships to leave, memberships to join, [[rollup key, field, difference], ...]]
+    (differences as strings, none that is 0). None when the list time moved (every
+    membership is re-scored: the script's full path)."""
     if old.list_us != new.list_us or old.record_id != new.record_id:
         return None
+    o0, o1, o2, o3 = old._amounts
+    n0, n1, n2, n3 = new._amounts
     if old.shape_key == new.shape_key:  # same keys and fields (the usual case): only amounts moved
-        moved = zip(old._amounts, new._amounts, strict=True)
-        return orjson.dumps([[], [], [[key, name, str(after - before)] for slot, (before, after) in enumerate(moved)
-                                      if after != before for key, name in new._shape.by_slot[slot]]])
+        d0, d1, d2, d3 = n0 - o0, n1 - o1, n2 - o2, n3 - o3
+        moved = (d0 and 1) | (d1 and 2) | (d2 and 4) | (d3 and 8)
+        if not moved:
+            return _UNMOVED
+        template = new._shape.same_shape_delta(moved)
+        return template.text % template.pick((d0, d1, d2, d3))
+    key = (_nonzero(old._amounts), _nonzero(new._amounts), (o1 == n1 and 2) | (o2 == n2 and 4) | (o3 == n3 and 8))
+    if _cached(old.shape_key) and _cached(new.shape_key):
+        pair = _pair_delta(old.shape_key, new.shape_key, *key)
+    else:
+        pair = _pair_delta_of(old._shape, new._shape, *key)
+    if pair is None:  # not expressible as a template (see _pair_delta_of)
+        return _delta_by_field(old, new)
+    return pair.text % pair.pick((n0, n1, n2, n3, -o0, -o1, -o2, -o3, n0 - o0, n1 - o1, n2 - o2, n3 - o3))
+
+
+def _cached(key: ShapeKey) -> bool:
+    return key[3] is None or len(key[3]) <= _CACHED_NAME
+
+
+@lru_cache(maxsize=1024)  # the few transitions between the shapes of the moment (status, cost...)
+def _pair_delta(old: ShapeKey, new: ShapeKey, old_nonzero: int, new_nonzero: int, same: int) -> _Template | None:
+    return _pair_delta_of(shape_of(old), shape_of(new), old_nonzero, new_nonzero, same)
+
+
+def _pair_delta_of(old: _Shape, new: _Shape, old_nonzero: int, new_nonzero: int, same: int) -> _Template | None:
+    """The delta from an entry of shape `old` to one of shape `new`, amounts nonzero in the slots
+    `old_nonzero` and `new_nonzero`, and equal in the slots `same` (for 1..3), as `_delta_by_field`
+    orders it. Values: the 4 new amounts, the 4 old ones negated, the 4 differences. None when a
+    field's difference is not one of those (never, with the fields shapes have)."""
+    held, wanted = old.memberships, new.memberships
+    terms: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (key, field) -> [(sign, slot)...]
+    for key, name, slot in old.items:
+        if old_nonzero >> slot & 1:
+            terms.setdefault((key, name), []).append((-1, slot))
+    for key, name, slot in new.items:
+        if new_nonzero >> slot & 1:
+            terms.setdefault((key, name), []).append((1, slot))
+    changes: list[list[Any]] = []
+    holes: list[int] = []
+    for (key, name), of in terms.items():
+        if all(slot == _ONE for _, slot in of):  # amounts of 1: known now
+            if difference := sum(sign for sign, _ in of):
+                changes.append([key, name, str(difference)])
+        elif len(of) == 1:
+            sign, slot = of[0]
+            changes.append([key, name, _HOLE])
+            holes.append(slot if sign > 0 else 4 + slot)
+        elif len(of) == 2 and of[0] == (-1, of[1][1]) and of[1][0] == 1:
+            if not same >> of[1][1] & 1:
+                changes.append([key, name, _HOLE])
+                holes.append(8 + of[1][1])
+        else:
+            return None
+    return _Template([[s for s in held if s not in wanted], [s for s in wanted if s not in held], changes], holes)
+
+
+def _delta_by_field(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes:
+    """`entry_delta` between two shapes, field by field (what `_pair_delta_of` makes templates of)."""
     held, wanted = old.memberships(), new.memberships()
     change: dict[tuple[str, str], int] = {}
     for key, name, amount in old.increments():
@@ -308,13 +456,10 @@ def index_entry(call_sid: str, record_id: int, state: CallState, settings: Setti
     if record is None:
         record = render_record(call_sid, record_id, state, settings)
     organization = state.registers.get("organization_id")
-    return IndexEntry(
-        call_sid=call_sid, record_id=record_id, list_us=list_us(state),
-        organization_id=organization[3] if organization else None,
-        assistant_id=record["assistant_id"], assistant_name=record["assistant_name"], status=record["status"],
-        duration=record["duration"], total_cost=record["total_cost"],
-        to_phone_number=record["to_phone_number"], customer_phone_number=record["customer_phone_number"],
-    )
+    return IndexEntry(  # positional: keywords cost the worker's apply loop a little more
+        call_sid, record_id, list_us(state), organization[3] if organization else None,
+        record["assistant_id"], record["assistant_name"], record["status"], record["duration"],
+        record["total_cost"], record["to_phone_number"], record["customer_phone_number"])
 
 
 def score(us: int) -> float:

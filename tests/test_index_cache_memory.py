@@ -21,7 +21,7 @@ def test_the_index_cache_stays_within_its_bytes() -> None:
                            status="completed", duration=60, total_cost=10**9,
                            to_phone_number=f"+1{i:010d}" + "1" * 1_000,
                            customer_phone_number=f"+2{i:010d}" + "2" * 1_000)
-        entry.encode()  # as Consumer._index_writes does (derives and caches its shape)
+        entry.encode()  # as Consumer._index_writes does (makes its shape's encoding template)
         cache.remember(entry.call_sid, 1, entry)
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before

@@ -14,13 +14,16 @@ from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ledger.app import create_app
+from ledger.errors import Unapplicable
+from ledger.events import STATUSES as ALL_STATUSES
 from ledger.events import TERMINAL_STATUSES, CallEvent, Cost
 from ledger.index_store import IndexStore, IndexWrite
-from ledger.indexes import index_entry, shard_of
+from ledger.indexes import IndexBasis, IndexEntry, _delta_by_field, entry_delta, index_entry, shard_of
 from ledger.metrics import Metrics
-from ledger.rules import record_json, render_record
+from ledger.rules import CallState, apply_event, fix_estimate, record_json, render_record
 from ledger.settings import Settings
 from ledger.store import Store
+from tests import indexes_reference as reference
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, BASE_US, TOKENS, auth, call, event, load
 from tests.workers import fold
@@ -265,3 +268,90 @@ async def test_delta_updates_give_the_index_a_fresh_build_gives(
     assert sum(1 for w in sent if w.base) > 10  # the fast path was offered, many times
     sids = sorted({e.call_sid for e in events})
     assert await dump_indexes(store.redis) == await rebuilt(store, settings, sids)
+
+
+# -- the entries' bytes: exactly those of the code they replaced (tests/indexes_reference.py) ------
+
+_NAMES = st.one_of(st.none(), st.sampled_from(["A", "ServiceBot", "50% off", 'say "hi"\\', "n" * 129]),
+                   st.text(max_size=40), st.text(min_size=129, max_size=300))
+_DAYS_US = st.one_of(st.sampled_from([BASE_US, BASE_US + 86_400_000_000, 0, -1]),
+                     st.integers(-(2**62), 2**62))
+_AMOUNTS = st.one_of(st.none(), st.sampled_from([0, 1, 10**9, 10**9 + 1, 3 * 10**9, 999_999_999]),
+                     st.integers(-(10**12), 10**20))
+_ENTRY_FIELDS_NAMES = ("call_sid", "record_id", "list_us", "organization_id", "assistant_id", "assistant_name",
+                       "status", "duration", "total_cost", "to_phone_number", "customer_phone_number")
+_ENTRY_FIELDS = st.fixed_dictionaries({
+    "call_sid": st.one_of(st.just("CA-p"), st.text(min_size=1, max_size=20)),
+    "record_id": st.sampled_from([1, 2**53 - 1]),
+    "list_us": _DAYS_US,
+    "organization_id": st.one_of(st.none(), st.sampled_from([7, 8]), st.integers(1, 2**63 - 1)),
+    "assistant_id": st.one_of(st.sampled_from([0, 1, 12]), st.integers(0, 2**63 - 1)),
+    "assistant_name": _NAMES,
+    "status": st.sampled_from(sorted(ALL_STATUSES)),
+    "duration": st.one_of(st.none(), st.sampled_from([0, 54]), st.integers(0, 10**7)),
+    "total_cost": _AMOUNTS,
+    "to_phone_number": st.one_of(st.just("+15551234567"), st.text(max_size=20)),
+    "customer_phone_number": st.one_of(st.just("+15559876543"), st.text(max_size=20)),
+})
+
+
+def _both(fields: dict[str, Any]) -> tuple[IndexEntry, reference.IndexEntry]:
+    return IndexEntry(**fields), reference.IndexEntry(**fields)
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(old=_ENTRY_FIELDS, changed=_ENTRY_FIELDS, which=st.sets(st.sampled_from(_ENTRY_FIELDS_NAMES)),
+       more=st.tuples(st.sampled_from([0, 1, -3]), st.sampled_from([0, 5, -(10**9), 10**9 + 7, 2 * 10**9])))
+def test_entries_and_deltas_are_the_bytes_the_reference_gives(
+        old: dict[str, Any], changed: dict[str, Any], which: set[str], more: tuple[int, int]) -> None:
+    """Two versions of a call's entry (the second has some of the first's fields changed, or
+    only its duration and cost moved): encodings, memberships, increments and the delta from the
+    first (whole, and as the basis the worker keeps) byte for byte those of the reference, same
+    shape or not."""
+    new = {**old, **{name: changed[name] for name in which}}
+    for name, by in zip(("duration", "total_cost"), more, strict=True):
+        if new[name] is not None:
+            new[name] += by
+    entry, expected = _both(new)
+    before, before_expected = _both(old)
+    assert entry.encode() == expected.encode()
+    assert before.encode() == before_expected.encode()
+    assert entry.memberships() == expected.memberships()
+    assert entry.increments() == expected.increments()
+    assert entry == IndexEntry(**new) and hash(entry) == hash(IndexEntry(**new))
+    assert entry_delta(before, entry) == reference.entry_delta(before_expected, expected)
+    assert entry_delta(IndexBasis(before), entry) == reference.entry_delta(
+        reference.IndexBasis(before_expected), expected)
+    moved = (before.list_us, before.record_id) != (entry.list_us, entry.record_id)  # no delta then
+    if before.shape_key != entry.shape_key and not moved:  # the fallback, were some fields ever not templated
+        assert _delta_by_field(IndexBasis(before), entry) == reference.entry_delta(before_expected, expected)
+
+
+@hsettings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_index_entry_of_folded_states_is_the_reference_entry(seed: int) -> None:
+    """Entries of states folded from events, at every version of each call, as the reference
+    derives them, with the same deltas between consecutive versions."""
+    rng = random.Random(seed)
+    settings = make_settings()
+    events = random_calls(rng, 6)
+    rng.shuffle(events)
+    states: dict[str, CallState] = {}
+    last: dict[str, tuple[IndexEntry, reference.IndexEntry]] = {}
+    for e in events:
+        state = states.setdefault(e.call_sid, CallState())
+        try:
+            apply_event(state, e, settings)
+        except Unapplicable:
+            continue
+        fix_estimate(state, settings)
+        record = render_record(e.call_sid, 3, state, settings)
+        entry = index_entry(e.call_sid, 3, state, settings, record)
+        expected = reference.index_entry(e.call_sid, 3, state, settings, record)
+        assert index_entry(e.call_sid, 3, state, settings) == entry  # the record rendered inside
+        assert entry.encode() == expected.encode()
+        if e.call_sid in last:
+            before, before_expected = last[e.call_sid]
+            assert entry_delta(IndexBasis(before), entry) == reference.entry_delta(
+                reference.IndexBasis(before_expected), expected)
+        last[e.call_sid] = entry, expected
