@@ -38,7 +38,8 @@ INDEX_PAGE = Lua("index_page.lua")
 ROLLUP_DAYS = Lua("rollup_days.lua")
 
 
-@dataclass(frozen=True)
+# Not frozen, like ledger.stream_store.Entry: the apply loop makes one per call per batch.
+@dataclass(slots=True, unsafe_hash=True)
 class IndexWrite:
     """One call's entry for the index script. With `base` (the version of the entry this
     writer indexed last, '' if none) and `delta` (ledger.indexes.entry_delta from that entry),

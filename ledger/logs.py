@@ -110,6 +110,9 @@ def secret_values(settings: Settings) -> list[str]:
     return values
 
 
+_PROCESSORS: list[Any] = []
+
+
 def configure_logging(log_format: str = "auto", level: str = "info", secrets: Iterable[str] = ()) -> None:
     """Configure structlog (and route stdlib logging, e.g. aiohttp's, through the same format)."""
     use_console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
@@ -127,8 +130,11 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     chain = [*shared, structlog.processors.format_exc_info, renderer, redactor.processor]
     level_number = logging.getLevelName(level.upper())
     logger_factory = _tick_logger_factory(sys.stdout)
+    # One list, changed in place: a module's logger binds the list at its first use
+    # (cache_logger_on_first_use), and must see a later configuration (or a test's capture_logs).
+    _PROCESSORS[:] = chain
     structlog.configure(
-        processors=chain,
+        processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(level_number),
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,

@@ -126,7 +126,8 @@ def unavailable_on_error(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable
     return wrapper
 
 
-@dataclass(frozen=True)
+# Not frozen, like ledger.stream_store.Entry: the apply loop makes one per call per batch.
+@dataclass(slots=True)
 class LoadedCall:
     """What a worker knows of a call before applying a batch to it."""
 
@@ -141,7 +142,8 @@ class LoadedCall:
     token: str = ""  # the token of the commit that made `version` ('' before tokens; commit.lua)
 
 
-@dataclass(frozen=True)
+# Not frozen, like ledger.stream_store.Entry: the apply loop makes one per call per batch.
+@dataclass(slots=True)
 class CommitWrite:
     call_sid: str
     version: int

@@ -41,7 +41,9 @@ def entry_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-@dataclass(frozen=True)
+# Made several times per event by the apply loop, so not frozen (a frozen dataclass's __init__
+# sets each field through object.__setattr__: ~2 µs an object); nothing changes one once made.
+@dataclass(slots=True, unsafe_hash=True)
 class Entry:
     """One stream entry as a worker received it."""
 

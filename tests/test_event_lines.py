@@ -16,8 +16,6 @@ from ledger.logs import configure_logging, event_lines, flush_logs
 SECRET = "whsec_event-lines-secret-value"
 FIELDS = {"call_sid": "CA-lines", "source": "twilio", "event_id": "CA-lines:3", "entry_id": "1795500062000-0",
           "outcome": "refused", "reason": "over the bound"}
-# Loggers here are new ones: a module's logger (the worker's) binds the chain configured at its
-# first use, and another test's capture_logs must still see its lines.
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
 
 
