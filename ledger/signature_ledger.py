@@ -24,13 +24,14 @@ A claim that reached no Redis (the request was answered 503: Redis down, or no a
 time) is held in this process (`hold`) until one lands: until then the same signature with
 other parameters is refused here (401) before anything is sent, so a captured copy re-split
 and delivered between the 503 and the provider's retry cannot take the signature. The held
-claims are written to Redis as soon as it answers again (`land_held`, every second while any
+claims are written to Redis as soon as it answers again (`land_held`, every 100 ms while any
 are held), first claim wins, so every process sees them. What a process holds is lost if it
 stops before Redis is back, and at most `HELD_CLAIMS` are held (the oldest go first).
 """
 
 import asyncio
 from collections import OrderedDict
+from itertools import islice
 from typing import Any
 
 import structlog
@@ -46,7 +47,8 @@ log = structlog.get_logger("ledger.signature_ledger")
 # Claims held while Redis is unreachable: ~250 B each (a 43-character identity, a 32-byte
 # digest, the dict's slot), so about 12 MB at most; past it the oldest are given up.
 HELD_CLAIMS = 50_000
-LAND_EVERY_S = 1.0
+LAND_EVERY_S = 0.1
+LAND_CHUNK = 1000
 
 # GET-or-SET for servers without SET NX GET (Redis < 7.0).
 _REMEMBER_LUA = """
@@ -97,22 +99,36 @@ class SignatureLedger:
         return len(self._held)
 
     async def land_held(self) -> int:
-        """Write the held claims to Redis (first claim wins); how many landed as held. Stops at the
-        first StoreUnavailable (Redis is still away): the rest stay held."""
+        """Write the held claims to Redis (first claim wins); how many landed as held. A chunk's
+        claims go out together (one pipeline through the batcher, confirmed like any claim under
+        LEDGER_DURABLE_ACK); StoreUnavailable (Redis still away) is raised once the chunk's other
+        answers are taken, and what got none stays held."""
         landed = 0
-        for identity, digest in list(self._held.items()):
-            use = SignatureUse(identity, digest)
-            if await self.remember(use):
-                landed += 1
-            else:  # another process took the signature first, with other parameters
-                log.warning("signature_claim_taken_elsewhere")
-            self.answered(use)
+        while self._held:
+            uses = [SignatureUse(identity, digest) for identity, digest in islice(self._held.items(), LAND_CHUNK)]
+            answers = await asyncio.gather(*(self.remember(use) for use in uses), return_exceptions=True)
+            failure = None
+            for use, answer in zip(uses, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    failure = failure or answer
+                    continue
+                if answer:
+                    landed += 1
+                else:  # another process took the signature first, with other parameters
+                    log.warning("signature_claim_taken_elsewhere")
+                self.answered(use)
+            if failure is not None:
+                if landed:
+                    log.info("signature_claims_landed", claims=landed)
+                raise failure
         if landed:
             log.info("signature_claims_landed", claims=landed)
         return landed
 
     async def land_held_forever(self) -> None:
-        """The service's background task: land the held claims once Redis answers again."""
+        """The service's background task: land the held claims as soon as Redis answers again.
+        Until they land, another process could take a held signature with other parameters:
+        so they are tried often, and a chunk at a time."""
         while True:
             await asyncio.sleep(LAND_EVERY_S)
             if self._held:
@@ -120,6 +136,8 @@ class SignatureLedger:
                     await self.land_held()
                 except StoreUnavailable:
                     continue
+                except Exception as exc:  # a bug must not end the task: the claims stay held, retried
+                    log.error("signature_claims_not_landed", error=type(exc).__name__)
 
     async def remember(self, use: SignatureUse) -> bool:
         """Remember the signature with these parameters; False if it is known with other ones.

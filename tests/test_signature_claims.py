@@ -86,7 +86,7 @@ async def test_held_claims_land_in_redis_when_it_answers_again_so_other_processe
     here = client.server.app[intake.SIGNATURES]
     (identity, digest), = here._held.items()
     assert await store.redis.exists(here.key(identity)) == 0
-    for _ in range(100):  # the service's background task tries every second
+    for _ in range(100):  # the service's background task tries every 100 ms
         if here.held == 0:
             break
         await asyncio.sleep(0.05)
@@ -109,6 +109,32 @@ async def test_a_held_claim_taken_elsewhere_first_yields_to_redis(store: Store) 
     assert [line["event"] for line in logs] == ["signature_claim_taken_elsewhere"]
     assert here.held == 0 and not here.held_elsewhere(resplit)  # Redis decides from here on
     assert not await here.remember(original)
+
+
+async def test_many_held_claims_land_a_chunk_at_a_time(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(signature_ledger, "LAND_CHUNK", 2)
+    ledger = SignatureLedger(store.redis, "cl")
+    for n in range(5):
+        ledger.hold(SignatureUse(f"sig-{n}", b"%d" % n * 32))
+    assert await ledger.land_held() == 5 and ledger.held == 0
+    assert [await store.redis.get(ledger.key(f"sig-{n}")) for n in range(5)] == [b"%d" % n * 32 for n in range(5)]
+
+    # Redis answering some claims of a chunk and not others: the answered ones are settled.
+    remember = ledger.remember
+    for n in range(5, 8):
+        ledger.hold(SignatureUse(f"sig-{n}", b"x" * 32))
+
+    async def flaky(use: SignatureUse) -> bool:
+        if use.identity == "sig-6":
+            raise StoreUnavailable("redis: TimeoutError")
+        return await remember(use)
+
+    monkeypatch.setattr(ledger, "remember", flaky)
+    with pytest.raises(StoreUnavailable):
+        await ledger.land_held()
+    assert list(ledger._held) == ["sig-6", "sig-7"]  # sig-5 landed; sig-7's chunk was never sent
+    monkeypatch.setattr(ledger, "remember", remember)
+    assert await ledger.land_held() == 2 and ledger.held == 0
 
 
 async def test_held_claims_stay_held_while_redis_is_away_and_are_bounded(
