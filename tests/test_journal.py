@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+import ledger.journal as journal
 import ledger.store as store_module
 from api.views import encode_cursor
 from ledger.events import COMPONENTS, STATUSES, CallEvent, Cost, PriceRef
@@ -19,6 +20,7 @@ from ledger.journal import compact, restore
 from ledger.metrics import Metrics
 from ledger.store import CommitWrite
 from ledger.stream_store import _text
+from tests import journal_reference as reference
 from tests.conftest import AUTH, make_settings
 from tests.test_providers_end_to_end import (  # noqa: F401 (start_ledger is a fixture)
     Ledger,
@@ -133,6 +135,213 @@ def test_a_priced_usage_event_keeps_its_price_entry_exactly() -> None:
     stored, restored = stored_and_back(event)
     assert restored == event.model_dump_json(exclude_defaults=True).encode()
     assert stored.startswith(b'3call.usage"') and b"price_entry" not in stored
+
+
+# -- the codec against the version it replaced ------------------------------------------------------------
+# compact's shortcuts (ledger.journal) must write exactly the bytes the previous codec wrote, kept verbatim
+# in tests/journal_reference.py, for any input: what is stored reads back the same across versions.
+
+SURROGATE = st.sampled_from(["\ud800", "\udfff", "\udc80"])
+ODD_TEXT = st.lists(st.one_of(TEXT, SURROGATE, st.sampled_from([":", '"', "\\", "\x00", "\x1f", "é"])),
+                    max_size=4).map("".join)
+ODD_US = st.one_of(US, st.integers(), st.integers(-(2**70), 2**70), st.booleans(),  # an int, str() says True
+                   st.sampled_from([0, -1, 1, 2**53 - 1, 2**53, -(2**53) + 1, -(2**53), 10**6 - 1, -(10**6)]))
+# The pieces compact matches, and bytes that break them: the names, as they overlap (a name ending in a
+# quote, then `","amount_nano":` starting with it), halves of names, escapes, control bytes, other JSON.
+OVERLAPS = [t + b',"amount_nano":' for t in reference._TOKENS if t.endswith(b'"')]
+PIECES = st.one_of(
+    st.sampled_from(reference._TOKENS), st.sampled_from(OVERLAPS),
+    st.sampled_from([t[:k] for t in reference._TOKENS for k in (1, 2, 5)] + [t[k:] for t in reference._TOKENS
+                                                                               for k in (1, 2)]),
+    st.sampled_from([b'"', b",", b'","', b"}", b"]", b"{", b",{", b"},{", b'":', b":", b"\\", b'\\"', b"\\u0001",
+                     b"\x00", b"\x01", b"\x1e", b"\x1f", b"\x7f", b"\xff", b"\xc3\xa9", b"0123", b"null", b"true",
+                     b'"inbound"', b'"x"', b',"call_meta":{"a":1,"b":[{}]}', b',"status":1', b',"zzz":"']),
+    st.binary(max_size=6))
+SOUP = st.lists(PIECES, max_size=12).map(b"".join)
+
+
+@st.composite
+def realistic_json(draw: st.DrawFn) -> tuple[bytes, str, str, int]:
+    """An event of the shapes the sources write (bench/run.py's kinds, priced usage, a Plivo hang-up), with
+    its key, call and instant: what compact sees on almost every call."""
+    c = draw(st.integers(0, 2**64))
+    sid = draw(st.one_of(st.just(f"CA{c:032x}"), KEYISH.filter(bool)))
+    us = draw(US)
+    text = st.sampled_from(["", "+15551234567", "ServiceBot", "é😀", 'a"b', "a\\b", "x\x01y", ",", '","amount_nano":'])
+    kind = draw(st.sampled_from(["status", "initiated", "completed", "hangup", "metadata", "cost", "priced"]))
+    fields: dict[str, Any] = {}
+    if kind in ("status", "initiated", "completed", "hangup"):
+        fields["status"] = draw(st.sampled_from(STATUSES))
+    if kind in ("initiated", "hangup"):
+        fields.update(direction=draw(st.sampled_from(["inbound", "outbound"])), from_number=draw(text),
+                      to_number=draw(text))
+    if kind in ("completed", "hangup"):
+        fields["duration"] = draw(st.integers(0, 10**9))
+    if kind == "hangup":
+        fields.update(started_at=text_at(us, 0), started_us=us, answered_at=text_at(us, 3), answered_us=us)
+    if kind in ("hangup", "cost", "priced"):
+        fields["costs"] = tuple(draw(st.lists(COST if kind == "priced" else st.builds(
+            Cost, component=st.sampled_from(COMPONENTS), amount_nano=st.integers(0, 2**63),
+            currency=st.sampled_from(["USD", "EUR"])), min_size=1, max_size=3)))
+    if kind == "metadata":
+        fields.update(assistant_id=draw(st.integers(0, 2**63 - 1)), organization_id=draw(optional(st.integers(1, 9))),
+                      assistant_name=draw(text), flow_name=draw(text), to_phone_number=draw(optional(text)),
+                      customer_phone_number=draw(optional(text)),
+                      call_meta=draw(optional(st.dictionaries(TEXT, JSONISH, max_size=3))))
+    kind_name = st.sampled_from(["bench", "call.usage", "call.metadata", "hangup.completed"])
+    event = CallEvent(source=draw(st.sampled_from(["platform", "twilio", "plivo"])), event_id=f"{sid}-{c % 50}",
+                      call_sid=sid, type=draw(kind_name), occurred_at=text_at(us, draw(st.integers(0, 6))),
+                      occurred_us=us, **fields)
+    return event.model_dump_json(exclude_defaults=True).encode(), event.key, event.call_sid, event.occurred_us
+
+
+@st.composite
+def hostile_json(draw: st.DrawFn) -> tuple[bytes, str, str, int]:
+    """Bytes compact may be given by no intake: a real event's JSON with its fields replaced by a soup of
+    names and their fragments, or edited anywhere (head, type, instant), or told another key, call or
+    instant (keys and calls with quotes, controls and lone surrogates)."""
+    raw, key, call_sid, us = draw(st.one_of(realistic_json(), realistic_json(), events().map(
+        lambda e: (e.model_dump_json(exclude_defaults=True).encode(), e.key, e.call_sid, e.occurred_us))))
+    rest = raw.find(b',"', raw.find(b'"occurred_us":'))
+    rest = len(raw) - 1 if rest < 0 else rest
+    change = draw(st.sampled_from(["fields", "fields", "fields", "anywhere", "key", "call", "instant"]))
+    if change == "fields":  # the head, type and instant kept: the names are recoded
+        raw = raw[:rest] + draw(SOUP) + draw(st.sampled_from([b"}", b"", b"]}"]))
+    for _ in range(draw(st.integers(1, 3)) if change == "anywhere" else 0):
+        i = draw(st.integers(0, len(raw)))
+        raw = raw[:i] + draw(PIECES) + raw[i + draw(st.integers(0, 3)):]
+    if change == "key":
+        key = draw(st.one_of(ODD_TEXT, st.builds(lambda s, e: f"{s}:{e}", ODD_TEXT, ODD_TEXT),
+                             st.just(key).map(lambda k: k + "\ud800")))
+    if change == "call":
+        call_sid = draw(st.one_of(ODD_TEXT, st.just(call_sid).map(lambda c: c + "\udfff")))
+    if change == "instant":
+        us = draw(st.one_of(ODD_US, st.sampled_from([us + 1, us - 1, us + 10**6, -us, us + 2**53])))
+    return raw, key, call_sid, us
+
+
+def assert_as_the_reference_compacts(raw: bytes, key: str, call_sid: str, us: int) -> bytes:
+    stored = compact(raw, key, call_sid, us)
+    assert stored == reference.compact(raw, key, call_sid, us), (raw, key, call_sid, us)
+    return stored
+
+
+@hsettings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=realistic_json())
+def test_events_as_intake_writes_them_compact_to_the_reference_bytes_and_restore(
+        case: tuple[bytes, str, str, int]) -> None:
+    raw, key, call_sid, us = case
+    stored = assert_as_the_reference_compacts(raw, key, call_sid, us)
+    assert restore(stored, key.encode(), call_sid, us) == raw
+    assert restore(stored, key.encode(), call_sid, us) == reference.restore(stored, key.encode(), call_sid, us)
+
+
+@hsettings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event=events())
+def test_any_event_compacts_to_the_reference_bytes(event: CallEvent) -> None:
+    for raw in (event.model_dump_json(exclude_defaults=True).encode(), event.model_dump_json().encode()):
+        stored = assert_as_the_reference_compacts(raw, event.key, event.call_sid, event.occurred_us)
+        assert restore(stored, event.key.encode(), event.call_sid, event.occurred_us) == raw
+
+
+def reference_round_trips(raw: bytes, key: str, call_sid: str, us: int) -> bool:
+    """Whether the reference restores its own entry of these bytes: not when the type holds a raw quote,
+    or ends without one (no JSON does; the worker journals only JSON the model read)."""
+    stored = reference.compact(raw, key, call_sid, us)
+    try:
+        return reference.restore(stored, key.encode(), call_sid, us) == raw
+    except (UnicodeError, ValueError):  # ValueError: orjson.JSONEncodeError too
+        return False
+
+
+@hsettings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=hostile_json())
+def test_hostile_bytes_compact_to_the_reference_bytes(case: tuple[bytes, str, str, int]) -> None:
+    raw, key, call_sid, us = case
+    stored = assert_as_the_reference_compacts(raw, key, call_sid, us)
+    if reference_round_trips(raw, key, call_sid, us):
+        assert restore(stored, key.encode(), call_sid, us) == raw
+
+
+def test_the_names_are_such_that_replacing_them_is_splitting_on_them() -> None:
+    """ledger.journal replaces names where it splits on them only when no `,"` or `,{` is left: exact as
+    long as no name holds another, two share at most a byte at an end, and each holds one of the two
+    apart from the bytes it can share (a name added to the journal's must keep this)."""
+    tokens = journal._TOKENS
+    assert len(set(tokens)) == len(tokens) and not any(b < 0x20 for t in tokens for b in t)
+    for t in tokens:
+        assert not any(u != t and u in t for u in tokens), t
+        shared_before = max((k for u in tokens for k in range(1, min(len(t), len(u))) if u[-k:] == t[:k]), default=0)
+        shared_after = max((k for u in tokens for k in range(1, min(len(t), len(u))) if t[-k:] == u[:k]), default=0)
+        assert shared_before <= 1 and shared_after <= 1, t
+        own = t[shared_before:len(t) - shared_after]
+        assert b',"' in own or b",{" in own, t
+
+
+@pytest.mark.parametrize("case", [
+    {"status": "ringing"}, {"status": "completed", "duration": 54},
+    {"status": "initiated", "direction": "outbound", "from_number": "+15551234567", "to_number": "+15559876543"},
+    {"status": "completed", "direction": "inbound", "from_number": "+1", "to_number": "+2", "duration": 3,
+     "started_at": "2026-11-24T10:00:00Z", "started_us": 1795514400000000, "answered_at": "2026-11-24T10:00:01Z",
+     "answered_us": 1795514401000000, "costs": (Cost(component="telephony", amount_nano=5, currency="USD"),)},
+    {"costs": (Cost(component="llm", amount_nano=1230006, currency="USD"),)},
+    {"costs": (Cost(component="llm", amount_nano=1, currency="USD"), Cost(component="tts", amount_nano=2,
+                                                                              currency="USD"))},
+    {"costs": (Cost(component="llm", amount_nano=1, currency="USD", provider="openai", model="gpt-4o-mini",
+                    usage_type="input_tokens", usage_amount="8200", unit_cost="0.00000015",
+                    price_entry=PriceRef(component="llm", provider="openai", model="*", usage_type="input_tokens",
+                                         effective_from=None, unit_price="0.15", unit_quantity="1000000",
+                                         currency="USD")),)},
+    {"assistant_id": 12, "organization_id": 3, "assistant_name": "ServiceBot", "flow_name": "Support",
+     "to_phone_number": "+1", "customer_phone_number": "+2", "call_meta": {"customer_id": "cust_1"}},
+], ids=["ringing", "completed", "initiated", "hangup", "cost", "costs", "priced", "metadata"])
+def test_the_usual_fields_are_recoded_without_the_split(case: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the sources write is compacted by replacing its names only (the split is the slow way)."""
+    event = CallEvent(source="platform", event_id="CA1-1", call_sid="CA1", type="bench",
+                      occurred_at="2026-11-24T10:00:00.250Z", occurred_us=1795514400250000, **case)
+    raw = event.model_dump_json(exclude_defaults=True).encode()
+    expected = reference.compact(raw, event.key, event.call_sid, event.occurred_us)
+    monkeypatch.setattr(journal, "_split_coded", lambda fields: pytest.fail(f"split: {fields!r}"))
+    assert compact(raw, event.key, event.call_sid, event.occurred_us) == expected and expected[:1] == b"3"
+
+
+class Micros(int):
+    """An int that str() writes otherwise (as bool does)."""
+
+    def __str__(self) -> str:
+        return f"{int(self)}.0"
+
+
+@pytest.mark.parametrize("order", [(1, True, Micros(1)), (True, Micros(1), 1), (Micros(1), 1, True)])
+def test_instants_equal_as_ints_but_written_apart_are_not_taken_for_one_another(order: tuple[int, ...]) -> None:
+    """1, True and Micros(1) are equal (as cache keys too) and str() writes them apart, as the previous
+    codec wrote occurred_us: each compacts and restores as the reference does, whichever came first."""
+    for us in order:
+        raw = (b'{"source":"p","event_id":"e","call_sid":"c","type":"t","occurred_at":"1970-01-01T00:00:00Z",'
+               b'"occurred_us":%b,"status":"ringing"}' % str(us).encode())
+        stored = assert_as_the_reference_compacts(raw, "p:e", "c", us)
+        assert stored[:1] == b"0" and restore(stored, b"p:e", "c", us) == raw
+
+
+def outcome(function: Any, *args: Any) -> tuple[str, bytes | None]:
+    try:
+        return "", function(*args)
+    except Exception as error:  # the same kind of failure, for entries no version wrote
+        return type(error).__name__, None
+
+
+@hsettings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stored=st.one_of(st.tuples(st.sampled_from(b"0123456~{x"), SOUP).map(lambda p: bytes([p[0]]) + p[1]),
+                        st.builds(lambda d, t, rest: b"%d%b\"%b" % (d, t, rest), st.integers(0, 6),
+                                  st.sampled_from([b"", b"bench", b"call.usage"]),
+                                  st.binary(max_size=30) | st.lists(st.sampled_from(
+                                      [bytes([c]) for c in range(32)] + [b"a", b'"', b"}"])).map(b"".join))),
+       key=st.one_of(KEYISH.map(str.encode), st.binary(max_size=12)), call_sid=st.one_of(KEYISH, ODD_TEXT),
+       us=st.one_of(ODD_US, st.integers(-(10**18), 10**18)))
+def test_any_entry_restores_as_the_reference_restores_it(stored: bytes, key: bytes, call_sid: str, us: int) -> None:
+    """Entries, keys and scores of any kind (non-UTF-8 keys, instants beyond the year 9999): the same
+    bytes, or the same error, as the codec the entries were written by."""
+    assert outcome(restore, stored, key, call_sid, us) == outcome(reference.restore, stored, key, call_sid, us)
 
 
 # -- through the service: /events and /costs as they were -------------------------------------------------
