@@ -70,7 +70,8 @@ async def product_costs(redis: run.RedisServer, events: list[bytes], batch: int)
     finally:
         run.fill_stream = fill
     n = len(events)
-    return {"rate": rate, "worker_us": 1e6 * (own_cpu() - cpu) / n, "redis_us": 1e6 * (redis_cpu(redis.port) - server) / n,
+    return {"rate": rate, "worker_us": 1e6 * (own_cpu() - cpu) / n,
+            "redis_us": 1e6 * (redis_cpu(redis.port) - server) / n,
             "commands": {name: usec / n for name, usec in command_usec(redis.port).items()}}
 
 
