@@ -31,20 +31,42 @@ end
 
 local function fast(member, version_text, score, entry, delta)
   local d = cjson.decode(delta)
-  for _, suffix in ipairs(d[1]) do
-    redis.call('ZREM', base .. suffix, member)
+  local left, joined, ops = d[1], d[2], d[3]
+  for i = 1, #left do
+    redis.call('ZREM', base .. left[i], member)
   end
-  for _, suffix in ipairs(d[2]) do
-    redis.call('ZADD', base .. suffix, score, member)
+  for i = 1, #joined do
+    redis.call('ZADD', base .. joined[i], score, member)
   end
-  for _, op in ipairs(d[3]) do
-    if tonumber(redis.call('HINCRBY', base .. op[1], op[2], op[3])) == 0 then
+  for i = 1, #ops do
+    local op = ops[i]
+    if redis.call('HINCRBY', base .. op[1], op[2], op[3]) == 0 then
       redis.call('HDEL', base .. op[1], op[2])
     end
   end
   redis.call('HSET', KEYS[2], member, version_text)
   redis.call('HSET', KEYS[1], member, entry)
   return 1
+end
+
+-- Adds sign * each amount of `increments` ({key: {field: amount}}) into delta[key][field]. An
+-- amount only added is kept as its text (what '%.0f' would print of it), sparing tonumber.
+local function add(delta, increments, sign)
+  for key, fields in pairs(increments) do
+    local d = delta[key]
+    if d == nil then
+      d = {}
+      delta[key] = d
+    end
+    for field, amount in pairs(fields) do
+      local was = d[field]
+      if was == nil and sign == 1 then
+        d[field] = amount
+      else
+        d[field] = (was or 0) + sign * tonumber(amount)
+      end
+    end
+  end
 end
 
 local function replace(member, version_text, score, entry, from, delta)
@@ -60,52 +82,46 @@ local function replace(member, version_text, score, entry, from, delta)
   if old == entry then
     return 1
   end
-  local o = nil
-  if old then
-    o = undo(old)
-  end
   local n = undo(entry)
-
-  local held, wanted = {}, {}
-  for _, suffix in ipairs(n[1]) do
-    wanted[suffix] = true
-  end
-  if o then
-    for _, suffix in ipairs(o[1]) do
-      held[suffix] = true
+  local new_sets = n[1]
+  local changes = {}
+  if old then
+    local o = undo(old)
+    local wanted = {}
+    for i = 1, #new_sets do
+      wanted[new_sets[i]] = true
+    end
+    local moved = o[3] ~= score -- then every set is scored again: held is not needed
+    local held = {}
+    local old_sets = o[1]
+    for i = 1, #old_sets do
+      local suffix = old_sets[i]
+      if not moved then
+        held[suffix] = true
+      end
       if not wanted[suffix] then
         redis.call('ZREM', base .. suffix, member)
       end
     end
-  end
-  local moved = o == nil or o[3] ~= score
-  for _, suffix in ipairs(n[1]) do
-    if moved or not held[suffix] then
-      redis.call('ZADD', base .. suffix, score, member)
-    end
-  end
-
-  local delta = {}
-  local function add(increments, sign)
-    for key, fields in pairs(increments) do
-      local d = delta[key]
-      if d == nil then
-        d = {}
-        delta[key] = d
-      end
-      for field, amount in pairs(fields) do
-        d[field] = (d[field] or 0) + sign * tonumber(amount)
+    for i = 1, #new_sets do
+      if moved or not held[new_sets[i]] then
+        redis.call('ZADD', base .. new_sets[i], score, member)
       end
     end
+    add(changes, o[2], -1)
+  else
+    for i = 1, #new_sets do
+      redis.call('ZADD', base .. new_sets[i], score, member)
+    end
   end
-  if o then
-    add(o[2], -1)
-  end
-  add(n[2], 1)
-  for key, fields in pairs(delta) do
+  add(changes, n[2], 1)
+  for key, fields in pairs(changes) do
     for field, d in pairs(fields) do
-      if d ~= 0 then
-        if tonumber(redis.call('HINCRBY', base .. key, field, string.format('%.0f', d))) == 0 then
+      if d ~= 0 and d ~= '0' then
+        if type(d) == 'number' then
+          d = string.format('%.0f', d)
+        end
+        if redis.call('HINCRBY', base .. key, field, d) == 0 then
           redis.call('HDEL', base .. key, field)
         end
       end
