@@ -78,6 +78,31 @@ async def test_a_503_original_holds_its_claim_so_a_resplit_is_refused_and_the_ho
     assert again.status == 401  # refused by Redis's claim from here on, in every process
 
 
+async def test_a_refused_request_whose_claim_reached_no_redis_holds_it_too(
+        client: Any, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused at parse (422), its claim goes through `remember` (as every claim on a Cluster):
+    when Redis is away the answer is 503 and the claim is held, so a re-split is refused while
+    the provider's retry gets the 422 again."""
+    path, _sid, params, _, _ = PROVIDERS["twilio"]
+    bad = [(name, "not-a-status" if name == "CallStatus" else value) for name, value in params]
+    headers = sign("twilio", bad)
+    signatures = client.server.app[intake.SIGNATURES]
+    remember = signatures.remember
+
+    async def down(_use: SignatureUse) -> bool:
+        raise StoreUnavailable("redis: ConnectionError")
+
+    monkeypatch.setattr(signatures, "remember", down)
+    assert (await post(client, path, headers, bad)).status == 503
+    assert signatures.held == 1
+    _label, moved = next(resplits(bad))
+    assert (await post(client, path, headers, moved)).status == 401  # refused here, nothing sent
+    monkeypatch.setattr(signatures, "remember", remember)
+    assert (await post(client, path, headers, bad)).status == 422  # the retry: claimed, refused as before
+    assert signatures.held == 0
+    assert (await post(client, path, headers, moved)).status == 401  # and now by Redis's claim
+
+
 async def test_held_claims_land_in_redis_when_it_answers_again_so_other_processes_refuse_the_resplit(
         client: Any, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     path, _sid, params, _, _ = PROVIDERS["twilio"]
