@@ -31,8 +31,9 @@ stops before Redis is back, and at most `HELD_CLAIMS` are held (the oldest go fi
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Awaitable
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from redis.exceptions import ResponseError
@@ -43,6 +44,7 @@ from ledger.replay import SignatureUse
 from ledger.store import unavailable_on_error
 
 log = structlog.get_logger("ledger.signature_ledger")
+T = TypeVar("T")
 
 # Claims held while Redis is unreachable: ~250 B each (a 43-character identity, a 32-byte
 # digest, the dict's slot), so about 12 MB at most; past it the oldest are given up.
@@ -108,15 +110,14 @@ class SignatureLedger:
             uses = [SignatureUse(identity, digest) for identity, digest in islice(self._held.items(), LAND_CHUNK)]
             answers = await asyncio.gather(*(self.remember(use) for use in uses), return_exceptions=True)
             failure = None
-            for use, answer in zip(uses, answers, strict=True):
+            for answer in answers:
                 if isinstance(answer, BaseException):
                     failure = failure or answer
                     continue
-                if answer:
+                if answer:  # remember let the claim go either way
                     landed += 1
                 else:  # another process took the signature first, with other parameters
                     log.warning("signature_claim_taken_elsewhere")
-                self.answered(use)
             if failure is not None:
                 if landed:
                     log.info("signature_claims_landed", claims=landed)
@@ -141,7 +142,28 @@ class SignatureLedger:
 
     async def remember(self, use: SignatureUse) -> bool:
         """Remember the signature with these parameters; False if it is known with other ones.
-        Failures are StoreUnavailable (503)."""
+        Failures are StoreUnavailable (503), and the claim is then held here until it lands."""
+        return await self._settle(use, self._claim(use))
+
+    async def append_claimed(self, store: Any, event_json: bytes, call_sid: str, use: SignatureUse) -> str | None:
+        """`Store.append_claimed` with this ledger's key and TTL (one server: the claim and the XADD
+        in one script): the entry id, or None if the signature is known with other parameters.
+        A 503 holds the claim here, as `remember` does."""
+        return await self._settle(use, store.append_claimed(event_json, call_sid, self.key(use.identity),
+                                                            use.params_digest, self.ttl_s))
+
+    async def _settle(self, use: SignatureUse, claim: Awaitable[T]) -> T:
+        """Await a claim of `use`: held if it reached no Redis (StoreUnavailable), let go once
+        Redis answered it (Redis holds a digest for it then, this one or another)."""
+        try:
+            answer = await claim
+        except StoreUnavailable:
+            self.hold(use)
+            raise
+        self.answered(use)
+        return answer
+
+    async def _claim(self, use: SignatureUse) -> bool:
         if self.batcher is not None and self._set_nx_get:
             key = self.key(use.identity)
             try:  # bounded in time by the batcher's tick, not one timeout per request

@@ -87,17 +87,17 @@ async def test_a_refused_request_whose_claim_reached_no_redis_holds_it_too(
     bad = [(name, "not-a-status" if name == "CallStatus" else value) for name, value in params]
     headers = sign("twilio", bad)
     signatures = client.server.app[intake.SIGNATURES]
-    remember = signatures.remember
+    claim = signatures._claim
 
     async def down(_use: SignatureUse) -> bool:
         raise StoreUnavailable("redis: ConnectionError")
 
-    monkeypatch.setattr(signatures, "remember", down)
+    monkeypatch.setattr(signatures, "_claim", down)
     assert (await post(client, path, headers, bad)).status == 503
     assert signatures.held == 1
     _label, moved = next(resplits(bad))
     assert (await post(client, path, headers, moved)).status == 401  # refused here, nothing sent
-    monkeypatch.setattr(signatures, "remember", remember)
+    monkeypatch.setattr(signatures, "_claim", claim)
     assert (await post(client, path, headers, bad)).status == 422  # the retry: claimed, refused as before
     assert signatures.held == 0
     assert (await post(client, path, headers, moved)).status == 401  # and now by Redis's claim

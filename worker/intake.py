@@ -25,7 +25,6 @@ from ledger.errors import (
     RequestTimeout,
     SignatureReused,
     SourceNotConfigured,
-    StoreUnavailable,
 )
 from ledger.events import CallEvent
 from ledger.logs import log_info
@@ -105,14 +104,7 @@ async def _handle(request: web.Request, name: str) -> web.Response:
     if use is not None and store.claims_with_append:
         # One server: the claim and the XADD in one script, one round trip (a 503 holds the claim
         # here, so the provider's retry with the same parameters passes and a re-split does not).
-        try:
-            entry_id = await store.append_claimed(event_json, event.call_sid, signatures.key(use.identity),
-                                                  use.params_digest, signatures.ttl_s)
-        except StoreUnavailable:
-            signatures.hold(use)
-            raise
-        signatures.answered(use)
-        if entry_id is None:
+        if await signatures.append_claimed(store, event_json, event.call_sid, use) is None:
             raise SignatureReused("signature already used with other parameters")
     else:
         # Claimed before the XADD: if the XADD then fails (503), the retry carries the same
@@ -138,16 +130,7 @@ def parse(source: Source, webhook: WebhookRequest) -> CallEvent | None:
 async def claim(request: web.Request, use: SignatureUse | None) -> None:
     """Remember the request's signature (Twilio, Plivo); SignatureReused if it is known with other
     parameters."""
-    if use is None:
-        return
-    signatures = request.app[SIGNATURES]
-    try:
-        claimed = await signatures.remember(use)
-    except StoreUnavailable:  # answered 503: held here until it lands (ledger.signature_ledger)
-        signatures.hold(use)
-        raise
-    signatures.answered(use)
-    if not claimed:
+    if use is not None and not await request.app[SIGNATURES].remember(use):  # a 503 holds the claim here
         raise SignatureReused("signature already used with other parameters")
 
 
