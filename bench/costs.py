@@ -124,9 +124,7 @@ def http_costs(args: argparse.Namespace) -> None:
         return
     redis = run.RedisServer()
     rows = []
-    env = {"LEDGER_REDIS_URL": redis.url, "LEDGER_API_TOKENS": run.API_TOKEN, "LEDGER_TWILIO_AUTH_TOKEN":
-           run.TWILIO_TOKEN, "LEDGER_PLATFORM_WEBHOOK_SECRET": run.PLATFORM_SECRET, "LEDGER_LOG_FORMAT": "json",
-           "LEDGER_KEY_PREFIX": "benchhttp"}
+    env = run.service_env(redis.url)
     cli = [sys.executable, "-m", "ledger.cli"]
     try:
         with tempfile.TemporaryDirectory() as workdir:
@@ -145,13 +143,7 @@ def http_costs(args: argparse.Namespace) -> None:
                 try:
                     for route in ("twilio", "platform"):
                         url = f"http://127.0.0.1:{port}/webhooks/{route}"
-                        if route == "twilio":
-                            headers = {"Content-Type": "application/x-www-form-urlencoded",
-                                       "X-Twilio-Signature": run.twilio_signature(url, run.TWILIO_BODY)}
-                            script = run.post_script(Path(workdir) / "t.lua", headers, run.TWILIO_BODY)
-                        else:
-                            script = run.post_script(Path(workdir) / "p.lua", run.platform_headers(run.PLATFORM_BODY),
-                                                     run.PLATFORM_BODY)
+                        script = run.webhook_script(Path(workdir), route, url)
                         rows.append((f"{role} POST /webhooks/{route}",
                                      *measured(proc.pid, url, args.seconds, args.connections, script)))
                 finally:

@@ -206,6 +206,22 @@ def post_script(path: Path, headers: dict[str, str], body: str) -> str:
     return str(path)
 
 
+def webhook_script(workdir: Path, route: str, url: str) -> str:
+    """The wrk script posting the bench's signed webhook to `url` (route `twilio` or `platform`)."""
+    if route == "twilio":
+        headers = {"Content-Type": "application/x-www-form-urlencoded",
+                   "X-Twilio-Signature": twilio_signature(url, TWILIO_BODY)}
+        return post_script(workdir / f"{route}.lua", headers, TWILIO_BODY)
+    return post_script(workdir / f"{route}.lua", platform_headers(PLATFORM_BODY), PLATFORM_BODY)
+
+
+def service_env(redis_url: str) -> dict[str, str]:
+    """What every role of the HTTP rows runs with: every secret set, JSON logs."""
+    return {"LEDGER_REDIS_URL": redis_url, "LEDGER_API_TOKENS": API_TOKEN, "LEDGER_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET, "LEDGER_LOG_FORMAT": "json",
+            "LEDGER_KEY_PREFIX": "benchhttp"}
+
+
 def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
@@ -243,9 +259,7 @@ def http_round(redis: RedisServer, seconds: int, connections: int, workdir: Path
 
     results: dict[str, dict[str, float]] = {}
     sid = "CA0123456789abcdef0123456789abcdef"
-    base_env = {"LEDGER_REDIS_URL": redis.url, "LEDGER_API_TOKENS": API_TOKEN, "LEDGER_TWILIO_AUTH_TOKEN":
-                TWILIO_TOKEN, "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET, "LEDGER_LOG_FORMAT": "json",
-                "LEDGER_KEY_PREFIX": "benchhttp"}
+    base_env = service_env(redis.url)
     cli = [sys.executable, "-m", "ledger.cli"]
     redis.flush()  # no backlog of the previous round for serve's apply loop to chew on
     floor = FLOOR_DIR / "floor_api.py"
@@ -268,13 +282,7 @@ def http_round(redis: RedisServer, seconds: int, connections: int, workdir: Path
                     if row_role != role:
                         continue
                     url = f"http://127.0.0.1:{port}/webhooks/{route}"
-                    if route == "twilio":
-                        headers = {"Content-Type": "application/x-www-form-urlencoded",
-                                   "X-Twilio-Signature": twilio_signature(url, TWILIO_BODY)}
-                        script = post_script(workdir / f"{route}.lua", headers, TWILIO_BODY)
-                    else:
-                        script = post_script(workdir / f"{route}.lua", platform_headers(PLATFORM_BODY),
-                                             PLATFORM_BODY)
+                    script = webhook_script(workdir, route, url)
                     if floor_proc is not None:
                         results[f"floor POST before {name}"] = floor_post()
                     results[name] = wrk(url, seconds, connections, script)
