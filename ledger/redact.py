@@ -23,7 +23,9 @@ REDACTED = "[redacted]"
 # Shorter configured values are not redacted: they would blank out ordinary words of every line.
 MIN_SECRET_LENGTH = 8
 
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[^\s\"',;&]+")
+# The separator may be whitespace as sent, URL-encoded, or as a JSON-rendered line escapes it
+# (`Bearer\tabc` in a line that quotes a header value with a tab).
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|%09|\+|(?:\\[tnr]|\\u00(?:09|0a|0d|20))+)[^\s\"',;&]+")
 _SIGNATURE = re.compile(r"(?i)(signature[\w-]*[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9+/=_,.\-]{16,}")
 _TRIGGERS = ("bearer", "basic", "signature")
 # In library text only: a run of 7+ digits (optionally after + or %2B) may be a phone number.

@@ -179,3 +179,13 @@ def test_redactor_leaves_ordinary_lines_untouched_and_redacts_credentials() -> N
     assert redactor(f"t={TWILIO_TOKEN.upper()} authorization: bearer abc.def") == \
         "t=[redacted] authorization: bearer [redacted]"
     assert redactor(f'"x-plivo-signature-v3":"{PLIVO_SIGNATURE}"') == '"x-plivo-signature-v3":"[redacted]"'
+
+
+def test_redactor_catches_credentials_whose_separator_a_json_line_escaped() -> None:
+    redactor = Redactor()
+    # json.dumps / orjson render a tab or newline inside a value as a two-character escape.
+    for separator in ("\\t", "\\n", "\\r", "\\u0009", "\\u0020", "\\t\\t", "%09", "%20", "+", " \t "):
+        line = json.dumps({"header": "Bearer" + "\t" + "tok_secret_abc"}).replace("\\t", separator)
+        assert "tok_secret_abc" not in redactor(line), separator
+    assert "s3cr3tpass" not in redactor(json.dumps({"h": "Basic\ts3cr3tpass"}))
+    assert "s3cr3tpass" not in redactor(json.dumps({"h": "Basic\ns3cr3tpass"}))
