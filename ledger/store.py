@@ -140,6 +140,9 @@ class LoadedCall:
     # core and fields.
     state: CallState | None = None
     token: str = ""  # the token of the commit that made `version` ('' before tokens; commit.lua)
+    # Not read at all: the worker guessed the call is new (worker/apply.py, NewCallGuess), and
+    # the commit's compare-and-set against version 0 and no token says whether it was.
+    guessed: bool = False
 
 
 # Not frozen, like ledger.stream_store.Entry: the apply loop makes one per call per batch.

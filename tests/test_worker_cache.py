@@ -6,10 +6,10 @@ from typing import Any
 from ledger.events import CallEvent
 from ledger.metrics import Metrics
 from ledger.rules import render_record
-from ledger.store import Store
+from ledger.store import Entry, Store
 from tests.conftest import make_settings
 from tests.workers import make_event, usage
-from worker.apply import KNOWN_EVENTS
+from worker.apply import KNOWN_EVENTS, NewCallGuess
 from worker.consumer import Consumer
 
 
@@ -63,7 +63,9 @@ async def test_a_call_read_from_redis_knows_its_latest_events(store: Store) -> N
     counts = counting(store)
     await append(store, usage("CA-r", f"u{KNOWN_EVENTS + 4}", KNOWN_EVENTS + 4, "tts", 1))  # the latest, again
     await fresh.run_burst()
-    assert counts == {"loads": 1, "commits": 0}  # read once; a duplicate: nothing to commit
+    # Guessed new (NewCallGuess), refused by the commit (the call has a version), read once; a
+    # duplicate: nothing more to commit.
+    assert counts == {"loads": 1, "commits": 1}
     await append(store, usage("CA-r", "u0", 0, "tts", 1))  # older than the latest 32: the script finds it
     await fresh.run_burst()
     assert (await record(store, "CA-r"))["tts_cost"] == KNOWN_EVENTS + 5
@@ -133,3 +135,65 @@ async def test_a_duplicate_of_a_call_this_worker_indexed_itself_sends_no_index_u
     await append(store, usage("CA-i", "u1", 0, "llm", 5))
     await other.run_burst()
     assert [w.entry.call_sid for w in sent] == ["CA-i"]
+
+
+async def test_a_call_the_worker_does_not_know_is_committed_as_new_without_reading_it(store: Store) -> None:
+    consumer = Consumer(store, make_settings(), Metrics())
+    counts = counting(store)
+    await append(store, *(usage(f"CA-n{i}", f"u{i}", i, "llm", 10 + i) for i in range(3)),
+                 usage("CA-n0", "u9", 9, "tts", 4))
+    assert await consumer.run_burst() == 4
+    assert counts == {"loads": 0, "commits": 1}  # guessed new, and they were: no read at all
+    records = [await record(store, f"CA-n{i}") for i in range(3)]
+    assert [(r["llm_cost"], r["tts_cost"]) for r in records] == [(10, 4), (11, None), (12, None)]
+    assert len({r["id"] for r in records}) == 3
+    assert consumer.guess.fail_rate == 0.0
+
+
+async def test_a_wrong_guess_is_refused_then_the_call_is_read_and_each_event_applied_once(store: Store) -> None:
+    first = Consumer(store, make_settings(), Metrics())
+    await append(store, usage("CA-g", "u1", 1, "llm", 5), make_event("CA-g", "s1", 2, status="ongoing"))
+    await first.run_burst()
+    before = await record(store, "CA-g")
+    other = Consumer(store, make_settings(), Metrics())  # knows nothing of CA-g: guesses it new
+    counts = counting(store)
+    await append(store, usage("CA-g", "u1", 1, "llm", 5), usage("CA-g", "u2", 3, "llm", 7))  # u1 again, and a new one
+    assert await other.run_burst() == 2
+    # The guess (version 0) is refused, the call read, the plan committed on the version read.
+    assert counts == {"loads": 1, "commits": 2}
+    after = await record(store, "CA-g")
+    assert after["llm_cost"] == 12 and after["status"] == "ongoing"
+    assert after["id"] == before["id"]  # the id allocated for the guess is never used
+    assert await store.applied_keys("CA-g") == {"platform:u1", "platform:s1", "platform:u2"}
+    assert other.guess.fail_rate > 0
+
+
+def test_guessing_stops_while_guesses_fail_and_comes_back_when_they_hold() -> None:
+    guess = NewCallGuess()
+    fresh = [(Entry("1-0", b""), usage("CA-x", "u", 0, "llm", 1))]
+    assert guess.allowed(fresh)
+    assert not guess.allowed([(Entry("1-0", b"", deliveries=2), fresh[0][1])])  # redelivered: read first
+    for _ in range(10):  # a worker sharing its calls with others: most calls it does not know exist
+        guess.outcome(False)
+    asked = [guess.allowed(fresh) for _ in range(3 * NewCallGuess.PROBE_EVERY)]
+    assert asked.count(True) == 3  # one probe in PROBE_EVERY
+    while guess.fail_rate >= NewCallGuess.FAIL_RATE:  # the probes succeed: calls are new again
+        guess.outcome(True)
+    assert all(guess.allowed(fresh) for _ in range(10))
+
+
+async def test_a_worker_whose_calls_all_exist_soon_reads_them_first(store: Store) -> None:
+    first = Consumer(store, make_settings(), Metrics())
+    await append(store, *(usage(f"CA-e{i}", "u0", 0, "llm", 1) for i in range(40)))
+    await first.run_burst()
+    other = Consumer(store, make_settings(), Metrics())
+    counts = counting(store)
+    for i in range(40):  # one call per batch: each unknown to `other`, each existing
+        await append(store, usage(f"CA-e{i}", "u1", 1, "llm", 2))
+        await other.run_burst()
+    # Every wrong guess costs one refused commit; past the threshold it reads first (a probe
+    # now and then), so far fewer than 40 commits were refused.
+    refused = counts["commits"] - 40
+    assert 5 <= refused <= 10
+    assert counts["loads"] == 40
+    assert [(await record(store, f"CA-e{i}"))["llm_cost"] for i in range(40)] == [3] * 40

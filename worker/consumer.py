@@ -30,7 +30,16 @@ from ledger.rules import CallState, fix_estimate, render_record
 from ledger.served import stored_record
 from ledger.settings import Settings
 from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
-from worker.apply import KNOWN_EVENTS, CallPlan, IndexedEntries, KnownCalls, plan_call, wanted_meta
+from worker.apply import (
+    KNOWN_EVENTS,
+    CallPlan,
+    IndexedEntries,
+    KnownCalls,
+    NewCallGuess,
+    new_call,
+    plan_call,
+    wanted_meta,
+)
 
 log = structlog.get_logger("ledger.worker")
 
@@ -84,6 +93,7 @@ class Consumer:
         # LEDGER_WORKER_CACHE_BYTES: three quarters for call states, one for index entries.
         self.known = KnownCalls(settings.worker_cache_bytes * 3 // 4)
         self.indexed = IndexedEntries(settings.worker_cache_bytes // 4)
+        self.guess = NewCallGuess()
         self._next_claim = 0.0
         self._token_prefix, self._commits = secrets.token_hex(4) + ".", 0
         self._next_maintenance = 0.0
@@ -224,8 +234,10 @@ class Consumer:
         # or was refused (re-indexing it repairs an index update a dead worker missed).
         committed: dict[str, Committed] = {}
         remaining = by_call
-        for _attempt in range(COMMIT_ATTEMPTS):
-            loaded = await self._load(remaining)
+        for attempt in range(COMMIT_ATTEMPTS):
+            # Calls it does not know are guessed new on the first attempt only: a call still
+            # remaining after it (a wrong guess among them) is read.
+            loaded = await self._load(remaining, guess=attempt == 0)
             plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in remaining.items()}
             # A call planned from the worker's cache (KnownCalls) is only a guess of what Redis
             # holds. A refusal there (the event bound, say) may be of an event already applied
@@ -372,9 +384,11 @@ class Consumer:
         flush_logs()
         return settled
 
-    async def _load(self, calls: dict[str, list[tuple[Entry, CallEvent]]]) -> dict[str, LoadedCall]:
+    async def _load(self, calls: dict[str, list[tuple[Entry, CallEvent]]],
+                    guess: bool = False) -> dict[str, LoadedCall]:
         """Each call's version, state, touched fields and applied events: from what we last
-        wrote, else from Redis."""
+        wrote, else (with `guess`, while guesses mostly hold: NewCallGuess) as a new call,
+        else from Redis."""
         loaded: dict[str, LoadedCall] = {}
         missing: dict[str, tuple[list[str], list[str]]] = {}
         for sid, items in calls.items():
@@ -382,10 +396,12 @@ class Consumer:
             # call_meta keys the events touch.
             keys, meta = wanted_meta(items)
             known = self.known.get(sid, meta)
-            if known is None:
-                missing[sid] = (keys, [*RECORD_FIELDS, *meta])
-            else:
+            if known is not None:
                 loaded[sid] = known
+            elif guess and self.guess.allowed(items):
+                loaded[sid] = new_call()
+            else:
+                missing[sid] = (keys, [*RECORD_FIELDS, *meta])
         if missing:
             # With its latest events' keys: a retry of one is then a duplicate at once (KnownCalls).
             loaded.update(await self.store.load_calls(missing, latest=KNOWN_EVENTS))
@@ -429,6 +445,8 @@ class Consumer:
         results = await self.store.commit(writes)
         conflicts = set()
         for write, ok in zip(writes, results, strict=True):
+            if loaded[write.call_sid].guessed:
+                self.guess.outcome(bool(ok))
             if ok and not write.events:  # checked, not written: what was loaded still holds
                 continue
             if ok:
