@@ -23,9 +23,11 @@ REDACTED = "[redacted]"
 # Shorter configured values are not redacted: they would blank out ordinary words of every line.
 MIN_SECRET_LENGTH = 8
 
-# The separator may be whitespace as sent, URL-encoded, or as a JSON-rendered line escapes it
-# (`Bearer\tabc` in a line that quotes a header value with a tab).
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|%09|\+|(?:\\[tnr]|\\u00(?:09|0a|0d|20))+)[^\s\"',;&]+")
+# The separator may be whitespace (any, as str.split() knows it) as sent, URL-encoded, or as a
+# rendered line escapes it: JSON's `\t`/`\f`/`\u000b`..., a repr() inside a JSON line (`\\t`),
+# in any mix (`Bearer\t tok`).
+_ESCAPED_SPACE = r"\\{1,4}(?:[tnrfbv]|u00[01][0-9a-fA-F]|u00[aA]0|u0085|u20[0-2][0-9a-fA-F]|u3000|u1680|u180[eE])"
+_CREDENTIAL = re.compile(rf"(?i)\b(bearer|basic)(?:\s|%20|%09|\+|{_ESCAPED_SPACE})+[^\s\"',;&]+")
 _SIGNATURE = re.compile(r"(?i)(signature[\w-]*[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9+/=_,.\-]{16,}")
 _TRIGGERS = ("bearer", "basic", "signature")
 # In library text only: a run of 7+ digits (optionally after + or %2B) may be a phone number.

@@ -1206,3 +1206,20 @@ async def test_call_id_over_512_characters_is_refused_or_readable(client: Any, s
         assert (await client.get(sid_path(sid), headers=AUTH)).status == 200
     else:
         assert status == 422 and await stream_length(store) == 0
+
+
+@pytest.mark.parametrize("segment", [0, 1, 2])
+async def test_a_vonage_token_with_a_non_ascii_segment_is_401_not_an_error(client: Any, store: Store,
+                                                                          segment: int) -> None:
+    """Nobody signed it: a 401, and no `unhandled_error` line an attacker could flood the logs with."""
+    parts = [base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').decode().rstrip("="), "eyJpYXQiOjF9",
+             base64.urlsafe_b64encode(b"x" * 32).decode().rstrip("=")]
+    parts[segment] = parts[segment][:4] + "\u00e9" + parts[segment][4:]
+    header = ("Bearer " + ".".join(parts)).encode().decode("latin-1")  # as the raw bytes arrive
+    with capture_logs() as logs:
+        response = await client.post("/webhooks/vonage", data=b"{}", headers={
+            "Authorization": header, "Content-Type": "application/json"})
+    assert response.status == 401, await response.text()
+    assert (await response.json())["error"] == "invalid_signature"
+    assert not [line for line in logs if line.get("log_level") == "error"], logs
+    assert await stream_length(store) == 0

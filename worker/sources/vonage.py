@@ -94,6 +94,10 @@ def verify_hs256(token: str, secret: bytes) -> dict[str, object]:
     if len(segments) != 3:
         raise SignatureInvalid("bearer token is malformed")
     header_b64, claims_b64, signature_b64 = segments
+    # Every segment must be base64url before any is used: the claims are hashed as ASCII text
+    # before they are decoded, and a token nobody signed must be a 401, never a 500.
+    if not all(_SEGMENT.fullmatch(segment) for segment in segments):
+        raise SignatureInvalid("bearer token is malformed")
     if _json_segment(header_b64).get("alg") != "HS256":
         raise SignatureInvalid("bearer token must be signed with HS256")
     expected = hmac.new(secret, f"{header_b64}.{claims_b64}".encode("ascii"), hashlib.sha256).digest()
