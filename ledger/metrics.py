@@ -26,6 +26,11 @@ class Metrics:
         self.dead_lettered = Counter(
             "ledger_events_dead_lettered", "Events moved to the dead-letter stream", ["source"], registry=r
         )
+        self.new_call_guesses = Counter(
+            "ledger_new_call_guesses", "Calls the worker did not know, committed as new without reading them "
+            "first, by outcome (right: the call was new; wrong: it existed, the commit was refused and the call "
+            "read)", ["outcome"], registry=r,
+        )
         self.request_seconds = Histogram(
             "ledger_http_request_duration_seconds", "HTTP request latency", ["route", "method", "status"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

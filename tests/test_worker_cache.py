@@ -148,6 +148,7 @@ async def test_a_call_the_worker_does_not_know_is_committed_as_new_without_readi
     assert [(r["llm_cost"], r["tts_cost"]) for r in records] == [(10, 4), (11, None), (12, None)]
     assert len({r["id"] for r in records}) == 3
     assert consumer.guess.fail_rate == 0.0
+    assert consumer.metrics.new_call_guesses.labels("right")._value.get() == 3
 
 
 async def test_a_wrong_guess_is_refused_then_the_call_is_read_and_each_event_applied_once(store: Store) -> None:
@@ -166,6 +167,7 @@ async def test_a_wrong_guess_is_refused_then_the_call_is_read_and_each_event_app
     assert after["id"] == before["id"]  # the id allocated for the guess is never used
     assert await store.applied_keys("CA-g") == {"platform:u1", "platform:s1", "platform:u2"}
     assert other.guess.fail_rate > 0
+    assert other.metrics.new_call_guesses.labels("wrong")._value.get() == 1
 
 
 def test_guessing_stops_while_guesses_fail_and_comes_back_when_they_hold() -> None:

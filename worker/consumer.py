@@ -444,9 +444,11 @@ class Consumer:
             ))
         results = await self.store.commit(writes)
         conflicts = set()
+        guesses: Counter[str] = Counter()
         for write, ok in zip(writes, results, strict=True):
             if loaded[write.call_sid].guessed:
                 self.guess.outcome(bool(ok))
+                guesses["right" if ok else "wrong"] += 1
             if ok and not write.events:  # checked, not written: what was loaded still holds
                 continue
             if ok:
@@ -459,6 +461,8 @@ class Consumer:
                 # What it indexed last may be of that stale picture too: no delta from it.
                 self.indexed.forget(write.call_sid)
                 conflicts.add(write.call_sid)
+        for outcome, count in guesses.items():
+            self.metrics.labelled(self.metrics.new_call_guesses, outcome).inc(count)
         return conflicts, {w.call_sid: w for w in writes}
 
     def _new_token(self) -> str:
