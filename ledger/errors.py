@@ -104,6 +104,14 @@ class StoreUnavailable(LedgerError):
     code = "store_unavailable"
 
 
+class ClaimPending(StoreUnavailable):
+    """The signature's first use is held by this process, unconfirmed by Redis (which decides:
+    first claim wins), and this request carries other parameters: retry once Redis answers."""
+
+    code = "signature_claim_pending"
+    outcome = "deferred_replay"
+
+
 class Unapplicable(Exception):
     """An event the worker cannot apply (e.g. a currency with no configured FX rate).
 

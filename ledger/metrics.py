@@ -13,7 +13,8 @@ class Metrics:
         r = self.registry
         self.received = Counter(
             "ledger_events_received", "Webhooks received, by source and outcome "
-            "(stored, ignored, rejected_signature, rejected_replay, rejected_body, unavailable, not_configured)",
+            "(stored, ignored, rejected_signature, rejected_replay, deferred_replay, rejected_body, unavailable, "
+            "not_configured)",
             ["source", "outcome"], registry=r,
         )
         self.applied = Counter("ledger_events_applied", "Events applied to a call record", ["source"], registry=r)

@@ -14,10 +14,13 @@ Three pieces, from the most to the least specific:
 """
 
 import ipaddress
+import json
 import re
 import traceback
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
+
+import orjson
 
 REDACTED = "[redacted]"
 # Shorter configured values are not redacted: they would blank out ordinary words of every line.
@@ -27,7 +30,9 @@ MIN_SECRET_LENGTH = 8
 # rendered line escapes it: JSON's `\t`/`\f`/`\u000b`..., a repr() inside a JSON line (`\\t`),
 # in any mix (`Bearer\t tok`).
 _ESCAPED_SPACE = r"\\{1,4}(?:[tnrfbv]|u00[01][0-9a-fA-F]|u00[aA]0|u0085|u20[0-2][0-9a-fA-F]|u3000|u1680|u180[eE])"
-_CREDENTIAL = re.compile(rf"(?i)\b(bearer|basic)(?:\s|%20|%09|\+|{_ESCAPED_SPACE})+[^\s\"',;&]+")
+# The credential stops at a backslash: the line is rendered JSON, and a match that took the
+# backslash of an escape (`abc\"def`) would leave its quote bare and the line no longer JSON.
+_CREDENTIAL = re.compile(rf"(?i)\b(bearer|basic)(?:\s|%20|%09|\+|{_ESCAPED_SPACE})+[^\s\"',;&\\]+")
 _SIGNATURE = re.compile(r"(?i)(signature[\w-]*[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9+/=_,.\-]{16,}")
 _TRIGGERS = ("bearer", "basic", "signature")
 # In library text only: a run of 7+ digits (optionally after + or %2B) may be a phone number.
@@ -52,27 +57,62 @@ class Redactor:
     """Redacts known secrets and obvious credentials from one rendered log line."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        values = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
+        # As a JSON line shows them too: a quote, backslash or control character escaped, and
+        # with ensure_ascii every non-ASCII character.
+        values |= {form[1:-1] for value in list(values)
+                   for form in (orjson.dumps(value).decode(), json.dumps(value))}
+        ordered = sorted(values, key=len, reverse=True)
         # Substring tests on the lower-cased line are the cheap common path (about 1 µs a line); a regex
         # alternation over the same needles is some 20 times slower in CPython.
-        self._needles = (*_TRIGGERS, *(value.lower() for value in values))
-        self._secrets = re.compile("|".join(re.escape(value) for value in values), re.I) if values else None
+        self._needles = (*_TRIGGERS, *(value.lower() for value in ordered))
+        self._secrets = re.compile("|".join(re.escape(value) for value in ordered), re.I) if ordered else None
 
     def __call__(self, line: str) -> str:
+        # JSON allows U+2028/U+2029 inside strings, but line splitters (str.splitlines, some log
+        # shippers) break a line there. Free for ASCII lines: a wider character is never in one.
+        if "\u2028" in line or "\u2029" in line:
+            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         lowered = line.lower()
         for needle in self._needles:
             if needle in lowered:
                 break
         else:
             return line  # the common case: nothing to look at
+        redacted = self._text(line)
+        if redacted != line and line[:1] == "{" and not _is_json(redacted) and _is_json(line):
+            # A match cut through one of the line's escapes: redact the decoded strings instead.
+            redacted = orjson.dumps(_map_strings(orjson.loads(line), self._text)).decode()
+        return redacted
+
+    def _text(self, text: str) -> str:
         if self._secrets is not None:
-            line = self._secrets.sub(REDACTED, line)
-        line = _CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", line)
-        return _SIGNATURE.sub(lambda m: m.group(1) + REDACTED, line)
+            text = self._secrets.sub(REDACTED, text)
+        text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+        return _SIGNATURE.sub(lambda m: m.group(1) + REDACTED, text)
 
     def processor(self, logger: Any, method: str, rendered: Any) -> Any:
         """structlog processor, placed after the renderer: redacts the rendered line."""
         return self(rendered) if isinstance(rendered, str) else rendered
+
+
+def _is_json(line: str) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _map_strings(value: Any, redact: Callable[[str], str]) -> Any:
+    """`value` (decoded JSON) with `redact` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(key): _map_strings(item, redact) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(item, redact) for item in value]
+    return value
 
 
 def _peer(args: object) -> str | None:

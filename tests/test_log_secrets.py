@@ -6,6 +6,8 @@ import logging
 import secrets
 import socket
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import orjson
@@ -13,6 +15,8 @@ import pytest
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger.logs import configure_logging
 from ledger.redact import Redactor, mask_digit_runs, mask_phone
@@ -201,3 +205,85 @@ def test_redactor_catches_credentials_whose_separator_a_rendered_line_escaped(he
     redactor = Redactor()
     line = dumps({"event": "x", "detail": header})
     assert "tok_secret_abc" not in redactor(line), redactor(line)
+
+
+# Values a sender controls (a platform call_sid or webhook-id, a Telnyx call id) that once made
+# the redactor cut through a JSON escape and leave the line invalid.
+HOSTILE_VALUES = ['bearer abc"def', 'basic\\tfoo\\"x', 'Bearer x","level":"error', 'bearer \\', "basic \\u0041",
+                  'Bearer "', "x\u2028y", "bearer\u2029z"]
+
+
+class _Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def msg(self, line: str) -> None:
+        self.lines.append(line)
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_a_per_event_line_stays_one_json_line_whatever_the_ids(value: str) -> None:
+    from ledger.logs import EventLines, UtcStamper
+
+    sink = _Lines()
+    lines = EventLines((), UtcStamper(), Redactor(["whsec_0123456789abcdef"]), sink)  # type: ignore[arg-type]
+    lines("webhook_received", {"source": "platform", "call_sid": value, "event_id": value, "outcome": "stored"})
+    (line,) = sink.lines
+    assert len(line.splitlines()) == 1
+    decoded = json.loads(line)
+    assert decoded["event"] == "webhook_received" and decoded["outcome"] == "stored"
+    assert "abc" not in line and "foo" not in line  # the credentials themselves are gone
+
+
+@given(st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=4),
+       st.sampled_from(["bearer ", "Basic\t", "BEARER\n", "signature=", "tok_secret_abcdef", ""]),
+       st.text(alphabet='"\\ \t\nabc/=+', max_size=12))
+def test_the_redactor_never_makes_a_json_line_invalid(fields: dict[str, str], trigger: str, tail: str) -> None:
+    redactor = Redactor(["tok_secret_abcdef", 'quote"secret\\x'])
+    fields = {**fields, "detail": trigger + tail}
+    for line in (orjson.dumps(fields).decode(), json.dumps(fields)):
+        out = redactor(line)
+        assert isinstance(json.loads(out), dict), out
+        assert "tok_secret_abcdef" not in out
+
+
+def test_a_configured_secret_is_redacted_as_a_json_line_escapes_it() -> None:
+    secret = 'pa"ss\\word-ünïcode'
+    redactor = Redactor([secret])
+    for line in (orjson.dumps({"x": f"k={secret}"}).decode(), json.dumps({"x": f"k={secret}"})):
+        out = redactor(line)
+        assert json.loads(out) == {"x": "k=[redacted]"}, out
+
+
+def test_serve_lines_stay_json_with_a_hostile_webhook_id(redis_server: Any) -> None:
+    """End to end: a signed platform event whose webhook-id holds `bearer q"z` (accepted: the
+    sender chose it) gives valid JSON lines in intake's and the worker's output."""
+    proc, port = start_service("serve", LEDGER_REDIS_URL=redis_server.url, LEDGER_LOG_FORMAT="json")
+    try:
+        body = json.dumps({"type": "call.status", "call_sid": "CA-hostile-id", "occurred_at": "2026-11-24T10:00:05Z",
+                           "data": {"status": "ongoing"}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/platform", data=body, method="POST",
+                                         headers=sign_platform(body, 'wid-bearer q"z', secret=PLATFORM_SECRET))
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        for _ in range(100):  # until the worker has applied it
+            found = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/calls/sid/CA-hostile-id",
+                                           headers={"Authorization": f"Bearer {API_TOKEN}"})
+            try:
+                with urllib.request.urlopen(found, timeout=10):
+                    break
+            except urllib.error.HTTPError:
+                time.sleep(0.05)
+    finally:
+        code, out, _ = stop(proc)
+    assert code == 0
+    lines = [json.loads(line) for line in out.split("\n") if line.strip()]  # each one JSON
+    events = [line["event"] for line in lines if line.get("call_sid") == "CA-hostile-id"]
+    assert "webhook_received" in events and "event_applied" in events
+
+
+def test_a_secret_that_only_seems_to_follow_an_escape_is_left_and_the_line_kept_json() -> None:
+    """`\\n` then `abcdefghij` is not the secret `nabcdefghij`: the text match across the escape
+    would have made `\\[redacted]`; redacting the decoded strings instead leaves it as it is."""
+    line = orjson.dumps({"x": "\nabcdefghij", "y": "nabcdefghij"}).decode()
+    assert json.loads(Redactor(["nabcdefghij"])(line)) == {"x": "\nabcdefghij", "y": "[redacted]"}

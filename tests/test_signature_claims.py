@@ -5,10 +5,13 @@ until it lands."""
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,9 +39,11 @@ from tests.test_replay_resplit import (  # noqa: F401
     settings,
     sign,
 )
+from tests.test_service_process import start_service, stop
 from worker import intake
 from worker.consumer import Consumer
 from worker.sources import WebhookRequest
+from worker.sources.twilio import TwilioSource
 
 
 def parsing_resplit(client: Any, provider: str, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -58,31 +63,34 @@ def parsing_resplit(client: Any, provider: str, params: list[tuple[str, str]]) -
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_a_503_original_holds_its_claim_so_a_resplit_is_refused_and_the_honest_retry_passes(
+async def test_a_503_original_holds_its_claim_so_a_resplit_is_deferred_and_the_honest_retry_passes(
         client: Any, store: Store, consumer: Consumer, provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The original is answered 503 (the one-server script never ran: Redis went away), so Redis
     has no claim. The process holds it: the captured request re-split, delivered before the
-    provider's retry, is refused 401 and stores nothing; the honest retry passes and is stored."""
+    provider's retry, is deferred (503, sent nowhere) and stores nothing; the honest retry passes
+    and is stored, and the re-split is refused 401 from then on."""
     path, sid, params, _, _ = PROVIDERS[provider]
     headers = sign(provider, params)
     assert await post_while_redis_is_down(client, store, monkeypatch, path, headers, params) == 503
     assert client.server.app[intake.SIGNATURES].held == 1
     moved = parsing_resplit(client, provider, params)
     attack = await post(client, path, headers, moved)
-    assert attack.status == 401 and (await attack.json())["detail"] == "signature already used with other parameters"
+    assert attack.status == 503 and (await attack.json())["error"] == "signature_claim_pending"
     assert await store.redis.xlen(store.stream) == 0  # the re-split stored nothing
+    assert await store.redis.keys(f"{store.prefix}:sig:*") == []  # nor claimed anything
     retry = await post(client, path, headers, params)
     assert retry.status == 200 and (await retry.json())["call_sid"] == sid
     assert client.server.app[intake.SIGNATURES].held == 0  # Redis holds the claim now
     again = await post(client, path, headers, moved)
     assert again.status == 401  # refused by Redis's claim from here on, in every process
+    assert (await again.json())["detail"] == "signature already used with other parameters"
 
 
 async def test_a_refused_request_whose_claim_reached_no_redis_holds_it_too(
         client: Any, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused at parse (422), its claim goes through `remember` (as every claim on a Cluster):
-    when Redis is away the answer is 503 and the claim is held, so a re-split is refused while
-    the provider's retry gets the 422 again."""
+    when Redis is away the answer is 503 and the claim is held, so a re-split is deferred while
+    the provider's retry gets the 422 again, and refused once the claim is in Redis."""
     path, _sid, params, _, _ = PROVIDERS["twilio"]
     bad = [(name, "not-a-status" if name == "CallStatus" else value) for name, value in params]
     headers = sign("twilio", bad)
@@ -96,7 +104,7 @@ async def test_a_refused_request_whose_claim_reached_no_redis_holds_it_too(
     assert (await post(client, path, headers, bad)).status == 503
     assert signatures.held == 1
     _label, moved = next(resplits(bad))
-    assert (await post(client, path, headers, moved)).status == 401  # refused here, nothing sent
+    assert (await post(client, path, headers, moved)).status == 503  # deferred here, nothing sent
     monkeypatch.setattr(signatures, "_claim", claim)
     assert (await post(client, path, headers, bad)).status == 422  # the retry: claimed, refused as before
     assert signatures.held == 0
@@ -289,3 +297,68 @@ async def test_held_durable_ack_replica_the_script_path_confirms_on_the_replica(
         other = [(n, v) for n, v in PROVIDERS["twilio"][2] if n != "SequenceNumber"] + [("SequenceNumber", "4")]
         assert (await post(client, PROVIDERS["twilio"][0], sign("twilio", other), other)).status == 503
         os.kill(replica.proc.pid, signal.SIGCONT)
+
+
+async def test_the_honest_retry_reaching_a_process_that_holds_a_resplit_is_deferred_not_refused(
+        store: Store) -> None:
+    """During an outage the original went to one process (held there) and a re-split to another
+    (held there). The provider's retry reaching the second is 503, to be retried, not 401 (which
+    would end it): Redis decides once both land, first claim wins, and here the original's does."""
+    original, resplit = SignatureUse("sig-9", b"a" * 32), SignatureUse("sig-9", b"b" * 32)
+    a, b = SignatureLedger(store.redis, "cl"), SignatureLedger(store.redis, "cl")
+    a.hold(original)
+    b.hold(resplit)
+    assert b.held_elsewhere(original)  # the retry at b: intake answers 503 signature_claim_pending
+    assert await a.land_held() == 1
+    assert await b.land_held() == 0  # the re-split's claim lost: taken elsewhere
+    assert not b.held_elsewhere(original)
+    assert await b.remember(original)  # the provider's next retry passes at b
+    assert not await b.remember(resplit)  # and the re-split is refused everywhere
+
+
+# -- several intake processes during an outage ------------------------------------------------
+
+def _post_to(port: int, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/twilio", data=body, headers=headers,
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _parsing_resplit_params(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    source = TwilioSource(tw.AUTH_TOKEN)
+    for _label, moved in resplits(params):
+        webhook = WebhookRequest(method="POST", url=PUBLIC_URL + tw.PATH, headers={},
+                                 body=urlencode(moved).encode(), received_at=time.time(), query=())
+        try:
+            if source.parse(webhook) is not None:
+                return moved  # ApiVersion absorbs CallDuration: the record's duration would change
+        except LedgerError:
+            continue
+    raise AssertionError("no single re-split parses")
+
+
+def test_an_honest_retry_at_a_process_holding_a_resplit_is_deferred_not_refused(redis_server: RedisServer) -> None:
+    """Two intake processes, Redis down: the provider's request reaches A (503, held there), an
+    attacker's re-split of it reaches B (503, held there), and the provider's retry reaches B."""
+    env = {"LEDGER_REDIS_URL": redis_server.url, "LEDGER_TWILIO_AUTH_TOKEN": tw.AUTH_TOKEN,
+           "LEDGER_PUBLIC_URL": PUBLIC_URL, "LEDGER_LOG_FORMAT": "json"}
+    a, port_a = start_service("intake", **env)
+    b, port_b = start_service("intake", **env)
+    try:
+        params = tw.completed()
+        headers = tw.TwilioSigner().sign("POST", PUBLIC_URL + tw.PATH, params).headers
+        body, moved = urlencode(params).encode(), urlencode(_parsing_resplit_params(params)).encode()
+        redis_server.stop()
+        assert _post_to(port_a, headers, body)[0] == 503  # the provider's request: A holds its claim
+        assert _post_to(port_b, headers, moved)[0] == 503  # the attacker's re-split to B: B holds *it*
+        status, answer = _post_to(port_b, headers, body)  # the provider retries, and the balancer picks B
+        # B cannot know which use Redis will keep (A holds the original): "retry", not 401, which
+        # would end the provider's retries.
+        assert status == 503 and answer["error"] == "signature_claim_pending", answer
+    finally:
+        for proc in (a, b):
+            stop(proc)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
 from ledger.errors import (
+    ClaimPending,
     InvalidEvent,
     LedgerError,
     MalformedBody,
@@ -83,8 +84,11 @@ async def _handle(request: web.Request, name: str) -> web.Response:
     )
     use = source.verify(webhook)  # raw bytes first: nothing unauthentic is parsed
     signatures = request.app[SIGNATURES]
-    if use is not None and signatures.held_elsewhere(use):  # its first claim reached no Redis yet
-        raise SignatureReused("signature already used with other parameters")
+    if use is not None and signatures.held_elsewhere(use):
+        # Its first claim reached no Redis yet: Redis will decide which use stands (first claim
+        # wins, and another process may hold the other one). Nothing is sent, and the answer is
+        # "retry", not 401: this may be the provider's own retry, and a 401 would end it.
+        raise ClaimPending("signature's first use not yet confirmed; retry later")
     # Every verified request claims its signature (SPEC §8), the ones refused at parse or
     # ignored too: a re-split of one of those must not pass later. A signature known with other
     # parameters is refused before anything else is said about the request.
