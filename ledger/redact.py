@@ -26,14 +26,18 @@ REDACTED = "[redacted]"
 # Shorter configured values are not redacted: they would blank out ordinary words of every line.
 MIN_SECRET_LENGTH = 8
 
-# The separator may be whitespace (any, as str.split() knows it) as sent, URL-encoded, or as a
-# rendered line escapes it: JSON's `\t`/`\f`/`\u000b`..., a repr() inside a JSON line (`\\t`),
-# in any mix (`Bearer\t tok`).
+# A credential as a rendered line shows it:
+# - the keyword starts a word, or follows one of a JSON line's escapes (`\nBearer`, `\u00e9Basic`:
+#   after the escape's letter or digit there is no word boundary);
+# - the separator is whitespace (any, as str.split() knows it) as sent, URL-encoded, or escaped
+#   as a JSON line does (`\t`, `\f`, `\u000b`...) or a repr() inside one (`\\t`), in any mix;
+# - the credential stops at a backslash: a match that took the backslash of an escape
+#   (`abc\"def`) would leave its quote bare and the line no longer JSON.
+_KEYWORD_START = r"(?:(?<![A-Za-z0-9_])|(?<=\\[nrtbf])|(?<=\\u[0-9a-fA-F]{4}))"
 _ESCAPED_SPACE = r"\\{1,4}(?:[tnrfbv]|u00[01][0-9a-fA-F]|u00[aA]0|u0085|u20[0-2][0-9a-fA-F]|u3000|u1680|u180[eE])"
-# The credential stops at a backslash: the line is rendered JSON, and a match that took the
-# backslash of an escape (`abc\"def`) would leave its quote bare and the line no longer JSON.
-_CREDENTIAL = re.compile(rf"(?i)\b(bearer|basic)(?:\s|%20|%09|\+|{_ESCAPED_SPACE})+[^\s\"',;&\\]+")
-_SIGNATURE = re.compile(r"(?i)(signature[\w-]*[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9+/=_,.\-]{16,}")
+_CREDENTIAL = re.compile(rf"(?i){_KEYWORD_START}(bearer|basic)(?:\s|%20|%09|\+|{_ESCAPED_SPACE})+[^\s\"',;&\\]+")
+# Bounded: `[\w-]*` rescanned from every "signature" of a long word run is quadratic.
+_SIGNATURE = re.compile(r"(?i)(signature[\w-]{0,64}[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9+/=_,.\-]{16,}")
 _TRIGGERS = ("bearer", "basic", "signature")
 # In library text only: a run of 7+ digits (optionally after + or %2B) may be a phone number.
 _DIGIT_RUN = re.compile(r"(?:\+|%2[bB])?\d{7,}")
@@ -61,7 +65,7 @@ class Redactor:
         # As a JSON line shows them too: a quote, backslash or control character escaped, and
         # with ensure_ascii every non-ASCII character.
         values |= {form[1:-1] for value in list(values)
-                   for form in (orjson.dumps(value).decode(), json.dumps(value))}
+                   for form in (json.dumps(value, ensure_ascii=False), json.dumps(value))}
         ordered = sorted(values, key=len, reverse=True)
         # Substring tests on the lower-cased line are the cheap common path (about 1 µs a line); a regex
         # alternation over the same needles is some 20 times slower in CPython.
@@ -69,10 +73,7 @@ class Redactor:
         self._secrets = re.compile("|".join(re.escape(value) for value in ordered), re.I) if ordered else None
 
     def __call__(self, line: str) -> str:
-        # JSON allows U+2028/U+2029 inside strings, but line splitters (str.splitlines, some log
-        # shippers) break a line there. Free for ASCII lines: a wider character is never in one.
-        if "\u2028" in line or "\u2029" in line:
-            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        line = _one_line(line)
         lowered = line.lower()
         for needle in self._needles:
             if needle in lowered:
@@ -82,7 +83,7 @@ class Redactor:
         redacted = self._text(line)
         if redacted != line and line[:1] == "{" and not _is_json(redacted) and _is_json(line):
             # A match cut through one of the line's escapes: redact the decoded strings instead.
-            redacted = orjson.dumps(_map_strings(orjson.loads(line), self._text)).decode()
+            redacted = _one_line(orjson.dumps(_map_strings(orjson.loads(line), self._text)).decode())
         return redacted
 
     def _text(self, text: str) -> str:
@@ -94,6 +95,15 @@ class Redactor:
     def processor(self, logger: Any, method: str, rendered: Any) -> Any:
         """structlog processor, placed after the renderer: redacts the rendered line."""
         return self(rendered) if isinstance(rendered, str) else rendered
+
+
+def _one_line(line: str) -> str:
+    """JSON allows U+2028/U+2029 inside strings, but line splitters (str.splitlines, some log
+    shippers) break a line there: written escaped. Free for ASCII lines (a wider character is
+    never in one)."""
+    if "\u2028" in line or "\u2029" in line:
+        return line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return line
 
 
 def _is_json(line: str) -> bool:

@@ -199,3 +199,35 @@ async def test_a_worker_whose_calls_all_exist_soon_reads_them_first(store: Store
     assert 5 <= refused <= 10
     assert counts["loads"] == 40
     assert [(await record(store, f"CA-e{i}"))["llm_cost"] for i in range(40)] == [3] * 40
+
+
+async def test_a_cached_call_missing_a_call_meta_key_is_read_not_guessed_new(store: Store) -> None:
+    """The cache knows the call exists even when it cannot plan from it: it is read, never guessed."""
+    first = Consumer(store, make_settings(), Metrics())
+    await append(store, make_event("CA-k", "m1", 0, call_meta={"a": 1, "c": 4}))
+    await first.run_burst()
+    worker = Consumer(store, make_settings(), Metrics())
+    # Guessed new, wrong, read with m:a only: cached, knowing one of the call's two keys.
+    await append(store, make_event("CA-k", "m2", 1, call_meta={"a": 2}))
+    await worker.run_burst()
+    assert worker.metrics.new_call_guesses.labels("wrong")._value.get() == 1
+    counts = counting(store)
+    await append(store, make_event("CA-k", "m3", 2, call_meta={"b": 3}))  # a key the cached call never read
+    await worker.run_burst()
+    assert counts == {"loads": 1, "commits": 1}  # read, then one commit: no refused guess
+    assert worker.metrics.new_call_guesses.labels("wrong")._value.get() == 1
+    assert (await record(store, "CA-k"))["call_meta"] == {"a": 2, "b": 3, "c": 4}
+
+
+async def test_a_redelivered_event_that_would_fail_on_a_guess_is_still_found_a_duplicate(store: Store) -> None:
+    """Applied with an FX rate that is gone by the time a copy reaches a worker that does not
+    know the call: the guess's plan fails on the empty state, so the call is read, and the copy
+    is the duplicate it is (acknowledged), not a failure dead-lettered after its one delivery."""
+    await append(store, usage("CA-fx", "u1", 0, "llm", 1_000, currency="EUR"))
+    await Consumer(store, make_settings(fx_rates="EUR=1.1"), Metrics()).run_burst()
+    without_rate = Consumer(store, make_settings(max_deliveries=1), Metrics())
+    await append(store, usage("CA-fx", "u1", 0, "llm", 1_000, currency="EUR"))
+    assert await without_rate.run_burst() == 1
+    assert without_rate.metrics.duplicates.labels("platform")._value.get() == 1
+    assert await store.dead_letters() == []
+    assert (await record(store, "CA-fx"))["llm_cost"] == 1_100

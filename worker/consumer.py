@@ -243,8 +243,10 @@ class Consumer:
             # holds. A refusal there (the event bound, say) may be of an event already applied
             # that the cache does not list (it keeps the latest keys only): judge it again on the
             # call as read from Redis, whose order index knows every applied event.
+            # So is a failure on a call guessed new (NewCallGuess): judged on the empty state, it
+            # may be of an event the call already has (a duplicate, whatever would fail now).
             rejudge = {sid: remaining[sid] for sid, plan in plans.items()
-                       if plan.refused and loaded[sid].state is not None}
+                       if (plan.refused and loaded[sid].state is not None) or (plan.failed and loaded[sid].guessed)}
             for sid in rejudge:
                 self.known.forget(sid)
                 del plans[sid]
@@ -398,7 +400,7 @@ class Consumer:
             known = self.known.get(sid, meta)
             if known is not None:
                 loaded[sid] = known
-            elif guess and self.guess.allowed(items):
+            elif guess and self.known.peek(sid) is None and self.guess.allowed(items):  # cached: it exists
                 loaded[sid] = new_call()
             else:
                 missing[sid] = (keys, [*RECORD_FIELDS, *meta])
