@@ -22,8 +22,9 @@ then fails (503), the provider's retry carries the same parameters and passes.
 
 A claim that reached no Redis (the request was answered 503: Redis down, or no answer in
 time) is held in this process (`hold`) until one lands: until then the same signature with
-other parameters is refused here (401) before anything is sent, so a captured copy re-split
-and delivered between the 503 and the provider's retry cannot take the signature. The held
+other parameters is answered 503 here before anything is sent (intake's ClaimPending: Redis,
+not this process, decides which use stands), so a captured copy re-split and delivered
+between the 503 and the provider's retry cannot take the signature through this process. The held
 claims are written to Redis as soon as it answers again (`land_held`, every 100 ms while any
 are held), first claim wins, so every process sees them. What a process holds is lost if it
 stops before Redis is back, and at most `HELD_CLAIMS` are held (the oldest go first).
@@ -79,7 +80,7 @@ class SignatureLedger:
     # -- claims that reached no Redis ------------------------------------------------------
 
     def held_elsewhere(self, use: SignatureUse) -> bool:
-        """True if this signature's claim is held here with other parameters (refuse it: 401)."""
+        """True if this signature's claim is held here with other parameters (defer it: 503)."""
         held = self._held.get(use.identity)
         return held is not None and held != use.params_digest
 
