@@ -56,6 +56,10 @@ class Metrics:
         self.shard_pending = Gauge("ledger_consumer_shard_pending",
                                    "Stream entries delivered but not yet acknowledged, by stream shard",
                                    ["shard"], registry=r)
+        self.oldest_pending_age = Gauge(
+            "ledger_stream_oldest_pending_age_seconds", "Age of the oldest stream entry delivered to a worker "
+            "and not yet acknowledged, by stream shard (0: none pending). It holds stream trimming back: one "
+            "that keeps growing is a stuck entry", ["shard"], registry=r)
         self.batch_seconds = Histogram(
             "ledger_apply_batch_duration_seconds", "Time to apply one batch read from the stream", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
@@ -77,3 +81,7 @@ class Metrics:
             self.shard_pending.labels(shard).set(pending)
         self.lag.set(sum(lag for lag, _ in stats.values()))
         self.pending.set(sum(pending for _, pending in stats.values()))
+
+    def observe_oldest_pending(self, ages: dict[str, float]) -> None:
+        for shard, age in ages.items():
+            self.oldest_pending_age.labels(shard).set(age)

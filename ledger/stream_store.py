@@ -320,6 +320,21 @@ class StreamStore:
         # No worker has created the group yet: everything in the stream is waiting.
         return int(await self.redis.xlen(stream)), 0
 
+    async def oldest_pending_ages(self, now_ms: int | None = None) -> dict[str, float]:
+        """Seconds since the oldest entry still pending (delivered, not acknowledged) of each
+        consumed shard was added to the stream; 0 with none pending. An entry that stays pending
+        holds trimming back (`trim`), so a growing age is a stuck entry before Redis fills."""
+        now_ms = await self.now_ms() if now_ms is None else now_ms
+        ages = {}
+        for shard in self._consumed:
+            try:
+                summary = await self.redis.xpending(shard.stream, GROUP)
+            except ResponseError:  # no stream or no group yet: nothing pending
+                summary = {}
+            oldest = summary.get("min") if summary.get("pending") else None
+            ages[shard.name] = max(0, now_ms - entry_order(_text(oldest))[0]) / 1000 if oldest else 0.0
+        return ages
+
     async def trim(self, retention_s: int, now_ms: int | None = None) -> int:
         """Drop entries older than the retention from every shard, but never one a group has
         not acknowledged."""

@@ -107,6 +107,7 @@ async def metrics_view(request: web.Request) -> web.Response:
     try:  # lag and pending straight from Redis, so the API process reports them too
         await request.app[STORE].refresh_shards()
         metrics.observe_shards(await request.app[STORE].shard_stats())
+        metrics.observe_oldest_pending(await request.app[STORE].oldest_pending_ages())
     except Exception as exc:
         log.warning("metrics_stats_unavailable", error=type(exc).__name__)
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from ledger.errors import Unapplicable
+from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent, Cost
 from ledger.indexes import RECORD_FIELDS
 from ledger.instants import parse_iso
@@ -300,3 +300,56 @@ def test_start_and_answer_times_reported_on_a_late_hangup_date_the_call() -> Non
     ])
     assert record["started_at"] == "2026-11-24T10:00:00Z"
     assert record["duration"] == 287  # hang-up minus the reported answer
+
+
+# -- SPEC §14: sums are bounded, not just amounts -------------------------------------------------
+
+MAX = "1000000000"  # 10^9 currency units: MAX_AMOUNT_NANO
+
+
+def test_a_component_may_reach_the_bound_but_not_pass_it() -> None:
+    state = CallState()
+    apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "999999999.5"),)), SETTINGS)
+    apply_event(state, event("b", "2026-11-24T10:00:01Z", costs=(cost("llm", "0.5"),)), SETTINGS)
+    assert state.costs == {"llm": 10**18}
+    before = repr(state)
+    with pytest.raises(Refused, match="the call's llm cost would pass 1000000000 USD"):
+        apply_event(state, event("c", "2026-11-24T10:00:02Z", costs=(cost("llm", "0.000000001"),)), SETTINGS)
+    assert repr(state) == before  # refused before any change
+
+
+def test_the_total_of_the_components_is_bounded() -> None:
+    state = CallState()
+    apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "600000000"),)), SETTINGS)
+    with pytest.raises(Refused, match="the call's total cost would pass 1000000000 USD"):
+        apply_event(state, event("b", "2026-11-24T10:00:01Z", costs=(cost("tts", "400000000.000000001"),)),
+                    SETTINGS)
+    assert state.costs == {"llm": 600 * 10**15}
+
+
+def test_an_events_own_parts_are_bounded_whatever_the_call_holds() -> None:
+    parts = tuple(cost("telephony", MAX) for _ in range(20))  # a Telnyx cost with 20 parts, or 20 usage lines
+    with pytest.raises(Refused, match="the event's costs sum past 1000000000 USD"):
+        apply_event(CallState(), event("a", "2026-11-24T10:00:00Z", costs=parts), SETTINGS)
+
+
+def test_the_bound_is_in_the_ledger_currency_after_conversion() -> None:
+    settings = make_settings(fx_rates="EUR=2")
+    state = CallState()
+    with pytest.raises(Refused, match="the event's costs sum past 1000000000 USD"):  # 1.2e9 USD
+        apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "600000000", "EUR"),)), settings)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**18), min_size=1, max_size=40))
+def test_no_sequence_of_bounded_amounts_takes_the_state_past_64_bits(amounts: list[int]) -> None:
+    state = CallState()
+    for i, amount in enumerate(amounts):
+        component = ("llm", "tts", "stt", "telephony")[i % 4]
+        try:
+            apply_event(state, event(f"e{i}", "2026-11-24T10:00:00Z",
+                                     costs=(Cost(component=component, amount_nano=amount, currency="USD"),)), SETTINGS)
+        except Refused:
+            pass
+    assert sum(state.costs.values()) <= 10**18
+    assert record_json(render_record(SID, 1, state, SETTINGS))  # renders: no encoder overflows
+    assert state.core_json()

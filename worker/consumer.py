@@ -19,7 +19,14 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    DataError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from ledger.events import CallEvent
 from ledger.index_store import IndexStore, IndexWrite
@@ -58,6 +65,22 @@ def transient(exc: ResponseError) -> bool:
     if isinstance(exc, OutOfMemoryError | ReadOnlyError | BusyLoadingError):  # redis-py drops their code
         return True
     return str(exc).split(" ", 1)[0] in _TRANSIENT or "OOM command not allowed" in str(exc)
+
+
+def of_one_call(exc: BaseException) -> bool:
+    """Whether a failure may be of the call being handled rather than of Redis as a whole: a bug,
+    data no encoder takes, a script error. Redis away, busy or full (and cancellation) is not:
+    the whole batch then stays pending and is retried (SPEC §14)."""
+    if not isinstance(exc, Exception) or isinstance(exc, OSError | TimeoutError):
+        return False
+    if isinstance(exc, ResponseError):
+        return not transient(exc)
+    return not isinstance(exc, RedisError) or isinstance(exc, DataError)
+
+
+def failure_text(what: str, exc: BaseException) -> str:
+    """A failure reason for logs and dead letters: what failed and the exception, bounded."""
+    return f"{what}: {type(exc).__name__}: {exc}"[:500]
 
 
 class Settled:
@@ -199,6 +222,7 @@ class Consumer:
         trimmed = await self.store.trim(self.settings.stream_retention)
         await self.store.refresh_shards()  # shards another K registered since we started
         self.metrics.observe_shards(await self.store.shard_stats())
+        self.metrics.observe_oldest_pending(await self.store.oldest_pending_ages())
         if trimmed:
             log.info("stream_trimmed", entries=trimmed)
 
@@ -208,6 +232,7 @@ class Consumer:
         if not entries:
             return 0
         with self.metrics.batch_seconds.time():
+            entries = await self._dead_letter_exhausted(entries)
             by_call: dict[str, list[tuple[Entry, CallEvent]]] = defaultdict(list)
             for entry in entries:
                 try:
@@ -218,15 +243,60 @@ class Consumer:
                                             if isinstance(exc, ValidationError) else "undecodable event")
                     continue
                 by_call[event.call_sid].append((entry, event))
-            try:
-                await self._apply(by_call)
-            except BaseException:
-                # A plan folds into the cached state in place: one not known to be committed
-                # must not be planned from again (KnownCalls).
-                for sid in by_call:
-                    self.known.forget(sid)
-                raise
+            await self._apply_isolated(by_call)
         return len(entries)
+
+    async def _apply_isolated(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
+        """Apply a batch; if it fails in a way that may be one call's doing (a bug, data no encoder
+        takes), apply its calls one by one, so that only the call at fault fails (SPEC §14: one
+        bad call never holds a batch). Redis away or busy fails the whole batch, which stays
+        pending."""
+        try:
+            await self._apply(by_call)
+            return
+        except BaseException as exc:
+            # A plan folds into the cached state in place: one not known to be committed
+            # must not be planned from again (KnownCalls).
+            for sid in by_call:
+                self.known.forget(sid)
+                self.indexed.forget(sid)
+            if not of_one_call(exc):
+                raise
+            error = exc
+        if len(by_call) == 1:
+            (sid, items), = by_call.items()
+            log.error("call_apply_failed", call_sid=sid, entries=len(items), error=failure_text("error", error))
+            await self._fail(items, failure_text("apply error", error))
+            return
+        log.warning("batch_split", calls=len(by_call), error=failure_text("error", error))
+        await self.settled()  # the failed batch's predecessor, so that none of its calls is in flight
+        for sid, items in by_call.items():
+            await self._apply_isolated({sid: items})
+
+    async def _fail(self, items: list[tuple[Entry, CallEvent]], reason: str) -> None:
+        """Log these entries as failed: retried, or dead-lettered after their last delivery."""
+        outcomes: dict[tuple[str, str], tuple[str, str | None]] = {entry.ref: ("failed", reason) for entry, _ in items}
+        settled = self._log_outcomes({"": items}, outcomes)
+        await self._settle_failures({"": items}, settled.failures)
+
+    async def _dead_letter_exhausted(self, entries: list[Entry]) -> list[Entry]:
+        """Dead-letter the entries claimed after their last delivery, whatever kept them from being
+        settled (a crash, a batch that never committed, a timeout: not only a failure on record);
+        return the others. Nothing stays pending for ever, so stream trimming moves on (SPEC §14)."""
+        exhausted = [entry for entry in entries if entry.deliveries > self.settings.max_deliveries]
+        if not exhausted:
+            return entries
+        reasons = await self.store.failure_reasons([entry.entry_id for entry in exhausted])
+        for entry in exhausted:
+            event = None
+            try:
+                event = CallEvent.model_validate_json(entry.event_json or b"")
+            except (ValidationError, ValueError):
+                pass
+            reason = reasons.get(entry.entry_id) or (
+                f"not settled after {self.settings.max_deliveries} deliveries (LEDGER_MAX_DELIVERIES)")
+            await self._dead_letter(entry, event, reason)
+        return [entry for entry in entries if entry.deliveries <= self.settings.max_deliveries]
 
     async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
         outcomes: dict[tuple[str, str], tuple[str, str | None]] = {}  # entry ref -> (outcome, reason)
