@@ -10,8 +10,10 @@
 -- A brand-new store (no counter, no fence) starts at 1, unless this node was promoted
 -- (`master_replid2` set: it took over from a master whose last writes it may have missed).
 --
--- KEYS[1]: the counter, KEYS[2]: its fence (same hash slot). ARGV[1]: count, ARGV[2]: jump.
--- Returns the last id handed out (the ids are last - count + 1 .. last).
+-- KEYS[1]: the counter, KEYS[2]: its fence, KEYS[3]: the key of the ids' permutation (all in one
+-- hash slot). ARGV[1]: count, ARGV[2]: jump, ARGV[3]: a fresh random key, kept if none is yet.
+-- Returns {the last counter value handed out (they are last - count + 1 .. last), the key}:
+-- the worker makes each value a record id under the key (ledger/record_ids.py).
 -- Where INFO is not available (the embedded store: no replicas, nothing to fail over),
 -- it is a plain INCRBY.
 local info = redis.pcall('INFO', 'replication')
@@ -26,4 +28,5 @@ if type(info) == 'string' then
     redis.call('SET', KEYS[2], replid)
   end
 end
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3], 'NX')
+return {redis.call('INCRBY', KEYS[1], ARGV[1]), redis.call('GET', KEYS[3])}

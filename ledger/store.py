@@ -8,8 +8,9 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
                                (per shard: cl:dead:{<tag>})
     cl:failures                hash: stream entry id -> why its last apply failed (until acked; per shard)
     cl:streams                 set: every stream shard key ever written, what workers consume
-    cl:ids                     counter that hands out record ids
+    cl:ids                     counter that hands out record ids (each value made opaque: ledger.record_ids)
     {cl:ids}:fence             the replication id of the node that last advanced cl:ids (ledger/ids.lua)
+    {cl:ids}:key               the random key that makes counter values opaque record ids
     cl:layout                  the version of this layout ("2"); start-up refuses data of another
     cl:call:{<sid>}            hash: id, v (events applied), s (the core state JSON: status, times,
                                costs, provider, call_meta size, the fixed telephony estimate),
@@ -33,6 +34,7 @@ name the stream, so the stream can be sharded without touching them.
 
 import asyncio
 import functools
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -49,6 +51,7 @@ from ledger.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
 from ledger.index_store import IndexStore
 from ledger.journal import compact, restore
 from ledger.lua import Lua, run_pipeline
+from ledger.record_ids import opaque_id
 from ledger.redis_wire import FastConnection, FastSSLConnection
 from ledger.rules import CallState
 from ledger.served import RECORD_FIELD
@@ -101,6 +104,11 @@ def open_redis(settings: Settings) -> Any:
     connection_class = FastSSLConnection if settings.redis_url.startswith("rediss:") else FastConnection
     return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, connection_class=connection_class,
                                    **common)
+
+
+def id_key_key(ids_key: str) -> str:
+    """The key of the ids' permutation, in the counter's slot like its fence."""
+    return f"{{{ids_key}}}:key"
 
 
 def id_fence_key(ids_key: str) -> str:
@@ -184,6 +192,7 @@ class Store(StreamStore):
                          durable_ack_timeout_ms=durable_ack_timeout_ms, append_timeout_s=REQUEST_TIMEOUT_S)
         self.ids = f"{prefix}:ids"
         self.ids_fence = id_fence_key(self.ids)
+        self.ids_key = id_key_key(self.ids)
         self._call_prefix = f"{prefix}:call:"
         self._layout_key = f"{prefix}:layout"
         self._journal_prefix = f"{prefix}:journal:"
@@ -294,23 +303,25 @@ class Store(StreamStore):
         return loaded
 
     async def allocate_ids(self, count: int) -> list[int]:
-        """`count` fresh record ids (unique, positive; a lost race wastes one, harmlessly).
+        """`count` fresh record ids (unique, positive, opaque; a lost race wastes one, harmlessly).
 
         One INCRBY per batch of new calls, in a script that first makes the counter jump
         forward if it was last advanced on another node or history (ledger/ids.lua): so ids
         stay unique when a failover hands the counter to a replica that had not received
         its last increments. Cheaper than claiming each id (a key per call, and a round trip
         to each claim's node per batch), and it needs no WAIT, which redis-py's cluster
-        client cannot send on the connection of the write.
+        client cannot send on the connection of the write. Each counter value becomes an id
+        under the store's permutation key (ledger.record_ids), so ids reveal no call volume.
         """
-        keys, args = [self.ids, self.ids_fence], [count, ID_JUMP]
+        keys, args = [self.ids, self.ids_fence, self.ids_key], [count, ID_JUMP, secrets.token_hex(32)]
 
         def build(pipe: Any) -> None:  # may run twice (NOSCRIPT): the id script had not run then
             pipe.set(self._layout_key, LAYOUT, nx=True)  # whoever writes records marks their layout
             IDS.queue(pipe, keys, args)
 
-        last = int((await run_pipeline(self.redis, build, (IDS,)))[1])
-        return list(range(last - count + 1, last + 1))
+        last, key = (await run_pipeline(self.redis, build, (IDS,)))[1]
+        last, key = int(last), _text(key).encode()
+        return [opaque_id(key, counter) for counter in range(last - count + 1, last + 1)]
 
     async def commit(self, writes: list[CommitWrite]) -> list[bool]:
         """Run the commit script for each call; False where another worker got there first."""

@@ -15,6 +15,7 @@ from ledger.openapi import openapi_document
 from ledger.store import Store
 from ledger.web import METRICS
 from tests.conftest import API_TOKEN, AUTH, make_settings, post_platform
+from tests.workers import nth_record_id
 from worker.consumer import Consumer
 
 SID = "CA0123456789abcdef0123456789abcdef"
@@ -58,13 +59,14 @@ async def test_token_configured_as_sha256_digest_is_accepted(aiohttp_client: Any
                              headers={"Authorization": f"Bearer {digest}"})).status == 401
 
 
-async def test_call_record_after_usage_only_and_ringing(client: Any, consumer: Any) -> None:
+async def test_call_record_after_usage_only_and_ringing(client: Any, consumer: Any, store: Store) -> None:
     await make_call(client, consumer)
     response = await client.get(f"/api/v1/calls/sid/{SID}", headers=AUTH)
     assert response.status == 200
     assert response.content_type == "application/json"
     assert await response.json() == {
-        "call_sid": SID, "to_phone_number": "", "customer_phone_number": "", "id": 1, "assistant_id": 0,
+        "call_sid": SID, "to_phone_number": "", "customer_phone_number": "", "id": await nth_record_id(store),
+        "assistant_id": 0,
         "status": "ringing", "call_meta": {}, "assistant_name": None, "flow_name": None, "duration": None,
         "started_at": "2026-11-24T09:59:00Z", "ended_at": None, "total_cost": 0.004, "llm_cost": None,
         "tts_cost": None, "stt_cost": 0.004, "telephony_cost": None, "cost_currency": "USD",

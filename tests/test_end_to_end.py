@@ -2,10 +2,12 @@
 
 from typing import Any
 
+from ledger.store import Store
 from tests.conftest import AUTH, post_platform
+from tests.workers import nth_record_id
 
 
-async def test_signed_platform_events_become_the_call_record(client: Any, consumer: Any) -> None:
+async def test_signed_platform_events_become_the_call_record(client: Any, consumer: Any, store: Store) -> None:
     sid = "CA0123456789abcdef0123456789abcdef"
     events = [
         ({"type": "call.status", "call_sid": sid, "occurred_at": "2026-11-24T10:00:00Z",
@@ -32,7 +34,7 @@ async def test_signed_platform_events_become_the_call_record(client: Any, consum
         "call_sid": sid,
         "to_phone_number": "+15551234567",
         "customer_phone_number": "+15559876543",
-        "id": 1,
+        "id": await nth_record_id(store),
         "assistant_id": 12,
         "status": "completed",
         "call_meta": {"customer_id": "cust_abc123"},

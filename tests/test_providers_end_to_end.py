@@ -23,6 +23,7 @@ from yarl import URL
 
 from ledger.app import create_app
 from ledger.metrics import Metrics
+from ledger.record_ids import counter_of
 from ledger.store import Store
 from tests.conftest import AUTH, make_settings, post_platform
 from tests.sources import payloads_plivo as pl
@@ -64,8 +65,12 @@ class Ledger:
         return await response.read()
 
     async def record(self, call_sid: str) -> dict[str, Any]:
-        """The record, money as `Decimal` (exact) rather than float."""
-        return json.loads(await self.record_body(call_sid), parse_float=Decimal)
+        """The record, money as `Decimal` (exact) rather than float, and its (opaque) id as the
+        number of the allocation that gave it: `"id": 1` is the first call's."""
+        record = json.loads(await self.record_body(call_sid), parse_float=Decimal)
+        key = await self.consumer.store.redis.get(self.consumer.store.ids_key)
+        record["id"] = counter_of(key, record["id"])
+        return record  # type: ignore[no-any-return]
 
     async def events(self, call_sid: str) -> list[tuple[str, str, str]]:
         """(source, event_id, type) of each event the call's `/events` route lists, in its order."""
@@ -89,6 +94,8 @@ async def start_ledger(aiohttp_client: Any) -> AsyncIterator[StartLedger]:
         redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         redis_clients.append(redis)
         store = Store(redis, settings.key_prefix)
+        # One permutation key for every fresh store, so that their (opaque) ids compare.
+        await redis.set(store.ids_key, "fresh-store-key")
         client = await aiohttp_client(create_app(settings, "serve", store, run_consumer=False))
         return Ledger(client, Consumer(store, settings, Metrics()))
 

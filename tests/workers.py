@@ -19,6 +19,7 @@ from typing import Any
 from ledger.events import COMPONENTS, TERMINAL_STATUSES, CallEvent, Cost
 from ledger.instants import format_us, parse_iso
 from ledger.money import convert
+from ledger.record_ids import opaque_id
 from ledger.rules import CallState, apply_event, render_record
 from ledger.settings import Settings
 from ledger.store import Store
@@ -133,6 +134,13 @@ def by_call(events: Iterable[CallEvent]) -> dict[str, list[CallEvent]]:
     for event in events:
         calls.setdefault(event.call_sid, []).append(event)
     return calls
+
+
+async def nth_record_id(store: Store, n: int = 1) -> int:
+    """The record id the store's n-th allocation gave (ids are opaque: ledger.record_ids)."""
+    key = await store.redis.get(store.ids_key)
+    assert key is not None, "no id was allocated yet"
+    return opaque_id(key, n)
 
 
 async def record_ids(store: Store, sids: list[str]) -> dict[str, int]:
