@@ -425,6 +425,16 @@ class Store(StreamStore):
             events += batch
         return events
 
+    async def are_applied(self, events: list[tuple[str, str]]) -> list[bool]:
+        """Whether each (call_sid, journal key) is applied to its call: its call's order index has
+        it (kept with or without the journal). One pipelined ZSCORE each; each reads one slot."""
+        if not events:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for call_sid, key in events:
+            pipe.zscore(self.order_key(call_sid), key)
+        return [score is not None for score in await pipe.execute()]
+
     async def applied_keys(self, call_sid: str) -> set[str]:
         """Every journal key (source:event_id) applied to the call: for tests and tools, not requests."""
         return {_text(key) for key in await self.redis.hkeys(self.journal_key(call_sid))}

@@ -42,6 +42,7 @@ async def test_calls_api_conforms_to_its_openapi_document_under_schemathesis(
     events += call("CA-fz-2", now, status="ongoing", duration=None, assistant=2)
     events.append(event("CA-fz-1", "meta", BASE_US + 1, call_meta={"k": [1, {"n": None}]}))
     await load(store, settings, events)
+    first_id = (await store.get_call("CA-fz-1"))[0]  # type: ignore[index]
     server = await aiohttp_server(create_app(settings, "api", store))
     base_url = f"http://127.0.0.1:{server.port}"
     schema = await asyncio.to_thread(schemathesis.openapi.from_url, f"{base_url}/openapi.json")
@@ -66,7 +67,7 @@ async def test_calls_api_conforms_to_its_openapi_document_under_schemathesis(
         for op in operations:
             params: dict[str, Any] = {}
             if "{id}" in op.path:
-                params["path_parameters"] = {"id": "1"}
+                params["path_parameters"] = {"id": str(first_id)}
             if "{call_sid}" in op.path:
                 params["path_parameters"] = {"call_sid": "CA-fz-1"}
             query = {"q": "fuzz"} if op.path.endswith("search") else {}

@@ -255,3 +255,21 @@ async def test_nothing_is_left_pending_when_a_batch_mixes_every_failure(store: S
     reasons = sorted(d["reason"] for d in await store.dead_letters())
     assert reasons == ["apply error: ValueError: a bug"] + ["the call's llm cost would pass 1000000000 USD"] * 18
     assert await store.group_stats() == (0, 0)
+
+
+async def test_an_entry_claimed_after_its_last_delivery_but_already_applied_is_acknowledged(store: Store) -> None:
+    """Committed, then its acknowledgement lost each time: applied once, never also a dead letter."""
+    settings = make_settings(max_deliveries=2)
+    await store.ensure_group()
+    await append(store, make_event("CA-done", "d1", 0, status="ringing"))
+    [entry] = await store.read_new("doomed", 10, block_ms=None)
+    await Consumer(store, settings, Metrics()).run_burst()  # nothing new for it: the entry is doomed's
+    await store.claim_stale("doomed", 0, 10)
+    # It was applied by a worker that died before acknowledging it.
+    await append(store, make_event("CA-done", "d1", 0, status="ringing"))
+    await Consumer(store, settings.model_copy(update={"consumer_name": "other"}), Metrics()).run_burst()
+    assert await store.event_count("CA-done") == 1
+    await Consumer(store, settings, Metrics()).run_burst(claim_idle_ms=0)  # its third delivery
+    assert await store.dead_letters() == []
+    assert await store.group_stats() == (0, 0)
+    assert entry.deliveries == 1

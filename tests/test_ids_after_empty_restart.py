@@ -8,7 +8,7 @@ from ledger.errors import StoreUnavailable
 from ledger.metrics import Metrics
 from ledger.store import Store
 from tests.conftest import RedisServer, make_settings
-from tests.workers import record_ids, usage
+from tests.workers import nth_record_id, record_ids, usage
 from worker.consumer import Consumer
 
 
@@ -28,7 +28,8 @@ async def test_ids_stay_unique_after_an_empty_redis_restart(redis_server: RedisS
     settings = make_settings(redis_url=redis_server.url)
     store = Store.from_settings(settings)  # the service's client: reconnects after a restart
     a = Consumer(store, settings.model_copy(update={"consumer_name": "a"}), Metrics())
-    assert await _apply(store, a, ["CA-before"]) == {"CA-before": 1}  # a reserve would hold 2..33 now
+    # The first id (a reserve would hold the next 32 now).
+    assert await _apply(store, a, ["CA-before"]) == {"CA-before": await nth_record_id(store)}
 
     redis_server.stop()
     redis_server.start()  # no persistence: an empty server, same address

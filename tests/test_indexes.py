@@ -20,6 +20,7 @@ from ledger.events import TERMINAL_STATUSES, CallEvent, Cost
 from ledger.index_store import IndexStore, IndexWrite
 from ledger.indexes import IndexBasis, IndexEntry, _delta_by_field, entry_delta, index_entry, shard_of
 from ledger.metrics import Metrics
+from ledger.record_ids import counter_of
 from ledger.rules import CallState, apply_event, fix_estimate, record_json, render_record
 from ledger.settings import Settings
 from ledger.store import Store
@@ -223,8 +224,10 @@ async def test_the_shard_merge_is_the_same_whatever_the_read_sizes(store: Store,
 
     everything = await order(batch=1000)
     assert len(everything) == 60
+    key = await store.redis.get(store.ids_key)
+    status_us = [e.occurred_us for e in events if e.event_id.endswith("-s")]  # the n-th call got the n-th id
     assert everything == sorted(everything, key=lambda m: (
-        [e.occurred_us for e in events if e.event_id.endswith("-s")][int(m) - 1], int(m)), reverse=True)
+        status_us[counter_of(key, int(m)) - 1], int(m)), reverse=True)
     for sizes in ({"first": 1, "batch": 1}, {"first": 2, "batch": 3}, {"first": 50, "batch": 1}):
         assert await order(**sizes) == everything, sizes
 

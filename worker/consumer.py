@@ -280,23 +280,32 @@ class Consumer:
         await self._settle_failures({"": items}, settled.failures)
 
     async def _dead_letter_exhausted(self, entries: list[Entry]) -> list[Entry]:
-        """Dead-letter the entries claimed after their last delivery, whatever kept them from being
-        settled (a crash, a batch that never committed, a timeout: not only a failure on record);
-        return the others. Nothing stays pending for ever, so stream trimming moves on (SPEC §14)."""
-        exhausted = [entry for entry in entries if entry.deliveries > self.settings.max_deliveries]
+        """Dead-letter the entries claimed after their last delivery that are not applied,
+        whatever kept them pending (a crash, a batch that never committed, a timeout: not only a
+        failure on record), with the last failure's reason; return the rest. Nothing stays
+        pending for ever, so stream trimming moves on (SPEC §14). One already applied (committed,
+        then its index update or acknowledgement lost) goes on as a duplicate: its call is
+        indexed again, then it is acknowledged."""
+        limit = self.settings.max_deliveries
+        exhausted = [entry for entry in entries if entry.deliveries > limit]
         if not exhausted:
             return entries
-        reasons = await self.store.failure_reasons([entry.entry_id for entry in exhausted])
+        events: dict[tuple[str, str], CallEvent | None] = {}
         for entry in exhausted:
-            event = None
             try:
-                event = CallEvent.model_validate_json(entry.event_json or b"")
+                events[entry.ref] = CallEvent.model_validate_json(entry.event_json or b"")
             except (ValidationError, ValueError):
-                pass
-            reason = reasons.get(entry.entry_id) or (
-                f"not settled after {self.settings.max_deliveries} deliveries (LEDGER_MAX_DELIVERIES)")
-            await self._dead_letter(entry, event, reason)
-        return [entry for entry in entries if entry.deliveries <= self.settings.max_deliveries]
+                events[entry.ref] = None
+        known = [(entry, event) for entry in exhausted if (event := events[entry.ref]) is not None]
+        applied = await self.store.are_applied([(event.call_sid, event.key) for _, event in known])
+        duplicates = {entry for (entry, _), yes in zip(known, applied, strict=True) if yes}
+        unsettled = [entry for entry in exhausted if entry not in duplicates]
+        reasons = await self.store.failure_reasons([entry.entry_id for entry in unsettled])
+        for entry in unsettled:
+            reason = reasons.get(entry.entry_id) or f"not settled after {limit} deliveries (LEDGER_MAX_DELIVERIES)"
+            await self._dead_letter(entry, events[entry.ref], reason)
+        dead = set(unsettled)
+        return [entry for entry in entries if entry not in dead]
 
     async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
         outcomes: dict[tuple[str, str], tuple[str, str | None]] = {}  # entry ref -> (outcome, reason)
