@@ -21,12 +21,25 @@ an unread body for at most its lingering time (10 s) before closing.
 Past `LEDGER_MAX_CONNECTIONS` open connections, a new one is answered a canned 503 and closed at
 once, before anything it sent is read; it is counted, never logged.
 
+Past `LEDGER_MAX_CONNECTIONS_PER_PEER` open connections from one peer, a new one from that peer is
+answered the same way (SPEC §14): without it, one address trickling bytes into a thousand sockets
+holds every slot of the global cap, and every other sender's webhooks get 503. A peer is an IPv4
+address, or an IPv6 /64 (one host, or one customer's network, commonly owns a whole /64: keying on
+the full address would let it open a cap's worth per address it picks). These refusals are counted
+(`peer_over_capacity`) and logged at most once per `PEER_REFUSAL_LOG_INTERVAL_S` per process,
+with the number refused since the previous line, so a flood cannot flood the logs. The count per
+peer lives in a dict whose entries go when their count drops to zero: it never holds more entries
+than there are open connections.
+
 This leans on four attributes of aiohttp's RequestHandler (`_request_count`, `_messages`,
 `_request_in_progress`, `_loop`; aiohttp 3.14). `check_aiohttp_internals` fails start-up loudly
 if a future aiohttp drops them, rather than letting the protection silently vanish.
 """
 
 import asyncio
+import ipaddress
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -43,12 +56,19 @@ from ledger.metrics import Metrics
 
 log = structlog.get_logger("ledger.http")
 
-_BUSY = orjson.dumps({"error": "over_capacity", "detail": "too many open connections; retry later"})
-# Written straight to the transport: a connection past the cap is never parsed.
-OVER_CAPACITY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    b"Retry-After: 1\r\nContent-Length: " + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY
-)
+
+def _canned_503(error: str, detail: str) -> bytes:
+    body = orjson.dumps({"error": error, "detail": detail})
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Retry-After: 1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+# Written straight to the transport: a connection past a cap is never parsed.
+OVER_CAPACITY_RESPONSE = _canned_503("over_capacity", "too many open connections; retry later")
+PEER_OVER_CAPACITY_RESPONSE = _canned_503("peer_over_capacity",
+                                          "too many open connections from this address; retry later")
+# At most one `peer_connections_refused` line per this many seconds, per process.
+PEER_REFUSAL_LOG_INTERVAL_S = 10.0
 
 _PROTOCOL_ERRORS = {400: ("bad_request", "malformed HTTP request"), 500: ("internal_error", "internal error"),
                     504: ("gateway_timeout", "request handler timed out")}
@@ -63,56 +83,124 @@ def check_aiohttp_internals() -> None:
                            "needs updating for this aiohttp version")
 
 
-class ConnectionGuard:
-    """What the connections of one server share: the limits, the count of open ones, the metrics."""
+def peer_key(peername: object) -> str | None:
+    """The peer a connection counts against: its IPv4 address, or its IPv6 address's /64 (an
+    IPv4-mapped IPv6 address is the IPv4 one). None when there is no IP address to key on (a Unix
+    socket, a peer already gone): such a connection is held only to the global cap."""
+    if not isinstance(peername, tuple) or not peername or not isinstance(peername[0], str):
+        return None
+    host = peername[0]
+    if ":" not in host:
+        return host  # IPv4, as the kernel wrote it: already canonical
+    try:
+        address = ipaddress.IPv6Address(host.partition("%")[0])  # a scope id does not make another host
+    except ValueError:
+        return None
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return ipaddress.IPv6Network((int(address) >> 64 << 64, 64)).compressed
 
-    def __init__(self, *, header_timeout_s: float, max_connections: int, metrics: Metrics) -> None:
+
+class ConnectionGuard:
+    """What the connections of one server share: the limits, the count of open ones (in all and per
+    peer), the metrics."""
+
+    def __init__(self, *, header_timeout_s: float, max_connections: int, metrics: Metrics,
+                 max_connections_per_peer: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.header_timeout_s = header_timeout_s
         self.max_connections = max_connections
+        # 0: no per-peer cap (behind a proxy every connection comes from one address).
+        self.max_connections_per_peer = max_connections_per_peer
         self.metrics = metrics
         self.open = 0
+        # Open connections per peer; a peer's entry is removed when its count drops to zero.
+        self.peers: dict[str, int] = {}
+        self._clock = clock
+        self._refused_unlogged = 0
+        self._next_refusal_log = float("-inf")
 
-    def admit(self) -> bool:
+    def admit(self, peer: str | None = None) -> bytes | None:
+        """Count a new connection from `peer` in, or refuse it: the canned answer to write before
+        closing it (the per-peer cap is checked first: a refusal is the flooding peer's own)."""
+        per_peer = self.max_connections_per_peer
+        if per_peer and peer is not None and self.peers.get(peer, 0) >= per_peer:
+            self.metrics.labelled(self.metrics.connections_closed, "peer_over_capacity").inc()
+            self._log_peer_refusal(peer)
+            return PEER_OVER_CAPACITY_RESPONSE
         if self.open >= self.max_connections:
-            self.metrics.connections_closed.labels("over_capacity").inc()
-            return False
+            self.metrics.labelled(self.metrics.connections_closed, "over_capacity").inc()
+            return OVER_CAPACITY_RESPONSE
         self.open += 1
         self.metrics.connections_open.set(self.open)
-        return True
+        if per_peer and peer is not None:
+            self.peers[peer] = self.peers.get(peer, 0) + 1
+            self.metrics.connection_peers.set(len(self.peers))
+        return None
 
-    def release(self) -> None:
+    def release(self, peer: str | None = None) -> None:
+        """Count a connection admitted with `admit(peer)` out (once, whatever closed it)."""
         self.open -= 1
         self.metrics.connections_open.set(self.open)
+        if peer is None or peer not in self.peers:  # not counted per peer (no address, or the cap is off)
+            return
+        if self.peers[peer] > 1:
+            self.peers[peer] -= 1
+        else:
+            del self.peers[peer]  # bounded: only peers with an open connection have an entry
+            self.metrics.connection_peers.set(len(self.peers))
+
+    def _log_peer_refusal(self, peer: str) -> None:
+        """One line now and then, never one per refusal: the metric counts each."""
+        self._refused_unlogged += 1
+        now = self._clock()
+        if now < self._next_refusal_log:
+            return
+        log.warning("peer_connections_refused", peer=peer, refused=self._refused_unlogged,
+                    max_connections_per_peer=self.max_connections_per_peer)
+        self._refused_unlogged = 0
+        self._next_refusal_log = now + PEER_REFUSAL_LOG_INTERVAL_S
 
 
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's HTTP/1.1 protocol, plus the header timer, the cap, and error answers that echo nothing."""
 
-    __slots__ = ("_admitted", "_body", "_guard", "_header_timer")
+    __slots__ = ("_admitted", "_body", "_guard", "_header_timer", "_peer")
 
     def __init__(self, manager: Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._admitted = False
+        self._peer: str | None = None
         self._header_timer: asyncio.TimerHandle | None = None
         # The body of the last request whose headers completed: until it ends, bytes are body, not
         # the start of the next request.
         self._body: StreamReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._guard.admit():
+        peer = peer_key(transport.get_extra_info("peername"))
+        refusal = self._guard.admit(peer)
+        if refusal is not None:
             # Never registered with the server nor started: connection_lost below ignores it.
-            transport.write(OVER_CAPACITY_RESPONSE)  # type: ignore[attr-defined]
+            transport.write(refusal)  # type: ignore[attr-defined]
             transport.close()
             return
+        # From here on, connection_lost (which asyncio calls once for every transport whose
+        # connection_made ran) is the one place that counts it out.
         self._admitted = True
-        super().connection_made(transport)
+        self._peer = peer
+        try:
+            super().connection_made(transport)
+        except BaseException:
+            # Never a half-started connection that holds its slot until the peer leaves: aborted,
+            # its connection_lost comes and counts it out.
+            transport.abort()  # type: ignore[attr-defined]
+            raise
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._admitted:
             return
         self._admitted = False
-        self._guard.release()
+        self._guard.release(self._peer)
         self._stop_header_timer()
         self._body = None
         super().connection_lost(exc)

@@ -44,8 +44,13 @@ class Metrics:
         self.connections_closed = Counter(
             "ledger_http_connections_closed", "HTTP connections the server closed on its own, by reason "
             "(header_timeout: headers incomplete after LEDGER_HEADER_TIMEOUT_S; over_capacity: "
-            "LEDGER_MAX_CONNECTIONS reached, answered 503)",
+            "LEDGER_MAX_CONNECTIONS reached, answered 503; peer_over_capacity: LEDGER_MAX_CONNECTIONS_PER_PEER "
+            "reached by the connection's address, answered 503)",
             ["reason"], registry=r,
+        )
+        self.connection_peers = Gauge(
+            "ledger_http_connection_peers", "Distinct peers (IPv4 addresses, IPv6 /64s) with a connection open now, "
+            "tracked for LEDGER_MAX_CONNECTIONS_PER_PEER (0 when it is off)", registry=r,
         )
         self.lag = Gauge("ledger_consumer_lag", "Stream entries not yet delivered to the worker group", registry=r)
         self.pending = Gauge(

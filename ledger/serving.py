@@ -22,7 +22,7 @@ class ListenFailed(Exception):
 def make_runner(app: web.Application, settings: Settings) -> LedgerRunner:
     """The runner for `app` with the connection limits of `settings` (access log off: it echoes request lines)."""
     guard = ConnectionGuard(header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections,
-                            metrics=app[METRICS])
+                            max_connections_per_peer=settings.max_connections_per_peer, metrics=app[METRICS])
     return LedgerRunner(app, guard, access_log=None, keepalive_timeout=settings.keepalive_timeout_s,
                         shutdown_timeout=settings.shutdown_grace_s)
 

@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(default=15.0, gt=0)
     # Open connections per process; past it a new connection is answered 503 and closed at once.
     max_connections: int = Field(default=1000, ge=1)
+    # Open connections per peer (an IPv4 address, an IPv6 /64); past it a new connection from that
+    # peer is answered 503 and closed at once. Below max_connections, so that one address always
+    # leaves room for the others; 0 turns it off (behind a proxy, every connection is the proxy's).
+    max_connections_per_peer: int = Field(default=64, ge=0)
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -227,6 +231,16 @@ class Settings(BaseSettings):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("max_connections_per_peer")
+    @classmethod
+    def _per_peer_below_total(cls, value: int, info: ValidationInfo) -> int:
+        total = info.data.get("max_connections")
+        # Equal would let one peer take every connection again: the very thing this cap prevents.
+        if value and total is not None and value >= total:
+            raise ValueError(f"must be below LEDGER_MAX_CONNECTIONS ({total}) so that one address cannot take "
+                             "every connection; or 0 to turn the per-peer cap off (behind a proxy)")
         return value
 
     @field_validator("twilio_signature_algorithm", mode="before")
