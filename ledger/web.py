@@ -10,12 +10,13 @@ import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import NoPermissionError
 
-from ledger.errors import LedgerError, StoreUnreachable
+from ledger.errors import LedgerError, StoreRefused, StoreUnreachable
 from ledger.metrics import Metrics
 from ledger.openapi import openapi_document
 from ledger.settings import Settings, redis_urls
-from ledger.store import Store
+from ledger.store import Store, describe_redis_error
 
 log = structlog.get_logger("ledger.http")
 
@@ -112,17 +113,42 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def redis_nodes(settings: Settings) -> str:
+    """The `host:port` of each node of LEDGER_REDIS_URL, for messages: never the userinfo (a
+    password) nor the query."""
+    return ", ".join(urlsplit(url).netloc.rpartition("@")[2] for url in redis_urls(settings.redis_url or ""))
+
+
 async def wait_for_redis(store: Store, settings: Settings) -> None:
     """Start-up waits up to LEDGER_REDIS_STARTUP_TIMEOUT_S for Redis (a Cluster: any listed node),
-    then stops with StoreUnreachable, which the CLI prints as one line."""
+    then stops with StoreUnreachable, which the CLI prints as one line with the last reason. A Redis
+    that refuses the credentials stops it at once (StoreRefused): waiting would not change its answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.redis_startup_timeout_s
-    while not await store.ping():
+    while (error := await store.ping_error()) is not None:
+        problem = describe_redis_error(error)
+        if problem.refused:
+            raise StoreRefused(f"the Redis of LEDGER_REDIS_URL ({redis_nodes(settings)}) answers, but {problem.reason}")
         if loop.time() >= deadline:
-            nodes = ", ".join(urlsplit(url).netloc.rpartition("@")[2] for url in redis_urls(settings.redis_url or ""))
-            raise StoreUnreachable(f"no Redis of LEDGER_REDIS_URL answers ({nodes}) after "
-                                   f"{settings.redis_startup_timeout_s:g} s")
+            raise StoreUnreachable(f"no Redis of LEDGER_REDIS_URL answers ({redis_nodes(settings)}) after "
+                                   f"{settings.redis_startup_timeout_s:g} s: {problem.reason}")
         await asyncio.sleep(0.5)
+
+
+async def start_up_checks(store: Store, settings: Settings) -> None:
+    """What start-up checks once Redis answers (an unreachable Redis: lookups answer 503 until it is
+    back, checked then)."""
+    if await store.ping():
+        await store.check_layout()  # data of an older layout stops start-up
+        await store.register_shards()  # every worker drains the shards this K writes
+    if settings.durable_ack == "replica" and await store.ping() and not await store.replicas_in_sync():
+        log.warning("no_replica", detail="LEDGER_DURABLE_ACK=replica and the Redis primary has no replica "
+                    "connected: webhooks answer 503 until one is in sync")
+    if settings.durable_ack == "aof":
+        if await store.ping():
+            await store.check_durability()  # a Redis that cannot confirm AOF writes stops start-up
+        else:
+            log.warning("durability_unchecked", detail="redis unreachable at start-up; WAITAOF not checked")
 
 
 def base_app(settings: Settings, store: Store | None = None) -> web.Application:
@@ -147,17 +173,11 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
                         "nothing survives a restart")
         if own and settings.redis_url is not None:
             await wait_for_redis(app[STORE], settings)  # none of the nodes answers: one line, exit 2
-        if await app[STORE].ping():  # unreachable: lookups answer 503 until it is back; checked then
-            await app[STORE].check_layout()  # data of an older layout stops start-up
-            await app[STORE].register_shards()  # every worker drains the shards this K writes
-        if settings.durable_ack == "replica" and await app[STORE].ping() and not await app[STORE].replicas_in_sync():
-            log.warning("no_replica", detail="LEDGER_DURABLE_ACK=replica and the Redis primary has no replica "
-                        "connected: webhooks answer 503 until one is in sync")
-        if settings.durable_ack == "aof":
-            if await app[STORE].ping():
-                await app[STORE].check_durability()  # a Redis that cannot confirm AOF writes stops start-up
-            else:
-                log.warning("durability_unchecked", detail="redis unreachable at start-up; WAITAOF not checked")
+        try:
+            await start_up_checks(app[STORE], settings)
+        except NoPermissionError as exc:  # an ACL user without a command the ledger needs: one line, exit 2
+            # Redis's message names the command, never a password.
+            raise StoreRefused(f"the ACL user of LEDGER_REDIS_URL lacks a command the ledger runs: {exc}") from None
         yield
         if own:
             await app[STORE].close()
