@@ -131,6 +131,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # Unset: /metrics is served on LEDGER_PORT with everything else. Set: only on this port (same
+    # LEDGER_HOST), so that a NetworkPolicy, which sees ports and never paths, can admit the scraper
+    # to the metrics and nobody else (deploy/README.md).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # None: the embedded in-memory store (nothing survives a restart). A Redis Cluster may be given
     # as several nodes, comma-separated: any one that answers is enough to start.
     redis_url: str | None = None
@@ -328,6 +332,13 @@ class Settings(BaseSettings):
                     raise ValueError(f"its nodes give different {what}: give them on the first node only, "
                                      "or the same on every node")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _metrics_port_apart(self) -> "Settings":
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("LEDGER_METRICS_PORT must differ from LEDGER_PORT (leave it unset to serve /metrics "
+                             "on LEDGER_PORT)")
+        return self
 
     @model_validator(mode="after")
     def _several_nodes_are_a_cluster(self) -> "Settings":

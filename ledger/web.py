@@ -104,13 +104,29 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
+    return await render_metrics(request.app)
+
+
+async def render_metrics(app: web.Application) -> web.Response:
+    """The app's metrics in Prometheus text format, on its own port or on LEDGER_METRICS_PORT."""
+    metrics = app[METRICS]
     try:  # lag and pending straight from Redis, so the API process reports them too
-        await request.app[STORE].refresh_shards()
-        metrics.observe_shards(await request.app[STORE].shard_stats())
+        await app[STORE].refresh_shards()
+        metrics.observe_shards(await app[STORE].shard_stats())
     except Exception as exc:
         log.warning("metrics_stats_unavailable", error=type(exc).__name__)
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def metrics_app(app: web.Application) -> web.Application:
+    """What LEDGER_METRICS_PORT serves: `app`'s /metrics, and nothing else."""
+
+    async def view(request: web.Request) -> web.Response:
+        return await render_metrics(app)
+
+    served = web.Application()
+    served.router.add_get("/metrics", view)
+    return served
 
 
 def redis_nodes(settings: Settings) -> str:
@@ -185,7 +201,8 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
     app.cleanup_ctx.append(store_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    if settings.metrics_port is None:  # else only on that port (ledger.serving)
+        app.router.add_get("/metrics", metrics_view)
     document = orjson.dumps(openapi_document())
 
     async def openapi_json(request: web.Request) -> web.Response:
