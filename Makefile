@@ -1,7 +1,7 @@
 # The commands people expect: `make test`, `make lint`, `make bench`.
 PYTHON ?= python3
 
-.PHONY: install test lint bench bench-calls bench-cluster serve
+.PHONY: install test lint bench bench-calls bench-cluster serve lock
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'
@@ -28,3 +28,13 @@ bench-cluster:
 
 serve:
 	call-ledger serve
+
+# The image's hash-locked dependencies (deploy/Dockerfile installs them with --require-hashes), for
+# the image's Python; tests/test_lock.py fails when pyproject.toml and the lock disagree. Needs uv
+# (`pip install uv`), and the network.
+UV ?= uv
+LOCK_FLAGS = --generate-hashes --python-version 3.11.13 --python-platform linux --custom-compile-command "make lock"
+lock:
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -o deploy/requirements.lock
+	$(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(UV) pip compile - $(LOCK_FLAGS) -o deploy/build-requirements.lock

@@ -2,7 +2,8 @@
 
 `serve` = intake + apply loop + read API; `worker` = intake + apply loop; `api` = read API;
 `intake` = webhooks only (no apply loop, no read API), for deployments that scale the
-webhook-facing processes apart from the apply loop. Every role serves /healthz, /readyz, /metrics and /openapi.json.
+webhook-facing processes apart from the apply loop. Every role serves /healthz, /readyz, /metrics (on
+LEDGER_METRICS_PORT instead, when set: ledger.serving) and /openapi.json.
 """
 
 from typing import Literal

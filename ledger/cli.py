@@ -7,17 +7,21 @@ variable, never a traceback.
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 from pydantic import ValidationError
 
 from ledger.app import Role, create_app
-from ledger.errors import DurabilityUnavailable, LayoutMismatch, StoreUnreachable
+from ledger.errors import DurabilityUnavailable, LayoutMismatch, StoreRefused, StoreUnreachable
 from ledger.logs import configure_logging, secret_values
+from ledger.redact import Redactor
 from ledger.runtime import tune_gc
 from ledger.settings import Settings
+
+if TYPE_CHECKING:
+    from ledger.store import Store
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -57,19 +61,50 @@ def run_service(role: Role, settings: Settings) -> None:
     # contexts stop the consumer (bounded) and close Redis. serving.run returns: exit 0.
     try:
         serving.run(app, settings)
-    except (DurabilityUnavailable, LayoutMismatch, StoreUnreachable, serving.ListenFailed) as exc:
-        print(f"call-ledger: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (DurabilityUnavailable, LayoutMismatch, StoreRefused, StoreUnreachable, serving.ListenFailed) as exc:
+        fail(settings, str(exc))
+
+
+def fail(settings: Settings, message: str) -> NoReturn:
+    """Stop with one line on stderr, exit 2. The messages are built never to hold a secret; the
+    redactor the log lines go through checks this line too (a Redis password included)."""
+    print(Redactor(secret_values(settings))(f"call-ledger: {message}"), file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+async def _open_store(settings: Settings) -> "Store":
+    """The store of `dlq` and `reindex`: as the services do, wait for Redis (one line if it never
+    answers or refuses us), so that no command of theirs fails with a traceback."""
+    from ledger.store import Store
+    from ledger.web import wait_for_redis
+
+    store = Store.from_settings(settings)
+    try:
+        await wait_for_redis(store, settings)
+    except (StoreRefused, StoreUnreachable) as exc:
+        await store.close()
+        fail(settings, str(exc))
+    return store
+
+
+def _run_command(settings: Settings, command: Coroutine[Any, Any, int]) -> int:
+    """`dlq` or `reindex`; Redis lost midway is one line, exit 2 (not a traceback)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    from ledger.store import describe_redis_error
+
+    try:
+        return asyncio.run(command)
+    except (RedisError, RedisClusterException, OSError) as exc:
+        fail(settings, f"redis: {describe_redis_error(exc).reason}")
 
 
 async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
-    from ledger.store import Store
-
     if settings.redis_url is None:
         print("call-ledger: dlq needs LEDGER_REDIS_URL (the embedded store lives inside `serve`)",
               file=sys.stderr)
         return 2
-    store = Store.from_settings(settings)
+    store = await _open_store(settings)
     try:
         if args.dlq_command == "list":
             rows = await store.dead_letters(count=args.limit)
@@ -91,12 +126,11 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _reindex(settings: Settings) -> int:
     from ledger.reindex import reindex
-    from ledger.store import Store
 
     if settings.redis_url is None:
         print("call-ledger: reindex needs LEDGER_REDIS_URL", file=sys.stderr)
         return 2
-    store = Store.from_settings(settings)
+    store = await _open_store(settings)
     try:
         seen, written = await reindex(store, settings)
         print(f"{seen} call(s) indexed, {written} entr(y/ies) written", file=sys.stderr)
@@ -157,9 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, secrets=secret_values(settings))
     if args.command == "dlq":
-        return asyncio.run(_dlq(args, settings))
+        return _run_command(settings, _dlq(args, settings))
     if args.command == "reindex":
-        return asyncio.run(_reindex(settings))
+        return _run_command(settings, _reindex(settings))
     run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake
     return 0
 

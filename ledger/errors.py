@@ -72,6 +72,11 @@ class StoreUnreachable(Exception):
     """At start-up, no Redis of LEDGER_REDIS_URL answered in time: start-up stops."""
 
 
+class StoreRefused(Exception):
+    """At start-up, a Redis of LEDGER_REDIS_URL answered but refused us (credentials, ACL): start-up
+    stops at once, since asking again gets the same answer. The message never holds the URL."""
+
+
 class LayoutMismatch(Exception):
     """Redis holds data in a key layout this version does not read: start-up stops."""
 

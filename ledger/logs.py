@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import structlog
@@ -105,8 +105,8 @@ def secret_values(settings: Settings) -> list[str]:
             password = urlsplit(node.strip()).password
         except ValueError:
             password = None
-        if password:
-            values.append(password)
+        if password:  # as written in the URL (percent-encoded) and as sent to Redis
+            values += [password, unquote(password)]
     return values
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ledger.connections import ConnectionGuard, LedgerRunner
 from ledger.settings import Settings
-from ledger.web import METRICS
+from ledger.web import METRICS, metrics_app
 
 
 class ListenFailed(Exception):
@@ -38,18 +38,28 @@ async def serve(app: web.Application, settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         await runner.setup()  # app startup: a DurabilityUnavailable, say, propagates to the CLI
+        metrics_runner = None
         try:
-            try:
-                await web.TCPSite(runner, settings.host, settings.port).start()
-            except OSError as exc:  # port taken, address not ours: one line from the CLI, not a traceback
-                raise ListenFailed(f"cannot listen on {settings.host}:{settings.port}: "
-                                   f"{exc.strerror or type(exc).__name__}") from None
+            await _listen(runner, settings.host, settings.port)
+            if settings.metrics_port is not None:  # /metrics on a port of its own (LEDGER_METRICS_PORT)
+                metrics_runner = web.AppRunner(metrics_app(app), access_log=None)
+                await metrics_runner.setup()
+                await _listen(metrics_runner, settings.host, settings.metrics_port)
             await stop.wait()
         finally:
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             await runner.cleanup()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+async def _listen(runner: web.BaseRunner, host: str, port: int) -> None:
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:  # port taken, address not ours: one line from the CLI, not a traceback
+        raise ListenFailed(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}") from None
 
 
 def run(app: web.Application, settings: Settings) -> None:

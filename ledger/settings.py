@@ -10,8 +10,8 @@ import secrets
 import socket
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, InstanceOf, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,6 +30,62 @@ def _default_consumer_name() -> str:
 def redis_urls(value: str) -> list[str]:
     """The nodes of LEDGER_REDIS_URL (one URL, or several comma-separated for a Cluster)."""
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+# The query parameters LEDGER_REDIS_URL may carry: redis-py's own TLS options, on rediss:// only.
+# Anything else is refused: redis-py would take socket_timeout, max_connections, retry_on_error...
+# from the URL too, and silently override what ledger.store chose for them.
+REDIS_FILE_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+REDIS_CHOICE_PARAMETERS = {"ssl_cert_reqs": ("none", "optional", "required"),
+                           "ssl_check_hostname": ("true", "false")}
+REDIS_PARAMETERS = (*REDIS_FILE_PARAMETERS, *REDIS_CHOICE_PARAMETERS)
+
+
+class RedisOptions(NamedTuple):
+    """LEDGER_REDIS_URL taken apart: what a Cluster client is built from (a single node's client
+    reads the URL itself, through redis-py's `from_url`, which understands the same parameters)."""
+
+    nodes: list[tuple[str, int]]
+    username: str | None
+    password: str | None
+    tls: bool
+    tls_options: dict[str, Any]  # keyword arguments of redis-py's clients: ssl_ca_certs=..., ssl_check_hostname=...
+
+
+def redis_options(value: str) -> RedisOptions:
+    """The nodes, credentials and TLS options of a valid LEDGER_REDIS_URL. Credentials and options
+    come from the first node that gives them (the validator made sure no node disagrees)."""
+    urls = [urlsplit(url) for url in redis_urls(value)]
+    nodes = [(parts.hostname or "127.0.0.1", parts.port or 6379) for parts in urls]
+    first = next((parts for parts in urls if parts.username or parts.password), urls[0])
+    query = next((parts.query for parts in urls if parts.query), "")
+    tls_options: dict[str, Any] = {}
+    for name, text in parse_qsl(query, keep_blank_values=True):
+        tls_options[name] = text.lower() == "true" if name == "ssl_check_hostname" else text
+    return RedisOptions(nodes, unquote(first.username) if first.username else None,
+                        unquote(first.password) if first.password else None, urls[0].scheme == "rediss", tls_options)
+
+
+def _check_redis_query(scheme: str, query: str) -> None:
+    """Refuse what redis-py would misread or ignore; messages name parameters, never values that
+    could be secret (a file path is not)."""
+    seen: set[str] = set()
+    for name, text in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if name not in REDIS_PARAMETERS:
+            raise ValueError(f"unknown query parameter {name!r} (accepted, on rediss:// only: "
+                             f"{', '.join(REDIS_PARAMETERS)})")
+        if scheme != "rediss":
+            raise ValueError(f"{name} is a TLS option: it needs a rediss:// URL")
+        if name in seen:
+            raise ValueError(f"{name} is given twice")
+        seen.add(name)
+        if name in REDIS_FILE_PARAMETERS and not Path(text).is_file():
+            raise ValueError(f"{name}: no such file {text!r}")
+        choices = REDIS_CHOICE_PARAMETERS.get(name)
+        if choices and text.lower() not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}")
+    if ("ssl_certfile" in seen) != ("ssl_keyfile" in seen):
+        raise ValueError("ssl_certfile and ssl_keyfile (a client certificate) go together")
 
 
 def _split(value: object) -> list[str]:
@@ -75,6 +131,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # Unset: /metrics is served on LEDGER_PORT with everything else. Set: only on this port (same
+    # LEDGER_HOST), so that a NetworkPolicy, which sees ports and never paths, can admit the scraper
+    # to the metrics and nobody else (deploy/README.md).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # None: the embedded in-memory store (nothing survives a restart). A Redis Cluster may be given
     # as several nodes, comma-separated: any one that answers is enough to start.
     redis_url: str | None = None
@@ -264,17 +324,35 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
+        # No message here quotes the URL: it may hold a password.
         if value is None or not value.strip():
             return None
-        for url in redis_urls(value):
-            parts = urlsplit(url)
+        nodes = [urlsplit(url) for url in redis_urls(value)]
+        for parts in nodes:
             if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
                 raise ValueError("each entry must be a redis://host:port or rediss://host:port URL")
             try:
                 parts.port  # noqa: B018 (a port that is not a number raises here)
             except ValueError:
                 raise ValueError("a port in it is not a number") from None
+            _check_redis_query(parts.scheme, parts.query)
+        if len(nodes) > 1:  # a Cluster: one client, so one scheme, one set of credentials and options
+            if len({parts.scheme for parts in nodes}) > 1:
+                raise ValueError("its nodes mix redis:// and rediss://: a Cluster client speaks TLS to all or none")
+            for attribute in ("username", "password", "query"):
+                given = {getattr(parts, attribute) for parts in nodes} - {None, ""}
+                if len(given) > 1:
+                    what = "query parameters" if attribute == "query" else "credentials"
+                    raise ValueError(f"its nodes give different {what}: give them on the first node only, "
+                                     "or the same on every node")
         return value.strip()
+
+    @model_validator(mode="after")
+    def _metrics_port_apart(self) -> "Settings":
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("LEDGER_METRICS_PORT must differ from LEDGER_PORT (leave it unset to serve /metrics "
+                             "on LEDGER_PORT)")
+        return self
 
     @model_validator(mode="after")
     def _several_nodes_are_a_cluster(self) -> "Settings":

@@ -35,17 +35,24 @@ name the stream, so the stream can be sharded without touching them.
 import asyncio
 import functools
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ledger.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
 from ledger.index_store import IndexStore
@@ -55,7 +62,7 @@ from ledger.record_ids import opaque_id
 from ledger.redis_wire import FastConnection, FastSSLConnection
 from ledger.rules import CallState
 from ledger.served import RECORD_FIELD
-from ledger.settings import Settings, redis_urls
+from ledger.settings import Settings, redis_options
 from ledger.stream_store import GROUP, Entry, StreamStore, _text, entry_order
 
 __all__ = ["GROUP", "Entry", "Store", "entry_order", "open_redis"]
@@ -92,15 +99,15 @@ def open_redis(settings: Settings) -> Any:
 
         return fakeredis.FakeAsyncRedis()
     if settings.redis_cluster:
-        # Every listed node is a way in: the client needs one that answers to learn the rest.
-        urls = redis_urls(settings.redis_url)
-        first = urlsplit(urls[0])
-        nodes = [ClusterNode(urlsplit(url).hostname or "127.0.0.1", urlsplit(url).port or 6379) for url in urls]
-        return RedisCluster(startup_nodes=nodes, username=unquote(first.username) if first.username else None,
-                            password=unquote(first.password) if first.password else None,
-                            ssl=first.scheme == "rediss", **common)
+        # Every listed node is a way in: the client needs one that answers to learn the rest. The
+        # credentials and TLS options (ssl_ca_certs, ...) apply to every node it finds.
+        options = redis_options(settings.redis_url)
+        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in options.nodes],
+                            username=options.username, password=options.password, ssl=options.tls,
+                            **options.tls_options, **common)
     # Commands packed in C (ledger/redis_wire.py). The cluster client keeps redis-py's packer:
     # it takes no connection class, and there every script carries one call's arguments only.
+    # from_url reads the credentials and the TLS query parameters (the same ones: Settings refuses others).
     connection_class = FastSSLConnection if settings.redis_url.startswith("rediss:") else FastConnection
     return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, connection_class=connection_class,
                                    **common)
@@ -109,6 +116,46 @@ def open_redis(settings: Settings) -> Any:
 def id_key_key(ids_key: str) -> str:
     """The key of the ids' permutation, in the counter's slot like its fence."""
     return f"{{{ids_key}}}:key"
+
+
+class RedisProblem(NamedTuple):
+    """Why a Redis did not answer, in words fixed here (never an exception's text, which could
+    quote more than we know), and whether trying again can help."""
+
+    reason: str
+    refused: bool  # credentials or ACL refused: the same answer every time
+
+
+def describe_redis_error(error: BaseException) -> RedisProblem:
+    """What went wrong, from the exception and those it was raised from (redis-py wraps an
+    OSError in its ConnectionError, the Cluster client wraps that in RedisClusterException)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for exc in chain:
+        if isinstance(exc, AuthenticationError | AuthorizationError):
+            return RedisProblem("it refused the credentials: wrong password or ACL user, or none given", True)
+        if isinstance(exc, NoPermissionError):
+            return RedisProblem("its ACL user may not run PING (Redis answered NOPERM)", True)
+    for exc in chain:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return RedisProblem(f"TLS: the server's certificate was not accepted ({exc.verify_message}); "
+                                "the CA is given as ?ssl_ca_certs=/path on the rediss:// URL", False)
+        if isinstance(exc, ssl.SSLError):
+            return RedisProblem(f"TLS handshake failed ({exc.reason or type(exc).__name__}): "
+                                "a rediss:// URL to a port without TLS?", False)
+        if isinstance(exc, ConnectionRefusedError):
+            return RedisProblem("connection refused", False)
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            return RedisProblem("timed out", False)
+        # A TLS port resets a connection that starts in plain text (redis-py may also say it its way).
+        if isinstance(exc, ConnectionResetError | BrokenPipeError) or (
+                isinstance(exc, RedisConnectionError) and "closed by server" in " ".join(map(str, exc.args))):
+            return RedisProblem("the server closed the connection: a redis:// URL to a TLS port (that needs "
+                                "rediss://)?", False)
+    return RedisProblem(type(error).__name__, False)
 
 
 def id_fence_key(ids_key: str) -> str:
@@ -262,11 +309,15 @@ class Store(StreamStore):
     # -- health ---------------------------------------------------------------------------
 
     async def ping(self) -> bool:
+        return await self.ping_error() is None
+
+    async def ping_error(self) -> BaseException | None:
+        """None when Redis answers PING, else what went wrong (describe_redis_error says it in words)."""
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                return bool(await self.redis.ping())
-        except (RedisError, RedisClusterException, OSError, TimeoutError):
-            return False
+                return None if await self.redis.ping() else RedisError("PING did not answer PONG")
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            return exc
 
     async def close(self) -> None:
         await self.batcher.close()

@@ -10,12 +10,13 @@ import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import NoPermissionError
 
-from ledger.errors import LedgerError, StoreUnreachable
+from ledger.errors import LedgerError, StoreRefused, StoreUnreachable
 from ledger.metrics import Metrics
 from ledger.openapi import openapi_document
 from ledger.settings import Settings, redis_urls
-from ledger.store import Store
+from ledger.store import Store, describe_redis_error
 
 log = structlog.get_logger("ledger.http")
 
@@ -103,27 +104,68 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
+    return await render_metrics(request.app)
+
+
+async def render_metrics(app: web.Application) -> web.Response:
+    """The app's metrics in Prometheus text format, on its own port or on LEDGER_METRICS_PORT."""
+    metrics = app[METRICS]
     try:  # lag and pending straight from Redis, so the API process reports them too
-        await request.app[STORE].refresh_shards()
-        metrics.observe_shards(await request.app[STORE].shard_stats())
-        metrics.observe_oldest_pending(await request.app[STORE].oldest_pending_ages())
+        await app[STORE].refresh_shards()
+        metrics.observe_shards(await app[STORE].shard_stats())
+        metrics.observe_oldest_pending(await app[STORE].oldest_pending_ages())
     except Exception as exc:
         log.warning("metrics_stats_unavailable", error=type(exc).__name__)
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def metrics_app(app: web.Application) -> web.Application:
+    """What LEDGER_METRICS_PORT serves: `app`'s /metrics, and nothing else."""
+
+    async def view(request: web.Request) -> web.Response:
+        return await render_metrics(app)
+
+    served = web.Application()
+    served.router.add_get("/metrics", view)
+    return served
+
+
+def redis_nodes(settings: Settings) -> str:
+    """The `host:port` of each node of LEDGER_REDIS_URL, for messages: never the userinfo (a
+    password) nor the query."""
+    return ", ".join(urlsplit(url).netloc.rpartition("@")[2] for url in redis_urls(settings.redis_url or ""))
+
+
 async def wait_for_redis(store: Store, settings: Settings) -> None:
     """Start-up waits up to LEDGER_REDIS_STARTUP_TIMEOUT_S for Redis (a Cluster: any listed node),
-    then stops with StoreUnreachable, which the CLI prints as one line."""
+    then stops with StoreUnreachable, which the CLI prints as one line with the last reason. A Redis
+    that refuses the credentials stops it at once (StoreRefused): waiting would not change its answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.redis_startup_timeout_s
-    while not await store.ping():
+    while (error := await store.ping_error()) is not None:
+        problem = describe_redis_error(error)
+        if problem.refused:
+            raise StoreRefused(f"the Redis of LEDGER_REDIS_URL ({redis_nodes(settings)}) answers, but {problem.reason}")
         if loop.time() >= deadline:
-            nodes = ", ".join(urlsplit(url).netloc.rpartition("@")[2] for url in redis_urls(settings.redis_url or ""))
-            raise StoreUnreachable(f"no Redis of LEDGER_REDIS_URL answers ({nodes}) after "
-                                   f"{settings.redis_startup_timeout_s:g} s")
+            raise StoreUnreachable(f"no Redis of LEDGER_REDIS_URL answers ({redis_nodes(settings)}) after "
+                                   f"{settings.redis_startup_timeout_s:g} s: {problem.reason}")
         await asyncio.sleep(0.5)
+
+
+async def start_up_checks(store: Store, settings: Settings) -> None:
+    """What start-up checks once Redis answers (an unreachable Redis: lookups answer 503 until it is
+    back, checked then)."""
+    if await store.ping():
+        await store.check_layout()  # data of an older layout stops start-up
+        await store.register_shards()  # every worker drains the shards this K writes
+    if settings.durable_ack == "replica" and await store.ping() and not await store.replicas_in_sync():
+        log.warning("no_replica", detail="LEDGER_DURABLE_ACK=replica and the Redis primary has no replica "
+                    "connected: webhooks answer 503 until one is in sync")
+    if settings.durable_ack == "aof":
+        if await store.ping():
+            await store.check_durability()  # a Redis that cannot confirm AOF writes stops start-up
+        else:
+            log.warning("durability_unchecked", detail="redis unreachable at start-up; WAITAOF not checked")
 
 
 def base_app(settings: Settings, store: Store | None = None) -> web.Application:
@@ -148,17 +190,11 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
                         "nothing survives a restart")
         if own and settings.redis_url is not None:
             await wait_for_redis(app[STORE], settings)  # none of the nodes answers: one line, exit 2
-        if await app[STORE].ping():  # unreachable: lookups answer 503 until it is back; checked then
-            await app[STORE].check_layout()  # data of an older layout stops start-up
-            await app[STORE].register_shards()  # every worker drains the shards this K writes
-        if settings.durable_ack == "replica" and await app[STORE].ping() and not await app[STORE].replicas_in_sync():
-            log.warning("no_replica", detail="LEDGER_DURABLE_ACK=replica and the Redis primary has no replica "
-                        "connected: webhooks answer 503 until one is in sync")
-        if settings.durable_ack == "aof":
-            if await app[STORE].ping():
-                await app[STORE].check_durability()  # a Redis that cannot confirm AOF writes stops start-up
-            else:
-                log.warning("durability_unchecked", detail="redis unreachable at start-up; WAITAOF not checked")
+        try:
+            await start_up_checks(app[STORE], settings)
+        except NoPermissionError as exc:  # an ACL user without a command the ledger needs: one line, exit 2
+            # Redis's message names the command, never a password.
+            raise StoreRefused(f"the ACL user of LEDGER_REDIS_URL lacks a command the ledger runs: {exc}") from None
         yield
         if own:
             await app[STORE].close()
@@ -166,7 +202,8 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
     app.cleanup_ctx.append(store_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    if settings.metrics_port is None:  # else only on that port (ledger.serving)
+        app.router.add_get("/metrics", metrics_view)
     document = orjson.dumps(openapi_document())
 
     async def openapi_json(request: web.Request) -> web.Response:

@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import redis
 
-from tests.conftest import _require_redis, free_port
+from tests.conftest import TlsFiles, _require_redis, free_port
 
 
 def cluster_port() -> int:
@@ -32,7 +34,8 @@ def cluster_port() -> int:
     raise RuntimeError("no port pair for a cluster node")
 
 
-def wait_ping(port: int, timeout: float = 10, proc: "subprocess.Popen[bytes] | None" = None) -> None:
+def wait_ping(port: int, timeout: float = 10, proc: "subprocess.Popen[bytes] | None" = None,
+              **client_kwargs: Any) -> None:
     """Until a freshly started redis-server on `port` answers PING (NodeDidNotStart if it exited:
     another process took its port or bus port between our check and its bind)."""
     deadline = time.monotonic() + timeout
@@ -40,7 +43,7 @@ def wait_ping(port: int, timeout: float = 10, proc: "subprocess.Popen[bytes] | N
         if proc is not None and proc.poll() is not None:
             raise NodeDidNotStart(f"redis-server on {port} exited with {proc.returncode}")
         try:
-            redis.Redis(host="127.0.0.1", port=port).ping()
+            redis.Redis(host="127.0.0.1", port=port, **client_kwargs).ping()
             return
         except redis.ConnectionError:
             if time.monotonic() > deadline:
@@ -53,29 +56,48 @@ class NodeDidNotStart(Exception):
 
 
 class Cluster:
-    """`masters` masters with `replicas` replicas each; nodes can be SIGKILLed and restarted."""
+    """`masters` masters with `replicas` replicas each; nodes can be SIGKILLed and restarted.
 
-    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000) -> None:
+    With `tls`, every node speaks TLS only, the cluster bus and replication included; with
+    `password`, every node requires it (and replicas use it with their master)."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 1000, *,
+                 tls: TlsFiles | None = None, password: str | None = None) -> None:
         self.dir = directory
         self.ports = [cluster_port() for _ in range(masters * (1 + replicas))]
         self.masters, self.replicas = masters, replicas
         self.node_timeout_ms = node_timeout_ms
+        self.tls, self.password = tls, password
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
-        """Every node, comma-separated: what LEDGER_REDIS_URL may hold."""
-        return ",".join(f"redis://127.0.0.1:{port}" for port in self.ports)
+        """Every node, comma-separated: what LEDGER_REDIS_URL may hold. The password and the CA are
+        given on the first node only (the others inherit them)."""
+        scheme = "rediss" if self.tls else "redis"
+        first = f"{scheme}://:{quote(self.password, safe='')}@" if self.password else f"{scheme}://"
+        query = f"?ssl_ca_certs={quote(str(self.tls.ca))}" if self.tls else ""
+        return ",".join(f"{first if i == 0 else scheme + '://'}127.0.0.1:{port}{query if i == 0 else ''}"
+                        for i, port in enumerate(self.ports))
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, **self._client_kwargs())
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {"password": self.password, **(self.tls.client_kwargs() if self.tls else {})}
 
     def start_node(self, port: int) -> None:
+        ports = ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", "--tls-replication", "yes",
+                 *self.tls.redis_args()] if self.tls else ["--port", str(port)]
+        auth = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
         self.procs[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            ["redis-server", *ports, *auth, "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
              "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", f"node-{port}.log",
              # A replica that never finished its first sync may not take over: sync at once.
              "--repl-diskless-sync-delay", "0"],
             stdout=subprocess.DEVNULL, cwd=self.dir)
-        wait_ping(port, proc=self.procs[port])
+        wait_ping(port, proc=self.procs[port], **self._client_kwargs())
 
     def start(self) -> "Cluster":
         try:
@@ -96,9 +118,11 @@ class Cluster:
         return self
 
     def _create(self) -> None:
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+        tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls else []
+        env = {**os.environ, "REDISCLI_AUTH": self.password} if self.password else None  # not on the command line
+        subprocess.run(["redis-cli", *tls, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+                       check=True, stdout=subprocess.DEVNULL, timeout=60, env=env)
         self.wait_ok()
 
     def wait_ok(self, timeout: float = 30) -> None:
@@ -110,7 +134,7 @@ class Cluster:
 
     def _ok(self, port: int) -> bool:
         try:
-            client = redis.Redis(host="127.0.0.1", port=port)
+            client = self.client(port)
             if client.cluster("info").get("cluster_state") != "ok":
                 return False
             nodes = client.cluster("nodes")
@@ -122,10 +146,10 @@ class Cluster:
             return False
 
     def master_of(self, key: str) -> int:
-        slot = redis.Redis(host="127.0.0.1", port=next(iter(self.procs))).cluster("keyslot", key)
+        slot = self.client(next(iter(self.procs))).cluster("keyslot", key)
         for port in self.procs:
             try:
-                info = redis.Redis(host="127.0.0.1", port=port).cluster("slots")
+                info = self.client(port).cluster("slots")
             except redis.RedisError:
                 continue
             for start, end, master, *_ in info:

@@ -45,7 +45,7 @@ def test_start_up_with_no_redis_answering_stops_with_one_line(cluster: bool) -> 
     assert result.returncode == 2, result.stderr
     nodes = ", ".join(f"127.0.0.1:{p}" for p in (dead if cluster else dead[:1]))
     assert result.stderr.strip().splitlines() == [
-        f"call-ledger: no Redis of LEDGER_REDIS_URL answers ({nodes}) after 0.5 s"]
+        f"call-ledger: no Redis of LEDGER_REDIS_URL answers ({nodes}) after 0.5 s: connection refused"]
 
 
 @pytest.fixture
