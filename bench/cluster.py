@@ -234,7 +234,8 @@ async def post_all(ports: list[int], hooks: list[tuple[str, bytes]]) -> float:
 
 def ledger_env(nodes: Nodes, shards: int, port: int, name: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env.update({"LEDGER_REDIS_URL": nodes.url, "LEDGER_REDIS_CLUSTER": str(nodes.cluster).lower(),
+    env.update({"LEDGER_MAX_CONNECTIONS_PER_PEER": "0",  # one load generator stands in for many senders
+                "LEDGER_REDIS_URL": nodes.url, "LEDGER_REDIS_CLUSTER": str(nodes.cluster).lower(),
                 "LEDGER_STREAM_SHARDS": str(shards), "LEDGER_PLATFORM_WEBHOOK_SECRET": SECRET,
                 "LEDGER_PORT": str(port), "LEDGER_LOG_FORMAT": "json", "LEDGER_CONSUMER_NAME": name,
                 "PYTHONPATH": str(ROOT)})

@@ -219,7 +219,9 @@ def service_env(redis_url: str) -> dict[str, str]:
     """What every role of the HTTP rows runs with: every secret set, JSON logs."""
     return {"LEDGER_REDIS_URL": redis_url, "LEDGER_API_TOKENS": API_TOKEN, "LEDGER_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
             "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET, "LEDGER_LOG_FORMAT": "json",
-            "LEDGER_KEY_PREFIX": "benchhttp"}
+            "LEDGER_KEY_PREFIX": "benchhttp",
+            # One local load generator stands in for many senders: no per-peer cap (SPEC §14).
+            "LEDGER_MAX_CONNECTIONS_PER_PEER": "0"}
 
 
 def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> dict[str, float]:

@@ -233,7 +233,9 @@ def services() -> Iterable[list[Service]]:
 
 
 def worker_vars(**overrides: str) -> dict[str, str]:
-    return {"LEDGER_FX_RATES": FX_RATES, "LEDGER_CLAIM_IDLE_MS": "300", "LEDGER_BATCH_SIZE": "50", **overrides}
+    # 64 senders and a scraper from one address stand in for many providers: no per-peer cap.
+    return {"LEDGER_FX_RATES": FX_RATES, "LEDGER_CLAIM_IDLE_MS": "300", "LEDGER_BATCH_SIZE": "50",
+            "LEDGER_MAX_CONNECTIONS_PER_PEER": "0", **overrides}
 
 
 # -- webhooks -----------------------------------------------------------------------------------
