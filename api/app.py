@@ -5,8 +5,9 @@ import structlog
 from aiohttp import web
 
 from api.aggregates import call_analytics, call_stats
-from api.calls import count_calls, export_calls, get_call_by_id, list_calls, search_calls
+from api.calls import count_calls, get_call_by_id, list_calls, search_calls
 from api.costs import costs_by_id, costs_by_sid
+from api.export import EXPORT_SLOTS, ExportSlots, export_calls
 from api.views import get_call, get_call_events
 from ledger.settings import Settings
 
@@ -16,6 +17,7 @@ log = structlog.get_logger("ledger.api")
 def add_read_api(app: web.Application, settings: Settings) -> None:
     if not settings.api_tokens:
         log.warning("no_api_tokens", detail="LEDGER_API_TOKENS is empty: every call lookup answers 401")
+    app[EXPORT_SLOTS] = ExportSlots(settings.max_exports)
     # Any characters (line feeds included) rather than the default segment pattern: a SID with
     # an encoded slash or newline, or an empty one, still reaches the handler and gets a JSON 404.
     app.router.add_get(r"/api/v1/calls/sid/{call_sid:[\s\S]+}/events", get_call_events)

@@ -26,8 +26,13 @@ from ledger.store import Store
 SCAN_LIMIT = 10_000
 # Search looks at most at this many of the scope's most recent calls.
 SEARCH_SCAN = 10_000
-# Records rendered per round trip when streaming an export.
-EXPORT_BATCH = 500
+# What one export holds at a time (SPEC §14: a reader that stalls must not pin much memory,
+# and LEDGER_MAX_EXPORTS of them may stall per organization): EXPORT_SHARD_PAGE index items of
+# each of the 16 shards (read lazily, a shard's next page only when the merge has used up the
+# last), and EXPORT_BATCH records rendered, then written, per round trip. 16 x 500 items read up
+# front held megabytes per export; these hold some hundreds of kilobytes at most.
+EXPORT_SHARD_PAGE = 16
+EXPORT_BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -149,12 +154,13 @@ async def export(store: Store, indexes: IndexStore, settings: Settings, f: CallF
         return
     lo, hi = _range(f)
     batch: list[Item] = []
-    async with aclosing(indexes.iterate(_suffix(f, scope), lo, hi, batch=EXPORT_BATCH)) as stream:
+    async with aclosing(indexes.iterate(_suffix(f, scope), lo, hi, batch=EXPORT_SHARD_PAGE)) as stream:
         async for item in stream:
             if f.matches(item.payload):
                 batch.append(item)
             if len(batch) >= EXPORT_BATCH:
-                yield await render_items(store, settings, batch, scope)
-                batch = []
+                records = await render_items(store, settings, batch, scope)
+                batch = []  # not held while the caller writes the records
+                yield records
     if batch:
         yield await render_items(store, settings, batch, scope)

@@ -13,6 +13,10 @@ class LedgerError(Exception):
     status = 500
     code = "internal_error"
 
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides its JSON body."""
+        return {}
+
 
 class PayloadTooLarge(LedgerError):
     status = 413
@@ -100,6 +104,20 @@ class InvalidQuery(LedgerError):
 
     status = 422
     code = "invalid_parameter"
+
+
+class TooManyExports(LedgerError):
+    """This organization already runs LEDGER_MAX_EXPORTS exports (SPEC §14)."""
+
+    status = 429
+    code = "too_many_exports"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class StoreUnavailable(LedgerError):

@@ -119,6 +119,11 @@ COMMON = {
     "503": _error("Redis is not reachable"),
 }
 INVALID = {"422": _error("A query parameter is invalid; the detail names it")}
+TOO_MANY_EXPORTS = {"429": {
+    **_error("The token's organization already runs LEDGER_MAX_EXPORTS exports in this process (an unscoped "
+             "token counts as one organization of its own)"),
+    "headers": {"Retry-After": {"description": "Seconds to wait before asking again",
+                                "schema": {"type": "integer", "minimum": 1}}}}}
 NOT_FOUND = {"404": _error("No such call, or not the token's organization's")}
 
 
@@ -157,10 +162,13 @@ def calls_paths() -> dict[str, Any]:
         "/api/v1/calls/export": {"get": {
             "summary": "Export every matching call (streamed)", "operationId": "export_calls", "tags": ["calls"],
             "parameters": [_query("format", {"type": "string", "enum": ["csv", "json"], "default": "csv"},
-                                  "csv: a header of the 18 keys, then one row per call"), *FILTERS],
+                                  "csv: a header of the 18 keys, then one row per call; a text cell that "
+                                  "begins with =, +, -, @, a tab or a carriage return gets a leading '"),
+                           *FILTERS],
             "responses": {"200": {"description": "An attachment", "content": {
                 "text/csv": {"schema": {"type": "string"}},
-                "application/json": {"schema": {"type": "array", "items": RECORD}}}}, **COMMON, **INVALID}}},
+                "application/json": {"schema": {"type": "array", "items": RECORD}}}}, **COMMON, **INVALID,
+                **TOO_MANY_EXPORTS}}},
         "/api/v1/calls/{id}": _get("Get a call by its id", "get_call", [ID_PARAM], {
             "description": "The call record", "content": _json(RECORD)}, NOT_FOUND),
         "/api/v1/calls/{id}/costs": _get("Detailed costs of a call, by id", "get_call_costs", [ID_PARAM], {

@@ -217,6 +217,12 @@ class Settings(BaseSettings):
     # peer is answered 503 and closed at once. Below max_connections, so that one address always
     # leaves room for the others; 0 turns it off (behind a proxy, every connection is the proxy's).
     max_connections_per_peer: int = Field(default=64, ge=0)
+    # A streamed answer (an export) whose client takes no data for this many seconds is cut off:
+    # every write of it is bounded, so a reader that stops holds nothing for longer (SPEC §14).
+    write_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Exports running at once per organization, in each API process (an unscoped token is a
+    # bucket of its own); past it an export is answered 429 with Retry-After (SPEC §14).
+    max_exports: int = Field(default=2, ge=1, le=1000)
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -45,7 +45,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except LedgerError as exc:
-        return error_response(exc.status, exc.code, str(exc))
+        response = error_response(exc.status, exc.code, str(exc))
+        response.headers.update(exc.headers())
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

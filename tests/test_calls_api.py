@@ -264,7 +264,8 @@ async def test_export_csv_bytes_and_json(api: Any, store: Store, settings: Setti
         "flow_name,duration,started_at,ended_at,total_cost,llm_cost,tts_cost,stt_cost,telephony_cost,"
         "cost_currency\r\n"
         f"CA-x2,,,{x2['id']},0,ongoing,{{}},,,,{x2['started_at']},,,,,,,\r\n"
-        f'CA-x1,+15550000000,+15551230000,{x1["id"]},4,completed,"{{""k"":[1,""a,b""]}}","Bot, ""the"" one",,'
+        # Phone numbers are text: a leading '+' gets a "'" (SPEC §14), the numbers after them do not.
+        f'CA-x1,\'+15550000000,\'+15551230000,{x1["id"]},4,completed,"{{""k"":[1,""a,b""]}}","Bot, ""the"" one",,'
         f"60,{x1['started_at']},{x1['ended_at']},0.3,0.3,,,,USD\r\n")
     assert list(csv.reader(io.StringIO(text)))[2][6] == '{"k":[1,"a,b"]}'
     as_json = await api.get("/api/v1/calls/export", headers=auth(), params={"format": "json", "status": "ongoing"})
