@@ -83,7 +83,8 @@ async def call_by_id(request: web.Request) -> tuple[str, int, CallState]:
     """(sid, record id, state) of the caller's call with the path's integer id; NotFound otherwise."""
     scope = scope_of(request)
     raw = request.match_info.get("id", "")
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_RECORD_ID:
+    # At most 16 digits (2^53 - 1) before int(): thousands of them are a ValueError there (a 500).
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 16 or not 1 <= int(raw) <= MAX_RECORD_ID:
         raise NotFound("no call with this id")
     payload = await indexes_of(request).find(member(int(raw)))
     if payload is None:

@@ -1,10 +1,18 @@
-"""Detailed costs of one call (SPEC §9): the record's cost summary and one entry per charge
-the ledger counted, built from the call's journal (the events it applied).
+"""Detailed costs of one call (SPEC §9, §14): the record's cost summary and one entry per charge
+the ledger counted, built from the call's journal (the events it applied), a page at a time.
 
-Each charge is converted to the ledger currency exactly as the worker converted it when it
-applied the event (`ledger.rules.ledger_costs`), so per service type the entries add up to
-the record's component, to the nano-unit. The rate-card estimate, when the record's
-telephony cost is one, is an entry of its own marked `"estimated": true`.
+A page reads at most `limit` journal events after the cursor `after` (the `next` of the page
+before), as /events does, whatever the call's length: the entries are the charges among those
+events, so a page may hold fewer entries than `limit`, or none, and still have a `next`. The
+summary is the record's (its stored state, every event counted), the same on every page; the
+rate-card estimate, when the record's telephony cost is one, is an entry of its own, marked
+`"estimated": true`, on the last page.
+
+Nothing is converted at read: a charge in another currency shows the amount and the FX rate the
+worker counted it at, frozen in the journaled event (worker/apply.py `frozen_fx`), so per
+service type the entries of all pages add up to the record's component, to the nano-unit,
+whatever LEDGER_FX_RATES says now. Events journaled before rates were frozen are converted
+with this process's rate, as they always were (null when it has none).
 """
 
 import math
@@ -16,11 +24,18 @@ from aiohttp import web
 
 from api.auth import may_see
 from api.calls import call_by_id, store_errors
-from api.views import call_sid_and_scope
-from ledger.errors import NotFound, Unapplicable
-from ledger.events import CallEvent
-from ledger.money import format_nano
-from ledger.rules import CallState, estimate_of, ledger_costs, render_record
+from api.views import (
+    EVENTS_LIMIT_DEFAULT,
+    EVENTS_LIMIT_MAX,
+    call_sid_and_scope,
+    decode_cursor,
+    encode_cursor,
+    page_limit,
+)
+from ledger.errors import NotFound
+from ledger.events import CallEvent, Cost
+from ledger.money import convert, format_nano
+from ledger.rules import CallState, estimate_of, render_record
 from ledger.settings import Settings
 from ledger.store import Store
 from ledger.web import SETTINGS, STORE
@@ -31,49 +46,75 @@ def _money(nano: int | None) -> orjson.Fragment | None:
 
 
 def _decimal(text: str | None) -> orjson.Fragment | None:
-    """Decimal text (a usage amount, a unit cost) as an exact JSON number."""
+    """Decimal text (a usage amount, a unit cost, a rate) as an exact JSON number."""
     return None if text is None else orjson.Fragment(format(Decimal(text), "f").encode())
 
 
-def cost_entries(events: list[CallEvent], state: CallState, record: dict[str, Any],
-                 settings: Settings) -> list[dict[str, Any]]:
-    """One entry per counted charge, oldest first; then the estimate, if the record uses one."""
+def counted(cost: Cost, settings: Settings) -> tuple[int | None, str | None]:
+    """(the amount counted in the ledger currency, the FX rate's text) of one charge: as frozen
+    when applied; for an entry journaled before rates were frozen, converted with this process's
+    rate (None, None without one)."""
+    if cost.currency == settings.currency:
+        return cost.amount_nano, None
+    if cost.ledger_amount_nano is not None:
+        return cost.ledger_amount_nano, cost.fx_rate
+    rate = settings.fx_rates.get(cost.currency)
+    return (None, None) if rate is None else (convert(cost.amount_nano, rate), None)
+
+
+def cost_entries(events: list[CallEvent], settings: Settings) -> list[dict[str, Any]]:
+    """One entry per charge of these events, in their order (the journal's: oldest first)."""
     entries = []
-    for event in sorted(events, key=lambda e: (e.occurred_us, e.key)):
-        try:
-            converted: list[tuple[str, int | None]] = list(ledger_costs(event, settings))
-        except Unapplicable:  # applied with an FX rate this process no longer has: shown unconverted
-            converted = [(cost.component, None) for cost in event.costs]
-        for n, (component, amount) in enumerate(converted):
-            original = event.costs[n]
+    for event in events:
+        for n, cost in enumerate(event.costs):
+            amount, rate = counted(cost, settings)
             metadata: dict[str, Any] = {"source": event.source, "event_id": event.event_id, "event_type": event.type}
-            if original.currency != settings.currency:
-                metadata["original_currency"] = original.currency
-                metadata["original_amount"] = _money(original.amount_nano)
-            if original.price_entry is not None:  # priced from usage (SPEC §11): the entry it was priced by
-                metadata["price_entry"] = original.price_entry.model_dump()
+            if cost.currency != settings.currency:
+                metadata["original_currency"] = cost.currency
+                metadata["original_amount"] = _money(cost.amount_nano)
+                if rate is not None:
+                    metadata["fx_rate"] = _decimal(rate)
+            if cost.price_entry is not None:  # priced from usage (SPEC §11): the entry it was priced by
+                metadata["price_entry"] = cost.price_entry.model_dump()
             entries.append({
-                "id": f"{event.key}#{n}", "service_type": component,
-                "provider": original.provider or (None if event.source == "platform" else event.source),
-                "model": original.model, "usage_type": original.usage_type,
-                "usage_amount": _decimal(original.usage_amount), "unit_cost": _decimal(original.unit_cost),
+                "id": f"{event.key}#{n}", "service_type": cost.component,
+                "provider": cost.provider or (None if event.source == "platform" else event.source),
+                "model": cost.model, "usage_type": cost.usage_type,
+                "usage_amount": _decimal(cost.usage_amount), "unit_cost": _decimal(cost.unit_cost),
                 "total_cost": _money(amount), "timestamp": event.occurred_at, "metadata": metadata,
             })
-    if "telephony" not in state.costs and record["telephony_cost"] is not None:
-        estimate, rate = estimate_of(state, record["duration"], settings)  # as fixed when applied
-        minutes = math.ceil(record["duration"] / 60)
-        entries.append({
-            "id": "estimate:telephony", "service_type": "telephony", "provider": state.provider,
-            "model": None, "usage_type": "minutes", "usage_amount": minutes,
-            "unit_cost": None if rate is None else orjson.Fragment(rate.encode()),
-            "total_cost": _money(estimate), "timestamp": record["ended_at"], "metadata": {"estimated": True},
-        })
     return entries
 
 
-async def costs_body(store: Store, settings: Settings, sid: str, record_id: int, state: CallState) -> bytes:
+def estimate_entry(state: CallState, record: dict[str, Any], settings: Settings) -> dict[str, Any] | None:
+    """The rate-card estimate as an entry, if the record's telephony cost is one."""
+    if "telephony" in state.costs or record["telephony_cost"] is None:
+        return None
+    estimate, rate = estimate_of(state, record["duration"], settings)  # as fixed when applied
+    return {
+        "id": "estimate:telephony", "service_type": "telephony", "provider": state.provider,
+        "model": None, "usage_type": "minutes", "usage_amount": math.ceil(record["duration"] / 60),
+        "unit_cost": None if rate is None else orjson.Fragment(rate.encode()),
+        "total_cost": _money(estimate), "timestamp": record["ended_at"], "metadata": {"estimated": True},
+    }
+
+
+async def costs_body(store: Store, settings: Settings, sid: str, record_id: int, state: CallState,
+                     after: str = "", limit: int = EVENTS_LIMIT_DEFAULT) -> bytes:
+    """One page: the summary, the charges of at most `limit` journal events after the order
+    member `after` ('' = the start), the estimate on the last page, and `next`."""
     record = render_record(sid, record_id, state, settings)
-    events = [CallEvent.model_validate_json(raw) for raw in await store.all_events(sid)]
+    events: list[CallEvent] = []
+    next_member = None
+    if settings.journal == "on":  # off: no copy of any event, so no per-event entry (README)
+        page = await store.events_page(sid, after, limit)  # UnknownCursor (422) for a stranger's key
+        if page is not None:
+            events = [CallEvent.model_validate_json(raw) for raw in page[0]]
+            next_member = page[1]
+    entries = cost_entries(events, settings)
+    estimate = None if next_member else estimate_entry(state, record, settings)
+    if estimate is not None:
+        entries.append(estimate)
     duration = record["duration"]
     summary = {
         "call_id": record_id, "call_sid": sid,
@@ -83,22 +124,32 @@ async def costs_body(store: Store, settings: Settings, sid: str, record_id: int,
         "duration_minutes": None if duration is None else math.ceil(duration / 60),
         "started_at": record["started_at"], "ended_at": record["ended_at"],
     }
-    return orjson.dumps({"call_summary": summary, "detailed_entries": cost_entries(events, state, record, settings)})
+    return orjson.dumps({"call_summary": summary, "detailed_entries": entries,
+                         "next": encode_cursor(next_member) if next_member else None})
+
+
+def page_query(request: web.Request) -> tuple[str, int]:
+    """(`after` as an order member, '' for none; `limit`): checked before any read, 422 if bad."""
+    limit = page_limit(request, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX)
+    after = request.query.get("after")
+    return (decode_cursor(after) if after else ""), limit
 
 
 @store_errors
 async def costs_by_sid(request: web.Request) -> web.Response:
     sid, scope = call_sid_and_scope(request)
+    after, limit = page_query(request)
     found = await request.app[STORE].get_call(sid)
     if found is None or not may_see(found[1], scope):
         raise NotFound("no call with this SID")
-    body = await costs_body(request.app[STORE], request.app[SETTINGS], sid, found[0], found[1])
+    body = await costs_body(request.app[STORE], request.app[SETTINGS], sid, found[0], found[1], after, limit)
     return web.Response(body=body, content_type="application/json")
 
 
 @store_errors
 async def costs_by_id(request: web.Request) -> web.Response:
     sid, record_id, state = await call_by_id(request)
-    body = await costs_body(request.app[STORE], request.app[SETTINGS], sid, record_id, state)
+    after, limit = page_query(request)
+    body = await costs_body(request.app[STORE], request.app[SETTINGS], sid, record_id, state, after, limit)
     return web.Response(body=body, content_type="application/json")
 

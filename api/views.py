@@ -1,14 +1,14 @@
 """Read API handlers: thin — check the token, load, render, encode."""
 
-import base64
-import binascii
+import re
 
 import orjson
 from aiohttp import web
 
 from api.auth import check_bearer, may_see
+from ledger import cursors
 from ledger.errors import InvalidQuery, JournalOff, NotFound
-from ledger.events import MAX_CALL_SID
+from ledger.events import MAX_CALL_SID, MAX_EVENT_ID
 from ledger.served import organization_of, served_record
 from ledger.web import SETTINGS, STORE
 
@@ -36,27 +36,37 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 def page_limit(request: web.Request, default: int, maximum: int) -> int:
-    """`limit` as an integer in 1..maximum; InvalidQuery (422) naming it otherwise."""
+    """`limit` as an integer in 1..maximum; InvalidQuery (422) naming it otherwise. ASCII digits
+    only, and few of them: int() would take other scripts' digits, and fail (a 500) on thousands."""
     raw = request.query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise InvalidQuery(f"limit must be an integer from 1 to {maximum}")
     return int(raw)
 
 
+_LIMIT = re.compile(r"[0-9]{1,9}")
+# An order member is `<source>:<event_id>`: a source name, and an id of at most 1024 characters
+# (ledger.events), up to 4 bytes each in UTF-8; a cursor of one is at most 4/3 of that.
+MAX_SOURCE = 32
+MAX_EVENT_CURSOR = 4 * (MAX_SOURCE + 1 + 4 * MAX_EVENT_ID + 2) // 3
+
+
 def encode_cursor(member: str) -> str:
-    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
+    return cursors.encode(member.encode())
 
 
 def decode_cursor(cursor: str, parameter: str = "after") -> str:
-    """The opaque cursor back to the order member it names; InvalidQuery when it is not one."""
+    """The opaque cursor back to the order member it names; InvalidQuery when it is not one
+    this service can have given out (ledger.cursors: canonical and bounded; then valid UTF-8,
+    a source and an event id within their bounds)."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        member = raw.decode()  # strict: event ids are valid Unicode, and so must a cursor be
-    except (binascii.Error, ValueError):
+        member = cursors.decode(cursor, MAX_EVENT_CURSOR).decode()  # strict: event ids are valid Unicode
+    except ValueError:
         raise InvalidQuery(f"{parameter} is not a cursor this service gave out") from None
-    if ":" not in member:
+    source, sep, event_id = member.partition(":")
+    if not sep or not 0 < len(source) <= MAX_SOURCE or not 0 < len(event_id) <= MAX_EVENT_ID:
         raise InvalidQuery(f"{parameter} is not a cursor this service gave out")
     return member
 

@@ -17,6 +17,7 @@ TERMINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "fa
 Direction = Literal["inbound", "outbound"]
 Component = Literal["llm", "tts", "stt", "telephony"]
 MAX_CALL_SID = 512
+MAX_EVENT_ID = 1024
 # Bound on the text registers (names, numbers): a record stays small whatever is posted.
 MAX_TEXT = 1024
 MAX_SECONDS = 10**9  # far beyond any call; keeps every stored integer inside 64 bits
@@ -85,6 +86,12 @@ class Cost(BaseModel):
     usage_amount: str | None = _detail()  # exact decimal text
     unit_cost: str | None = _detail()  # unit_price / unit_quantity, decimal text
     price_entry: PriceRef | None = _detail()
+    # Frozen by the worker when it applies a cost in another currency than the ledger's, on the
+    # event it journals (never on what intake writes): the LEDGER_FX_RATES rate it converted with
+    # (decimal text) and the amount it counted, in the ledger currency. /costs shows these, so its
+    # entries add up to the record whatever the rates are later (SPEC §14).
+    fx_rate: str | None = Field(default=None, exclude_if=_is_none, pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+    ledger_amount_nano: int | None = Field(default=None, exclude_if=_is_none, ge=0)
 
 
 class CallEvent(BaseModel):
@@ -94,7 +101,7 @@ class CallEvent(BaseModel):
 
     source: str
     # Bounded so that every id intake accepts can also be looked up (the read API takes up to 512).
-    event_id: str = Field(min_length=1, max_length=1024)
+    event_id: str = Field(min_length=1, max_length=MAX_EVENT_ID)
     call_sid: str = Field(min_length=1, max_length=MAX_CALL_SID)
     type: str  # the source's own name for the event, e.g. "call.hangup"; for people reading /events
     occurred_at: str  # canonical UTC text at the source's precision

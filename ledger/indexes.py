@@ -15,17 +15,18 @@ increments and adds the new ones, so the rollups are exactly the sums over curre
 Nothing here does I/O.
 """
 
-import base64
-import binascii
+import re
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
 import orjson
 
+from ledger import cursors
 from ledger.events import TERMINAL_STATUSES
 from ledger.money import NANO
 from ledger.rules import REGISTER_FIELD, REGISTERS, CallState, render_record
@@ -475,24 +476,28 @@ RECORD_FIELDS = tuple(REGISTER_FIELD + name for name in REGISTERS)
 
 # -- cursors --------------------------------------------------------------------------------
 
+# A list cursor's score is a list time in microseconds as Redis writes a score (an integer up to
+# 2^53 in every version seen; a fraction or an exponent allowed, in case one writes them), and
+# its member a record id of MEMBER_WIDTH digits: ASCII digits only, bounded, so Redis never
+# meets a number it reads otherwise than Python did (`1_0`, ` 10`, Arabic-Indic digits, `1e999`).
+_SCORE_TEXT = re.compile(r"-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,17})?(?:e[+-]?[0-9]{1,3})?")
+_MEMBER_TEXT = re.compile(rf"[0-9]{{{MEMBER_WIDTH}}}")
+_MAX_SCORE = 2**53  # scores are exact instants within it (`score`)
+MAX_LIST_CURSOR = 96  # characters: far more than a score and a member need
+
+
 def encode_cursor(score_text: str, member_text: str) -> str:
     """An opaque cursor naming the last item of a page: its score (as Redis wrote it) and id."""
-    return base64.urlsafe_b64encode(f"{score_text}/{member_text}".encode()).decode().rstrip("=")
+    return cursors.encode(f"{score_text}/{member_text}".encode())
 
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
-    """(score text, member) of a cursor; ValueError when it is not one this service gave out."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, ValueError):
-        raise ValueError("not a cursor") from None
-    score_text, sep, member_text = raw.partition("/")
-    if not sep or len(member_text) != MEMBER_WIDTH or not member_text.isdigit():
+    """(score text, member) of a cursor; ValueError when it is not one this service gave out
+    (ledger.cursors: canonical, bounded; then a score and a member of the shapes above)."""
+    raw = cursors.decode(cursor, MAX_LIST_CURSOR)
+    score_text, sep, member_text = raw.decode("ascii", "replace").partition("/")
+    if not sep or not _SCORE_TEXT.fullmatch(score_text) or not _MEMBER_TEXT.fullmatch(member_text):
         raise ValueError("not a cursor")
-    try:
-        value = float(score_text)
-    except ValueError:
-        raise ValueError("not a cursor") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if abs(Decimal(score_text)) > _MAX_SCORE:  # exactly: a float would round 2^53 + 1 down to it
         raise ValueError("not a cursor")
     return score_text, member_text

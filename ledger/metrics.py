@@ -27,6 +27,10 @@ class Metrics:
         self.dead_lettered = Counter(
             "ledger_events_dead_lettered", "Events moved to the dead-letter stream", ["source"], registry=r
         )
+        self.dead_letters_expired = Counter(
+            "ledger_dead_letters_expired", "Dead letters dropped from the dead-letter stream after "
+            "LEDGER_DLQ_RETENTION_DAYS", registry=r,
+        )
         self.new_call_guesses = Counter(
             "ledger_new_call_guesses", "Calls the worker did not know, committed as new without reading them "
             "first, by outcome (right: the call was new; wrong: it existed, the commit was refused and the call "

@@ -84,6 +84,10 @@ CALL_EVENT = {
                     "usage_amount": {"type": "string", "description": "exact decimal"},
                     "unit_cost": {"type": "string", "description": "unit_price / unit_quantity, decimal"},
                     "price_entry": {"type": "object", "description": "the LEDGER_PRICING_FILE entry, frozen"},
+                    # Frozen when a cost in another currency is applied (SPEC §14).
+                    "fx_rate": {"type": "string", "description": "the LEDGER_FX_RATES rate it was converted at"},
+                    "ledger_amount_nano": {"type": "integer", "description": "the amount counted, in the ledger "
+                                           "currency"},
                 },
             },
         },

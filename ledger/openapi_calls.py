@@ -87,10 +87,13 @@ COST_ENTRY = {
         "provider": NULLABLE_STRING, "model": NULLABLE_STRING, "usage_type": NULLABLE_STRING,
         "usage_amount": NULLABLE_NUMBER, "unit_cost": NULLABLE_NUMBER,
         "total_cost": {"type": ["number", "null"],
-                       "description": "In the ledger currency; null only for a charge whose FX rate is no longer "
-                       "configured (metadata has its original amount)"},
+                       "description": "In the ledger currency, as counted when the charge was applied (never "
+                       "converted at read); null only for a charge in another currency applied by a version that "
+                       "did not freeze its rate, when that rate is no longer configured"},
         "timestamp": {"type": ["string", "null"], "format": "date-time"},
-        "metadata": {"type": "object", "description": "The rate-card estimate has {\"estimated\": true}"},
+        "metadata": {"type": "object", "description": "The rate-card estimate has {\"estimated\": true}; a "
+                     "charge in another currency has original_currency, original_amount and fx_rate (the rate "
+                     "it was converted at when applied)"},
     },
 }
 
@@ -107,10 +110,20 @@ CALL_COSTS = {
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "ended_at": {"type": ["string", "null"], "format": "date-time"}}},
         "detailed_entries": {"type": "array", "items": {"$ref": "#/components/schemas/CostEntry"}},
+        "next": {"type": ["string", "null"], "description": "Cursor of the next page (pass as `after`); null on "
+                 "the last, which alone holds the rate-card estimate entry"},
     },
 }
 
 SCHEMAS = {"CallStats": CALL_STATS, "CallAnalytics": CALL_ANALYTICS, "CostEntry": COST_ENTRY, "CallCosts": CALL_COSTS}
+
+# /costs pages through the call's events as /events does (SPEC §14): `limit` counts events read,
+# so a page may hold fewer charges than that, or none, and still have a `next`.
+COSTS_PAGE = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+           "Events of the call read for this page (their charges are its entries)"),
+    _query("after", {"type": "string"}, "The `next` of the previous page"),
+]
 
 COMMON = {
     "400": {"description": "The request line is longer than the server reads (8 KiB): answered by the HTTP "
@@ -141,6 +154,8 @@ def calls_paths() -> dict[str, Any]:
                        "skip": {"type": "integer"}, "limit": {"type": "integer"},
                        "next_cursor": NULLABLE_STRING}})}
     records = {"description": "Records, newest first", "content": _json({"type": "array", "items": RECORD})}
+    costs = {"description": "The summary (every charge counted) and the charges of one page of the call's "
+             "events, oldest first", "content": _json({"$ref": "#/components/schemas/CallCosts"})}
     return {
         "/api/v1/calls": _get("List calls", "list_calls", [
             _query("skip", {"type": "integer", "minimum": 0, "default": 0}, "Items to skip"), limit,
@@ -171,9 +186,8 @@ def calls_paths() -> dict[str, Any]:
                 **TOO_MANY_EXPORTS}}},
         "/api/v1/calls/{id}": _get("Get a call by its id", "get_call", [ID_PARAM], {
             "description": "The call record", "content": _json(RECORD)}, NOT_FOUND),
-        "/api/v1/calls/{id}/costs": _get("Detailed costs of a call, by id", "get_call_costs", [ID_PARAM], {
-            "description": "Costs", "content": _json({"$ref": "#/components/schemas/CallCosts"})}, NOT_FOUND),
-        "/api/v1/calls/sid/{call_sid}/costs": _get("Detailed costs of a call, by SID", "get_call_costs_by_sid",
-                                                   [SID_PARAM], {"description": "Costs", "content": _json(
-                                                       {"$ref": "#/components/schemas/CallCosts"})}, NOT_FOUND),
+        "/api/v1/calls/{id}/costs": _get("Detailed costs of a call, by id", "get_call_costs", [
+            ID_PARAM, *COSTS_PAGE], costs, {**NOT_FOUND, **INVALID}),
+        "/api/v1/calls/sid/{call_sid}/costs": _get("Detailed costs of a call, by SID", "get_call_costs_by_sid", [
+            SID_PARAM, *COSTS_PAGE], costs, {**NOT_FOUND, **INVALID}),
     }

@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=1)
     # Seconds an acknowledged event stays in the stream (unacknowledged ones are never trimmed).
     stream_retention: int = Field(default=86_400, ge=0)
+    # Days a dead letter stays in the dead-letter stream (SPEC §14: the stream is bounded): the
+    # worker's maintenance drops older ones, counted and logged. 0 keeps them forever (unbounded).
+    dlq_retention_days: int = Field(default=30, ge=0, le=36_500)
     shutdown_grace_s: float = Field(default=10.0, gt=0)
     # "aof": answer 2xx only once the event reached the AOF on disk (WAITAOF, Redis >= 7.2);
     # "replica": only once at least one replica has it (WAIT 1; on a Cluster, of the shard's master).

@@ -5,7 +5,7 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
     cl:events                  stream of normalised events (intake XADDs, workers XREADGROUP); with
                                LEDGER_STREAM_SHARDS=K one per shard, cl:events:{<tag>} (ledger.shards)
     cl:dead                    dead-letter stream: events that could not be applied, with the reason
-                               (per shard: cl:dead:{<tag>})
+                               (per shard: cl:dead:{<tag>}), kept LEDGER_DLQ_RETENTION_DAYS
     cl:failures                hash: stream entry id -> why its last apply failed (until acked; per shard)
     cl:streams                 set: every stream shard key ever written, what workers consume
     cl:ids                     counter that hands out record ids (each value made opaque: ledger.record_ids)

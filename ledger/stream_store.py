@@ -361,6 +361,20 @@ class StreamStore:
             return 0
         return int(await self.redis.xtrim(stream, minid=f"{bound[0]}-{bound[1]}"))
 
+    async def trim_dead(self, retention_days: int, now_ms: int | None = None) -> int:
+        """Drop dead letters older than `retention_days` (by their id: when they were dead-lettered,
+        Redis's clock) from every consumed shard; how many were dropped. 0 days: none ever."""
+        if retention_days <= 0:
+            return 0
+        now_ms = await self.now_ms() if now_ms is None else now_ms
+        cutoff = now_ms - retention_days * 86_400_000
+        if cutoff <= 0:
+            return 0
+        # Exact (no `~`): a dead letter within the retention is never dropped early, and the count
+        # logged is what was dropped. Each pass only drops what aged out since the last.
+        return sum([int(await self.redis.xtrim(shard.dead, minid=f"{cutoff}-0", approximate=False))
+                    for shard in self._consumed])
+
     async def now_ms(self) -> int:
         seconds, micros = await self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000

@@ -400,14 +400,14 @@ async def test_an_export_cut_short_by_redis_is_a_truncated_transfer(aiohttp_clie
             await response.read()
 
 
-async def test_costs_of_a_charge_whose_fx_rate_was_removed_are_shown_unconverted(
+async def test_costs_of_a_charge_whose_fx_rate_was_removed_show_the_rate_it_was_applied_at(
         aiohttp_client: Any, store: Store) -> None:
     applied_with = make_settings(api_tokens=TOKENS, fx_rates="EUR=1.1")
     await load(store, applied_with, [event("CA-fx", "u", BASE_US, costs=(
         Cost(component="tts", amount_nano=10**9, currency="EUR"),))])
     api = await aiohttp_client(create_app(make_settings(api_tokens=TOKENS), "api", store))
     [entry] = (await get(api, "/api/v1/calls/sid/CA-fx/costs"))["detailed_entries"]
-    assert entry["total_cost"] is None
+    assert entry["total_cost"] == 1.1  # frozen when applied (SPEC §14); tests/test_costs.py has the rest
     assert (entry["metadata"]["original_currency"], entry["metadata"]["original_amount"]) == ("EUR", 1)
 
 

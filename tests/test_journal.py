@@ -376,10 +376,24 @@ async def intake_json(service: Ledger) -> dict[str, set[bytes]]:
     return written
 
 
+FROZEN_FX = ("fx_rate", "ledger_amount_nano")
+
+
 def as_written(written: dict[str, set[bytes]], event: dict[str, Any]) -> bytes:
-    """The JSON intake wrote for this listed event (the one of its deliveries it equals)."""
-    [raw] = [raw for raw in written[f"{event['source']}:{event['event_id']}"] if orjson.loads(raw) == event]
-    return raw
+    """The JSON intake wrote for this listed event (the one of its deliveries it equals); for a
+    cost in another currency, with the rate and amount the worker froze on it added where the
+    model puts them (worker/apply.py frozen_fx: the only change from intake's bytes)."""
+    costs = event.get("costs", [])
+    frozen = [{name: cost[name] for name in FROZEN_FX if name in cost} for cost in costs]
+    plain = {**event, "costs": [{k: v for k, v in cost.items() if k not in FROZEN_FX} for cost in costs]} \
+        if costs else event
+    [raw] = [raw for raw in written[f"{event['source']}:{event['event_id']}"] if orjson.loads(raw) == plain]
+    if not any(frozen):
+        return raw
+    parsed = CallEvent.model_validate_json(raw)
+    assert all(bool(f) == (c.currency != "USD") for f, c in zip(frozen, parsed.costs, strict=True)), frozen
+    costs_frozen = tuple(cost.model_copy(update=f) for cost, f in zip(parsed.costs, frozen, strict=True))
+    return parsed.model_copy(update={"costs": costs_frozen}).model_dump_json(exclude_defaults=True).encode()
 
 
 WHOLE_CALLS = {"twilio": twilio_call, "telnyx": telnyx_call, "vonage": vonage_call, "plivo": plivo_call,

@@ -15,7 +15,7 @@ from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent
 from ledger.indexes import IndexBasis, IndexEntry
 from ledger.pricing import price_event
-from ledger.rules import META_FIELD, CallState, apply_event
+from ledger.rules import META_FIELD, CallState, apply_event, ledger_costs
 from ledger.settings import Settings
 from ledger.store import Entry, LoadedCall
 
@@ -42,6 +42,20 @@ def wanted_meta(items: list[tuple[Entry, CallEvent]]) -> tuple[list[str], list[s
     keys = list(dict.fromkeys(event.key for _, event in items))
     meta = [META_FIELD + key for _, event in items if event.call_meta for key in event.call_meta]
     return keys, list(dict.fromkeys(meta)) if len(meta) > 1 else meta
+
+
+def frozen_fx(event: CallEvent, settings: Settings) -> CallEvent:
+    """The event as it is journaled: each cost in another currency than the ledger's carries
+    the rate it was converted at and the amount counted (`ledger_costs`, which `apply_event`
+    summed), so /costs shows what the record adds up, whatever LEDGER_FX_RATES says later.
+    The event itself when every cost is in the ledger currency (the usual case)."""
+    if not event.costs or all(cost.currency == settings.currency for cost in event.costs):
+        return event
+    costs = tuple(
+        cost if cost.currency == settings.currency else cost.model_copy(update={
+            "fx_rate": format(settings.fx_rates[cost.currency], "f"), "ledger_amount_nano": amount})
+        for cost, (_, amount) in zip(event.costs, ledger_costs(event, settings), strict=True))
+    return event.model_copy(update={"costs": costs})
 
 
 def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings: Settings) -> CallPlan:
@@ -76,11 +90,13 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
         seen.add(event.key)
         version += 1
         # What /events shows: exactly what intake stored, or for priced usage the priced event,
-        # so the price is frozen with it (a later edit of the file changes no applied cost).
+        # so the price is frozen with it (a later edit of the file changes no applied cost); and
+        # a cost in another currency with the rate and amount it was counted at (frozen_fx).
         if settings.journal == "off":
             journal = b""  # the commit then records the event's key only
         else:
-            journal = (entry.event_json or b"") if priced is event else priced.model_dump_json(
+            journaled = frozen_fx(priced, settings)
+            journal = (entry.event_json or b"") if journaled is event else journaled.model_dump_json(
                 exclude_defaults=True).encode()
         plan.new_events.append((event.key, event.occurred_us, journal))
         plan.applied.append((entry, event))

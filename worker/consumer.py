@@ -47,6 +47,7 @@ from worker.apply import (
     plan_call,
     wanted_meta,
 )
+from worker.retention import expire_dead_letters
 
 log = structlog.get_logger("ledger.worker")
 
@@ -220,6 +221,7 @@ class Consumer:
     async def maintain(self) -> None:
         """Trim what retention allows, and refresh the lag gauges."""
         trimmed = await self.store.trim(self.settings.stream_retention)
+        await expire_dead_letters(self.store, self.settings, self.metrics)  # LEDGER_DLQ_RETENTION_DAYS
         await self.store.refresh_shards()  # shards another K registered since we started
         self.metrics.observe_shards(await self.store.shard_stats())
         self.metrics.observe_oldest_pending(await self.store.oldest_pending_ages())
