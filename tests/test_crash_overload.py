@@ -43,6 +43,7 @@ from tests.conftest import (
     sign_platform,
 )
 from tests.workers import assert_records_exact, by_call, call_events, fold, usage, with_duplicates
+from worker.apply import frozen_fx
 from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
@@ -515,11 +516,12 @@ async def test_a_burst_of_webhooks_is_all_applied_and_lag_shows_then_clears(
     busy = [s for s in during if s["ledger_consumer_lag"] > 0 or s["ledger_consumer_pending"] > 0]
     assert busy, f"never saw a backlog in {len(during)} scrapes during the burst"
 
-    # Every 2xx'd event is applied, as intake normalised it: the event that was sent.
+    # Every 2xx'd event is applied, as intake normalised it: the event that was sent (a cost in
+    # another currency journaled with the rate and amount it was counted at).
     originals = {e.event_id: e for e in events}
     for sid, mine in by_call(originals[eid] for eid in set(ok)).items():
         journal = {e.key: e for e in map(CallEvent.model_validate_json, await store.all_events(sid))}
-        assert [journal.get(e.key) for e in mine] == mine, sid
+        assert [journal.get(e.key) for e in mine] == [frozen_fx(e, settings) for e in mine], sid
     unique = len(set(ok))
     assert final["ledger_events_applied_total"] == unique
     assert final["ledger_events_duplicate_total"] == len(ok) - unique
