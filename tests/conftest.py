@@ -26,7 +26,7 @@ from standardwebhooks.webhooks import Webhook
 from ledger.app import create_app
 from ledger.metrics import Metrics
 from ledger.settings import Settings
-from ledger.store import Store
+from ledger.store import Store, open_redis
 from worker.consumer import Consumer
 
 API_TOKEN = "test-api-token"
@@ -256,6 +256,15 @@ def redis_server() -> Iterator[RedisServer]:
         server.start()
         yield server
         server.stop()
+
+
+@pytest.fixture
+async def real_store(redis_server: RedisServer) -> AsyncIterator[Store]:
+    """A Store on this test's own real redis-server, through the service's own client."""
+    settings = make_settings(redis_url=redis_server.url)
+    store = Store(open_redis(settings), settings.key_prefix)
+    yield store
+    await store.close()
 
 
 # -- the guarantees table: every loss/duplication scenario reports its counts ------------------

@@ -18,6 +18,7 @@ from ledger.metrics import Metrics
 from ledger.settings import Settings
 from ledger.store import Store
 from tests.conftest import make_settings
+from tests.workers import platform_event
 from worker.consumer import Consumer
 
 ADMIN = "admin-token"
@@ -31,10 +32,7 @@ def auth(token: str = ADMIN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def event(sid: str, eid: str, us: int, **fields: Any) -> CallEvent:
-    kind = "call.status" if "status" in fields else "call.usage" if "costs" in fields else "call.metadata"
-    return CallEvent(source="platform", event_id=eid, call_sid=sid, type=kind, occurred_at=format_us(us),
-                     occurred_us=us, **fields)
+event = platform_event
 
 
 def call(sid: str, start_us: int, *, status: str = "completed", duration: int | None = 60,

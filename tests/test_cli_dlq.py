@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from ledger.events import CallEvent
 from ledger.metrics import Metrics
 from ledger.rules import render_record
-from ledger.store import Store, open_redis
+from ledger.store import Store
 from tests.conftest import RedisServer, make_settings
 from tests.workers import usage
 from worker.consumer import Consumer
@@ -32,11 +31,9 @@ def run_cli(*args: str, **ledger_vars: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[Store]:
-    settings = make_settings(redis_url=redis_server.url)
-    store = Store(open_redis(settings), settings.key_prefix)
-    yield store
-    await store.close()
+def store(real_store: Store) -> Store:
+    """The real redis-server's store: the CLI runs as its own process against it."""
+    return real_store
 
 
 async def dead_letter(store: Store, redis_server: RedisServer, sid: str, event_id: str) -> CallEvent:

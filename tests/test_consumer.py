@@ -96,19 +96,23 @@ async def test_a_telnyx_cost_whose_parts_sum_past_the_bound_is_dead_lettered(sto
     assert await store.group_stats() == (0, 0)
 
 
-async def test_a_bug_rendering_one_call_fails_that_call_only(store: Store, monkeypatch: Any) -> None:
+def break_rendering(monkeypatch: Any, sid: str, error: Exception) -> None:
+    """A bug that raises while the worker renders one call's record, and only that call's."""
     import worker.consumer as module
 
-    settings = make_settings(max_deliveries=2)
     render = module.render_record
 
-    def broken(sid: str, *args: Any) -> Any:
-        if sid == "CA-bad":
-            raise KeyError("a bug")
-        return render(sid, *args)
+    def broken(call_sid: str, *args: Any) -> Any:
+        if call_sid == sid:
+            raise error
+        return render(call_sid, *args)
 
     monkeypatch.setattr(module, "render_record", broken)
-    consumer = Consumer(store, settings, Metrics())
+
+
+async def test_a_bug_rendering_one_call_fails_that_call_only(store: Store, monkeypatch: Any) -> None:
+    break_rendering(monkeypatch, "CA-bad", KeyError("a bug"))
+    consumer = Consumer(store, make_settings(max_deliveries=2), Metrics())
     await append(store, make_event("CA-bad", "b1", 0, status="ringing"),
                  *(make_event(sid, f"{sid}-s", 0, status="ringing") for sid in INNOCENTS))
     await consumer.run_burst()
@@ -237,16 +241,7 @@ def urllib_get(port: int, path: str) -> Any:
 
 async def test_nothing_is_left_pending_when_a_batch_mixes_every_failure(store: Store, monkeypatch: Any) -> None:
     """Poison, a bug and innocents in one batch: the innocents applied, the rest accounted for."""
-    import worker.consumer as module
-
-    render = module.render_record
-
-    def broken(sid: str, *args: Any) -> Any:
-        if sid == "CA-bad":
-            raise ValueError("a bug")
-        return render(sid, *args)
-
-    monkeypatch.setattr(module, "render_record", broken)
+    break_rendering(monkeypatch, "CA-bad", ValueError("a bug"))
     consumer = Consumer(store, make_settings(max_deliveries=1), Metrics())
     await append_batch(store)
     await append(store, make_event("CA-bad", "b1", 0, status="ringing"))

@@ -4,7 +4,6 @@ when they were applied (worker/apply.py `frozen_fx`), so entries always add up t
 entries journaled before rates were frozen still render, converted as they always were."""
 
 import json
-from collections.abc import AsyncIterator
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -14,22 +13,14 @@ from ledger.app import create_app
 from ledger.events import CallEvent, Cost, UsageLine
 from ledger.metrics import Metrics
 from ledger.settings import Settings
-from ledger.store import Store, open_redis
-from tests.conftest import AUTH, RedisServer, make_settings
+from ledger.store import Store
+from tests.conftest import AUTH, make_settings
 from tests.workers import make_event, usage
 from worker import apply as apply_module
 from worker.consumer import Consumer
 
 SID = "CA-long-call"
 SERVICES = ("llm", "tts", "stt", "telephony")
-
-
-@pytest.fixture
-async def real_store(redis_server: RedisServer) -> AsyncIterator[Store]:
-    settings = make_settings(redis_url=redis_server.url)
-    store = Store(open_redis(settings), settings.key_prefix)
-    yield store
-    await store.close()
 
 
 async def apply(store: Store, settings: Settings, events: list[CallEvent]) -> None:

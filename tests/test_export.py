@@ -28,13 +28,13 @@ import pytest
 from api.export import FORMULA_PREFIXES, csv_rows, neutralise
 from ledger.app import create_app
 from ledger.events import CallEvent, Cost
-from ledger.instants import format_us
 from ledger.metrics import Metrics
 from ledger.openapi import openapi_document
 from ledger.settings import Settings
 from ledger.store import Store
 from tests.conftest import RedisServer, _require_redis, make_settings
 from tests.test_service_process import start_service, stop
+from tests.workers import platform_event
 from worker.consumer import Consumer
 
 ADMIN = "admin-token"
@@ -52,10 +52,7 @@ def auth(token: str = ADMIN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def event(sid: str, eid: str, us: int, **fields: Any) -> CallEvent:
-    kind = "call.status" if "status" in fields else "call.usage" if "costs" in fields else "call.metadata"
-    return CallEvent(source="platform", event_id=eid, call_sid=sid, type=kind, occurred_at=format_us(us),
-                     occurred_us=us, **fields)
+event = platform_event
 
 
 async def load(store: Store, settings: Settings, events: list[CallEvent]) -> None:

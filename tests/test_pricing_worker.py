@@ -3,7 +3,6 @@ pricing at apply time (frozen in the journal), a missing price dead-lettered the
 and `call-ledger pricing check` / start-up with a bad file as real processes."""
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from ledger.errors import InvalidEvent
 from ledger.events import CallEvent, UsageLine
 from ledger.metrics import Metrics
 from ledger.rules import render_record
-from ledger.store import Store, open_redis
+from ledger.store import Store
 from tests.conftest import AUTH, RedisServer, make_settings, post_platform
 from tests.test_cli_dlq import run_cli
 from tests.test_platform_source import SOURCE, request
@@ -158,14 +157,6 @@ async def test_a_file_edited_between_two_events_changes_no_applied_cost(store: S
     assert journal["u1"]["costs"][0]["price_entry"]["unit_price"] == "1"
     assert journal["u1"]["costs"][0]["unit_cost"] == "0.001"
     assert journal["u2"]["costs"][0]["price_entry"]["unit_price"] == "3"
-
-
-@pytest.fixture
-async def real_store(redis_server: RedisServer) -> AsyncIterator[Store]:
-    settings = make_settings(redis_url=redis_server.url)
-    store = Store(open_redis(settings), settings.key_prefix)
-    yield store
-    await store.close()
 
 
 @pytest.mark.real_redis

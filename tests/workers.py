@@ -35,6 +35,13 @@ def make_event(sid: str, event_id: str, offset_us: int, **fields: Any) -> CallEv
                      occurred_at=format_us(us), occurred_us=us, **fields)
 
 
+def platform_event(sid: str, event_id: str, us: int, **fields: Any) -> CallEvent:
+    """A platform event at `us` (microseconds since the epoch), typed by what it carries."""
+    kind = "call.status" if "status" in fields else "call.usage" if "costs" in fields else "call.metadata"
+    return CallEvent(source="platform", event_id=event_id, call_sid=sid, type=kind, occurred_at=format_us(us),
+                     occurred_us=us, **fields)
+
+
 def usage(sid: str, event_id: str, offset_us: int, component: str, amount_nano: int,
           currency: str = "USD") -> CallEvent:
     return make_event(sid, event_id, offset_us,
