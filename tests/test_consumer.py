@@ -13,8 +13,11 @@ from typing import Any
 
 import orjson
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, NoPermissionError, ResponseError, SlotNotCoveredError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ledger.errors import StoreUnavailable
 from ledger.events import CallEvent
 from ledger.metrics import Metrics
 from ledger.money import MAX_AMOUNT_NANO
@@ -23,7 +26,7 @@ from tests.conftest import AUTH, RedisServer, make_settings
 from tests.sources import payloads_telnyx as tx
 from tests.test_service_process import get_record, post, start_service, stop
 from tests.workers import make_event, usage
-from worker.consumer import Consumer
+from worker.consumer import Consumer, of_one_call
 
 INNOCENTS = [f"CA-innocent-{i}" for i in range(5)]
 
@@ -268,3 +271,25 @@ async def test_an_entry_claimed_after_its_last_delivery_but_already_applied_is_a
     assert await store.dead_letters() == []
     assert await store.group_stats() == (0, 0)
     assert entry.deliveries == 1
+
+
+@pytest.mark.parametrize(("error", "of_the_call"), [
+    (KeyError("a bug"), True),
+    (TypeError("Integer exceeds 64-bit range"), True),
+    (ResponseError("ERR user_script:1: Script attempted to access nonexistent global variable"), True),
+    (DataError("Invalid input of type: 'dict'"), True),
+    (ConnectionError("Connection refused"), False),
+    (RedisConnectionError("Error 111 connecting"), False),
+    (RedisTimeoutError("Timeout reading"), False),
+    (TimeoutError(), False),
+    (ResponseError("OOM command not allowed when used memory > 'maxmemory'"), False),
+    (ResponseError("READONLY You can't write against a read only replica."), False),
+    (ResponseError("CLUSTERDOWN The cluster is down"), False),
+    (NoPermissionError("NOPERM this user has no permissions to run the 'evalsha' command"), False),
+    (SlotNotCoveredError("Command # 1 (EVALSHA) slot not covered"), False),
+    (StoreUnavailable("redis: ConnectionError"), False),
+])
+def test_what_fails_one_call_and_what_holds_the_batch(error: Exception, of_the_call: bool) -> None:
+    """A failure of one call's data or of a bug fails that call; Redis away, full or refusing for
+    every call keeps the whole batch pending (nothing dead-lettered for what Redis did)."""
+    assert of_one_call(error) is of_the_call

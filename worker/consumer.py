@@ -20,14 +20,19 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterError,
     DataError,
+    NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
 )
 
+from ledger.errors import StoreUnavailable
 from ledger.events import CallEvent
 from ledger.index_store import IndexStore, IndexWrite
 from ledger.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
@@ -72,7 +77,11 @@ def of_one_call(exc: BaseException) -> bool:
     """Whether a failure may be of the call being handled rather than of Redis as a whole: a bug,
     data no encoder takes, a script error. Redis away, busy or full (and cancellation) is not:
     the whole batch then stays pending and is retried (SPEC §14)."""
-    if not isinstance(exc, Exception) or isinstance(exc, OSError | TimeoutError):
+    if not isinstance(exc, Exception) or isinstance(exc, OSError | TimeoutError | StoreUnavailable):
+        return False
+    # A cluster without a slot's master, a redirect not followed, an ACL refusing a command: the
+    # store's state, whatever the call.
+    if isinstance(exc, RedisClusterException | ClusterError | AskError | NoPermissionError):
         return False
     if isinstance(exc, ResponseError):
         return not transient(exc)
