@@ -152,7 +152,7 @@ def ledger_costs(event: CallEvent, settings: Settings) -> list[tuple[str, int]]:
     return converted
 
 
-def check_sums(state: CallState, costs: list[tuple[str, int]], currency: str) -> None:
+def check_sums(state: CallState, costs: list[tuple[str, int]], currency: str) -> dict[str, int]:
     """Refused unless the event's costs, each of the call's components after it, and the call's
     reported total after it all stay within MAX_AMOUNT_NANO (SPEC §14).
 
@@ -171,6 +171,34 @@ def check_sums(state: CallState, costs: list[tuple[str, int]], currency: str) ->
             raise Refused(f"the call's {component} cost would pass {bound}")
     if sum(after.values()) > MAX_AMOUNT_NANO:
         raise Refused(f"the call's total cost would pass {bound}")
+    return after
+
+
+# Beyond half the bound, an event that could change a call's telephony estimate is checked with
+# the estimate it would give. Below it, no estimate can reach the bound: that would take a rate
+# of 30 units a minute over MAX_SECONDS (10^9 s), far past any telephony price.
+_ESTIMATE_CHECKED_FROM = MAX_AMOUNT_NANO // 2
+
+
+def check_estimate(state: CallState, event: CallEvent, after: dict[str, int], settings: Settings) -> None:
+    """Refused if the call's total, with the rate-card telephony estimate the event would make
+    it carry (a hang-up with a duration, say), would pass MAX_AMOUNT_NANO (SPEC §14)."""
+    total = sum(after.values())
+    if "telephony" in after or total <= _ESTIMATE_CHECKED_FROM:
+        return
+    trial = CallState(status=state.status, started=state.started, answered=state.answered, duration=state.duration,
+                      provider=state.provider)
+    if "direction" in state.registers:
+        trial.registers["direction"] = state.registers["direction"]
+    _fold_times(trial, event)
+    if event.source != "platform" and trial.provider is None:
+        trial.provider = event.source
+    if event.direction is not None and _wins(trial.registers.get("direction"), event):
+        trial.registers["direction"] = [event.occurred_us, event.event_id, event.source, event.direction]
+    estimate = telephony_estimate(trial, connected_duration(trial), settings)[0] or 0
+    if total + estimate > MAX_AMOUNT_NANO:
+        raise Refused(f"the call's total cost with its telephony estimate would pass "
+                      f"{MAX_AMOUNT_NANO // NANO} {settings.currency}")
 
 
 def _wins(current: list[Any] | None, event: CallEvent) -> bool:
@@ -209,10 +237,24 @@ def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
     Raises Unapplicable (or Refused), leaving the state untouched, when the event cannot be applied.
     """
     costs = ledger_costs(event, settings)  # may raise: before any change
-    check_sums(state, costs, settings.currency)
+    check_estimate(state, event, check_sums(state, costs, settings.currency), settings)
     meta_keys, meta_bytes = _check_bounds(state, event, settings)
-    us, text = event.occurred_us, event.occurred_at
+    us = event.occurred_us
+    _fold_times(state, event)
+    for component, amount in costs:
+        state.costs[component] = state.costs.get(component, 0) + amount
+    if state.first_seen is None or us < state.first_seen:
+        state.first_seen = us
 
+    if event.source != "platform" and state.provider is None:
+        state.provider = event.source
+    _set_registers(state, event)
+    state.meta_keys, state.meta_bytes = meta_keys, meta_bytes
+
+
+def _fold_times(state: CallState, event: CallEvent) -> None:
+    """The event's status, start, answer and duration into the state (max, min, max)."""
+    us, text = event.occurred_us, event.occurred_at
     if event.status is not None:
         rank = STATUS_RANK[event.status]
         candidate = [rank, us, event.event_id, text]
@@ -227,15 +269,6 @@ def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
         state.answered = _earliest(state.answered, event.answered_us, event.answered_at)
     if event.duration is not None and (state.duration is None or event.duration > state.duration):
         state.duration = event.duration
-    for component, amount in costs:
-        state.costs[component] = state.costs.get(component, 0) + amount
-    if state.first_seen is None or us < state.first_seen:
-        state.first_seen = us
-
-    if event.source != "platform" and state.provider is None:
-        state.provider = event.source
-    _set_registers(state, event)
-    state.meta_keys, state.meta_bytes = meta_keys, meta_bytes
 
 
 def _set_registers(state: CallState, event: CallEvent) -> None:

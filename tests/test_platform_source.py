@@ -159,3 +159,31 @@ def test_unparsable_body_is_malformed(raw: bytes) -> None:
 def test_events_that_lack_what_a_call_event_needs_are_invalid(payload: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidEvent, match=message):
         SOURCE.parse(request(payload))
+
+
+# -- SPEC §14: no amount text a signed event carries can cost the worker more than its size -----
+
+@pytest.mark.parametrize("amount", ["1e-999999999", "1e-5000000", "1.0000000000000000000000000000001",
+                                    "0.0000000001"])
+def test_a_usage_amount_with_more_than_nine_decimals_is_refused_without_writing_it_out(amount: str) -> None:
+    """1e-999999999 once passed as 0 after `normalize()` and was then written out digit by digit
+    (a 1 KB body held a worker for seconds and gigabytes)."""
+    line = {"component": "llm", "provider": "openai", "usage_type": "tokens", "usage_amount": amount}
+    with pytest.raises(InvalidEvent, match="more than 9 decimals"):
+        SOURCE.parse(request({**USAGE, "data": line}))
+
+
+@pytest.mark.parametrize(("amount", "text"), [("1.50000000000000000000000000000000000", "1.5"), ("1.5E+3", "1500"),
+                                              ("0e-999999999", "0"), ("0.000000001", "0.000000001")])
+def test_a_usage_amount_is_kept_as_its_exact_shortest_text(amount: str, text: str) -> None:
+    line = {"component": "llm", "provider": "openai", "usage_type": "tokens", "usage_amount": amount}
+    event = SOURCE.parse(request({**USAGE, "data": line}))
+    assert event is not None and event.usage[0].usage_amount == text
+
+
+@pytest.mark.parametrize("number", ["1E+99999999999999999999", "1e-99999999999999999999"])
+def test_a_number_no_decimal_holds_is_a_malformed_body_not_a_500(number: str) -> None:
+    raw = ('{"type":"call.status","call_sid":"CA1","occurred_at":"2026-11-24T10:00:00Z",'
+           '"data":{"status":"ongoing","junk":' + number + '}}').encode()
+    with pytest.raises(MalformedBody):
+        SOURCE.parse(request(None, raw=raw))

@@ -353,3 +353,23 @@ def test_no_sequence_of_bounded_amounts_takes_the_state_past_64_bits(amounts: li
     assert sum(state.costs.values()) <= 10**18
     assert record_json(render_record(SID, 1, state, SETTINGS))  # renders: no encoder overflows
     assert state.core_json()
+
+
+def test_a_hang_up_whose_telephony_estimate_would_take_the_total_past_the_bound_is_refused() -> None:
+    """The rate-card estimate counts in the call's total: a hang-up that makes it appear on a call
+    already at the bound is refused like a cost would be."""
+    settings = make_settings(telephony_rates="twilio:outbound=0.014")
+    state = CallState()
+    apply_event(state, event("u", "2026-11-24T10:00:00Z", costs=(cost("llm", MAX),)), settings)
+    apply_event(state, event("r", "2026-11-24T10:00:01Z", source="twilio", status="ringing",
+                             direction="outbound"), settings)
+    with pytest.raises(Refused, match="with its telephony estimate would pass 1000000000 USD"):
+        apply_event(state, event("h", "2026-11-24T10:05:00Z", source="twilio", status="completed",
+                                 duration=290), settings)
+    assert state.status is not None and state.status[0] < 3  # still ringing: untouched
+    # Without a rate there is no estimate, and nothing to refuse.
+    free = CallState()
+    apply_event(free, event("u", "2026-11-24T10:00:00Z", costs=(cost("llm", MAX),)), SETTINGS)
+    apply_event(free, event("h", "2026-11-24T10:05:00Z", source="twilio", status="completed", duration=290),
+                SETTINGS)
+    assert render_record(SID, 1, free, SETTINGS)["total_cost"] == 10**18

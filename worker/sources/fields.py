@@ -79,7 +79,8 @@ def load_json_object(body: bytes) -> dict[str, object]:
         if text.startswith("\ufeff"):  # what json.loads refuses before decoding
             raise ValueError("Unexpected UTF-8 BOM")
         doc = _DECODER.decode(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError, ArithmeticError):
+        # ArithmeticError: a number whose exponent no Decimal holds (1E+99999999999999999999).
         raise MalformedBody("body is not valid UTF-8 JSON") from None
     if not isinstance(doc, dict):
         raise MalformedBody("body must be a JSON object")

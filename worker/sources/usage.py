@@ -46,10 +46,26 @@ def usage_amount(value: object, where: str) -> str:
         raise InvalidEvent(f"{where} must be non-negative")
     if amount > MAX_USAGE_AMOUNT:
         raise InvalidEvent(f"{where} is implausibly large (above {MAX_USAGE_AMOUNT})")
-    exponent = amount.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > MAX_USAGE_DECIMALS:
+    return decimal_text(_exact(amount, where))
+
+
+def _exact(amount: Decimal, where: str) -> Decimal:
+    """The amount without trailing zeros, refused with more than MAX_USAGE_DECIMALS decimals.
+
+    Worked out on the digits themselves, never through a decimal context: `normalize()` rounds
+    to 28 digits and turns 1e-999999999 into 0, which then passed this check and was written out
+    as a billion-digit text (a signed 1 KB body held a worker for seconds and gigabytes)."""
+    _, digits, exponent = amount.as_tuple()
+    if not any(digits):
+        return Decimal(0)
+    assert isinstance(exponent, int)  # finite: checked by the caller
+    end = len(digits)
+    while digits[end - 1] == 0:  # trailing zeros only move the exponent
+        end -= 1
+        exponent += 1
+    if -exponent > MAX_USAGE_DECIMALS:
         raise InvalidEvent(f"{where} has more than {MAX_USAGE_DECIMALS} decimals")
-    return decimal_text(amount)
+    return Decimal((0, digits[:end], exponent))
 
 
 def _label(data: dict[str, Any], name: str, where: str = "data") -> str | None:
