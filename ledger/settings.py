@@ -344,6 +344,10 @@ class Settings(BaseSettings):
                 parts.port  # noqa: B018 (a port that is not a number raises here)
             except ValueError:
                 raise ValueError("a port in it is not a number") from None
+            if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+                raise ValueError("its database (the path after host:port) must be a number, as in redis://host:6379/0")
+            if parts.scheme == "unix" and (len(nodes) > 1 or not parts.path):
+                raise ValueError("a unix:// socket is one node, named by its path (unix:///run/redis.sock)")
             _check_redis_query(parts.scheme, parts.query)
         if len(nodes) > 1:  # a Cluster: one client, so one scheme, one set of credentials and options
             if len({parts.scheme for parts in nodes}) > 1:

@@ -108,6 +108,8 @@ def open_redis(settings: Settings) -> Any:
     # Commands packed in C (ledger/redis_wire.py). The cluster client keeps redis-py's packer:
     # it takes no connection class, and there every script carries one call's arguments only.
     # from_url reads the credentials and the TLS query parameters (the same ones: Settings refuses others).
+    if settings.redis_url.startswith("unix:"):  # a local socket: redis-py's own connection class for it
+        return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, **common)
     connection_class = FastSSLConnection if settings.redis_url.startswith("rediss:") else FastConnection
     return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, connection_class=connection_class,
                                    **common)

@@ -202,6 +202,8 @@ def test_tls_options_are_read_from_the_url_and_given_to_every_cluster_node(tls_f
     ("rediss://:{pw}@h:1?ssl_certfile={ca}", "ssl_certfile and ssl_keyfile (a client certificate) go together"),
     ("rediss://:{pw}@h:1,redis://h:2", "its nodes mix redis:// and rediss://"),
     ("rediss://:{pw}@h:1,rediss://:other-password@h:2", "its nodes give different credentials"),
+    ("redis://:{pw}@h:1/abc", "its database (the path after host:port) must be a number"),
+    ("unix://:{pw}@/run/a.sock,unix://:{pw}@/run/b.sock", "a unix:// socket is one node"),
 ])
 def test_a_bad_redis_url_is_refused_without_quoting_it(tls_files: TlsFiles, url: str, message: str) -> None:
     url = url.format(pw=quote(LEDGER_PASSWORD, safe=""), ca=tls_files.ca)
@@ -214,3 +216,32 @@ def test_a_bad_redis_url_is_refused_without_quoting_it(tls_files: TlsFiles, url:
 def test_the_redis_password_is_a_secret_of_the_log_redactor_in_both_spellings() -> None:
     url = f"rediss://ledger:{quote(LEDGER_PASSWORD, safe='')}@h:1"
     assert {LEDGER_PASSWORD, quote(LEDGER_PASSWORD, safe="")} <= set(secret_values(make_settings(redis_url=url)))
+
+
+@pytest.mark.real_redis
+def test_a_unix_socket_with_a_password_works(tmp_path: Path) -> None:
+    """unix://:password@/path once crashed start-up with a traceback (the TCP connection class
+    given to a socket path); it is a supported LEDGER_REDIS_URL like the others."""
+    _require_redis()
+    socket_path = tmp_path / "redis.sock"
+    server = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--save", "",
+                               "--dir", str(tmp_path), "--requirepass", LEDGER_PASSWORD],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():
+            assert time.monotonic() < deadline, "redis-server did not open its socket"
+            time.sleep(0.02)
+        url = f"unix://:{quote(LEDGER_PASSWORD, safe='')}@{socket_path}"
+        proc, port = start_service("serve", LEDGER_REDIS_URL=url, LEDGER_LOG_FORMAT="json")
+        try:
+            payload = {"type": "call.status", "call_sid": "CA-unix", "data": {"status": "completed", "duration": 5}}
+            assert post(port, payload, "unix-1") == 200
+            assert wait_for_record(port, "CA-unix")["status"] == "completed"
+        finally:
+            code, out, _ = stop(proc)
+        assert code == 0
+        assert_no_password(out)
+    finally:
+        server.terminate()
+        server.wait(10)
