@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ledger.errors import Unapplicable
+from ledger.errors import Refused, Unapplicable
 from ledger.events import COMPONENTS, MAX_LABEL, CallEvent, Cost, PriceRef, UsageLine
 from ledger.instants import parse_iso
 from ledger.money import MAX_AMOUNT_NANO, NANO, normalise_currency
@@ -199,7 +199,8 @@ def price_line(line: UsageLine, table: PriceTable, occurred_us: int, occurred_at
                            f"{line.usage_type} at {occurred_at} {where}")
     amount = entry.price_nano(Decimal(line.usage_amount))
     if amount > MAX_AMOUNT_NANO:
-        raise Unapplicable(f"{line.component}/{line.provider}/{line.usage_type}: {line.usage_amount} units priced "
+        # No redelivery changes it (the bound is fixed, the price frozen at occurred_at): refused, not retried.
+        raise Refused(f"{line.component}/{line.provider}/{line.usage_type}: {line.usage_amount} units priced "
                            f"by {entry.label} is above {MAX_AMOUNT_NANO // NANO} {entry.currency}")
     return Cost(component=line.component, amount_nano=amount, currency=entry.currency,
                 provider=line.provider, model=line.model, usage_type=line.usage_type,
@@ -212,19 +213,22 @@ def price_event(event: CallEvent, table: PriceTable) -> CallEvent:
 
     An event that reports a cost, or no usage, is returned as it is: a reported cost is
     what counts (SPEC §11), usage beside it is information. Raises Unapplicable naming
-    every usage line that has no price at the event's occurred_at.
+    every usage line that has no price at the event's occurred_at (Refused when a line is
+    priced above the bound on an amount: no retry can change that).
     """
     if event.costs or not event.usage:
         return event
     costs: list[Cost] = []
     missing: list[str] = []
+    refused = False
     for line in event.usage:
         try:
             costs.append(price_line(line, table, event.occurred_us, event.occurred_at))
         except Unapplicable as exc:
             missing.append(str(exc))
+            refused = refused or isinstance(exc, Refused)
     if missing:
-        raise Unapplicable("; ".join(missing))
+        raise (Refused if refused else Unapplicable)("; ".join(missing))
     return event.model_copy(update={"costs": tuple(costs), "usage": ()})
 
 

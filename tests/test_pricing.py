@@ -13,7 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ledger.errors import Unapplicable
+from ledger.errors import Refused, Unapplicable
 from ledger.events import CallEvent, Cost, UsageLine
 from ledger.indexes import RECORD_FIELDS
 from ledger.instants import format_us, parse_iso
@@ -253,6 +253,18 @@ def test_a_missing_price_is_unapplicable_naming_the_key_and_time() -> None:
                                  "in LEDGER_PRICING_FILE")
     with pytest.raises(Unapplicable, match=r"input_tokens at .* \(LEDGER_PRICING_FILE is not set\); no price"):
         price_event(event, PriceTable())
+
+
+def test_a_line_priced_above_the_bound_is_refused_not_retried() -> None:
+    """Deterministic: no redelivery changes the price frozen at occurred_at, so the event is
+    dead-lettered at once (Refused), like every other bound, not after LEDGER_MAX_DELIVERIES."""
+    pricey = table(entry(unit_price="1000000", unit_quantity=1))
+    event = usage_event("2026-11-24T10:00:00Z", ("input_tokens", "1001"))
+    with pytest.raises(Refused, match=r"1001 units priced .* is above 1000000000 USD"):
+        price_event(event, pricey)
+    missing_and_over = usage_event("2026-11-24T10:00:00Z", ("input_tokens", "1001"), ("cached_tokens", "1"))
+    with pytest.raises(Refused, match=r"no price for .*cached_tokens"):
+        price_event(missing_and_over, pricey)
 
 
 def test_an_event_that_reports_a_cost_is_not_priced() -> None:
