@@ -1,13 +1,20 @@
 """Stats and analytics (SPEC §9), summed from the index shards' rollups, never a scan of calls.
 
-`stats` reads one totals hash per shard; `analytics` the day hashes of the period, each
-shard adding up its days in one script (`ledger/rollup_days.lua`), all in one pipeline.
-The period `Nd` is the N UTC days ending today (the rollups are per day of list time), `1d`
-being today.
+`stats` reads one totals hash per shard; `analytics` the day hashes of the period, and the
+per-assistant counters of the fewest whole months, ISO weeks and days that make up the period,
+each shard adding them up in one script (`ledger/rollup_days.lua`), all in one pipeline. The
+period `Nd` is the N UTC days ending today (the rollups are per day of list time), `1d` being
+today.
+
+An assistant's `assistant_name` in calls_by_assistant is the name its latest call in the period
+carries (greatest list time, then greatest id), read from that call's index entry: the rollups
+count calls, durations and costs per assistant, never names, so they stay small however many
+names a platform sends.
 """
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -16,8 +23,21 @@ from aiohttp import web
 from api.calls import indexes_of, scope_of, store_errors
 from api.query import parse_period
 from ledger.events import STATUSES, TERMINAL_STATUSES
-from ledger.indexes import day_assistants_key, day_key, scope_name, totals_key, week_key, week_of
+from ledger.index_store import IndexStore, PeriodSums
+from ledger.indexes import (
+    day_assistants_key,
+    day_key,
+    list_key,
+    month_key,
+    scope_name,
+    score,
+    totals_key,
+    week_key,
+    week_of,
+)
 from ledger.money import NANO, format_nano
+
+DAY_US = 86_400_000_000
 
 
 def _money(totals: dict[str, int]) -> orjson.Fragment | None:
@@ -65,16 +85,82 @@ def period_plan(days: list[str]) -> tuple[list[str], set[str]]:
     return full, edge
 
 
-def _assistants(period: dict[str, int]) -> list[dict[str, Any]]:
-    """calls_by_assistant from the period's `a:<aid>:<field>` and `an:<aid>:<name>` counters."""
+# A rollup hash of days after today costs next to nothing to read (calls are rarely dated in
+# the future): a period ending today is read as, say, this month minus its days to come.
+_FUTURE_WEIGHT = 0.01
+# How deep a plan nests subtractions: 1 (a month less its first week, plus a day of it) plans
+# a 90-day period in about 10 ms the first time (then cached); 2 took 30 ms and saved at most
+# one hash (tests/test_index_analytics.py checks the plans' sizes).
+_DEPTH = 1
+
+Term = tuple[int, str, str]  # (+1 or -1, "day" | "week" | "month", its first day YYYY-MM-DD)
+
+
+def period_units(days: list[str]) -> list[Term]:
+    """Whole months, ISO weeks and days whose signed sum is exactly the period (consecutive
+    `days`, oldest first, ending today): per-assistant counters are summed from those hashes.
+    The plan reads the fewest full hashes: a period starting mid-month is that month minus its
+    first days (its first week minus a day or two, ...), one ending today is today's month
+    minus the days to come. 90 days read 3 to 13 hashes of past days, 7.5 on average (18 as
+    whole weeks and days)."""
+    first = date.fromisoformat(days[0]).toordinal()
+    last = date.fromisoformat(days[-1]).toordinal()
+    _, terms = _plan(first, last, last, _DEPTH)
+    return [(sign, kind, date.fromordinal(start).isoformat()) for sign, kind, start in terms]
+
+
+def _month_bounds(day: int) -> tuple[int, int]:
+    d = date.fromordinal(day)
+    start = d.replace(day=1)
+    following = (start.replace(year=start.year + 1, month=1) if start.month == 12
+                 else start.replace(month=start.month + 1))
+    return start.toordinal(), following.toordinal() - 1
+
+
+def _week_bounds(day: int) -> tuple[int, int]:
+    start = day - date.fromordinal(day).weekday()
+    return start, start + 6
+
+
+@lru_cache(maxsize=4096)
+def _plan(a: int, b: int, today: int, depth: int) -> tuple[float, tuple[tuple[int, str, int], ...]]:
+    """(weight, signed terms) of the cheapest plan of the days [a, b] (ordinals)."""
+    if a > b:
+        return 0.0, ()
+
+    def weight(start: int) -> float:
+        return _FUTURE_WEIGHT if start > today else 1.0
+
+    def neg(terms: tuple[tuple[int, str, int], ...]) -> tuple[tuple[int, str, int], ...]:
+        return tuple((-sign, kind, start) for sign, kind, start in terms)
+
+    rest, terms = _plan(a + 1, b, today, depth)
+    best = (weight(a) + rest, ((1, "day", a), *terms))
+    for kind, (s, e) in (("week", _week_bounds(a)), ("month", _month_bounds(a))):
+        if s == a and e <= b:  # a whole unit inside
+            rest, terms = _plan(e + 1, b, today, depth)
+            option = (weight(s) + rest, ((1, kind, s), *terms))
+        elif depth > 0:  # the unit around a, less its days outside [a, b]
+            before, before_terms = _plan(s, a - 1, today, depth - 1)
+            if e <= b:
+                rest, terms = _plan(e + 1, b, today, depth)
+            else:
+                rest, after_terms = _plan(b + 1, e, today, depth - 1)
+                terms = neg(after_terms)
+            option = (weight(s) + before + rest, ((1, kind, s), *neg(before_terms), *terms))
+        else:
+            continue
+        if option[0] < best[0] - 1e-9:
+            best = option
+    return best
+
+
+def _assistants(period: dict[str, int], names: dict[int, str | None]) -> list[dict[str, Any]]:
+    """calls_by_assistant from the period's `a:<aid>:<field>` counters and the names of the
+    assistants' latest calls."""
     sums: dict[int, dict[str, int]] = {}
-    names: dict[int, dict[str, int]] = {}
     for field, value in period.items():
-        if field.startswith("an:"):
-            _, aid_text, name = field.split(":", 2)
-            carried = names.setdefault(int(aid_text), {})
-            carried[name] = carried.get(name, 0) + value
-        elif field.startswith("a:"):
+        if field.startswith("a:"):
             _, aid_text, counter = field.split(":", 2)
             counters = sums.setdefault(int(aid_text), {})
             counters[counter] = counters.get(counter, 0) + value
@@ -82,17 +168,14 @@ def _assistants(period: dict[str, int]) -> list[dict[str, Any]]:
     for aid, counters in sums.items():
         if not counters.get("n"):
             continue
-        # The name most of the period's calls carried (ties: the greatest), order-independent.
-        votes = names.get(aid, {})
-        best = max(votes, key=lambda n: (votes[n], n)) if votes else None
-        rows.append((counters["n"], aid, {"assistant_id": aid, "assistant_name": best, "calls": counters["n"],
+        rows.append((counters["n"], aid, {"assistant_id": aid, "assistant_name": names.get(aid), "calls": counters["n"],
                                           "duration": counters.get("d", 0), "cost": _money(counters)}))
     rows.sort(key=lambda row: (-row[0], row[1]))
     return [row[2] for row in rows]
 
 
 def analytics_body(period: str, days: list[str], per_day: dict[str, dict[str, int]],
-                   assistants: dict[str, int]) -> dict[str, Any]:
+                   assistants: dict[str, int], names: dict[int, str | None]) -> dict[str, Any]:
     """The answer from each day's own totals and the period's per-assistant counters."""
     totals: dict[str, int] = {}
     calls_by_day = []
@@ -113,7 +196,7 @@ def analytics_body(period: str, days: list[str], per_day: dict[str, dict[str, in
         "total_duration": totals.get("d", 0),
         "total_cost": _money(totals),
         "calls_by_day": calls_by_day,
-        "calls_by_assistant": _assistants(assistants),
+        "calls_by_assistant": _assistants(assistants, names),
         "calls_by_status": by_status(totals),
     }
 
@@ -125,15 +208,37 @@ async def call_stats(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(stats_body(totals)), content_type="application/json")
 
 
+async def period_sums(indexes: IndexStore, scope: str, days: list[str]) -> PeriodSums:
+    """The rollups analytics reads for `days` (consecutive, oldest first) in `scope`."""
+    if await indexes.months_complete():
+        terms = period_units(days)
+    else:  # a store indexed before the month rollups, not yet reindexed: weeks and days only
+        weeks, edge = period_plan(days)
+        terms = [(1, "week", monday) for monday in weeks] + [(1, "day", day) for day in sorted(edge)]
+    added = [_unit_key(scope, kind, start) for sign, kind, start in terms if sign > 0]
+    subtracted = [_unit_key(scope, kind, start) for sign, kind, start in terms if sign < 0]
+    lo = _day_start_us(days[0])
+    hi = _day_start_us(days[-1]) + DAY_US - 1
+    return await indexes.sum_days([day_key(scope, day) for day in days], added, subtracted,
+                                  lists=list_key(scope, None, None) + "a=", hi=repr(score(hi)), lo=repr(score(lo)))
+
+
+def _unit_key(scope: str, kind: str, start: str) -> str:
+    if kind == "month":
+        return month_key(scope, start[:7])
+    return week_key(scope, start) if kind == "week" else day_assistants_key(scope, start)
+
+
+def _day_start_us(day: str) -> int:
+    return int(datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) * 1_000_000
+
+
 @store_errors
 async def call_analytics(request: web.Request) -> web.Response:
     scope = scope_name(scope_of(request))
     period, n = parse_period(request.query)
     days = period_days(n, time.time())
-    weeks, edge = period_plan(days)
-    sums, assistants = await indexes_of(request).sum_days(
-        [day_key(scope, day) for day in days],
-        [week_key(scope, monday) for monday in weeks] + [day_assistants_key(scope, day) for day in sorted(edge)])
-    per_day = {day: sums[day_key(scope, day)] for day in days}
-    body = analytics_body(period, days, per_day, assistants)
+    sums = await period_sums(indexes_of(request), scope, days)
+    per_day = {day: sums.days[day_key(scope, day)] for day in days}
+    body = analytics_body(period, days, per_day, sums.assistants, sums.names)
     return web.Response(body=orjson.dumps(body), content_type="application/json")

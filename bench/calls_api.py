@@ -2,10 +2,12 @@
 
     python bench/calls_api.py [N]
 
-Starts its own redis-server, fills it through the worker's own commit and index paths
-(commit script + index script, no stream), then times, sequentially, list pages and counts
-with filter combinations, stats, analytics over 90 days and a full JSON export, and prints
-p50/p99 per query and the Redis memory the indexes add per call.
+Starts its own redis-server, fills it through the worker's own commit and index paths (the
+commit script with the record rendered ready, `j`, as the worker writes it, and the index
+script; no stream), then times, sequentially, every calls-API read: list pages and counts
+with filter combinations, a record by id and by SID, search, stats, analytics over 1, 7, 30
+and 90 days, costs, and full CSV and JSON exports encoded as the route sends them, and prints
+p50/p99 per read, export rows/s and the Redis memory the indexes add per call.
 """
 
 import asyncio
@@ -25,22 +27,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from api import listing  # noqa: E402
-from api.aggregates import analytics_body, period_days, period_plan  # noqa: E402
+from api.aggregates import analytics_body, period_days, period_sums  # noqa: E402
+from api.export import RECORD_KEYS, csv_rows_of_calls, json_rows  # noqa: E402
 from api.query import CallFilter  # noqa: E402
 from ledger.events import CallEvent, Cost  # noqa: E402
 from ledger.index_store import IndexStore  # noqa: E402
 from ledger.indexes import (  # noqa: E402
-    day_assistants_key,
     day_key,
     decode_cursor,
     index_entry,
+    member,
     scope_name,
     shard_of,
     totals_key,
-    week_key,
 )
 from ledger.instants import format_us  # noqa: E402
-from ledger.rules import CallState, apply_event  # noqa: E402
+from ledger.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
+from ledger.served import served_record, stored_record  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
 from ledger.store import CommitWrite, Store  # noqa: E402
 
@@ -62,24 +65,43 @@ def events_of(i: int, now_us: int, rng: random.Random) -> list[CallEvent]:
             ev("u", start + 2, costs=(Cost(component="llm", amount_nano=rng.randrange(10**8), currency="USD"),))]
 
 
+BATCH = 1000
+
+
 async def fill(store: Store, indexes: IndexStore, settings: Settings, n: int) -> None:
+    """Each call committed as the worker commits a new call's events in one batch (state, `j`
+    rendered with the estimate fixed, a commit token) and indexed at its version; BATCH calls
+    per commit script call and per index pipeline, the next batch built while Redis applies
+    the last."""
     rng = random.Random(1)
     now_us = int(time.time() * 1e6)
-    for base in range(0, n, 500):
-        ids = await store.allocate_ids(min(500, n - base))
+    pending: asyncio.Task[Any] | None = None
+    for base in range(0, n, BATCH):
+        ids = await store.allocate_ids(min(BATCH, n - base))
         writes, entries = [], []
         for offset, record_id in enumerate(ids):
             events = events_of(base + offset, now_us, rng)
             state = CallState()
             for e in events:
                 apply_event(state, e, settings)
+            fix_estimate(state, settings)
             sid = events[0].call_sid
+            record = render_record(sid, record_id, state, settings)
             writes.append(CommitWrite(sid, 0, len(events), state.core_json(), record_id,
-                                      [(e.key, e.occurred_us, e.model_dump_json().encode())
-                                       for e in events], state.changed_fields()))
-            entries.append((shard_of(sid), index_entry(sid, record_id, state, settings), len(events)))
-        await store.commit(writes)
-        await indexes.update(entries)
+                                      [(e.key, e.occurred_us, e.model_dump_json().encode()) for e in events],
+                                      state.changed_fields(), record=stored_record(record, len(events)),
+                                      new_token=f"bench-{record_id}"))
+            entries.append((shard_of(sid), index_entry(sid, record_id, state, settings, record), len(events)))
+        if pending is not None:
+            await pending
+
+        async def write(writes: list[CommitWrite] = writes, entries: list[Any] = entries) -> None:
+            await store.commit(writes)
+            await indexes.update(entries)
+
+        pending = asyncio.ensure_future(write())
+    if pending is not None:
+        await pending
 
 
 def rng_sid(n: int) -> int:
@@ -107,9 +129,11 @@ async def main(n: int) -> None:
             client = aioredis.Redis(port=port)
             store, indexes = Store(client), IndexStore(client)
             before = int((await client.info("memory"))["used_memory"])
+            await store.check_layout()  # a new store: its entries all have the month rollups
             started = time.perf_counter()
             await fill(store, indexes, settings, n)
-            print(f"filled {n} calls in {time.perf_counter() - started:.1f} s")
+            took = time.perf_counter() - started
+            print(f"filled {n} calls in {took:.1f} s ({n / took:,.0f} calls/s)")
             used = int((await client.info("memory"))["used_memory"]) - before
             ix = 0
             async for key in client.scan_iter(match="cl:ix:*", count=1000):
@@ -144,24 +168,49 @@ async def main(n: int) -> None:
             async def stats() -> None:
                 await indexes.sum_hashes([totals_key(scope_name(None))])
 
-            async def analytics() -> None:
-                days = period_days(90, time.time())
-                weeks, edge = period_plan(days)
-                sums, assistants = await indexes.sum_days(
-                    [day_key("*", d) for d in days],
-                    [week_key("*", w) for w in weeks] + [day_assistants_key("*", d) for d in edge])
-                analytics_body("90d", days, {d: sums[day_key("*", d)] for d in days}, assistants)
-
             await timed("stats", stats)
-            await timed("analytics 90d (all calls)", analytics, rounds=20)
-            started = time.perf_counter()
-            rows = 0
-            rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            async for batch in listing.export(store, indexes, settings, CallFilter(), None):
-                rows += len(batch)
-            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
-            print(f"export (records rendered, not encoded): {rows / (time.perf_counter() - started):,.0f} rows/s, "
-                  f"{rows:,} rows, the process's peak RSS grew {grown / 1024:.1f} MiB")
+            for days_n in (1, 7, 30, 90):
+                for scope in (None, 3):
+                    async def analytics(days_n: int = days_n, scope: int | None = scope) -> None:
+                        days = period_days(days_n, time.time())
+                        name = scope_name(scope)
+                        sums = await period_sums(indexes, name, days)
+                        analytics_body(f"{days_n}d", days, {d: sums.days[day_key(name, d)] for d in days},
+                                       sums.assistants, sums.names)
+                    await timed(f"analytics {days_n}d" + (" (one organization)" if scope else " (all calls)"),
+                                analytics, rounds=50)
+
+            async def by_id() -> None:
+                await indexes.find(member(random.choice(ids)))
+
+            ids = [int(m) for m in await client.hkeys(indexes.entries_key(0))][:1000]
+            await timed("get by id (the entry's SID, then the record)", by_id, rounds=200)
+
+            async def by_sid() -> None:
+                sid = f"CA{rng_sid(n):032x}"
+                fields = await store.call_fields(sid)
+                assert fields is not None
+                served_record(sid, fields, settings)
+
+            await timed("get by SID", by_sid, rounds=200)
+            await timed("search (a phone number's digits)", lambda: listing.search(
+                store, indexes, settings, "555123", 50, None), rounds=20)
+            await timed("events page of a call by SID (100 events)", lambda: store.events_page(
+                f"CA{rng_sid(n):032x}", "", 100), rounds=200)
+            for fmt in ("csv", "json"):
+                started = time.perf_counter()
+                rows = size = 0
+                rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                header = (",".join(RECORD_KEYS) + "\r\n").encode()
+                size += len(header)
+                async for batch in listing.export(store, indexes, CallFilter(), None):
+                    data = csv_rows_of_calls(batch, settings).encode() if fmt == "csv" else json_rows(batch, settings)
+                    size += len(data)
+                    rows += len(batch)
+                grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+                print(f"export {fmt} (rows encoded as the route sends them): "
+                      f"{rows / (time.perf_counter() - started):,.0f} rows/s, {rows:,} rows, {size / 1e6:,.0f} MB, "
+                      f"the process's peak RSS grew {grown / 1024:.1f} MiB")
             await client.aclose()
         finally:
             proc.terminate()

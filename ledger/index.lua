@@ -11,6 +11,9 @@
 -- base only for the version whose entry it wrote itself and the shard took; since a version
 -- is indexed once (an equal one is refused below), the entry indexed at `base` is that one.
 -- Any other case (base '' or another version indexed) takes the full path.
+-- Base '=' (`call-ledger reindex`) also replaces an entry of the same version when it differs
+-- (one written by an older version of call-ledger, e.g. with the name counts issue #23
+-- removed): the full path, so the stored entry is undone exactly; 0 when it was the same.
 --   entry = <payload JSON> "\n" [[sorted-set suffix...], {hash suffix: {field: amount}}, score]
 --   (readers take the payload; this script only the part after the newline)
 -- A new version whose entry is the same as the indexed one (a call_meta or flow change)
@@ -71,8 +74,12 @@ end
 
 local function replace(member, version_text, score, entry, from, delta)
   local indexed = redis.call('HGET', KEYS[2], member)
-  if indexed and tonumber(indexed) >= tonumber(version_text) then
-    return 0
+  local rederive = from == '='
+  if indexed then
+    local was, now = tonumber(indexed), tonumber(version_text)
+    if was > now or (was == now and not rederive) then
+      return 0
+    end
   end
   if from ~= '' and indexed == from then
     return fast(member, version_text, score, entry, delta)
@@ -80,6 +87,9 @@ local function replace(member, version_text, score, entry, from, delta)
   redis.call('HSET', KEYS[2], member, version_text)
   local old = redis.call('HGET', KEYS[1], member)
   if old == entry then
+    if rederive and indexed == version_text then
+      return 0
+    end
     return 1
   end
   local n = undo(entry)

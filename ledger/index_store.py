@@ -12,9 +12,13 @@ one script updates one call's entry atomically on a Redis Cluster too:
                                      a=<assistant_id>, or s=<status>|a=<assistant_id>
     cl:ix:{n}:t:<scope>              hash: the scope's totals (n, s:<status>, c, f, d, dn, cw, cf, cn)
     cl:ix:{n}:d:<scope>:<YYYY-MM-DD> hash: the same per UTC day of list time
-    cl:ix:{n}:da:<scope>:<YYYY-MM-DD> hash: per assistant that day: a:<aid>:<field>, and
-                                     an:<aid>:<name> (calls carrying that name)
+    cl:ix:{n}:da:<scope>:<YYYY-MM-DD> hash: per assistant that day: a:<aid>:<field> (n, d, cw,
+                                     cf, cn); versions before issue #23 also counted names,
+                                     an:<aid>:<name>, until `call-ledger reindex`
     cl:ix:{n}:w:<scope>:<monday>     hash: the same per-assistant fields per ISO week
+    cl:ix:{n}:m:<scope>:<YYYY-MM>    hash: the same per-assistant fields per calendar month
+    cl:ix:months                     string: set when every entry has month rollups (see
+                                     IndexStore.months_key)
 
 Readers merge the shards: a list page is a k-way merge of each shard's next items, a count
 or a rollup a sum. Indexes are derived from committed records by the worker after each
@@ -24,7 +28,7 @@ lag a record briefly, never diverge.
 
 import heapq
 from collections import defaultdict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +81,12 @@ class IndexStore:
     def __init__(self, redis: Any, prefix: str = "cl") -> None:
         self.redis = redis
         self._prefix = prefix
+        # Set (to "1") by `call-ledger reindex` after a full pass, and when a store is created:
+        # from then on every entry has the month rollups. A store indexed by versions before
+        # them (issue #23) has month hashes missing the calls no new worker rewrote since, so
+        # analytics reads whole weeks and days only until then.
+        self.months_key = f"{prefix}:ix:months"
+        self._months = False
 
     def base(self, shard: int) -> str:
         return f"{self._prefix}:ix:{{{shard}}}:"
@@ -89,9 +99,11 @@ class IndexStore:
 
     # -- the worker ---------------------------------------------------------------------------
 
-    async def update(self, entries: list[tuple[int, IndexEntry, int]]) -> list[bool]:
-        """Apply (shard, entry, version) for each call; True where the shard took it (newer)."""
-        return await self.write([IndexWrite(shard, entry, version, entry.encode())
+    async def update(self, entries: list[tuple[int, IndexEntry, int]], rederive: bool = False) -> list[bool]:
+        """Apply (shard, entry, version) for each call; True where the shard took it (newer).
+        With `rederive` (reindex), an entry of the same version is replaced too when it differs."""
+        base = "=" if rederive else ""
+        return await self.write([IndexWrite(shard, entry, version, entry.encode(), base)
                                  for shard, entry, version in entries])
 
     async def write(self, writes: list["IndexWrite"]) -> list[bool]:
@@ -223,22 +235,54 @@ class IndexStore:
         return out
 
 
-    async def sum_days(self, days: list[str],
-                       assistants: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
-        """Rollups over every shard for analytics: (day-total suffix -> that day's totals, the
-        fields of the `assistants` hashes summed), each shard adding up its hashes in one script."""
+    async def sum_days(self, days: list[str], assistants: list[str], subtracted: Sequence[str] = (),
+                       lists: str | None = None, hi: str = "+inf", lo: str = "-inf") -> "PeriodSums":
+        """Rollups over every shard for analytics: each day-total hash summed over the shards,
+        the fields of the `assistants` hashes summed less those of the `subtracted`, and with `lists` (the prefix of an
+        assistant's list in the scope, `z:<scope>:a=`) each assistant's latest call in [lo, hi]
+        (its name), each shard adding up its hashes and finding its names in one script."""
+        extra = [lists, hi, lo] if lists is not None else []
+
         def build(pipe: Any) -> None:
             for shard in range(SHARDS):
                 base = self.base(shard)
-                ROLLUP_DAYS.queue(pipe, [base + s for s in days + assistants], [len(days)])
+                ROLLUP_DAYS.queue(pipe, [base + s for s in [*days, *assistants, *subtracted]],
+                                  [len(days), len(subtracted), *([base, *extra] if extra else [])])
 
         totals: dict[str, dict[str, int]] = {suffix: {} for suffix in days}
         summed: dict[str, int] = {}
+        latest: dict[int, tuple[float, int, str | None]] = {}
         for reply in await run_pipeline(self.redis, build, (ROLLUP_DAYS,)):
             for suffix, flat in zip(days, reply, strict=False):
                 _add(totals[suffix], flat)
             _add(summed, reply[len(days)])
-        return totals, summed
+            names = reply[len(days) + 1] if len(reply) > len(days) + 1 else []
+            for i in range(0, len(names), 4):
+                aid = int(names[i])
+                at = (float(names[i + 1]), int(names[i + 2]), None if names[i + 3] is None else _text(names[i + 3]))
+                if aid not in latest or at[:2] > latest[aid][:2]:
+                    latest[aid] = at
+        return PeriodSums(totals, summed, {aid: at[2] for aid, at in latest.items()})
+
+    async def months_complete(self) -> bool:
+        """Whether every entry of the store counts its per-assistant fields per month too (see
+        MONTHS_KEY); once true, it stays true."""
+        if not self._months:
+            self._months = await self.redis.get(self.months_key) is not None
+        return self._months
+
+    async def mark_months_complete(self) -> None:
+        await self.redis.set(self.months_key, "1")
+
+
+@dataclass(frozen=True)
+class PeriodSums:
+    """What analytics reads: per day-total suffix its fields, the per-assistant fields summed,
+    and each assistant's name (that of its latest call in the period)."""
+
+    days: dict[str, dict[str, int]]
+    assistants: dict[str, int]
+    names: dict[int, str | None]
 
 
 def _add(into: dict[str, int], flat: list[Any]) -> None:

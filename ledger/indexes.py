@@ -78,9 +78,15 @@ def day_assistants_key(scope: str, day: str) -> str:
 
 
 def week_key(scope: str, monday: str) -> str:
-    """Per-assistant rollups per ISO week too: 90 days of analytics read 12 weeks and a few
-    days of them instead of 90 days (their size grows with the assistants, not the calls)."""
+    """Per-assistant rollups per ISO week too: a period reads whole weeks of them rather than
+    their days (their size grows with the assistants, not the calls)."""
     return f"w:{scope}:{monday}"
+
+
+def month_key(scope: str, month: str) -> str:
+    """Per-assistant rollups per calendar month (YYYY-MM) too: 90 days of analytics read 2 or
+    3 months, some weeks and a few days of them (api.aggregates.period_plan)."""
+    return f"m:{scope}:{month}"
 
 
 @lru_cache(maxsize=4096)  # the apply loop asks for the same few weeks over and over
@@ -147,9 +153,9 @@ class IndexEntry:
         self.to_phone_number, self.customer_phone_number = to_phone_number, customer_phone_number
         cost = total_cost or 0
         self._amounts = (1, duration or 0, cost // NANO, cost % NANO)
-        self.shape_key = (organization_id, status, assistant_id, assistant_name, day_of(list_us),
-                          duration is not None, total_cost is not None)
-        self._shape = shape_of(self.shape_key)
+        self.shape_key = (organization_id, status, assistant_id, day_of(list_us), duration is not None,
+                          total_cost is not None)
+        self._shape = _shape(*self.shape_key)
 
     def _fields(self) -> tuple[Any, ...]:
         return (self.call_sid, self.record_id, self.list_us, self.organization_id, self.assistant_id,
@@ -241,12 +247,10 @@ class _Template:
         self.pick: Callable[[tuple[int, ...]], tuple[int, ...] | int] = itemgetter(*holes) if holes else _nothing
 
 
-# (organization_id, status, assistant_id, assistant_name, day, has a duration, has a cost)
-ShapeKey = tuple[int | None, str, int, str | None, str, bool, bool]
-# Shapes with an assistant name up to this long are cached (shared by every entry of that shape);
-# a longer name's shape (up to 1 KiB names: ~20 KB) is derived for its entry alone, so the
-# cache's memory stays bounded whatever names a platform sends.
-_CACHED_NAME = 128
+# (organization_id, status, assistant_id, day, has a duration, has a cost). Not the assistant's
+# name: the rollups do not count names (analytics reads an assistant's name from its latest
+# call's entry, api.aggregates), so a platform sending a new name per call makes no new shapes.
+ShapeKey = tuple[int | None, str, int, str, bool, bool]
 
 
 class _Shape:
@@ -294,13 +298,12 @@ class _Shape:
 
 
 def shape_of(key: ShapeKey) -> _Shape:
-    name = key[3]
-    return _shape(*key) if name is None or len(name) <= _CACHED_NAME else _shape.__wrapped__(*key)
+    return _shape(*key)
 
 
 @lru_cache(maxsize=1024)  # a few statuses x assistants x days x organizations at any time
-def _shape(organization_id: int | None, status: str, assistant_id: int, assistant_name: str | None, day: str,
-           has_duration: bool, has_cost: bool) -> _Shape:
+def _shape(organization_id: int | None, status: str, assistant_id: int, day: str, has_duration: bool,
+           has_cost: bool) -> _Shape:
     scopes = [ALL] if organization_id is None else [ALL, scope_name(organization_id)]
     memberships = [list_key(scope, s, a) for scope in scopes for s in (None, status) for a in (None, assistant_id)]
     terminal = status in TERMINAL_STATUSES
@@ -318,15 +321,14 @@ def _shape(organization_id: int | None, status: str, assistant_id: int, assistan
     if assistant_id:
         prefix = f"a:{assistant_id}:"
         per_assistant = [(prefix + name, slot) for name, slot in common if name in ("n", "d", "cw", "cf", "cn")]
-        if assistant_name is not None:
-            per_assistant.append((f"an:{assistant_id}:{assistant_name}", _ONE))
     items: list[tuple[str, str, int]] = []
-    week = week_of(day)
+    week, month = week_of(day), day[:7]
     for scope in scopes:
         items += [(totals_key(scope), name, slot) for name, slot in common]
         items += [(day_key(scope, day), name, slot) for name, slot in common]
         items += [(day_assistants_key(scope, day), name, slot) for name, slot in per_assistant]
         items += [(week_key(scope, week), name, slot) for name, slot in per_assistant]
+        items += [(month_key(scope, month), name, slot) for name, slot in per_assistant]
     return _Shape(memberships, items)
 
 
@@ -353,7 +355,7 @@ class IndexBasis:
 
     def size(self) -> int:
         """Bytes it holds, about (its strings; the shape is shared or derived on use)."""
-        return 400 + len(self.shape_key[1]) + len(self.shape_key[3] or "") + len(self.shape_key[4])
+        return 400 + len(self.shape_key[1]) + len(self.shape_key[3])
 
 
 _UNMOVED = b"[[],[],[]]"
@@ -376,17 +378,10 @@ def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
         template = new._shape.same_shape_delta(moved)
         return template.text % template.pick((d0, d1, d2, d3))
     key = (_nonzero(old._amounts), _nonzero(new._amounts), (o1 == n1 and 2) | (o2 == n2 and 4) | (o3 == n3 and 8))
-    if _cached(old.shape_key) and _cached(new.shape_key):
-        pair = _pair_delta(old.shape_key, new.shape_key, *key)
-    else:
-        pair = _pair_delta_of(old._shape, new._shape, *key)
+    pair = _pair_delta(old.shape_key, new.shape_key, *key)
     if pair is None:  # not expressible as a template (see _pair_delta_of)
         return _delta_by_field(old, new)
     return pair.text % pair.pick((n0, n1, n2, n3, -o0, -o1, -o2, -o3, n0 - o0, n1 - o1, n2 - o2, n3 - o3))
-
-
-def _cached(key: ShapeKey) -> bool:
-    return key[3] is None or len(key[3]) <= _CACHED_NAME
 
 
 @lru_cache(maxsize=1024)  # the few transitions between the shapes of the moment (status, cost...)

@@ -2,8 +2,11 @@
 
 For a store written before the indexes existed, or to repair one by hand: every call key is
 read and its entry written at the call's version, through the same versioned index script
-the worker uses, so it is safe while workers run (an entry already at that version, or a
-newer one, is left alone) and safe to repeat.
+the worker uses, so it is safe while workers run (a newer entry is left alone, and one of the
+same version only replaced when this version of call-ledger derives another) and safe to
+repeat. After a whole pass every entry has the month rollups, which it records
+(`IndexStore.months_key`): analytics reads them from then on. Run it once every worker runs a
+version with them (issue #23), so that no older worker writes an entry without them after it.
 """
 
 from typing import Any
@@ -39,7 +42,7 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
 
     async def flush() -> None:
         nonlocal written
-        written += sum(await indexes.update(batch))
+        written += sum(await indexes.update(batch, rederive=True))
         batch.clear()
 
     async for key in store.redis.scan_iter(match=f"{prefix}{{*}}", count=1000):
@@ -58,4 +61,5 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
             await flush()
     if batch:
         await flush()
+    await indexes.mark_months_complete()
     return seen, written

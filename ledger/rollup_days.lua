@@ -1,14 +1,20 @@
 -- Sum one index shard's rollups for analytics, in the server: the per-assistant fields are
 -- many (they grow with the assistants), cheaper to add up here than to ship.
 -- KEYS: the shard's day-total hashes of the period, oldest first, then its per-assistant
--- hashes to add up (the period's whole weeks, and the days outside them); one slot: they
--- share the shard's hash tag.
--- ARGV: the number of day-total hashes.
+-- hashes to add up, then those to subtract (the months, weeks and days whose signed sum is
+-- the period: api.aggregates.period_units); one slot: they share the shard's hash tag.
+-- ARGV: the number of day-total hashes, the number of hashes to subtract (the last KEYS),
+-- then (optional) the shard's key base, the prefix of an assistant's list in the scope
+-- (`z:<scope>:a=`) and the period's score range (hi, lo).
 -- Returns one flat (field, value) array per day-total hash, then one array of the
--- per-assistant fields summed. Every value is an integer below 2^53 (counts, seconds, whole
--- units, nano remainders), which a Lua number holds exactly; '%.0f' writes it without an
--- exponent.
+-- per-assistant fields summed (those that sum to 0 left out), then (with ARGV[2..5]) per assistant that has calls here:
+-- its id, and the score, member and assistant_name of its latest call in the period (false
+-- for a null name). Every value is an integer below 2^53 (counts, seconds, whole units, nano
+-- remainders), which a Lua number holds exactly; '%.0f' writes it without an exponent.
+-- Fields `an:<aid>:<name>` (name counts written by versions before issue #23, until
+-- `call-ledger reindex` rewrites their entries) are skipped.
 local days = tonumber(ARGV[1])
+local minus = #KEYS - tonumber(ARGV[2])
 local out = {}
 local assistants = {}
 for i, key in ipairs(KEYS) do
@@ -16,16 +22,46 @@ for i, key in ipairs(KEYS) do
   if i <= days then
     out[i] = fields
   else
+    local sign = i > minus and -1 or 1
     for j = 1, #fields, 2 do
       local name = fields[j]
-      assistants[name] = (assistants[name] or 0) + tonumber(fields[j + 1])
+      if string.byte(name, 2) ~= 110 then -- 'n': an:<aid>:<name>
+        assistants[name] = (assistants[name] or 0) + sign * tonumber(fields[j + 1])
+      end
     end
   end
 end
 local summed = {}
 for name, value in pairs(assistants) do
-  summed[#summed + 1] = name
-  summed[#summed + 1] = string.format('%.0f', value)
+  if value ~= 0 then
+    summed[#summed + 1] = name
+    summed[#summed + 1] = string.format('%.0f', value)
+  end
 end
 out[days + 1] = summed
+if ARGV[3] then
+  local base, lists, hi, lo = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local names = {}
+  for name, value in pairs(assistants) do
+    if value > 0 and string.sub(name, -2) == ':n' then
+      local aid = string.sub(name, 3, -3)
+      local latest = redis.call('ZREVRANGEBYSCORE', base .. lists .. aid, hi, lo, 'WITHSCORES', 'LIMIT', 0, 1)
+      if latest[1] then
+        local entry = redis.call('HGET', base .. 'e', latest[1])
+        local called = false
+        if entry then
+          local payload = cjson.decode(string.sub(entry, 1, string.find(entry, '\n', 1, true) - 1))
+          if type(payload['an']) == 'string' then
+            called = payload['an']
+          end
+        end
+        names[#names + 1] = aid
+        names[#names + 1] = latest[2]
+        names[#names + 1] = latest[1]
+        names[#names + 1] = called
+      end
+    end
+  end
+  out[days + 2] = names
+end
 return out

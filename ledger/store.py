@@ -304,6 +304,9 @@ class Store(StreamStore):
                     f"Redis holds call-ledger data in an older key layout under prefix {self._call_prefix[:-6]!r}: "
                     "delete those keys (see README, Redis layout) or set another LEDGER_KEY_PREFIX")
             await self.redis.set(self._layout_key, LAYOUT, nx=True)
+            # A new store: every index entry it will hold has the month rollups (see
+            # ledger.index_store.IndexStore.months_key; an older store gets it from `reindex`).
+            await self.redis.set(self.indexes.months_key, "1", nx=True)
         elif _text(found) != LAYOUT:
             raise LayoutMismatch(f"Redis holds call-ledger data in key layout {_text(found)!r}; "
                                  f"this version reads layout {LAYOUT!r}")
@@ -423,6 +426,15 @@ class Store(StreamStore):
         """The call's raw hash (one bounded HGETALL), or None when there is no such call."""
         fields = await self.redis.hgetall(self.call_key(call_sid))
         return fields if fields.get(b"id") is not None and fields.get(b"s") is not None else None
+
+    @unavailable_on_error
+    async def calls_fields(self, call_sids: list[str]) -> list[dict[bytes, bytes] | None]:
+        """`call_fields` for many calls in one round trip (an export's batch)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in call_sids:
+            pipe.hgetall(self.call_key(sid))
+        return [fields if fields.get(b"id") is not None and fields.get(b"s") is not None else None
+                for fields in await pipe.execute()]
 
     @unavailable_on_error
     async def get_calls(self, call_sids: list[str]) -> list[tuple[int, CallState] | None]:

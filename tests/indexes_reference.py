@@ -1,6 +1,10 @@
 """A verbatim copy of ledger/indexes.py's IndexEntry, shapes, IndexBasis, entry_delta and index_entry as
 of commit 0ce3e7c (before they were made faster), for tests only: the product's must give exactly
-the bytes these give (index.lua compares stored entries by equality, and applies the deltas)."""
+the bytes these give (index.lua compares stored entries by equality, and applies the deltas).
+
+Changed since, with the entry format (issue #23): the rollups no longer count assistant names
+(no `an:<aid>:<name>` fields, and the name is not part of a shape), and per-assistant fields
+are kept per calendar month too (`m:<scope>:<YYYY-MM>`)."""
 import functools
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,6 +21,7 @@ from ledger.indexes import (
     list_key,
     list_us,
     member,
+    month_key,
     scope_name,
     totals_key,
     week_key,
@@ -68,7 +73,7 @@ class IndexEntry:
     # index entry a fifth of the worker's CPU cheap.
     @functools.cached_property
     def shape_key(self) -> "ShapeKey":
-        return (self.organization_id, self.status, self.assistant_id, self.assistant_name, self.day,
+        return (self.organization_id, self.status, self.assistant_id, self.day,
                 self.duration is not None, self.total_cost is not None)
 
     @functools.cached_property
@@ -113,21 +118,16 @@ class _Shape:
     by_slot: list[list[tuple[str, str]]]  # (key suffix, field) per amount slot
 
 
-# (organization_id, status, assistant_id, assistant_name, day, has a duration, has a cost)
-ShapeKey = tuple[int | None, str, int, str | None, str, bool, bool]
-# Shapes with an assistant name up to this long are cached (shared by every entry of that shape);
-# a longer name's shape (up to 1 KiB names: ~20 KB) is derived for its entry alone, so the
-# cache's memory stays bounded whatever names a platform sends.
-_CACHED_NAME = 128
+# (organization_id, status, assistant_id, day, has a duration, has a cost)
+ShapeKey = tuple[int | None, str, int, str, bool, bool]
 
 
 def shape_of(key: ShapeKey) -> _Shape:
-    name = key[3]
-    return _shape(*key) if name is None or len(name) <= _CACHED_NAME else _shape.__wrapped__(*key)
+    return _shape(*key)
 
 
 @lru_cache(maxsize=1024)  # a few statuses x assistants x days x organizations at any time
-def _shape(organization_id: int | None, status: str, assistant_id: int, assistant_name: str | None, day: str,
+def _shape(organization_id: int | None, status: str, assistant_id: int, day: str,
            has_duration: bool, has_cost: bool) -> _Shape:
     scopes = [ALL] if organization_id is None else [ALL, scope_name(organization_id)]
     memberships = [list_key(scope, s, a) for scope in scopes for s in (None, status) for a in (None, assistant_id)]
@@ -146,8 +146,6 @@ def _shape(organization_id: int | None, status: str, assistant_id: int, assistan
     if assistant_id:
         prefix = f"a:{assistant_id}:"
         per_assistant = [(prefix + name, slot) for name, slot in common if name in ("n", "d", "cw", "cf", "cn")]
-        if assistant_name is not None:
-            per_assistant.append((f"an:{assistant_id}:{assistant_name}", _ONE))
     items: list[tuple[str, str, int]] = []
     week = week_of(day)
     for scope in scopes:
@@ -155,6 +153,7 @@ def _shape(organization_id: int | None, status: str, assistant_id: int, assistan
         items += [(day_key(scope, day), name, slot) for name, slot in common]
         items += [(day_assistants_key(scope, day), name, slot) for name, slot in per_assistant]
         items += [(week_key(scope, week), name, slot) for name, slot in per_assistant]
+        items += [(month_key(scope, day[:7]), name, slot) for name, slot in per_assistant]
     grouped: dict[str, list[tuple[str, int]]] = {}
     by_slot: list[list[tuple[str, str]]] = [[], [], [], []]
     for key, name, slot in items:
@@ -186,7 +185,7 @@ class IndexBasis:
 
     def size(self) -> int:
         """Bytes it holds, about (its strings; the shape is shared or derived on use)."""
-        return 400 + len(self.shape_key[1]) + len(self.shape_key[3] or "") + len(self.shape_key[4])
+        return 400 + len(self.shape_key[1]) + len(self.shape_key[3])
 
 
 def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:

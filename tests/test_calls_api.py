@@ -379,7 +379,7 @@ async def test_an_export_cut_short_by_redis_is_a_truncated_transfer(aiohttp_clie
         events += call(f"CA-cut-{i}", BASE_US + i)
     await load(store, settings, events)
     monkeypatch.setattr(listing, "EXPORT_BATCH", 2)
-    real, calls = store.get_calls, 0
+    real, calls = store.calls_fields, 0
 
     async def flaky(sids: list[str]) -> Any:
         nonlocal calls
@@ -388,7 +388,7 @@ async def test_an_export_cut_short_by_redis_is_a_truncated_transfer(aiohttp_clie
             raise StoreUnavailable("redis went away mid-export")
         return await real(sids)
 
-    monkeypatch.setattr(store, "get_calls", flaky)
+    monkeypatch.setattr(store, "calls_fields", flaky)
     client = await aiohttp_client(create_app(settings, "api", store))
     for fmt in ("json", "csv"):
         calls = 0

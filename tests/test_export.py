@@ -148,7 +148,7 @@ async def test_exports_beyond_the_cap_are_429_per_organization(aiohttp_client: A
     monkeypatch.setattr(listing, "EXPORT_BATCH", 1)
     # Org 7's export is held mid-stream (after its first row): its second read waits for the gate.
     gate, held = asyncio.Event(), asyncio.Event()
-    real = store.get_calls
+    real = store.calls_fields
     reads = {"org7": 0}
 
     async def gated(sids: list[str]) -> Any:
@@ -159,7 +159,7 @@ async def test_exports_beyond_the_cap_are_429_per_organization(aiohttp_client: A
                 await gate.wait()
         return await real(sids)
 
-    monkeypatch.setattr(store, "get_calls", gated)
+    monkeypatch.setattr(store, "calls_fields", gated)
     api = await aiohttp_client(create_app(settings, "api", store))
     first = await api.get(EXPORT, headers=auth(ORG7), params={"format": "json"})
     assert first.status == 200
@@ -358,3 +358,38 @@ def test_forty_stalled_exports_keep_the_api_memory_flat(filled_redis: RedisServe
         for sock in sockets:
             sock.close()
         stop(proc)
+
+
+async def test_rows_from_stored_records_are_the_rows_rendered_from_the_state(store: Store) -> None:
+    """The export writes rows from the record the worker stored ready (`j`): byte for byte the
+    rows rendered from each call's state (money exact, call_meta, hostile text, nulls), and
+    calls committed before `j` existed (no `j`) export as before."""
+    from api.export import csv_rows_of_calls, json_rows
+    from ledger.rules import CallState, record_json, render_record
+
+    settings = make_settings(api_tokens=TOKENS)
+    events: list[CallEvent] = []
+    for i, name in enumerate([*DANGEROUS, "plain", None]):
+        sid = f"CA-fast-{i}"
+        events += [event(sid, "s", BASE_US + i, status="completed" if i % 2 else "busy",
+                         **({"duration": 7 * i} if i % 2 else {})),
+                   event(sid, "m", BASE_US + i + 1, assistant_id=i, organization_id=7,
+                         **({"assistant_name": name} if name is not None else {}),
+                         customer_phone_number="+15551230000", call_meta={"k": name, "n": 1.5, "i": i}),
+                   event(sid, "u", BASE_US + i + 2, costs=(Cost(component="llm", amount_nano=10**18 // 7 + i,
+                                                                 currency="USD"),))]
+    await load(store, settings, events)
+    sids = [f"CA-fast-{i}" for i in range(len(DANGEROUS) + 2)]
+    calls = [(sid, fields) for sid, fields in zip(sids, await store.calls_fields(sids), strict=True)
+             if fields is not None]
+    assert len(calls) == len(sids) and all(b"j" in fields for _, fields in calls)
+    records = []
+    for sid, fields in calls:
+        found = CallState.from_hash(fields)
+        assert found is not None
+        records.append(render_record(sid, *found, settings))
+    assert csv_rows_of_calls(calls, settings) == csv_rows(records)
+    assert json_rows(calls, settings) == b",".join(record_json(r) for r in records)
+    legacy = [(sid, {k: v for k, v in fields.items() if k != b"j"}) for sid, fields in calls]
+    assert csv_rows_of_calls(legacy, settings) == csv_rows(records)
+    assert json_rows(legacy, settings) == b",".join(record_json(r) for r in records)
