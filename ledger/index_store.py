@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from ledger.indexes import SHARDS, IndexEntry, entry_payload, score
+from ledger.indexes import member as member_of
 from ledger.lua import Lua, run_pipeline
 
 INDEX = Lua("index.lua")
@@ -251,18 +252,31 @@ class IndexStore:
 
         totals: dict[str, dict[str, int]] = {suffix: {} for suffix in days}
         summed: dict[str, int] = {}
-        latest: dict[int, tuple[float, int, str | None]] = {}
-        for reply in await run_pipeline(self.redis, build, (ROLLUP_DAYS,)):
+        latest: dict[int, tuple[float, int, int]] = {}  # assistant -> (score, member, shard) of its latest call
+        for shard, reply in enumerate(await run_pipeline(self.redis, build, (ROLLUP_DAYS,))):
             for suffix, flat in zip(days, reply, strict=False):
                 _add(totals[suffix], flat)
             _add(summed, reply[len(days)])
-            names = reply[len(days) + 1] if len(reply) > len(days) + 1 else []
-            for i in range(0, len(names), 4):
-                aid = int(names[i])
-                at = (float(names[i + 1]), int(names[i + 2]), None if names[i + 3] is None else _text(names[i + 3]))
+            found = reply[len(days) + 1] if len(reply) > len(days) + 1 else []
+            for i in range(0, len(found), 3):
+                aid, at = int(found[i]), (float(found[i + 1]), int(found[i + 2]), shard)
                 if aid not in latest or at[:2] > latest[aid][:2]:
                     latest[aid] = at
-        return PeriodSums(totals, summed, {aid: at[2] for aid, at in latest.items()})
+        return PeriodSums(totals, summed, await self._names(latest))
+
+    async def _names(self, latest: dict[int, tuple[float, int, int]]) -> dict[int, str | None]:
+        """The assistant_name of each assistant's latest call: one entry read per assistant (the
+        winner over the shards), in one pipeline."""
+        if not latest:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for _, member, shard in latest.values():
+            pipe.hget(self.entries_key(shard), member_of(member))
+        names: dict[int, str | None] = {}
+        for aid, stored in zip(latest, await pipe.execute(), strict=True):
+            name = orjson.loads(stored.partition(b"\n")[0]).get("an") if stored else None
+            names[aid] = name if isinstance(name, str) else None
+        return names
 
     async def months_complete(self) -> bool:
         """Whether every entry of the store counts its per-assistant fields per month too (see

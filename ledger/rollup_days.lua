@@ -7,9 +7,9 @@
 -- then (optional) the shard's key base, the prefix of an assistant's list in the scope
 -- (`z:<scope>:a=`) and the period's score range (hi, lo).
 -- Returns one flat (field, value) array per day-total hash, then one array of the
--- per-assistant fields summed (those that sum to 0 left out), then (with ARGV[2..5]) per assistant that has calls here:
--- its id, and the score, member and assistant_name of its latest call in the period (false
--- for a null name). Every value is an integer below 2^53 (counts, seconds, whole units, nano
+-- per-assistant fields summed (those that sum to 0 left out), then (with ARGV[3..6]) per assistant that has calls
+-- here: its id, and the score and member of its latest call in the period (the caller reads the
+-- names of the latest calls over all shards only: one entry per assistant, not one per shard). Every value is an integer below 2^53 (counts, seconds, whole units, nano
 -- remainders), which a Lua number holds exactly; '%.0f' writes it without an exponent.
 -- Fields `an:<aid>:<name>` (name counts written by versions before issue #23, until
 -- `call-ledger reindex` rewrites their entries) are skipped.
@@ -47,18 +47,9 @@ if ARGV[3] then
       local aid = string.sub(name, 3, -3)
       local latest = redis.call('ZREVRANGEBYSCORE', base .. lists .. aid, hi, lo, 'WITHSCORES', 'LIMIT', 0, 1)
       if latest[1] then
-        local entry = redis.call('HGET', base .. 'e', latest[1])
-        local called = false
-        if entry then
-          local payload = cjson.decode(string.sub(entry, 1, string.find(entry, '\n', 1, true) - 1))
-          if type(payload['an']) == 'string' then
-            called = payload['an']
-          end
-        end
         names[#names + 1] = aid
         names[#names + 1] = latest[2]
         names[#names + 1] = latest[1]
-        names[#names + 1] = called
       end
     end
   end
