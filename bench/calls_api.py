@@ -1,10 +1,11 @@
 """Benchmark of the calls API's reads (SPEC §9) on a store of N calls (default 50,000).
 
-    python bench/calls_api.py [N]
+    python bench/calls_api.py [N] [--processes P] [--fill-only]
 
-Starts its own redis-server, fills it through the worker's own commit and index paths (the
-commit script with the record rendered ready, `j`, as the worker writes it, and the index
-script; no stream), then times, sequentially, every calls-API read: list pages and counts
+Starts its own redis-server, fills it with what the worker writes for N new calls (built by the
+worker's own functions, written as its commit and index scripts write them, in one process per
+core: see "the fill" below; tests/test_bench_fill.py holds it to the worker byte for byte; no
+stream), prints the fill rate, then times, sequentially, every calls-API read: list pages and counts
 with filter combinations, a record by id and by SID, search, stats, analytics over 1, 7, 30
 and 90 days, costs, and full CSV and JSON exports encoded as the route sends them, and prints
 p50/p99 per read, export rows/s and the Redis memory the indexes add per call.
