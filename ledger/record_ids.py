@@ -14,6 +14,7 @@ The key is random, made once per store and kept beside the counter (ledger/ids.l
 
 import hashlib
 import hmac
+from typing import NamedTuple
 
 COUNTER_BITS = 52
 OPAQUE_BASE = 1 << COUNTER_BITS  # every opaque id is in [2^52, 2^53)
@@ -43,3 +44,21 @@ def counter_of(key: bytes, record_id: int) -> int:
         digest = hmac.new(key, bytes((round_number,)) + left.to_bytes(4, "big"), hashlib.sha256).digest()
         left, right = right ^ (int.from_bytes(digest[:4], "big") & _MASK), left
     return (left << _HALF) | right
+
+
+class IdBlock(NamedTuple):
+    """`size` counter values reserved at once, first to first + size - 1, and the store's key:
+    the record id of the i-th is `id_at(i)`, computed where it is needed (a benchmark's fill
+    processes each make their share's ids, in call order, from one reservation)."""
+
+    first: int
+    size: int
+    key: bytes
+
+    def id_at(self, offset: int) -> int:
+        if not 0 <= offset < self.size:
+            raise IndexError("outside the block of ids")
+        return opaque_id(self.key, self.first + offset)
+
+    def ids(self) -> list[int]:
+        return [opaque_id(self.key, counter) for counter in range(self.first, self.first + self.size)]

@@ -58,7 +58,7 @@ from ledger.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
 from ledger.index_store import IndexStore
 from ledger.journal import compact, restore
 from ledger.lua import Lua, run_pipeline
-from ledger.record_ids import opaque_id
+from ledger.record_ids import IdBlock
 from ledger.redis_wire import FastConnection, FastSSLConnection
 from ledger.rules import CallState
 from ledger.served import RECORD_FIELD
@@ -369,6 +369,12 @@ class Store(StreamStore):
         client cannot send on the connection of the write. Each counter value becomes an id
         under the store's permutation key (ledger.record_ids), so ids reveal no call volume.
         """
+        return (await self.reserve_ids(count)).ids()
+
+    async def reserve_ids(self, count: int) -> IdBlock:
+        """`allocate_ids` without computing the ids: the block of counter values and the key
+        they are made ids under (a bulk fill reserves a million at once, then each of its
+        processes makes the ids of its own calls)."""
         keys, args = [self.ids, self.ids_fence, self.ids_key], [count, ID_JUMP, secrets.token_hex(32)]
 
         def build(pipe: Any) -> None:  # may run twice (NOSCRIPT): the id script had not run then
@@ -376,8 +382,7 @@ class Store(StreamStore):
             IDS.queue(pipe, keys, args)
 
         last, key = (await run_pipeline(self.redis, build, (IDS,)))[1]
-        last, key = int(last), _text(key).encode()
-        return [opaque_id(key, counter) for counter in range(last - count + 1, last + 1)]
+        return IdBlock(int(last) - count + 1, count, _text(key).encode())
 
     async def commit(self, writes: list[CommitWrite]) -> list[bool]:
         """Run the commit script for each call; False where another worker got there first."""
