@@ -341,34 +341,40 @@ async def time_reads(client: Any, store: Store, indexes: IndexStore, settings: S
               f"the process's peak RSS grew {grown / 1024:.1f} MiB")
 
 
-async def main(n: int, processes: int, fill_only: bool) -> None:
+async def main(n: int, processes: int, fill_only: bool, redis_url: str | None, reads_only: bool) -> None:
+    if redis_url is not None:  # a server of the caller's, kept: fill once, time the reads again later
+        await run(redis_url, n, processes, fill_only, reads_only)
+        return
     with tempfile.TemporaryDirectory() as directory:
         port = free_port()  # not a fixed one: another checkout may be running this bench
         proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "",
                                  "--appendonly", "no", "--dir", directory], stdout=subprocess.DEVNULL)
         try:
             await asyncio.sleep(0.5)
-            settings = Settings()
-            client = aioredis.Redis(port=port)
-            store, indexes = Store(client), IndexStore(client)
-            before = int((await client.info("memory"))["used_memory"])
-            started = time.perf_counter()
-            await fill(f"redis://127.0.0.1:{port}/0", settings, n, int(time.time() * 1e6), processes)
-            took = time.perf_counter() - started
-            print(f"filled {n:,} calls in {took:.1f} s ({n / took:,.0f} calls/s, {processes} processes)")
-            used = int((await client.info("memory"))["used_memory"]) - before
-            ix = 0
-            async for key in client.scan_iter(match="cl:ix:*", count=1000):
-                ix += int(await client.memory_usage(key) or 0)
-            print(f"memory per call: {used / n:.0f} B in all, of which indexes {ix / n:.0f} B")
-            if fill_only:
-                await client.aclose()
-                return
-            await time_reads(client, store, indexes, settings, n)
-            await client.aclose()
+            await run(f"redis://127.0.0.1:{port}/0", n, processes, fill_only, reads_only=False)
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+async def run(url: str, n: int, processes: int, fill_only: bool, reads_only: bool) -> None:
+    settings = Settings()
+    client = aioredis.Redis.from_url(url)
+    store, indexes = Store(client), IndexStore(client)
+    if not reads_only:
+        before = int((await client.info("memory"))["used_memory"])
+        started = time.perf_counter()
+        await fill(url, settings, n, int(time.time() * 1e6), processes)
+        took = time.perf_counter() - started
+        print(f"filled {n:,} calls in {took:.1f} s ({n / took:,.0f} calls/s, {processes} processes)")
+        used = int((await client.info("memory"))["used_memory"]) - before
+        ix = 0
+        async for key in client.scan_iter(match="cl:ix:*", count=1000):
+            ix += int(await client.memory_usage(key) or 0)
+        print(f"memory per call: {used / n:.0f} B in all, of which indexes {ix / n:.0f} B")
+    if not fill_only:
+        await time_reads(client, store, indexes, settings, n)
+    await client.aclose()
 
 
 if __name__ == "__main__":
@@ -376,5 +382,11 @@ if __name__ == "__main__":
     parser.add_argument("calls", type=int, nargs="?", default=50_000)
     parser.add_argument("--processes", type=int, default=PROCESSES, help="fill processes (default %(default)s)")
     parser.add_argument("--fill-only", action="store_true", help="fill, print the fill rate and memory, stop")
+    parser.add_argument("--redis-url", help="use this (empty) redis-server instead of starting one, and leave it "
+                        "running, so that --reads-only can time the reads again on the same calls")
+    parser.add_argument("--reads-only", action="store_true",
+                        help="with --redis-url: time the reads of a store this bench filled with the same N")
     options = parser.parse_args()
-    asyncio.run(main(options.calls, options.processes, options.fill_only))
+    if options.reads_only and options.redis_url is None:
+        parser.error("--reads-only needs --redis-url (the server the store was filled in)")
+    asyncio.run(main(options.calls, options.processes, options.fill_only, options.redis_url, options.reads_only))
