@@ -158,10 +158,12 @@ async def export(store: Store, indexes: IndexStore, f: CallFilter,
         return
     lo, hi = _range(f)
     batch: list[str] = []
-    async with aclosing(indexes.iterate(_suffix(f, scope), lo, hi, batch=EXPORT_SHARD_PAGE)) as stream:
+    async with aclosing(indexes.iterate(_suffix(f, scope), lo, hi, batch=EXPORT_SHARD_PAGE,
+                                        together=True)) as stream:
         async for item in stream:
-            if f.matches(item.payload):
-                batch.append(item.payload["sid"])
+            payload = item.payload
+            if f.matches(payload):
+                batch.append(payload["sid"])
             if len(batch) >= EXPORT_BATCH:
                 calls = await _visible_fields(store, batch, scope)
                 batch = []  # not held while the caller writes the records
