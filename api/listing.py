@@ -6,6 +6,7 @@ never older than its lookup. A record whose organization no longer matches the c
 scope (its index entry lagging a commit) is left out, never shown to the wrong tenant.
 """
 
+import asyncio
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -153,23 +154,46 @@ async def export(store: Store, indexes: IndexStore, f: CallFilter,
                  scope: int | None) -> AsyncGenerator[list[tuple[str, dict[bytes, bytes]]], None]:
     """Every matching call's raw hash (SID, fields), newest first, EXPORT_BATCH at a time
     (memory stays flat); those not (or no longer) the caller's left out. `api.export` writes
-    the records from them: the record the worker stored ready (`j`), no state rebuilt."""
+    the records from them: the record the worker stored ready (`j`), no state rebuilt.
+
+    The next batch's calls are read while the caller writes this one: Redis answers on its
+    own core meanwhile, and an export waited for it batch after batch. So an export holds
+    two batches (the one written, the one read ahead), never more."""
     if _empty_range(f):
         return
     lo, hi = _range(f)
     batch: list[str] = []
-    async with aclosing(indexes.iterate(_suffix(f, scope), lo, hi, batch=EXPORT_SHARD_PAGE,
-                                        together=True)) as stream:
-        async for item in stream:
-            payload = item.payload
-            if f.matches(payload):
-                batch.append(payload["sid"])
-            if len(batch) >= EXPORT_BATCH:
-                calls = await _visible_fields(store, batch, scope)
-                batch = []  # not held while the caller writes the records
-                yield calls
-    if batch:
-        yield await _visible_fields(store, batch, scope)
+    ahead: asyncio.Future[list[tuple[str, dict[bytes, bytes]]]] | None = None
+    try:
+        async with aclosing(indexes.iterate(_suffix(f, scope), lo, hi, batch=EXPORT_SHARD_PAGE,
+                                            together=True)) as stream:
+            async for item in stream:
+                payload = item.payload
+                if f.matches(payload):
+                    batch.append(payload["sid"])
+                if len(batch) >= EXPORT_BATCH:
+                    done, ahead = ahead, asyncio.ensure_future(_visible_fields(store, batch, scope))
+                    batch = []
+                    await asyncio.sleep(0)  # the read ahead sends its command before we go on
+                    if done is not None:
+                        yield await done
+        if batch:
+            done, ahead = ahead, asyncio.ensure_future(_visible_fields(store, batch, scope))
+            if done is not None:
+                yield await done
+        if ahead is not None:
+            last, ahead = ahead, None
+            yield await last
+    finally:
+        if ahead is not None and not ahead.done():  # closed early (a stalled or failed export)
+            ahead.cancel()
+            ahead.add_done_callback(_retrieved)
+
+
+def _retrieved(future: "asyncio.Future[Any]") -> None:
+    """Nothing waits for a read ahead given up: take its outcome, so no error is logged for it."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _visible_fields(store: Store, sids: list[str], scope: int | None) -> list[tuple[str, dict[bytes, bytes]]]:
