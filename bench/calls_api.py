@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -45,10 +43,9 @@ from ledger.instants import format_us  # noqa: E402
 from ledger.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
 from ledger.served import served_record, stored_record  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
-from ledger.store import CommitWrite, Store  # noqa: E402
+from ledger.store import CommitWrite, Store, open_redis  # noqa: E402
 
 STATUSES = ["completed"] * 6 + ["failed", "busy", "no-answer", "ongoing"]
-
 
 def events_of(i: int, now_us: int, rng: random.Random) -> list[CallEvent]:
     sid = f"CA{i:032x}"
@@ -64,9 +61,7 @@ def events_of(i: int, now_us: int, rng: random.Random) -> list[CallEvent]:
             ev("s", start + 1, status=status, **({"duration": rng.randrange(600)} if status == "completed" else {})),
             ev("u", start + 2, costs=(Cost(component="llm", amount_nano=rng.randrange(10**8), currency="USD"),))]
 
-
 BATCH = 1000
-
 
 async def fill(store: Store, indexes: IndexStore, settings: Settings, n: int) -> None:
     """Each call committed as the worker commits a new call's events in one batch (state, `j`
@@ -103,10 +98,8 @@ async def fill(store: Store, indexes: IndexStore, settings: Settings, n: int) ->
     if pending is not None:
         await pending
 
-
 def rng_sid(n: int) -> int:
     return random.randrange(n)
-
 
 async def timed(label: str, fn: Any, rounds: int = 50) -> None:
     samples = []
@@ -117,7 +110,6 @@ async def timed(label: str, fn: Any, rounds: int = 50) -> None:
     samples.sort()
     print(f"{label:62s} p50 {samples[len(samples) // 2]:7.1f} ms   p99 {samples[int(len(samples) * .99)]:7.1f} ms")
 
-
 async def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         port = 26379
@@ -126,7 +118,9 @@ async def main(n: int) -> None:
         try:
             await asyncio.sleep(0.5)
             settings = Settings()
-            client = aioredis.Redis(port=port)
+            # The client the API process uses (ledger.store.open_redis: commands packed in C),
+            # so reads cost here what they cost the routes.
+            client = open_redis(Settings(redis_url=f"redis://127.0.0.1:{port}"))
             store, indexes = Store(client), IndexStore(client)
             before = int((await client.info("memory"))["used_memory"])
             await store.check_layout()  # a new store: its entries all have the month rollups
@@ -215,7 +209,6 @@ async def main(n: int) -> None:
         finally:
             proc.terminate()
             proc.wait(10)
-
 
 if __name__ == "__main__":
     asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 50_000))
