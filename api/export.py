@@ -9,14 +9,15 @@ cheap to refuse.
   process (an unscoped token is a bucket of its own); beyond that the answer is 429 with
   `Retry-After`, before anything is read from Redis.
 - **Fast.** Rows are written from the record the worker stored ready in the call's hash (`j`,
-  `ledger.served`) and its call_meta fields, read EXPORT_BATCH calls per pipelined round trip:
-  JSON rows are those bytes as `GET /sid/{sid}` sends them; CSV rows are parsed from them with
-  numbers kept as their text (money stays exact). A call committed by a version before `j`
+  `ledger.served`) and its call_meta fields, read EXPORT_BATCH calls per script call (the next
+  batch read while one is written):
+  JSON rows are those bytes as `GET /sid/{sid}` sends them; CSV rows are parsed from them, money
+  written as its stored text (exact; `_exact_decimal`). A call committed by a version before `j`
   is rendered from its state, as before.
 - **A stalled reader costs little, and not for long.** Every write of the streamed body is bounded
   by `LEDGER_WRITE_TIMEOUT_S`: a client that stops reading is cut off (the connection aborted, the
   index reads closed, the slot given back) and one line is logged. What one export holds meanwhile
-  is one small page per index shard and one batch of rows (`api.listing`).
+  is a small page per index shard and two batches of calls (`api.listing`).
 """
 
 import asyncio
