@@ -9,20 +9,21 @@ cheap to refuse.
   process (an unscoped token is a bucket of its own); beyond that the answer is 429 with
   `Retry-After`, before anything is read from Redis.
 - **Fast.** Rows are written from the record the worker stored ready in the call's hash (`j`,
-  `ledger.served`) and its call_meta fields, read EXPORT_BATCH calls per pipelined round trip:
-  JSON rows are those bytes as `GET /sid/{sid}` sends them; CSV rows are parsed from them with
-  numbers kept as their text (money stays exact). A call committed by a version before `j`
+  `ledger.served`) and its call_meta fields, read EXPORT_BATCH calls per script call (the next
+  batch read while one is written):
+  JSON rows are those bytes as `GET /sid/{sid}` sends them; CSV rows are parsed from them, money
+  written as its stored text (exact; `_exact_decimal`). A call committed by a version before `j`
   is rendered from its state, as before.
 - **A stalled reader costs little, and not for long.** Every write of the streamed body is bounded
   by `LEDGER_WRITE_TIMEOUT_S`: a client that stops reading is cut off (the connection aborted, the
   index reads closed, the slot given back) and one line is logged. What one export holds meanwhile
-  is one small page per index shard and one batch of rows (`api.listing`).
+  is a small page per index shard and two batches of calls (`api.listing`).
 """
 
 import asyncio
 import csv
 import io
-import json
+import re
 from collections.abc import AsyncGenerator, Awaitable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -86,48 +87,119 @@ def csv_rows(records: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-# The record's numbers (ids, durations, money): written as they are, never neutralised.
-_NUMBERS = frozenset(("id", "assistant_id", "duration", *MONEY_FIELDS))
 _META = META_FIELD.encode()
-# JSON numbers kept as their text: money's exact decimals go to the CSV as the record has them.
-_decode_stored = json.JSONDecoder(parse_float=str, parse_int=str).decode
+# The money of a stored record, as the exact decimal text `record_json` wrote (orjson would
+# read it as a float): its last keys, in MONEY_FIELDS order. A quote right after a comma is
+# always a key's: in a JSON string a quote is escaped, so `,"` never occurs inside one.
+_MONEY_START = b',"' + MONEY_FIELDS[0].encode() + b'":'
+_MONEY_KEYS = tuple(b'"' + name.encode() + b'":' for name in MONEY_FIELDS)
+_MONEY_TEXT = re.compile(rb',"(' + b"|".join(name.encode() for name in MONEY_FIELDS) + rb')":([^,}]*)')
+_TEXT_COLUMNS = tuple(i for i, key in enumerate(RECORD_KEYS)
+                      if key not in MONEY_FIELDS and key not in ("id", "assistant_id", "duration", "call_meta"))
+_INT_COLUMNS = tuple(RECORD_KEYS.index(key) for key in ("id", "assistant_id", "duration"))
+_MONEY_COLUMNS = tuple(RECORD_KEYS.index(name) for name in MONEY_FIELDS)
+_META_COLUMN = RECORD_KEYS.index("call_meta")
+_FORMULA_FIRST = frozenset(FORMULA_PREFIXES)
+_COMMAS = len(RECORD_KEYS) - 1
+# Money below this read as a float is that float's repr, when the repr has at most 9
+# decimals (see _exact_decimal).
+_EXACT_BELOW = float(2**22)
 
 
 def json_rows(calls: list[tuple[str, dict[bytes, bytes]]], settings: Settings) -> bytes:
     """The records of calls' raw hashes as comma-separated JSON objects (as served by SID)."""
-    return b",".join(served_record(sid, fields, settings) for sid, fields in calls)
+    return b",".join([served_record(sid, fields, settings) for sid, fields in calls])
+
+
+def _money_texts(stored: bytes) -> list[bytes]:
+    """The money values' JSON text of a stored record, in MONEY_FIELDS order."""
+    tail = stored[stored.find(_MONEY_START) + 1:-1].split(b",")
+    if len(tail) == len(_MONEY_KEYS) and all(map(bytes.startswith, tail, _MONEY_KEYS)):
+        return [part[len(key):] for part, key in zip(tail, _MONEY_KEYS, strict=True)]
+    found = dict(_MONEY_TEXT.findall(stored))  # not in the order record_json writes: look each up
+    return [found[name.encode()] for name in MONEY_FIELDS]
+
+
+def _exact_decimal(value: float) -> str | None:
+    """The stored text of a money amount orjson read as `value`, when the float's repr is
+    sure to be it; else None (read the text).
+
+    The stored text t is a multiple of 1e-9 (format_nano) and `value` the double nearest it.
+    repr(value) r is the shortest text that reads back as `value`: r and t both lie within
+    one ulp of it, under 2**-31 < 1e-9 when |value| < 2**22. If r has at most 9 decimals it
+    is a multiple of 1e-9 too, and two distinct multiples lie 1e-9 apart: r is t. Both are
+    shortest decimals (format_nano strips trailing zeros; a whole amount is a JSON int), and
+    repr writes no exponent from 1e-4 up."""
+    text = repr(value)
+    if 1e-4 <= abs(value) < _EXACT_BELOW and "e" not in text and len(text) - text.index(".") <= 10:
+        return text
+    return None
+
+
+def _csv_line(row: list[str]) -> str:
+    """One CSV row as csv.writer writes it (quoted where a cell needs it)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(row)
+    return out.getvalue()
+
+
+def _stored_line(stored: bytes, fields: dict[bytes, bytes]) -> str:
+    """The CSV line of a call's stored record (`j` without its version) and call_meta fields."""
+    record = orjson.loads(stored)
+    row = [record[key] for key in RECORD_KEYS]
+    for i in _TEXT_COLUMNS:
+        value = row[i]
+        if value is None:
+            row[i] = ""
+        elif value and value[0] in _FORMULA_FIRST:
+            row[i] = "'" + value
+    for i in _INT_COLUMNS:
+        value = row[i]
+        row[i] = "" if value is None else str(value)
+    texts: list[bytes] | None = None
+    for n, i in enumerate(_MONEY_COLUMNS):
+        value = row[i]
+        if value is None:
+            row[i] = ""
+        elif type(value) is int:
+            row[i] = str(value)
+        elif (exact := _exact_decimal(value)) is not None:
+            row[i] = exact
+        else:
+            texts = texts or _money_texts(stored)
+            row[i] = texts[n].decode()
+    # call_meta: JSON text (an object's always starts with `{`; neutralised all the same)
+    meta = [(name[2:].decode(), value) for name, value in fields.items() if name.startswith(_META)]
+    if meta:
+        meta.sort()
+        row[_META_COLUMN] = neutralise(orjson.dumps({name: orjson.loads(value)[3] for name, value in meta}).decode())
+    else:
+        row[_META_COLUMN] = "{}"
+    line = ",".join(row)
+    if line.count(",") == _COMMAS and '"' not in line and "\n" not in line and "\r" not in line:
+        return line + "\r\n"
+    return _csv_line(row)
 
 
 def csv_rows_of_calls(calls: list[tuple[str, dict[bytes, bytes]]], settings: Settings) -> str:
     """CSV rows of calls' raw hashes: from the record stored ready when it is current (numbers
     as the record's JSON writes them, call_meta from its fields), else rendered from the state
-    (`csv_rows`): the same text either way."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
+    (`csv_rows`): the same text either way.
+
+    The export's hottest loop, kept to a few C calls per row: one parse of the record, its
+    money from the floats when that is exact (else cut from the text), a set lookup per text
+    cell, and the cells joined by commas, unless one needs quoting (csv.writer then writes
+    that row)."""
+    lines: list[str] = []
     for sid, fields in calls:
         version, _, stored = (fields.get(RECORD_FIELD) or b"").partition(b"\n")
         if not stored or version != fields.get(b"v", b"0"):
             found = CallState.from_hash(fields)
             assert found is not None  # Store.calls_fields returns calls with a record only
-            out.write(csv_rows([render_record(sid, *found, settings)]))
+            lines.append(csv_rows([render_record(sid, *found, settings)]))
             continue
-        record = _decode_stored(stored.decode())
-        row = []
-        for key in RECORD_KEYS:
-            if key == "call_meta":
-                meta = sorted((name[2:].decode(), orjson.loads(value)[3]) for name, value in fields.items()
-                              if name.startswith(_META))
-                row.append(neutralise(orjson.dumps(dict(meta)).decode()))
-                continue
-            value = record[key]
-            if value is None:
-                row.append("")
-            elif key in _NUMBERS:
-                row.append(value)
-            else:
-                row.append(neutralise(value))
-        writer.writerow(row)
-    return out.getvalue()
+        lines.append(_stored_line(stored, fields))
+    return "".join(lines)
 
 
 class ExportSlots:

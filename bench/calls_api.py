@@ -56,7 +56,7 @@ from ledger.redis_wire import pack_command  # noqa: E402
 from ledger.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
 from ledger.served import served_record, stored_record  # noqa: E402
 from ledger.settings import Settings  # noqa: E402
-from ledger.store import CommitWrite, Store, _commit_args  # noqa: E402
+from ledger.store import CommitWrite, Store, _commit_args, open_redis  # noqa: E402
 
 STATUSES = ["completed"] * 6 + ["failed", "busy", "no-answer", "ongoing"]
 
@@ -359,7 +359,9 @@ async def main(n: int, processes: int, fill_only: bool, redis_url: str | None, r
 
 async def run(url: str, n: int, processes: int, fill_only: bool, reads_only: bool) -> None:
     settings = Settings()
-    client = aioredis.Redis.from_url(url)
+    # The client the API process uses (ledger.store.open_redis: commands packed in C), so reads
+    # cost here what they cost the routes.
+    client = open_redis(Settings(redis_url=url))
     store, indexes = Store(client), IndexStore(client)
     if not reads_only:
         before = int((await client.info("memory"))["used_memory"])

@@ -27,7 +27,7 @@ lag a record briefly, never diverge.
 """
 
 import heapq
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,13 +59,20 @@ class IndexWrite:
     delta: bytes = b""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Item:
     """One call in a list, as the index holds it."""
 
     score_text: str  # the list time as Redis wrote it (for cursors)
     member: str  # zero-padded record id
-    payload: dict[str, Any]  # IndexEntry.payload()
+    raw: bytes  # the payload's JSON, as the index stores it (IndexEntry.payload())
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The payload, parsed on each use: what a reader holds buffered stays its bytes (a
+        parsed payload is several times their size, and an export holds pages of them)."""
+        payload: dict[str, Any] = orjson.loads(self.raw)
+        return payload
 
     @property
     def order(self) -> tuple[float, int]:
@@ -158,7 +165,8 @@ class IndexStore:
         return sum(int(n) for n in await pipe.execute())
 
     async def _pages(self, suffix: str, lo: str, hi: str, count: int,
-                     after: dict[int, tuple[str, str] | None]) -> dict[int, list[Item]]:
+                     after: dict[int, tuple[str, str] | None]) -> dict[int, "_Page"]:
+        """For each shard of `after`, its next `count` items after its cursor: one round trip."""
         shards = list(after)
 
         def build(pipe: Any) -> None:
@@ -167,46 +175,60 @@ class IndexStore:
                 INDEX_PAGE.queue(pipe, [self.base(shard) + suffix, self.entries_key(shard)],
                                  [hi, lo, count, *(cursor if cursor else ("", ""))])
 
-        pages: dict[int, list[Item]] = {}
+        pages: dict[int, _Page] = {}
         for shard, reply in zip(shards, await run_pipeline(self.redis, build, (INDEX_PAGE,)), strict=True):
             items = []
             for i in range(0, len(reply), 3):
                 raw = reply[i + 2]
                 if not raw:  # a member whose entry is being replaced: it will be back
                     continue
-                items.append(Item(_text(reply[i + 1]), _text(reply[i]), orjson.loads(raw)))
-            pages[shard] = items
-            if len(reply) // 3 < count:
-                pages[shard].append(_END)
+                items.append(Item(_text(reply[i + 1]), _text(reply[i]), raw))
+            last = (_text(reply[-2]), _text(reply[-3])) if reply else after[shard]
+            pages[shard] = _Page(items, len(reply) // 3 < count, last)
         return pages
 
     async def iterate(self, suffix: str, lo: str = "-inf", hi: str = "+inf",
                       after: tuple[str, str] | None = None, batch: int = 200,
-                      first: int | None = None) -> AsyncGenerator[Item, None]:
+                      first: int | None = None, together: bool = False) -> AsyncGenerator[Item, None]:
         """Every call of the list `suffix` within [lo, hi], newest first (ties: id descending),
         after the cursor `after` = (score text, member): a k-way merge of the shards, reading
         `first` items of each shard at once (all in one round trip), then `batch` at a time
-        from a shard that runs out, so memory stays bounded for any length."""
-        buffers = await self._pages(suffix, lo, hi, first or batch, dict.fromkeys(range(SHARDS), after))
+        when a shard runs out, so memory stays bounded for any length: each shard holds at
+        most `first` or 1.5 x `batch` items not yet given.
+
+        With `together` (a reader that goes on to the end, an export), a shard that runs out is
+        read on with every other shard down to half a `batch`, in the same round trip: calls
+        spread evenly over the shards, so they run low together, and reading them one at a
+        time cost a round trip per `batch` items. Without it (a page, which may stop at any
+        item) only the shard that ran out is read."""
+        buffers: dict[int, deque[Item]] = {shard: deque() for shard in range(SHARDS)}
+        cursors: dict[int, tuple[str, str] | None] = dict.fromkeys(range(SHARDS), after)
+        open_ = set(range(SHARDS))
         heap: list[tuple[tuple[float, int], int]] = []
-        positions = dict.fromkeys(buffers, 0)
-        for shard, items in buffers.items():
-            if items and items[0] is not _END:
-                heap.append((_neg(items[0].order), shard))
-        heapq.heapify(heap)
+
+        async def read(shards: list[int], count: int) -> None:
+            while shards:  # until each has an item or has ended (a page may be all skipped)
+                for shard, page in (await self._pages(suffix, lo, hi, count,
+                                                      {s: cursors[s] for s in shards})).items():
+                    was_empty = not buffers[shard]
+                    buffers[shard].extend(page.items)
+                    cursors[shard] = page.last
+                    if page.ended:
+                        open_.discard(shard)
+                    if was_empty and page.items:
+                        heapq.heappush(heap, (_neg(page.items[0].order), shard))
+                shards = [s for s in shards if s in open_ and not buffers[s]]
+
+        await read(list(range(SHARDS)), first or batch)
+        low = batch // 2 if together else -1
         while heap:
             _, shard = heapq.heappop(heap)
-            items, at = buffers[shard], positions[shard]
-            item = items[at]
-            yield item
-            at += 1
-            if at == len(items):  # refill this shard from the item just given
-                refill = await self._pages(suffix, lo, hi, batch, {shard: (item.score_text, item.member)})
-                items, at = refill[shard], 0
-                buffers[shard] = items
-            positions[shard] = at
-            if at < len(items) and items[at] is not _END:
-                heapq.heappush(heap, (_neg(items[at].order), shard))
+            items = buffers[shard]
+            yield items.popleft()
+            if items:
+                heapq.heappush(heap, (_neg(items[0].order), shard))
+            elif shard in open_:
+                await read([shard, *(s for s in open_ if s != shard and len(buffers[s]) <= low)], batch)
 
     async def find(self, member: str) -> dict[str, Any] | None:
         """The payload of the call with this record id (its shard is unknown: ask all)."""
@@ -305,12 +327,17 @@ def _add(into: dict[str, int], flat: list[Any]) -> None:
         into[name] = into.get(name, 0) + int(flat[i + 1])
 
 
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """One shard's page: its items, whether it ended the shard, the cursor after it."""
+
+    items: list[Item]
+    ended: bool
+    last: tuple[str, str] | None
+
+
 def _neg(order: tuple[float, int]) -> tuple[float, int]:
     return -order[0], -order[1]
-
-
-# Marks a shard's page that ended before `count`: nothing more to read there.
-_END = Item("", "", {})
 
 
 def bound(us: int | None, default: str) -> str:

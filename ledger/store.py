@@ -71,6 +71,7 @@ REQUEST_TIMEOUT_S = 5.0
 LAYOUT = "2"
 COMMIT = Lua("commit.lua")
 EVENTS_PAGE = Lua("events_page.lua")
+EXPORT_FIELDS = Lua("export_fields.lua")
 IDS = Lua("ids.lua")
 # How far the id counter jumps when it may have gone backwards (a failover, a restart, a slot
 # moved): more ids than could be handed out and lost in any replication lag (a replica is
@@ -434,7 +435,18 @@ class Store(StreamStore):
 
     @unavailable_on_error
     async def calls_fields(self, call_sids: list[str]) -> list[dict[bytes, bytes] | None]:
-        """`call_fields` for many calls in one round trip (an export's batch)."""
+        """What an export writes each call's row from, for many calls in one round trip: for a
+        call whose stored record `j` is current, `id`, `v`, `j`, the organization register and
+        its call_meta fields; else its whole hash (`call_fields`). None where there is no record.
+
+        On a single Redis one script reads the whole batch (ledger/export_fields.lua): a
+        pipeline of one HGETALL per call spent most of an export's time in redis-py's
+        per-command reply handling. On a Cluster the calls lie in many slots: HGETALL each."""
+        if not call_sids:
+            return []
+        if not self._cluster:
+            replies = await EXPORT_FIELDS.run(self.redis, [self.call_key(sid) for sid in call_sids], [])
+            return [dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None for flat in replies]
         pipe = self.redis.pipeline(transaction=False)
         for sid in call_sids:
             pipe.hgetall(self.call_key(sid))

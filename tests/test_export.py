@@ -24,11 +24,15 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from api.export import FORMULA_PREFIXES, csv_rows, neutralise
+from api.export import FORMULA_PREFIXES, _exact_decimal, csv_rows, neutralise
 from ledger.app import create_app
 from ledger.events import CallEvent, Cost
 from ledger.metrics import Metrics
+from ledger.money import MAX_AMOUNT_NANO, format_nano
 from ledger.openapi import openapi_document
 from ledger.settings import Settings
 from ledger.store import Store
@@ -382,14 +386,65 @@ async def test_rows_from_stored_records_are_the_rows_rendered_from_the_state(sto
     sids = [f"CA-fast-{i}" for i in range(len(DANGEROUS) + 2)]
     calls = [(sid, fields) for sid, fields in zip(sids, await store.calls_fields(sids), strict=True)
              if fields is not None]
-    assert len(calls) == len(sids) and all(b"j" in fields for _, fields in calls)
+    # Current records: the export reads the stored record and call_meta, not the state.
+    assert len(calls) == len(sids) and all(b"j" in fields and b"s" not in fields for _, fields in calls)
     records = []
-    for sid, fields in calls:
-        found = CallState.from_hash(fields)
+    for sid in sids:
+        found = CallState.from_hash(await store.call_fields(sid) or {})
         assert found is not None
         records.append(render_record(sid, *found, settings))
     assert csv_rows_of_calls(calls, settings) == csv_rows(records)
     assert json_rows(calls, settings) == b",".join(record_json(r) for r in records)
-    legacy = [(sid, {k: v for k, v in fields.items() if k != b"j"}) for sid, fields in calls]
+    for sid in sids[::2]:  # as a version before `j` left them; the others' `j` of an older version
+        await store.redis.hdel(store.call_key(sid), "j")
+    for sid in sids[1::2]:
+        await store.redis.hincrby(store.call_key(sid), "v", 1)
+    legacy = [(sid, fields) for sid, fields in zip(sids, await store.calls_fields(sids), strict=True)
+              if fields is not None]
+    assert len(legacy) == len(sids) and all(b"s" in fields for _, fields in legacy)  # the whole hash
     assert csv_rows_of_calls(legacy, settings) == csv_rows(records)
     assert json_rows(legacy, settings) == b",".join(record_json(r) for r in records)
+    # A SID with no record is left out (None), whatever the others are.
+    assert await store.calls_fields(["CA-none", sids[0]]) == [None, legacy[0][1]]
+
+
+# -- rows written from the stored record: the same text as from the state -------------------------
+
+NANO_AMOUNTS = st.one_of(st.integers(-MAX_AMOUNT_NANO, MAX_AMOUNT_NANO), st.integers(-10**6, 10**6),
+                         st.integers(-(2**22) * 10**9, 2**22 * 10**9).map(lambda n: n - n % 1000))
+
+
+@given(NANO_AMOUNTS)
+def test_money_read_as_a_float_is_written_as_its_exact_stored_text(nano: int) -> None:
+    text = format_nano(nano)
+    value = orjson.loads(text)
+    if isinstance(value, float):
+        assert _exact_decimal(value) in (None, text)
+
+
+CELL_TEXT = st.one_of(st.none(), st.text(max_size=12),
+                      st.sampled_from(["", "a,b", 'say "hi"', "line\nbreak", "cr\rx", *DANGEROUS, "+1555", "-"]))
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({key: CELL_TEXT for key in ("call_sid", "to_phone_number", "customer_phone_number",
+                                                         "status", "assistant_name", "flow_name", "started_at",
+                                                         "ended_at", "cost_currency")}),
+       st.lists(st.one_of(st.none(), st.integers(-(2**53), 2**53)), min_size=3, max_size=3),
+       st.lists(st.one_of(st.none(), NANO_AMOUNTS), min_size=5, max_size=5),
+       st.dictionaries(st.text(max_size=5), st.one_of(st.text(max_size=8), st.integers(-(2**53), 2**53), st.none()),
+                       max_size=3))
+def test_a_row_from_the_stored_record_is_the_row_rendered_from_the_record(
+        texts: dict[str, Any], numbers: list[int | None], money: list[int | None], meta: dict[str, Any]) -> None:
+    from api.export import csv_rows_of_calls
+    from ledger.rules import META_FIELD, MONEY_FIELDS
+    from ledger.served import stored_record
+
+    meta = dict(sorted(meta.items()))  # as a record renders its call_meta
+    record = {**texts, "id": numbers[0], "assistant_id": numbers[1], "duration": numbers[2], "call_meta": meta,
+              **dict(zip(MONEY_FIELDS, money, strict=True))}
+    record["call_sid"] = record["call_sid"] or "CA"
+    fields = {b"id": b"1", b"v": b"4", b"j": stored_record(record, 4),
+              **{(META_FIELD + name).encode(): orjson.dumps([1, "m", "platform", value])
+                 for name, value in meta.items()}}
+    assert csv_rows_of_calls([(record["call_sid"], fields)], make_settings()) == csv_rows([record])
