@@ -272,8 +272,10 @@ class IndexStore:
                 ROLLUP_DAYS.queue(pipe, [base + s for s in [*days, *assistants, *subtracted]],
                                   [len(days), len(subtracted), *([base, *extra] if extra else [])])
 
-        totals: dict[str, dict[str, int]] = {suffix: {} for suffix in days}
-        summed: dict[str, int] = {}
+        # Summed under the fields' names as Redis sends them, decoded once at the end (decoding
+        # every field of every shard's reply was a fifth of a 90-day analytics at 1,000,000 calls).
+        totals: dict[str, dict[bytes, int]] = {suffix: {} for suffix in days}
+        summed: dict[bytes, int] = {}
         latest: dict[int, tuple[float, int, int]] = {}  # assistant -> (score, member, shard) of its latest call
         for shard, reply in enumerate(await run_pipeline(self.redis, build, (ROLLUP_DAYS,))):
             for suffix, flat in zip(days, reply, strict=False):
@@ -284,7 +286,8 @@ class IndexStore:
                 aid, at = int(found[i]), (float(found[i + 1]), int(found[i + 2]), shard)
                 if aid not in latest or at[:2] > latest[aid][:2]:
                     latest[aid] = at
-        return PeriodSums(totals, summed, await self._names(latest))
+        return PeriodSums({suffix: _decoded(fields) for suffix, fields in totals.items()}, _decoded(summed),
+                          await self._names(latest))
 
     async def _names(self, latest: dict[int, tuple[float, int, int]]) -> dict[int, str | None]:
         """The assistant_name of each assistant's latest call: one entry read per assistant (the
@@ -321,10 +324,16 @@ class PeriodSums:
     names: dict[int, str | None]
 
 
-def _add(into: dict[str, int], flat: list[Any]) -> None:
-    for i in range(0, len(flat), 2):
-        name = _text(flat[i])
-        into[name] = into.get(name, 0) + int(flat[i + 1])
+def _add(into: dict[bytes, int], flat: list[Any]) -> None:
+    """Add a flat (field, value) reply into `into`, keyed by the field as received."""
+    pairs = iter(flat)
+    get = into.get
+    for name, value in zip(pairs, pairs, strict=True):
+        into[name] = get(name, 0) + int(value)
+
+
+def _decoded(fields: dict[bytes, int]) -> dict[str, int]:
+    return {_text(name): value for name, value in fields.items()}
 
 
 @dataclass(frozen=True, slots=True)

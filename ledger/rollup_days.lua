@@ -13,20 +13,27 @@
 -- remainders), which a Lua number holds exactly; '%.0f' writes it without an exponent.
 -- Fields `an:<aid>:<name>` (name counts written by versions before issue #23, until
 -- `call-ledger reindex` rewrites their entries) are skipped.
+local tonumber, byte, call = tonumber, string.byte, redis.call -- locals: this loop runs per field
 local days = tonumber(ARGV[1])
 local minus = #KEYS - tonumber(ARGV[2])
 local out = {}
 local assistants = {}
-for i, key in ipairs(KEYS) do
-  local fields = redis.call('HGETALL', key)
+for i = 1, #KEYS do
+  local fields = call('HGETALL', KEYS[i])
   if i <= days then
     out[i] = fields
-  else
-    local sign = i > minus and -1 or 1
+  elseif i <= minus then
     for j = 1, #fields, 2 do
       local name = fields[j]
-      if string.byte(name, 2) ~= 110 then -- 'n': an:<aid>:<name>
-        assistants[name] = (assistants[name] or 0) + sign * tonumber(fields[j + 1])
+      if byte(name, 2) ~= 110 then -- 'n': an:<aid>:<name>
+        assistants[name] = (assistants[name] or 0) + tonumber(fields[j + 1])
+      end
+    end
+  else
+    for j = 1, #fields, 2 do
+      local name = fields[j]
+      if byte(name, 2) ~= 110 then
+        assistants[name] = (assistants[name] or 0) - tonumber(fields[j + 1])
       end
     end
   end
