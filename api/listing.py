@@ -187,9 +187,10 @@ async def export(store: Store, indexes: IndexStore, f: CallFilter,
             last, ahead = ahead, None
             yield await last
     finally:
-        if ahead is not None and not ahead.done():  # closed early (a stalled or failed export)
-            ahead.cancel()
-            ahead.add_done_callback(_retrieved)
+        if ahead is not None:  # closed early (a stalled or failed export): nothing will await it
+            if not ahead.done():
+                ahead.cancel()
+            ahead.add_done_callback(_retrieved)  # run at once when done: a failure taken, not logged
 
 
 def _retrieved(future: "asyncio.Future[Any]") -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from ledger.indexes import SHARDS, IndexEntry, entry_payload, score
+from ledger.indexes import ALL, SHARDS, IndexEntry, entry_payload, scope_name, score
 from ledger.indexes import member as member_of
 from ledger.lua import Lua, run_pipeline
 
@@ -287,11 +287,12 @@ class IndexStore:
                 if aid not in latest or at[:2] > latest[aid][:2]:
                     latest[aid] = at
         return PeriodSums({suffix: _decoded(fields) for suffix, fields in totals.items()}, _decoded(summed),
-                          await self._names(latest))
+                          await self._names(latest, scope_of_list(lists)))
 
-    async def _names(self, latest: dict[int, tuple[float, int, int]]) -> dict[int, str | None]:
+    async def _names(self, latest: dict[int, tuple[float, int, int]], scope: str | None) -> dict[int, str | None]:
         """The assistant_name of each assistant's latest call: one entry read per assistant (the
-        winner over the shards), in one pipeline."""
+        winner over the shards), in one pipeline. The entry is read after the script found it: if
+        the call moved meanwhile (to another organization or assistant), its name is not taken."""
         if not latest:
             return {}
         pipe = self.redis.pipeline(transaction=False)
@@ -299,8 +300,10 @@ class IndexStore:
             pipe.hget(self.entries_key(shard), member_of(member))
         names: dict[int, str | None] = {}
         for aid, stored in zip(latest, await pipe.execute(), strict=True):
-            name = orjson.loads(stored.partition(b"\n")[0]).get("an") if stored else None
-            names[aid] = name if isinstance(name, str) else None
+            payload = orjson.loads(stored.partition(b"\n")[0]) if stored else {}
+            name = payload.get("an")
+            still = payload.get("aid") == aid and (scope in (None, ALL) or scope == scope_name(payload.get("org")))
+            names[aid] = name if still and isinstance(name, str) else None
         return names
 
     async def months_complete(self) -> bool:
@@ -330,6 +333,11 @@ def _add(into: dict[bytes, int], flat: list[Any]) -> None:
     get = into.get
     for name, value in zip(pairs, pairs, strict=True):
         into[name] = get(name, 0) + int(value)
+
+
+def scope_of_list(lists: str | None) -> str | None:
+    """The scope of an assistant-list prefix `z:<scope>:a=` (None without one)."""
+    return None if lists is None else lists.split(":", 2)[1]
 
 
 def _decoded(fields: dict[bytes, int]) -> dict[str, int]:

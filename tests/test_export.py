@@ -448,3 +448,39 @@ def test_a_row_from_the_stored_record_is_the_row_rendered_from_the_record(
               **{(META_FIELD + name).encode(): orjson.dumps([1, "m", "platform", value])
                  for name, value in meta.items()}}
     assert csv_rows_of_calls([(record["call_sid"], fields)], make_settings()) == csv_rows([record])
+
+
+async def test_a_read_ahead_that_failed_after_the_client_went_is_taken_not_logged(store: Store) -> None:
+    """An export cut off while its next batch's read fails: nothing awaits that read any more, and
+    asyncio must not log 'Task exception was never retrieved' for it."""
+    import asyncio
+    import gc
+
+    from api import listing
+    from api.query import CallFilter
+
+    settings = make_settings(api_tokens=TOKENS)
+    now = int(time.time() * 1e6)
+    await load(store, settings, [event(f"CA{i}", f"s{i}", now - i, status="completed", duration=5)
+                                 for i in range(350)])
+    logged: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: logged.append(context["message"]))
+    reads = 0
+    real = store.calls_fields
+
+    async def flaky(sids: list[str]) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            raise ConnectionError("redis lost")
+        return await real(sids)
+
+    store.calls_fields = flaky  # type: ignore[method-assign]
+    export = listing.export(store, store.indexes, CallFilter(), None)
+    assert await anext(export)  # the first batch; the second's read is in flight, and fails
+    await asyncio.sleep(0.1)
+    await export.aclose()  # the client is cut off
+    del export
+    gc.collect()
+    await asyncio.sleep(0.05)
+    assert reads == 2 and logged == []

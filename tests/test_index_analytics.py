@@ -192,3 +192,28 @@ async def test_old_name_counts_are_ignored_and_an_assistants_name_is_its_latest_
     response = await client.get("/api/v1/calls/analytics", params={"period": "7d"}, headers=auth(ADMIN))
     [row] = (await response.json())["calls_by_assistant"]
     assert (row["assistant_id"], row["assistant_name"], row["calls"]) == (3, "New", 2)
+
+
+async def test_a_name_read_after_its_call_moved_to_another_organization_is_not_shown(
+        aiohttp_client: Any, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The script finds each assistant's latest call; its entry is read a moment later. A call moved
+    meanwhile to another organization (or assistant) must not lend that organization's name to the
+    first one's analytics: the name is taken only if the entry still belongs to the scope."""
+    settings = make_settings(api_tokens=TOKENS)
+    now = int(time.time() * 1e6)
+    await load(store, settings, [event("CA1", "s", now - 10**9, status="completed", duration=5),
+                                 event("CA1", "m", now - 10**9, assistant_id=3, assistant_name="Seven's bot",
+                                       organization_id=7)])
+    original = IndexStore._names
+
+    async def racing(self: IndexStore, *args: Any) -> Any:
+        await load(store, settings, [event("CA1", "m2", now, assistant_id=3, assistant_name="ORG-8 SECRET",
+                                           organization_id=8)])
+        return await original(self, *args)
+
+    monkeypatch.setattr(IndexStore, "_names", racing)
+    client = await aiohttp_client(create_app(settings, "api", store))
+    response = await client.get("/api/v1/calls/analytics", params={"period": "1d"}, headers=auth(ORG7))
+    assert response.status == 200
+    rows = orjson.loads(await response.read())["calls_by_assistant"]
+    assert [row["assistant_name"] for row in rows] == [None]
