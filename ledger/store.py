@@ -76,7 +76,7 @@ IDS = Lua("ids.lua")
 # How far the id counter jumps when it may have gone backwards (a failover, a restart, a slot
 # moved): more ids than could be handed out and lost in any replication lag (a replica is
 # promoted only if it heard from its master within about 10 x cluster-node-timeout), and
-# 2^53 still leaves room for nine million of them.
+# the 2^52 counter values record ids are made from (ledger.record_ids) leave room for four million of them.
 ID_JUMP = 10**9
 # A page of /events ends after the event that reaches this many bytes of JSON.
 EVENTS_PAGE_BYTES = 1024 * 1024
