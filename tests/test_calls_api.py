@@ -18,7 +18,7 @@ from ledger.metrics import Metrics
 from ledger.settings import Settings
 from ledger.store import Store
 from tests.conftest import make_settings
-from tests.workers import platform_event
+from tests.workers import FailingRead, platform_event
 from worker.consumer import Consumer
 
 ADMIN = "admin-token"
@@ -379,19 +379,11 @@ async def test_an_export_cut_short_by_redis_is_a_truncated_transfer(aiohttp_clie
         events += call(f"CA-cut-{i}", BASE_US + i)
     await load(store, settings, events)
     monkeypatch.setattr(listing, "EXPORT_BATCH", 2)
-    real, calls = store.calls_fields, 0
-
-    async def flaky(sids: list[str]) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise StoreUnavailable("redis went away mid-export")
-        return await real(sids)
-
+    flaky = FailingRead(store, StoreUnavailable("redis went away mid-export"))
     monkeypatch.setattr(store, "calls_fields", flaky)
     client = await aiohttp_client(create_app(settings, "api", store))
     for fmt in ("json", "csv"):
-        calls = 0
+        flaky.calls = 0
         response = await client.get("/api/v1/calls/export", headers=auth(), params={"format": fmt})
         assert response.status == 200
         with pytest.raises(ClientPayloadError):  # never a complete-looking partial file

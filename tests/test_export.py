@@ -38,7 +38,7 @@ from ledger.settings import Settings
 from ledger.store import Store
 from tests.conftest import RedisServer, _require_redis, make_settings
 from tests.test_service_process import start_service, stop
-from tests.workers import platform_event
+from tests.workers import FailingRead, platform_event
 from worker.consumer import Consumer
 
 ADMIN = "admin-token"
@@ -465,16 +465,7 @@ async def test_a_read_ahead_that_failed_after_the_client_went_is_taken_not_logge
                                  for i in range(350)])
     logged: list[str] = []
     asyncio.get_running_loop().set_exception_handler(lambda _, context: logged.append(context["message"]))
-    reads = 0
-    real = store.calls_fields
-
-    async def flaky(sids: list[str]) -> Any:
-        nonlocal reads
-        reads += 1
-        if reads == 2:
-            raise ConnectionError("redis lost")
-        return await real(sids)
-
+    flaky = FailingRead(store, ConnectionError("redis lost"))
     store.calls_fields = flaky  # type: ignore[method-assign]
     export = listing.export(store, store.indexes, CallFilter(), None)
     assert await anext(export)  # the first batch; the second's read is in flight, and fails
@@ -483,4 +474,4 @@ async def test_a_read_ahead_that_failed_after_the_client_went_is_taken_not_logge
     del export
     gc.collect()
     await asyncio.sleep(0.05)
-    assert reads == 2 and logged == []
+    assert flaky.calls == 2 and logged == []

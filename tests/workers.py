@@ -143,6 +143,20 @@ def by_call(events: Iterable[CallEvent]) -> dict[str, list[CallEvent]]:
     return calls
 
 
+class FailingRead:
+    """A store's `calls_fields` (an export's batch read) that fails on its `nth` call: a Redis
+    lost in the middle of an export. `calls` counts them; set it to 0 to start again."""
+
+    def __init__(self, store: Store, error: Exception, nth: int = 2) -> None:
+        self.real, self.error, self.nth, self.calls = store.calls_fields, error, nth, 0
+
+    async def __call__(self, sids: list[str]) -> Any:
+        self.calls += 1
+        if self.calls == self.nth:
+            raise self.error
+        return await self.real(sids)
+
+
 async def nth_record_id(store: Store, n: int = 1) -> int:
     """The record id the store's n-th allocation gave (ids are opaque: ledger.record_ids)."""
     key = await store.redis.get(store.ids_key)
