@@ -10,7 +10,7 @@ test:
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
 lint:
-	ruff check ledger worker api tests bench examples
+	ruff check call_ledger worker api tests bench examples
 	mypy
 
 # One table: apply, intake, GET, webhook-to-GET latency and memory, each against the floors.

@@ -2,7 +2,7 @@
 
 `stats` reads one totals hash per shard; `analytics` the day hashes of the period, and the
 per-assistant counters of the fewest whole months, ISO weeks and days that make up the period,
-each shard adding them up in one script (`ledger/rollup_days.lua`), all in one pipeline. The
+each shard adding them up in one script (`call_ledger/store/lua/rollup_days.lua`), all in one pipeline. The
 period `Nd` is the N UTC days ending today (the rollups are per day of list time), `1d` being
 today.
 
@@ -20,11 +20,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from api.calls import indexes_of, scope_of, store_errors
-from api.query import parse_period
-from ledger.events import STATUSES, TERMINAL_STATUSES
-from ledger.index_store import IndexStore, PeriodSums
-from ledger.indexes import (
+from call_ledger.api.calls import indexes_of, scope_of, store_errors
+from call_ledger.api.query import parse_period
+from call_ledger.core.events import STATUSES, TERMINAL_STATUSES
+from call_ledger.core.indexes import (
     day_assistants_key,
     day_key,
     list_key,
@@ -35,7 +34,8 @@ from ledger.indexes import (
     week_key,
     week_of,
 )
-from ledger.money import NANO, format_nano
+from call_ledger.core.money import NANO, format_nano
+from call_ledger.store.indexes import IndexStore, PeriodSums
 
 DAY_US = 86_400_000_000
 

@@ -4,12 +4,12 @@ SPEC §9 (lists, counts, stats, analytics, search, export, one call by id)."""
 import structlog
 from aiohttp import web
 
-from api.aggregates import call_analytics, call_stats
-from api.calls import count_calls, get_call_by_id, list_calls, search_calls
-from api.costs import costs_by_id, costs_by_sid
-from api.export import EXPORT_SLOTS, ExportSlots, export_calls
-from api.views import get_call, get_call_events
-from ledger.settings import Settings
+from call_ledger.api.aggregates import call_analytics, call_stats
+from call_ledger.api.calls import count_calls, get_call_by_id, list_calls, search_calls
+from call_ledger.api.costs import costs_by_id, costs_by_sid
+from call_ledger.api.export import EXPORT_SLOTS, ExportSlots, export_calls
+from call_ledger.api.views import get_call, get_call_events
+from call_ledger.settings import Settings
 
 log = structlog.get_logger("ledger.api")
 

@@ -9,9 +9,9 @@ read route shows a scoped caller only its organization's calls.
 import hashlib
 import hmac
 
-from ledger.errors import Unauthorized
-from ledger.rules import CallState
-from ledger.settings import ApiToken
+from call_ledger.core.errors import Unauthorized
+from call_ledger.core.rules import CallState
+from call_ledger.settings import ApiToken
 
 # Sentinel for "no token matched" that no organization id can equal.
 _NO_MATCH = -1

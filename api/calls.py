@@ -15,15 +15,15 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from api import listing
-from api.auth import check_bearer, may_see
-from api.query import parse_filter, parse_list, parse_search
-from ledger.errors import NotFound, StoreUnavailable
-from ledger.index_store import IndexStore
-from ledger.indexes import member
-from ledger.rules import CallState, record_json, render_record
-from ledger.store import REQUEST_TIMEOUT_S
-from ledger.web import SETTINGS, STORE
+from call_ledger.api import listing
+from call_ledger.api.auth import check_bearer, may_see
+from call_ledger.api.query import parse_filter, parse_list, parse_search
+from call_ledger.core.errors import NotFound, StoreUnavailable
+from call_ledger.core.indexes import member
+from call_ledger.core.rules import CallState, record_json, render_record
+from call_ledger.store.indexes import IndexStore
+from call_ledger.store.records import REQUEST_TIMEOUT_S
+from call_ledger.web.base import SETTINGS, STORE
 
 log = structlog.get_logger("ledger.api")
 

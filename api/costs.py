@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from api.auth import may_see
-from api.calls import call_by_id, store_errors
-from api.views import (
+from call_ledger.api.auth import may_see
+from call_ledger.api.calls import call_by_id, store_errors
+from call_ledger.api.views import (
     EVENTS_LIMIT_DEFAULT,
     EVENTS_LIMIT_MAX,
     call_sid_and_scope,
@@ -32,13 +32,13 @@ from api.views import (
     encode_cursor,
     page_limit,
 )
-from ledger.errors import NotFound
-from ledger.events import CallEvent, Cost
-from ledger.money import convert, format_nano
-from ledger.rules import CallState, estimate_of, render_record
-from ledger.settings import Settings
-from ledger.store import Store
-from ledger.web import SETTINGS, STORE
+from call_ledger.core.errors import NotFound
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.core.money import convert, format_nano
+from call_ledger.core.rules import CallState, estimate_of, render_record
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
+from call_ledger.web.base import SETTINGS, STORE
 
 
 def _money(nano: int | None) -> orjson.Fragment | None:

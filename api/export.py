@@ -9,7 +9,7 @@ cheap to refuse.
   process (an unscoped token is a bucket of its own); beyond that the answer is 429 with
   `Retry-After`, before anything is read from Redis.
 - **Fast.** Rows are written from the record the worker stored ready in the call's hash (`j`,
-  `ledger.served`) and its call_meta fields, read EXPORT_BATCH calls per script call (the next
+  `call_ledger.core.served`) and its call_meta fields, read EXPORT_BATCH calls per script call (the next
   batch read while one is written):
   JSON rows are those bytes as `GET /sid/{sid}` sends them; CSV rows are parsed from them, money
   written as its stored text (exact; `_exact_decimal`). A call committed by a version before `j`
@@ -33,16 +33,16 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from api import listing
-from api.calls import indexes_of, scope_of
-from api.query import parse_filter, parse_format
-from ledger.errors import StoreUnavailable, TooManyExports
-from ledger.money import format_nano
-from ledger.rules import META_FIELD, MONEY_FIELDS, CallState, render_record
-from ledger.served import RECORD_FIELD, served_record
-from ledger.settings import Settings
-from ledger.store import REQUEST_TIMEOUT_S
-from ledger.web import SETTINGS, STORE
+from call_ledger.api import listing
+from call_ledger.api.calls import indexes_of, scope_of
+from call_ledger.api.query import parse_filter, parse_format
+from call_ledger.core.errors import StoreUnavailable, TooManyExports
+from call_ledger.core.money import format_nano
+from call_ledger.core.rules import META_FIELD, MONEY_FIELDS, CallState, render_record
+from call_ledger.core.served import RECORD_FIELD, served_record
+from call_ledger.settings import Settings
+from call_ledger.store.records import REQUEST_TIMEOUT_S
+from call_ledger.web.base import SETTINGS, STORE
 
 log = structlog.get_logger("ledger.api")
 

@@ -12,15 +12,15 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from api.auth import may_see
-from api.query import CallFilter
-from ledger.errors import InvalidQuery
-from ledger.index_store import IndexStore, Item, bound
-from ledger.indexes import SHARDS, encode_cursor, list_key, scope_name
-from ledger.rules import render_record
-from ledger.served import organization_of
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.api.auth import may_see
+from call_ledger.api.query import CallFilter
+from call_ledger.core.errors import InvalidQuery
+from call_ledger.core.indexes import SHARDS, encode_cursor, list_key, scope_name
+from call_ledger.core.rules import render_record
+from call_ledger.core.served import organization_of
+from call_ledger.settings import Settings
+from call_ledger.store.indexes import IndexStore, Item, bound
+from call_ledger.store.records import Store
 
 # List filters that are not indexed (substrings, durations) are checked on each indexed
 # candidate; a request examines at most this many, else it is refused (422) with a hint to

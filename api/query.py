@@ -5,10 +5,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ledger.errors import InvalidQuery
-from ledger.events import STATUSES
-from ledger.indexes import decode_cursor
-from ledger.instants import parse_iso
+from call_ledger.core.errors import InvalidQuery
+from call_ledger.core.events import STATUSES
+from call_ledger.core.indexes import decode_cursor
+from call_ledger.core.instants import parse_iso
 
 LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 100, 1000
 SEARCH_LIMIT_DEFAULT, SEARCH_LIMIT_MAX = 50, 200

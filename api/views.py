@@ -5,12 +5,12 @@ import re
 import orjson
 from aiohttp import web
 
-from api.auth import check_bearer, may_see
-from ledger import cursors
-from ledger.errors import InvalidQuery, JournalOff, NotFound
-from ledger.events import MAX_CALL_SID, MAX_EVENT_ID
-from ledger.served import organization_of, served_record
-from ledger.web import SETTINGS, STORE
+from call_ledger.api.auth import check_bearer, may_see
+from call_ledger.core import cursors
+from call_ledger.core.errors import InvalidQuery, JournalOff, NotFound
+from call_ledger.core.events import MAX_CALL_SID, MAX_EVENT_ID
+from call_ledger.core.served import organization_of, served_record
+from call_ledger.web.base import SETTINGS, STORE
 
 EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 1000
@@ -48,7 +48,7 @@ def page_limit(request: web.Request, default: int, maximum: int) -> int:
 
 _LIMIT = re.compile(r"[0-9]{1,9}")
 # An order member is `<source>:<event_id>`: a source name, and an id of at most 1024 characters
-# (ledger.events), up to 4 bytes each in UTF-8; a cursor of one is at most 4/3 of that.
+# (call_ledger.core.events), up to 4 bytes each in UTF-8; a cursor of one is at most 4/3 of that.
 MAX_SOURCE = 32
 MAX_EVENT_CURSOR = 4 * (MAX_SOURCE + 1 + 4 * MAX_EVENT_ID + 2) // 3
 
@@ -59,7 +59,7 @@ def encode_cursor(member: str) -> str:
 
 def decode_cursor(cursor: str, parameter: str = "after") -> str:
     """The opaque cursor back to the order member it names; InvalidQuery when it is not one
-    this service can have given out (ledger.cursors: canonical and bounded; then valid UTF-8,
+    this service can have given out (call_ledger.core.cursors: canonical and bounded; then valid UTF-8,
     a source and an event id within their bounds)."""
     try:
         member = cursors.decode(cursor, MAX_EVENT_CURSOR).decode()  # strict: event ids are valid Unicode

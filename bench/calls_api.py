@@ -35,13 +35,12 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from api import listing  # noqa: E402
-from api.aggregates import analytics_body, period_days, period_sums  # noqa: E402
-from api.export import RECORD_KEYS, csv_rows_of_calls, json_rows  # noqa: E402
-from api.query import CallFilter  # noqa: E402
-from ledger.events import CallEvent, Cost  # noqa: E402
-from ledger.index_store import IndexStore, IndexWrite  # noqa: E402
-from ledger.indexes import (  # noqa: E402
+from call_ledger.api import listing  # noqa: E402
+from call_ledger.api.aggregates import analytics_body, period_days, period_sums  # noqa: E402
+from call_ledger.api.export import RECORD_KEYS, csv_rows_of_calls, json_rows  # noqa: E402
+from call_ledger.api.query import CallFilter  # noqa: E402
+from call_ledger.core.events import CallEvent, Cost  # noqa: E402
+from call_ledger.core.indexes import (  # noqa: E402
     day_key,
     decode_cursor,
     index_entry,
@@ -50,13 +49,14 @@ from ledger.indexes import (  # noqa: E402
     shard_of,
     totals_key,
 )
-from ledger.instants import format_us  # noqa: E402
-from ledger.record_ids import IdBlock  # noqa: E402
-from ledger.redis_wire import pack_command  # noqa: E402
-from ledger.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
-from ledger.served import served_record, stored_record  # noqa: E402
-from ledger.settings import Settings  # noqa: E402
-from ledger.store import CommitWrite, Store, _commit_args, open_redis  # noqa: E402
+from call_ledger.core.instants import format_us  # noqa: E402
+from call_ledger.core.record_ids import IdBlock  # noqa: E402
+from call_ledger.core.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
+from call_ledger.core.served import served_record, stored_record  # noqa: E402
+from call_ledger.settings import Settings  # noqa: E402
+from call_ledger.store.indexes import IndexStore, IndexWrite  # noqa: E402
+from call_ledger.store.records import CommitWrite, Store, _commit_args, open_redis  # noqa: E402
+from call_ledger.store.wire import pack_command  # noqa: E402
 
 STATUSES = ["completed"] * 6 + ["failed", "busy", "no-answer", "ongoing"]
 
@@ -136,7 +136,7 @@ def stored_form(event: CallEvent) -> bytes:
 
 
 class NewCall(NamedTuple):
-    """One new call's commit script arguments (ledger.store._commit_args) and index write."""
+    """One new call's commit script arguments (call_ledger.store.records._commit_args) and index write."""
 
     commit_args: list[Any]
     index: IndexWrite
@@ -199,7 +199,7 @@ def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tupl
 
 
 class _PackedInC(redis.connection.Connection):
-    """A synchronous connection packing commands in C (ledger.redis_wire): redis-py's packers
+    """A synchronous connection packing commands in C (call_ledger.store.wire): redis-py's packers
     look at each argument in Python, a fifth of the fill's CPU with the scripts' arguments."""
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
@@ -359,7 +359,7 @@ async def main(n: int, processes: int, fill_only: bool, redis_url: str | None, r
 
 async def run(url: str, n: int, processes: int, fill_only: bool, reads_only: bool) -> None:
     settings = Settings()
-    # The client the API process uses (ledger.store.open_redis: commands packed in C), so reads
+    # The client the API process uses (call_ledger.store.records.open_redis: commands packed in C), so reads
     # cost here what they cost the routes.
     client = open_redis(Settings(redis_url=url))
     store, indexes = Store(client), IndexStore(client)

@@ -272,8 +272,8 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def open_store(nodes: Nodes, shards: int) -> Any:
-    from ledger.settings import Settings
-    from ledger.store import Store
+    from call_ledger.settings import Settings
+    from call_ledger.store.records import Store
 
     return Store.from_settings(Settings(redis_url=nodes.url, redis_cluster=nodes.cluster, stream_shards=shards))
 
@@ -340,7 +340,7 @@ def run_config(nodes: Nodes, topology: str, shards: int, procs: int, events: int
     intake_nodes = costs(nodes, before, after, len(hooks))
 
     before = nodes.snapshot()
-    workers = [start(["-m", "ledger.cli", "worker"], ledger_env(nodes, shards, free_port(), f"w{i}"))
+    workers = [start(["-m", "call_ledger.cli", "worker"], ledger_env(nodes, shards, free_port(), f"w{i}"))
                for i in range(procs)]
     try:
         drained, worker_cpu = asyncio.run(drain_seconds(nodes, shards, len(hooks), workers))
@@ -438,7 +438,7 @@ def main() -> None:
                     results.append(result)
             nodes.flush()
             port, script_us[topology], inner_us = id_allocation_cost(nodes)
-            id_lines.append(f"id allocation (ledger/ids.lua) on {topology} (:{port}): "
+            id_lines.append(f"id allocation (call_ledger/store/lua/ids.lua) on {topology} (:{port}): "
                             f"{script_us[topology]:.1f} µs of Redis command time per allocation (the script), "
                             f"of which INCRBY + INFO {inner_us:.1f} µs")
         finally:
@@ -451,10 +451,10 @@ def main() -> None:
 
 def intake_main() -> None:
     """One intake process: the product's worker app without its consumer, served as the CLI serves it."""
-    from ledger import serving
-    from ledger.app import create_app
-    from ledger.logs import configure_logging, secret_values
-    from ledger.settings import Settings
+    from call_ledger.app import create_app
+    from call_ledger.settings import Settings
+    from call_ledger.web import serving
+    from call_ledger.web.logs import configure_logging, secret_values
 
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level, secrets=secret_values(settings))

@@ -125,7 +125,7 @@ def http_costs(args: argparse.Namespace) -> None:
     redis = run.RedisServer()
     rows = []
     env = run.service_env(redis.url)
-    cli = [sys.executable, "-m", "ledger.cli"]
+    cli = [sys.executable, "-m", "call_ledger.cli"]
     try:
         with tempfile.TemporaryDirectory() as workdir:
             floor_script = run.FLOOR_DIR / "floor_api.py"

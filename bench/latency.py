@@ -141,7 +141,7 @@ def start_serve(redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
            "LEDGER_PLATFORM_WEBHOOK_SECRET": SECRET, "LEDGER_PORT": str(port), "LEDGER_LOG_FORMAT": "json",
            "LEDGER_KEY_PREFIX": "benchlat", "PYTHONPATH": str(ROOT),
            "LEDGER_MAX_CONNECTIONS_PER_PEER": "0"}  # one load generator stands in for many senders
-    proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "call_ledger.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, f"http://127.0.0.1:{port}"

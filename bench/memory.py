@@ -9,7 +9,7 @@ through the product's own worker on a fresh redis-server (default encodings), th
 The stream is not counted: it is retention, not the call's cost. Measured on Redis's
 default encodings, and again with hashes kept as listpacks up to 1 KiB values
 (`hash-max-listpack-value 1024`: most record fields are over the default 64 bytes, so the
-record hash is a hashtable otherwise; the journal's compact entries fit, ledger/journal.py).
+record hash is a hashtable otherwise; the journal's compact entries fit, call_ledger/core/journal.py).
 """
 
 import argparse
@@ -28,11 +28,11 @@ from run import DEVNULL, RedisServer, call_events, fill_stream  # noqa: E402
 
 
 async def per_call(url: str, calls: int, journal: str) -> dict[str, float]:
-    from ledger.logs import configure_logging
-    from ledger.metrics import Metrics
-    from ledger.settings import Settings
-    from ledger.store import Store, open_redis
-    from worker.consumer import Consumer
+    from call_ledger.settings import Settings
+    from call_ledger.store.records import Store, open_redis
+    from call_ledger.web.logs import configure_logging
+    from call_ledger.web.metrics import Metrics
+    from call_ledger.worker.consumer import Consumer
 
     random.seed(7)
     events = call_events(calls, 10)

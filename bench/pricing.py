@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger.events import CallEvent, Cost, UsageLine
-from ledger.instants import parse_iso
-from ledger.pricing import parse_document, price_event
-from ledger.settings import Settings
-from ledger.store import Entry, LoadedCall
-from worker.apply import plan_call
+from call_ledger.core.events import CallEvent, Cost, UsageLine
+from call_ledger.core.instants import parse_iso
+from call_ledger.core.pricing import parse_document, price_event
+from call_ledger.settings import Settings
+from call_ledger.store.records import Entry, LoadedCall
+from call_ledger.worker.apply import plan_call
 
 ROUNDS, NUMBER = 7, 5_000
 

@@ -96,8 +96,8 @@ class RedisServer:
 
 def call_events(n_calls: int, per_call: int) -> list[bytes]:
     """Normalised events for n_calls realistic calls, shuffled, with 10% redeliveries."""
-    from ledger.events import CallEvent, Cost
-    from ledger.instants import format_us
+    from call_ledger.core.events import CallEvent, Cost
+    from call_ledger.core.instants import format_us
 
     base_us = 1_795_500_000_000_000
     events = []
@@ -132,7 +132,7 @@ def call_events(n_calls: int, per_call: int) -> list[bytes]:
 async def fill_stream(url: str, events: list[bytes]) -> None:
     import redis.asyncio as aioredis
 
-    from ledger.store import Store
+    from call_ledger.store.records import Store
 
     client = aioredis.Redis.from_url(url)
     store = Store(client, "bench")
@@ -146,12 +146,12 @@ async def fill_stream(url: str, events: list[bytes]) -> None:
 
 async def product_apply(url: str, events: list[bytes], batch: int) -> float:
 
-    from ledger.logs import configure_logging
-    from ledger.metrics import Metrics
-    from ledger.runtime import tune_gc
-    from ledger.settings import Settings
-    from ledger.store import Store, open_redis
-    from worker.consumer import Consumer
+    from call_ledger.runtime import tune_gc
+    from call_ledger.settings import Settings
+    from call_ledger.store.records import Store, open_redis
+    from call_ledger.web.logs import configure_logging
+    from call_ledger.web.metrics import Metrics
+    from call_ledger.worker.consumer import Consumer
 
     await fill_stream(url, events)
     # The per-event log line is part of the cost: render it, send it nowhere (one sink for
@@ -262,7 +262,7 @@ def http_round(redis: RedisServer, seconds: int, connections: int, workdir: Path
     results: dict[str, dict[str, float]] = {}
     sid = "CA0123456789abcdef0123456789abcdef"
     base_env = service_env(redis.url)
-    cli = [sys.executable, "-m", "ledger.cli"]
+    cli = [sys.executable, "-m", "call_ledger.cli"]
     redis.flush()  # no backlog of the previous round for serve's apply loop to chew on
     floor = FLOOR_DIR / "floor_api.py"
     floor_port = free_port()

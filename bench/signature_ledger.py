@@ -42,8 +42,8 @@ def summary(samples_s: list[float]) -> str:
 async def remember_round_trips(url: str, n: int) -> list[float]:
     import redis.asyncio as aioredis
 
-    from ledger.replay import signature_use
-    from ledger.signature_ledger import SignatureLedger
+    from call_ledger.core.replay import signature_use
+    from call_ledger.store.signatures import SignatureLedger
 
     client = aioredis.Redis.from_url(url)
     ledger = SignatureLedger(client, "bench", ttl_s=7 * 86_400)
@@ -63,11 +63,11 @@ async def webhook_latencies(url: str, n: int) -> tuple[list[float], list[float]]
     """(with the ledger, with it bypassed): seconds per signed Twilio webhook, 2xx each."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from ledger.app import create_app
-    from ledger.settings import Settings
-    from ledger.store import Store
+    from call_ledger.app import create_app
+    from call_ledger.settings import Settings
+    from call_ledger.store.records import Store
+    from call_ledger.worker.intake import SIGNATURES
     from tests.sources import payloads_twilio as tw
-    from worker.intake import SIGNATURES
 
     settings = Settings(redis_url=url, twilio_auth_token=tw.AUTH_TOKEN, public_url=tw.PUBLIC_URL,
                         key_prefix="benchsig", consumer_name="bench", log_level="error")
@@ -105,8 +105,8 @@ async def webhook_latencies(url: str, n: int) -> tuple[list[float], list[float]]
 def memory(port: int, keys: int) -> tuple[int, float]:
     import redis
 
-    from ledger.replay import signature_use
-    from ledger.signature_ledger import SignatureLedger
+    from call_ledger.core.replay import signature_use
+    from call_ledger.store.signatures import SignatureLedger
 
     client = redis.Redis(port=port)
     client.flushall()
@@ -130,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not on PATH")
-    from ledger.logs import configure_logging
+    from call_ledger.web.logs import configure_logging
 
     configure_logging("json", "error")  # one log line per webhook would be measured too
     port = free_port()

@@ -23,11 +23,11 @@ import pytest
 import redis
 from standardwebhooks.webhooks import Webhook
 
-from ledger.app import create_app
-from ledger.metrics import Metrics
-from ledger.settings import Settings
-from ledger.store import Store, open_redis
-from worker.consumer import Consumer
+from call_ledger.app import create_app
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store, open_redis
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 
 API_TOKEN = "test-api-token"
 PLATFORM_SECRET = "whsec_" + base64.b64encode(b"platform-test-signing-key-32byte").decode()

@@ -20,17 +20,17 @@ from typing import Any
 import fakeredis
 import orjson
 
-from ledger.events import CallEvent, Cost
-from ledger.index_store import IndexStore
-from ledger.indexes import index_entry, shard_of
-from ledger.instants import format_us
-from ledger.metrics import Metrics
-from ledger.rules import CallState, apply_event, fix_estimate, render_record
-from ledger.served import stored_record
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.core.indexes import index_entry, shard_of
+from call_ledger.core.instants import format_us
+from call_ledger.core.rules import CallState, apply_event, fix_estimate, render_record
+from call_ledger.core.served import stored_record
+from call_ledger.settings import Settings
+from call_ledger.store.indexes import IndexStore
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
-from worker.consumer import Consumer
 
 BASE_US = 1_795_996_800_000_000  # 2026-12-01T00:00:00Z
 

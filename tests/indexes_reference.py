@@ -1,4 +1,4 @@
-"""A verbatim copy of ledger/indexes.py's IndexEntry, shapes, IndexBasis, entry_delta and index_entry as
+"""A verbatim copy of call_ledger/core/indexes.py's IndexEntry, shapes, IndexBasis, entry_delta and index_entry as
 of commit 0ce3e7c (before they were made faster), for tests only: the product's must give exactly
 the bytes these give (index.lua compares stored entries by equality, and applies the deltas).
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from ledger.events import TERMINAL_STATUSES
-from ledger.indexes import (
+from call_ledger.core.events import TERMINAL_STATUSES
+from call_ledger.core.indexes import (
     ALL,
     day_assistants_key,
     day_key,
@@ -27,9 +27,9 @@ from ledger.indexes import (
     week_key,
     week_of,
 )
-from ledger.money import NANO
-from ledger.rules import CallState, render_record
-from ledger.settings import Settings
+from call_ledger.core.money import NANO
+from call_ledger.core.rules import CallState, render_record
+from call_ledger.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A frozen copy of ledger/journal.py's compact and restore (and their helpers) as they were
+"""A frozen copy of call_ledger/core/journal.py's compact and restore (and their helpers) as they were
 before compact was made cheaper (speed-journal), verbatim: tests/test_journal.py checks that
 the journal's codec still writes and reads exactly these bytes, so entries stored by that
 version read the same. Test-only; never change it to follow the product code."""
@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from ledger.instants import text_at
+from call_ledger.core.instants import text_at
 
-# Field names in pydantic's order (ledger.events), each with the punctuation around it; the
+# Field names in pydantic's order (call_ledger.core.events), each with the punctuation around it; the
 # longer of two overlapping ones first. Byte 0x1f is left for a later addition.
 _TOKENS: tuple[bytes, ...] = (
     b',"status":"', b',"direction":"inbound"', b',"direction":"outbound"', b',"from_number":"',

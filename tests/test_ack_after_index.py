@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from ledger.index_store import INDEX
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.store.indexes import INDEX
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, free_port, make_settings
 from tests.workers import make_event
-from worker.consumer import Consumer
 
 INDEX_SHA = INDEX.sha.encode()
 
@@ -121,7 +121,7 @@ async def test_an_ack_after_a_refused_index_update_runs_if_memory_was_freed_in_b
 @pytest.mark.parametrize("shards,count", [(1, 3), (3, 1200)])
 async def test_failure_reasons_of_acked_redeliveries_are_cleared_and_no_dash_field_is_left(
         redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, shards: int, count: int) -> None:
-    from worker import apply as apply_module
+    from call_ledger.worker import apply as apply_module
 
     settings = make_settings(redis_url=redis_server.url, stream_shards=shards, batch_size=2000, max_deliveries=5)
     store = Store.from_settings(settings)

@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from ledger.app import create_app
-from ledger.openapi import openapi_document
-from ledger.store import Store
-from ledger.web import METRICS
+from call_ledger.api.openapi import openapi_document
+from call_ledger.app import create_app
+from call_ledger.store.records import Store
+from call_ledger.web.base import METRICS
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import API_TOKEN, AUTH, make_settings, post_platform
 from tests.workers import nth_record_id
-from worker.consumer import Consumer
 
 SID = "CA0123456789abcdef0123456789abcdef"
 

@@ -1,4 +1,4 @@
-"""Intake's writes coalesced per event-loop tick (ledger.append_batcher), the faster form and
+"""Intake's writes coalesced per event-loop tick (call_ledger.store.append_batcher), the faster form and
 digest encodings that must equal the originals, and the `intake` role."""
 
 import asyncio
@@ -12,15 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ledger.app import create_app
-from ledger.append_batcher import AppendBatcher
-from ledger.cli import parser
-from ledger.errors import StoreUnavailable
-from ledger.replay import SignatureUse, params_digest, params_digest_reference
-from ledger.signature_ledger import SignatureLedger
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.cli import parser
+from call_ledger.core.errors import StoreUnavailable
+from call_ledger.core.replay import SignatureUse, params_digest, params_digest_reference
+from call_ledger.store.append_batcher import AppendBatcher
+from call_ledger.store.records import Store
+from call_ledger.store.signatures import SignatureLedger
+from call_ledger.worker.sources.fields import _parse_qsl, decode_form
 from tests.conftest import AUTH, RedisServer, make_settings, post_platform
-from worker.sources.fields import _parse_qsl, decode_form
 
 
 def usage(sid: str) -> dict[str, Any]:
@@ -179,9 +179,9 @@ _TIMES = st.tuples(st.integers(1, 9999), st.integers(1, 12), st.integers(0, 31),
 def test_twilio_timestamp_equals_the_email_parser(parts: tuple[int, ...], right_weekday: bool) -> None:
     from datetime import datetime
 
-    from ledger.errors import InvalidEvent
-    from ledger.instants import parse_rfc2822
-    from worker.sources.twilio import MONTHS, WEEKDAYS, parse_timestamp
+    from call_ledger.core.errors import InvalidEvent
+    from call_ledger.core.instants import parse_rfc2822
+    from call_ledger.worker.sources.twilio import MONTHS, WEEKDAYS, parse_timestamp
 
     year, month, day, hour, minute, second, offset = parts
     try:
@@ -215,7 +215,7 @@ _NUMBERS = st.one_of(st.lists(st.sampled_from([*"+0123456789 ()-.\t", "\u0663", 
 def test_e164_fast_path_equals_the_general_rules(raw: str) -> None:
     import re
 
-    from ledger.phones import to_e164
+    from call_ledger.core.phones import to_e164
 
     value = raw.strip()  # the rules as they were before the fast path for numbers already in E.164
     expected: str | None = None
@@ -231,8 +231,8 @@ def test_e164_fast_path_equals_the_general_rules(raw: str) -> None:
 
 
 def test_json_bodies_with_a_byte_order_mark_are_refused_as_json_loads_refuses_them() -> None:
-    from ledger.errors import MalformedBody
-    from worker.sources.fields import load_json_object
+    from call_ledger.core.errors import MalformedBody
+    from call_ledger.worker.sources.fields import load_json_object
 
     assert load_json_object(b'{"a": 1.5}') == {"a": __import__("decimal").Decimal("1.5")}
     with pytest.raises(MalformedBody):

@@ -8,7 +8,7 @@ intake's stored form on the stream applied by a burst-mode worker with the defau
 (which splits some calls over two commits). Every key, type, value and TTL must be the same,
 but for:
 
-- the commit token `t` of each call hash: random per worker (ledger/commit.lua), `bench-<id>`
+- the commit token `t` of each call hash: random per worker (call_ledger/store/lua/commit.lua), `bench-<id>`
   in the fill; only its presence is compared;
 - the keys only the worker path has, its stream bookkeeping: the stream `cl:events` (the
   events as intake appended them, with the consumer group inside it) and the set `cl:streams`
@@ -24,12 +24,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from bench import calls_api
-from ledger.instants import parse_iso
-from ledger.metrics import Metrics
-from ledger.store import Store, open_redis
+from call_ledger.core.instants import parse_iso
+from call_ledger.store.records import Store, open_redis
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
+from call_ledger.worker.intake import stored_form
 from tests.conftest import RedisServer, make_settings
-from worker.consumer import Consumer
-from worker.intake import stored_form
 
 CALLS = 300
 NOW_US = parse_iso("2026-11-24T10:00:00Z").us

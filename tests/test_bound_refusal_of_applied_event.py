@@ -3,12 +3,12 @@ the 32 event keys the worker cache keeps, is a duplicate, not a refusal: a refus
 cache is judged again on the call as read from Redis, whose order index knows every applied event.
 (It was once refused and dead-lettered though applied.)"""
 
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.apply import KNOWN_EVENTS
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
 from tests.workers import usage
-from worker.apply import KNOWN_EVENTS
-from worker.consumer import Consumer
 
 
 async def test_an_applied_event_is_a_duplicate_not_refused_at_the_bound(store: Store) -> None:

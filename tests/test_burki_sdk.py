@@ -11,9 +11,9 @@ import pytest
 from burki import BurkiClient
 from burki.exceptions import AuthenticationError, NotFoundError, ValidationError
 
-from ledger.app import create_app
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, BASE_US, ORG7, TOKENS, call, load
 

@@ -11,15 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger.app import create_app
-from ledger.events import CallEvent, Cost
-from ledger.instants import format_us
-from ledger.metrics import Metrics
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.core.instants import format_us
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
 from tests.workers import FailingRead, platform_event
-from worker.consumer import Consumer
 
 ADMIN = "admin-token"
 ORG7 = "org-seven-token"
@@ -371,8 +371,8 @@ async def test_an_export_cut_short_by_redis_is_a_truncated_transfer(aiohttp_clie
                                                                    settings: Settings, monkeypatch: Any) -> None:
     from aiohttp import ClientPayloadError
 
-    from api import listing
-    from ledger.errors import StoreUnavailable
+    from call_ledger.api import listing
+    from call_ledger.core.errors import StoreUnavailable
 
     events: list[CallEvent] = []
     for i in range(6):
@@ -402,7 +402,7 @@ async def test_costs_of_a_charge_whose_fx_rate_was_removed_show_the_rate_it_was_
 
 
 def test_a_period_reads_whole_weeks_and_the_days_around_them() -> None:
-    from api.aggregates import period_days, period_plan
+    from call_ledger.api.aggregates import period_days, period_plan
 
     days = period_days(90, time.mktime((2026, 12, 1, 12, 0, 0, 0, 0, 0)))  # a Tuesday
     weeks, edge = period_plan(days)
@@ -419,7 +419,7 @@ async def test_analytics_per_assistant_over_whole_weeks_and_edge_days(api: Any, 
         events += call(f"CA-wk-{k}", now - k * DAY_US, assistant=9, name="Weekly", cost=10**9, duration=10)
     events += call("CA-wk-old", now - 120 * DAY_US, assistant=9, name="Weekly")  # outside the period
     await load(store, settings, events)
-    from api.aggregates import period_days
+    from call_ledger.api.aggregates import period_days
 
     for period, days in (("90d", 90), ("30d", 30), ("7d", 7), ("1d", 1)):
         in_period = set(period_days(days, time.time()))

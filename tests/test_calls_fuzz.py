@@ -11,9 +11,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from ledger.app import create_app
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, BASE_US, TOKENS, auth, call, event, load
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import CallEvent
-from ledger.metrics import Metrics
-from ledger.rules import render_record
-from ledger.store import Store
+from call_ledger.core.events import CallEvent
+from call_ledger.core.rules import render_record
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings
 from tests.workers import usage
-from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
 
@@ -26,7 +26,7 @@ def run_cli(*args: str, **ledger_vars: str) -> subprocess.CompletedProcess[str]:
     """`call-ledger <args>` with only the given LEDGER_* variables set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(ledger_vars)
-    return subprocess.run([sys.executable, "-m", "ledger.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "call_ledger.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=30)
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from ledger.app import create_app
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.cluster import Cluster
 from tests.conftest import AUTH, _require_redis, make_settings, post_platform
-from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
 

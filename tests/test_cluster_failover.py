@@ -32,7 +32,7 @@ def test_several_nodes_need_cluster_mode() -> None:
 def cli(role: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     environment.update({"LEDGER_PORT": str(free_port()), "LEDGER_LOG_FORMAT": "json", **env})
-    return subprocess.run([sys.executable, "-m", "ledger.cli", role], cwd=ROOT, env=environment,
+    return subprocess.run([sys.executable, "-m", "call_ledger.cli", role], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -66,7 +66,7 @@ class Serve:
                     **extra_env})
         self.log = log
         with log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", role], cwd=ROOT, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "call_ledger.cli", role], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT)
 
     def url(self, path: str) -> str:

@@ -8,16 +8,16 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger.app import create_app
-from ledger.index_store import IndexStore
-from ledger.indexes import SHARDS
-from ledger.metrics import Metrics
-from ledger.reindex import reindex
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.indexes import SHARDS
+from call_ledger.store.indexes import IndexStore
+from call_ledger.store.records import Store
+from call_ledger.store.reindex import reindex
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, ORG7, TOKENS, auth, call
 from tests.test_cluster import cluster_url  # noqa: F401  (the fixture)
-from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
 

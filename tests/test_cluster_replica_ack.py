@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis
 
-from ledger.shards import all_shards, shard_index
+from call_ledger.store.shards import all_shards, shard_index
 from tests.cluster import Cluster
 from tests.conftest import sign_platform
 from tests.test_cluster_failover import Serve, cluster, lookup  # noqa: F401 (the fixture)

@@ -21,11 +21,11 @@ import orjson
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from ledger.app import create_app
-from ledger.events import CallEvent
-from ledger.rules import record_json, render_record
-from ledger.settings import Settings
-from ledger.store import GROUP, Store
+from call_ledger.app import create_app
+from call_ledger.core.events import CallEvent
+from call_ledger.core.rules import record_json, render_record
+from call_ledger.settings import Settings
+from call_ledger.store.records import GROUP, Store
 from tests.cluster import Cluster, replicated_cluster
 from tests.conftest import API_TOKEN, AUTH, PLATFORM_SECRET, free_port, make_settings, sign_platform
 from tests.workers import assert_records_exact, expected_status
@@ -77,7 +77,7 @@ def cli_env(cluster: Cluster, **extra: str) -> dict[str, str]:
 
 def start(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "ledger.cli", role], cwd=ROOT, env=env,
+        return subprocess.Popen([sys.executable, "-m", "call_ledger.cli", role], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -162,7 +162,7 @@ async def test_a_worker_killed_mid_batch_on_a_cluster_loses_and_doubles_nothing(
     store = Store(connection, stream_shards=SHARDS)
     await store.ensure_group()
     procs: list[subprocess.Popen[bytes]] = []
-    logs = [tmp_path / "w0.log", tmp_path / "w1.log", tmp_path / "api.log"]
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log", tmp_path / "call_ledger.api.log"]
     try:
         # Intake first (the in-process app, no consumer): the backlog the workers will share.
         intake = await aiohttp_client(create_app(settings, "worker", store, run_consumer=False))

@@ -15,9 +15,11 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from structlog.testing import capture_logs
 
-from ledger.app import create_app
-from ledger.cli import load_settings
-from ledger.connections import (
+from call_ledger.app import create_app
+from call_ledger.cli import load_settings
+from call_ledger.store.records import Store
+from call_ledger.web.base import METRICS
+from call_ledger.web.connections import (
     OVER_CAPACITY_RESPONSE,
     PEER_OVER_CAPACITY_RESPONSE,
     PEER_REFUSAL_LOG_INTERVAL_S,
@@ -25,9 +27,7 @@ from ledger.connections import (
     LedgerRunner,
     peer_key,
 )
-from ledger.metrics import Metrics
-from ledger.store import Store
-from ledger.web import METRICS
+from call_ledger.web.metrics import Metrics
 from tests.conftest import free_port, make_settings
 from tests.test_service_process import post, start_service, stop
 

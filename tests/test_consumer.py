@@ -17,16 +17,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoPermissionError, ResponseError, SlotNotCoveredError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ledger.errors import StoreUnavailable
-from ledger.events import CallEvent
-from ledger.metrics import Metrics
-from ledger.money import MAX_AMOUNT_NANO
-from ledger.store import CommitWrite, Store
+from call_ledger.core.errors import StoreUnavailable
+from call_ledger.core.events import CallEvent
+from call_ledger.core.money import MAX_AMOUNT_NANO
+from call_ledger.store.records import CommitWrite, Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer, of_one_call
 from tests.conftest import AUTH, RedisServer, make_settings
 from tests.sources import payloads_telnyx as tx
 from tests.test_service_process import get_record, post, start_service, stop
 from tests.workers import make_event, usage
-from worker.consumer import Consumer, of_one_call
 
 INNOCENTS = [f"CA-innocent-{i}" for i in range(5)]
 
@@ -75,7 +75,7 @@ async def test_the_total_across_components_is_bounded_too(store: Store) -> None:
 
 async def test_a_telnyx_cost_whose_parts_sum_past_the_bound_is_dead_lettered(store: Store,
                                                                               aiohttp_client: Any) -> None:
-    from ledger.app import create_app
+    from call_ledger.app import create_app
 
     signer = tx.TelnyxSigner()
     settings = make_settings(telnyx_public_key=signer.public_key_b64)
@@ -101,7 +101,7 @@ async def test_a_telnyx_cost_whose_parts_sum_past_the_bound_is_dead_lettered(sto
 
 def break_rendering(monkeypatch: Any, sid: str, error: Exception) -> None:
     """A bug that raises while the worker renders one call's record, and only that call's."""
-    import worker.consumer as module
+    import call_ledger.worker.consumer as module
 
     render = module.render_record
 

@@ -3,10 +3,10 @@
 import asyncio
 from typing import Any
 
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
-from worker.consumer import Consumer
 
 
 async def test_idle_loop_does_not_spin_on_a_store_that_answers_blocking_reads_at_once(store: Store) -> None:
@@ -32,7 +32,7 @@ async def test_idle_loop_does_not_spin_on_a_store_that_answers_blocking_reads_at
 
 
 async def test_running_loop_applies_what_arrives_and_stops_cleanly(store: Store) -> None:
-    from ledger.events import CallEvent
+    from call_ledger.core.events import CallEvent
 
     consumer = Consumer(store, make_settings(), Metrics())
     await consumer.start()

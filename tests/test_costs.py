@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from ledger.app import create_app
-from ledger.events import CallEvent, Cost, UsageLine
-from ledger.metrics import Metrics
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.events import CallEvent, Cost, UsageLine
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker import apply as apply_module
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, make_settings
 from tests.workers import make_event, usage
-from worker import apply as apply_module
-from worker.consumer import Consumer
 
 SID = "CA-long-call"
 SERVICES = ("llm", "tts", "stt", "telephony")

@@ -26,12 +26,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from ledger.events import COMPONENTS, CallEvent
-from ledger.metrics import Metrics
-from ledger.money import format_nano
-from ledger.rules import CallState, record_json, render_record
-from ledger.settings import Settings
-from ledger.store import GROUP, Store, open_redis
+from call_ledger.core.events import COMPONENTS, CallEvent
+from call_ledger.core.money import format_nano
+from call_ledger.core.rules import CallState, record_json, render_record
+from call_ledger.settings import Settings
+from call_ledger.store.records import GROUP, Store, open_redis
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.apply import frozen_fx
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import (
     API_TOKEN,
     AUTH,
@@ -43,8 +45,6 @@ from tests.conftest import (
     sign_platform,
 )
 from tests.workers import assert_records_exact, by_call, call_events, fold, usage, with_duplicates
-from worker.apply import frozen_fx
-from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
 
@@ -204,7 +204,7 @@ def spawn(args: list[str], log_path: Path, name: str, port: int = 0, **ledger_va
 
 def start_role(role: str, server: RedisServer, tmp_path: Path, name: str, **ledger_vars: str) -> Service:
     port = free_port()
-    return spawn([sys.executable, "-m", "ledger.cli", role], tmp_path / f"{name}.log", name, port,
+    return spawn([sys.executable, "-m", "call_ledger.cli", role], tmp_path / f"{name}.log", name, port,
                  LEDGER_REDIS_URL=server.url, LEDGER_PORT=str(port), LEDGER_CONSUMER_NAME=name, **ledger_vars)
 
 

@@ -1,4 +1,4 @@
-"""Cursors (ledger/cursors.py and the readers of what is inside them: `ledger.indexes` for the
+"""Cursors (call_ledger/core/cursors.py and the readers of what is inside them: `call_ledger.core.indexes` for the
 list, `api.views` for /events and /costs): only exactly what this service writes is read; any
 other text is 422 on every route that takes one, never a 503 from Redis reading a number
 differently from Python (the `1_0` of an attacker's report), never a 500."""
@@ -11,17 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.views import decode_cursor as decode_event_cursor
-from api.views import encode_cursor as encode_event_cursor
-from ledger import cursors
-from ledger.app import create_app
-from ledger.errors import InvalidQuery
-from ledger.indexes import MAX_LIST_CURSOR, decode_cursor, encode_cursor
-from ledger.metrics import Metrics
-from ledger.store import Store, open_redis
+from call_ledger.api.views import decode_cursor as decode_event_cursor
+from call_ledger.api.views import encode_cursor as encode_event_cursor
+from call_ledger.app import create_app
+from call_ledger.core import cursors
+from call_ledger.core.errors import InvalidQuery
+from call_ledger.core.indexes import MAX_LIST_CURSOR, decode_cursor, encode_cursor
+from call_ledger.store.records import Store, open_redis
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, RedisServer, make_settings
 from tests.workers import make_event, usage
-from worker.consumer import Consumer
 
 
 def b64(raw: bytes) -> str:

@@ -25,10 +25,10 @@ import redis
 import yaml
 from aiohttp import web
 
-from ledger.app import create_app
-from ledger.cli import parser
-from ledger.metrics import Metrics
-from ledger.settings import Settings
+from call_ledger.app import create_app
+from call_ledger.cli import parser
+from call_ledger.settings import Settings
+from call_ledger.web.metrics import Metrics
 from tests.cluster import cluster_port, wait_ping
 from tests.conftest import _require_redis, free_port, make_settings
 
@@ -496,7 +496,7 @@ def test_cluster_compose_node_commands_form_three_masters_with_one_replica_each(
 def test_dockerfile_installs_the_package_and_runs_the_cli() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["call-ledger"]' in dockerfile
-    for package in ("ledger", "worker", "api"):
+    for package in ("call_ledger", "worker", "api"):
         assert f"COPY {package} {package}" in dockerfile
 
 

@@ -1,4 +1,4 @@
-"""The worker's per-event line written directly (ledger.logs.EventLines) is the line structlog writes."""
+"""The worker's per-event line written directly (call_ledger.web.logs.EventLines) is the line structlog writes."""
 
 import io
 import json
@@ -11,7 +11,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from ledger.logs import configure_logging, event_lines, flush_logs
+from call_ledger.web.logs import configure_logging, event_lines, flush_logs
 
 SECRET = "whsec_event-lines-secret-value"
 FIELDS = {"call_sid": "CA-lines", "source": "twilio", "event_id": "CA-lines:3", "entry_id": "1795500062000-0",

@@ -28,18 +28,18 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from api.export import FORMULA_PREFIXES, _exact_decimal, csv_rows, neutralise
-from ledger.app import create_app
-from ledger.events import CallEvent, Cost
-from ledger.metrics import Metrics
-from ledger.money import MAX_AMOUNT_NANO, format_nano
-from ledger.openapi import openapi_document
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.api.export import FORMULA_PREFIXES, _exact_decimal, csv_rows, neutralise
+from call_ledger.api.openapi import openapi_document
+from call_ledger.app import create_app
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.core.money import MAX_AMOUNT_NANO, format_nano
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, _require_redis, make_settings
 from tests.test_service_process import start_service, stop
 from tests.workers import FailingRead, platform_event
-from worker.consumer import Consumer
 
 ADMIN = "admin-token"
 ORG7 = "org-seven-token"
@@ -139,7 +139,7 @@ async def test_csv_export_neutralises_formulas_in_every_text_cell(aiohttp_client
 
 async def test_exports_beyond_the_cap_are_429_per_organization(aiohttp_client: Any, store: Store,
                                                                monkeypatch: Any) -> None:
-    from api import listing
+    from call_ledger.api import listing
 
     settings = make_settings(api_tokens=TOKENS, max_exports=1)
     events: list[CallEvent] = []
@@ -368,8 +368,8 @@ async def test_rows_from_stored_records_are_the_rows_rendered_from_the_state(sto
     """The export writes rows from the record the worker stored ready (`j`): byte for byte the
     rows rendered from each call's state (money exact, call_meta, hostile text, nulls), and
     calls committed before `j` existed (no `j`) export as before."""
-    from api.export import csv_rows_of_calls, json_rows
-    from ledger.rules import CallState, record_json, render_record
+    from call_ledger.api.export import csv_rows_of_calls, json_rows
+    from call_ledger.core.rules import CallState, record_json, render_record
 
     settings = make_settings(api_tokens=TOKENS)
     events: list[CallEvent] = []
@@ -436,9 +436,9 @@ CELL_TEXT = st.one_of(st.none(), st.text(max_size=12),
                        max_size=3))
 def test_a_row_from_the_stored_record_is_the_row_rendered_from_the_record(
         texts: dict[str, Any], numbers: list[int | None], money: list[int | None], meta: dict[str, Any]) -> None:
-    from api.export import csv_rows_of_calls
-    from ledger.rules import META_FIELD, MONEY_FIELDS
-    from ledger.served import stored_record
+    from call_ledger.api.export import csv_rows_of_calls
+    from call_ledger.core.rules import META_FIELD, MONEY_FIELDS
+    from call_ledger.core.served import stored_record
 
     meta = dict(sorted(meta.items()))  # as a record renders its call_meta
     record = {**texts, "id": numbers[0], "assistant_id": numbers[1], "duration": numbers[2], "call_meta": meta,
@@ -456,8 +456,8 @@ async def test_a_read_ahead_that_failed_after_the_client_went_is_taken_not_logge
     import asyncio
     import gc
 
-    from api import listing
-    from api.query import CallFilter
+    from call_ledger.api import listing
+    from call_ledger.api.query import CallFilter
 
     settings = make_settings(api_tokens=TOKENS)
     now = int(time.time() * 1e6)

@@ -31,17 +31,17 @@ from multidict import CIMultiDict
 from structlog.testing import capture_logs
 from yarl import URL
 
-from ledger.app import create_app
-from ledger.events import COMPONENTS, STATUSES, CallEvent
-from ledger.settings import Settings
-from ledger.store import Store
-from ledger.web import MAX_BODY, METRICS
+from call_ledger.app import create_app
+from call_ledger.core.events import COMPONENTS, STATUSES, CallEvent
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
+from call_ledger.web.base import MAX_BODY, METRICS
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, PLATFORM_SECRET, make_settings, sign_platform
 from tests.sources import payloads_plivo as pl
 from tests.sources import payloads_telnyx as tx
 from tests.sources import payloads_twilio as tw
 from tests.sources import payloads_vonage as vn
-from worker.consumer import Consumer
 
 # -- the service, with every source configured ---------------------------------------------------------------
 
@@ -1073,7 +1073,7 @@ async def test_lone_surrogate_escape_in_a_json_string_is_refused(client: Any, st
 @pytest.mark.parametrize("source", ["platform", "telnyx", "vonage", "twilio", "plivo"])
 async def test_timestamp_at_the_edge_of_the_datetime_range_is_not_a_500(client: Any, store: Store,
                                                                          source: str) -> None:
-    """Found: OverflowError from `dt.astimezone(UTC)` in ledger/instants.py was a 500 on every source."""
+    """Found: OverflowError from `dt.astimezone(UTC)` in call_ledger/core/instants.py was a 500 on every source."""
     if source == "platform":
         req = platform_req(json.dumps({"type": "call.status", "call_sid": "CA1", "data": {"status": "ringing"},
                                        "occurred_at": "9999-12-31T23:59:59-23:59"}).encode())

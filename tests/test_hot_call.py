@@ -18,11 +18,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, _require_redis, make_settings
 from tests.workers import make_event, usage
-from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
 
@@ -138,8 +138,8 @@ def test_a_process_on_data_of_an_older_layout_stops_with_one_line(redis_server: 
     import redis
 
     redis.Redis.from_url(redis_server.url).set("cl:ids", 12)  # what an older version leaves
-    result = subprocess.run([sys.executable, "-m", "ledger.cli", "api"], capture_output=True, text=True, timeout=30,
-                            env={"PATH": "/usr/bin:/bin", "LEDGER_REDIS_URL": redis_server.url,
+    result = subprocess.run([sys.executable, "-m", "call_ledger.cli", "api"], capture_output=True, text=True,
+                            timeout=30, env={"PATH": "/usr/bin:/bin", "LEDGER_REDIS_URL": redis_server.url,
                                  "LEDGER_PORT": "0", "LEDGER_LOG_FORMAT": "json"},
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 2, result.stderr

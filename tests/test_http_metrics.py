@@ -7,11 +7,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledger.app import create_app
-from ledger.errors import StoreUnavailable
-from ledger.serving import make_runner
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.errors import StoreUnavailable
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
+from call_ledger.web.serving import make_runner
 from tests.conftest import AUTH, free_port, make_settings, post_platform, sign_platform
 
 STATUS = {"type": "call.status", "call_sid": "CA1", "occurred_at": "2026-11-24T10:00:00Z",

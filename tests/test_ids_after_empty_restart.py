@@ -4,12 +4,12 @@ the restart (a reserve across batches once did: two calls, one id)."""
 
 import asyncio
 
-from ledger.errors import StoreUnavailable
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.core.errors import StoreUnavailable
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings
 from tests.workers import nth_record_id, record_ids, usage
-from worker.consumer import Consumer
 
 
 async def _apply(store: Store, consumer: Consumer, sids: list[str]) -> dict[str, int]:

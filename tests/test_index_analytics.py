@@ -16,15 +16,15 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from api import aggregates
-from api.aggregates import period_days, period_units
-from ledger.app import create_app
-from ledger.events import STATUSES, TERMINAL_STATUSES, CallEvent, Cost
-from ledger.index_store import IndexStore
-from ledger.indexes import day_of
-from ledger.money import format_nano
-from ledger.rules import record_json, render_record
-from ledger.store import Store
+from call_ledger.api import aggregates
+from call_ledger.api.aggregates import period_days, period_units
+from call_ledger.app import create_app
+from call_ledger.core.events import STATUSES, TERMINAL_STATUSES, CallEvent, Cost
+from call_ledger.core.indexes import day_of
+from call_ledger.core.money import format_nano
+from call_ledger.core.rules import record_json, render_record
+from call_ledger.store.indexes import IndexStore
+from call_ledger.store.records import Store
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, ORG7, TOKENS, auth, event, load
 from tests.workers import fold

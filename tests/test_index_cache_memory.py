@@ -5,8 +5,8 @@ call, sized by its strings, and shapes with long assistant names are not cached.
 import gc
 import tracemalloc
 
-from ledger.indexes import IndexEntry
-from worker.apply import IndexedEntries
+from call_ledger.core.indexes import IndexEntry
+from call_ledger.worker.apply import IndexedEntries
 
 
 def test_the_index_cache_stays_within_its_bytes() -> None:

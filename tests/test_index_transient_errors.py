@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from redis.exceptions import OutOfMemoryError
 
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings
 from tests.test_indexes import dump_indexes
 from tests.workers import make_event
-from worker.consumer import Consumer
 
 
 async def test_an_index_update_refused_for_memory_is_not_acknowledged(redis_server: RedisServer) -> None:

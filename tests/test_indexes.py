@@ -13,22 +13,22 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ledger.app import create_app
-from ledger.errors import Unapplicable
-from ledger.events import STATUSES as ALL_STATUSES
-from ledger.events import TERMINAL_STATUSES, CallEvent, Cost
-from ledger.index_store import IndexStore, IndexWrite
-from ledger.indexes import IndexBasis, IndexEntry, _delta_by_field, entry_delta, index_entry, shard_of
-from ledger.metrics import Metrics
-from ledger.record_ids import counter_of
-from ledger.rules import CallState, apply_event, fix_estimate, record_json, render_record
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.errors import Unapplicable
+from call_ledger.core.events import STATUSES as ALL_STATUSES
+from call_ledger.core.events import TERMINAL_STATUSES, CallEvent, Cost
+from call_ledger.core.indexes import IndexBasis, IndexEntry, _delta_by_field, entry_delta, index_entry, shard_of
+from call_ledger.core.record_ids import counter_of
+from call_ledger.core.rules import CallState, apply_event, fix_estimate, record_json, render_record
+from call_ledger.settings import Settings
+from call_ledger.store.indexes import IndexStore, IndexWrite
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests import indexes_reference as reference
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, BASE_US, TOKENS, auth, call, event, load
 from tests.workers import fold
-from worker.consumer import Consumer
 
 STATUSES = ("ringing", "ongoing", "completed", "failed", "busy", "canceled")
 
@@ -190,7 +190,7 @@ def test_entries_spread_over_every_shard() -> None:
 
 async def test_reindex_builds_the_indexes_of_records_written_before_them(
         store: Store, settings: Settings) -> None:
-    from ledger.reindex import reindex
+    from call_ledger.store.reindex import reindex
 
     events = call("CA-legacy-1", BASE_US, org=7, assistant=1, cost=5) + call("CA-legacy-2", BASE_US + 1)
     events.append(event("CA-legacy-3", "meta-only", BASE_US + 7, assistant_id=2))
@@ -210,7 +210,7 @@ async def test_reindex_builds_the_indexes_of_records_written_before_them(
 async def test_the_shard_merge_is_the_same_whatever_the_read_sizes(store: Store, settings: Settings) -> None:
     from contextlib import aclosing
 
-    from ledger.indexes import list_key
+    from call_ledger.core.indexes import list_key
 
     events: list[CallEvent] = []
     for i in range(60):  # ties on the same microsecond too
@@ -235,8 +235,8 @@ async def test_the_shard_merge_is_the_same_whatever_the_read_sizes(store: Store,
 @pytest.mark.parametrize("at", ["0001-01-01T00:00:00Z", "0999-06-01T12:00:00Z", "9999-12-31T23:59:59Z"])
 def test_calls_at_the_edges_of_the_calendar_get_day_and_week_buckets(at: str) -> None:
     """strftime("%Y") writes year 1 as "1": a bucket name must stay YYYY-MM-DD (found by the fuzzer)."""
-    from ledger.indexes import day_of, week_of
-    from ledger.instants import parse_iso
+    from call_ledger.core.indexes import day_of, week_of
+    from call_ledger.core.instants import parse_iso
 
     day = day_of(parse_iso(at).us)
     assert day == at[:10]

@@ -11,16 +11,16 @@ from typing import Any
 import orjson
 import pytest
 
-from ledger.errors import LayoutMismatch
-from ledger.events import CallEvent
-from ledger.instants import format_us
-from ledger.metrics import Metrics
-from ledger.rules import CallState, render_record
-from ledger.store import Store
+from call_ledger.core.errors import LayoutMismatch
+from call_ledger.core.events import CallEvent
+from call_ledger.core.instants import format_us
+from call_ledger.core.rules import CallState, render_record
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.apply import KnownCalls
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, make_settings, post_platform
 from tests.workers import BASE, make_event, usage
-from worker.apply import KnownCalls
-from worker.consumer import Consumer
 
 TWILIO_SID = "CA0123456789abcdef0123456789abcdef"
 
@@ -176,7 +176,7 @@ async def test_events_of_an_unknown_call_are_404(client: Any) -> None:
 
 
 def test_worker_cache_is_bounded_in_bytes_not_entries() -> None:
-    from ledger.rules import apply_event
+    from call_ledger.core.rules import apply_event
 
     cache = KnownCalls(capacity_bytes=100_000)
     big = CallState()
@@ -202,7 +202,7 @@ def test_worker_cache_is_bounded_in_bytes_not_entries() -> None:
 
 def test_the_worker_cache_hands_out_the_decoded_state_it_was_given() -> None:
     """A cached call is planned from its state as committed, with no decoding: the same object."""
-    from ledger.rules import apply_event
+    from call_ledger.core.rules import apply_event
 
     state = CallState()
     apply_event(state, make_event("CA-s", "m1", 0, assistant_name="Bot"), make_settings())
@@ -233,7 +233,7 @@ async def test_a_fresh_store_is_marked_with_the_layout(fake_redis: Any, consumer
 
 
 def test_state_round_trips_through_its_fields() -> None:
-    from ledger.rules import apply_event
+    from call_ledger.core.rules import apply_event
 
     settings = make_settings()
     state = CallState()
@@ -249,7 +249,7 @@ def test_the_worker_cache_counts_what_it_really_holds() -> None:
     import gc
     import tracemalloc
 
-    from ledger.rules import apply_event
+    from call_ledger.core.rules import apply_event
 
     settings = make_settings()
     cache = KnownCalls(capacity_bytes=10**9)
@@ -277,7 +277,7 @@ def test_the_worker_cache_counts_what_it_really_holds() -> None:
 @pytest.mark.parametrize("text", ["1_0", "\u0661", "\uff13", "\u00a06", " 2 ", "2\n", "0x10", "1e", ".", "--1"])
 def test_amounts_are_plain_decimal_text_or_malformed(text: str) -> None:
     """Decimal() reads "1_0" as 10 and other scripts' digits as digits; an amount must be decimal text."""
-    from ledger.money import parse_amount
+    from call_ledger.core.money import parse_amount
 
     with pytest.raises(ValueError, match="not a decimal number"):
         parse_amount(text)
@@ -287,7 +287,7 @@ def test_amounts_are_plain_decimal_text_or_malformed(text: str) -> None:
 def test_plain_decimal_text_is_an_amount(text: str) -> None:
     from decimal import Decimal
 
-    from ledger.money import NANO, parse_amount
+    from call_ledger.core.money import NANO, parse_amount
 
     assert parse_amount(text) == int(abs(Decimal(text)) * NANO)
 
@@ -312,7 +312,7 @@ async def test_a_call_meta_key_that_is_not_unicode_is_422(client: Any, store: St
 
 
 def test_years_before_1000_keep_four_digits() -> None:
-    from ledger.instants import format_us, parse_iso
+    from call_ledger.core.instants import format_us, parse_iso
 
     assert parse_iso("0001-01-01T00:00:00Z").text == "0001-01-01T00:00:00Z"
     assert format_us(parse_iso("0999-12-31T23:59:59.5Z").us) == "0999-12-31T23:59:59.500000Z"

@@ -11,15 +11,16 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-import ledger.journal as journal
-import ledger.store as store_module
-from api.views import encode_cursor
-from ledger.events import COMPONENTS, STATUSES, CallEvent, Cost, PriceRef
-from ledger.instants import text_at
-from ledger.journal import compact, restore
-from ledger.metrics import Metrics
-from ledger.store import CommitWrite
-from ledger.stream_store import _text
+import call_ledger.core.journal as journal
+import call_ledger.store.records as store_module
+from call_ledger.api.views import encode_cursor
+from call_ledger.core.events import COMPONENTS, STATUSES, CallEvent, Cost, PriceRef
+from call_ledger.core.instants import text_at
+from call_ledger.core.journal import compact, restore
+from call_ledger.store.records import CommitWrite
+from call_ledger.store.streams import _text
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests import journal_reference as reference
 from tests.conftest import AUTH, make_settings
 from tests.test_providers_end_to_end import (  # noqa: F401 (start_ledger is a fixture)
@@ -34,7 +35,6 @@ from tests.test_providers_end_to_end import (  # noqa: F401 (start_ledger is a f
     twilio_call,
     vonage_call,
 )
-from worker.consumer import Consumer
 
 # -- the codec alone ---------------------------------------------------------------------------------------
 
@@ -138,7 +138,7 @@ def test_a_priced_usage_event_keeps_its_price_entry_exactly() -> None:
 
 
 # -- the codec against the version it replaced ------------------------------------------------------------
-# compact's shortcuts (ledger.journal) must write exactly the bytes the previous codec wrote, kept verbatim
+# compact's shortcuts (call_ledger.core.journal) must write exactly the bytes the previous codec wrote, kept verbatim
 # in tests/journal_reference.py, for any input: what is stored reads back the same across versions.
 
 SURROGATE = st.sampled_from(["\ud800", "\udfff", "\udc80"])
@@ -264,7 +264,7 @@ def test_hostile_bytes_compact_to_the_reference_bytes(case: tuple[bytes, str, st
 
 
 def test_the_names_are_such_that_replacing_them_is_splitting_on_them() -> None:
-    """ledger.journal replaces names where it splits on them only when no `,"` or `,{` is left: exact as
+    """call_ledger.core.journal replaces names where it splits on them only when no `,"` or `,{` is left: exact as
     long as no name holds another, two share at most a byte at an end, and each holds one of the two
     apart from the bytes it can share (a name added to the journal's must keep this)."""
     tokens = journal._TOKENS
@@ -454,7 +454,7 @@ async def test_entries_the_previous_version_wrote_whole_still_serve_events_costs
 
 
 def old_pages(events: list[tuple[str, bytes]], limit: int, budget: int) -> list[tuple[list[bytes], str | None]]:
-    """How the previous version paged (ledger/events_page.lua on whole JSON): at most `limit`, and
+    """How the previous version paged (call_ledger/store/lua/events_page.lua on whole JSON): at most `limit`, and
     ending after the event whose JSON reaches `budget` bytes when another follows."""
     pages, start = [], 0
     while True:
@@ -496,7 +496,7 @@ async def test_pages_end_where_the_events_json_reaches_the_byte_budget_as_before
 
 async def test_instants_far_from_now_restore_exactly_through_a_real_redis_score(redis_server: Any) -> None:
     """The score is a double: occurred_us comes back from a real server's reply text exactly."""
-    from ledger.store import Store, open_redis
+    from call_ledger.store.records import Store, open_redis
 
     settings = make_settings(redis_url=redis_server.url)
     store = Store(open_redis(settings), settings.key_prefix)

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.logs import configure_logging
-from ledger.redact import Redactor, mask_digit_runs, mask_phone
+from call_ledger.web.logs import configure_logging
+from call_ledger.web.redact import Redactor, mask_digit_runs, mask_phone
 from tests.conftest import API_TOKEN, PLATFORM_SECRET, free_port, sign_platform
 from tests.test_service_process import _OUTPUTS, start_service, stop
 
@@ -157,7 +157,7 @@ def test_library_lines_keep_only_a_safe_event_name(capsys: Any) -> None:
                                             auth=f"Bearer {API_TOKEN}", token=TWILIO_TOKEN)
         out = capsys.readouterr().out
     finally:
-        # Back to a console chain, in the list every module's logger holds (ledger.logs): not
+        # Back to a console chain, in the list every module's logger holds (call_ledger.web.logs): not
         # structlog.reset_defaults(), whose new list the loggers bound already would not see.
         configure_logging("console", "info")
     lines = [json.loads(line) for line in out.splitlines()]
@@ -223,7 +223,7 @@ class _Lines:
 
 @pytest.mark.parametrize("value", HOSTILE_VALUES)
 def test_a_per_event_line_stays_one_json_line_whatever_the_ids(value: str) -> None:
-    from ledger.logs import EventLines, UtcStamper
+    from call_ledger.web.logs import EventLines, UtcStamper
 
     sink = _Lines()
     lines = EventLines((), UtcStamper(), Redactor(["whsec_0123456789abcdef"]), sink)  # type: ignore[arg-type]

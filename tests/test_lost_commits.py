@@ -5,12 +5,12 @@ another worker reached by another history is a conflict (the commit token)."""
 
 import asyncio
 
-from ledger.errors import StoreUnavailable
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.core.errors import StoreUnavailable
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings
 from tests.workers import usage
-from worker.consumer import Consumer
 
 
 async def _append(store: Store, raw: bytes, sid: str) -> None:

@@ -8,11 +8,11 @@ import random
 import pytest
 import redis.asyncio as aioredis
 
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings
 from tests.workers import assert_records_exact, call_events, with_duplicates
-from worker.consumer import Consumer
 
 
 async def _race(url: str, seed: int, journal: str, cache: int) -> None:

@@ -1,7 +1,7 @@
 """Redis going away under real `call-ledger` processes, and what survives it.
 
 Every test here runs real processes: its own redis-server (or valkey-server) on a free port
-in a temp dir, and `python -m ledger.cli worker | api` subprocesses talking to it; webhooks
+in a temp dir, and `python -m call_ledger.cli worker | api` subprocesses talking to it; webhooks
 are signed Standard Webhooks posts from the test.
 
 - An outage while webhooks arrive: every answer is 200 or 503, the processes stay up, the
@@ -74,7 +74,7 @@ class Server(RedisServer):
 
 
 class Service:
-    """One `python -m ledger.cli <role>` process on a free port; its logs go to files in `log_dir`."""
+    """One `python -m call_ledger.cli <role>` process on a free port; its logs go to files in `log_dir`."""
 
     def __init__(self, role: str, redis_url: str, log_dir: Path, **env: str) -> None:
         self.role = role
@@ -88,7 +88,7 @@ class Service:
         self.stdout = log_dir / f"{role}-{self.port}.out"
         self.stderr = log_dir / f"{role}-{self.port}.err"
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", role], env=environment, cwd=ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "call_ledger.cli", role], env=environment, cwd=ROOT,
                                          stdout=out, stderr=err)
 
     def url(self, path: str) -> str:
@@ -572,7 +572,7 @@ async def test_durable_ack_aof_refuses_to_start_on_valkey_that_never_fsyncs(
         servers: Any, services: Any, valkey_binary: str) -> None:
     """`appendfsync no`: Redis never fsyncs itself, so WAITAOF never confirms a write and every webhook
     would be a 503 after LEDGER_DURABLE_ACK_TIMEOUT_MS. A Redis that cannot confirm AOF writes must stop
-    start-up (ledger/web.py), with one line naming the setting."""
+    start-up (call_ledger/web/base.py), with one line naming the setting."""
     server = servers("valkey", binary=valkey_binary, appendonly=True, appendfsync="no")
     worker = services("worker", server, wait=False, LEDGER_DURABLE_ACK="aof")
     code = worker.wait_exit_or_start()

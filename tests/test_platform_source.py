@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from call_ledger.core.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.platform import PlatformSource
 from tests.conftest import PLATFORM_SECRET, make_settings, sign_platform
-from worker.sources.base import WebhookRequest
-from worker.sources.platform import PlatformSource
 
 SOURCE = PlatformSource.from_settings(make_settings())
 assert SOURCE is not None

@@ -13,16 +13,16 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ledger.errors import Refused, Unapplicable
-from ledger.events import CallEvent, Cost, UsageLine
-from ledger.indexes import RECORD_FIELDS
-from ledger.instants import format_us, parse_iso
-from ledger.money import NANO
-from ledger.pricing import PriceTable, PricingError, format_table, load_file, parse_document, price_event
-from ledger.rules import CallState, apply_event, render_record
-from ledger.store import Entry, LoadedCall
+from call_ledger.core.errors import Refused, Unapplicable
+from call_ledger.core.events import CallEvent, Cost, UsageLine
+from call_ledger.core.indexes import RECORD_FIELDS
+from call_ledger.core.instants import format_us, parse_iso
+from call_ledger.core.money import NANO
+from call_ledger.core.pricing import PriceTable, PricingError, format_table, load_file, parse_document, price_event
+from call_ledger.core.rules import CallState, apply_event, render_record
+from call_ledger.store.records import Entry, LoadedCall
+from call_ledger.worker.apply import plan_call, wanted_meta
 from tests.conftest import make_settings
-from worker.apply import plan_call, wanted_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 SID = "CA00000000000000000000000000000002"

@@ -10,15 +10,15 @@ import orjson
 import pytest
 import yaml
 
-from ledger.errors import InvalidEvent
-from ledger.events import CallEvent, UsageLine
-from ledger.metrics import Metrics
-from ledger.rules import render_record
-from ledger.store import Store
+from call_ledger.core.errors import InvalidEvent
+from call_ledger.core.events import CallEvent, UsageLine
+from call_ledger.core.rules import render_record
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, RedisServer, make_settings, post_platform
 from tests.test_cli_dlq import run_cli
 from tests.test_platform_source import SOURCE, request
-from worker.consumer import Consumer
 
 ROOT = Path(__file__).resolve().parent.parent
 SID = "CA0123456789abcdef0123456789abc0de"
@@ -114,7 +114,7 @@ async def test_http_422_for_bad_usage_and_nothing_stored(client: Any, store: Sto
 
 async def test_usage_is_priced_at_apply_time_and_shown_in_events(
         aiohttp_client: Any, store: Store, tmp_path: Path) -> None:
-    from ledger.app import create_app
+    from call_ledger.app import create_app
 
     settings = make_settings(pricing_file=write_prices(tmp_path / "p.yaml", price("0.15"),
                                                        price("0.6", "output_tokens")))

@@ -21,16 +21,16 @@ import fakeredis
 import pytest
 from yarl import URL
 
-from ledger.app import create_app
-from ledger.metrics import Metrics
-from ledger.record_ids import counter_of
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.record_ids import counter_of
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, make_settings, post_platform
 from tests.sources import payloads_plivo as pl
 from tests.sources import payloads_telnyx as tx
 from tests.sources import payloads_twilio as tw
 from tests.sources import payloads_vonage as vn
-from worker.consumer import Consumer
 
 # One request a provider (or the platform) sends: given the test client, it posts and returns the response.
 Send = Callable[[Any], Awaitable[Any]]

@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ledger.errors import StoreUnavailable
-from ledger.events import CallEvent
-from ledger.metrics import Metrics
-from ledger.rules import render_record
-from ledger.settings import Settings
-from ledger.store import GROUP, CommitWrite, Store, open_redis
+from call_ledger.core.errors import StoreUnavailable
+from call_ledger.core.events import CallEvent
+from call_ledger.core.rules import render_record
+from call_ledger.settings import Settings
+from call_ledger.store.records import GROUP, CommitWrite, Store, open_redis
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import PLATFORM_SECRET, Guarantees, RedisServer, free_port, make_settings
 from tests.workers import (
     assert_records_exact,
@@ -30,7 +31,6 @@ from tests.workers import (
     usage,
     with_duplicates,
 )
-from worker.consumer import Consumer
 
 pytestmark = pytest.mark.real_redis
 
@@ -240,7 +240,7 @@ async def test_a_survivor_finishes_exactly_what_a_sigkilled_worker_process_left(
     env = child_env(LEDGER_REDIS_URL=ledger.server.url, LEDGER_HOST="127.0.0.1", LEDGER_PORT=str(free_port()),
                     LEDGER_PLATFORM_WEBHOOK_SECRET=PLATFORM_SECRET, LEDGER_CONSUMER_NAME="victim",
                     LEDGER_BATCH_SIZE="500", LEDGER_LOG_FORMAT="json")
-    victim = subprocess.Popen([sys.executable, "-m", "ledger.cli", "worker"], cwd=ROOT, env=env,
+    victim = subprocess.Popen([sys.executable, "-m", "call_ledger.cli", "worker"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         # Kill it in the middle of its work: some batches acknowledged, one in hand.

@@ -1,6 +1,6 @@
 """Record ids stay unique when the id counter goes backwards (SPEC §12): replication is
 asynchronous, so a replica promoted after its master died can hold an older `cl:ids` than
-the ids the master handed out. The allocator (ledger/ids.lua) jumps forward whenever the
+the ids the master handed out. The allocator (call_ledger/store/lua/ids.lua) jumps forward whenever the
 counter was last advanced on another node or history; these tests make the counter go
 backwards, on one server (as a promoted replica would find it) and on a real cluster
 (a replica that missed the last increments, then promoted), and check every id is new."""
@@ -18,14 +18,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from ledger.app import create_app
-from ledger.metrics import Metrics
-from ledger.record_ids import counter_of
-from ledger.store import ID_JUMP, Store
+from call_ledger.app import create_app
+from call_ledger.core.record_ids import counter_of
+from call_ledger.store.records import ID_JUMP, Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.cluster import Cluster, replicated_cluster
 from tests.conftest import AUTH, RedisServer, make_settings
 from tests.workers import record_ids, usage
-from worker.consumer import Consumer
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
 
 
 async def counters(store: Store, ids: Any) -> list[int]:
-    """The counter values these opaque ids were made from (ledger.record_ids), in the ids' order."""
+    """The counter values these opaque ids were made from (call_ledger.core.record_ids), in the ids' order."""
     key = await store.redis.get(store.ids_key)
     return [counter_of(key, record_id) for record_id in ids]
 

@@ -1,4 +1,4 @@
-"""ledger/record_ids.py: record ids reveal nothing of other tenants' calls (SPEC §14), and stay
+"""call_ledger/core/record_ids.py: record ids reveal nothing of other tenants' calls (SPEC §14), and stay
 unique, below 2^53 and apart from the sequential ids of earlier versions."""
 
 import itertools
@@ -7,12 +7,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.metrics import Metrics
-from ledger.record_ids import OPAQUE_BASE, counter_of, opaque_id
-from ledger.store import Store
+from call_ledger.core.record_ids import OPAQUE_BASE, counter_of, opaque_id
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
 from tests.workers import make_event, record_ids
-from worker.consumer import Consumer
 
 KEY = bytes(range(32))
 

@@ -15,8 +15,8 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from ledger.logs import secret_values
-from ledger.settings import redis_options
+from call_ledger.settings import redis_options
+from call_ledger.web.logs import secret_values
 from tests.cluster import Cluster
 from tests.conftest import RedisServer, TlsFiles, _require_redis, free_port, make_settings, make_tls_files
 from tests.test_service_process import get_record, post, start_service, stop
@@ -54,7 +54,7 @@ def cli(*args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float
     environment = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     environment.update({"LEDGER_PORT": str(free_port()), "LEDGER_LOG_FORMAT": "json", **env})
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "ledger.cli", *args], cwd=ROOT, env=environment,
+    result = subprocess.run([sys.executable, "-m", "call_ledger.cli", *args], cwd=ROOT, env=environment,
                             capture_output=True, text=True, timeout=60)
     return result, time.monotonic() - started
 

@@ -1,4 +1,4 @@
-"""Commands packed by hiredis (ledger/redis_wire.py) are the bytes redis-py's own packer writes."""
+"""Commands packed by hiredis (call_ledger/store/wire.py) are the bytes redis-py's own packer writes."""
 
 from typing import Any
 
@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 
-from ledger.redis_wire import FastConnection, pack_command
+from call_ledger.store.wire import FastConnection, pack_command
 
 ARGS = st.lists(st.one_of(
     st.text(), st.binary(), st.integers(-2**70, 2**70),
@@ -35,7 +35,7 @@ def test_memoryviews_are_packed_as_their_bytes() -> None:
 
 
 def test_the_services_client_uses_it() -> None:
-    from ledger.store import open_redis
+    from call_ledger.store.records import open_redis
     from tests.conftest import make_settings
 
     client = open_redis(make_settings(redis_url="redis://127.0.0.1:1/0"))

@@ -28,17 +28,17 @@ from redis.exceptions import ResponseError
 from twilio.request_validator import RequestValidator
 from yarl import URL
 
-from ledger.app import create_app
-from ledger.errors import StoreUnavailable
-from ledger.replay import SignatureUse, params_digest, signature_identity
-from ledger.settings import Settings
-from ledger.signature_ledger import SignatureLedger
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.errors import StoreUnavailable
+from call_ledger.core.replay import SignatureUse, params_digest, signature_identity
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
+from call_ledger.store.signatures import SignatureLedger
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, free_port, make_settings
 from tests.sources import payloads_plivo as pl
 from tests.sources import payloads_twilio as tw
 from tests.sources import payloads_vonage as vn
-from worker.consumer import Consumer
 
 PUBLIC_URL = tw.PUBLIC_URL
 assert pl.PUBLIC_URL == PUBLIC_URL
@@ -343,7 +343,7 @@ def test_start_up_without_public_url_stops_with_one_line_and_exit_2(variable: st
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update({variable: "tok", "LEDGER_PORT": str(free_port()), "PYTHONPATH": str(ROOT)})
     try:
-        done = subprocess.run([sys.executable, "-m", "ledger.cli", "worker"], env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "call_ledger.cli", "worker"], env=env, capture_output=True,
                               text=True, timeout=60, cwd=tmp_path)
     except subprocess.TimeoutExpired:  # it started serving: the requirement is not enforced
         pytest.fail("the worker started without LEDGER_PUBLIC_URL")
@@ -453,8 +453,8 @@ async def test_a_request_failing_at_parse_still_claims_its_signature(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Parsed before its claim now (the claim goes with the XADD), a request refused at parse, or
     failing there in any way, claims its signature all the same: a re-split of it is refused later."""
-    from ledger.errors import InvalidEvent
-    from worker import intake
+    from call_ledger.core.errors import InvalidEvent
+    from call_ledger.worker import intake
 
     path, _, params, _, _ = PROVIDERS[provider]
     headers = sign(provider, params)

@@ -8,15 +8,15 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from ledger.errors import Refused, Unapplicable
-from ledger.events import CallEvent, Cost
-from ledger.indexes import RECORD_FIELDS
-from ledger.instants import parse_iso
-from ledger.money import NANO, parse_amount
-from ledger.rules import CallState, apply_event, record_json, render_record
-from ledger.store import Entry, LoadedCall
+from call_ledger.core.errors import Refused, Unapplicable
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.core.indexes import RECORD_FIELDS
+from call_ledger.core.instants import parse_iso
+from call_ledger.core.money import NANO, parse_amount
+from call_ledger.core.rules import CallState, apply_event, record_json, render_record
+from call_ledger.store.records import Entry, LoadedCall
+from call_ledger.worker.apply import plan_call, wanted_meta
 from tests.conftest import make_settings
-from worker.apply import plan_call, wanted_meta
 
 SID = "CA00000000000000000000000000000001"
 SETTINGS = make_settings()

@@ -1,4 +1,4 @@
-"""Process tuning every service role gets at start (ledger/runtime.py)."""
+"""Process tuning every service role gets at start (call_ledger/runtime.py)."""
 
 import gc
 from collections.abc import Iterator
@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from ledger import cli, serving
-from ledger.runtime import GC_THRESHOLDS
+from call_ledger import cli
+from call_ledger.runtime import GC_THRESHOLDS
+from call_ledger.web import serving
 from tests.conftest import make_settings
 
 

@@ -11,22 +11,22 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from ledger.app import create_app
-from ledger.events import CallEvent
-from ledger.metrics import Metrics
-from ledger.rules import record_json, render_record
-from ledger.served import RECORD_FIELD, served_record
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.events import CallEvent
+from call_ledger.core.rules import record_json, render_record
+from call_ledger.core.served import RECORD_FIELD, served_record
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, make_settings
 from tests.workers import BASE, make_event, usage
-from worker.consumer import Consumer
 
 SID = "CA00000000000000000000000000000001"
 
 
 def twilio(event_id: str, offset_s: int, **fields: Any) -> CallEvent:
     us = BASE.us + offset_s * 1_000_000
-    from ledger.instants import format_us
+    from call_ledger.core.instants import format_us
     return CallEvent(source="twilio", event_id=event_id, call_sid=SID, type="call.status",
                      occurred_at=format_us(us), occurred_us=us, **fields)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from ledger.events import CallEvent
+from call_ledger.core.events import CallEvent
 from tests.conftest import API_TOKEN, PLATFORM_SECRET, RedisServer, free_port, sign_platform
 
 
@@ -29,7 +29,7 @@ def start_service(role: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
     environment.pop("LEDGER_REDIS_URL", None) if "LEDGER_REDIS_URL" not in env else None
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", role], env=environment, stdout=out, stderr=err)
+    proc = subprocess.Popen([sys.executable, "-m", "call_ledger.cli", role], env=environment, stdout=out, stderr=err)
     _OUTPUTS[proc.pid] = (out, err)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -106,7 +106,7 @@ def test_serve_logs_json_lines_without_secrets_and_exits_zero_on_sigterm() -> No
 
 
 def test_invalid_configuration_stops_start_up_with_one_line() -> None:
-    result = subprocess.run([sys.executable, "-m", "ledger.cli", "serve"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "call_ledger.cli", "serve"], capture_output=True, text=True,
                             env={**os.environ, "LEDGER_FX_RATES": "EUR:1.08"}, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -115,7 +115,7 @@ def test_invalid_configuration_stops_start_up_with_one_line() -> None:
 
 
 def test_secret_values_never_appear_in_configuration_errors() -> None:
-    result = subprocess.run([sys.executable, "-m", "ledger.cli", "serve"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "call_ledger.cli", "serve"], capture_output=True, text=True,
                             env={**os.environ, "LEDGER_PLATFORM_WEBHOOK_SECRET": "not-a-whsec-super-secret"},
                             timeout=30)
     assert result.returncode == 2

@@ -21,12 +21,16 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from ledger import signature_ledger
-from ledger.app import create_app
-from ledger.errors import InvalidEvent, LedgerError, StoreUnavailable
-from ledger.replay import SignatureUse
-from ledger.signature_ledger import SignatureLedger
-from ledger.store import Store
+from call_ledger.app import create_app
+from call_ledger.core.errors import InvalidEvent, LedgerError, StoreUnavailable
+from call_ledger.core.replay import SignatureUse
+from call_ledger.store import signatures as signature_ledger
+from call_ledger.store.records import Store
+from call_ledger.store.signatures import SignatureLedger
+from call_ledger.worker import intake
+from call_ledger.worker.consumer import Consumer
+from call_ledger.worker.sources import WebhookRequest
+from call_ledger.worker.sources.twilio import TwilioSource
 from tests.conftest import RedisServer, make_settings
 from tests.sources import payloads_plivo as pl
 from tests.sources import payloads_twilio as tw
@@ -40,10 +44,6 @@ from tests.test_replay_resplit import (  # noqa: F401
     sign,
 )
 from tests.test_service_process import start_service, stop
-from worker import intake
-from worker.consumer import Consumer
-from worker.sources import WebhookRequest
-from worker.sources.twilio import TwilioSource
 
 
 def parsing_resplit(client: Any, provider: str, params: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -10,12 +10,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from ledger.metrics import Metrics
-from ledger.shards import SLOTS, all_shards, shard_index, shard_of_stream
-from ledger.store import Store
+from call_ledger.store.records import Store
+from call_ledger.store.shards import SLOTS, all_shards, shard_index, shard_of_stream
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings
 from tests.workers import assert_records_exact, call_events, usage
-from worker.consumer import Consumer
 
 
 def test_a_calls_shard_is_stable_and_calls_spread_evenly() -> None:

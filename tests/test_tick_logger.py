@@ -1,11 +1,11 @@
-"""Log lines are written once per event-loop turn (ledger.logs.TickLogger), in order, none lost."""
+"""Log lines are written once per event-loop turn (call_ledger.web.logs.TickLogger), in order, none lost."""
 
 import asyncio
 import io
 
 import pytest
 
-from ledger.logs import TickLogger
+from call_ledger.web.logs import TickLogger
 
 
 class CountingFile(io.StringIO):
@@ -58,7 +58,7 @@ def test_the_timestamp_is_structlogs_iso_utc_text(monkeypatch: pytest.MonkeyPatc
     """Formatted once per second, but the same text structlog's TimeStamper(fmt="iso", utc=True) writes."""
     from datetime import UTC, datetime
 
-    from ledger import logs
+    from call_ledger.web import logs
 
     stamper = logs.UtcStamper()
     monkeypatch.setattr(logs.time, "time_ns", lambda: ns)

@@ -3,14 +3,14 @@ and that it never makes a record wrong. Outcomes are the records in Redis and th
 
 from typing import Any
 
-from ledger.events import CallEvent
-from ledger.metrics import Metrics
-from ledger.rules import render_record
-from ledger.store import Entry, Store
+from call_ledger.core.events import CallEvent
+from call_ledger.core.rules import render_record
+from call_ledger.store.records import Entry, Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.apply import KNOWN_EVENTS, NewCallGuess
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
 from tests.workers import make_event, usage
-from worker.apply import KNOWN_EVENTS, NewCallGuess
-from worker.consumer import Consumer
 
 
 async def append(store: Store, *events: CallEvent) -> None:

@@ -4,12 +4,12 @@ cached call hold megabytes the cache counted as ~2 KB."""
 
 import sys
 
-from ledger.events import CallEvent
-from ledger.metrics import Metrics
-from ledger.store import Store
+from call_ledger.core.events import CallEvent
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
 from tests.workers import make_event
-from worker.consumer import Consumer
 
 
 def deep_size(value: object) -> int:

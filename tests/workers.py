@@ -16,13 +16,13 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from ledger.events import COMPONENTS, TERMINAL_STATUSES, CallEvent, Cost
-from ledger.instants import format_us, parse_iso
-from ledger.money import convert
-from ledger.record_ids import opaque_id
-from ledger.rules import CallState, apply_event, render_record
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.core.events import COMPONENTS, TERMINAL_STATUSES, CallEvent, Cost
+from call_ledger.core.instants import format_us, parse_iso
+from call_ledger.core.money import convert
+from call_ledger.core.record_ids import opaque_id
+from call_ledger.core.rules import CallState, apply_event, render_record
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
 
 BASE = parse_iso("2026-11-24T10:00:00Z")
 
@@ -158,7 +158,7 @@ class FailingRead:
 
 
 async def nth_record_id(store: Store, n: int = 1) -> int:
-    """The record id the store's n-th allocation gave (ids are opaque: ledger.record_ids)."""
+    """The record id the store's n-th allocation gave (ids are opaque: call_ledger.core.record_ids)."""
     key = await store.redis.get(store.ids_key)
     assert key is not None, "no id was allocated yet"
     return opaque_id(key, n)
@@ -207,7 +207,7 @@ async def assert_records_exact(store: Store, events: list[CallEvent], settings: 
 async def _doomed(url: str, count: int) -> None:
     import redis.asyncio as aioredis
 
-    from ledger.store import Store
+    from call_ledger.store.records import Store
 
     store = Store(aioredis.Redis.from_url(url))
     await store.ensure_group()
@@ -234,10 +234,10 @@ async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates:
     import os
     import signal
 
-    from ledger.logs import configure_logging
-    from ledger.metrics import Metrics
-    from ledger.store import Store
-    from worker.consumer import Consumer
+    from call_ledger.store.records import Store
+    from call_ledger.web.logs import configure_logging
+    from call_ledger.web.metrics import Metrics
+    from call_ledger.worker.consumer import Consumer
 
     configure_logging("json", "info")
     settings = Settings(redis_url=url, consumer_name="crasher", batch_size=batch_size, fx_rates=fx_rates,

@@ -4,8 +4,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ledger.web import METRICS, SETTINGS, STORE
-from worker.consumer import Consumer
+from call_ledger.web.base import METRICS, SETTINGS, STORE
+from call_ledger.worker.consumer import Consumer
 
 CONSUMER = web.AppKey("consumer", Consumer)
 

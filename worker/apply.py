@@ -11,13 +11,13 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from ledger.errors import Refused, Unapplicable
-from ledger.events import CallEvent
-from ledger.indexes import IndexBasis, IndexEntry
-from ledger.pricing import price_event
-from ledger.rules import META_FIELD, CallState, apply_event, ledger_costs
-from ledger.settings import Settings
-from ledger.store import Entry, LoadedCall
+from call_ledger.core.errors import Refused, Unapplicable
+from call_ledger.core.events import CallEvent
+from call_ledger.core.indexes import IndexBasis, IndexEntry
+from call_ledger.core.pricing import price_event
+from call_ledger.core.rules import META_FIELD, CallState, apply_event, ledger_costs
+from call_ledger.settings import Settings
+from call_ledger.store.records import Entry, LoadedCall
 
 
 class CallPlan:
@@ -164,7 +164,7 @@ class KnownCall:
     state: CallState  # every register, and the call_meta keys of `meta_fields`
     meta_fields: frozenset[str]  # the m: fields it was loaded or written with (set or not)
     applied: tuple[str, ...]  # journal keys of its latest events, oldest first (KNOWN_EVENTS at most)
-    token: str  # the token of the commit that made `version` (ledger/commit.lua)
+    token: str  # the token of the commit that made `version` (call_ledger/store/lua/commit.lua)
 
 
 # Journal keys a cached call keeps of its latest events: a provider's retry of one of them is
@@ -292,7 +292,7 @@ class NewCallGuess:
 class IndexedEntries(SizedLRU[tuple[int, IndexBasis]]):
     """What this worker last wrote to the index, and the shard took, for recently seen calls
     (its version and the entry's basis: list time, id, shape, amounts), so the call's next update
-    can go as a delta from it (ledger/index.lua's fast path). Only a hint: the script applies the
+    can go as a delta from it (call_ledger/store/lua/index.lua's fast path). Only a hint: the script applies the
     delta only while that version is the one indexed, and takes its full path otherwise. Bounded
     in bytes, least recently used first out.
     """

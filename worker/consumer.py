@@ -32,17 +32,17 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from ledger.errors import StoreUnavailable
-from ledger.events import CallEvent
-from ledger.index_store import IndexStore, IndexWrite
-from ledger.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
-from ledger.logs import event_lines, flush_logs
-from ledger.metrics import Metrics
-from ledger.rules import CallState, fix_estimate, render_record
-from ledger.served import stored_record
-from ledger.settings import Settings
-from ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
-from worker.apply import (
+from call_ledger.core.errors import StoreUnavailable
+from call_ledger.core.events import CallEvent
+from call_ledger.core.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
+from call_ledger.core.rules import CallState, fix_estimate, render_record
+from call_ledger.core.served import stored_record
+from call_ledger.settings import Settings
+from call_ledger.store.indexes import IndexStore, IndexWrite
+from call_ledger.store.records import CommitWrite, Entry, LoadedCall, Store, entry_order
+from call_ledger.web.logs import event_lines, flush_logs
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.apply import (
     KNOWN_EVENTS,
     CallPlan,
     IndexedEntries,
@@ -52,7 +52,7 @@ from worker.apply import (
     plan_call,
     wanted_meta,
 )
-from worker.retention import expire_dead_letters
+from call_ledger.worker.retention import expire_dead_letters
 
 log = structlog.get_logger("ledger.worker")
 
@@ -558,7 +558,7 @@ class Consumer:
         return conflicts, {w.call_sid: w for w in writes}
 
     def _new_token(self) -> str:
-        """A commit token no other commit has (ledger/commit.lua): this worker's random prefix and
+        """A commit token no other commit has (call_ledger/store/lua/commit.lua): this worker's random prefix and
         a count."""
         self._commits += 1
         return f"{self._token_prefix}{self._commits:x}"

@@ -17,7 +17,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
-from ledger.errors import (
+from call_ledger.core.errors import (
     ClaimPending,
     InvalidEvent,
     LedgerError,
@@ -27,14 +27,14 @@ from ledger.errors import (
     SignatureReused,
     SourceNotConfigured,
 )
-from ledger.events import CallEvent
-from ledger.logs import log_info
-from ledger.replay import SignatureUse
-from ledger.rules import call_meta_size
-from ledger.settings import Settings
-from ledger.signature_ledger import SignatureLedger
-from ledger.web import MAX_BODY, METRICS, SETTINGS, STORE, json_response
-from worker.sources import SOURCES, Source, WebhookRequest
+from call_ledger.core.events import CallEvent
+from call_ledger.core.replay import SignatureUse
+from call_ledger.core.rules import call_meta_size
+from call_ledger.settings import Settings
+from call_ledger.store.signatures import SignatureLedger
+from call_ledger.web.base import MAX_BODY, METRICS, SETTINGS, STORE, json_response
+from call_ledger.web.logs import log_info
+from call_ledger.worker.sources import SOURCES, Source, WebhookRequest
 
 log = structlog.get_logger("ledger.intake")
 

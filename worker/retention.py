@@ -3,9 +3,9 @@
 
 import structlog
 
-from ledger.metrics import Metrics
-from ledger.settings import Settings
-from ledger.store import Store
+from call_ledger.settings import Settings
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
 
 log = structlog.get_logger("ledger.worker")
 

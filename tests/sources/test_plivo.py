@@ -12,12 +12,12 @@ import pytest
 from multidict import CIMultiDict
 from plivo.utils.signature_v3 import validate_v3_signature
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
-from ledger.events import CallEvent, Cost
-from ledger.settings import Settings
+from call_ledger.core.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.plivo import PlivoSource
 from tests.sources import payloads_plivo as pl
-from worker.sources.base import WebhookRequest
-from worker.sources.plivo import PlivoSource
 
 NOW = 1_795_000_000.5  # when intake received the request (unix seconds)
 URL = pl.PUBLIC_URL + pl.PATH
@@ -65,7 +65,7 @@ def rejected(request: WebhookRequest, source: PlivoSource | None = None) -> str:
 
 
 def _instant(iso: str) -> tuple[str, int]:
-    """(canonical text, microseconds since the epoch), computed independently of ledger.instants."""
+    """(canonical text, microseconds since the epoch), computed independently of call_ledger.core.instants."""
     dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     return iso, (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 

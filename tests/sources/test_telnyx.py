@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from multidict import CIMultiDict
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
-from ledger.events import CallEvent, Cost
-from ledger.settings import Settings
+from call_ledger.core.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.telnyx import TelnyxSource
 from tests.sources import payloads_telnyx as tx
-from worker.sources.base import WebhookRequest
-from worker.sources.telnyx import TelnyxSource
 
 NOW = 1_795_000_000
 URL = "https://ledger.example.com/webhooks/telnyx"
@@ -29,7 +29,7 @@ def telephony(nano: int, currency: str = "USD") -> Cost:
 
 
 def _us(text: str) -> int:
-    """Microseconds since the epoch, computed independently of ledger.instants."""
+    """Microseconds since the epoch, computed independently of call_ledger.core.instants."""
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 

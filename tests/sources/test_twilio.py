@@ -10,12 +10,12 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from multidict import CIMultiDict
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
-from ledger.events import CallEvent
-from ledger.settings import Settings
+from call_ledger.core.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from call_ledger.core.events import CallEvent
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.twilio import TwilioSource
 from tests.sources import payloads_twilio as tw
-from worker.sources.base import WebhookRequest
-from worker.sources.twilio import TwilioSource
 
 NOW = 1_795_000_000.25  # when intake received the request (unix seconds)
 URL = tw.PUBLIC_URL + tw.PATH
@@ -62,7 +62,7 @@ def rejected(request: WebhookRequest, source: TwilioSource | None = None) -> str
 
 
 def _instant(iso: str) -> tuple[str, int]:
-    """(canonical text, microseconds since the epoch), computed independently of ledger.instants."""
+    """(canonical text, microseconds since the epoch), computed independently of call_ledger.core.instants."""
     dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     return iso, (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 

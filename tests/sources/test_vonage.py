@@ -14,12 +14,12 @@ import pytest
 import vonage_jwt
 from multidict import CIMultiDict
 
-from ledger.errors import InvalidEvent, MalformedBody, SignatureInvalid
-from ledger.events import CallEvent, Cost
-from ledger.settings import Settings
+from call_ledger.core.errors import InvalidEvent, MalformedBody, SignatureInvalid
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.vonage import VonageSource
 from tests.sources import payloads_vonage as vg
-from worker.sources.base import WebhookRequest
-from worker.sources.vonage import VonageSource
 
 NOW = 1_795_000_000
 URL = "https://ledger.example.com/webhooks/vonage"
@@ -31,7 +31,7 @@ def telephony(nano: int, currency: str = "EUR") -> Cost:
 
 
 def _us(text: str) -> int:
-    """Microseconds since the epoch, computed independently of ledger.instants."""
+    """Microseconds since the epoch, computed independently of call_ledger.core.instants."""
     dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 

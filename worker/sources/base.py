@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import ClassVar, Protocol
 
-from ledger.events import CallEvent
-from ledger.replay import SignatureUse
-from ledger.settings import Settings
-from worker.sources.fields import decode_form
+from call_ledger.core.events import CallEvent
+from call_ledger.core.replay import SignatureUse
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.fields import decode_form
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Source(Protocol):
 
         Sources that sign names and values concatenated (Twilio, Plivo) return the
         signature that matched with a digest of the parameters, so that intake can refuse
-        the same signature with other parameters (`ledger.replay`). Sources that sign the
+        the same signature with other parameters (`call_ledger.core.replay`). Sources that sign the
         raw bytes with a timestamp (platform, Telnyx, Vonage) return None: their bytes
         cannot be re-split, and a replay is stale or deduplicated by its event id.
         """

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from urllib.parse import unquote
 
-from ledger.errors import InvalidEvent, MalformedBody
+from call_ledger.core.errors import InvalidEvent, MalformedBody
 
 _SECONDS = re.compile(r"^[0-9]{1,10}$")
 

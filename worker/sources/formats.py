@@ -1,7 +1,7 @@
 """Strict formats for the form fields the ledger reads, and the trace of a moved boundary.
 
 Twilio and Plivo sign `name + value` concatenated, so a captured request can be re-split
-under its valid signature (see `ledger.replay`). A re-split either merges a pair into the
+under its valid signature (see `call_ledger.core.replay`). A re-split either merges a pair into the
 one before it (`From=+14155551234` absorbing `SequenceNumber=3` gives
 `From=+14155551234SequenceNumber3`) or moves the boundary inside one pair
 (`Event=Hangup` → `Even=tHangup` / `EventH=angup`). Exact formats refuse the first kind
@@ -14,7 +14,7 @@ naming the field and never echoing its value.
 import re
 from collections.abc import Iterable, Mapping
 
-from ledger.errors import InvalidEvent
+from call_ledger.core.errors import InvalidEvent
 
 DIGITS = re.compile(r"[0-9]{1,10}")
 DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,12})?")

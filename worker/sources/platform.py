@@ -15,13 +15,13 @@ import re
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from ledger.errors import InvalidEvent, SignatureInvalid
-from ledger.events import STATUSES, CallEvent
-from ledger.instants import from_unix, parse_iso
-from ledger.settings import Settings
-from worker.sources.base import WebhookRequest
-from worker.sources.fields import load_json_object
-from worker.sources.usage import parse_usage
+from call_ledger.core.errors import InvalidEvent, SignatureInvalid
+from call_ledger.core.events import STATUSES, CallEvent
+from call_ledger.core.instants import from_unix, parse_iso
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.fields import load_json_object
+from call_ledger.worker.sources.usage import parse_usage
 
 USED_TYPES = ("call.metadata", "call.usage", "call.status")
 MAX_META_DEPTH = 32

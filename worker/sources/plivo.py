@@ -18,7 +18,7 @@ decoded parameters, so a body that is not UTF-8 form data is `MalformedBody` (40
 Names and values are concatenated without a separator (and a GET's `k=v&` text can be
 re-split through encoded `&`/`=`), so one signature also verifies the same text split
 differently. `verify` therefore returns the `SignatureUse` intake remembers
-(`ledger.replay`), and every field the ledger reads has an exact format, refused with 422
+(`call_ledger.core.replay`), and every field the ledger reads has an exact format, refused with 422
 otherwise: `CallUUID` a lowercase UUID (as Plivo writes it: another case would be another
 call record), `Event` and `CallStatus` and `Direction` from the known sets, numbers digits
 (optionally `+`) or `sip:`, times `YYYY-MM-DD HH:MM:SS`, durations digits, `TotalCost` a
@@ -40,16 +40,16 @@ from collections.abc import Iterable
 from typing import ClassVar
 from urllib.parse import urlparse, urlunparse
 
-from ledger.errors import InvalidEvent, SignatureInvalid
-from ledger.events import TERMINAL_STATUSES, CallEvent, Cost
-from ledger.instants import Instant, from_unix, parse_iso
-from ledger.money import parse_amount
-from ledger.phones import to_e164
-from ledger.replay import SignatureUse, signature_use
-from ledger.settings import Settings
-from worker.sources.base import WebhookRequest
-from worker.sources.fields import decode_form, read_fields, required, whole_seconds
-from worker.sources.formats import DECIMAL, DIGITS, SIP, checked, moved_boundary, one_of
+from call_ledger.core.errors import InvalidEvent, SignatureInvalid
+from call_ledger.core.events import TERMINAL_STATUSES, CallEvent, Cost
+from call_ledger.core.instants import Instant, from_unix, parse_iso
+from call_ledger.core.money import parse_amount
+from call_ledger.core.phones import to_e164
+from call_ledger.core.replay import SignatureUse, signature_use
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.fields import decode_form, read_fields, required, whole_seconds
+from call_ledger.worker.sources.formats import DECIMAL, DIGITS, SIP, checked, moved_boundary, one_of
 
 SIGNATURE_HEADER = "X-Plivo-Signature-V3"
 NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"

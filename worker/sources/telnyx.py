@@ -22,14 +22,14 @@ from typing import ClassVar
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from ledger.errors import InvalidEvent, SignatureInvalid
-from ledger.events import CallEvent, Cost
-from ledger.instants import parse_iso
-from ledger.money import normalise_currency, parse_amount
-from ledger.phones import to_e164
-from ledger.settings import Settings
-from worker.sources.base import WebhookRequest
-from worker.sources.fields import load_json_object
+from call_ledger.core.errors import InvalidEvent, SignatureInvalid
+from call_ledger.core.events import CallEvent, Cost
+from call_ledger.core.instants import parse_iso
+from call_ledger.core.money import normalise_currency, parse_amount
+from call_ledger.core.phones import to_e164
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.fields import load_json_object
 
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"

@@ -12,7 +12,7 @@ form data has no signature to check: `MalformedBody` (400).
 
 Names and values are concatenated without a separator, so one signature also verifies the
 same text split differently. `verify` therefore returns the `SignatureUse` that intake
-remembers (`ledger.replay`), and every field the ledger reads has an exact format
+remembers (`call_ledger.core.replay`), and every field the ledger reads has an exact format
 (`CallSid` is `CA` + 32 lowercase hex, as Twilio writes it: another case would be another
 call record), refused with 422 otherwise.
 
@@ -33,15 +33,15 @@ from datetime import UTC, datetime
 from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ledger.errors import InvalidEvent, SignatureInvalid
-from ledger.events import CallEvent
-from ledger.instants import Instant, from_unix, parse_rfc2822, utc_instant
-from ledger.phones import to_e164
-from ledger.replay import SignatureUse, signature_use
-from ledger.settings import Settings
-from worker.sources.base import WebhookRequest
-from worker.sources.fields import read_fields, required, whole_seconds
-from worker.sources.formats import DIGITS, checked, moved_boundary, one_of
+from call_ledger.core.errors import InvalidEvent, SignatureInvalid
+from call_ledger.core.events import CallEvent
+from call_ledger.core.instants import Instant, from_unix, parse_rfc2822, utc_instant
+from call_ledger.core.phones import to_e164
+from call_ledger.core.replay import SignatureUse, signature_use
+from call_ledger.settings import Settings
+from call_ledger.worker.sources.base import WebhookRequest
+from call_ledger.worker.sources.fields import read_fields, required, whole_seconds
+from call_ledger.worker.sources.formats import DIGITS, checked, moved_boundary, one_of
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}

@@ -17,10 +17,10 @@ through a float. Pure: called by `PlatformSource.parse`.
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ledger.errors import InvalidEvent
-from ledger.events import COMPONENTS, MAX_LABEL, Cost, UsageLine
-from ledger.money import DECIMAL_TEXT, normalise_currency, parse_amount
-from ledger.pricing import decimal_text
+from call_ledger.core.errors import InvalidEvent
+from call_ledger.core.events import COMPONENTS, MAX_LABEL, Cost, UsageLine
+from call_ledger.core.money import DECIMAL_TEXT, normalise_currency, parse_amount
+from call_ledger.core.pricing import decimal_text
 
 MAX_USAGE_LINES = 100
 # Bounds on one usage amount: beyond any real count of tokens, characters or seconds, and

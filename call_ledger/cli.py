@@ -1,0 +1,202 @@
+"""`call-ledger serve | worker | api | intake | dlq list | dlq replay | pricing check FILE | reindex`.
+
+Settings are built once here; a bad value stops start-up with one line naming the
+variable, never a traceback.
+"""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import orjson
+from pydantic import ValidationError
+
+from call_ledger.app import Role, create_app
+from call_ledger.core.errors import DurabilityUnavailable, LayoutMismatch, StoreRefused, StoreUnreachable
+from call_ledger.runtime import tune_gc
+from call_ledger.settings import Settings
+from call_ledger.web.logs import configure_logging, secret_values
+from call_ledger.web.redact import Redactor
+
+if TYPE_CHECKING:
+    from call_ledger.store.records import Store
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            variable = f"LEDGER_{field.upper()}" if field else "configuration"
+            message = error["msg"].removeprefix("Value error, ")
+            # One line per problem: an invalid LEDGER_PRICING_FILE reports each of its entries' errors.
+            for line in message.splitlines():
+                print(f"call-ledger: invalid {variable}: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as exc:  # e.g. a secret that is not valid base64
+        print(f"call-ledger: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_service(role: Role, settings: Settings) -> None:
+    import structlog
+
+    from call_ledger.web import serving
+
+    try:
+        app = create_app(settings, role)
+    except ValueError as exc:  # a secret that does not decode, for instance
+        print(f"call-ledger: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    structlog.get_logger("ledger").info(
+        "service_starting", role=role, host=settings.host, port=settings.port,
+        store="embedded" if settings.redis_url is None else ("cluster" if settings.redis_cluster else "redis"),
+        consumer=settings.consumer_name if role in ("serve", "worker") else None,
+    )
+    tune_gc()
+    # SIGTERM/SIGINT: stop accepting, let in-flight requests finish, then the cleanup
+    # contexts stop the consumer (bounded) and close Redis. serving.run returns: exit 0.
+    try:
+        serving.run(app, settings)
+    except (DurabilityUnavailable, LayoutMismatch, StoreRefused, StoreUnreachable, serving.ListenFailed) as exc:
+        fail(settings, str(exc))
+
+
+def fail(settings: Settings, message: str) -> NoReturn:
+    """Stop with one line on stderr, exit 2. The messages are built never to hold a secret; the
+    redactor the log lines go through checks this line too (a Redis password included)."""
+    print(Redactor(secret_values(settings))(f"call-ledger: {message}"), file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+async def _open_store(settings: Settings) -> "Store":
+    """The store of `dlq` and `reindex`: as the services do, wait for Redis (one line if it never
+    answers or refuses us), so that no command of theirs fails with a traceback."""
+    from call_ledger.store.records import Store
+    from call_ledger.web.base import wait_for_redis
+
+    store = Store.from_settings(settings)
+    try:
+        await wait_for_redis(store, settings)
+    except (StoreRefused, StoreUnreachable) as exc:
+        await store.close()
+        fail(settings, str(exc))
+    return store
+
+
+def _run_command(settings: Settings, command: Coroutine[Any, Any, int]) -> int:
+    """`dlq` or `reindex`; Redis lost midway is one line, exit 2 (not a traceback)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    from call_ledger.store.records import describe_redis_error
+
+    try:
+        return asyncio.run(command)
+    except (RedisError, RedisClusterException, OSError) as exc:
+        fail(settings, f"redis: {describe_redis_error(exc).reason}")
+
+
+async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.redis_url is None:
+        print("call-ledger: dlq needs LEDGER_REDIS_URL (the embedded store lives inside `serve`)",
+              file=sys.stderr)
+        return 2
+    store = await _open_store(settings)
+    try:
+        if args.dlq_command == "list":
+            rows = await store.dead_letters(count=args.limit)
+            for row in rows:
+                event = orjson.loads(row.pop("e") or b"null") if row.get("e") else None
+                row["event"] = event
+                print(orjson.dumps(row).decode() if args.json else _dlq_line(row))
+            if not args.json:
+                print(f"{len(rows)} dead-lettered event(s)", file=sys.stderr)
+        else:
+            moved = await store.replay_dead(args.ids or None)
+            for dead_id, new_id in moved:
+                print(f"replayed {dead_id} as {new_id}")
+            print(f"{len(moved)} event(s) re-queued", file=sys.stderr)
+        return 0
+    finally:
+        await store.close()
+
+
+async def _reindex(settings: Settings) -> int:
+    from call_ledger.store.reindex import reindex
+
+    if settings.redis_url is None:
+        print("call-ledger: reindex needs LEDGER_REDIS_URL", file=sys.stderr)
+        return 2
+    store = await _open_store(settings)
+    try:
+        seen, written = await reindex(store, settings)
+        print(f"{seen} call(s) indexed, {written} entr(y/ies) written", file=sys.stderr)
+        return 0
+    finally:
+        await store.close()
+
+
+def _dlq_line(row: dict[str, Any]) -> str:
+    event = row.get("event") or {}
+    return (f"{row['id']}  source={event.get('source')} call_sid={event.get('call_sid')} "
+            f"event_id={event.get('event_id')} deliveries={row.get('deliveries')} reason={row.get('reason')}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="call-ledger", description="Exact per-call records from webhooks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="intake, worker and read API in one process")
+    sub.add_parser("worker", help="webhook intake + apply loop")
+    sub.add_parser("api", help="read API")
+    sub.add_parser("intake", help="webhook intake only (no apply loop, no read API)")
+    dlq = sub.add_parser("dlq", help="inspect and replay dead-lettered events")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    listing = dlq_sub.add_parser("list", help="show dead-lettered events with their reason")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay = dlq_sub.add_parser("replay", help="re-queue dead-lettered events (all, or --id ones)")
+    replay.add_argument("--id", dest="ids", action="append", help="a dead-letter id from `dlq list`")
+    pricing = sub.add_parser("pricing", help="usage price files (LEDGER_PRICING_FILE)")
+    pricing_sub = pricing.add_subparsers(dest="pricing_command", required=True)
+    check = pricing_sub.add_parser("check", help="validate a pricing file and print its table")
+    check.add_argument("file", help="a YAML or JSON pricing file")
+    sub.add_parser("reindex", help="(re)build the calls API's indexes from the records (safe while running)")
+    return p
+
+
+def _pricing_check(path: str, settings: Settings) -> int:
+    """Print the table (exit 0), or every problem of an invalid file, one per line (exit 2)."""
+    from call_ledger.core.pricing import PricingError, format_table, load_file
+
+    try:
+        table = load_file(path, settings.currency, set(settings.fx_rates))
+    except PricingError as exc:
+        for problem in exc.problems:
+            print(f"call-ledger: {path}: {problem}", file=sys.stderr)
+        return 2
+    print(format_table(table))
+    print(f"{len(table)} price(s), ledger currency {settings.currency}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "pricing":
+        # The file named on the command line is checked, not LEDGER_PRICING_FILE; currency and
+        # FX rates still come from the environment, as they would for the service.
+        return _pricing_check(args.file, load_settings(pricing_file=None))
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, secrets=secret_values(settings))
+    if args.command == "dlq":
+        return _run_command(settings, _dlq(args, settings))
+    if args.command == "reindex":
+        return _run_command(settings, _reindex(settings))
+    run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,498 @@
+"""The calls API's indexes, as pure data: what one call contributes to them (SPEC §9, §10).
+
+A call's index entry is derived from its committed state alone (`index_entry`), so any
+worker that sees the same version of a call derives the same entry. The entry names:
+
+- its **memberships**: the sorted sets it belongs to, scored by its list time, one per
+  combination of scope (every call, and its organization) x status x assistant, so that
+  every combination of those filters is one range read per shard;
+- its **increments**: what it adds to the rollups (per scope: calls by status, durations,
+  cost; per UTC day of its list time: the same, and per assistant), so stats and analytics
+  read small counters, never the calls.
+
+The index script (`call_ledger/store/lua/index.lua`) removes the call's previous entry's memberships and
+increments and adds the new ones, so the rollups are exactly the sums over current entries.
+Nothing here does I/O.
+"""
+
+import re
+import zlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from operator import itemgetter
+from typing import Any
+
+import orjson
+
+from call_ledger.core import cursors
+from call_ledger.core.events import TERMINAL_STATUSES
+from call_ledger.core.money import NANO
+from call_ledger.core.rules import REGISTER_FIELD, REGISTERS, CallState, render_record
+from call_ledger.settings import Settings
+
+# Fixed: a call's shard is crc32(sid) % SHARDS, and changing it would move every entry.
+SHARDS = 16
+# Record ids as sorted-set members: fixed width, so equal scores order by id (desc in a
+# reverse range) and the member is also the entries-hash field. 2^53 - 1 has 16 digits.
+MEMBER_WIDTH = 16
+ALL = "*"  # the scope of every call (unscoped tokens)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def shard_of(call_sid: str) -> int:
+    return zlib.crc32(call_sid.encode("utf-8", "surrogateescape")) % SHARDS
+
+
+def member(record_id: int) -> str:
+    return f"{record_id:0{MEMBER_WIDTH}d}"
+
+
+def scope_name(organization_id: int | None) -> str:
+    return ALL if organization_id is None else f"o{organization_id}"
+
+
+def list_key(scope: str, status: str | None = None, assistant_id: int | None = None) -> str:
+    """The sorted set (suffix under a shard's base) of a scope's calls with this status/assistant."""
+    parts = []
+    if status is not None:
+        parts.append(f"s={status}")
+    if assistant_id is not None:
+        parts.append(f"a={assistant_id}")
+    return f"z:{scope}:{'|'.join(parts)}"
+
+
+def totals_key(scope: str) -> str:
+    return f"t:{scope}"
+
+
+def day_key(scope: str, day: str) -> str:
+    return f"d:{scope}:{day}"
+
+
+def day_assistants_key(scope: str, day: str) -> str:
+    """Per-assistant rollups of a day, apart from the day's totals: analytics reads them only
+    for the days of a period outside its whole weeks."""
+    return f"da:{scope}:{day}"
+
+
+def week_key(scope: str, monday: str) -> str:
+    """Per-assistant rollups per ISO week too: a period reads whole weeks of them rather than
+    their days (their size grows with the assistants, not the calls)."""
+    return f"w:{scope}:{monday}"
+
+
+def month_key(scope: str, month: str) -> str:
+    """Per-assistant rollups per calendar month (YYYY-MM) too: 90 days of analytics read 2 or
+    3 months, some weeks and a few days of them (api.aggregates.period_plan)."""
+    return f"m:{scope}:{month}"
+
+
+@lru_cache(maxsize=4096)  # the apply loop asks for the same few weeks over and over
+def week_of(day: str) -> str:
+    """The Monday (YYYY-MM-DD) of a day's ISO week."""
+    date = datetime.strptime(day, "%Y-%m-%d").date()
+    return (date - timedelta(days=date.weekday())).isoformat()
+
+
+_DAY_US = 86_400_000_000
+
+
+def day_of(us: int) -> str:
+    """The UTC date (YYYY-MM-DD) of an instant in microseconds."""
+    return _day_name(us // _DAY_US)
+
+
+@lru_cache(maxsize=4096)
+def _day_name(days: int) -> str:
+    try:
+        date = _EPOCH + timedelta(days=days)
+        # Not strftime("%Y"): it drops the leading zeros of years before 1000 ("1-01-01").
+        return f"{date.year:04d}-{date.month:02d}-{date.day:02d}"
+    except OverflowError:  # far outside any real call; one bucket for them
+        return "0001-01-01" if days < 0 else "9999-12-31"
+
+
+class IndexEntry:
+    """One call as the indexes see it (at one version of its state). Not to be changed once made:
+    its shape and amounts are derived from its fields when it is made."""
+
+    # Slots, and the derived parts computed in __init__, rather than a frozen dataclass with
+    # cached properties: its __init__ (object.__setattr__ per field) and functools.cached_property
+    # (which takes a lock on Python 3.11) made an entry and its shape in ~5.4 µs, this in ~0.9.
+    __slots__ = ("_amounts", "_shape", "assistant_id", "assistant_name", "call_sid", "customer_phone_number",
+                 "duration", "list_us", "organization_id", "record_id", "shape_key", "status", "to_phone_number",
+                 "total_cost")
+
+    call_sid: str
+    record_id: int
+    list_us: int  # started_at, else the earliest occurred_at of its events
+    organization_id: int | None
+    assistant_id: int
+    assistant_name: str | None
+    status: str
+    duration: int | None
+    total_cost: int | None  # nano-units, the rate-card estimate included (as the record shows it)
+    to_phone_number: str
+    customer_phone_number: str
+    # The keys and fields an entry touches depend on a few of its values only (its shape);
+    # the amounts are 4 numbers. The shape is derived once per distinct one (cached), and the
+    # encoding and the deltas between entries are templates of their shapes (made once, by
+    # orjson) filled in with the 4 numbers: no dicts built and encoded per entry.
+    shape_key: "ShapeKey"
+    _shape: "_Shape"
+    _amounts: tuple[int, int, int, int]  # (1, duration, whole units of cost, nano remainder): ints
+
+    def __init__(self, call_sid: str, record_id: int, list_us: int, organization_id: int | None,
+                 assistant_id: int, assistant_name: str | None, status: str, duration: int | None,
+                 total_cost: int | None, to_phone_number: str, customer_phone_number: str) -> None:
+        self.call_sid, self.record_id, self.list_us = call_sid, record_id, list_us
+        self.organization_id, self.assistant_id, self.assistant_name = organization_id, assistant_id, assistant_name
+        self.status, self.duration, self.total_cost = status, duration, total_cost
+        self.to_phone_number, self.customer_phone_number = to_phone_number, customer_phone_number
+        cost = total_cost or 0
+        self._amounts = (1, duration or 0, cost // NANO, cost % NANO)
+        self.shape_key = (organization_id, status, assistant_id, day_of(list_us), duration is not None,
+                          total_cost is not None)
+        self._shape = _shape(*self.shape_key)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.call_sid, self.record_id, self.list_us, self.organization_id, self.assistant_id,
+                self.assistant_name, self.status, self.duration, self.total_cost, self.to_phone_number,
+                self.customer_phone_number)
+
+    # Equal, hashable and shown by value, as the frozen dataclass it was.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, IndexEntry):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        names = ("call_sid", "record_id", "list_us", "organization_id", "assistant_id", "assistant_name", "status",
+                 "duration", "total_cost", "to_phone_number", "customer_phone_number")
+        return f"IndexEntry({', '.join(f'{n}={v!r}' for n, v in zip(names, self._fields(), strict=True))})"
+
+    @property
+    def member(self) -> str:
+        return member(self.record_id)
+
+    @property
+    def day(self) -> str:
+        return day_of(self.list_us)
+
+    def scopes(self) -> list[str]:
+        return [ALL] if self.organization_id is None else [ALL, scope_name(self.organization_id)]
+
+    def memberships(self) -> list[str]:
+        return self._shape.memberships
+
+    def increments(self) -> list[tuple[str, str, int]]:
+        """(key suffix, hash field, positive amount) this entry adds to the rollups."""
+        amounts = self._amounts
+        return [(key, name, amounts[slot]) for key, name, slot in self._shape.items if amounts[slot]]
+
+    def payload(self) -> dict[str, Any]:
+        """What readers need of the entry without loading the call: filters and the SID."""
+        return {"sid": self.call_sid, "us": self.list_us, "org": self.organization_id,
+                "aid": self.assistant_id, "an": self.assistant_name, "st": self.status,
+                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number}
+
+    def encode(self) -> bytes:
+        """The stored entry: the payload JSON, a newline, then [memberships, {rollup key:
+        {field: amount}}, score] for the index script (every value a string: Lua numbers
+        print large integers with an exponent; a field whose amount is 0 is left out, and a key
+        left with none). Readers take the part before the newline (JSON text never holds a raw
+        one). The version is stored beside it."""
+        amounts = self._amounts
+        template = self._shape.encoding(_nonzero(amounts))
+        return orjson.dumps(self.payload()) + template.text % template.pick((*amounts, self.list_us))
+
+
+# Where an increment's amount comes from: IndexEntry._amounts[slot]. The first is always 1.
+_ONE, _DURATION, _WHOLE, _FRACTION = range(4)
+_LIST_US = 4  # in an encoding's values, after the amounts
+
+
+def _nonzero(amounts: tuple[int, int, int, int]) -> int:
+    """The slots (bit 1 << slot) whose amount is not 0: which fields an entry's rollups have."""
+    _, duration, whole, fraction = amounts
+    return 1 | (duration and 2) | (whole and 4) | (fraction and 8)
+
+
+# A hole in a template: orjson writes this fragment as is, and a raw NUL is a byte it writes
+# nowhere else (JSON text escapes control characters), so the holes are found in its output.
+_HOLE = orjson.Fragment(b'"\x00"')
+
+
+def _nothing(values: tuple[int, ...]) -> tuple[()]:
+    return ()
+
+
+class _Template:
+    """JSON text with integers (written as strings) left out, made by orjson from the very
+    structure it stands for, so filling it in gives orjson's bytes for that structure:
+    `text % pick(values)`, where values[holes[i]] goes in the i-th hole."""
+
+    __slots__ = ("pick", "text")
+
+    def __init__(self, structure: Any, holes: list[int], before: bytes = b"") -> None:
+        out = orjson.dumps(structure)
+        if out.count(b"\x00") != len(holes):
+            raise AssertionError("a template's holes are not where its structure has them")
+        self.text = before.replace(b"%", b"%%") + out.replace(b"%", b"%%").replace(b"\x00", b"%d")
+        self.pick: Callable[[tuple[int, ...]], tuple[int, ...] | int] = itemgetter(*holes) if holes else _nothing
+
+
+# (organization_id, status, assistant_id, day, has a duration, has a cost). Not the assistant's
+# name: the rollups do not count names (analytics reads an assistant's name from its latest
+# call's entry, api.aggregates), so a platform sending a new name per call makes no new shapes.
+ShapeKey = tuple[int | None, str, int, str, bool, bool]
+
+
+class _Shape:
+    """The memberships and rollup fields of the entries of one shape, and the templates of their
+    encodings and of the deltas between two of them (made as they are first needed: a few per
+    shape, one per set of amounts that are 0 or moved)."""
+
+    __slots__ = ("_deltas", "_encodings", "items", "memberships")
+
+    def __init__(self, memberships: list[str], items: list[tuple[str, str, int]]) -> None:
+        self.memberships = memberships
+        self.items = items  # (key suffix, field, amount slot), in increments' order
+        self._encodings: dict[int, _Template] = {}
+        self._deltas: dict[int, _Template] = {}
+
+    def encoding(self, nonzero: int) -> _Template:
+        """An entry's encoding after its payload, for amounts nonzero in the slots `nonzero`.
+        Values: the 4 amounts, then the list time."""
+        template = self._encodings.get(nonzero)
+        if template is None:
+            grouped: dict[str, list[tuple[str, int]]] = {}
+            for key, name, slot in self.items:
+                grouped.setdefault(key, []).append((name, slot))
+            rollups: dict[str, dict[str, Any]] = {}
+            holes: list[int] = []
+            for key, fields in grouped.items():
+                present = {name: slot for name, slot in fields if nonzero >> slot & 1}
+                if present:
+                    rollups[key] = {name: "1" if slot == _ONE else _HOLE for name, slot in present.items()}
+                    holes += [slot for slot in present.values() if slot != _ONE]
+            template = self._encodings[nonzero] = _Template([self.memberships, rollups, _HOLE],
+                                                            [*holes, _LIST_US], before=b"\n")
+        return template
+
+    def same_shape_delta(self, moved: int) -> _Template:
+        """The delta between two entries of this shape whose amounts differ in the slots `moved`:
+        its changes by slot, then in the order of the shape's fields. Values: the 4 differences."""
+        template = self._deltas.get(moved)
+        if template is None:
+            changes = [[key, name, _HOLE] for slot in range(4) if moved >> slot & 1
+                       for key, name, s in self.items if s == slot]
+            holes = [slot for slot in range(4) if moved >> slot & 1 for _, _, s in self.items if s == slot]
+            template = self._deltas[moved] = _Template([[], [], changes], holes)
+        return template
+
+
+def shape_of(key: ShapeKey) -> _Shape:
+    return _shape(*key)
+
+
+@lru_cache(maxsize=1024)  # a few statuses x assistants x days x organizations at any time
+def _shape(organization_id: int | None, status: str, assistant_id: int, day: str, has_duration: bool,
+           has_cost: bool) -> _Shape:
+    scopes = [ALL] if organization_id is None else [ALL, scope_name(organization_id)]
+    memberships = [list_key(scope, s, a) for scope in scopes for s in (None, status) for a in (None, assistant_id)]
+    terminal = status in TERMINAL_STATUSES
+    common: list[tuple[str, int]] = [("n", _ONE), (f"s:{status}", _ONE)]
+    if status == "completed":
+        common.append(("c", _ONE))
+    elif terminal:
+        common.append(("f", _ONE))
+    if has_duration:
+        common += [("d", _DURATION), ("dn", _ONE)]
+    if has_cost:
+        # Whole units and nano remainder apart: sums of nano-units could pass 2^63.
+        common += [("cw", _WHOLE), ("cf", _FRACTION), ("cn", _ONE)]
+    per_assistant: list[tuple[str, int]] = []
+    if assistant_id:
+        prefix = f"a:{assistant_id}:"
+        per_assistant = [(prefix + name, slot) for name, slot in common if name in ("n", "d", "cw", "cf", "cn")]
+    items: list[tuple[str, str, int]] = []
+    week, month = week_of(day), day[:7]
+    for scope in scopes:
+        items += [(totals_key(scope), name, slot) for name, slot in common]
+        items += [(day_key(scope, day), name, slot) for name, slot in common]
+        items += [(day_assistants_key(scope, day), name, slot) for name, slot in per_assistant]
+        items += [(week_key(scope, week), name, slot) for name, slot in per_assistant]
+        items += [(month_key(scope, month), name, slot) for name, slot in per_assistant]
+    return _Shape(memberships, items)
+
+
+class IndexBasis:
+    """What the next update's delta needs of an entry a worker wrote (worker/apply.py
+    IndexedEntries keeps these, not whole entries): its list time, id, shape and amounts."""
+
+    __slots__ = ("_amounts", "list_us", "record_id", "shape_key")
+
+    def __init__(self, entry: IndexEntry) -> None:
+        self.list_us, self.record_id = entry.list_us, entry.record_id
+        self.shape_key, self._amounts = entry.shape_key, entry._amounts
+
+    @property
+    def _shape(self) -> _Shape:
+        return shape_of(self.shape_key)
+
+    def memberships(self) -> list[str]:
+        return self._shape.memberships
+
+    def increments(self) -> list[tuple[str, str, int]]:
+        amounts = self._amounts
+        return [(key, name, amounts[slot]) for key, name, slot in self._shape.items if amounts[slot]]
+
+    def size(self) -> int:
+        """Bytes it holds, about (its strings; the shape is shared or derived on use)."""
+        return 400 + len(self.shape_key[1]) + len(self.shape_key[3])
+
+
+_UNMOVED = b"[[],[],[]]"
+
+
+def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
+    """What replacing `old` by `new` changes, for the index script's fast path:
+    [memberships to leave, memberships to join, [[rollup key, field, difference], ...]]
+    (differences as strings, none that is 0). None when the list time moved (every
+    membership is re-scored: the script's full path)."""
+    if old.list_us != new.list_us or old.record_id != new.record_id:
+        return None
+    o0, o1, o2, o3 = old._amounts
+    n0, n1, n2, n3 = new._amounts
+    if old.shape_key == new.shape_key:  # same keys and fields (the usual case): only amounts moved
+        d0, d1, d2, d3 = n0 - o0, n1 - o1, n2 - o2, n3 - o3
+        moved = (d0 and 1) | (d1 and 2) | (d2 and 4) | (d3 and 8)
+        if not moved:
+            return _UNMOVED
+        template = new._shape.same_shape_delta(moved)
+        return template.text % template.pick((d0, d1, d2, d3))
+    key = (_nonzero(old._amounts), _nonzero(new._amounts), (o1 == n1 and 2) | (o2 == n2 and 4) | (o3 == n3 and 8))
+    pair = _pair_delta(old.shape_key, new.shape_key, *key)
+    if pair is None:  # not expressible as a template (see _pair_delta_of)
+        return _delta_by_field(old, new)
+    return pair.text % pair.pick((n0, n1, n2, n3, -o0, -o1, -o2, -o3, n0 - o0, n1 - o1, n2 - o2, n3 - o3))
+
+
+@lru_cache(maxsize=1024)  # the few transitions between the shapes of the moment (status, cost...)
+def _pair_delta(old: ShapeKey, new: ShapeKey, old_nonzero: int, new_nonzero: int, same: int) -> _Template | None:
+    return _pair_delta_of(shape_of(old), shape_of(new), old_nonzero, new_nonzero, same)
+
+
+def _pair_delta_of(old: _Shape, new: _Shape, old_nonzero: int, new_nonzero: int, same: int) -> _Template | None:
+    """The delta from an entry of shape `old` to one of shape `new`, amounts nonzero in the slots
+    `old_nonzero` and `new_nonzero`, and equal in the slots `same` (for 1..3), as `_delta_by_field`
+    orders it. Values: the 4 new amounts, the 4 old ones negated, the 4 differences. None when a
+    field's difference is not one of those (never, with the fields shapes have)."""
+    held, wanted = old.memberships, new.memberships
+    terms: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (key, field) -> [(sign, slot)...]
+    for key, name, slot in old.items:
+        if old_nonzero >> slot & 1:
+            terms.setdefault((key, name), []).append((-1, slot))
+    for key, name, slot in new.items:
+        if new_nonzero >> slot & 1:
+            terms.setdefault((key, name), []).append((1, slot))
+    changes: list[list[Any]] = []
+    holes: list[int] = []
+    for (key, name), of in terms.items():
+        if all(slot == _ONE for _, slot in of):  # amounts of 1: known now
+            if difference := sum(sign for sign, _ in of):
+                changes.append([key, name, str(difference)])
+        elif len(of) == 1:
+            sign, slot = of[0]
+            changes.append([key, name, _HOLE])
+            holes.append(slot if sign > 0 else 4 + slot)
+        elif len(of) == 2 and of[0] == (-1, of[1][1]) and of[1][0] == 1:
+            if not same >> of[1][1] & 1:
+                changes.append([key, name, _HOLE])
+                holes.append(8 + of[1][1])
+        else:
+            return None
+    return _Template([[s for s in held if s not in wanted], [s for s in wanted if s not in held], changes], holes)
+
+
+def _delta_by_field(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes:
+    """`entry_delta` between two shapes, field by field (what `_pair_delta_of` makes templates of)."""
+    held, wanted = old.memberships(), new.memberships()
+    change: dict[tuple[str, str], int] = {}
+    for key, name, amount in old.increments():
+        change[(key, name)] = change.get((key, name), 0) - amount
+    for key, name, amount in new.increments():
+        change[(key, name)] = change.get((key, name), 0) + amount
+    return orjson.dumps([[s for s in held if s not in wanted], [s for s in wanted if s not in held],
+                         [[key, name, str(d)] for (key, name), d in change.items() if d]])
+
+
+def entry_payload(stored: bytes) -> dict[str, Any]:
+    """The payload of a stored entry (see `IndexEntry.encode`)."""
+    payload: dict[str, Any] = orjson.loads(stored.partition(b"\n")[0])
+    return payload
+
+
+def list_us(state: CallState) -> int:
+    if state.started is not None:
+        return int(state.started[0])
+    return state.first_seen if state.first_seen is not None else 0
+
+
+def index_entry(call_sid: str, record_id: int, state: CallState, settings: Settings,
+                record: dict[str, Any] | None = None) -> IndexEntry:
+    """The call's entry, from its state as committed (`state` must hold the index registers),
+    or from the record rendered from that state."""
+    if record is None:
+        record = render_record(call_sid, record_id, state, settings)
+    organization = state.registers.get("organization_id")
+    return IndexEntry(  # positional: keywords cost the worker's apply loop a little more
+        call_sid, record_id, list_us(state), organization[3] if organization else None,
+        record["assistant_id"], record["assistant_name"], record["status"], record["duration"],
+        record["total_cost"], record["to_phone_number"], record["customer_phone_number"])
+
+
+def score(us: int) -> float:
+    """A sorted-set score: exact for any instant within ±285 years of 1970 (2^53 µs)."""
+    return float(us)
+
+
+# The registers a record and its entry are rendered from: a worker loads them with every call
+# it applies, so that it can render the record at commit, and index a call whose events
+# were all duplicates (the repair path).
+RECORD_FIELDS = tuple(REGISTER_FIELD + name for name in REGISTERS)
+
+
+# -- cursors --------------------------------------------------------------------------------
+
+# A list cursor's score is a list time in microseconds as Redis writes a score (an integer up to
+# 2^53 in every version seen; a fraction or an exponent allowed, in case one writes them), and
+# its member a record id of MEMBER_WIDTH digits: ASCII digits only, bounded, so Redis never
+# meets a number it reads otherwise than Python did (`1_0`, ` 10`, Arabic-Indic digits, `1e999`).
+_SCORE_TEXT = re.compile(r"-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,17})?(?:e[+-]?[0-9]{1,3})?")
+_MEMBER_TEXT = re.compile(rf"[0-9]{{{MEMBER_WIDTH}}}")
+_MAX_SCORE = 2**53  # scores are exact instants within it (`score`)
+MAX_LIST_CURSOR = 96  # characters: far more than a score and a member need
+
+
+def encode_cursor(score_text: str, member_text: str) -> str:
+    """An opaque cursor naming the last item of a page: its score (as Redis wrote it) and id."""
+    return cursors.encode(f"{score_text}/{member_text}".encode())
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """(score text, member) of a cursor; ValueError when it is not one this service gave out
+    (call_ledger.core.cursors: canonical, bounded; then a score and a member of the shapes above)."""
+    raw = cursors.decode(cursor, MAX_LIST_CURSOR)
+    score_text, sep, member_text = raw.decode("ascii", "replace").partition("/")
+    if not sep or not _SCORE_TEXT.fullmatch(score_text) or not _MEMBER_TEXT.fullmatch(member_text):
+        raise ValueError("not a cursor")
+    if abs(Decimal(score_text)) > _MAX_SCORE:  # exactly: a float would round 2^53 + 1 down to it
+        raise ValueError("not a cursor")
+    return score_text, member_text

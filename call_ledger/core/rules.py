@@ -1,0 +1,393 @@
+"""The ledger's rules (SPEC §5): fold events into a call's state, render the record.
+
+Every piece of `CallState` is a join-semilattice: a max, a min, a sum of distinct
+events, or a last-writer-wins register ordered by (occurred_at, event_id, source).
+Applying the same set of events in any order therefore gives the same state, and the
+store applies each (source, event id) once. Everything here is pure and synchronous.
+"""
+
+import math
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import orjson
+
+from call_ledger.core.errors import Refused, Unapplicable
+from call_ledger.core.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
+from call_ledger.core.money import MAX_AMOUNT_NANO, NANO, convert, format_nano
+from call_ledger.core.pricing import telephony_charge
+from call_ledger.settings import Settings
+
+# initiated < ringing < ongoing < every terminal status; among terminal ones the
+# order is fixed so that two different endings give the same answer in any order.
+STATUS_RANK = {
+    "initiated": 0,
+    "ringing": 1,
+    "ongoing": 2,
+    "canceled": 3,
+    "no-answer": 4,
+    "busy": 5,
+    "failed": 6,
+    "completed": 7,
+}
+RANK_STATUS = {rank: status for status, rank in STATUS_RANK.items()}
+assert set(STATUS_RANK) == set(STATUSES)
+_TERMINAL_RANK = min(STATUS_RANK[s] for s in TERMINAL_STATUSES)
+
+# Fields set by "the event with the latest occurred_at, ties broken by the larger event_id".
+REGISTERS = (
+    "direction",
+    "from_number",
+    "to_number",
+    "assistant_id",
+    "organization_id",
+    "assistant_name",
+    "flow_name",
+    "to_phone_number",
+    "customer_phone_number",
+)
+
+
+# Where each piece of the state lives in the call's Redis hash (see `call_ledger.store.records`): the core
+# (small, bounded) is one field, every register and every call_meta key a field of its own.
+# A commit rewrites the core and only the registers and keys its events won, so what one
+# event writes stays proportional to the event, whatever the size of the call.
+REGISTER_FIELD = "r:"
+META_FIELD = "m:"
+
+
+@dataclass
+class CallState:
+    """Everything the record is derived from.
+
+    `registers` and `meta` hold `[occurred_us, event_id, source, value]`: the value of the
+    event that is latest by (occurred_us, event_id, source). A worker loads only the
+    registers and keys its events touch; `changed` names the fields it must write back.
+    """
+
+    # max of (rank, occurred_us, event_id, occurred_at text) over status events
+    status: list[Any] | None = None
+    # min of (occurred_us, text) over status events / over answer events
+    started: list[Any] | None = None
+    answered: list[Any] | None = None
+    duration: int | None = None  # the largest connected duration reported
+    # min occurred_us over every event: the list time of a call with no status event (SPEC §9)
+    first_seen: int | None = None
+    costs: dict[str, int] = field(default_factory=dict)  # component -> nano-units, ledger currency
+    # The call's telephony provider: the source of the first provider event applied (SPEC §8:
+    # a call has one; another provider's events are refused).
+    provider: str | None = None
+    # Size of the merged call_meta (keys, and bytes of JSON text), for its per-call bound.
+    meta_keys: int = 0
+    meta_bytes: int = 0
+    registers: dict[str, list[Any]] = field(default_factory=dict)
+    meta: dict[str, list[Any]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set, compare=False, repr=False)
+    # The rate-card telephony estimate [nano-units or None, the per-minute rate's text or None],
+    # fixed by the worker at each commit (`fix_estimate`), so every reader (the record, the
+    # indexes' rollups, /costs) shows the one computed with the rates the events were applied
+    # under. None: a state never committed with it (older records): computed when read.
+    estimate: list[Any] | None = field(default=None, compare=False)
+
+    CORE = ("status", "started", "answered", "duration", "first_seen", "costs", "provider", "meta_keys",
+            "meta_bytes", "estimate")
+
+    def core_json(self) -> bytes:
+        return orjson.dumps({name: getattr(self, name) for name in self.CORE})
+
+    def changed_fields(self) -> list[tuple[str, bytes]]:
+        """(hash field, JSON) of every register and call_meta key changed since loading."""
+        out = []
+        for name in sorted(self.changed):
+            register = self.registers[name[2:]] if name.startswith(REGISTER_FIELD) else self.meta[name[2:]]
+            out.append((name, orjson.dumps(register)))
+        return out
+
+    @classmethod
+    def from_fields(cls, core: bytes | str | None, fields: dict[str, bytes] | None = None) -> "CallState":
+        """Rebuild from the core JSON and any `r:`/`m:` fields (those not given are unknown)."""
+        state = cls(**orjson.loads(core)) if core else cls()
+        for name, raw in (fields or {}).items():
+            if raw is None:
+                continue
+            if name.startswith(REGISTER_FIELD):
+                state.registers[name[2:]] = orjson.loads(raw)
+            elif name.startswith(META_FIELD):
+                state.meta[name[2:]] = orjson.loads(raw)
+        return state
+
+    @classmethod
+    def from_hash(cls, fields: dict[bytes, bytes]) -> tuple[int, "CallState"] | None:
+        """(record id, whole state) from a call hash as HGETALL returns it; None without a record."""
+        record_id, core = fields.get(b"id"), fields.get(b"s")
+        if record_id is None or core is None:
+            return None
+        return int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()})
+
+
+def meta_entry_size(key: str, value: object) -> int:
+    """Bytes one call_meta key adds to the record's JSON text: `"key":value,`."""
+    return len(orjson.dumps(key)) + len(orjson.dumps(value)) + 2
+
+
+def call_meta_size(meta: dict[str, object]) -> tuple[int, int]:
+    """(keys, bytes of JSON text) of a call_meta object, as the per-call bound counts them."""
+    return len(meta), 2 + sum(meta_entry_size(key, value) for key, value in meta.items())
+
+
+def ledger_costs(event: CallEvent, settings: Settings) -> list[tuple[str, int]]:
+    """The event's costs in the ledger currency; Unapplicable when a rate is missing."""
+    converted: list[tuple[str, int]] = []
+    for cost in event.costs:
+        amount = cost.amount_nano
+        if cost.currency != settings.currency:
+            rate = settings.fx_rates.get(cost.currency)
+            if rate is None:
+                raise Unapplicable(
+                    f"cost in {cost.currency} and no LEDGER_FX_RATES entry converts it to {settings.currency}"
+                )
+            amount = convert(amount, rate)
+        converted.append((cost.component, amount))
+    return converted
+
+
+def check_sums(state: CallState, costs: list[tuple[str, int]], currency: str) -> dict[str, int]:
+    """Refused unless the event's costs, each of the call's components after it, and the call's
+    reported total after it all stay within MAX_AMOUNT_NANO (SPEC §14).
+
+    Each amount is bounded at intake, but sums are not: without this, 19 events of 10^9 took a
+    component past 64 bits, which no encoder of the core state (nor an index rollup) can hold,
+    and the commit of the whole batch raised. Within the bound, every sum of the record, its
+    index entry and the rollups stays exact in a signed 64-bit integer (and, in whole units, in
+    a Lua number)."""
+    bound = f"{MAX_AMOUNT_NANO // NANO} {currency}"
+    if sum(amount for _, amount in costs) > MAX_AMOUNT_NANO:
+        raise Refused(f"the event's costs sum past {bound} (the bound on a call's costs)")
+    after = dict(state.costs)
+    for component, amount in costs:
+        after[component] = after.get(component, 0) + amount
+        if after[component] > MAX_AMOUNT_NANO:
+            raise Refused(f"the call's {component} cost would pass {bound}")
+    if sum(after.values()) > MAX_AMOUNT_NANO:
+        raise Refused(f"the call's total cost would pass {bound}")
+    return after
+
+
+# Beyond half the bound, an event that could change a call's telephony estimate is checked with
+# the estimate it would give. Below it, no estimate can reach the bound: that would take a rate
+# of 30 units a minute over MAX_SECONDS (10^9 s), far past any telephony price.
+_ESTIMATE_CHECKED_FROM = MAX_AMOUNT_NANO // 2
+
+
+def check_estimate(state: CallState, event: CallEvent, after: dict[str, int], settings: Settings) -> None:
+    """Refused if the call's total, with the rate-card telephony estimate the event would make
+    it carry (a hang-up with a duration, say), would pass MAX_AMOUNT_NANO (SPEC §14)."""
+    total = sum(after.values())
+    if "telephony" in after or total <= _ESTIMATE_CHECKED_FROM:
+        return
+    trial = CallState(status=state.status, started=state.started, answered=state.answered, duration=state.duration,
+                      provider=state.provider)
+    if "direction" in state.registers:
+        trial.registers["direction"] = state.registers["direction"]
+    _fold_times(trial, event)
+    if event.source != "platform" and trial.provider is None:
+        trial.provider = event.source
+    if event.direction is not None and _wins(trial.registers.get("direction"), event):
+        trial.registers["direction"] = [event.occurred_us, event.event_id, event.source, event.direction]
+    estimate = telephony_estimate(trial, connected_duration(trial), settings)[0] or 0
+    if total + estimate > MAX_AMOUNT_NANO:
+        raise Refused(f"the call's total cost with its telephony estimate would pass "
+                      f"{MAX_AMOUNT_NANO // NANO} {settings.currency}")
+
+
+def _wins(current: list[Any] | None, event: CallEvent) -> bool:
+    return current is None or (event.occurred_us, event.event_id, event.source) > tuple(current[:3])
+
+
+def _earliest(current: list[Any] | None, us: int, text: str | None) -> list[Any]:
+    """The min of two (microseconds, text) instants; text breaks ties so order never matters."""
+    candidate = [us, text]
+    return candidate if current is None or candidate < current else current
+
+
+def _check_bounds(state: CallState, event: CallEvent, settings: Settings) -> tuple[int, int]:
+    """Refused (state untouched) if the event breaks a per-call rule; else call_meta's new size."""
+    if event.source != "platform" and state.provider not in (None, event.source):
+        raise Refused(f"call is attributed to {state.provider}; a {event.source} event cannot change it")
+    keys, size = state.meta_keys, state.meta_bytes
+    for key, value in (event.call_meta or {}).items():
+        current = state.meta.get(key)
+        if _wins(current, event):
+            if current is None:
+                keys += 1
+            else:
+                size -= meta_entry_size(key, current[3])
+            size += meta_entry_size(key, value)
+    if keys > settings.max_call_meta_keys or size + 2 > settings.max_call_meta_bytes:
+        raise Refused(f"call_meta of this call would exceed {settings.max_call_meta_keys} keys or "
+                      f"{settings.max_call_meta_bytes} bytes")
+    return keys, size
+
+
+def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
+    """Fold one event (never applied to this call before) into the state, in place.
+
+    `state` must hold every register and the meta keys the event touches (worker/apply.py `wanted_meta`).
+    Raises Unapplicable (or Refused), leaving the state untouched, when the event cannot be applied.
+    """
+    costs = ledger_costs(event, settings)  # may raise: before any change
+    check_estimate(state, event, check_sums(state, costs, settings.currency), settings)
+    meta_keys, meta_bytes = _check_bounds(state, event, settings)
+    us = event.occurred_us
+    _fold_times(state, event)
+    for component, amount in costs:
+        state.costs[component] = state.costs.get(component, 0) + amount
+    if state.first_seen is None or us < state.first_seen:
+        state.first_seen = us
+
+    if event.source != "platform" and state.provider is None:
+        state.provider = event.source
+    _set_registers(state, event)
+    state.meta_keys, state.meta_bytes = meta_keys, meta_bytes
+
+
+def _fold_times(state: CallState, event: CallEvent) -> None:
+    """The event's status, start, answer and duration into the state (max, min, max)."""
+    us, text = event.occurred_us, event.occurred_at
+    if event.status is not None:
+        rank = STATUS_RANK[event.status]
+        candidate = [rank, us, event.event_id, text]
+        if state.status is None or candidate[:3] > state.status[:3]:
+            state.status = candidate
+        state.started = _earliest(state.started, us, text)
+        if event.status == "ongoing":
+            state.answered = _earliest(state.answered, us, text)
+    if event.started_us is not None:
+        state.started = _earliest(state.started, event.started_us, event.started_at)
+    if event.answered_us is not None:
+        state.answered = _earliest(state.answered, event.answered_us, event.answered_at)
+    if event.duration is not None and (state.duration is None or event.duration > state.duration):
+        state.duration = event.duration
+
+
+def _set_registers(state: CallState, event: CallEvent) -> None:
+    """Last writer wins, per register and per call_meta key; the winners are marked changed."""
+    us = event.occurred_us
+    for name in REGISTERS:
+        value = getattr(event, name)
+        if value is not None and _wins(state.registers.get(name), event):
+            state.registers[name] = [us, event.event_id, event.source, value]
+            state.changed.add(REGISTER_FIELD + name)
+    for key, value in (event.call_meta or {}).items():
+        if _wins(state.meta.get(key), event):
+            state.meta[key] = [us, event.event_id, event.source, value]
+            state.changed.add(META_FIELD + key)
+
+
+def _value(state: CallState, name: str) -> Any:
+    register = state.registers.get(name)
+    return None if register is None else register[3]
+
+
+def connected_duration(state: CallState) -> int | None:
+    """Largest reported duration, else hang-up - first answer, else 0 if ended unanswered."""
+    if state.duration is not None:
+        return state.duration
+    if state.status is None or state.status[0] < _TERMINAL_RANK:
+        return None
+    if state.answered is None:
+        return 0
+    seconds = Decimal(state.status[1] - state.answered[0]) / 1_000_000
+    return max(0, int(seconds.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)))
+
+
+def telephony_estimate(state: CallState, duration: int | None,
+                       settings: Settings) -> tuple[int | None, str | None]:
+    """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes.
+    (nano-units, the per-minute rate as decimal text in the ledger currency, None if the
+    pricing file's entry is in another), or (None, None)."""
+    if state.status is None or state.status[0] < _TERMINAL_RANK or duration is None:
+        return None, None
+    if state.provider is None:
+        return None, None
+    direction = _value(state, "direction") or "inbound"
+    minutes = math.ceil(duration / 60)
+    # A telephony entry of LEDGER_PRICING_FILE wins over LEDGER_TELEPHONY_RATES; it is picked
+    # by the call's start, so an entry added for the future reprices no past call.
+    charge = telephony_charge(settings.pricing, state.provider, direction, minutes,
+                              state.started[0] if state.started else state.status[1])
+    if charge is not None:
+        amount, currency, unit_cost = charge
+        if currency == settings.currency:
+            return amount, unit_cost
+        # Settings refuses a file whose currencies have no FX rate.
+        return convert(amount, settings.fx_rates[currency]), None
+    rate = settings.telephony_rates.get((state.provider, direction))
+    if rate is None:
+        return None, None
+    return int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), str(rate)
+
+
+def fix_estimate(state: CallState, settings: Settings) -> None:
+    """Fix the telephony estimate with these settings (the worker, before each commit)."""
+    state.estimate = list(telephony_estimate(state, connected_duration(state), settings))
+
+
+def estimate_of(state: CallState, duration: int | None, settings: Settings) -> tuple[int | None, str | None]:
+    """(the telephony estimate, its per-minute rate text): as fixed at the last commit, else now."""
+    if state.estimate is not None:
+        return state.estimate[0], state.estimate[1]
+    return telephony_estimate(state, duration, settings)
+
+
+def render_record(call_sid: str, record_id: int, state: CallState, settings: Settings) -> dict[str, Any]:
+    """The read API's 18 fields; money as integer nano-units (the encoder writes decimals)."""
+    direction = _value(state, "direction") or "inbound"  # SPEC §4: inbound while unknown
+    raw_from, raw_to = _value(state, "from_number"), _value(state, "to_number")
+    ours, theirs = (raw_to, raw_from) if direction == "inbound" else (raw_from, raw_to)
+    to_phone = _value(state, "to_phone_number") or ours or ""
+    customer_phone = _value(state, "customer_phone_number") or theirs or ""
+
+    terminal = state.status is not None and state.status[0] >= _TERMINAL_RANK
+    duration = connected_duration(state)
+    costs: dict[str, int | None] = {c: state.costs.get(c) for c in COMPONENTS}
+    if costs["telephony"] is None:
+        costs["telephony"] = estimate_of(state, duration, settings)[0]
+    present = [amount for amount in costs.values() if amount is not None]
+    return {
+        "call_sid": call_sid,
+        "to_phone_number": to_phone,
+        "customer_phone_number": customer_phone,
+        "id": record_id,
+        "assistant_id": _value(state, "assistant_id") or 0,
+        "status": RANK_STATUS[state.status[0]] if state.status else "initiated",
+        "call_meta": {key: register[3] for key, register in sorted(state.meta.items())},
+        "assistant_name": _value(state, "assistant_name"),
+        "flow_name": _value(state, "flow_name"),
+        "duration": duration,
+        "started_at": state.started[1] if state.started else None,
+        "ended_at": state.status[3] if terminal and state.status else None,
+        "total_cost": sum(present) if present else None,
+        "llm_cost": costs["llm"],
+        "tts_cost": costs["tts"],
+        "stt_cost": costs["stt"],
+        "telephony_cost": costs["telephony"],
+        "cost_currency": settings.currency if present else None,
+    }
+
+
+MONEY_FIELDS = ("total_cost", "llm_cost", "tts_cost", "stt_cost", "telephony_cost")
+
+
+def record_json(record: dict[str, Any]) -> bytes:
+    """Encode a rendered record; money goes out as exact decimal literals (0.1 + 0.2 → 0.3),
+    after the other keys."""
+    out = {key: value for key, value in record.items() if key not in _MONEY}
+    for name in MONEY_FIELDS:
+        amount = record[name]
+        out[name] = None if amount is None else orjson.Fragment(format_nano(amount))
+    return orjson.dumps(out)
+
+
+_MONEY = frozenset(MONEY_FIELDS)

@@ -1,0 +1,362 @@
+"""The calls API's indexes in Redis: key names, the index script, and the reads (SPEC §9, §10).
+
+Layout (prefix `cl`), per index shard n in 0..15 (`call_ledger.core.indexes.SHARDS`); a call's entry
+lives in shard crc32(call_sid) % 16, and every key of a shard shares the hash tag `{n}`, so
+one script updates one call's entry atomically on a Redis Cluster too:
+
+    cl:ix:{n}:e                      hash: record id (16 digits) -> the call's entry: its payload
+                                     (what readers use), then [memberships, increments, score]
+    cl:ix:{n}:v                      hash: record id -> the call's version the entry is of
+    cl:ix:{n}:z:<scope>:<filter>     sorted set: record ids scored by list time (µs);
+                                     scope `*` (every call) or `o<org>`; filter '', s=<status>,
+                                     a=<assistant_id>, or s=<status>|a=<assistant_id>
+    cl:ix:{n}:t:<scope>              hash: the scope's totals (n, s:<status>, c, f, d, dn, cw, cf, cn)
+    cl:ix:{n}:d:<scope>:<YYYY-MM-DD> hash: the same per UTC day of list time
+    cl:ix:{n}:da:<scope>:<YYYY-MM-DD> hash: per assistant that day: a:<aid>:<field> (n, d, cw,
+                                     cf, cn); versions before issue #23 also counted names,
+                                     an:<aid>:<name>, until `call-ledger reindex`
+    cl:ix:{n}:w:<scope>:<monday>     hash: the same per-assistant fields per ISO week
+    cl:ix:{n}:m:<scope>:<YYYY-MM>    hash: the same per-assistant fields per calendar month
+    cl:ix:months                     string: set when every entry has month rollups (see
+                                     IndexStore.months_key)
+
+Readers merge the shards: a list page is a k-way merge of each shard's next items, a count
+or a rollup a sum. Indexes are derived from committed records by the worker after each
+commit (and on each duplicate delivery, which repairs an update lost to a crash); they may
+lag a record briefly, never diverge.
+"""
+
+import heapq
+from collections import defaultdict, deque
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from call_ledger.core.indexes import ALL, SHARDS, IndexEntry, entry_payload, scope_name, score
+from call_ledger.core.indexes import member as member_of
+from call_ledger.store.scripts import Lua, run_pipeline
+
+INDEX = Lua("index.lua")
+INDEX_PAGE = Lua("index_page.lua")
+ROLLUP_DAYS = Lua("rollup_days.lua")
+
+
+# Not frozen, like call_ledger.store.streams.Entry: the apply loop makes one per call per batch.
+@dataclass(slots=True, unsafe_hash=True)
+class IndexWrite:
+    """One call's entry for the index script. With `base` (the version of the entry this
+    writer indexed last, '' if none) and `delta` (call_ledger.core.indexes.entry_delta from that entry),
+    the script applies the delta without reading the stored entry while `base` is the
+    version indexed (index.lua)."""
+
+    shard: int
+    entry: IndexEntry
+    version: int
+    encoded: bytes
+    base: str = ""
+    delta: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One call in a list, as the index holds it."""
+
+    score_text: str  # the list time as Redis wrote it (for cursors)
+    member: str  # zero-padded record id
+    raw: bytes  # the payload's JSON, as the index stores it (IndexEntry.payload())
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The payload, parsed on each use: what a reader holds buffered stays its bytes (a
+        parsed payload is several times their size, and an export holds pages of them)."""
+        payload: dict[str, Any] = orjson.loads(self.raw)
+        return payload
+
+    @property
+    def order(self) -> tuple[float, int]:
+        return float(self.score_text), int(self.member)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class IndexStore:
+    """The index shards above, for the worker (update) and the API (reads)."""
+
+    def __init__(self, redis: Any, prefix: str = "cl") -> None:
+        self.redis = redis
+        self._prefix = prefix
+        # Set (to "1") by `call-ledger reindex` after a full pass, and when a store is created:
+        # from then on every entry has the month rollups. A store indexed by versions before
+        # them (issue #23) has month hashes missing the calls no new worker rewrote since, so
+        # analytics reads whole weeks and days only until then.
+        self.months_key = f"{prefix}:ix:months"
+        self._months = False
+
+    def base(self, shard: int) -> str:
+        return f"{self._prefix}:ix:{{{shard}}}:"
+
+    def entries_key(self, shard: int) -> str:
+        return self.base(shard) + "e"
+
+    def versions_key(self, shard: int) -> str:
+        return self.base(shard) + "v"
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    async def update(self, entries: list[tuple[int, IndexEntry, int]], rederive: bool = False) -> list[bool]:
+        """Apply (shard, entry, version) for each call; True where the shard took it (newer).
+        With `rederive` (reindex), an entry of the same version is replaced too when it differs."""
+        base = "=" if rederive else ""
+        return await self.write([IndexWrite(shard, entry, version, entry.encode(), base)
+                                 for shard, entry, version in entries])
+
+    async def write(self, writes: list["IndexWrite"]) -> list[bool]:
+        """Apply each write; True where the shard took it (newer than the version indexed).
+
+        One script call per shard for all its calls: per-command costs dominated otherwise."""
+        if not writes:
+            return []
+        calls = self._script_calls(writes)
+        if len(calls) == 1:  # a small batch, one shard: one command, without a pipeline's fixed cost
+            keys, args, _ = calls[0]
+            return self.taken(writes, calls, [await INDEX.run(self.redis, keys, args)])
+
+        def build(pipe: Any) -> None:
+            for keys, args, _ in calls:
+                INDEX.queue(pipe, keys, args)
+
+        return self.taken(writes, calls, await run_pipeline(self.redis, build, (INDEX,)))
+
+    def _script_calls(self, writes: list["IndexWrite"]) -> list[tuple[list[str], list[Any], list[int]]]:
+        """(keys, args, positions in `writes`) of one script call per shard."""
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for position, w in enumerate(writes):
+            by_shard[w.shard].append(position)
+        calls = []
+        for shard, positions in by_shard.items():
+            args: list[Any] = [self.base(shard)]
+            for position in positions:
+                w = writes[position]
+                args += [w.entry.member, w.version, str(w.entry.list_us), w.encoded, w.base, w.delta]
+            calls.append(([self.entries_key(shard), self.versions_key(shard)], args, positions))
+        return calls
+
+    @staticmethod
+    def taken(writes: list["IndexWrite"], calls: list[tuple[list[str], list[Any], list[int]]],
+              replies: list[Any]) -> list[bool]:
+        """Per write, whether its shard took it, from the replies of its script calls."""
+        taken = [False] * len(writes)
+        for (_, _, positions), reply in zip(calls, replies, strict=True):
+            for position, result in zip(positions, reply, strict=True):
+                taken[position] = bool(int(result))
+        return taken
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def count(self, suffix: str, lo: str, hi: str) -> int:
+        """Calls in the list `suffix` with list time in [lo, hi], over every shard."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.zcount(self.base(shard) + suffix, lo, hi)
+        return sum(int(n) for n in await pipe.execute())
+
+    async def _pages(self, suffix: str, lo: str, hi: str, count: int,
+                     after: dict[int, tuple[str, str] | None]) -> dict[int, "_Page"]:
+        """For each shard of `after`, its next `count` items after its cursor: one round trip."""
+        shards = list(after)
+
+        def build(pipe: Any) -> None:
+            for shard in shards:
+                cursor = after[shard]
+                INDEX_PAGE.queue(pipe, [self.base(shard) + suffix, self.entries_key(shard)],
+                                 [hi, lo, count, *(cursor if cursor else ("", ""))])
+
+        pages: dict[int, _Page] = {}
+        for shard, reply in zip(shards, await run_pipeline(self.redis, build, (INDEX_PAGE,)), strict=True):
+            items = []
+            for i in range(0, len(reply), 3):
+                raw = reply[i + 2]
+                if not raw:  # a member whose entry is being replaced: it will be back
+                    continue
+                items.append(Item(_text(reply[i + 1]), _text(reply[i]), raw))
+            last = (_text(reply[-2]), _text(reply[-3])) if reply else after[shard]
+            pages[shard] = _Page(items, len(reply) // 3 < count, last)
+        return pages
+
+    async def iterate(self, suffix: str, lo: str = "-inf", hi: str = "+inf",
+                      after: tuple[str, str] | None = None, batch: int = 200,
+                      first: int | None = None, together: bool = False) -> AsyncGenerator[Item, None]:
+        """Every call of the list `suffix` within [lo, hi], newest first (ties: id descending),
+        after the cursor `after` = (score text, member): a k-way merge of the shards, reading
+        `first` items of each shard at once (all in one round trip), then `batch` at a time
+        when a shard runs out, so memory stays bounded for any length: each shard holds at
+        most `first` or 1.5 x `batch` items not yet given.
+
+        With `together` (a reader that goes on to the end, an export), a shard that runs out is
+        read on with every other shard down to half a `batch`, in the same round trip: calls
+        spread evenly over the shards, so they run low together, and reading them one at a
+        time cost a round trip per `batch` items. Without it (a page, which may stop at any
+        item) only the shard that ran out is read."""
+        buffers: dict[int, deque[Item]] = {shard: deque() for shard in range(SHARDS)}
+        cursors: dict[int, tuple[str, str] | None] = dict.fromkeys(range(SHARDS), after)
+        open_ = set(range(SHARDS))
+        heap: list[tuple[tuple[float, int], int]] = []
+
+        async def read(shards: list[int], count: int) -> None:
+            while shards:  # until each has an item or has ended (a page may be all skipped)
+                for shard, page in (await self._pages(suffix, lo, hi, count,
+                                                      {s: cursors[s] for s in shards})).items():
+                    was_empty = not buffers[shard]
+                    buffers[shard].extend(page.items)
+                    cursors[shard] = page.last
+                    if page.ended:
+                        open_.discard(shard)
+                    if was_empty and page.items:
+                        heapq.heappush(heap, (_neg(page.items[0].order), shard))
+                shards = [s for s in shards if s in open_ and not buffers[s]]
+
+        await read(list(range(SHARDS)), first or batch)
+        low = batch // 2 if together else -1
+        while heap:
+            _, shard = heapq.heappop(heap)
+            items = buffers[shard]
+            yield items.popleft()
+            if items:
+                heapq.heappush(heap, (_neg(items[0].order), shard))
+            elif shard in open_:
+                await read([shard, *(s for s in open_ if s != shard and len(buffers[s]) <= low)], batch)
+
+    async def find(self, member: str) -> dict[str, Any] | None:
+        """The payload of the call with this record id (its shard is unknown: ask all)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(SHARDS):
+            pipe.hget(self.entries_key(shard), member)
+        for raw in await pipe.execute():
+            if raw:
+                return entry_payload(raw)
+        return None
+
+    async def sum_hashes(self, suffixes: list[str]) -> dict[str, dict[str, int]]:
+        """Each rollup hash summed over the shards: suffix -> field -> total."""
+        pipe = self.redis.pipeline(transaction=False)
+        for suffix in suffixes:
+            for shard in range(SHARDS):
+                pipe.hgetall(self.base(shard) + suffix)
+        replies = await pipe.execute()
+        out: dict[str, dict[str, int]] = {}
+        for i, suffix in enumerate(suffixes):
+            summed: dict[str, int] = {}
+            for fields in replies[i * SHARDS:(i + 1) * SHARDS]:
+                for name, value in fields.items():
+                    key = _text(name)
+                    summed[key] = summed.get(key, 0) + int(value)
+            out[suffix] = summed
+        return out
+
+
+    async def sum_days(self, days: list[str], assistants: list[str], subtracted: Sequence[str] = (),
+                       lists: str | None = None, hi: str = "+inf", lo: str = "-inf") -> "PeriodSums":
+        """Rollups over every shard for analytics: each day-total hash summed over the shards,
+        the fields of the `assistants` hashes summed less those of the `subtracted`, and with `lists` (the prefix of an
+        assistant's list in the scope, `z:<scope>:a=`) each assistant's latest call in [lo, hi]
+        (its name), each shard adding up its hashes and finding its names in one script."""
+        extra = [lists, hi, lo] if lists is not None else []
+
+        def build(pipe: Any) -> None:
+            for shard in range(SHARDS):
+                base = self.base(shard)
+                ROLLUP_DAYS.queue(pipe, [base + s for s in [*days, *assistants, *subtracted]],
+                                  [len(days), len(subtracted), *([base, *extra] if extra else [])])
+
+        # Summed under the fields' names as Redis sends them, decoded once at the end (decoding
+        # every field of every shard's reply was a fifth of a 90-day analytics at 1,000,000 calls).
+        totals: dict[str, dict[bytes, int]] = {suffix: {} for suffix in days}
+        summed: dict[bytes, int] = {}
+        latest: dict[int, tuple[float, int, int]] = {}  # assistant -> (score, member, shard) of its latest call
+        for shard, reply in enumerate(await run_pipeline(self.redis, build, (ROLLUP_DAYS,))):
+            for suffix, flat in zip(days, reply, strict=False):
+                _add(totals[suffix], flat)
+            _add(summed, reply[len(days)])
+            found = reply[len(days) + 1] if len(reply) > len(days) + 1 else []
+            for i in range(0, len(found), 3):
+                aid, at = int(found[i]), (float(found[i + 1]), int(found[i + 2]), shard)
+                if aid not in latest or at[:2] > latest[aid][:2]:
+                    latest[aid] = at
+        return PeriodSums({suffix: _decoded(fields) for suffix, fields in totals.items()}, _decoded(summed),
+                          await self._names(latest, scope_of_list(lists)))
+
+    async def _names(self, latest: dict[int, tuple[float, int, int]], scope: str | None) -> dict[int, str | None]:
+        """The assistant_name of each assistant's latest call: one entry read per assistant (the
+        winner over the shards), in one pipeline. The entry is read after the script found it: if
+        the call moved meanwhile (to another organization or assistant), its name is not taken."""
+        if not latest:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for _, member, shard in latest.values():
+            pipe.hget(self.entries_key(shard), member_of(member))
+        names: dict[int, str | None] = {}
+        for aid, stored in zip(latest, await pipe.execute(), strict=True):
+            payload = orjson.loads(stored.partition(b"\n")[0]) if stored else {}
+            name = payload.get("an")
+            still = payload.get("aid") == aid and (scope in (None, ALL) or scope == scope_name(payload.get("org")))
+            names[aid] = name if still and isinstance(name, str) else None
+        return names
+
+    async def months_complete(self) -> bool:
+        """Whether every entry of the store counts its per-assistant fields per month too (see
+        MONTHS_KEY); once true, it stays true."""
+        if not self._months:
+            self._months = await self.redis.get(self.months_key) is not None
+        return self._months
+
+    async def mark_months_complete(self) -> None:
+        await self.redis.set(self.months_key, "1")
+
+
+@dataclass(frozen=True)
+class PeriodSums:
+    """What analytics reads: per day-total suffix its fields, the per-assistant fields summed,
+    and each assistant's name (that of its latest call in the period)."""
+
+    days: dict[str, dict[str, int]]
+    assistants: dict[str, int]
+    names: dict[int, str | None]
+
+
+def _add(into: dict[bytes, int], flat: list[Any]) -> None:
+    """Add a flat (field, value) reply into `into`, keyed by the field as received."""
+    pairs = iter(flat)
+    get = into.get
+    for name, value in zip(pairs, pairs, strict=True):
+        into[name] = get(name, 0) + int(value)
+
+
+def scope_of_list(lists: str | None) -> str | None:
+    """The scope of an assistant-list prefix `z:<scope>:a=` (None without one)."""
+    return None if lists is None else lists.split(":", 2)[1]
+
+
+def _decoded(fields: dict[bytes, int]) -> dict[str, int]:
+    return {_text(name): value for name, value in fields.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """One shard's page: its items, whether it ended the shard, the cursor after it."""
+
+    items: list[Item]
+    ended: bool
+    last: tuple[str, str] | None
+
+
+def _neg(order: tuple[float, int]) -> tuple[float, int]:
+    return -order[0], -order[1]
+
+
+def bound(us: int | None, default: str) -> str:
+    """A score bound for ZRANGEBYSCORE / ZCOUNT (inclusive)."""
+    return default if us is None else repr(score(us))

@@ -1,0 +1,65 @@
+"""`call-ledger reindex`: (re)build the calls API's index entries from the records themselves.
+
+For a store written before the indexes existed, or to repair one by hand: every call key is
+read and its entry written at the call's version, through the same versioned index script
+the worker uses, so it is safe while workers run (a newer entry is left alone, and one of the
+same version only replaced when this version of call-ledger derives another) and safe to
+repeat. After a whole pass every entry has the month rollups, which it records
+(`IndexStore.months_key`): analytics reads them from then on. Run it once every worker runs a
+version with them (issue #23), so that no older worker writes an entry without them after it.
+"""
+
+from typing import Any
+
+from call_ledger.core.indexes import index_entry, shard_of
+from call_ledger.core.rules import CallState
+from call_ledger.settings import Settings
+from call_ledger.store.indexes import IndexStore
+from call_ledger.store.records import Store
+
+BATCH = 500
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+async def _first_seen(store: Store, sid: str) -> int | None:
+    """The earliest event's time, from the journal's time index (scored by occurred_us), for
+    calls written before the state kept it."""
+    first = await store.redis.zrange(store.order_key(sid), 0, 0, withscores=True)
+    if not first:
+        return None
+    return int(first[0][1])
+
+
+async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
+    """(calls seen, entries written); entries already current are not rewritten."""
+    indexes = IndexStore(store.redis, store.prefix)
+    prefix = store.call_key("")[:-2]  # "cl:call:"
+    seen = written = 0
+    batch: list[tuple[int, Any, int]] = []
+
+    async def flush() -> None:
+        nonlocal written
+        written += sum(await indexes.update(batch, rederive=True))
+        batch.clear()
+
+    async for key in store.redis.scan_iter(match=f"{prefix}{{*}}", count=1000):
+        name = _text(key)
+        sid = name[len(prefix) + 1:-1]
+        fields = await store.redis.hgetall(key)
+        found = CallState.from_hash(fields)
+        if found is None:
+            continue
+        record_id, state = found
+        if state.first_seen is None and state.started is None:
+            state.first_seen = await _first_seen(store, sid)
+        seen += 1
+        batch.append((shard_of(sid), index_entry(sid, int(record_id), state, settings), int(fields.get(b"v", 0))))
+        if len(batch) >= BATCH:
+            await flush()
+    if batch:
+        await flush()
+    await indexes.mark_months_complete()
+    return seen, written
