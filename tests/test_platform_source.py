@@ -187,3 +187,11 @@ def test_a_number_no_decimal_holds_is_a_malformed_body_not_a_500(number: str) ->
            '"data":{"status":"ongoing","junk":' + number + '}}').encode()
     with pytest.raises(MalformedBody):
         SOURCE.parse(request(None, raw=raw))
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "whsec_not-base64!"])
+def test_a_platform_secret_that_names_no_key_stops_start_up_naming_the_variable_only(secret: str) -> None:
+    # An empty key would accept a signature anyone can compute.
+    with pytest.raises(ValueError, match="^LEDGER_PLATFORM_WEBHOOK_SECRET: ") as refused:
+        PlatformSource.from_settings(make_settings(platform_webhook_secret=secret))
+    assert "base64!" not in str(refused.value)

@@ -6,9 +6,6 @@ and one match is enough. The event id is the `webhook-id` header: stable across 
 platform's redeliveries of one message.
 """
 
-import base64
-import binascii
-import hashlib
 import hmac
 import math
 import re
@@ -18,6 +15,7 @@ from typing import Any, ClassVar
 from call_ledger.core.errors import InvalidEvent, SignatureInvalid
 from call_ledger.core.events import STATUSES, CallEvent
 from call_ledger.core.instants import from_unix, parse_iso
+from call_ledger.core.standard_webhooks import expected_signature, signing_key
 from call_ledger.settings import Settings
 from call_ledger.worker.sources.base import WebhookRequest
 from call_ledger.worker.sources.fields import load_json_object
@@ -26,21 +24,6 @@ from call_ledger.worker.sources.usage import parse_usage
 USED_TYPES = ("call.metadata", "call.usage", "call.status")
 MAX_META_DEPTH = 32
 _UNIX_SECONDS = re.compile(r"^[0-9]{1,12}$")
-
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key of a `whsec_<base64>` secret."""
-    try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("LEDGER_PLATFORM_WEBHOOK_SECRET is not whsec_ followed by base64") from None
-
-
-def expected_signature(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> bytes:
-    # surrogateescape: header bytes that are not UTF-8 reach us as surrogates; they are
-    # signed (and compared) as the bytes they were, never a crash.
-    signed = f"{webhook_id}.{timestamp}.".encode("utf-8", "surrogateescape") + body
-    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
 
 
 def _plain(value: Any, depth: int = 0) -> Any:
@@ -92,7 +75,10 @@ class PlatformSource:
     def from_settings(cls, settings: Settings) -> "PlatformSource | None":
         if settings.platform_webhook_secret is None:
             return None
-        key = signing_key(settings.platform_webhook_secret.get_secret_value())
+        try:
+            key = signing_key(settings.platform_webhook_secret.get_secret_value())
+        except ValueError as exc:  # the message names the variable, never a part of the secret
+            raise ValueError(f"LEDGER_PLATFORM_WEBHOOK_SECRET: {exc}") from None
         return cls(key, settings.signature_tolerance_s, settings.currency)
 
     def verify(self, request: WebhookRequest) -> None:

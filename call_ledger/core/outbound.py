@@ -1,0 +1,100 @@
+"""Outbound call events (SPEC §15): which messages a change of a call makes, what a message says, when a
+failed delivery is tried again, and which addresses an endpoint may not point at.
+
+Pure: the store writes the messages in the same commit as the change (an outbox) and the delivery loop
+sends them; both take their decisions from here, so that the commit script's rules have a reference model
+that the property tests hold them to.
+"""
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+MessageType = Literal["call.ended", "call.finalized", "call.revised"]
+MESSAGE_TYPES: tuple[MessageType, ...] = ("call.ended", "call.finalized", "call.revised")
+DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+@dataclass(frozen=True, slots=True)
+class Finality:
+    """What a call has announced so far: `ended` once its status first became terminal; `revision` 0 until
+    the call is finalized, 1 when it is, and one more for each change after that."""
+
+    ended: bool = False
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A change's effect on a call's messages: the finality it leaves, and the messages it makes."""
+
+    finality: Finality
+    messages: tuple[MessageType, ...]
+
+
+def after_change(finality: Finality, terminal: bool) -> Announcement:
+    """An event changed the call's record (and `terminal` is its status now): `call.ended` if the status is
+    terminal for the first time, `call.revised` if the call was already finalized. An event that changes
+    nothing must not come here: it makes no message."""
+    messages: list[MessageType] = []
+    ended = finality.ended
+    if terminal and not ended:
+        ended = True
+        messages.append("call.ended")
+    revision = finality.revision
+    if revision >= 1:
+        revision += 1
+        messages.append("call.revised")
+    return Announcement(Finality(ended, revision), tuple(messages))
+
+
+def on_quiet(finality: Finality, terminal: bool) -> Announcement:
+    """The call has been quiet for LEDGER_FINALIZE_AFTER_S: `call.finalized` (revision 1) if it is terminal
+    and not finalized yet, else nothing (a second finalizer that lost the race finds it done)."""
+    if not terminal or finality.revision >= 1:
+        return Announcement(finality, ())
+    return Announcement(Finality(True, 1), ("call.finalized",))
+
+
+def message_body(kind: MessageType, timestamp: str, record: bytes, organization_id: str | None,
+                 revision: int) -> bytes:
+    """The message's JSON body. `record` is the record's JSON exactly as GET serves it at that revision; it is
+    embedded as it is, never decoded and encoded again (a float or a key order could otherwise change)."""
+    return b"".join((b'{"type":', orjson.dumps(kind), b',"timestamp":', orjson.dumps(timestamp),
+                     b',"data":{"call":', record, b',"organization_id":', orjson.dumps(organization_id),
+                     b',"revision":', str(revision).encode(), b"}}"))
+
+
+def parse_retry_schedule(text: str) -> tuple[int, ...]:
+    """`LEDGER_OUTBOUND_RETRY_SCHEDULE`: comma-separated delays in whole seconds, each 0 to 7 days."""
+    try:
+        delays = tuple(int(part) for part in text.split(",")) if text.strip() else ()
+    except ValueError:
+        raise ValueError("a comma-separated list of whole seconds, such as 5,300,1800") from None
+    if any(not 0 <= delay <= 7 * 86_400 for delay in delays):
+        raise ValueError("each delay must be from 0 to 604800 seconds")
+    if len(delays) > 20:
+        raise ValueError("at most 20 retries")
+    return delays
+
+
+def retry_delay(attempt: int, schedule: tuple[int, ...]) -> int | None:
+    """Seconds to wait after failed attempt number `attempt` (1 = the first try), or None: it was the last."""
+    return schedule[attempt - 1] if 1 <= attempt <= len(schedule) else None
+
+
+def address_refused(address: str) -> str | None:
+    """Why an endpoint may not be reached at this IP address (SSRF), or None when it may: only globally
+    routable addresses are allowed. IPv4-mapped IPv6 addresses are judged as the IPv4 address they reach."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_global and not ip.is_multicast:
+        return None
+    for refused, kind in ((ip.is_loopback, "loopback"), (ip.is_link_local, "link-local"),
+                          (ip.is_multicast, "multicast"), (ip.is_private, "private")):
+        if refused:
+            return f"{address} is a {kind} address"
+    return f"{address} is not a public address"

@@ -1,0 +1,80 @@
+"""The outbound messages' rules (call_ledger/core/outbound.py): which changes announce what, the body,
+the retry schedule and the addresses an endpoint may not reach."""
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from call_ledger.core.outbound import (
+    DEFAULT_RETRY_SCHEDULE,
+    Finality,
+    address_refused,
+    after_change,
+    message_body,
+    on_quiet,
+    parse_retry_schedule,
+    retry_delay,
+)
+
+# One step of a call's life: an event that changed the record (True/False: is the status terminal after
+# it), or a quiet period that wakes the finalizer ("quiet"). Terminal stays terminal (a status only rises).
+steps = st.lists(st.one_of(st.booleans(), st.just("quiet")), max_size=30)
+
+
+@given(steps)
+def test_ended_at_most_once_finalized_at_most_once_and_revisions_only_grow(life: list[bool | str]) -> None:
+    finality, terminal, sent = Finality(), False, []
+    for step in life:
+        if step == "quiet":
+            announced = on_quiet(finality, terminal)
+        else:
+            terminal = terminal or bool(step)
+            announced = after_change(finality, terminal)
+        sent += [(kind, announced.finality.revision) for kind in announced.messages]
+        assert announced.finality.revision >= finality.revision
+        finality = announced.finality
+    kinds = [kind for kind, _ in sent]
+    assert kinds.count("call.ended") == (1 if terminal else 0)
+    assert kinds.count("call.finalized") <= 1
+    if "call.finalized" in kinds:  # after call.ended, at revision 1; every revision after it is one more
+        assert kinds.index("call.ended") < kinds.index("call.finalized")
+        revisions = [revision for kind, revision in sent if kind != "call.ended"]
+        assert revisions == list(range(1, len(revisions) + 1))
+    else:
+        assert "call.revised" not in kinds
+
+
+def test_a_call_that_is_not_terminal_is_never_finalized() -> None:
+    assert on_quiet(Finality(), terminal=False).messages == ()
+    assert on_quiet(Finality(ended=True, revision=3), terminal=True).messages == ()  # a second finalizer
+
+
+def test_the_body_embeds_the_served_record_byte_for_byte() -> None:
+    record = b'{"call_sid":"CA1","cost":0.0100000001,"z":1,"a":2}'
+    body = message_body("call.finalized", "2026-12-07T10:00:00Z", record, "org_1", 1)
+    assert record in body
+    assert orjson.loads(body) == {"type": "call.finalized", "timestamp": "2026-12-07T10:00:00Z",
+                                  "data": {"call": orjson.loads(record), "organization_id": "org_1", "revision": 1}}
+    assert orjson.loads(message_body("call.ended", "t", b"{}", None, 0))["data"]["organization_id"] is None
+
+
+def test_the_retry_schedule_default_and_bounds() -> None:
+    assert parse_retry_schedule("5,300,1800,7200,18000,36000,36000") == DEFAULT_RETRY_SCHEDULE
+    assert parse_retry_schedule("") == ()
+    assert [retry_delay(n, (5, 300)) for n in (1, 2, 3)] == [5, 300, None]
+    for bad in ("5,x", "-1", "604801", ",".join(["1"] * 21)):
+        with pytest.raises(ValueError):
+            parse_retry_schedule(bad)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+                                     "fe80::1", "fd00::1", "224.0.0.1", "ff02::1", "0.0.0.0", "::", "100.64.0.1",
+                                     "::ffff:127.0.0.1", "::ffff:10.0.0.1", "240.0.0.1"])
+def test_addresses_that_are_not_public_are_refused(address: str) -> None:
+    assert address_refused(address) is not None and address in str(address_refused(address))
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert address_refused(address) is None
