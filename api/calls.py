@@ -5,7 +5,6 @@ read through `api.listing`, encode. Every route answers another tenant's call ex
 unknown one.
 """
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,16 +12,15 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from call_ledger.api import listing
 from call_ledger.api.auth import check_bearer, may_see
 from call_ledger.api.query import parse_filter, parse_list, parse_search
-from call_ledger.core.errors import NotFound, StoreUnavailable
+from call_ledger.core.errors import NotFound
 from call_ledger.core.indexes import member
 from call_ledger.core.rules import CallState, record_json, render_record
+from call_ledger.store.errors import bounded_request
 from call_ledger.store.indexes import IndexStore
-from call_ledger.store.records import REQUEST_TIMEOUT_S
 from call_ledger.web.base import SETTINGS, STORE
 
 log = structlog.get_logger("ledger.api")
@@ -36,13 +34,8 @@ def store_errors(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                return await handler(request)
-        except TimeoutError as exc:
-            raise StoreUnavailable("redis did not answer in time") from exc
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        async with bounded_request():  # the store's one mapping of Redis failures (Cluster ones too)
+            return await handler(request)
 
     return wrapper
 

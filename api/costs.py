@@ -37,7 +37,7 @@ from call_ledger.core.events import CallEvent, Cost
 from call_ledger.core.money import convert, format_nano
 from call_ledger.core.rules import CallState, estimate_of, render_record
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.base import SETTINGS, STORE
 
 

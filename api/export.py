@@ -31,17 +31,16 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from call_ledger.api import listing
 from call_ledger.api.calls import indexes_of, scope_of
 from call_ledger.api.query import parse_filter, parse_format
-from call_ledger.core.errors import StoreUnavailable, TooManyExports
+from call_ledger.core.errors import TooManyExports
 from call_ledger.core.money import format_nano
 from call_ledger.core.rules import META_FIELD, MONEY_FIELDS, CallState, render_record
 from call_ledger.core.served import RECORD_FIELD, served_record
 from call_ledger.settings import Settings
-from call_ledger.store.records import REQUEST_TIMEOUT_S
+from call_ledger.store.errors import bounded_request
 from call_ledger.web.base import SETTINGS, STORE
 
 log = structlog.get_logger("ledger.api")
@@ -248,13 +247,8 @@ async def export_calls(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, stream: AsyncGenerator[list[tuple[str, dict[bytes, bytes]]], None], fmt: str,
                   scope: int | None) -> web.StreamResponse:
-    try:  # the first read before the 200: its errors still get their own status
-        async with asyncio.timeout(REQUEST_TIMEOUT_S):
-            first = await anext(stream, None)
-    except TimeoutError as exc:
-        raise StoreUnavailable("redis did not answer in time") from exc
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+    async with bounded_request():  # the first read before the 200: its errors still get their own status
+        first = await anext(stream, None)
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/json",
         "Content-Disposition": f'attachment; filename="calls.{fmt}"',

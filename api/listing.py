@@ -19,8 +19,8 @@ from call_ledger.core.indexes import SHARDS, encode_cursor, list_key, scope_name
 from call_ledger.core.rules import render_record
 from call_ledger.core.served import organization_of
 from call_ledger.settings import Settings
+from call_ledger.store import Store
 from call_ledger.store.indexes import IndexStore, Item, bound
-from call_ledger.store.records import Store
 
 # List filters that are not indexed (substrings, durations) are checked on each indexed
 # candidate; a request examines at most this many, else it is refused (422) with a hint to

@@ -54,8 +54,9 @@ from call_ledger.core.record_ids import IdBlock  # noqa: E402
 from call_ledger.core.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
 from call_ledger.core.served import served_record, stored_record  # noqa: E402
 from call_ledger.settings import Settings  # noqa: E402
+from call_ledger.store import CommitWrite, Store, open_redis  # noqa: E402
 from call_ledger.store.indexes import IndexStore, IndexWrite  # noqa: E402
-from call_ledger.store.records import CommitWrite, Store, _commit_args, open_redis  # noqa: E402
+from call_ledger.store.records import _commit_args  # noqa: E402
 from call_ledger.store.wire import pack_command  # noqa: E402
 
 STATUSES = ["completed"] * 6 + ["failed", "busy", "no-answer", "ongoing"]
@@ -359,7 +360,7 @@ async def main(n: int, processes: int, fill_only: bool, redis_url: str | None, r
 
 async def run(url: str, n: int, processes: int, fill_only: bool, reads_only: bool) -> None:
     settings = Settings()
-    # The client the API process uses (call_ledger.store.records.open_redis: commands packed in C), so reads
+    # The client the API process uses (call_ledger.store.client.open_redis: commands packed in C), so reads
     # cost here what they cost the routes.
     client = open_redis(Settings(redis_url=url))
     store, indexes = Store(client), IndexStore(client)

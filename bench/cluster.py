@@ -273,7 +273,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def open_store(nodes: Nodes, shards: int) -> Any:
     from call_ledger.settings import Settings
-    from call_ledger.store.records import Store
+    from call_ledger.store import Store
 
     return Store.from_settings(Settings(redis_url=nodes.url, redis_cluster=nodes.cluster, stream_shards=shards))
 

@@ -29,7 +29,7 @@ from run import DEVNULL, RedisServer, call_events, fill_stream  # noqa: E402
 
 async def per_call(url: str, calls: int, journal: str) -> dict[str, float]:
     from call_ledger.settings import Settings
-    from call_ledger.store.records import Store, open_redis
+    from call_ledger.store import Store, open_redis
     from call_ledger.web.logs import configure_logging
     from call_ledger.web.metrics import Metrics
     from call_ledger.worker.consumer import Consumer

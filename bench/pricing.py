@@ -20,7 +20,7 @@ from call_ledger.core.events import CallEvent, Cost, UsageLine
 from call_ledger.core.instants import parse_iso
 from call_ledger.core.pricing import parse_document, price_event
 from call_ledger.settings import Settings
-from call_ledger.store.records import Entry, LoadedCall
+from call_ledger.store import Entry, LoadedCall
 from call_ledger.worker.apply import plan_call
 
 ROUNDS, NUMBER = 7, 5_000

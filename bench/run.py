@@ -132,7 +132,7 @@ def call_events(n_calls: int, per_call: int) -> list[bytes]:
 async def fill_stream(url: str, events: list[bytes]) -> None:
     import redis.asyncio as aioredis
 
-    from call_ledger.store.records import Store
+    from call_ledger.store import Store
 
     client = aioredis.Redis.from_url(url)
     store = Store(client, "bench")
@@ -148,7 +148,7 @@ async def product_apply(url: str, events: list[bytes], batch: int) -> float:
 
     from call_ledger.runtime import tune_gc
     from call_ledger.settings import Settings
-    from call_ledger.store.records import Store, open_redis
+    from call_ledger.store import Store, open_redis
     from call_ledger.web.logs import configure_logging
     from call_ledger.web.metrics import Metrics
     from call_ledger.worker.consumer import Consumer

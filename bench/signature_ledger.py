@@ -65,7 +65,7 @@ async def webhook_latencies(url: str, n: int) -> tuple[list[float], list[float]]
 
     from call_ledger.app import create_app
     from call_ledger.settings import Settings
-    from call_ledger.store.records import Store
+    from call_ledger.store import Store
     from call_ledger.worker.intake import SIGNATURES
     from tests.sources import payloads_twilio as tw
 

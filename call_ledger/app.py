@@ -13,7 +13,7 @@ from aiohttp import web
 from call_ledger.api.app import add_read_api
 from call_ledger.api.openapi import add_openapi_route
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.base import base_app
 from call_ledger.worker.app import add_consumer
 from call_ledger.worker.intake import add_intake

@@ -21,7 +21,7 @@ from call_ledger.web.logs import configure_logging, secret_values
 from call_ledger.web.redact import Redactor
 
 if TYPE_CHECKING:
-    from call_ledger.store.records import Store
+    from call_ledger.store import Store
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -75,7 +75,7 @@ def fail(settings: Settings, message: str) -> NoReturn:
 async def _open_store(settings: Settings) -> "Store":
     """The store of `dlq` and `reindex`: as the services do, wait for Redis (one line if it never
     answers or refuses us), so that no command of theirs fails with a traceback."""
-    from call_ledger.store.records import Store
+    from call_ledger.store import Store
     from call_ledger.web.base import wait_for_redis
 
     store = Store.from_settings(settings)
@@ -89,13 +89,11 @@ async def _open_store(settings: Settings) -> "Store":
 
 def _run_command(settings: Settings, command: Coroutine[Any, Any, int]) -> int:
     """`dlq` or `reindex`; Redis lost midway is one line, exit 2 (not a traceback)."""
-    from redis.exceptions import RedisClusterException, RedisError
-
-    from call_ledger.store.records import describe_redis_error
+    from call_ledger.store.errors import REDIS_FAILURES, describe_redis_error
 
     try:
         return asyncio.run(command)
-    except (RedisError, RedisClusterException, OSError) as exc:
+    except REDIS_FAILURES as exc:
         fail(settings, f"redis: {describe_redis_error(exc).reason}")
 
 

@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import Webhook
 
 from call_ledger.app import create_app
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store, open_redis
+from call_ledger.store import Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 

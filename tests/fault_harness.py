@@ -26,8 +26,8 @@ from call_ledger.core.instants import format_us
 from call_ledger.core.rules import CallState, apply_event, fix_estimate, render_record
 from call_ledger.core.served import stored_record
 from call_ledger.settings import Settings
+from call_ledger.store import Store
 from call_ledger.store.indexes import IndexStore
-from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from call_ledger.api.openapi import openapi_document
 from call_ledger.app import create_app
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.base import METRICS
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import API_TOKEN, AUTH, make_settings, post_platform

@@ -16,8 +16,8 @@ from call_ledger.app import create_app
 from call_ledger.cli import parser
 from call_ledger.core.errors import StoreUnavailable
 from call_ledger.core.replay import SignatureUse, params_digest, params_digest_reference
+from call_ledger.store import Store
 from call_ledger.store.append_batcher import AppendBatcher
-from call_ledger.store.records import Store
 from call_ledger.store.signatures import SignatureLedger
 from call_ledger.worker.sources.fields import _parse_qsl, decode_form
 from tests.conftest import AUTH, RedisServer, make_settings, post_platform

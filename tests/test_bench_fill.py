@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from bench import calls_api
 from call_ledger.core.instants import parse_iso
-from call_ledger.store.records import Store, open_redis
+from call_ledger.store import Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from call_ledger.worker.intake import stored_form

@@ -3,7 +3,7 @@ the 32 event keys the worker cache keeps, is a duplicate, not a refusal: a refus
 cache is judged again on the call as read from Redis, whose order index knows every applied event.
 (It was once refused and dead-lettered though applied.)"""
 
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import KNOWN_EVENTS
 from call_ledger.worker.consumer import Consumer

@@ -13,7 +13,7 @@ from burki.exceptions import AuthenticationError, NotFoundError, ValidationError
 
 from call_ledger.app import create_app
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, BASE_US, ORG7, TOKENS, call, load
 

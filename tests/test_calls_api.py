@@ -15,7 +15,7 @@ from call_ledger.app import create_app
 from call_ledger.core.events import CallEvent, Cost
 from call_ledger.core.instants import format_us
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from call_ledger.app import create_app
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, BASE_US, TOKENS, auth, call, event, load
 

@@ -10,7 +10,7 @@ import pytest
 
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import render_record
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from call_ledger.app import create_app
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.cluster import Cluster

@@ -10,8 +10,8 @@ import pytest
 
 from call_ledger.app import create_app
 from call_ledger.core.indexes import SHARDS
+from call_ledger.store import Store
 from call_ledger.store.indexes import IndexStore
-from call_ledger.store.records import Store
 from call_ledger.store.reindex import reindex
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer

@@ -25,7 +25,7 @@ from call_ledger.app import create_app
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import record_json, render_record
 from call_ledger.settings import Settings
-from call_ledger.store.records import GROUP, Store
+from call_ledger.store import GROUP, Store
 from tests.cluster import Cluster, replicated_cluster
 from tests.conftest import API_TOKEN, AUTH, PLATFORM_SECRET, free_port, make_settings, sign_platform
 from tests.workers import assert_records_exact, expected_status

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from call_ledger.app import create_app
 from call_ledger.cli import load_settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.base import METRICS
 from call_ledger.web.connections import (
     OVER_CAPACITY_RESPONSE,

@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from call_ledger.core.errors import StoreUnavailable
 from call_ledger.core.events import CallEvent
 from call_ledger.core.money import MAX_AMOUNT_NANO
-from call_ledger.store.records import CommitWrite, Store
+from call_ledger.store import CommitWrite, Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer, of_one_call
 from tests.conftest import AUTH, RedisServer, make_settings

@@ -3,7 +3,7 @@
 import asyncio
 from typing import Any
 
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings

@@ -12,7 +12,7 @@ import pytest
 from call_ledger.app import create_app
 from call_ledger.core.events import CallEvent, Cost, UsageLine
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker import apply as apply_module
 from call_ledger.worker.consumer import Consumer

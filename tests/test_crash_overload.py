@@ -30,7 +30,7 @@ from call_ledger.core.events import COMPONENTS, CallEvent
 from call_ledger.core.money import format_nano
 from call_ledger.core.rules import CallState, record_json, render_record
 from call_ledger.settings import Settings
-from call_ledger.store.records import GROUP, Store, open_redis
+from call_ledger.store import GROUP, Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import frozen_fx
 from call_ledger.worker.consumer import Consumer

@@ -17,7 +17,7 @@ from call_ledger.app import create_app
 from call_ledger.core import cursors
 from call_ledger.core.errors import InvalidQuery
 from call_ledger.core.indexes import MAX_LIST_CURSOR, decode_cursor, encode_cursor
-from call_ledger.store.records import Store, open_redis
+from call_ledger.store import Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, RedisServer, make_settings

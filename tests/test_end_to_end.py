@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from tests.conftest import AUTH, post_platform
 from tests.workers import nth_record_id
 

@@ -34,7 +34,7 @@ from call_ledger.app import create_app
 from call_ledger.core.events import CallEvent, Cost
 from call_ledger.core.money import MAX_AMOUNT_NANO, format_nano
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, _require_redis, make_settings

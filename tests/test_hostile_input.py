@@ -34,7 +34,7 @@ from yarl import URL
 from call_ledger.app import create_app
 from call_ledger.core.events import COMPONENTS, STATUSES, CallEvent
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.base import MAX_BODY, METRICS
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, PLATFORM_SECRET, make_settings, sign_platform

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, _require_redis, make_settings

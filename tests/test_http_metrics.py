@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from call_ledger.app import create_app
 from call_ledger.core.errors import StoreUnavailable
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.serving import make_runner
 from tests.conftest import AUTH, free_port, make_settings, post_platform, sign_platform
 

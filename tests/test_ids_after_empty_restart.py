@@ -5,7 +5,7 @@ the restart (a reserve across batches once did: two calls, one id)."""
 import asyncio
 
 from call_ledger.core.errors import StoreUnavailable
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings

@@ -23,8 +23,8 @@ from call_ledger.core.events import STATUSES, TERMINAL_STATUSES, CallEvent, Cost
 from call_ledger.core.indexes import day_of
 from call_ledger.core.money import format_nano
 from call_ledger.core.rules import record_json, render_record
+from call_ledger.store import Store
 from call_ledger.store.indexes import IndexStore
-from call_ledger.store.records import Store
 from tests.conftest import make_settings
 from tests.test_calls_api import ADMIN, ORG7, TOKENS, auth, event, load
 from tests.workers import fold

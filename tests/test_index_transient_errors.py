@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from redis.exceptions import OutOfMemoryError
 
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings

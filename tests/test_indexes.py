@@ -21,8 +21,8 @@ from call_ledger.core.indexes import IndexBasis, IndexEntry, _delta_by_field, en
 from call_ledger.core.record_ids import counter_of
 from call_ledger.core.rules import CallState, apply_event, fix_estimate, record_json, render_record
 from call_ledger.settings import Settings
+from call_ledger.store import Store
 from call_ledger.store.indexes import IndexStore, IndexWrite
-from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests import indexes_reference as reference
@@ -144,7 +144,9 @@ async def test_indexes_equal_a_fresh_build_and_the_api_equals_the_model(
 async def test_an_index_update_lost_to_a_crash_is_repaired_by_the_redelivery(
         store: Store, settings: Settings, aiohttp_client: Any) -> None:
     settings = make_settings(api_tokens=TOKENS)
-    doomed = Consumer(store, settings.model_copy(update={"consumer_name": "doomed"}), Metrics())
+    # Its own Store on the same Redis (as another process would have): only its index writes die.
+    doomed = Consumer(Store(store.redis, store.prefix), settings.model_copy(update={"consumer_name": "doomed"}),
+                      Metrics())
 
     async def die(*args: Any) -> list[bool]:
         raise RedisConnectionError("worker lost Redis between commit and index update")

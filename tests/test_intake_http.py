@@ -7,7 +7,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from call_ledger.app import create_app
-from call_ledger.store.records import Store, open_redis
+from call_ledger.store import Store, open_redis
 from tests.conftest import PLATFORM_SECRET, free_port, make_settings, post_platform, sign_platform
 
 STATUS = {"type": "call.status", "call_sid": "CA1", "occurred_at": "2026-11-24T10:00:00Z",

@@ -15,7 +15,7 @@ from call_ledger.core.errors import LayoutMismatch
 from call_ledger.core.events import CallEvent
 from call_ledger.core.instants import format_us
 from call_ledger.core.rules import CallState, render_record
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import KnownCalls
 from call_ledger.worker.consumer import Consumer

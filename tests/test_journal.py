@@ -17,7 +17,7 @@ from call_ledger.api.views import encode_cursor
 from call_ledger.core.events import COMPONENTS, STATUSES, CallEvent, Cost, PriceRef
 from call_ledger.core.instants import text_at
 from call_ledger.core.journal import compact, restore
-from call_ledger.store.records import CommitWrite
+from call_ledger.store import CommitWrite
 from call_ledger.store.streams import _text
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
@@ -496,7 +496,7 @@ async def test_pages_end_where_the_events_json_reaches_the_byte_budget_as_before
 
 async def test_instants_far_from_now_restore_exactly_through_a_real_redis_score(redis_server: Any) -> None:
     """The score is a double: occurred_us comes back from a real server's reply text exactly."""
-    from call_ledger.store.records import Store, open_redis
+    from call_ledger.store import Store, open_redis
 
     settings = make_settings(redis_url=redis_server.url)
     store = Store(open_redis(settings), settings.key_prefix)

@@ -6,7 +6,7 @@ another worker reached by another history is a conflict (the commit token)."""
 import asyncio
 
 from call_ledger.core.errors import StoreUnavailable
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import RedisServer, make_settings

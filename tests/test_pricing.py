@@ -20,7 +20,7 @@ from call_ledger.core.instants import format_us, parse_iso
 from call_ledger.core.money import NANO
 from call_ledger.core.pricing import PriceTable, PricingError, format_table, load_file, parse_document, price_event
 from call_ledger.core.rules import CallState, apply_event, render_record
-from call_ledger.store.records import Entry, LoadedCall
+from call_ledger.store import Entry, LoadedCall
 from call_ledger.worker.apply import plan_call, wanted_meta
 from tests.conftest import make_settings
 

@@ -13,7 +13,7 @@ import yaml
 from call_ledger.core.errors import InvalidEvent
 from call_ledger.core.events import CallEvent, UsageLine
 from call_ledger.core.rules import render_record
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, RedisServer, make_settings, post_platform

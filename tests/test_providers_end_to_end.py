@@ -23,7 +23,7 @@ from yarl import URL
 
 from call_ledger.app import create_app
 from call_ledger.core.record_ids import counter_of
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, make_settings, post_platform

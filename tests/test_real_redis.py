@@ -20,7 +20,7 @@ from call_ledger.core.errors import StoreUnavailable
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import render_record
 from call_ledger.settings import Settings
-from call_ledger.store.records import GROUP, CommitWrite, Store, open_redis
+from call_ledger.store import GROUP, CommitWrite, Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import PLATFORM_SECRET, Guarantees, RedisServer, free_port, make_settings

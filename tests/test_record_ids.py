@@ -20,7 +20,8 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from call_ledger.app import create_app
 from call_ledger.core.record_ids import counter_of
-from call_ledger.store.records import ID_JUMP, Store
+from call_ledger.store import Store
+from call_ledger.store.records import ID_JUMP
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.cluster import Cluster, replicated_cluster

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from call_ledger.core.record_ids import OPAQUE_BASE, counter_of, opaque_id
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings

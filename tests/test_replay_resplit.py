@@ -32,7 +32,7 @@ from call_ledger.app import create_app
 from call_ledger.core.errors import StoreUnavailable
 from call_ledger.core.replay import SignatureUse, params_digest, signature_identity
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.store.signatures import SignatureLedger
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, free_port, make_settings

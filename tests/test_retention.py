@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings
@@ -106,7 +106,7 @@ def test_a_bad_retention_stops_start_up(value: str) -> None:
 async def test_on_a_real_redis_exactly_the_dead_letters_past_the_retention_go(redis_server: Any) -> None:
     """Real XTRIM MINID, exact: across stream nodes (100 entries each), every old one goes and
     no recent one, whatever node it shares with an old one."""
-    from call_ledger.store.records import open_redis
+    from call_ledger.store import open_redis
 
     settings = make_settings(redis_url=redis_server.url)
     store = Store(open_redis(settings), settings.key_prefix)

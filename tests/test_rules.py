@@ -14,7 +14,7 @@ from call_ledger.core.indexes import RECORD_FIELDS
 from call_ledger.core.instants import parse_iso
 from call_ledger.core.money import NANO, parse_amount
 from call_ledger.core.rules import CallState, apply_event, record_json, render_record
-from call_ledger.store.records import Entry, LoadedCall
+from call_ledger.store import Entry, LoadedCall
 from call_ledger.worker.apply import plan_call, wanted_meta
 from tests.conftest import make_settings
 

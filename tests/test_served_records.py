@@ -15,7 +15,7 @@ from call_ledger.app import create_app
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import record_json, render_record
 from call_ledger.core.served import RECORD_FIELD, served_record
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import AUTH, make_settings

@@ -24,8 +24,8 @@ from structlog.testing import capture_logs
 from call_ledger.app import create_app
 from call_ledger.core.errors import InvalidEvent, LedgerError, StoreUnavailable
 from call_ledger.core.replay import SignatureUse
+from call_ledger.store import Store
 from call_ledger.store import signatures as signature_ledger
-from call_ledger.store.records import Store
 from call_ledger.store.signatures import SignatureLedger
 from call_ledger.worker import intake
 from call_ledger.worker.consumer import Consumer

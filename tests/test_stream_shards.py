@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.store.shards import SLOTS, all_shards, shard_index, shard_of_stream
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer

@@ -5,7 +5,7 @@ from typing import Any
 
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import render_record
-from call_ledger.store.records import Entry, Store
+from call_ledger.store import Entry, Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import KNOWN_EVENTS, NewCallGuess
 from call_ledger.worker.consumer import Consumer

@@ -5,7 +5,7 @@ cached call hold megabytes the cache counted as ~2 KB."""
 import sys
 
 from call_ledger.core.events import CallEvent
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.conftest import make_settings

@@ -22,7 +22,7 @@ from call_ledger.core.money import convert
 from call_ledger.core.record_ids import opaque_id
 from call_ledger.core.rules import CallState, apply_event, render_record
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 
 BASE = parse_iso("2026-11-24T10:00:00Z")
 
@@ -207,7 +207,7 @@ async def assert_records_exact(store: Store, events: list[CallEvent], settings: 
 async def _doomed(url: str, count: int) -> None:
     import redis.asyncio as aioredis
 
-    from call_ledger.store.records import Store
+    from call_ledger.store import Store
 
     store = Store(aioredis.Redis.from_url(url))
     await store.ensure_group()
@@ -234,7 +234,7 @@ async def _crash_after_commit(batches: int, url: str, batch_size: int, fx_rates:
     import os
     import signal
 
-    from call_ledger.store.records import Store
+    from call_ledger.store import Store
     from call_ledger.web.logs import configure_logging
     from call_ledger.web.metrics import Metrics
     from call_ledger.worker.consumer import Consumer

@@ -17,7 +17,7 @@ from call_ledger.core.indexes import IndexBasis, IndexEntry
 from call_ledger.core.pricing import price_event
 from call_ledger.core.rules import META_FIELD, CallState, apply_event, ledger_costs
 from call_ledger.settings import Settings
-from call_ledger.store.records import Entry, LoadedCall
+from call_ledger.store import Entry, LoadedCall
 
 
 class CallPlan:

@@ -19,27 +19,15 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import (
-    AskError,
-    BusyLoadingError,
-    ClusterError,
-    DataError,
-    NoPermissionError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-)
 
-from call_ledger.core.errors import StoreUnavailable
 from call_ledger.core.events import CallEvent
 from call_ledger.core.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
 from call_ledger.core.rules import CallState, fix_estimate, render_record
 from call_ledger.core.served import stored_record
 from call_ledger.settings import Settings
-from call_ledger.store.indexes import IndexStore, IndexWrite
-from call_ledger.store.records import CommitWrite, Entry, LoadedCall, Store, entry_order
+from call_ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
+from call_ledger.store.errors import CommandRefused, of_one_call, transient
+from call_ledger.store.indexes import IndexWrite
 from call_ledger.web.logs import event_lines, flush_logs
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import (
@@ -60,33 +48,6 @@ log = structlog.get_logger("ledger.worker")
 # A call as committed (or found, when all its events were duplicates): record id, version,
 # state, and the record rendered at the commit (None when there was no commit).
 Committed = tuple[int, int, CallState, dict[str, Any] | None]
-
-# Error replies that say "not now" rather than "never": Redis out of memory, a replica, loading,
-# busy with a script, refusing writes after a failed save, a cluster slot moving.
-_TRANSIENT = ("OOM", "READONLY", "LOADING", "BUSY", "MISCONF", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN",
-              "NOREPLICAS")
-
-
-def transient(exc: ResponseError) -> bool:
-    if isinstance(exc, OutOfMemoryError | ReadOnlyError | BusyLoadingError):  # redis-py drops their code
-        return True
-    return str(exc).split(" ", 1)[0] in _TRANSIENT or "OOM command not allowed" in str(exc)
-
-
-def of_one_call(exc: BaseException) -> bool:
-    """Whether a failure may be of the call being handled rather than of Redis as a whole: a bug,
-    data no encoder takes, a script error. Redis away, busy or full (and cancellation) is not:
-    the whole batch then stays pending and is retried (SPEC §14)."""
-    if not isinstance(exc, Exception) or isinstance(exc, OSError | TimeoutError | StoreUnavailable):
-        return False
-    # A cluster without a slot's master, a redirect not followed, an ACL refusing a command: the
-    # store's state, whatever the call.
-    if isinstance(exc, RedisClusterException | ClusterError | AskError | NoPermissionError):
-        return False
-    if isinstance(exc, ResponseError):
-        return not transient(exc)
-    return not isinstance(exc, RedisError) or isinstance(exc, DataError)
-
 
 def failure_text(what: str, exc: BaseException) -> str:
     """A failure reason for logs and dead letters: what failed and the exception, bounded."""
@@ -119,7 +80,7 @@ class Consumer:
         self.store = store
         self.settings = settings
         self.metrics = metrics
-        self.indexes = IndexStore(store.redis, store.prefix)
+        self.indexes = store.indexes
         self.name = settings.consumer_name
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -420,11 +381,11 @@ class Consumer:
     async def _index_replies(self, writes: list[IndexWrite]) -> list[bool] | None:
         try:
             return await self.indexes.write(writes)
-        except ResponseError as exc:
+        except CommandRefused as exc:
             return self._index_failed(writes, exc)
 
     @staticmethod
-    def _index_failed(writes: list[IndexWrite], exc: ResponseError) -> None:
+    def _index_failed(writes: list[IndexWrite], exc: CommandRefused) -> None:
         if transient(exc):  # out of memory, read-only, loading...: the batch stays pending, retried
             raise exc
         # A script error no retry can fix must not hold the batch up forever: the record is

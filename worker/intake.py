@@ -187,8 +187,7 @@ def add_intake(app: web.Application, settings: Settings) -> None:
 
     async def signatures_ctx(app: web.Application) -> AsyncIterator[None]:
         # After base_app's store context (registered first), on the same Redis client.
-        signatures = app[SIGNATURES] = SignatureLedger(app[STORE].redis, settings.key_prefix,
-                                                       settings.signature_ttl_s, batcher=app[STORE].batcher)
+        signatures = app[SIGNATURES] = app[STORE].signatures
         landing = asyncio.create_task(signatures.land_held_forever())
         yield
         landing.cancel()

@@ -4,7 +4,7 @@
 import structlog
 
 from call_ledger.settings import Settings
-from call_ledger.store.records import Store
+from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 
 log = structlog.get_logger("ledger.worker")

@@ -39,6 +39,8 @@ from redis.exceptions import (
 )
 
 from call_ledger.core.errors import StoreUnavailable
+from call_ledger.store.errors import REDIS_FAILURES, unavailable
+from call_ledger.store.scripts import Lua
 
 log = structlog.get_logger("ledger.append_batcher")
 
@@ -46,15 +48,8 @@ Command = tuple[tuple[Any, ...], dict[str, Any]]  # (args, options) as execute_c
 Sender = Callable[[list[Command]], Awaitable[list[Any]]]
 
 
-# The signature ledger's check and the XADD in one step (one server: two keys of two slots on a
-# Cluster). Known with another digest: 0, nothing written. GET then SET rather than SET NX GET,
-# which Redis before 7.0 refuses; a script is atomic either way.
-_CLAIM_AND_XADD = """
-local previous = redis.call('GET', KEYS[1])
-if previous and previous ~= ARGV[1] then return 0 end
-if not previous then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-return redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
-"""
+# The signature ledger's check and the XADD in one step (one server only).
+CLAIM_AND_XADD = Lua("claim_and_xadd.lua")
 
 
 @dataclass(slots=True)
@@ -65,14 +60,6 @@ class _Op:
     future: "asyncio.Future[Any]"
     acked: bool  # an XADD: needs the durability confirmation of its tick
     result: Any = field(default=None)
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    if isinstance(exc, StoreUnavailable):
-        return exc
-    if isinstance(exc, TimeoutError):
-        return StoreUnavailable("redis did not answer in time")
-    return StoreUnavailable(f"redis: {type(exc).__name__}")
 
 
 class AppendBatcher:
@@ -108,8 +95,8 @@ class AppendBatcher:
         """Remember a signature with its parameters' digest and XADD the event, in one script on
         one server (call_ledger/store/signatures.py); None, and nothing stored, when the signature is
         known with other parameters."""
-        entry_id = await self._submit(stream, ("EVAL", _CLAIM_AND_XADD, 2, signature_key, stream, digest, ttl_s,
-                                               event_json), {}, acked=True)
+        command = CLAIM_AND_XADD.eval_command([signature_key, stream], [digest, ttl_s, event_json])
+        entry_id = await self._submit(stream, command, {}, acked=True)
         if not entry_id:
             return None
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -152,7 +139,7 @@ class AppendBatcher:
         except BaseException as exc:  # timeout, connection lost, cancelled at shutdown: all of it 503
             if self._cluster:
                 self._stale = True
-            error = _unavailable(exc)
+            error = unavailable(exc)
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(error)
@@ -191,7 +178,7 @@ class AppendBatcher:
             confirmed = replies[-1]
             if isinstance(confirmed, BaseException):
                 trouble = trouble or _retryable(confirmed)
-                unconfirmed = _unavailable(confirmed)
+                unconfirmed = unavailable(confirmed)
             else:
                 count = confirmed[0] if self.durable_ack == "aof" else confirmed
                 if int(count) < 1:
@@ -201,7 +188,7 @@ class AppendBatcher:
             if isinstance(reply, BaseException):
                 if _retryable(reply):
                     trouble = True
-                    op.result = _unavailable(reply)
+                    op.result = unavailable(reply)
                 else:  # the server refused this command itself (WRONGTYPE, OOM, syntax): as it is
                     op.result = reply
             elif op.acked and unconfirmed is not None:
@@ -261,7 +248,7 @@ class AppendBatcher:
                 node = cluster.get_node_from_key(op.key)
             except (RedisError, RedisClusterException) as exc:  # slot not covered: no master for it now
                 self._stale = True
-                op.result = _unavailable(exc)
+                op.result = unavailable(exc)
                 continue
             assert node is not None  # a primary is always returned for a covered slot
             groups.setdefault(node.name, (node, []))[1].append(op)
@@ -273,7 +260,7 @@ class AppendBatcher:
                 log.warning("cluster_node_unavailable", node=node.name, error=type(result).__name__,
                             commands=len(ops))
                 for op in ops:
-                    op.result = _unavailable(result)
+                    op.result = unavailable(result)
             elif result:
                 self._stale = True
 
@@ -302,7 +289,7 @@ class AppendBatcher:
         try:
             await self.redis.nodes_manager.initialize()
             self._stale = False
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.info("cluster_refresh_failed", error=type(exc).__name__)  # the next tick tries again
 
     async def close(self) -> None:

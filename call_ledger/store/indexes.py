@@ -1,29 +1,11 @@
-"""The calls API's indexes in Redis: key names, the index script, and the reads (SPEC §9, §10).
+"""The calls API's indexes in Redis: the index script, and the reads (SPEC §9, §10).
 
-Layout (prefix `cl`), per index shard n in 0..15 (`call_ledger.core.indexes.SHARDS`); a call's entry
-lives in shard crc32(call_sid) % 16, and every key of a shard shares the hash tag `{n}`, so
-one script updates one call's entry atomically on a Redis Cluster too:
-
-    cl:ix:{n}:e                      hash: record id (16 digits) -> the call's entry: its payload
-                                     (what readers use), then [memberships, increments, score]
-    cl:ix:{n}:v                      hash: record id -> the call's version the entry is of
-    cl:ix:{n}:z:<scope>:<filter>     sorted set: record ids scored by list time (µs);
-                                     scope `*` (every call) or `o<org>`; filter '', s=<status>,
-                                     a=<assistant_id>, or s=<status>|a=<assistant_id>
-    cl:ix:{n}:t:<scope>              hash: the scope's totals (n, s:<status>, c, f, d, dn, cw, cf, cn)
-    cl:ix:{n}:d:<scope>:<YYYY-MM-DD> hash: the same per UTC day of list time
-    cl:ix:{n}:da:<scope>:<YYYY-MM-DD> hash: per assistant that day: a:<aid>:<field> (n, d, cw,
-                                     cf, cn); versions before issue #23 also counted names,
-                                     an:<aid>:<name>, until `call-ledger reindex`
-    cl:ix:{n}:w:<scope>:<monday>     hash: the same per-assistant fields per ISO week
-    cl:ix:{n}:m:<scope>:<YYYY-MM>    hash: the same per-assistant fields per calendar month
-    cl:ix:months                     string: set when every entry has month rollups (see
-                                     IndexStore.months_key)
-
-Readers merge the shards: a list page is a k-way merge of each shard's next items, a count
-or a rollup a sum. Indexes are derived from committed records by the worker after each
-commit (and on each duplicate delivery, which repairs an update lost to a crash); they may
-lag a record briefly, never diverge.
+The layout (per index shard n in 0..15, every key of a shard under the hash tag `{n}`, so one
+script updates one call's entry atomically on a Redis Cluster too) is documented with every other
+key name in call_ledger.store.keys. Readers merge the shards: a list page is a k-way merge of each
+shard's next items, a count or a rollup a sum. Indexes are derived from committed records by the
+worker after each commit (and on each duplicate delivery, which repairs an update lost to a crash);
+they may lag a record briefly, never diverge.
 """
 
 import heapq
@@ -36,6 +18,7 @@ import orjson
 
 from call_ledger.core.indexes import ALL, SHARDS, IndexEntry, entry_payload, scope_name, score
 from call_ledger.core.indexes import member as member_of
+from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
 
 INDEX = Lua("index.lua")
@@ -88,22 +71,22 @@ class IndexStore:
 
     def __init__(self, redis: Any, prefix: str = "cl") -> None:
         self.redis = redis
-        self._prefix = prefix
+        self.keys = Keys(prefix)
         # Set (to "1") by `call-ledger reindex` after a full pass, and when a store is created:
         # from then on every entry has the month rollups. A store indexed by versions before
         # them (issue #23) has month hashes missing the calls no new worker rewrote since, so
         # analytics reads whole weeks and days only until then.
-        self.months_key = f"{prefix}:ix:months"
+        self.months_key = self.keys.index_months
         self._months = False
 
     def base(self, shard: int) -> str:
-        return f"{self._prefix}:ix:{{{shard}}}:"
+        return self.keys.index_base(shard)
 
     def entries_key(self, shard: int) -> str:
-        return self.base(shard) + "e"
+        return self.keys.index_entries(shard)
 
     def versions_key(self, shard: int) -> str:
-        return self.base(shard) + "v"
+        return self.keys.index_versions(shard)
 
     # -- the worker ---------------------------------------------------------------------------
 

@@ -1,73 +1,32 @@
-"""All Redis access, and every key name, in one place.
+"""The call records in Redis: one call's hash, journal and order index, the record ids, the layout mark.
 
-Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
-
-    cl:events                  stream of normalised events (intake XADDs, workers XREADGROUP); with
-                               LEDGER_STREAM_SHARDS=K one per shard, cl:events:{<tag>} (call_ledger.store.shards)
-    cl:dead                    dead-letter stream: events that could not be applied, with the reason
-                               (per shard: cl:dead:{<tag>}), kept LEDGER_DLQ_RETENTION_DAYS
-    cl:failures                hash: stream entry id -> why its last apply failed (until acked; per shard)
-    cl:streams                 set: every stream shard key ever written, what workers consume
-    cl:ids                     counter that hands out record ids (each value made opaque: call_ledger.core.record_ids)
-    {cl:ids}:fence             the replication id of the node that last advanced cl:ids (call_ledger/store/lua/ids.lua)
-    {cl:ids}:key               the random key that makes counter values opaque record ids
-    cl:layout                  the version of this layout ("2"); start-up refuses data of another
-    cl:call:{<sid>}            hash: id, v (events applied), s (the core state JSON: status, times,
-                               costs, provider, call_meta size, the fixed telephony estimate),
-                               r:<register> and m:<call_meta key> -> [occurred_us, event_id, source,
-                               value], j (the record rendered at commit, call_meta left `{}`:
-                               call_ledger.core.served)
-    cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event in the journal's
-                               form (call_ledger.core.journal: what the key, the order score and the call do
-                               not say; an entry of an earlier version is the event's JSON, and
-                               reads as it is); not written with LEDGER_JOURNAL=off
-    cl:order:{<sid>}           sorted set: <source>:<event_id> scored by occurred_us: every applied
-                               event (what recognises a duplicate), the journal in time order (ties
-                               by key), paged by rank from a cursor key
-
-The call hash stays small whatever the call's history (the journal is elsewhere, call_meta is
-bounded), so a lookup reads it whole; a commit writes its core, the journal entries and the
-fields its events won, never a rewrite of everything. The `{<sid>}` hash tag puts a call's
-three keys on one Redis Cluster slot, so one script commits them atomically. Records never
-name the stream, so the stream can be sharded without touching them.
+Key names and what each key holds: call_ledger.store.keys (`cl:call:{<sid>}`, `cl:journal:{<sid>}`,
+`cl:order:{<sid>}`, `cl:ids` and its fence and key, `cl:layout`). The call hash stays small whatever
+the call's history (the journal is elsewhere, call_meta is bounded), so a lookup reads it whole; a
+commit writes its core, the journal entries and the fields its events won, never a rewrite of
+everything. The `{<sid>}` hash tag puts a call's three keys on one Redis Cluster slot, so one script
+(call_ledger/store/lua/commit.lua) commits them atomically.
 """
 
-import asyncio
-import functools
 import secrets
-import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    NoPermissionError,
-    NoScriptError,
-    RedisClusterException,
-    RedisError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
-from call_ledger.core.errors import InvalidQuery, LayoutMismatch, StoreUnavailable
+from call_ledger.core.errors import InvalidQuery, LayoutMismatch
 from call_ledger.core.journal import compact, restore
 from call_ledger.core.record_ids import IdBlock
 from call_ledger.core.rules import CallState
 from call_ledger.core.served import RECORD_FIELD
-from call_ledger.settings import Settings, redis_options
-from call_ledger.store.indexes import IndexStore
+from call_ledger.store.client import is_cluster
+from call_ledger.store.errors import unavailable_on_error
+from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
-from call_ledger.store.streams import GROUP, Entry, StreamStore, _text, entry_order
-from call_ledger.store.wire import FastConnection, FastSSLConnection
+from call_ledger.store.streams import _text
 
-__all__ = ["GROUP", "Entry", "Store", "entry_order", "open_redis"]
+__all__ = ["CommitWrite", "LoadedCall", "Records"]
 
-REQUEST_TIMEOUT_S = 5.0
 LAYOUT = "2"
 COMMIT = Lua("commit.lua")
 EVENTS_PAGE = Lua("events_page.lua")
@@ -80,109 +39,6 @@ IDS = Lua("ids.lua")
 ID_JUMP = 10**9
 # A page of /events ends after the event that reaches this many bytes of JSON.
 EVENTS_PAGE_BYTES = 1024 * 1024
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def open_redis(settings: Settings) -> Any:
-    """The Redis client for these settings: a server, a cluster, or the embedded store."""
-    # No per-command socket timeout: redis-py would arm one per reply, a real cost in the
-    # apply loop's pipelines. Request paths bound each call instead (REQUEST_TIMEOUT_S), and
-    # the worker bounds each batch.
-    # A pooled connection that Redis closed (restart, failover) fails its next command once:
-    # retry that on a fresh connection rather than answer 503 for nothing.
-    common: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 2.0,
-                              "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                              "retry_on_error": [RedisConnectionError]}
-    if settings.redis_url is None:
-        import fakeredis  # the embedded store is only imported when it is used
-
-        return fakeredis.FakeAsyncRedis()
-    if settings.redis_cluster:
-        # Every listed node is a way in: the client needs one that answers to learn the rest. The
-        # credentials and TLS options (ssl_ca_certs, ...) apply to every node it finds.
-        options = redis_options(settings.redis_url)
-        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in options.nodes],
-                            username=options.username, password=options.password, ssl=options.tls,
-                            **options.tls_options, **common)
-    # Commands packed in C (call_ledger/store/wire.py). The cluster client keeps redis-py's packer:
-    # it takes no connection class, and there every script carries one call's arguments only.
-    # from_url reads the credentials and the TLS query parameters (the same ones: Settings refuses others).
-    if settings.redis_url.startswith("unix:"):  # a local socket: redis-py's own connection class for it
-        return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, **common)
-    connection_class = FastSSLConnection if settings.redis_url.startswith("rediss:") else FastConnection
-    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, connection_class=connection_class,
-                                   **common)
-
-
-def id_key_key(ids_key: str) -> str:
-    """The key of the ids' permutation, in the counter's slot like its fence."""
-    return f"{{{ids_key}}}:key"
-
-
-class RedisProblem(NamedTuple):
-    """Why a Redis did not answer, in words fixed here (never an exception's text, which could
-    quote more than we know), and whether trying again can help."""
-
-    reason: str
-    refused: bool  # credentials or ACL refused: the same answer every time
-
-
-def describe_redis_error(error: BaseException) -> RedisProblem:
-    """What went wrong, from the exception and those it was raised from (redis-py wraps an
-    OSError in its ConnectionError, the Cluster client wraps that in RedisClusterException)."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = error
-    while seen is not None and seen not in chain and len(chain) < 10:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    for exc in chain:
-        if isinstance(exc, AuthenticationError | AuthorizationError):
-            return RedisProblem("it refused the credentials: wrong password or ACL user, or none given", True)
-        if isinstance(exc, NoPermissionError):
-            return RedisProblem("its ACL user may not run PING (Redis answered NOPERM)", True)
-    for exc in chain:
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return RedisProblem(f"TLS: the server's certificate was not accepted ({exc.verify_message}); "
-                                "the CA is given as ?ssl_ca_certs=/path on the rediss:// URL", False)
-        if isinstance(exc, ssl.SSLError):
-            return RedisProblem(f"TLS handshake failed ({exc.reason or type(exc).__name__}): "
-                                "a rediss:// URL to a port without TLS?", False)
-        if isinstance(exc, ConnectionRefusedError):
-            return RedisProblem("connection refused", False)
-        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-            return RedisProblem("timed out", False)
-        # A TLS port resets a connection that starts in plain text (redis-py may also say it its way).
-        if isinstance(exc, ConnectionResetError | BrokenPipeError) or (
-                isinstance(exc, RedisConnectionError) and "closed by server" in " ".join(map(str, exc.args))):
-            return RedisProblem("the server closed the connection: a redis:// URL to a TLS port (that needs "
-                                "rediss://)?", False)
-    return RedisProblem(type(error).__name__, False)
-
-
-def id_fence_key(ids_key: str) -> str:
-    """The id counter's fence: `{cl:ids}:fence` hashes like `cl:ids` (call_ledger/store/lua/ids.lua needs both
-    in one slot). Prefixes hold no braces (Settings.key_prefix), so the tag is the whole key."""
-    return f"{{{ids_key}}}:fence"
-
-
-def unavailable_on_error(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Bound a request path's Redis call in time, and turn any failure into
-    StoreUnavailable (HTTP 503: the provider retries)."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                return await fn(*args, **kwargs)
-        except TimeoutError as exc:
-            raise StoreUnavailable("redis did not answer in time") from exc
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
-
-    return wrapper
-
 
 # Not frozen, like call_ledger.store.streams.Entry: the apply loop makes one per call per batch.
 @dataclass(slots=True)
@@ -232,58 +88,22 @@ def _commit_args(w: CommitWrite) -> list[Any]:
     return args
 
 
-class Store(StreamStore):
-    """The Redis layout above, as the worker and the API use it: the streams (StreamStore)
-    and the call records."""
+class Records:
+    """The call records (keys in call_ledger.store.keys), as the worker writes them and the API reads them."""
 
-    def __init__(self, redis: Any, prefix: str = "cl", *, stream_shards: int = 1, durable_ack: str = "none",
-                 durable_ack_timeout_ms: int = 1000) -> None:
-        super().__init__(redis, prefix, stream_shards=stream_shards, durable_ack=durable_ack,
-                         durable_ack_timeout_ms=durable_ack_timeout_ms, append_timeout_s=REQUEST_TIMEOUT_S)
-        self.ids = f"{prefix}:ids"
-        self.ids_fence = id_fence_key(self.ids)
-        self.ids_key = id_key_key(self.ids)
-        self._call_prefix = f"{prefix}:call:"
-        self._layout_key = f"{prefix}:layout"
-        self._journal_prefix = f"{prefix}:journal:"
-        self._order_prefix = f"{prefix}:order:"
-        # The calls API's index shards (their own module: they span calls, not one call's slot).
-        self.indexes = IndexStore(redis, prefix)
-        self._commit = redis.register_script(COMMIT.source)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "Store":
-        return cls(open_redis(settings), settings.key_prefix, stream_shards=settings.stream_shards,
-                   durable_ack=settings.durable_ack, durable_ack_timeout_ms=settings.durable_ack_timeout_ms)
-
-    async def append(self, event_json: bytes, call_sid: str | None = None) -> str:
-        """Intake's XADD, coalesced with the others of its event-loop tick into one pipeline
-        (`call_ledger.store.append_batcher`; durability as in StreamStore._append). Failures, the tick's
-        timeout included, are StoreUnavailable (503)."""
-        try:
-            return await self._append(event_json, call_sid)
-        except (RedisError, RedisClusterException, OSError) as exc:  # the server refused it (OOM, ...)
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
-
-    async def append_claimed(self, event_json: bytes, call_sid: str, signature_key: str, digest: bytes,
-                             ttl_s: int) -> str | None:
-        """`append` with a signature ledger claim in the same step (one server only: see
-        `claims_with_append`): None, and nothing stored, if the signature is known with other
-        parameters. Failures are StoreUnavailable (503), with nothing claimed in Redis (intake
-        then holds the claim itself: call_ledger.store.signatures)."""
-        try:
-            return await self._append_claimed(event_json, call_sid, signature_key, digest, ttl_s)
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._cluster = is_cluster(redis)
 
     def call_key(self, call_sid: str) -> str:
-        return f"{self._call_prefix}{{{call_sid}}}"
+        return self.keys.call(call_sid)
 
     def journal_key(self, call_sid: str) -> str:
-        return f"{self._journal_prefix}{{{call_sid}}}"
+        return self.keys.journal(call_sid)
 
     def order_key(self, call_sid: str) -> str:
-        return f"{self._order_prefix}{{{call_sid}}}"
+        return self.keys.order(call_sid)
 
     def call_keys(self, call_sid: str) -> list[str]:
         """The three keys of one call, in the order the commit script takes them."""
@@ -295,39 +115,22 @@ class Store(StreamStore):
         Nothing converts old data: an older layout (event ids not namespaced by source, the
         whole state in one field) is refused with what to do, never half-read.
         """
-        found = await self.redis.get(self._layout_key)
+        found = await self.redis.get(self.keys.layout)
         if found is None:
             # Record ids are handed out only by this layout's `allocate_ids`, which marks it:
             # ids without the mark were written by an older version. (Stream entries are
             # the same in both layouts.)
-            if await self.redis.exists(self.ids):
+            if await self.redis.exists(self.keys.ids):
                 raise LayoutMismatch(
-                    f"Redis holds call-ledger data in an older key layout under prefix {self._call_prefix[:-6]!r}: "
+                    f"Redis holds call-ledger data in an older key layout under prefix {self.keys.prefix!r}: "
                     "delete those keys (see README, Redis layout) or set another LEDGER_KEY_PREFIX")
-            await self.redis.set(self._layout_key, LAYOUT, nx=True)
+            await self.redis.set(self.keys.layout, LAYOUT, nx=True)
             # A new store: every index entry it will hold has the month rollups (see
-            # call_ledger.store.indexes.IndexStore.months_key; an older store gets it from `reindex`).
-            await self.redis.set(self.indexes.months_key, "1", nx=True)
+            # call_ledger.store.indexes.IndexStore.months_complete; an older store gets it from `reindex`).
+            await self.redis.set(self.keys.index_months, "1", nx=True)
         elif _text(found) != LAYOUT:
             raise LayoutMismatch(f"Redis holds call-ledger data in key layout {_text(found)!r}; "
                                  f"this version reads layout {LAYOUT!r}")
-
-    # -- health ---------------------------------------------------------------------------
-
-    async def ping(self) -> bool:
-        return await self.ping_error() is None
-
-    async def ping_error(self) -> BaseException | None:
-        """None when Redis answers PING, else what went wrong (describe_redis_error says it in words)."""
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                return None if await self.redis.ping() else RedisError("PING did not answer PONG")
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
-            return exc
-
-    async def close(self) -> None:
-        await self.batcher.close()
-        await self.redis.aclose()
 
     async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]],
                          latest: int = 0) -> dict[str, LoadedCall]:
@@ -376,10 +179,10 @@ class Store(StreamStore):
         """`allocate_ids` without computing the ids: the block of counter values and the key
         they are made ids under (a bulk fill reserves a million at once, then each of its
         processes makes the ids of its own calls)."""
-        keys, args = [self.ids, self.ids_fence, self.ids_key], [count, ID_JUMP, secrets.token_hex(32)]
+        keys, args = [self.keys.ids, self.keys.ids_fence, self.keys.ids_key], [count, ID_JUMP, secrets.token_hex(32)]
 
         def build(pipe: Any) -> None:  # may run twice (NOSCRIPT): the id script had not run then
-            pipe.set(self._layout_key, LAYOUT, nx=True)  # whoever writes records marks their layout
+            pipe.set(self.keys.layout, LAYOUT, nx=True)  # whoever writes records marks their layout
             IDS.queue(pipe, keys, args)
 
         last, key = (await run_pipeline(self.redis, build, (IDS,)))[1]
@@ -396,7 +199,7 @@ class Store(StreamStore):
             for w in writes:
                 keys += self.call_keys(w.call_sid)
                 args += _commit_args(w)
-            return [bool(r) for r in await self._commit(keys=keys, args=args)]
+            return [bool(r) for r in await COMMIT.run(self.redis, keys, args)]
         # On a cluster one script may only touch one slot: one call per script, pipelined, by
         # SHA (sending the script with every call was about 1.2 KB more per event to its node).
         # A node without it (a promoted replica, a restart, SCRIPT FLUSH) answers NOSCRIPT for

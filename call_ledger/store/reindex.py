@@ -5,7 +5,7 @@ read and its entry written at the call's version, through the same versioned ind
 the worker uses, so it is safe while workers run (a newer entry is left alone, and one of the
 same version only replaced when this version of call-ledger derives another) and safe to
 repeat. After a whole pass every entry has the month rollups, which it records
-(`IndexStore.months_key`): analytics reads them from then on. Run it once every worker runs a
+(`Keys.index_months`): analytics reads them from then on. Run it once every worker runs a
 version with them (issue #23), so that no older worker writes an entry without them after it.
 """
 
@@ -14,8 +14,7 @@ from typing import Any
 from call_ledger.core.indexes import index_entry, shard_of
 from call_ledger.core.rules import CallState
 from call_ledger.settings import Settings
-from call_ledger.store.indexes import IndexStore
-from call_ledger.store.records import Store
+from call_ledger.store.facade import Store
 
 BATCH = 500
 
@@ -35,8 +34,8 @@ async def _first_seen(store: Store, sid: str) -> int | None:
 
 async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
     """(calls seen, entries written); entries already current are not rewritten."""
-    indexes = IndexStore(store.redis, store.prefix)
-    prefix = store.call_key("")[:-2]  # "cl:call:"
+    indexes = store.indexes
+    prefix = store.keys.call_prefix  # "cl:call:"
     seen = written = 0
     batch: list[tuple[int, Any, int]] = []
 

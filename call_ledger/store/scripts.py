@@ -1,4 +1,10 @@
-"""Lua scripts run by SHA in pipelines, without redis-py's per-pipeline SCRIPT EXISTS.
+"""The one way call-ledger runs its Lua scripts (each in a file under call_ledger/store/lua/).
+
+By SHA (`queue` in a pipeline, `run` alone), loading the script on NOSCRIPT; or by source
+(`eval`, `eval_command`) where a script runs rarely or inside intake's batched pipeline, whose
+replies are handed to callers as they are (a NOSCRIPT there would reach a webhook).
+
+By SHA in pipelines, without redis-py's per-pipeline SCRIPT EXISTS.
 
 redis-py checks every script of a pipeline with a SCRIPT EXISTS before running it: one more
 round trip per pipeline, on the apply loop's every batch and on every list page. Here a
@@ -20,6 +26,8 @@ from redis.exceptions import NoScriptError
 
 
 class Lua:
+    """One script of call_ledger/store/lua/. Keys always go in KEYS (call_ledger.store.keys names them)."""
+
     def __init__(self, name: str) -> None:
         self.source = files("call_ledger.store").joinpath("lua", name).read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
@@ -35,6 +43,14 @@ class Lua:
         except NoScriptError:
             await redis.script_load(self.source)
             return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def eval_command(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+        """The EVAL command (the source, not the SHA) as arguments, for a caller that sends it itself."""
+        return ("EVAL", self.source, len(keys), *keys, *args)
+
+    async def eval(self, redis: Any, keys: list[str], args: list[Any]) -> Any:
+        """One call by source (EVAL): for a script run too rarely to keep loaded."""
+        return await redis.eval(self.source, len(keys), *keys, *args)
 
 
 async def run_pipeline(redis: Any, build: Callable[[Any], None], scripts: tuple[Lua, ...]) -> list[Any]:

@@ -1,6 +1,7 @@
 """Stream shards (SPEC §12): which stream a call's events go to, and where the shards live.
 
-Pure: no Redis I/O. With K shards, a call's events go to shard `crc32(call_sid) % K`. Each
+Pure: no Redis I/O (the key names are call_ledger.store.keys'). With K shards, a call's events go
+to shard `crc32(call_sid) % K`. Each
 shard is three keys sharing one hash tag: the event stream, its dead letters and its
 failure reasons, so a shard lives on one Redis Cluster node. The tags are chosen so that
 the K shards' slots are spread evenly over the 16,384 slots: a cluster that splits its
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from functools import cache
 
 from redis.crc import key_slot
+
+from call_ledger.store.keys import Keys
 
 SLOTS = 16384
 MAX_SHARDS = 256
@@ -53,17 +56,19 @@ def shard_tag(index: int, shards: int) -> str:
 
 
 def shard_keys(prefix: str, index: int, shards: int) -> Shard:
+    keys = Keys(prefix)
     if shards == 1:
-        return Shard("0", f"{prefix}:events", f"{prefix}:dead", f"{prefix}:failures")
-    return shard_of_stream(prefix, f"{prefix}:events:{{{shard_tag(index, shards)}}}")
+        return Shard("0", keys.events, keys.dead, keys.failures)
+    return shard_of_stream(prefix, keys.shard_events(shard_tag(index, shards)))
 
 
 def shard_of_stream(prefix: str, stream: str) -> Shard:
     """The shard a registered stream key belongs to (it may be of another K than ours)."""
-    if stream == f"{prefix}:events":
+    keys = Keys(prefix)
+    if stream == keys.events:
         return shard_keys(prefix, 0, 1)
-    tag = stream.removeprefix(f"{prefix}:events:")
-    return Shard(tag.strip("{}").partition(".")[0], stream, f"{prefix}:dead:{tag}", f"{prefix}:failures:{tag}")
+    tag = keys.shard_tag_of(stream)
+    return Shard(tag.strip("{}").partition(".")[0], stream, keys.shard_dead(tag), keys.shard_failures(tag))
 
 
 def all_shards(prefix: str, shards: int) -> list[Shard]:

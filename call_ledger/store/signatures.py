@@ -42,7 +42,9 @@ from redis.exceptions import ResponseError
 from call_ledger.core.errors import StoreUnavailable
 from call_ledger.core.replay import SignatureUse
 from call_ledger.store.append_batcher import AppendBatcher
-from call_ledger.store.records import unavailable_on_error
+from call_ledger.store.errors import redis_failure, unavailable_on_error
+from call_ledger.store.keys import Keys
+from call_ledger.store.scripts import Lua
 
 log = structlog.get_logger("ledger.signature_ledger")
 T = TypeVar("T")
@@ -54,12 +56,7 @@ LAND_EVERY_S = 0.1
 LAND_CHUNK = 1000
 
 # GET-or-SET for servers without SET NX GET (Redis < 7.0).
-_REMEMBER_LUA = """
-local previous = redis.call('GET', KEYS[1])
-if previous then return previous end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
-"""
+REMEMBER = Lua("remember.lua")
 
 
 class SignatureLedger:
@@ -70,12 +67,12 @@ class SignatureLedger:
         self.redis = redis
         self.batcher = batcher
         self.ttl_s = ttl_s
-        self._prefix = f"{prefix}:sig:"
+        self._keys = Keys(prefix)
         self._set_nx_get = True  # until the server says it cannot
         self._held: OrderedDict[str, bytes] = OrderedDict()  # identity -> digest, first claim first
 
     def key(self, identity: str) -> str:
-        return self._prefix + identity
+        return self._keys.signature(identity)
 
     # -- claims that reached no Redis ------------------------------------------------------
 
@@ -171,7 +168,7 @@ class SignatureLedger:
                 previous = await self.batcher.set_nx_get(key, use.params_digest, self.ttl_s)
             except ResponseError as exc:
                 if "syntax" not in str(exc).lower():
-                    raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+                    raise redis_failure(exc) from exc
                 self._set_nx_get = False
             else:
                 return previous is None or bytes(previous) == use.params_digest
@@ -188,5 +185,5 @@ class SignatureLedger:
                     raise
                 self._set_nx_get = False
         if not self._set_nx_get:
-            previous = await self.redis.eval(_REMEMBER_LUA, 1, key, use.params_digest, self.ttl_s)
+            previous = await REMEMBER.eval(self.redis, [key], [use.params_digest, self.ttl_s])
         return previous is None or bytes(previous) == use.params_digest

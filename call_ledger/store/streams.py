@@ -1,8 +1,8 @@
 """The event streams in Redis: intake's XADD, the consumer group, claims, dead letters,
 retention and lag, over K stream shards (SPEC §12, `call_ledger.store.shards`).
 
-`Store` (call_ledger/store/records.py) adds the call records on top of this class; key names of both
-are listed in that module's docstring.
+`Store` (call_ledger/store/facade.py) composes this class with the call records, the indexes and the
+signature ledger; every key name is call_ledger.store.keys'.
 
 Every shard key that was ever written (any K) is registered in the set `<prefix>:streams`,
 and workers consume every registered shard: changing LEDGER_STREAM_SHARDS never strands
@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from call_ledger.core.errors import DurabilityUnavailable
 from call_ledger.store.append_batcher import AppendBatcher
+from call_ledger.store.client import is_cluster
+from call_ledger.store.errors import REDIS_FAILURES, redis_failure
+from call_ledger.store.keys import Keys
 from call_ledger.store.shards import Shard, all_shards, shard_index, shard_of_stream
 
 GROUP = "ledger"
@@ -71,10 +73,11 @@ class StreamStore:
         self.shards = all_shards(prefix, stream_shards)
         # The first shard's keys; with one shard (the default) the only ones.
         self.stream, self.dead, self.failures = self.shards[0].stream, self.shards[0].dead, self.shards[0].failures
-        self._registry = f"{prefix}:streams"
+        keys = Keys(prefix)
+        self._registry = keys.streams
         self._consumed: list[Shard] = list(self.shards)
-        self._durability_key = f"{prefix}:durability-check"
-        self._cluster = isinstance(redis, RedisCluster)
+        self._durability_key = keys.durability_check
+        self._cluster = is_cluster(redis)
         # Intake's writes (XADD, the signature ledger's SET), one pipeline per event-loop tick,
         # bounded in time per tick rather than per request.
         self.batcher = AppendBatcher(redis, durable_ack=durable_ack, durable_ack_timeout_ms=durable_ack_timeout_ms,
@@ -87,6 +90,26 @@ class StreamStore:
         return shard_of_stream(self.prefix, stream or self.stream)
 
     # -- intake ---------------------------------------------------------------------------
+
+    async def append(self, event_json: bytes, call_sid: str | None = None) -> str:
+        """Intake's XADD, coalesced with the others of its event-loop tick into one pipeline
+        (`call_ledger.store.append_batcher`; durability as in `_append`). Failures, the tick's
+        timeout included, are StoreUnavailable (503)."""
+        try:
+            return await self._append(event_json, call_sid)
+        except REDIS_FAILURES as exc:  # the server refused it (OOM, ...)
+            raise redis_failure(exc) from exc
+
+    async def append_claimed(self, event_json: bytes, call_sid: str, signature_key: str, digest: bytes,
+                             ttl_s: int) -> str | None:
+        """`append` with a signature ledger claim in the same step (one server only: see
+        `claims_with_append`): None, and nothing stored, if the signature is known with other
+        parameters. Failures are StoreUnavailable (503), with nothing claimed in Redis (intake
+        then holds the claim itself: call_ledger.store.signatures)."""
+        try:
+            return await self._append_claimed(event_json, call_sid, signature_key, digest, ttl_s)
+        except REDIS_FAILURES as exc:
+            raise redis_failure(exc) from exc
 
     async def _append(self, event_json: bytes, call_sid: str | None = None) -> str:
         """XADD one normalised event to its call's shard. No MAXLEN: trimming here could

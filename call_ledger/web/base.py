@@ -10,11 +10,11 @@ import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import NoPermissionError
 
 from call_ledger.core.errors import LedgerError, StoreRefused, StoreUnreachable
 from call_ledger.settings import Settings, redis_urls
-from call_ledger.store.records import Store, describe_redis_error
+from call_ledger.store import Store
+from call_ledger.store.errors import AclRefused, describe_redis_error
 from call_ledger.web.metrics import Metrics
 
 log = structlog.get_logger("ledger.http")
@@ -193,7 +193,7 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
             await wait_for_redis(app[STORE], settings)  # none of the nodes answers: one line, exit 2
         try:
             await start_up_checks(app[STORE], settings)
-        except NoPermissionError as exc:  # an ACL user without a command the ledger needs: one line, exit 2
+        except AclRefused as exc:  # an ACL user without a command the ledger needs: one line, exit 2
             # Redis's message names the command, never a password.
             raise StoreRefused(f"the ACL user of LEDGER_REDIS_URL lacks a command the ledger runs: {exc}") from None
         yield

@@ -1,0 +1,51 @@
+"""The one place a Redis client is built from Settings: a server (TCP, TLS or a unix socket),
+a Cluster, or the embedded store (fakeredis, when LEDGER_REDIS_URL is not set)."""
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from call_ledger.settings import Settings, redis_options
+from call_ledger.store.wire import FastConnection, FastSSLConnection
+
+__all__ = ["is_cluster", "open_redis"]
+
+
+def open_redis(settings: Settings) -> Any:
+    """The Redis client for these settings: a server, a cluster, or the embedded store."""
+    # No per-command socket timeout: redis-py would arm one per reply, a real cost in the
+    # apply loop's pipelines. Request paths bound each call instead (REQUEST_TIMEOUT_S), and
+    # the worker bounds each batch.
+    # A pooled connection that Redis closed (restart, failover) fails its next command once:
+    # retry that on a fresh connection rather than answer 503 for nothing.
+    common: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 2.0,
+                              "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                              "retry_on_error": [RedisConnectionError]}
+    if settings.redis_url is None:
+        import fakeredis  # the embedded store is only imported when it is used
+
+        return fakeredis.FakeAsyncRedis()
+    if settings.redis_cluster:
+        # Every listed node is a way in: the client needs one that answers to learn the rest. The
+        # credentials and TLS options (ssl_ca_certs, ...) apply to every node it finds.
+        options = redis_options(settings.redis_url)
+        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in options.nodes],
+                            username=options.username, password=options.password, ssl=options.tls,
+                            **options.tls_options, **common)
+    # Commands packed in C (call_ledger/store/wire.py). The cluster client keeps redis-py's packer:
+    # it takes no connection class, and there every script carries one call's arguments only.
+    # from_url reads the credentials and the TLS query parameters (the same ones: Settings refuses others).
+    if settings.redis_url.startswith("unix:"):  # a local socket: redis-py's own connection class for it
+        return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, **common)
+    connection_class = FastSSLConnection if settings.redis_url.startswith("rediss:") else FastConnection
+    return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, connection_class=connection_class,
+                                   **common)
+
+
+def is_cluster(redis: Any) -> bool:
+    """Whether this client talks to a Redis Cluster (one script, one pipeline command: one slot)."""
+    return isinstance(redis, RedisCluster)

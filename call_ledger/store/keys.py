@@ -1,0 +1,171 @@
+"""Every Redis key name call-ledger builds, in one place.
+
+Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
+
+    cl:events                  stream of normalised events (intake XADDs, workers XREADGROUP); with
+                               LEDGER_STREAM_SHARDS=K one per shard, cl:events:{<tag>} (call_ledger.store.shards)
+    cl:dead                    dead-letter stream: events that could not be applied, with the reason
+                               (per shard: cl:dead:{<tag>}), kept LEDGER_DLQ_RETENTION_DAYS
+    cl:failures                hash: stream entry id -> why its last apply failed (until acked; per shard)
+    cl:streams                 set: every stream shard key ever written, what workers consume
+    cl:durability-check        string: the write WAITAOF waits for at start-up (LEDGER_DURABLE_ACK=aof)
+    cl:ids                     counter that hands out record ids (each value made opaque: call_ledger.core.record_ids)
+    {cl:ids}:fence             the replication id of the node that last advanced cl:ids (call_ledger/store/lua/ids.lua)
+    {cl:ids}:key               the random key that makes counter values opaque record ids
+    cl:layout                  the version of this layout ("2"); start-up refuses data of another
+    cl:call:{<sid>}            hash: id, v (events applied), s (the core state JSON: status, times,
+                               costs, provider, call_meta size, the fixed telephony estimate),
+                               r:<register> and m:<call_meta key> -> [occurred_us, event_id, source,
+                               value], j (the record rendered at commit, call_meta left `{}`:
+                               call_ledger.core.served)
+    cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event in the journal's
+                               form (call_ledger.core.journal: what the key, the order score and the call do
+                               not say; an entry of an earlier version is the event's JSON, and
+                               reads as it is); not written with LEDGER_JOURNAL=off
+    cl:order:{<sid>}           sorted set: <source>:<event_id> scored by occurred_us: every applied
+                               event (what recognises a duplicate), the journal in time order (ties
+                               by key), paged by rank from a cursor key
+    cl:sig:<identity>          the signature ledger: the params digest (32 bytes) of a provider signature,
+                               expiring after LEDGER_SIGNATURE_TTL_S (call_ledger.store.signatures)
+
+The call hash stays small whatever the call's history (the journal is elsewhere, call_meta is
+bounded), so a lookup reads it whole; a commit writes its core, the journal entries and the
+fields its events won, never a rewrite of everything. The `{<sid>}` hash tag puts a call's
+three keys on one Redis Cluster slot, so one script commits them atomically. Records never
+name the stream, so the stream can be sharded without touching them. The signature ledger is
+keyed by the signature itself, not by call: a re-split can change the call id.
+
+The calls API's indexes (SPEC §9, §10), per index shard n in 0..15 (`call_ledger.core.indexes.SHARDS`);
+a call's entry lives in shard crc32(call_sid) % 16, and every key of a shard shares the hash tag
+`{n}`, so one script updates one call's entry atomically on a Redis Cluster too:
+
+    cl:ix:{n}:e                      hash: record id (16 digits) -> the call's entry: its payload
+                                     (what readers use), then [memberships, increments, score]
+    cl:ix:{n}:v                      hash: record id -> the call's version the entry is of
+    cl:ix:{n}:z:<scope>:<filter>     sorted set: record ids scored by list time (µs);
+                                     scope `*` (every call) or `o<org>`; filter '', s=<status>,
+                                     a=<assistant_id>, or s=<status>|a=<assistant_id>
+    cl:ix:{n}:t:<scope>              hash: the scope's totals (n, s:<status>, c, f, d, dn, cw, cf, cn)
+    cl:ix:{n}:d:<scope>:<YYYY-MM-DD> hash: the same per UTC day of list time
+    cl:ix:{n}:da:<scope>:<YYYY-MM-DD> hash: per assistant that day: a:<aid>:<field> (n, d, cw,
+                                     cf, cn); versions before issue #23 also counted names,
+                                     an:<aid>:<name>, until `call-ledger reindex`
+    cl:ix:{n}:w:<scope>:<monday>     hash: the same per-assistant fields per ISO week
+    cl:ix:{n}:m:<scope>:<YYYY-MM>    hash: the same per-assistant fields per calendar month
+    cl:ix:months                     string: set when every entry has month rollups (see
+                                     IndexStore.months_complete)
+
+The part of an index key after its shard's base (`z:...`, `t:...`, `d:...`) is the index's own
+vocabulary (call_ledger.core.indexes builds those suffixes; index.lua writes them under the base).
+Readers merge the shards: a list page is a k-way merge of each shard's next items, a count or a
+rollup a sum. Indexes are derived from committed records by the worker after each commit (and on
+each duplicate delivery, which repairs an update lost to a crash); they may lag a record briefly,
+never diverge.
+
+Scripts get every key they touch through KEYS (computed here), except index.lua, which also
+writes the rollup keys named after the shard's base passed in ARGV.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key names under one prefix. Prefixes hold no braces (Settings.key_prefix), so a hash
+    tag built here is always the one intended."""
+
+    prefix: str = "cl"
+
+    # -- the streams (per shard: call_ledger.store.shards) ------------------------------------
+
+    @property
+    def events(self) -> str:
+        """The unsharded event stream (K = 1), and the prefix of the sharded ones."""
+        return f"{self.prefix}:events"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def failures(self) -> str:
+        return f"{self.prefix}:failures"
+
+    def shard_events(self, tag: str) -> str:
+        """A shard's stream: `cl:events:{<tag>}`."""
+        return f"{self.events}:{{{tag}}}"
+
+    def shard_tag_of(self, stream: str) -> str:
+        """The `{<tag>}` part of a sharded stream key (as written, braces included)."""
+        return stream.removeprefix(f"{self.events}:")
+
+    def shard_dead(self, braced_tag: str) -> str:
+        return f"{self.dead}:{braced_tag}"
+
+    def shard_failures(self, braced_tag: str) -> str:
+        return f"{self.failures}:{braced_tag}"
+
+    @property
+    def streams(self) -> str:
+        """The registry of every stream shard key ever written."""
+        return f"{self.prefix}:streams"
+
+    @property
+    def durability_check(self) -> str:
+        return f"{self.prefix}:durability-check"
+
+    # -- record ids and the layout --------------------------------------------------------------
+
+    @property
+    def ids(self) -> str:
+        return f"{self.prefix}:ids"
+
+    @property
+    def ids_fence(self) -> str:
+        """The id counter's fence: `{cl:ids}:fence` hashes like `cl:ids` (call_ledger/store/lua/ids.lua
+        needs both in one slot)."""
+        return f"{{{self.ids}}}:fence"
+
+    @property
+    def ids_key(self) -> str:
+        """The key of the ids' permutation, in the counter's slot like its fence."""
+        return f"{{{self.ids}}}:key"
+
+    @property
+    def layout(self) -> str:
+        return f"{self.prefix}:layout"
+
+    # -- one call -------------------------------------------------------------------------------
+
+    @property
+    def call_prefix(self) -> str:
+        """What every call hash's key starts with (`cl:call:`): reindex scans `cl:call:{*}`."""
+        return f"{self.prefix}:call:"
+
+    def call(self, call_sid: str) -> str:
+        return f"{self.call_prefix}{{{call_sid}}}"
+
+    def journal(self, call_sid: str) -> str:
+        return f"{self.prefix}:journal:{{{call_sid}}}"
+
+    def order(self, call_sid: str) -> str:
+        return f"{self.prefix}:order:{{{call_sid}}}"
+
+    def signature(self, identity: str) -> str:
+        return f"{self.prefix}:sig:{identity}"
+
+    # -- the calls API's indexes ------------------------------------------------------------------
+
+    def index_base(self, shard: int) -> str:
+        """What every key of an index shard starts with: `cl:ix:{n}:`."""
+        return f"{self.prefix}:ix:{{{shard}}}:"
+
+    def index_entries(self, shard: int) -> str:
+        return self.index_base(shard) + "e"
+
+    def index_versions(self, shard: int) -> str:
+        return self.index_base(shard) + "v"
+
+    @property
+    def index_months(self) -> str:
+        return f"{self.prefix}:ix:months"
