@@ -192,6 +192,6 @@ def test_a_number_no_decimal_holds_is_a_malformed_body_not_a_500(number: str) ->
 @pytest.mark.parametrize("secret", ["whsec_", "whsec_not-base64!"])
 def test_a_platform_secret_that_names_no_key_stops_start_up_naming_the_variable_only(secret: str) -> None:
     # An empty key would accept a signature anyone can compute.
-    with pytest.raises(ValueError, match="^LEDGER_PLATFORM_WEBHOOK_SECRET: ") as refused:
+    with pytest.raises(ValueError, match=r"^LEDGER_PLATFORM_WEBHOOK_SECRET: ") as refused:
         PlatformSource.from_settings(make_settings(platform_webhook_secret=secret))
     assert "base64!" not in str(refused.value)
