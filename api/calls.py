@@ -98,7 +98,7 @@ async def call_by_id(request: web.Request) -> tuple[str, int, CallState]:
 @store_errors
 async def get_call_by_id(request: web.Request) -> web.Response:
     sid, record_id, state = await call_by_id(request)
-    record = render_record(sid, record_id, state, request.app[SETTINGS])
+    record = render_record(sid, record_id, state, request.app[SETTINGS].policy)
     return web.Response(body=record_json(record), content_type="application/json")
 
 

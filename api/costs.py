@@ -90,7 +90,7 @@ def estimate_entry(state: CallState, record: dict[str, Any], settings: Settings)
     """The rate-card estimate as an entry, if the record's telephony cost is one."""
     if "telephony" in state.costs or record["telephony_cost"] is None:
         return None
-    estimate, rate = estimate_of(state, record["duration"], settings)  # as fixed when applied
+    estimate, rate = estimate_of(state, record["duration"], settings.policy)  # as fixed when applied
     return {
         "id": "estimate:telephony", "service_type": "telephony", "provider": state.provider,
         "model": None, "usage_type": "minutes", "usage_amount": math.ceil(record["duration"] / 60),
@@ -103,7 +103,7 @@ async def costs_body(store: Store, settings: Settings, sid: str, record_id: int,
                      after: str = "", limit: int = EVENTS_LIMIT_DEFAULT) -> bytes:
     """One page: the summary, the charges of at most `limit` journal events after the order
     member `after` ('' = the start), the estimate on the last page, and `next`."""
-    record = render_record(sid, record_id, state, settings)
+    record = render_record(sid, record_id, state, settings.policy)
     events: list[CallEvent] = []
     next_member = None
     if settings.journal == "on":  # off: no copy of any event, so no per-event entry (README)

@@ -38,9 +38,9 @@ from call_ledger.api.calls import indexes_of, scope_of
 from call_ledger.api.query import parse_filter, parse_format
 from call_ledger.core.errors import StoreUnavailable, TooManyExports
 from call_ledger.core.money import format_nano
+from call_ledger.core.policy import Policy
 from call_ledger.core.rules import META_FIELD, MONEY_FIELDS, CallState, render_record
 from call_ledger.core.served import RECORD_FIELD, served_record
-from call_ledger.settings import Settings
 from call_ledger.store.records import REQUEST_TIMEOUT_S
 from call_ledger.web.base import SETTINGS, STORE
 
@@ -106,9 +106,9 @@ _COMMAS = len(RECORD_KEYS) - 1
 _EXACT_BELOW = float(2**22)
 
 
-def json_rows(calls: list[tuple[str, dict[bytes, bytes]]], settings: Settings) -> bytes:
+def json_rows(calls: list[tuple[str, dict[bytes, bytes]]], policy: Policy) -> bytes:
     """The records of calls' raw hashes as comma-separated JSON objects (as served by SID)."""
-    return b",".join([served_record(sid, fields, settings) for sid, fields in calls])
+    return b",".join([served_record(sid, fields, policy) for sid, fields in calls])
 
 
 def _money_texts(stored: bytes) -> list[bytes]:
@@ -181,7 +181,7 @@ def _stored_line(stored: bytes, fields: dict[bytes, bytes]) -> str:
     return _csv_line(row)
 
 
-def csv_rows_of_calls(calls: list[tuple[str, dict[bytes, bytes]]], settings: Settings) -> str:
+def csv_rows_of_calls(calls: list[tuple[str, dict[bytes, bytes]]], policy: Policy) -> str:
     """CSV rows of calls' raw hashes: from the record stored ready when it is current (numbers
     as the record's JSON writes them, call_meta from its fields), else rendered from the state
     (`csv_rows`): the same text either way.
@@ -196,7 +196,7 @@ def csv_rows_of_calls(calls: list[tuple[str, dict[bytes, bytes]]], settings: Set
         if not stored or version != fields.get(b"v", b"0"):
             found = CallState.from_hash(fields)
             assert found is not None  # Store.calls_fields returns calls with a record only
-            lines.append(csv_rows([render_record(sid, *found, settings)]))
+            lines.append(csv_rows([render_record(sid, *found, policy)]))
             continue
         lines.append(_stored_line(stored, fields))
     return "".join(lines)
@@ -279,9 +279,9 @@ async def _stream(request: web.Request, stream: AsyncGenerator[list[tuple[str, d
         await send((",".join(RECORD_KEYS) + "\r\n").encode() if fmt == "csv" else b"[")
         while batch is not None:
             if fmt == "csv":
-                await send(csv_rows_of_calls(batch, settings).encode())
+                await send(csv_rows_of_calls(batch, settings.policy).encode())
             elif batch:
-                await send((b"," if written else b"") + json_rows(batch, settings))
+                await send((b"," if written else b"") + json_rows(batch, settings.policy))
             written += len(batch)
             batch = None  # what was sent is not held while the next batch is read
             batch = await anext(stream, None)

@@ -68,7 +68,7 @@ async def render_items(store: Store, settings: Settings, items: list[Item], scop
         record_id, state = call
         if not may_see(state, scope):
             continue
-        records.append(render_record(item.payload["sid"], record_id, state, settings))
+        records.append(render_record(item.payload["sid"], record_id, state, settings.policy))
     return records
 
 

@@ -31,7 +31,7 @@ async def get_call(request: web.Request) -> web.Response:
     # Another tenant's call is an unknown one (a call with no organization yet is nobody's).
     if fields is None or (scope is not None and organization_of(fields) != scope):
         raise NotFound("no call with this SID")
-    body = served_record(call_sid, fields, request.app[SETTINGS])  # as the worker stored it
+    body = served_record(call_sid, fields, request.app[SETTINGS].policy)  # as the worker stored it
     return web.Response(body=body, content_type="application/json")
 
 

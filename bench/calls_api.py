@@ -148,14 +148,14 @@ def new_call(i: int, record_id: int, now_us: int, settings: Settings) -> NewCall
     events = call_events(i, now_us)
     state = CallState()
     for e in events:
-        apply_event(state, e, settings)
-    fix_estimate(state, settings)
+        apply_event(state, e, settings.policy)
+    fix_estimate(state, settings.policy)
     sid = events[0].call_sid
-    record = render_record(sid, record_id, state, settings)
+    record = render_record(sid, record_id, state, settings.policy)
     write = CommitWrite(sid, 0, len(events), state.core_json(), record_id,
                         [(e.key, e.occurred_us, stored_form(e)) for e in events], state.changed_fields(),
                         record=stored_record(record, len(events)), new_token=f"bench-{record_id}")
-    entry = index_entry(sid, record_id, state, settings, record)
+    entry = index_entry(sid, record_id, state, settings.policy, record)
     return NewCall(_commit_args(write), IndexWrite(shard_of(sid), entry, len(events), entry.encode()))
 
 
@@ -318,7 +318,7 @@ async def time_reads(client: Any, store: Store, indexes: IndexStore, settings: S
         sid = f"CA{rng_sid(n):032x}"
         fields = await store.call_fields(sid)
         assert fields is not None
-        served_record(sid, fields, settings)
+        served_record(sid, fields, settings.policy)
 
     await timed("get by SID", by_sid, rounds=200)
     await timed("search (a phone number's digits)", lambda: listing.search(
@@ -332,7 +332,8 @@ async def time_reads(client: Any, store: Store, indexes: IndexStore, settings: S
         header = (",".join(RECORD_KEYS) + "\r\n").encode()
         size += len(header)
         async for batch in listing.export(store, indexes, CallFilter(), None):
-            data = csv_rows_of_calls(batch, settings).encode() if fmt == "csv" else json_rows(batch, settings)
+            policy = settings.policy
+            data = csv_rows_of_calls(batch, policy).encode() if fmt == "csv" else json_rows(batch, policy)
             size += len(data)
             rows += len(batch)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before

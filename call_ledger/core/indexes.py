@@ -29,8 +29,8 @@ import orjson
 from call_ledger.core import cursors
 from call_ledger.core.events import TERMINAL_STATUSES
 from call_ledger.core.money import NANO
+from call_ledger.core.policy import Policy
 from call_ledger.core.rules import REGISTER_FIELD, REGISTERS, CallState, render_record
-from call_ledger.settings import Settings
 
 # Fixed: a call's shard is crc32(sid) % SHARDS, and changing it would move every entry.
 SHARDS = 16
@@ -445,12 +445,12 @@ def list_us(state: CallState) -> int:
     return state.first_seen if state.first_seen is not None else 0
 
 
-def index_entry(call_sid: str, record_id: int, state: CallState, settings: Settings,
+def index_entry(call_sid: str, record_id: int, state: CallState, policy: Policy,
                 record: dict[str, Any] | None = None) -> IndexEntry:
     """The call's entry, from its state as committed (`state` must hold the index registers),
     or from the record rendered from that state."""
     if record is None:
-        record = render_record(call_sid, record_id, state, settings)
+        record = render_record(call_sid, record_id, state, policy)
     organization = state.registers.get("organization_id")
     return IndexEntry(  # positional: keywords cost the worker's apply loop a little more
         call_sid, record_id, list_us(state), organization[3] if organization else None,

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
+from call_ledger.core.policy import Policy
 from call_ledger.core.rules import META_FIELD, REGISTER_FIELD, CallState, record_json, render_record
-from call_ledger.settings import Settings
 
 RECORD_FIELD = b"j"
 _EMPTY_META = b'"call_meta":{}'
@@ -38,13 +38,13 @@ def organization_of(fields: dict[bytes, bytes]) -> int | str | None:
     return None if raw is None else orjson.loads(raw)[3]
 
 
-def served_record(call_sid: str, fields: dict[bytes, bytes], settings: Settings) -> bytes:
+def served_record(call_sid: str, fields: dict[bytes, bytes], policy: Policy) -> bytes:
     """The record's JSON from the call's raw hash fields (HGETALL)."""
     version, _, stored = (fields.get(RECORD_FIELD) or b"").partition(b"\n")
     if not stored or version != fields.get(b"v", b"0"):  # not rendered at this version
         found = CallState.from_hash(fields)
         assert found is not None  # Store.call_fields returns calls with a record only
-        return record_json(render_record(call_sid, *found, settings))
+        return record_json(render_record(call_sid, *found, policy))
     meta = sorted((name[2:].decode(), orjson.loads(value)[3]) for name, value in fields.items()
                   if name.startswith(_META))
     if not meta:
