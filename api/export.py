@@ -39,8 +39,8 @@ from call_ledger.api.query import parse_filter, parse_format
 from call_ledger.core.errors import StoreUnavailable, TooManyExports
 from call_ledger.core.money import format_nano
 from call_ledger.core.policy import Policy
-from call_ledger.core.rules import META_FIELD, MONEY_FIELDS, CallState, render_record
-from call_ledger.core.served import RECORD_FIELD, served_record
+from call_ledger.core.rules import META_FIELD, MONEY_FIELDS
+from call_ledger.core.served import StoredCall
 from call_ledger.store.records import REQUEST_TIMEOUT_S
 from call_ledger.web.base import SETTINGS, STORE
 
@@ -106,9 +106,9 @@ _COMMAS = len(RECORD_KEYS) - 1
 _EXACT_BELOW = float(2**22)
 
 
-def json_rows(calls: list[tuple[str, dict[bytes, bytes]]], policy: Policy) -> bytes:
-    """The records of calls' raw hashes as comma-separated JSON objects (as served by SID)."""
-    return b",".join([served_record(sid, fields, policy) for sid, fields in calls])
+def json_rows(calls: list[StoredCall], policy: Policy) -> bytes:
+    """The calls' records as comma-separated JSON objects (as served by SID)."""
+    return b",".join([call.served(policy) for call in calls])
 
 
 def _money_texts(stored: bytes) -> list[bytes]:
@@ -181,8 +181,8 @@ def _stored_line(stored: bytes, fields: dict[bytes, bytes]) -> str:
     return _csv_line(row)
 
 
-def csv_rows_of_calls(calls: list[tuple[str, dict[bytes, bytes]]], policy: Policy) -> str:
-    """CSV rows of calls' raw hashes: from the record stored ready when it is current (numbers
+def csv_rows_of_calls(calls: list[StoredCall], policy: Policy) -> str:
+    """CSV rows of calls: from the record stored ready when it is current (numbers
     as the record's JSON writes them, call_meta from its fields), else rendered from the state
     (`csv_rows`): the same text either way.
 
@@ -191,14 +191,12 @@ def csv_rows_of_calls(calls: list[tuple[str, dict[bytes, bytes]]], policy: Polic
     cell, and the cells joined by commas, unless one needs quoting (csv.writer then writes
     that row)."""
     lines: list[str] = []
-    for sid, fields in calls:
-        version, _, stored = (fields.get(RECORD_FIELD) or b"").partition(b"\n")
-        if not stored or version != fields.get(b"v", b"0"):
-            found = CallState.from_hash(fields)
-            assert found is not None  # Store.calls_fields returns calls with a record only
-            lines.append(csv_rows([render_record(sid, *found, policy)]))
+    for call in calls:
+        stored = call.stored_json()
+        if stored is None:
+            lines.append(csv_rows([call.record(policy)]))
             continue
-        lines.append(_stored_line(stored, fields))
+        lines.append(_stored_line(stored, call.fields))
     return "".join(lines)
 
 
@@ -246,7 +244,7 @@ async def export_calls(request: web.Request) -> web.StreamResponse:
             await stream.aclose()
 
 
-async def _stream(request: web.Request, stream: AsyncGenerator[list[tuple[str, dict[bytes, bytes]]], None], fmt: str,
+async def _stream(request: web.Request, stream: AsyncGenerator[list[StoredCall], None], fmt: str,
                   scope: int | None) -> web.StreamResponse:
     try:  # the first read before the 200: its errors still get their own status
         async with asyncio.timeout(REQUEST_TIMEOUT_S):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from call_ledger.core.errors import InvalidQuery
 from call_ledger.core.events import STATUSES
-from call_ledger.core.indexes import decode_cursor
+from call_ledger.core.indexes import EntryPayload, decode_cursor
 from call_ledger.core.instants import parse_iso
 
 LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 100, 1000
@@ -42,15 +42,13 @@ class CallFilter:
         return [name for name in ("customer_phone", "call_sid", "assistant_name", "min_duration", "max_duration")
                 if getattr(self, name) is not None]
 
-    def matches(self, payload: dict[str, object]) -> bool:
+    def matches(self, payload: EntryPayload) -> bool:
         """Whether an index entry's payload passes the non-indexed filters."""
-        for name, key in (("customer_phone", "cph"), ("call_sid", "sid"), ("assistant_name", "an")):
-            wanted = getattr(self, name)
-            if wanted is not None:
-                value = payload.get(key)
-                if not isinstance(value, str) or wanted not in value.lower():
-                    return False
-        duration = payload.get("dur")
+        for wanted, value in ((self.customer_phone, payload.customer_phone_number), (self.call_sid, payload.call_sid),
+                              (self.assistant_name, payload.assistant_name)):
+            if wanted is not None and (not isinstance(value, str) or wanted not in value.lower()):
+                return False
+        duration = payload.duration
         if self.min_duration is not None or self.max_duration is not None:
             if not isinstance(duration, int):  # SPEC §9: no duration matches neither bound
                 return False

@@ -52,7 +52,7 @@ from call_ledger.core.indexes import (  # noqa: E402
 from call_ledger.core.instants import format_us  # noqa: E402
 from call_ledger.core.record_ids import IdBlock  # noqa: E402
 from call_ledger.core.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
-from call_ledger.core.served import served_record, stored_record  # noqa: E402
+from call_ledger.core.served import StoredCall, stored_record  # noqa: E402
 from call_ledger.settings import Settings  # noqa: E402
 from call_ledger.store.indexes import IndexStore, IndexWrite  # noqa: E402
 from call_ledger.store.records import CommitWrite, Store, _commit_args, open_redis  # noqa: E402
@@ -281,17 +281,17 @@ async def time_reads(client: Any, store: Store, indexes: IndexStore, settings: S
     }
     for label, (f, scope) in cases.items():
         await timed(label + " (limit 100)", lambda f=f, scope=scope: listing.page(
-            store, indexes, settings, f, scope, 0, 100, None))
+            store, indexes, settings.policy, f, scope, 0, 100, None))
         await timed("count: " + label, lambda f=f, scope=scope: listing.count(indexes, f, scope))
-    deep = await listing.page(store, indexes, settings, CallFilter(), None, 0, 100, None)
+    deep = await listing.page(store, indexes, settings.policy, CallFilter(), None, 0, 100, None)
     for _ in range(50):  # 50 pages deep by cursor, then time the next page
         assert deep.next_cursor is not None
-        deep = await listing.page(store, indexes, settings, CallFilter(), None, 0, 100,
+        deep = await listing.page(store, indexes, settings.policy, CallFilter(), None, 0, 100,
                                   decode_cursor(deep.next_cursor))
     assert deep.next_cursor is not None
     cursor = decode_cursor(deep.next_cursor)
     await timed("list page 51 by cursor (limit 100)", lambda: listing.page(
-        store, indexes, settings, CallFilter(), None, 0, 100, cursor))
+        store, indexes, settings.policy, CallFilter(), None, 0, 100, cursor))
 
     async def stats() -> None:
         await indexes.sum_hashes([totals_key(scope_name(None))])
@@ -318,11 +318,11 @@ async def time_reads(client: Any, store: Store, indexes: IndexStore, settings: S
         sid = f"CA{rng_sid(n):032x}"
         fields = await store.call_fields(sid)
         assert fields is not None
-        served_record(sid, fields, settings.policy)
+        StoredCall(sid, fields).served(settings.policy)
 
     await timed("get by SID", by_sid, rounds=200)
     await timed("search (a phone number's digits)", lambda: listing.search(
-        store, indexes, settings, "555123", 50, None), rounds=20)
+        store, indexes, settings.policy, "555123", 50, None), rounds=20)
     await timed("events page of a call by SID (100 events)", lambda: store.events_page(
         f"CA{rng_sid(n):032x}", "", 100), rounds=200)
     for fmt in ("csv", "json"):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from call_ledger.app import create_app
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import record_json, render_record
-from call_ledger.core.served import RECORD_FIELD, served_record
+from call_ledger.core.served import RECORD_FIELD, StoredCall
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
@@ -74,7 +74,7 @@ async def test_any_call_meta_is_spliced_exactly_as_rendering_would_write_it(meta
     await apply(store, [make_event(SID, "m", 0, call_meta=meta, flow_name="f"), usage(SID, "u", 1, "tts", 5)])
     fields = await store.call_fields(SID)
     assert fields is not None
-    assert served_record(SID, fields, make_settings().policy) == await rendered(store, SID)
+    assert StoredCall(SID, fields).served(make_settings().policy) == await rendered(store, SID)
 
 
 @pytest.mark.parametrize("written_by", ["a version without j", "a version that leaves j behind"])

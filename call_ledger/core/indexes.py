@@ -433,10 +433,60 @@ def _delta_by_field(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes:
                          [[key, name, str(d)] for (key, name), d in change.items() if d]])
 
 
-def entry_payload(stored: bytes) -> dict[str, Any]:
-    """The payload of a stored entry (see `IndexEntry.encode`)."""
-    payload: dict[str, Any] = orjson.loads(stored.partition(b"\n")[0])
-    return payload
+class EntryPayload:
+    """What a reader needs of a call's index entry without loading the call (`IndexEntry.payload`):
+    its SID, list time and what the unindexed filters and search look at.
+
+    Stored with short keys (`sid`, `us`, `org`, `aid`, `an`, `st`, `dur`, `cph`, `tph`: they are in
+    every entry of every shard); this class is the only reader of them, so nothing above the core
+    spells one. Each accessor gives what the stored JSON holds (None for a missing key): a reader
+    checks a value's type before it trusts it, as the stored entry is data from Redis."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+
+    @classmethod
+    def decode(cls, stored: bytes) -> "EntryPayload":
+        """The payload of a stored entry (see `IndexEntry.encode`), or of a payload's JSON alone."""
+        return cls(orjson.loads(stored.partition(b"\n")[0]))
+
+    @property
+    def call_sid(self) -> Any:
+        return self._fields.get("sid")
+
+    @property
+    def list_us(self) -> Any:
+        return self._fields.get("us")
+
+    @property
+    def organization_id(self) -> Any:
+        return self._fields.get("org")
+
+    @property
+    def assistant_id(self) -> Any:
+        return self._fields.get("aid")
+
+    @property
+    def assistant_name(self) -> Any:
+        return self._fields.get("an")
+
+    @property
+    def status(self) -> Any:
+        return self._fields.get("st")
+
+    @property
+    def duration(self) -> Any:
+        return self._fields.get("dur")
+
+    @property
+    def customer_phone_number(self) -> Any:
+        return self._fields.get("cph")
+
+    @property
+    def to_phone_number(self) -> Any:
+        return self._fields.get("tph")
 
 
 def list_us(state: CallState) -> int:
