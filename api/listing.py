@@ -15,7 +15,7 @@ from typing import Any
 from call_ledger.api.query import CallFilter
 from call_ledger.api.visible import visible_calls
 from call_ledger.core.errors import InvalidQuery
-from call_ledger.core.indexes import SHARDS, encode_cursor, list_key, scope_name
+from call_ledger.core.indexes import SHARDS, ListCursor, encode_cursor, list_key, scope_name
 from call_ledger.core.policy import Policy
 from call_ledger.core.served import StoredCall
 from call_ledger.store.indexes import IndexStore, Item, bound
@@ -87,7 +87,7 @@ async def _scan(indexes: IndexStore, f: CallFilter, suffix: str, lo: str, hi: st
 
 
 async def page(store: Store, indexes: IndexStore, policy: Policy, f: CallFilter, scope: int | None,
-               skip: int, limit: int, cursor: tuple[str, str] | None) -> Page:
+               skip: int, limit: int, cursor: ListCursor | None) -> Page:
     """One page of the list, newest first, with the total and the cursor to continue."""
     if _empty_range(f):
         return Page([], 0, None)

@@ -1,6 +1,7 @@
 """Read API handlers: thin — check the token, load, render, encode."""
 
 import re
+from typing import NamedTuple
 
 import orjson
 from aiohttp import web
@@ -16,13 +17,20 @@ EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 1000
 
 
-def call_sid_and_scope(request: web.Request) -> tuple[str, int | None]:
+class CallRequest(NamedTuple):
+    """A request for one call by SID: the SID and the caller's scope (None: every call)."""
+
+    call_sid: str
+    scope: int | None
+
+
+def call_sid_and_scope(request: web.Request) -> CallRequest:
     """The path's SID and the caller's scope (401 without a valid token, 404 for an impossible SID)."""
     scope = check_bearer(request.headers.get("Authorization"), request.app[SETTINGS].api_tokens)
     call_sid = request.match_info.get("call_sid", "")
     if not call_sid or len(call_sid) > MAX_CALL_SID:  # intake refuses longer ids: no such call
         raise NotFound("no call with this SID")
-    return call_sid, scope
+    return CallRequest(call_sid, scope)
 
 
 async def get_call(request: web.Request) -> web.Response:

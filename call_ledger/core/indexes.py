@@ -606,8 +606,15 @@ def encode_cursor(score_text: str, member_text: str) -> str:
     return cursors.encode(f"{score_text}/{member_text}".encode())
 
 
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    """(score text, member) of a cursor; ValueError when it is not one this service gave out
+class ListCursor(NamedTuple):
+    """Where a list page ends: the last item's score, as Redis wrote it, and its member (record id)."""
+
+    score_text: str
+    member: str
+
+
+def decode_cursor(cursor: str) -> ListCursor:
+    """The score text and member a cursor names; ValueError when it is not one this service gave out
     (call_ledger.core.cursors: canonical, bounded; then a score and a member of the shapes above)."""
     raw = cursors.decode(cursor, MAX_LIST_CURSOR)
     score_text, sep, member_text = raw.decode("ascii", "replace").partition("/")
@@ -615,4 +622,4 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         raise ValueError("not a cursor")
     if abs(Decimal(score_text)) > _MAX_SCORE:  # exactly: a float would round 2^53 + 1 down to it
         raise ValueError("not a cursor")
-    return score_text, member_text
+    return ListCursor(score_text, member_text)

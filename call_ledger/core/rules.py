@@ -9,7 +9,7 @@ store applies each (source, event id) once. Everything here is pure and synchron
 import math
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -118,12 +118,40 @@ class CallState:
         return state
 
     @classmethod
-    def from_hash(cls, fields: dict[bytes, bytes]) -> tuple[int, "CallState"] | None:
-        """(record id, whole state) from a call hash as HGETALL returns it; None without a record."""
+    def from_hash(cls, fields: dict[bytes, bytes]) -> "RecordState | None":
+        """The record id and whole state from a call hash as HGETALL returns it; None without a record."""
         record_id, core = fields.get(b"id"), fields.get(b"s")
         if record_id is None or core is None:
             return None
-        return int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()})
+        return RecordState(int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()}))
+
+
+class RecordState(NamedTuple):
+    """A call with a record, as its hash holds it: the record id and the whole state."""
+
+    record_id: int
+    state: CallState
+
+
+class MetaSize(NamedTuple):
+    """The size of a call_meta object as its per-call bound counts it."""
+
+    keys: int
+    json_bytes: int  # of its JSON text
+
+
+class LedgerCost(NamedTuple):
+    """One of an event's costs, in the ledger currency."""
+
+    component: str
+    amount_nano: int
+
+
+class Estimate(NamedTuple):
+    """The rate-card telephony estimate of a call (both None: none)."""
+
+    amount_nano: int | None
+    rate: str | None  # the per-minute rate as decimal text in the ledger currency; None if priced in another
 
 
 def meta_entry_size(key: str, value: object) -> int:
@@ -131,14 +159,14 @@ def meta_entry_size(key: str, value: object) -> int:
     return len(orjson.dumps(key)) + len(orjson.dumps(value)) + 2
 
 
-def call_meta_size(meta: dict[str, object]) -> tuple[int, int]:
-    """(keys, bytes of JSON text) of a call_meta object, as the per-call bound counts them."""
-    return len(meta), 2 + sum(meta_entry_size(key, value) for key, value in meta.items())
+def call_meta_size(meta: dict[str, object]) -> MetaSize:
+    """The keys and bytes of JSON text of a call_meta object, as the per-call bound counts them."""
+    return MetaSize(len(meta), 2 + sum(meta_entry_size(key, value) for key, value in meta.items()))
 
 
-def ledger_costs(event: CallEvent, policy: Policy) -> list[tuple[str, int]]:
+def ledger_costs(event: CallEvent, policy: Policy) -> list[LedgerCost]:
     """The event's costs in the ledger currency; Unapplicable when a rate is missing."""
-    converted: list[tuple[str, int]] = []
+    converted: list[LedgerCost] = []
     for cost in event.costs:
         amount = cost.amount_nano
         if cost.currency != policy.currency:
@@ -148,11 +176,11 @@ def ledger_costs(event: CallEvent, policy: Policy) -> list[tuple[str, int]]:
                     f"cost in {cost.currency} and no LEDGER_FX_RATES entry converts it to {policy.currency}"
                 )
             amount = convert(amount, rate)
-        converted.append((cost.component, amount))
+        converted.append(LedgerCost(cost.component, amount))
     return converted
 
 
-def check_sums(state: CallState, costs: list[tuple[str, int]], currency: str) -> dict[str, int]:
+def check_sums(state: CallState, costs: list[LedgerCost], currency: str) -> dict[str, int]:
     """Refused unless the event's costs, each of the call's components after it, and the call's
     reported total after it all stay within MAX_AMOUNT_NANO (SPEC §14).
 
@@ -211,7 +239,7 @@ def _earliest(current: list[Any] | None, us: int, text: str | None) -> list[Any]
     return candidate if current is None or candidate < current else current
 
 
-def _check_bounds(state: CallState, event: CallEvent, policy: Policy) -> tuple[int, int]:
+def _check_bounds(state: CallState, event: CallEvent, policy: Policy) -> MetaSize:
     """Refused (state untouched) if the event breaks a per-call rule; else call_meta's new size."""
     if event.source != "platform" and state.provider not in (None, event.source):
         raise Refused(f"call is attributed to {state.provider}; a {event.source} event cannot change it")
@@ -227,7 +255,7 @@ def _check_bounds(state: CallState, event: CallEvent, policy: Policy) -> tuple[i
     if keys > policy.max_call_meta_keys or size + 2 > policy.max_call_meta_bytes:
         raise Refused(f"call_meta of this call would exceed {policy.max_call_meta_keys} keys or "
                       f"{policy.max_call_meta_bytes} bytes")
-    return keys, size
+    return MetaSize(keys, size)
 
 
 def apply_event(state: CallState, event: CallEvent, policy: Policy) -> None:
@@ -303,14 +331,12 @@ def connected_duration(state: CallState) -> int | None:
 
 
 def telephony_estimate(state: CallState, duration: int | None,
-                       policy: Policy) -> tuple[int | None, str | None]:
-    """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes.
-    (nano-units, the per-minute rate as decimal text in the ledger currency, None if the
-    pricing file's entry is in another), or (None, None)."""
+                       policy: Policy) -> Estimate:
+    """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes."""
     if state.status is None or state.status[0] < _TERMINAL_RANK or duration is None:
-        return None, None
+        return _NO_ESTIMATE
     if state.provider is None:
-        return None, None
+        return _NO_ESTIMATE
     direction = _value(state, "direction") or "inbound"
     minutes = math.ceil(duration / 60)
     # A telephony entry of LEDGER_PRICING_FILE wins over LEDGER_TELEPHONY_RATES; it is picked
@@ -320,13 +346,16 @@ def telephony_estimate(state: CallState, duration: int | None,
     if charge is not None:
         amount, currency, unit_cost = charge
         if currency == policy.currency:
-            return amount, unit_cost
+            return Estimate(amount, unit_cost)
         # Settings refuses a file whose currencies have no FX rate.
-        return convert(amount, policy.fx_rates[currency]), None
+        return Estimate(convert(amount, policy.fx_rates[currency]), None)
     rate = policy.telephony_rates.get((state.provider, direction))
     if rate is None:
-        return None, None
-    return int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), str(rate)
+        return _NO_ESTIMATE
+    return Estimate(int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), str(rate))
+
+
+_NO_ESTIMATE = Estimate(None, None)
 
 
 def fix_estimate(state: CallState, policy: Policy) -> None:
@@ -334,10 +363,10 @@ def fix_estimate(state: CallState, policy: Policy) -> None:
     state.estimate = list(telephony_estimate(state, connected_duration(state), policy))
 
 
-def estimate_of(state: CallState, duration: int | None, policy: Policy) -> tuple[int | None, str | None]:
-    """(the telephony estimate, its per-minute rate text): as fixed at the last commit, else now."""
+def estimate_of(state: CallState, duration: int | None, policy: Policy) -> Estimate:
+    """The telephony estimate: as fixed at the last commit, else now."""
     if state.estimate is not None:
-        return state.estimate[0], state.estimate[1]
+        return Estimate(state.estimate[0], state.estimate[1])
     return telephony_estimate(state, duration, policy)
 
 
