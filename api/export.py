@@ -39,7 +39,7 @@ from call_ledger.api.query import parse_filter, parse_format
 from call_ledger.core.errors import StoreUnavailable, TooManyExports
 from call_ledger.core.money import format_nano
 from call_ledger.core.policy import Policy
-from call_ledger.core.rules import META_FIELD, MONEY_FIELDS
+from call_ledger.core.rules import MONEY_FIELDS
 from call_ledger.core.served import StoredCall
 from call_ledger.store.records import REQUEST_TIMEOUT_S
 from call_ledger.web.base import SETTINGS, STORE
@@ -87,7 +87,6 @@ def csv_rows(records: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-_META = META_FIELD.encode()
 # The money of a stored record, as the exact decimal text `record_json` wrote (orjson would
 # read it as a float): its last keys, in MONEY_FIELDS order. A quote right after a comma is
 # always a key's: in a JSON string a quote is escaped, so `,"` never occurs inside one.
@@ -143,8 +142,8 @@ def _csv_line(row: list[str]) -> str:
     return out.getvalue()
 
 
-def _stored_line(stored: bytes, fields: dict[bytes, bytes]) -> str:
-    """The CSV line of a call's stored record (`j` without its version) and call_meta fields."""
+def _stored_line(stored: bytes, call: StoredCall) -> str:
+    """The CSV line of a call's stored record (`j` without its version) and its call_meta."""
     record = orjson.loads(stored)
     row = [record[key] for key in RECORD_KEYS]
     for i in _TEXT_COLUMNS:
@@ -169,12 +168,8 @@ def _stored_line(stored: bytes, fields: dict[bytes, bytes]) -> str:
             texts = texts or _money_texts(stored)
             row[i] = texts[n].decode()
     # call_meta: JSON text (an object's always starts with `{`; neutralised all the same)
-    meta = [(name[2:].decode(), value) for name, value in fields.items() if name.startswith(_META)]
-    if meta:
-        meta.sort()
-        row[_META_COLUMN] = neutralise(orjson.dumps({name: orjson.loads(value)[3] for name, value in meta}).decode())
-    else:
-        row[_META_COLUMN] = "{}"
+    meta = call.call_meta()
+    row[_META_COLUMN] = neutralise(orjson.dumps(meta).decode()) if meta else "{}"
     line = ",".join(row)
     if line.count(",") == _COMMAS and '"' not in line and "\n" not in line and "\r" not in line:
         return line + "\r\n"
@@ -196,7 +191,7 @@ def csv_rows_of_calls(calls: list[StoredCall], policy: Policy) -> str:
         if stored is None:
             lines.append(csv_rows([call.record(policy)]))
             continue
-        lines.append(_stored_line(stored, call.fields))
+        lines.append(_stored_line(stored, call))
     return "".join(lines)
 
 

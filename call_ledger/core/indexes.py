@@ -345,26 +345,35 @@ def shape_of(key: ShapeKey) -> _Shape:
     return _shape(*key)
 
 
+# The rollup fields, short (they are in every rollup hash of every shard): `Rollup` reads them.
+_CALLS, _COMPLETED, _FAILED = "n", "c", "f"
+_DURATION_SUM, _WITH_DURATION = "d", "dn"
+_COST_WHOLE, _COST_FRACTION, _WITH_COST = "cw", "cf", "cn"
+_STATUS_PREFIX = "s:"  # + status: calls with it
+_ASSISTANT_PREFIX = "a:"  # + assistant id + ":" + field: that field of the assistant's calls
+_PER_ASSISTANT = (_CALLS, _DURATION_SUM, _COST_WHOLE, _COST_FRACTION, _WITH_COST)
+
+
 @lru_cache(maxsize=1024)  # a few statuses x assistants x days x organizations at any time
 def _shape(organization_id: int | None, status: str, assistant_id: int, day: str, has_duration: bool,
            has_cost: bool) -> _Shape:
     scopes = [ALL] if organization_id is None else [ALL, scope_name(organization_id)]
     memberships = [list_key(scope, s, a) for scope in scopes for s in (None, status) for a in (None, assistant_id)]
     terminal = status in TERMINAL_STATUSES
-    common: list[tuple[str, int]] = [("n", _ONE), (f"s:{status}", _ONE)]
+    common: list[tuple[str, int]] = [(_CALLS, _ONE), (_STATUS_PREFIX + status, _ONE)]
     if status == "completed":
-        common.append(("c", _ONE))
+        common.append((_COMPLETED, _ONE))
     elif terminal:
-        common.append(("f", _ONE))
+        common.append((_FAILED, _ONE))
     if has_duration:
-        common += [("d", _DURATION), ("dn", _ONE)]
+        common += [(_DURATION_SUM, _DURATION), (_WITH_DURATION, _ONE)]
     if has_cost:
         # Whole units and nano remainder apart: sums of nano-units could pass 2^63.
-        common += [("cw", _WHOLE), ("cf", _FRACTION), ("cn", _ONE)]
+        common += [(_COST_WHOLE, _WHOLE), (_COST_FRACTION, _FRACTION), (_WITH_COST, _ONE)]
     per_assistant: list[tuple[str, int]] = []
     if assistant_id:
-        prefix = f"a:{assistant_id}:"
-        per_assistant = [(prefix + name, slot) for name, slot in common if name in ("n", "d", "cw", "cf", "cn")]
+        prefix = f"{_ASSISTANT_PREFIX}{assistant_id}:"
+        per_assistant = [(prefix + name, slot) for name, slot in common if name in _PER_ASSISTANT]
     items: list[_Rollup] = []
     week, month = week_of(day), day[:7]
     for scope in scopes:
@@ -374,6 +383,60 @@ def _shape(organization_id: int | None, status: str, assistant_id: int, day: str
         items += [_Rollup(week_key(scope, week), name, slot) for name, slot in per_assistant]
         items += [_Rollup(month_key(scope, month), name, slot) for name, slot in per_assistant]
     return _Shape(memberships, items)
+
+
+class Rollup:
+    """A rollup hash (or a sum of them) as counters with names: what stats and analytics read.
+    The only reader of the rollups' short field names."""
+
+    __slots__ = ("_counters",)
+
+    def __init__(self, counters: dict[str, int]) -> None:
+        self._counters = counters
+
+    @property
+    def calls(self) -> int:
+        return self._counters.get(_CALLS, 0)
+
+    @property
+    def completed(self) -> int:
+        return self._counters.get(_COMPLETED, 0)
+
+    @property
+    def failed(self) -> int:
+        """Calls ended otherwise than completed."""
+        return self._counters.get(_FAILED, 0)
+
+    def with_status(self, status: str) -> int:
+        return self._counters.get(_STATUS_PREFIX + status, 0)
+
+    @property
+    def duration(self) -> int:
+        """Seconds, summed over the calls that have a duration."""
+        return self._counters.get(_DURATION_SUM, 0)
+
+    @property
+    def average_duration(self) -> float | None:
+        """Over the calls that have a duration; None without any."""
+        with_duration = self._counters.get(_WITH_DURATION)
+        return self.duration / with_duration if with_duration else None
+
+    @property
+    def cost_nano(self) -> int | None:
+        """The calls' cost summed exactly; None when no call in it had a cost."""
+        if not self._counters.get(_WITH_COST):
+            return None
+        return self._counters.get(_COST_WHOLE, 0) * NANO + self._counters.get(_COST_FRACTION, 0)
+
+    def per_assistant(self) -> "dict[int, Rollup]":
+        """The per-assistant counters in it (`a:<aid>:<field>`), summed by assistant."""
+        sums: dict[int, dict[str, int]] = {}
+        for field, value in self._counters.items():
+            if field.startswith(_ASSISTANT_PREFIX):
+                _, aid_text, counter = field.split(":", 2)
+                counters = sums.setdefault(int(aid_text), {})
+                counters[counter] = counters.get(counter, 0) + value
+        return {aid: Rollup(counters) for aid, counters in sums.items()}
 
 
 class IndexBasis:

@@ -81,10 +81,18 @@ class StoredCall:
         stored = self.stored_json()
         if stored is None:
             return record_json(self.record(policy))
-        meta = sorted((name[2:].decode(), orjson.loads(value)[3]) for name, value in self.fields.items()
-                      if name.startswith(_META))
+        meta = self.call_meta()
         if not meta:
             return stored
         # The first `"call_meta":{}` of the text is the key's: every key before it has a string,
         # number or null value, and a quote inside a JSON string is escaped.
-        return stored.replace(_EMPTY_META, b'"call_meta":' + orjson.dumps(dict(meta)), 1)
+        return stored.replace(_EMPTY_META, b'"call_meta":' + orjson.dumps(meta), 1)
+
+    def call_meta(self) -> dict[str, Any]:
+        """The call's call_meta (sorted by key, as a record renders it), from its `m:` fields: the
+        part of the record its stored `j` leaves out."""
+        fields = [(name, value) for name, value in self.fields.items() if name.startswith(_META)]
+        if not fields:  # most calls: the export's hot loop asks for each
+            return {}
+        fields.sort()  # by the name's UTF-8, which orders as its text does
+        return {name[2:].decode(): orjson.loads(value)[3] for name, value in fields}
