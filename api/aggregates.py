@@ -24,6 +24,7 @@ from call_ledger.api.calls import indexes_of, scope_of, store_errors
 from call_ledger.api.query import parse_period
 from call_ledger.core.events import STATUSES, TERMINAL_STATUSES
 from call_ledger.core.indexes import (
+    Rollup,
     day_assistants_key,
     day_key,
     list_key,
@@ -34,36 +35,32 @@ from call_ledger.core.indexes import (
     week_key,
     week_of,
 )
-from call_ledger.core.money import NANO, format_nano
+from call_ledger.core.money import format_nano
 from call_ledger.store.indexes import IndexStore, PeriodSums
 
 DAY_US = 86_400_000_000
 
 
-def _money(totals: dict[str, int]) -> orjson.Fragment | None:
+def _money(rollup: Rollup) -> orjson.Fragment | None:
     """A rollup's exact cost as a JSON number, or null when no call in it had a cost."""
-    if not totals.get("cn"):
-        return None
-    return orjson.Fragment(format_nano(totals.get("cw", 0) * NANO + totals.get("cf", 0)).encode())
+    cost = rollup.cost_nano
+    return None if cost is None else orjson.Fragment(format_nano(cost).encode())
 
 
-def _average(totals: dict[str, int]) -> float | None:
-    return totals.get("d", 0) / totals["dn"] if totals.get("dn") else None
+def by_status(rollup: Rollup) -> dict[str, int]:
+    return {status: rollup.with_status(status) for status in STATUSES}
 
 
-def by_status(totals: dict[str, int]) -> dict[str, int]:
-    return {status: totals.get(f"s:{status}", 0) for status in STATUSES}
-
-
-def stats_body(totals: dict[str, int]) -> dict[str, Any]:
+def stats_body(counters: dict[str, int]) -> dict[str, Any]:
+    totals = Rollup(counters)
     statuses = by_status(totals)
     return {
-        "total_calls": totals.get("n", 0),
+        "total_calls": totals.calls,
         "ongoing_calls": sum(n for s, n in statuses.items() if s not in TERMINAL_STATUSES),
         "completed_calls": statuses["completed"],
         "failed_calls": sum(n for s, n in statuses.items() if s in TERMINAL_STATUSES and s != "completed"),
-        "average_duration": _average(totals),
-        "total_duration": totals.get("d", 0),
+        "average_duration": totals.average_duration,
+        "total_duration": totals.duration,
         "calls_by_status": statuses,
     }
 
@@ -155,21 +152,16 @@ def _plan(a: int, b: int, today: int, depth: int) -> tuple[float, tuple[tuple[in
     return best
 
 
-def _assistants(period: dict[str, int], names: dict[int, str | None]) -> list[dict[str, Any]]:
-    """calls_by_assistant from the period's `a:<aid>:<field>` counters and the names of the
+def _assistants(period: Rollup, names: dict[int, str | None]) -> list[dict[str, Any]]:
+    """calls_by_assistant from the period's per-assistant counters and the names of the
     assistants' latest calls."""
-    sums: dict[int, dict[str, int]] = {}
-    for field, value in period.items():
-        if field.startswith("a:"):
-            _, aid_text, counter = field.split(":", 2)
-            counters = sums.setdefault(int(aid_text), {})
-            counters[counter] = counters.get(counter, 0) + value
     rows: list[tuple[int, int, dict[str, Any]]] = []
-    for aid, counters in sums.items():
-        if not counters.get("n"):
+    for aid, counters in period.per_assistant().items():
+        if not counters.calls:
             continue
-        rows.append((counters["n"], aid, {"assistant_id": aid, "assistant_name": names.get(aid), "calls": counters["n"],
-                                          "duration": counters.get("d", 0), "cost": _money(counters)}))
+        rows.append((counters.calls, aid, {"assistant_id": aid, "assistant_name": names.get(aid),
+                                           "calls": counters.calls, "duration": counters.duration,
+                                           "cost": _money(counters)}))
     rows.sort(key=lambda row: (-row[0], row[1]))
     return [row[2] for row in rows]
 
@@ -177,26 +169,28 @@ def _assistants(period: dict[str, int], names: dict[int, str | None]) -> list[di
 def analytics_body(period: str, days: list[str], per_day: dict[str, dict[str, int]],
                    assistants: dict[str, int], names: dict[int, str | None]) -> dict[str, Any]:
     """The answer from each day's own totals and the period's per-assistant counters."""
-    totals: dict[str, int] = {}
+    summed: dict[str, int] = {}
     calls_by_day = []
     for day in days:
-        day_totals = per_day.get(day, {})
-        for field, value in day_totals.items():
-            totals[field] = totals.get(field, 0) + value
-        if day_totals.get("n"):
-            calls_by_day.append({"date": day, "total": day_totals["n"], "completed": day_totals.get("c", 0),
-                                 "failed": day_totals.get("f", 0), "duration": day_totals.get("d", 0),
+        counters = per_day.get(day, {})
+        for field, value in counters.items():
+            summed[field] = summed.get(field, 0) + value
+        day_totals = Rollup(counters)
+        if day_totals.calls:
+            calls_by_day.append({"date": day, "total": day_totals.calls, "completed": day_totals.completed,
+                                 "failed": day_totals.failed, "duration": day_totals.duration,
                                  "cost": _money(day_totals)})
+    totals = Rollup(summed)
     return {
         "period": period,
-        "total_calls": totals.get("n", 0),
-        "completed_calls": totals.get("c", 0),
-        "failed_calls": totals.get("f", 0),
-        "average_duration": _average(totals),
-        "total_duration": totals.get("d", 0),
+        "total_calls": totals.calls,
+        "completed_calls": totals.completed,
+        "failed_calls": totals.failed,
+        "average_duration": totals.average_duration,
+        "total_duration": totals.duration,
         "total_cost": _money(totals),
         "calls_by_day": calls_by_day,
-        "calls_by_assistant": _assistants(assistants, names),
+        "calls_by_assistant": _assistants(Rollup(assistants), names),
         "calls_by_status": by_status(totals),
     }
 

@@ -7,18 +7,18 @@ unknown one.
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
 
 from call_ledger.api import listing
-from call_ledger.api.auth import check_bearer, may_see
+from call_ledger.api.auth import check_bearer
 from call_ledger.api.query import parse_filter, parse_list, parse_search
+from call_ledger.api.visible import visible_call
 from call_ledger.core.errors import NotFound
 from call_ledger.core.indexes import member
-from call_ledger.core.rules import CallState, record_json, render_record
+from call_ledger.core.served import StoredCall
 from call_ledger.store.errors import bounded_request
 from call_ledger.store.indexes import IndexStore
 from call_ledger.web.base import SETTINGS, STORE
@@ -49,15 +49,15 @@ def indexes_of(request: web.Request) -> IndexStore:
     return request.app[STORE].indexes
 
 
-def records_json(records: list[dict[str, Any]]) -> bytes:
-    return b"[" + b",".join(record_json(r) for r in records) + b"]"
+def records_json(records: list[bytes]) -> bytes:
+    return b"[" + b",".join(records) + b"]"
 
 
 @store_errors
 async def list_calls(request: web.Request) -> web.Response:
     scope = scope_of(request)
     query = parse_list(request.query)
-    page = await listing.page(request.app[STORE], indexes_of(request), request.app[SETTINGS], query.filter,
+    page = await listing.page(request.app[STORE], indexes_of(request), request.app[SETTINGS].policy, query.filter,
                               scope, query.skip, query.limit, query.cursor)
     body = (b'{"items":' + records_json(page.records) + b',"total":' + str(page.total).encode()
             + b',"skip":' + str(query.skip).encode() + b',"limit":' + str(query.limit).encode()
@@ -72,8 +72,8 @@ async def count_calls(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps({"count": n}), content_type="application/json")
 
 
-async def call_by_id(request: web.Request) -> tuple[str, int, CallState]:
-    """(sid, record id, state) of the caller's call with the path's integer id; NotFound otherwise."""
+async def call_by_id(request: web.Request) -> StoredCall:
+    """The caller's call with the path's integer id; NotFound otherwise."""
     scope = scope_of(request)
     raw = request.match_info.get("id", "")
     # At most 16 digits (2^53 - 1) before int(): thousands of them are a ValueError there (a 500).
@@ -82,22 +82,22 @@ async def call_by_id(request: web.Request) -> tuple[str, int, CallState]:
     payload = await indexes_of(request).find(member(int(raw)))
     if payload is None:
         raise NotFound("no call with this id")
-    found = await request.app[STORE].get_call(payload["sid"])
-    if found is None or found[0] != int(raw) or not may_see(found[1], scope):
+    call = await visible_call(request.app[STORE], payload.call_sid, scope)
+    if call is None or call.record_id != int(raw):
         raise NotFound("no call with this id")
-    return payload["sid"], found[0], found[1]
+    return call
 
 
 @store_errors
 async def get_call_by_id(request: web.Request) -> web.Response:
-    sid, record_id, state = await call_by_id(request)
-    record = render_record(sid, record_id, state, request.app[SETTINGS])
-    return web.Response(body=record_json(record), content_type="application/json")
+    call = await call_by_id(request)
+    return web.Response(body=call.served(request.app[SETTINGS].policy), content_type="application/json")
 
 
 @store_errors
 async def search_calls(request: web.Request) -> web.Response:
     scope = scope_of(request)
     q, limit = parse_search(request.query)
-    records = await listing.search(request.app[STORE], indexes_of(request), request.app[SETTINGS], q, limit, scope)
+    records = await listing.search(request.app[STORE], indexes_of(request), request.app[SETTINGS].policy, q, limit,
+                                   scope)
     return web.Response(body=records_json(records), content_type="application/json")

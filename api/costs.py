@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from call_ledger.api.auth import may_see
 from call_ledger.api.calls import call_by_id, store_errors
 from call_ledger.api.views import (
     EVENTS_LIMIT_DEFAULT,
@@ -32,10 +31,12 @@ from call_ledger.api.views import (
     encode_cursor,
     page_limit,
 )
+from call_ledger.api.visible import visible_call
 from call_ledger.core.errors import NotFound
 from call_ledger.core.events import CallEvent, Cost
 from call_ledger.core.money import convert, format_nano
-from call_ledger.core.rules import CallState, estimate_of, render_record
+from call_ledger.core.rules import CallState, estimate_of
+from call_ledger.core.served import StoredCall
 from call_ledger.settings import Settings
 from call_ledger.store import Store
 from call_ledger.web.base import SETTINGS, STORE
@@ -90,7 +91,7 @@ def estimate_entry(state: CallState, record: dict[str, Any], settings: Settings)
     """The rate-card estimate as an entry, if the record's telephony cost is one."""
     if "telephony" in state.costs or record["telephony_cost"] is None:
         return None
-    estimate, rate = estimate_of(state, record["duration"], settings)  # as fixed when applied
+    estimate, rate = estimate_of(state, record["duration"], settings.policy)  # as fixed when applied
     return {
         "id": "estimate:telephony", "service_type": "telephony", "provider": state.provider,
         "model": None, "usage_type": "minutes", "usage_amount": math.ceil(record["duration"] / 60),
@@ -99,11 +100,12 @@ def estimate_entry(state: CallState, record: dict[str, Any], settings: Settings)
     }
 
 
-async def costs_body(store: Store, settings: Settings, sid: str, record_id: int, state: CallState,
-                     after: str = "", limit: int = EVENTS_LIMIT_DEFAULT) -> bytes:
+async def costs_body(store: Store, settings: Settings, call: StoredCall, after: str = "",
+                     limit: int = EVENTS_LIMIT_DEFAULT) -> bytes:
     """One page: the summary, the charges of at most `limit` journal events after the order
     member `after` ('' = the start), the estimate on the last page, and `next`."""
-    record = render_record(sid, record_id, state, settings)
+    sid, record_id, state = call.call_sid, call.record_id, call.state()
+    record = call.record(settings.policy, state)
     events: list[CallEvent] = []
     next_member = None
     if settings.journal == "on":  # off: no copy of any event, so no per-event entry (README)
@@ -139,17 +141,17 @@ def page_query(request: web.Request) -> tuple[str, int]:
 async def costs_by_sid(request: web.Request) -> web.Response:
     sid, scope = call_sid_and_scope(request)
     after, limit = page_query(request)
-    found = await request.app[STORE].get_call(sid)
-    if found is None or not may_see(found[1], scope):
+    call = await visible_call(request.app[STORE], sid, scope)
+    if call is None:
         raise NotFound("no call with this SID")
-    body = await costs_body(request.app[STORE], request.app[SETTINGS], sid, found[0], found[1], after, limit)
+    body = await costs_body(request.app[STORE], request.app[SETTINGS], call, after, limit)
     return web.Response(body=body, content_type="application/json")
 
 
 @store_errors
 async def costs_by_id(request: web.Request) -> web.Response:
-    sid, record_id, state = await call_by_id(request)
+    call = await call_by_id(request)
     after, limit = page_query(request)
-    body = await costs_body(request.app[STORE], request.app[SETTINGS], sid, record_id, state, after, limit)
+    body = await costs_body(request.app[STORE], request.app[SETTINGS], call, after, limit)
     return web.Response(body=body, content_type="application/json")
 

@@ -37,9 +37,9 @@ from call_ledger.api.calls import indexes_of, scope_of
 from call_ledger.api.query import parse_filter, parse_format
 from call_ledger.core.errors import TooManyExports
 from call_ledger.core.money import format_nano
-from call_ledger.core.rules import META_FIELD, MONEY_FIELDS, CallState, render_record
-from call_ledger.core.served import RECORD_FIELD, served_record
-from call_ledger.settings import Settings
+from call_ledger.core.policy import Policy
+from call_ledger.core.rules import MONEY_FIELDS
+from call_ledger.core.served import StoredCall
 from call_ledger.store.errors import bounded_request
 from call_ledger.web.base import SETTINGS, STORE
 
@@ -86,7 +86,6 @@ def csv_rows(records: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-_META = META_FIELD.encode()
 # The money of a stored record, as the exact decimal text `record_json` wrote (orjson would
 # read it as a float): its last keys, in MONEY_FIELDS order. A quote right after a comma is
 # always a key's: in a JSON string a quote is escaped, so `,"` never occurs inside one.
@@ -105,9 +104,9 @@ _COMMAS = len(RECORD_KEYS) - 1
 _EXACT_BELOW = float(2**22)
 
 
-def json_rows(calls: list[tuple[str, dict[bytes, bytes]]], settings: Settings) -> bytes:
-    """The records of calls' raw hashes as comma-separated JSON objects (as served by SID)."""
-    return b",".join([served_record(sid, fields, settings) for sid, fields in calls])
+def json_rows(calls: list[StoredCall], policy: Policy) -> bytes:
+    """The calls' records as comma-separated JSON objects (as served by SID)."""
+    return b",".join([call.served(policy) for call in calls])
 
 
 def _money_texts(stored: bytes) -> list[bytes]:
@@ -142,8 +141,8 @@ def _csv_line(row: list[str]) -> str:
     return out.getvalue()
 
 
-def _stored_line(stored: bytes, fields: dict[bytes, bytes]) -> str:
-    """The CSV line of a call's stored record (`j` without its version) and call_meta fields."""
+def _stored_line(stored: bytes, call: StoredCall) -> str:
+    """The CSV line of a call's stored record (`j` without its version) and its call_meta."""
     record = orjson.loads(stored)
     row = [record[key] for key in RECORD_KEYS]
     for i in _TEXT_COLUMNS:
@@ -168,20 +167,16 @@ def _stored_line(stored: bytes, fields: dict[bytes, bytes]) -> str:
             texts = texts or _money_texts(stored)
             row[i] = texts[n].decode()
     # call_meta: JSON text (an object's always starts with `{`; neutralised all the same)
-    meta = [(name[2:].decode(), value) for name, value in fields.items() if name.startswith(_META)]
-    if meta:
-        meta.sort()
-        row[_META_COLUMN] = neutralise(orjson.dumps({name: orjson.loads(value)[3] for name, value in meta}).decode())
-    else:
-        row[_META_COLUMN] = "{}"
+    meta = call.call_meta()
+    row[_META_COLUMN] = neutralise(orjson.dumps(meta).decode()) if meta else "{}"
     line = ",".join(row)
     if line.count(",") == _COMMAS and '"' not in line and "\n" not in line and "\r" not in line:
         return line + "\r\n"
     return _csv_line(row)
 
 
-def csv_rows_of_calls(calls: list[tuple[str, dict[bytes, bytes]]], settings: Settings) -> str:
-    """CSV rows of calls' raw hashes: from the record stored ready when it is current (numbers
+def csv_rows_of_calls(calls: list[StoredCall], policy: Policy) -> str:
+    """CSV rows of calls: from the record stored ready when it is current (numbers
     as the record's JSON writes them, call_meta from its fields), else rendered from the state
     (`csv_rows`): the same text either way.
 
@@ -190,14 +185,12 @@ def csv_rows_of_calls(calls: list[tuple[str, dict[bytes, bytes]]], settings: Set
     cell, and the cells joined by commas, unless one needs quoting (csv.writer then writes
     that row)."""
     lines: list[str] = []
-    for sid, fields in calls:
-        version, _, stored = (fields.get(RECORD_FIELD) or b"").partition(b"\n")
-        if not stored or version != fields.get(b"v", b"0"):
-            found = CallState.from_hash(fields)
-            assert found is not None  # Store.calls_fields returns calls with a record only
-            lines.append(csv_rows([render_record(sid, *found, settings)]))
+    for call in calls:
+        stored = call.stored_json()
+        if stored is None:
+            lines.append(csv_rows([call.record(policy)]))
             continue
-        lines.append(_stored_line(stored, fields))
+        lines.append(_stored_line(stored, call))
     return "".join(lines)
 
 
@@ -245,7 +238,7 @@ async def export_calls(request: web.Request) -> web.StreamResponse:
             await stream.aclose()
 
 
-async def _stream(request: web.Request, stream: AsyncGenerator[list[tuple[str, dict[bytes, bytes]]], None], fmt: str,
+async def _stream(request: web.Request, stream: AsyncGenerator[list[StoredCall], None], fmt: str,
                   scope: int | None) -> web.StreamResponse:
     async with bounded_request():  # the first read before the 200: its errors still get their own status
         first = await anext(stream, None)
@@ -273,9 +266,9 @@ async def _stream(request: web.Request, stream: AsyncGenerator[list[tuple[str, d
         await send((",".join(RECORD_KEYS) + "\r\n").encode() if fmt == "csv" else b"[")
         while batch is not None:
             if fmt == "csv":
-                await send(csv_rows_of_calls(batch, settings).encode())
+                await send(csv_rows_of_calls(batch, settings.policy).encode())
             elif batch:
-                await send((b"," if written else b"") + json_rows(batch, settings))
+                await send((b"," if written else b"") + json_rows(batch, settings.policy))
             written += len(batch)
             batch = None  # what was sent is not held while the next batch is read
             batch = await anext(stream, None)

@@ -1,8 +1,8 @@
 """Reading lists of calls through the indexes: pages, counts, search, export (SPEC §9).
 
 The index says which calls and in what order; the records themselves are read from the
-calls' own hashes and rendered as `GET /sid/{sid}` renders them, so a listed record is
-never older than its lookup. A record whose organization no longer matches the caller's
+calls' own hashes and served as `GET /sid/{sid}` serves them (`StoredCall.served`), so a listed
+record is never older than its lookup. A record whose organization no longer matches the caller's
 scope (its index entry lagging a commit) is left out, never shown to the wrong tenant.
 """
 
@@ -12,13 +12,12 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from call_ledger.api.auth import may_see
 from call_ledger.api.query import CallFilter
+from call_ledger.api.visible import visible_calls
 from call_ledger.core.errors import InvalidQuery
-from call_ledger.core.indexes import SHARDS, encode_cursor, list_key, scope_name
-from call_ledger.core.rules import render_record
-from call_ledger.core.served import organization_of
-from call_ledger.settings import Settings
+from call_ledger.core.indexes import SHARDS, ListCursor, encode_cursor, list_key, scope_name
+from call_ledger.core.policy import Policy
+from call_ledger.core.served import StoredCall
 from call_ledger.store import Store
 from call_ledger.store.indexes import IndexStore, Item, bound
 
@@ -41,7 +40,7 @@ EXPORT_BATCH = 100
 
 @dataclass(frozen=True)
 class Page:
-    records: list[dict[str, Any]]
+    records: list[bytes]  # each record's JSON, as served
     total: int
     next_cursor: str | None
 
@@ -58,18 +57,10 @@ def _empty_range(f: CallFilter) -> bool:
     return f.date_from_us is not None and f.date_to_us is not None and f.date_from_us > f.date_to_us
 
 
-async def render_items(store: Store, settings: Settings, items: list[Item], scope: int | None) -> list[dict[str, Any]]:
-    """The records of these index items, in order; those not (or no longer) the caller's left out."""
-    found = await store.get_calls([item.payload["sid"] for item in items])
-    records = []
-    for item, call in zip(items, found, strict=True):
-        if call is None:
-            continue
-        record_id, state = call
-        if not may_see(state, scope):
-            continue
-        records.append(render_record(item.payload["sid"], record_id, state, settings))
-    return records
+async def served_items(store: Store, policy: Policy, items: list[Item], scope: int | None) -> list[bytes]:
+    """The served records of these index items, in order; those not (or no longer) the caller's left out."""
+    calls = await visible_calls(store, [item.payload.call_sid for item in items], scope)
+    return [call.served(policy) for call in calls]
 
 
 async def count(indexes: IndexStore, f: CallFilter, scope: int | None) -> int:
@@ -95,8 +86,8 @@ async def _scan(indexes: IndexStore, f: CallFilter, suffix: str, lo: str, hi: st
         return [item async for item in items if f.matches(item.payload)]
 
 
-async def page(store: Store, indexes: IndexStore, settings: Settings, f: CallFilter, scope: int | None,
-               skip: int, limit: int, cursor: tuple[str, str] | None) -> Page:
+async def page(store: Store, indexes: IndexStore, policy: Policy, f: CallFilter, scope: int | None,
+               skip: int, limit: int, cursor: ListCursor | None) -> Page:
     """One page of the list, newest first, with the total and the cursor to continue."""
     if _empty_range(f):
         return Page([], 0, None)
@@ -129,11 +120,11 @@ async def page(store: Store, indexes: IndexStore, settings: Settings, f: CallFil
     more = len(items) > limit
     items = items[:limit]
     next_cursor = encode_cursor(items[-1].score_text, items[-1].member) if more and items else None
-    return Page(await render_items(store, settings, items, scope), total, next_cursor)
+    return Page(await served_items(store, policy, items, scope), total, next_cursor)
 
 
-async def search(store: Store, indexes: IndexStore, settings: Settings, q: str, limit: int,
-                 scope: int | None) -> list[dict[str, Any]]:
+async def search(store: Store, indexes: IndexStore, policy: Policy, q: str, limit: int,
+                 scope: int | None) -> list[bytes]:
     """Records whose SID, numbers or assistant name contain `q` (lower-cased), newest first,
     among the scope's SEARCH_SCAN most recent calls."""
     found: list[Item] = []
@@ -141,19 +132,20 @@ async def search(store: Store, indexes: IndexStore, settings: Settings, q: str, 
     async with aclosing(indexes.iterate(list_key(scope_name(scope)), batch=500)) as stream:
         async for item in stream:
             p = item.payload
-            if any(isinstance(p.get(k), str) and q in p[k].lower() for k in ("sid", "cph", "tph", "an")):
+            if any(isinstance(text, str) and q in text.lower()
+                   for text in (p.call_sid, p.customer_phone_number, p.to_phone_number, p.assistant_name)):
                 found.append(item)
                 if len(found) >= limit:
                     break
             examined += 1
             if examined >= SEARCH_SCAN:
                 break
-    return await render_items(store, settings, found, scope)
+    return await served_items(store, policy, found, scope)
 
 
 async def export(store: Store, indexes: IndexStore, f: CallFilter,
-                 scope: int | None) -> AsyncGenerator[list[tuple[str, dict[bytes, bytes]]], None]:
-    """Every matching call's raw hash (SID, fields), newest first, EXPORT_BATCH at a time
+                 scope: int | None) -> AsyncGenerator[list[StoredCall], None]:
+    """Every matching call as stored, newest first, EXPORT_BATCH at a time
     (memory stays flat); those not (or no longer) the caller's left out. `api.export` writes
     the records from them: the record the worker stored ready (`j`), no state rebuilt.
 
@@ -165,22 +157,22 @@ async def export(store: Store, indexes: IndexStore, f: CallFilter,
     lo, hi = _range(f)
     batch: list[str] = []
     check = bool(f.scanned())  # else every indexed candidate matches: no payload test per call
-    ahead: asyncio.Future[list[tuple[str, dict[bytes, bytes]]]] | None = None
+    ahead: asyncio.Future[list[StoredCall]] | None = None
     try:
         async with aclosing(indexes.iterate(_suffix(f, scope), lo, hi, batch=EXPORT_SHARD_PAGE,
                                             together=True)) as stream:
             async for item in stream:
                 payload = item.payload
                 if not check or f.matches(payload):
-                    batch.append(payload["sid"])
+                    batch.append(payload.call_sid)
                 if len(batch) >= EXPORT_BATCH:
-                    done, ahead = ahead, asyncio.ensure_future(_visible_fields(store, batch, scope))
+                    done, ahead = ahead, asyncio.ensure_future(visible_calls(store, batch, scope))
                     batch = []
                     await asyncio.sleep(0)  # the read ahead sends its command before we go on
                     if done is not None:
                         yield await done
         if batch:
-            done, ahead = ahead, asyncio.ensure_future(_visible_fields(store, batch, scope))
+            done, ahead = ahead, asyncio.ensure_future(visible_calls(store, batch, scope))
             if done is not None:
                 yield await done
         if ahead is not None:
@@ -198,8 +190,3 @@ def _retrieved(future: "asyncio.Future[Any]") -> None:
     if not future.cancelled():
         future.exception()
 
-
-async def _visible_fields(store: Store, sids: list[str], scope: int | None) -> list[tuple[str, dict[bytes, bytes]]]:
-    found = await store.calls_fields(sids)
-    return [(sid, fields) for sid, fields in zip(sids, found, strict=True)
-            if fields is not None and (scope is None or organization_of(fields) == scope)]

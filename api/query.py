@@ -4,10 +4,11 @@ query mapping, each bad value an InvalidQuery (422) that names the parameter."""
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from call_ledger.core.errors import InvalidQuery
 from call_ledger.core.events import STATUSES
-from call_ledger.core.indexes import decode_cursor
+from call_ledger.core.indexes import EntryPayload, ListCursor, decode_cursor
 from call_ledger.core.instants import parse_iso
 
 LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 100, 1000
@@ -42,15 +43,13 @@ class CallFilter:
         return [name for name in ("customer_phone", "call_sid", "assistant_name", "min_duration", "max_duration")
                 if getattr(self, name) is not None]
 
-    def matches(self, payload: dict[str, object]) -> bool:
+    def matches(self, payload: EntryPayload) -> bool:
         """Whether an index entry's payload passes the non-indexed filters."""
-        for name, key in (("customer_phone", "cph"), ("call_sid", "sid"), ("assistant_name", "an")):
-            wanted = getattr(self, name)
-            if wanted is not None:
-                value = payload.get(key)
-                if not isinstance(value, str) or wanted not in value.lower():
-                    return False
-        duration = payload.get("dur")
+        for wanted, value in ((self.customer_phone, payload.customer_phone_number), (self.call_sid, payload.call_sid),
+                              (self.assistant_name, payload.assistant_name)):
+            if wanted is not None and (not isinstance(value, str) or wanted not in value.lower()):
+                return False
+        duration = payload.duration
         if self.min_duration is not None or self.max_duration is not None:
             if not isinstance(duration, int):  # SPEC §9: no duration matches neither bound
                 return False
@@ -66,7 +65,7 @@ class ListQuery:
     filter: CallFilter
     skip: int
     limit: int
-    cursor: tuple[str, str] | None
+    cursor: ListCursor | None
 
 
 def _integer(query: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -139,8 +138,13 @@ def parse_list(query: Mapping[str, str]) -> ListQuery:
     return ListQuery(filters, skip, limit, cursor)
 
 
-def parse_search(query: Mapping[str, str]) -> tuple[str, int]:
-    """GET /api/v1/calls/search: (q lower-cased, limit)."""
+class SearchQuery(NamedTuple):
+    q: str  # lower-cased
+    limit: int
+
+
+def parse_search(query: Mapping[str, str]) -> SearchQuery:
+    """GET /api/v1/calls/search: its q and limit."""
     q = query.get("q", "")
     if len(q.strip()) < SEARCH_MIN_CHARS:
         raise InvalidQuery(f"q must be at least {SEARCH_MIN_CHARS} characters")
@@ -148,14 +152,19 @@ def parse_search(query: Mapping[str, str]) -> tuple[str, int]:
         raise InvalidQuery(f"q must be at most {MAX_FILTER_TEXT} characters")
     limit = _integer(query, "limit", SEARCH_LIMIT_DEFAULT, 1, SEARCH_LIMIT_MAX)
     assert limit is not None
-    return q.strip().lower(), limit
+    return SearchQuery(q.strip().lower(), limit)
 
 
-def parse_period(query: Mapping[str, str]) -> tuple[str, int]:
+class Period(NamedTuple):
+    name: str  # one of PERIODS
+    days: int
+
+
+def parse_period(query: Mapping[str, str]) -> Period:
     period = query.get("period") or "7d"
     if period not in PERIODS:
         raise InvalidQuery(f"period must be one of {', '.join(PERIODS)}")
-    return period, PERIODS[period]
+    return Period(period, PERIODS[period])
 
 
 def parse_format(query: Mapping[str, str]) -> str:

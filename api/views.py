@@ -1,37 +1,45 @@
 """Read API handlers: thin — check the token, load, render, encode."""
 
 import re
+from typing import NamedTuple
 
 import orjson
 from aiohttp import web
 
-from call_ledger.api.auth import check_bearer, may_see
+from call_ledger.api.auth import check_bearer
+from call_ledger.api.visible import visible_call
 from call_ledger.core import cursors
 from call_ledger.core.errors import InvalidQuery, JournalOff, NotFound
 from call_ledger.core.events import MAX_CALL_SID, MAX_EVENT_ID
-from call_ledger.core.served import organization_of, served_record
 from call_ledger.web.base import SETTINGS, STORE
 
 EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 1000
 
 
-def call_sid_and_scope(request: web.Request) -> tuple[str, int | None]:
+class CallRequest(NamedTuple):
+    """A request for one call by SID: the SID and the caller's scope (None: every call)."""
+
+    call_sid: str
+    scope: int | None
+
+
+def call_sid_and_scope(request: web.Request) -> CallRequest:
     """The path's SID and the caller's scope (401 without a valid token, 404 for an impossible SID)."""
     scope = check_bearer(request.headers.get("Authorization"), request.app[SETTINGS].api_tokens)
     call_sid = request.match_info.get("call_sid", "")
     if not call_sid or len(call_sid) > MAX_CALL_SID:  # intake refuses longer ids: no such call
         raise NotFound("no call with this SID")
-    return call_sid, scope
+    return CallRequest(call_sid, scope)
 
 
 async def get_call(request: web.Request) -> web.Response:
     call_sid, scope = call_sid_and_scope(request)
-    fields = await request.app[STORE].call_fields(call_sid)
+    call = await visible_call(request.app[STORE], call_sid, scope)
     # Another tenant's call is an unknown one (a call with no organization yet is nobody's).
-    if fields is None or (scope is not None and organization_of(fields) != scope):
+    if call is None:
         raise NotFound("no call with this SID")
-    body = served_record(call_sid, fields, request.app[SETTINGS])  # as the worker stored it
+    body = call.served(request.app[SETTINGS].policy)  # as the worker stored it
     return web.Response(body=body, content_type="application/json")
 
 
@@ -78,10 +86,8 @@ async def get_call_events(request: web.Request) -> web.Response:
         raise JournalOff("this service keeps no event journal (LEDGER_JOURNAL=off)")
     limit = page_limit(request, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX)
     after = request.query.get("after")
-    if scope is not None:
-        found = await request.app[STORE].get_call(call_sid)
-        if found is None or not may_see(found[1], scope):
-            raise NotFound("no call with this SID")
+    if scope is not None and await visible_call(request.app[STORE], call_sid, scope) is None:
+        raise NotFound("no call with this SID")
     page = await request.app[STORE].events_page(call_sid, decode_cursor(after) if after else "", limit)
     if page is None:
         raise NotFound("no call with this SID")

@@ -52,7 +52,7 @@ from call_ledger.core.indexes import (  # noqa: E402
 from call_ledger.core.instants import format_us  # noqa: E402
 from call_ledger.core.record_ids import IdBlock  # noqa: E402
 from call_ledger.core.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
-from call_ledger.core.served import served_record, stored_record  # noqa: E402
+from call_ledger.core.served import StoredCall, stored_record  # noqa: E402
 from call_ledger.settings import Settings  # noqa: E402
 from call_ledger.store import CommitWrite, Store, open_redis  # noqa: E402
 from call_ledger.store.indexes import IndexStore, IndexWrite  # noqa: E402
@@ -149,14 +149,14 @@ def new_call(i: int, record_id: int, now_us: int, settings: Settings) -> NewCall
     events = call_events(i, now_us)
     state = CallState()
     for e in events:
-        apply_event(state, e, settings)
-    fix_estimate(state, settings)
+        apply_event(state, e, settings.policy)
+    fix_estimate(state, settings.policy)
     sid = events[0].call_sid
-    record = render_record(sid, record_id, state, settings)
+    record = render_record(sid, record_id, state, settings.policy)
     write = CommitWrite(sid, 0, len(events), state.core_json(), record_id,
                         [(e.key, e.occurred_us, stored_form(e)) for e in events], state.changed_fields(),
                         record=stored_record(record, len(events)), new_token=f"bench-{record_id}")
-    entry = index_entry(sid, record_id, state, settings, record)
+    entry = index_entry(sid, record_id, state, settings.policy, record)
     return NewCall(_commit_args(write), IndexWrite(shard_of(sid), entry, len(events), entry.encode()))
 
 
@@ -282,17 +282,17 @@ async def time_reads(client: Any, store: Store, indexes: IndexStore, settings: S
     }
     for label, (f, scope) in cases.items():
         await timed(label + " (limit 100)", lambda f=f, scope=scope: listing.page(
-            store, indexes, settings, f, scope, 0, 100, None))
+            store, indexes, settings.policy, f, scope, 0, 100, None))
         await timed("count: " + label, lambda f=f, scope=scope: listing.count(indexes, f, scope))
-    deep = await listing.page(store, indexes, settings, CallFilter(), None, 0, 100, None)
+    deep = await listing.page(store, indexes, settings.policy, CallFilter(), None, 0, 100, None)
     for _ in range(50):  # 50 pages deep by cursor, then time the next page
         assert deep.next_cursor is not None
-        deep = await listing.page(store, indexes, settings, CallFilter(), None, 0, 100,
+        deep = await listing.page(store, indexes, settings.policy, CallFilter(), None, 0, 100,
                                   decode_cursor(deep.next_cursor))
     assert deep.next_cursor is not None
     cursor = decode_cursor(deep.next_cursor)
     await timed("list page 51 by cursor (limit 100)", lambda: listing.page(
-        store, indexes, settings, CallFilter(), None, 0, 100, cursor))
+        store, indexes, settings.policy, CallFilter(), None, 0, 100, cursor))
 
     async def stats() -> None:
         await indexes.sum_hashes([totals_key(scope_name(None))])
@@ -319,11 +319,11 @@ async def time_reads(client: Any, store: Store, indexes: IndexStore, settings: S
         sid = f"CA{rng_sid(n):032x}"
         fields = await store.call_fields(sid)
         assert fields is not None
-        served_record(sid, fields, settings)
+        StoredCall(sid, fields).served(settings.policy)
 
     await timed("get by SID", by_sid, rounds=200)
     await timed("search (a phone number's digits)", lambda: listing.search(
-        store, indexes, settings, "555123", 50, None), rounds=20)
+        store, indexes, settings.policy, "555123", 50, None), rounds=20)
     await timed("events page of a call by SID (100 events)", lambda: store.events_page(
         f"CA{rng_sid(n):032x}", "", 100), rounds=200)
     for fmt in ("csv", "json"):
@@ -333,7 +333,8 @@ async def time_reads(client: Any, store: Store, indexes: IndexStore, settings: S
         header = (",".join(RECORD_KEYS) + "\r\n").encode()
         size += len(header)
         async for batch in listing.export(store, indexes, CallFilter(), None):
-            data = csv_rows_of_calls(batch, settings).encode() if fmt == "csv" else json_rows(batch, settings)
+            policy = settings.policy
+            data = csv_rows_of_calls(batch, policy).encode() if fmt == "csv" else json_rows(batch, policy)
             size += len(data)
             rows += len(batch)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before

@@ -8,7 +8,9 @@ import hashlib
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -17,6 +19,7 @@ from pydantic import Field, InstanceOf, SecretStr, ValidationInfo, field_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from call_ledger.core.money import normalise_currency, parse_rate
+from call_ledger.core.policy import Policy
 from call_ledger.core.pricing import EMPTY_TABLE, PriceTable, check_currencies, load_file
 
 PROVIDERS = ("twilio", "telnyx", "vonage", "plivo")
@@ -291,6 +294,21 @@ class Settings(BaseSettings):
     def pricing(self) -> PriceTable:
         """The usage price table; empty without LEDGER_PRICING_FILE."""
         return self.pricing_file or EMPTY_TABLE
+
+    @cached_property
+    def policy(self) -> Policy:
+        """What the rules need of these settings (call_ledger.core.policy): built once, as the
+        settings never change after start-up."""
+        return Policy(currency=self.currency, fx_rates=self.fx_rates, telephony_rates=self.telephony_rates,
+                      pricing=self.pricing, max_call_meta_keys=self.max_call_meta_keys,
+                      max_call_meta_bytes=self.max_call_meta_bytes)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> "Settings":
+        """A copy (tests change a field or two this way) whose policy is built from its own fields:
+        pydantic copies the instance's __dict__, and with it a policy cached before the update."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("policy", None)
+        return copied
 
     @field_validator("public_url")
     @classmethod

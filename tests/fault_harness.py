@@ -246,15 +246,15 @@ async def check(settings: Settings, events: list[CallEvent], store: Store) -> No
         ids[record_id] = sid
         model = CallState()
         for key in sorted(applied, key=lambda k: by_key[(sid, k)].occurred_us):
-            apply_event(model, by_key[(sid, key)], settings)
-        fix_estimate(model, settings)
+            apply_event(model, by_key[(sid, key)], settings.policy)
+        fix_estimate(model, settings.policy)
         model.changed.clear()
         stored.changed.clear()
         assert stored == model, (sid, stored, model)
         version = await store.event_count(sid)
         assert version == len(applied), (sid, version, len(applied))
         j = await store.redis.hget(store.call_key(sid), "j")
-        assert j == stored_record(render_record(sid, record_id, model, settings), version), sid
+        assert j == stored_record(render_record(sid, record_id, model, settings.policy), version), sid
         if settings.journal == "on":
             page = await store.all_events(sid)
             got = sorted(orjson.loads(p)["event_id"] for p in page)
@@ -263,7 +263,7 @@ async def check(settings: Settings, events: list[CallEvent], store: Store) -> No
         for key in sent - applied:
             if "attributed" in refused[(sid, key)]:
                 assert stored.provider not in (None, by_key[(sid, key)].source), (sid, key)
-        entries.append((shard_of(sid), index_entry(sid, record_id, stored, settings), version))
+        entries.append((shard_of(sid), index_entry(sid, record_id, stored, settings.policy), version))
     from tests.test_indexes import dump_indexes
     fresh = fakeredis.FakeAsyncRedis()
     await IndexStore(fresh).update(entries)

@@ -213,7 +213,7 @@ def index_entry(call_sid: str, record_id: int, state: CallState, settings: Setti
     """The call's entry, from its state as committed (`state` must hold the index registers),
     or from the record rendered from that state."""
     if record is None:
-        record = render_record(call_sid, record_id, state, settings)
+        record = render_record(call_sid, record_id, state, settings.policy)
     organization = state.registers.get("organization_id")
     return IndexEntry(
         call_sid=call_sid, record_id=record_id, list_us=list_us(state),

@@ -109,7 +109,7 @@ async def test_dlq_replay_moves_the_dead_letter_back_to_the_main_stream(
     assert await Consumer(store, settings, Metrics()).run_burst() == 1
     found = await store.get_call("CA-dlq-replay")
     assert found is not None
-    record = render_record("CA-dlq-replay", found[0], found[1], settings)
+    record = render_record("CA-dlq-replay", found[0], found[1], settings.policy)
     assert (record["tts_cost"], record["llm_cost"]) == (2_700_000_000, 100_000_000)
     assert await store.group_stats() == (0, 0)
 

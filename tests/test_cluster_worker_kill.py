@@ -118,7 +118,7 @@ async def check_records(store: Store, hooks: list[tuple[str, str, dict[str, Any]
         assert await store.applied_keys(sid) == {f"platform:{w}" for w, _ in items}, sid
         found = await store.get_call(sid)
         assert found is not None
-        record = render_record(sid, found[0], found[1], settings)
+        record = render_record(sid, found[0], found[1], settings.policy)
         assert record["status"] == expected_status(e for e in stored_events if e.call_sid == sid), sid
         posted_nano = sum(int(Decimal(p["data"]["cost"]) * 10**9) for _, p in items if p["type"] == "call.usage")
         assert record["total_cost"] == posted_nano, sid  # render_record keeps nano-units
@@ -143,7 +143,7 @@ async def check_lookups(store: Store, base: str, hooks: list[tuple[str, str, dic
         for sid in dict.fromkeys(sid for sid, _, _ in hooks):
             found = await store.get_call(sid)
             assert found is not None
-            expected = json.loads(record_json(render_record(sid, found[0], found[1], settings)))
+            expected = json.loads(record_json(render_record(sid, found[0], found[1], settings.policy)))
             for path in (f"/api/v1/calls/sid/{sid}", f"/api/v1/calls/{found[0]}"):
                 async with session.get(base + path, headers=AUTH) as response:
                     assert response.status == 200, path

@@ -100,7 +100,7 @@ async def assert_api_records(port: int, events: list[CallEvent], settings: Setti
         async with sem, session.get(f"http://127.0.0.1:{port}/api/v1/calls/sid/{sid}", headers=AUTH) as response:
             assert response.status == 200, (sid, response.status)
             got = json.loads(await response.read(), parse_float=Decimal)
-        want = json.loads(record_json(render_record(sid, got["id"], state, settings)), parse_float=Decimal)
+        want = json.loads(record_json(render_record(sid, got["id"], state, settings.policy)), parse_float=Decimal)
         assert got == want, sid
         return int(got["id"])
 

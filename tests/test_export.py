@@ -370,6 +370,7 @@ async def test_rows_from_stored_records_are_the_rows_rendered_from_the_state(sto
     calls committed before `j` existed (no `j`) export as before."""
     from call_ledger.api.export import csv_rows_of_calls, json_rows
     from call_ledger.core.rules import CallState, record_json, render_record
+    from call_ledger.core.served import StoredCall
 
     settings = make_settings(api_tokens=TOKENS)
     events: list[CallEvent] = []
@@ -392,9 +393,9 @@ async def test_rows_from_stored_records_are_the_rows_rendered_from_the_state(sto
     for sid in sids:
         found = CallState.from_hash(await store.call_fields(sid) or {})
         assert found is not None
-        records.append(render_record(sid, *found, settings))
-    assert csv_rows_of_calls(calls, settings) == csv_rows(records)
-    assert json_rows(calls, settings) == b",".join(record_json(r) for r in records)
+        records.append(render_record(sid, *found, settings.policy))
+    assert csv_rows_of_calls([StoredCall(*c) for c in calls], settings.policy) == csv_rows(records)
+    assert json_rows([StoredCall(*c) for c in calls], settings.policy) == b",".join(record_json(r) for r in records)
     for sid in sids[::2]:  # as a version before `j` left them; the others' `j` of an older version
         await store.redis.hdel(store.call_key(sid), "j")
     for sid in sids[1::2]:
@@ -402,8 +403,8 @@ async def test_rows_from_stored_records_are_the_rows_rendered_from_the_state(sto
     legacy = [(sid, fields) for sid, fields in zip(sids, await store.calls_fields(sids), strict=True)
               if fields is not None]
     assert len(legacy) == len(sids) and all(b"s" in fields for _, fields in legacy)  # the whole hash
-    assert csv_rows_of_calls(legacy, settings) == csv_rows(records)
-    assert json_rows(legacy, settings) == b",".join(record_json(r) for r in records)
+    assert csv_rows_of_calls([StoredCall(*c) for c in legacy], settings.policy) == csv_rows(records)
+    assert json_rows([StoredCall(*c) for c in legacy], settings.policy) == b",".join(record_json(r) for r in records)
     # A SID with no record is left out (None), whatever the others are.
     assert await store.calls_fields(["CA-none", sids[0]]) == [None, legacy[0][1]]
 
@@ -438,7 +439,7 @@ def test_a_row_from_the_stored_record_is_the_row_rendered_from_the_record(
         texts: dict[str, Any], numbers: list[int | None], money: list[int | None], meta: dict[str, Any]) -> None:
     from call_ledger.api.export import csv_rows_of_calls
     from call_ledger.core.rules import META_FIELD, MONEY_FIELDS
-    from call_ledger.core.served import stored_record
+    from call_ledger.core.served import StoredCall, stored_record
 
     meta = dict(sorted(meta.items()))  # as a record renders its call_meta
     record = {**texts, "id": numbers[0], "assistant_id": numbers[1], "duration": numbers[2], "call_meta": meta,
@@ -447,7 +448,7 @@ def test_a_row_from_the_stored_record_is_the_row_rendered_from_the_record(
     fields = {b"id": b"1", b"v": b"4", b"j": stored_record(record, 4),
               **{(META_FIELD + name).encode(): orjson.dumps([1, "m", "platform", value])
                  for name, value in meta.items()}}
-    assert csv_rows_of_calls([(record["call_sid"], fields)], make_settings()) == csv_rows([record])
+    assert csv_rows_of_calls([StoredCall(record["call_sid"], fields)], make_settings().policy) == csv_rows([record])
 
 
 async def test_a_read_ahead_that_failed_after_the_client_went_is_taken_not_logged(store: Store) -> None:

@@ -153,7 +153,7 @@ async def test_analytics_across_month_and_week_boundaries_equals_the_sum_of_the_
     await load(store, settings, events)
     states = fold(events, settings)
     ids = {sid: (await store.get_call(sid) or (0, None))[0] for sid in states}
-    records = {sid: render_record(sid, ids[sid], state, settings) for sid, state in states.items()}
+    records = {sid: render_record(sid, ids[sid], state, settings.policy) for sid, state in states.items()}
     assert all(orjson.loads(record_json(r)) for r in records.values())
     orgs = {sid: (s.registers.get("organization_id") or [None] * 4)[3] for sid, s in states.items()}
     times = {sid: (s.started[0] if s.started else s.first_seen) for sid, s in states.items()}

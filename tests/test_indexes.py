@@ -53,7 +53,7 @@ async def rebuilt(store: Store, settings: Settings, sids: list[str]) -> dict[byt
         found = await store.get_call(sid)
         assert found is not None
         version = await store.event_count(sid)
-        entries.append((shard_of(sid), index_entry(sid, found[0], found[1], settings), version))
+        entries.append((shard_of(sid), index_entry(sid, found[0], found[1], settings.policy), version))
     await IndexStore(fresh).update(entries)
     dumped = await dump_indexes(fresh)
     await fresh.aclose()
@@ -109,7 +109,7 @@ async def test_indexes_equal_a_fresh_build_and_the_api_equals_the_model(
     # The API against a model computed from the records (folded here, not read back).
     states = fold(events, settings)
     ids = {sid: (await store.get_call(sid) or (0, None))[0] for sid in sids}
-    records = {sid: orjson.loads(record_json(render_record(sid, ids[sid], state, settings)))
+    records = {sid: orjson.loads(record_json(render_record(sid, ids[sid], state, settings.policy)))
                for sid, state in states.items()}
     orgs = {sid: (s.registers.get("organization_id") or [None] * 4)[3] for sid, s in states.items()}
     times = {sid: (s.started[0] if s.started else s.first_seen) for sid, s in states.items()}
@@ -177,12 +177,13 @@ async def test_an_older_or_repeated_version_changes_nothing(store: Store, settin
     await load(store, settings, [event("CA-v", "end", BASE_US + 10**7, status="completed")])
     after = await dump_indexes(store.redis)
     assert after != before
-    old_entry = index_entry("CA-v", found[0], found[1], settings)
+    old_entry = index_entry("CA-v", found[0], found[1], settings.policy)
     # A slow worker finishing version 1 after version 2 was indexed; and version 2 again.
     assert await indexes.update([(shard_of("CA-v"), old_entry, 1)]) == [False]
     final = await store.get_call("CA-v")
     assert final is not None
-    assert await indexes.update([(shard_of("CA-v"), index_entry("CA-v", final[0], final[1], settings), 2)]) == [False]
+    final_entry = index_entry("CA-v", final[0], final[1], settings.policy)
+    assert await indexes.update([(shard_of("CA-v"), final_entry, 2)]) == [False]
     assert await dump_indexes(store.redis) == after
 
 
@@ -346,14 +347,14 @@ def test_index_entry_of_folded_states_is_the_reference_entry(seed: int) -> None:
     for e in events:
         state = states.setdefault(e.call_sid, CallState())
         try:
-            apply_event(state, e, settings)
+            apply_event(state, e, settings.policy)
         except Unapplicable:
             continue
-        fix_estimate(state, settings)
-        record = render_record(e.call_sid, 3, state, settings)
-        entry = index_entry(e.call_sid, 3, state, settings, record)
+        fix_estimate(state, settings.policy)
+        record = render_record(e.call_sid, 3, state, settings.policy)
+        entry = index_entry(e.call_sid, 3, state, settings.policy, record)
         expected = reference.index_entry(e.call_sid, 3, state, settings, record)
-        assert index_entry(e.call_sid, 3, state, settings) == entry  # the record rendered inside
+        assert index_entry(e.call_sid, 3, state, settings.policy) == entry  # the record rendered inside
         assert entry.encode() == expected.encode()
         if e.call_sid in last:
             before, before_expected = last[e.call_sid]

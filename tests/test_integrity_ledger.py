@@ -40,7 +40,7 @@ async def record(store: Store, sid: str, settings: Any = None) -> dict[str, Any]
     found = await store.get_call(sid)
     if found is None:
         return None
-    return render_record(sid, found[0], found[1], settings or make_settings())
+    return render_record(sid, found[0], found[1], (settings or make_settings()).policy)
 
 
 async def test_platform_webhook_id_equal_to_a_twilio_event_id_suppresses_nothing(store: Store, consumer: Any) -> None:
@@ -180,7 +180,7 @@ def test_worker_cache_is_bounded_in_bytes_not_entries() -> None:
 
     cache = KnownCalls(capacity_bytes=100_000)
     big = CallState()
-    apply_event(big, make_event("CA-big", "m1", 0, call_meta={"k": "y" * 10_000}), make_settings())
+    apply_event(big, make_event("CA-big", "m1", 0, call_meta={"k": "y" * 10_000}), make_settings().policy)
     for i in range(50):
         cache.remember(f"CA{i}", 1, i + 1, big, frozenset({"m:k"}))
         assert cache.bytes <= 100_000
@@ -195,7 +195,7 @@ def test_worker_cache_is_bounded_in_bytes_not_entries() -> None:
     assert cache.get("CA-partial", ["m:other"]) is None  # a key it may not hold: read Redis
     huge = CallState()
     apply_event(huge, make_event("CA-huge", "m1", 0, call_meta={"k": "x" * 200_000}),
-                make_settings(max_call_meta_bytes=300_000))
+                make_settings(max_call_meta_bytes=300_000).policy)
     cache.remember("CA-huge", 1, 1, huge, frozenset())  # alone above the budget
     assert cache.get("CA-huge", []) is None and cache.bytes <= 100_000
 
@@ -205,7 +205,7 @@ def test_the_worker_cache_hands_out_the_decoded_state_it_was_given() -> None:
     from call_ledger.core.rules import apply_event
 
     state = CallState()
-    apply_event(state, make_event("CA-s", "m1", 0, assistant_name="Bot"), make_settings())
+    apply_event(state, make_event("CA-s", "m1", 0, assistant_name="Bot"), make_settings().policy)
     cache = KnownCalls()
     cache.remember("CA-s", 3, 7, state, frozenset({"m:a"}))
     found = cache.get("CA-s", ["m:a"])
@@ -238,7 +238,7 @@ def test_state_round_trips_through_its_fields() -> None:
     settings = make_settings()
     state = CallState()
     apply_event(state, make_event("CA-rt", "m1", 0, assistant_name="Bot", call_meta={"a": [1, {"b": None}]}),
-                settings)
+                settings.policy)
     rebuilt = CallState.from_fields(state.core_json(), dict(state.changed_fields()))
     assert rebuilt == state
 
@@ -260,9 +260,9 @@ def test_the_worker_cache_counts_what_it_really_holds() -> None:
         apply_event(state, make_event(f"CA-mem-{i}", f"m{i}", 0, status="ongoing", assistant_id=5,
                                       assistant_name="Bot", flow_name="F", to_phone_number="+15551230000",
                                       call_meta={"customer_id": f"c{i}", "n": i, "tags": ["a", {"b": i}]}),
-                    settings)
+                    settings.policy)
         apply_event(state, make_event(f"CA-mem-{i}", f"u{i}", 5, costs=[{"component": "llm", "amount_nano": i,
-                                                                         "currency": "USD"}]), settings)
+                                                                         "currency": "USD"}]), settings.policy)
         state.changed.clear()
         cache.remember(f"CA-mem-{i}", 2, i + 1, state, frozenset({"m:customer_id", "m:n", "m:tags"}))
     del state

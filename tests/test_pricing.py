@@ -278,9 +278,9 @@ def test_priced_costs_in_another_currency_are_converted_where_every_cost_is() ->
     settings = make_settings(fx_rates="EUR=1.08")
     prices = table(entry(currency="EUR", unit_price="1", unit_quantity=3), fx=frozenset({"EUR"}))
     state = CallState()
-    apply_event(state, price_event(usage_event("2026-11-24T10:00:00Z", ("input_tokens", "1")), prices), settings)
+    apply_event(state, price_event(usage_event("2026-11-24T10:00:00Z", ("input_tokens", "1")), prices), settings.policy)
     # 333333333 nano EUR x 1.08 = 359999999.64 -> 360000000 nano USD
-    assert render_record(SID, 1, state, settings)["llm_cost"] == 360_000_000
+    assert render_record(SID, 1, state, settings.policy)["llm_cost"] == 360_000_000
 
 
 # -- telephony rate card in the file -----------------------------------------------------------
@@ -292,8 +292,9 @@ def telephony_record(settings: Any, started: str = "2026-03-01T10:00:00Z", direc
     for event_id, instant, status in (("t1", start, "ongoing"), ("t2", end, "completed")):
         apply_event(state, CallEvent(source="twilio", event_id=event_id, call_sid=SID, type="test",
                                      occurred_at=instant.text, occurred_us=instant.us, status=status,
-                                     direction=direction, duration=150 if status == "completed" else None), settings)
-    return render_record(SID, 1, state, settings)["telephony_cost"]
+                                     direction=direction, duration=150 if status == "completed" else None),
+                    settings.policy)
+    return render_record(SID, 1, state, settings.policy)["telephony_cost"]
 
 
 def test_telephony_entries_price_the_estimate_by_the_calls_start_and_win_over_the_variable(
@@ -394,7 +395,7 @@ def fold(deliveries: list[CallEvent], settings: Any) -> tuple[dict[str, Any], di
         core = plan.state.core_json()
         fields.update(plan.state.changed_fields())
         journal.update((key, raw) for key, _, raw in plan.new_events)
-    return render_record(SID, 1, CallState.from_fields(core, fields), settings), journal  # type: ignore[arg-type]
+    return render_record(SID, 1, CallState.from_fields(core, fields), settings.policy), journal  # type: ignore[arg-type]
 
 
 @hsettings(max_examples=150, deadline=None)

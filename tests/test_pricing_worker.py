@@ -152,7 +152,7 @@ async def test_a_file_edited_between_two_events_changes_no_applied_cost(store: S
 
     found = await store.get_call(SID)
     assert found is not None
-    assert render_record(SID, found[0], found[1], after)["llm_cost"] == 4 * 10**9
+    assert render_record(SID, found[0], found[1], after.policy)["llm_cost"] == 4 * 10**9
     journal = {e["event_id"]: e for e in map(orjson.loads, await store.all_events(SID))}
     assert journal["u1"]["costs"][0]["price_entry"]["unit_price"] == "1"
     assert journal["u1"]["costs"][0]["unit_cost"] == "0.001"
@@ -184,7 +184,7 @@ async def test_a_missing_price_is_dead_lettered_then_replayed_and_applied_once(
     assert await Consumer(store, fixed, Metrics()).run_burst() == 2
     found = await store.get_call(SID)
     assert found is not None
-    record = render_record(SID, found[0], found[1], fixed)
+    record = render_record(SID, found[0], found[1], fixed.policy)
     assert record["llm_cost"] == 337_500_000  # 2000 x 0.15/1000 + 500 x 0.075/1000, once
     assert len(await store.all_events(SID)) == 1
     assert await store.dead_letters() == [] and await store.group_stats() == (0, 0)

@@ -301,7 +301,7 @@ async def test_an_event_with_no_fx_rate_is_dead_lettered_after_max_deliveries_th
     # The rest of the call and of the batch went through; the EUR cost waits, pending, with its reason.
     found = await store.get_call(sid)
     assert found is not None
-    record = render_record(sid, found[0], found[1], usd)
+    record = render_record(sid, found[0], found[1], usd.policy)
     assert (record["status"], record["llm_cost"], record["tts_cost"]) == ("completed", 300_000_000, None)
     assert await store.group_stats() == (0, 1)
     assert "EUR" in (await store.failure_reasons([eur_entry]))[eur_entry]
@@ -331,7 +331,7 @@ async def test_an_event_with_no_fx_rate_is_dead_lettered_after_max_deliveries_th
     async def current() -> dict[str, Any]:
         found = await store.get_call(sid)
         assert found is not None
-        return render_record(sid, found[0], found[1], fixed.settings)
+        return render_record(sid, found[0], found[1], fixed.settings.policy)
 
     record = await current()
     assert record["tts_cost"] == tts

@@ -35,8 +35,8 @@ def cost(component: str, amount: str, currency: str = "USD") -> Cost:
 def record_of(events: list[CallEvent], settings: Any = SETTINGS) -> dict[str, Any]:
     state = CallState()
     for e in events:
-        apply_event(state, e, settings)
-    return render_record(SID, 7, state, settings)
+        apply_event(state, e, settings.policy)
+    return render_record(SID, 7, state, settings.policy)
 
 
 def test_record_has_exactly_the_eighteen_keys_of_the_schema() -> None:
@@ -149,7 +149,7 @@ def test_cost_without_fx_rate_is_unapplicable_and_leaves_state_untouched() -> No
     state = CallState()
     with pytest.raises(Unapplicable, match="EUR"):
         apply_event(state, event("a", "2026-11-24T10:00:00Z", status="ongoing",
-                                 costs=(cost("llm", "1", "EUR"),)), SETTINGS)
+                                 costs=(cost("llm", "1", "EUR"),)), SETTINGS.policy)
     assert state == CallState()
 
 
@@ -268,7 +268,7 @@ def fold_deliveries(deliveries: list[CallEvent], settings: Any) -> dict[str, Any
         core = plan.state.core_json()
         fields.update(plan.state.changed_fields())
         applied |= {key for key, _, _ in plan.new_events}
-    return render_record(SID, 1, CallState.from_fields(core, fields), settings)  # type: ignore[arg-type]
+    return render_record(SID, 1, CallState.from_fields(core, fields), settings.policy)  # type: ignore[arg-type]
 
 
 @hsettings(max_examples=200, deadline=None)
@@ -309,35 +309,36 @@ MAX = "1000000000"  # 10^9 currency units: MAX_AMOUNT_NANO
 
 def test_a_component_may_reach_the_bound_but_not_pass_it() -> None:
     state = CallState()
-    apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "999999999.5"),)), SETTINGS)
-    apply_event(state, event("b", "2026-11-24T10:00:01Z", costs=(cost("llm", "0.5"),)), SETTINGS)
+    apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "999999999.5"),)), SETTINGS.policy)
+    apply_event(state, event("b", "2026-11-24T10:00:01Z", costs=(cost("llm", "0.5"),)), SETTINGS.policy)
     assert state.costs == {"llm": 10**18}
     before = repr(state)
     with pytest.raises(Refused, match="the call's llm cost would pass 1000000000 USD"):
-        apply_event(state, event("c", "2026-11-24T10:00:02Z", costs=(cost("llm", "0.000000001"),)), SETTINGS)
+        apply_event(state, event("c", "2026-11-24T10:00:02Z", costs=(cost("llm", "0.000000001"),)), SETTINGS.policy)
     assert repr(state) == before  # refused before any change
 
 
 def test_the_total_of_the_components_is_bounded() -> None:
     state = CallState()
-    apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "600000000"),)), SETTINGS)
+    apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "600000000"),)), SETTINGS.policy)
     with pytest.raises(Refused, match="the call's total cost would pass 1000000000 USD"):
         apply_event(state, event("b", "2026-11-24T10:00:01Z", costs=(cost("tts", "400000000.000000001"),)),
-                    SETTINGS)
+                    SETTINGS.policy)
     assert state.costs == {"llm": 600 * 10**15}
 
 
 def test_an_events_own_parts_are_bounded_whatever_the_call_holds() -> None:
     parts = tuple(cost("telephony", MAX) for _ in range(20))  # a Telnyx cost with 20 parts, or 20 usage lines
     with pytest.raises(Refused, match="the event's costs sum past 1000000000 USD"):
-        apply_event(CallState(), event("a", "2026-11-24T10:00:00Z", costs=parts), SETTINGS)
+        apply_event(CallState(), event("a", "2026-11-24T10:00:00Z", costs=parts), SETTINGS.policy)
 
 
 def test_the_bound_is_in_the_ledger_currency_after_conversion() -> None:
     settings = make_settings(fx_rates="EUR=2")
     state = CallState()
     with pytest.raises(Refused, match="the event's costs sum past 1000000000 USD"):  # 1.2e9 USD
-        apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "600000000", "EUR"),)), settings)
+        apply_event(state, event("a", "2026-11-24T10:00:00Z", costs=(cost("llm", "600000000", "EUR"),)),
+                    settings.policy)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=10**18), min_size=1, max_size=40))
@@ -347,11 +348,12 @@ def test_no_sequence_of_bounded_amounts_takes_the_state_past_64_bits(amounts: li
         component = ("llm", "tts", "stt", "telephony")[i % 4]
         try:
             apply_event(state, event(f"e{i}", "2026-11-24T10:00:00Z",
-                                     costs=(Cost(component=component, amount_nano=amount, currency="USD"),)), SETTINGS)
+                                     costs=(Cost(component=component, amount_nano=amount, currency="USD"),)),
+                        SETTINGS.policy)
         except Refused:
             pass
     assert sum(state.costs.values()) <= 10**18
-    assert record_json(render_record(SID, 1, state, SETTINGS))  # renders: no encoder overflows
+    assert record_json(render_record(SID, 1, state, SETTINGS.policy))  # renders: no encoder overflows
     assert state.core_json()
 
 
@@ -360,16 +362,16 @@ def test_a_hang_up_whose_telephony_estimate_would_take_the_total_past_the_bound_
     already at the bound is refused like a cost would be."""
     settings = make_settings(telephony_rates="twilio:outbound=0.014")
     state = CallState()
-    apply_event(state, event("u", "2026-11-24T10:00:00Z", costs=(cost("llm", MAX),)), settings)
+    apply_event(state, event("u", "2026-11-24T10:00:00Z", costs=(cost("llm", MAX),)), settings.policy)
     apply_event(state, event("r", "2026-11-24T10:00:01Z", source="twilio", status="ringing",
-                             direction="outbound"), settings)
+                             direction="outbound"), settings.policy)
     with pytest.raises(Refused, match="with its telephony estimate would pass 1000000000 USD"):
         apply_event(state, event("h", "2026-11-24T10:05:00Z", source="twilio", status="completed",
-                                 duration=290), settings)
+                                 duration=290), settings.policy)
     assert state.status is not None and state.status[0] < 3  # still ringing: untouched
     # Without a rate there is no estimate, and nothing to refuse.
     free = CallState()
-    apply_event(free, event("u", "2026-11-24T10:00:00Z", costs=(cost("llm", MAX),)), SETTINGS)
+    apply_event(free, event("u", "2026-11-24T10:00:00Z", costs=(cost("llm", MAX),)), SETTINGS.policy)
     apply_event(free, event("h", "2026-11-24T10:05:00Z", source="twilio", status="completed", duration=290),
-                SETTINGS)
-    assert render_record(SID, 1, free, SETTINGS)["total_cost"] == 10**18
+                SETTINGS.policy)
+    assert render_record(SID, 1, free, SETTINGS.policy)["total_cost"] == 10**18

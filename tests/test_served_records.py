@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from call_ledger.app import create_app
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import record_json, render_record
-from call_ledger.core.served import RECORD_FIELD, served_record
+from call_ledger.core.served import RECORD_FIELD, StoredCall
 from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
@@ -40,7 +40,7 @@ async def apply(store: Store, events: list[CallEvent], **settings: Any) -> None:
 async def rendered(store: Store, sid: str, **settings: Any) -> bytes:
     found = await store.get_call(sid)
     assert found is not None
-    return record_json(render_record(sid, found[0], found[1], make_settings(**settings)))
+    return record_json(render_record(sid, found[0], found[1], make_settings(**settings).policy))
 
 
 async def test_get_serves_the_record_stored_at_commit_byte_for_byte(aiohttp_client: Any, store: Store) -> None:
@@ -74,7 +74,7 @@ async def test_any_call_meta_is_spliced_exactly_as_rendering_would_write_it(meta
     await apply(store, [make_event(SID, "m", 0, call_meta=meta, flow_name="f"), usage(SID, "u", 1, "tts", 5)])
     fields = await store.call_fields(SID)
     assert fields is not None
-    assert served_record(SID, fields, make_settings()) == await rendered(store, SID)
+    assert StoredCall(SID, fields).served(make_settings().policy) == await rendered(store, SID)
 
 
 @pytest.mark.parametrize("written_by", ["a version without j", "a version that leaves j behind"])

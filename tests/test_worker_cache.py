@@ -39,7 +39,7 @@ def counting(store: Store) -> dict[str, int]:
 async def record(store: Store, sid: str) -> dict[str, Any]:
     found = await store.get_call(sid)
     assert found is not None
-    return render_record(sid, *found, make_settings())
+    return render_record(sid, *found, make_settings().policy)
 
 
 async def test_a_retry_of_a_recent_event_is_a_duplicate_without_a_reread(store: Store) -> None:

@@ -102,7 +102,7 @@ def fold(events: Iterable[CallEvent], settings: Settings) -> dict[str, CallState
         if (event.call_sid, event.key) in seen:
             continue
         seen.add((event.call_sid, event.key))
-        apply_event(states.setdefault(event.call_sid, CallState()), event, settings)
+        apply_event(states.setdefault(event.call_sid, CallState()), event, settings.policy)
     return states
 
 
@@ -186,8 +186,8 @@ async def assert_records_exact(store: Store, events: list[CallEvent], settings: 
         assert found is not None, f"no record for {sid}"
         record_id, stored = found
         record_ids.add(record_id)
-        record = render_record(sid, record_id, stored, settings)
-        assert record == render_record(sid, record_id, state, settings), sid
+        record = render_record(sid, record_id, stored, settings.policy)
+        assert record == render_record(sid, record_id, state, settings.policy), sid
         assert stored == state, sid
         assert record["status"] == expected_status(calls[sid]), sid
         sums = cost_sums(calls[sid], settings)

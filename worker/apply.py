@@ -54,7 +54,7 @@ def frozen_fx(event: CallEvent, settings: Settings) -> CallEvent:
     costs = tuple(
         cost if cost.currency == settings.currency else cost.model_copy(update={
             "fx_rate": format(settings.fx_rates[cost.currency], "f"), "ledger_amount_nano": amount})
-        for cost, (_, amount) in zip(event.costs, ledger_costs(event, settings), strict=True))
+        for cost, (_, amount) in zip(event.costs, ledger_costs(event, settings.policy), strict=True))
     return event.model_copy(update={"costs": costs})
 
 
@@ -77,7 +77,7 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
             # Usage is priced here, at apply time, with the file this worker loaded: a missing
             # price fails like a missing FX rate (retried, then dead-lettered, replayable).
             priced = price_event(event, settings.pricing) if event.usage else event
-            apply_event(plan.state, priced, settings)
+            apply_event(plan.state, priced, settings.policy)
         except Refused as exc:
             plan.refused.append((entry, event, str(exc)))
             continue

@@ -368,7 +368,7 @@ class Consumer:
             previous = self.indexed.get(sid)
             if previous is not None and previous[0] == version:
                 continue  # this worker indexed this very version (the shard took it): nothing to repair
-            entry = index_entry(sid, record_id, state, self.settings, record)
+            entry = index_entry(sid, record_id, state, self.settings.policy, record)
             encoded = entry.encode()
             base, delta = "", b""
             if previous is not None and previous[0] < version:
@@ -479,9 +479,9 @@ class Consumer:
                 continue
             # The estimate and the record are fixed here, with this worker's rates (SPEC §11, §13):
             # the lookup serves `j` as it is, and the index rolls up the same numbers.
-            fix_estimate(plan.state, self.settings)
+            fix_estimate(plan.state, self.settings.policy)
             record_id = loaded[sid].record_id or ids[sid]
-            plan.record = render_record(sid, record_id, plan.state, self.settings)
+            plan.record = render_record(sid, record_id, plan.state, self.settings.policy)
             new_version = loaded[sid].version + len(plan.new_events)
             writes.append(CommitWrite(
                 call_sid=sid,

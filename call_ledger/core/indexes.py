@@ -22,15 +22,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from call_ledger.core import cursors
 from call_ledger.core.events import TERMINAL_STATUSES
 from call_ledger.core.money import NANO
+from call_ledger.core.policy import Policy
 from call_ledger.core.rules import REGISTER_FIELD, REGISTERS, CallState, render_record
-from call_ledger.settings import Settings
 
 # Fixed: a call's shard is crc32(sid) % SHARDS, and changing it would move every entry.
 SHARDS = 16
@@ -142,7 +142,7 @@ class IndexEntry:
     # orjson) filled in with the 4 numbers: no dicts built and encoded per entry.
     shape_key: "ShapeKey"
     _shape: "_Shape"
-    _amounts: tuple[int, int, int, int]  # (1, duration, whole units of cost, nano remainder): ints
+    _amounts: "Amounts"
 
     def __init__(self, call_sid: str, record_id: int, list_us: int, organization_id: int | None,
                  assistant_id: int, assistant_name: str | None, status: str, duration: int | None,
@@ -190,10 +190,9 @@ class IndexEntry:
     def memberships(self) -> list[str]:
         return self._shape.memberships
 
-    def increments(self) -> list[tuple[str, str, int]]:
-        """(key suffix, hash field, positive amount) this entry adds to the rollups."""
-        amounts = self._amounts
-        return [(key, name, amounts[slot]) for key, name, slot in self._shape.items if amounts[slot]]
+    def increments(self) -> list["Increment"]:
+        """What this entry adds to the rollups (positive amounts only)."""
+        return self._shape.increments(self._amounts)
 
     def payload(self) -> dict[str, Any]:
         """What readers need of the entry without loading the call: filters and the SID."""
@@ -208,20 +207,56 @@ class IndexEntry:
         left with none). Readers take the part before the newline (JSON text never holds a raw
         one). The version is stored beside it."""
         amounts = self._amounts
-        template = self._shape.encoding(_nonzero(amounts))
-        return orjson.dumps(self.payload()) + template.text % template.pick((*amounts, self.list_us))
+        rollups = self._shape.encoding(_nonzero_slots(amounts))
+        return orjson.dumps(self.payload()) + rollups.fill((*amounts, self.list_us))
 
 
-# Where an increment's amount comes from: IndexEntry._amounts[slot]. The first is always 1.
-_ONE, _DURATION, _WHOLE, _FRACTION = range(4)
+# -- amounts and their slots -------------------------------------------------------------------
+#
+# An entry adds four amounts to the rollups: 1 (it counts as one call), its duration, and its cost
+# as whole units and nano remainder (sums of nano-units could pass 2^63). `IndexEntry._amounts`
+# holds them in this order; a rollup field names the slot its amount comes from.
+_ONE, _DURATION, _WHOLE, _FRACTION = _SLOTS = range(4)
+Amounts = tuple[int, int, int, int]  # (1, duration, whole units of cost, nano remainder), by slot
 _LIST_US = 4  # in an encoding's values, after the amounts
 
+# A set of slots, as bits (slot s is in it when bit 1 << s is set): small ints are the cheapest
+# cache keys, and the apply loop computes one or two of them per call it indexes.
+SlotSet = int
+_ALL_SLOTS: SlotSet = 0b1111
 
-def _nonzero(amounts: tuple[int, int, int, int]) -> int:
-    """The slots (bit 1 << slot) whose amount is not 0: which fields an entry's rollups have."""
-    _, duration, whole, fraction = amounts
-    return 1 | (duration and 2) | (whole and 4) | (fraction and 8)
 
+def _nonzero_slots(values: Amounts) -> SlotSet:
+    """The slots whose value is not 0 (of amounts: which fields an entry's rollups have)."""
+    one, duration, whole, fraction = values
+    return (one and 1) | (duration and 2) | (whole and 4) | (fraction and 8)
+
+
+def _has(slots: SlotSet, slot: int) -> bool:
+    return bool(slots >> slot & 1)
+
+
+def _differences(before: Amounts, after: Amounts) -> Amounts:
+    return after[0] - before[0], after[1] - before[1], after[2] - before[2], after[3] - before[3]
+
+
+class Increment(NamedTuple):
+    """What an entry adds to one rollup field: `amount` to `field` of the hash `key` (a suffix)."""
+
+    key: str
+    field: str
+    amount: int
+
+
+class _Rollup(NamedTuple):
+    """One rollup field an entry of some shape adds to, and the slot of the amount it adds."""
+
+    key: str
+    field: str
+    slot: int
+
+
+# -- templates ---------------------------------------------------------------------------------
 
 # A hole in a template: orjson writes this fragment as is, and a raw NUL is a byte it writes
 # nowhere else (JSON text escapes control characters), so the holes are found in its output.
@@ -234,18 +269,27 @@ def _nothing(values: tuple[int, ...]) -> tuple[()]:
 
 class _Template:
     """JSON text with integers (written as strings) left out, made by orjson from the very
-    structure it stands for, so filling it in gives orjson's bytes for that structure:
-    `text % pick(values)`, where values[holes[i]] goes in the i-th hole."""
+    structure it stands for, so that filling it in gives orjson's bytes for that structure.
 
-    __slots__ = ("pick", "text")
+    The entries of one shape (and the deltas between two shapes) differ only in a few integers, so
+    each structure is encoded once, with `_HOLE`s where its integers go, and then filled in with
+    printf (`%d`) per entry: no dicts built and encoded on the apply path. `fill(values)` puts
+    values[holes[i]] in the i-th hole."""
+
+    __slots__ = ("_pick", "_text")
 
     def __init__(self, structure: Any, holes: list[int], before: bytes = b"") -> None:
         out = orjson.dumps(structure)
         if out.count(b"\x00") != len(holes):
             raise AssertionError("a template's holes are not where its structure has them")
-        self.text = before.replace(b"%", b"%%") + out.replace(b"%", b"%%").replace(b"\x00", b"%d")
-        self.pick: Callable[[tuple[int, ...]], tuple[int, ...] | int] = itemgetter(*holes) if holes else _nothing
+        self._text = before.replace(b"%", b"%%") + out.replace(b"%", b"%%").replace(b"\x00", b"%d")
+        self._pick: Callable[[tuple[int, ...]], tuple[int, ...] | int] = itemgetter(*holes) if holes else _nothing
 
+    def fill(self, values: tuple[int, ...]) -> bytes:
+        return self._text % self._pick(values)
+
+
+# -- shapes ------------------------------------------------------------------------------------
 
 # (organization_id, status, assistant_id, day, has a duration, has a cost). Not the assistant's
 # name: the rollups do not count names (analytics reads an assistant's name from its latest
@@ -260,45 +304,54 @@ class _Shape:
 
     __slots__ = ("_deltas", "_encodings", "items", "memberships")
 
-    def __init__(self, memberships: list[str], items: list[tuple[str, str, int]]) -> None:
+    def __init__(self, memberships: list[str], items: list[_Rollup]) -> None:
         self.memberships = memberships
-        self.items = items  # (key suffix, field, amount slot), in increments' order
-        self._encodings: dict[int, _Template] = {}
-        self._deltas: dict[int, _Template] = {}
+        self.items = items  # in increments' order
+        self._encodings: dict[SlotSet, _Template] = {}
+        self._deltas: dict[SlotSet, _Template] = {}
 
-    def encoding(self, nonzero: int) -> _Template:
+    def increments(self, amounts: Amounts) -> list[Increment]:
+        return [Increment(key, name, amounts[slot]) for key, name, slot in self.items if amounts[slot]]
+
+    def encoding(self, nonzero: SlotSet) -> _Template:
         """An entry's encoding after its payload, for amounts nonzero in the slots `nonzero`.
         Values: the 4 amounts, then the list time."""
         template = self._encodings.get(nonzero)
         if template is None:
-            grouped: dict[str, list[tuple[str, int]]] = {}
-            for key, name, slot in self.items:
-                grouped.setdefault(key, []).append((name, slot))
-            rollups: dict[str, dict[str, Any]] = {}
+            rollups: dict[str, dict[str, Any]] = {}  # key -> {field: "1" or a hole}, in the fields' order
             holes: list[int] = []
-            for key, fields in grouped.items():
-                present = {name: slot for name, slot in fields if nonzero >> slot & 1}
-                if present:
-                    rollups[key] = {name: "1" if slot == _ONE else _HOLE for name, slot in present.items()}
-                    holes += [slot for slot in present.values() if slot != _ONE]
+            for key, name, slot in self.items:
+                if _has(nonzero, slot):
+                    rollups.setdefault(key, {})[name] = "1" if slot == _ONE else _HOLE
+                    if slot != _ONE:
+                        holes.append(slot)
             template = self._encodings[nonzero] = _Template([self.memberships, rollups, _HOLE],
                                                             [*holes, _LIST_US], before=b"\n")
         return template
 
-    def same_shape_delta(self, moved: int) -> _Template:
+    def amounts_delta(self, moved: SlotSet) -> _Template:
         """The delta between two entries of this shape whose amounts differ in the slots `moved`:
-        its changes by slot, then in the order of the shape's fields. Values: the 4 differences."""
+        every field of a moved slot, slot by slot, each in the order of the shape's fields.
+        Values: the 4 differences."""
         template = self._deltas.get(moved)
         if template is None:
-            changes = [[key, name, _HOLE] for slot in range(4) if moved >> slot & 1
-                       for key, name, s in self.items if s == slot]
-            holes = [slot for slot in range(4) if moved >> slot & 1 for _, _, s in self.items if s == slot]
-            template = self._deltas[moved] = _Template([[], [], changes], holes)
+            changed = [item for slot in _SLOTS if _has(moved, slot) for item in self.items if item.slot == slot]
+            template = self._deltas[moved] = _Template([[], [], [[key, name, _HOLE] for key, name, _ in changed]],
+                                                       [slot for _, _, slot in changed])
         return template
 
 
 def shape_of(key: ShapeKey) -> _Shape:
     return _shape(*key)
+
+
+# The rollup fields, short (they are in every rollup hash of every shard): `Rollup` reads them.
+_CALLS, _COMPLETED, _FAILED = "n", "c", "f"
+_DURATION_SUM, _WITH_DURATION = "d", "dn"
+_COST_WHOLE, _COST_FRACTION, _WITH_COST = "cw", "cf", "cn"
+_STATUS_PREFIX = "s:"  # + status: calls with it
+_ASSISTANT_PREFIX = "a:"  # + assistant id + ":" + field: that field of the assistant's calls
+_PER_ASSISTANT = (_CALLS, _DURATION_SUM, _COST_WHOLE, _COST_FRACTION, _WITH_COST)
 
 
 @lru_cache(maxsize=1024)  # a few statuses x assistants x days x organizations at any time
@@ -307,29 +360,83 @@ def _shape(organization_id: int | None, status: str, assistant_id: int, day: str
     scopes = [ALL] if organization_id is None else [ALL, scope_name(organization_id)]
     memberships = [list_key(scope, s, a) for scope in scopes for s in (None, status) for a in (None, assistant_id)]
     terminal = status in TERMINAL_STATUSES
-    common: list[tuple[str, int]] = [("n", _ONE), (f"s:{status}", _ONE)]
+    common: list[tuple[str, int]] = [(_CALLS, _ONE), (_STATUS_PREFIX + status, _ONE)]
     if status == "completed":
-        common.append(("c", _ONE))
+        common.append((_COMPLETED, _ONE))
     elif terminal:
-        common.append(("f", _ONE))
+        common.append((_FAILED, _ONE))
     if has_duration:
-        common += [("d", _DURATION), ("dn", _ONE)]
+        common += [(_DURATION_SUM, _DURATION), (_WITH_DURATION, _ONE)]
     if has_cost:
         # Whole units and nano remainder apart: sums of nano-units could pass 2^63.
-        common += [("cw", _WHOLE), ("cf", _FRACTION), ("cn", _ONE)]
+        common += [(_COST_WHOLE, _WHOLE), (_COST_FRACTION, _FRACTION), (_WITH_COST, _ONE)]
     per_assistant: list[tuple[str, int]] = []
     if assistant_id:
-        prefix = f"a:{assistant_id}:"
-        per_assistant = [(prefix + name, slot) for name, slot in common if name in ("n", "d", "cw", "cf", "cn")]
-    items: list[tuple[str, str, int]] = []
+        prefix = f"{_ASSISTANT_PREFIX}{assistant_id}:"
+        per_assistant = [(prefix + name, slot) for name, slot in common if name in _PER_ASSISTANT]
+    items: list[_Rollup] = []
     week, month = week_of(day), day[:7]
     for scope in scopes:
-        items += [(totals_key(scope), name, slot) for name, slot in common]
-        items += [(day_key(scope, day), name, slot) for name, slot in common]
-        items += [(day_assistants_key(scope, day), name, slot) for name, slot in per_assistant]
-        items += [(week_key(scope, week), name, slot) for name, slot in per_assistant]
-        items += [(month_key(scope, month), name, slot) for name, slot in per_assistant]
+        items += [_Rollup(totals_key(scope), name, slot) for name, slot in common]
+        items += [_Rollup(day_key(scope, day), name, slot) for name, slot in common]
+        items += [_Rollup(day_assistants_key(scope, day), name, slot) for name, slot in per_assistant]
+        items += [_Rollup(week_key(scope, week), name, slot) for name, slot in per_assistant]
+        items += [_Rollup(month_key(scope, month), name, slot) for name, slot in per_assistant]
     return _Shape(memberships, items)
+
+
+class Rollup:
+    """A rollup hash (or a sum of them) as counters with names: what stats and analytics read.
+    The only reader of the rollups' short field names."""
+
+    __slots__ = ("_counters",)
+
+    def __init__(self, counters: dict[str, int]) -> None:
+        self._counters = counters
+
+    @property
+    def calls(self) -> int:
+        return self._counters.get(_CALLS, 0)
+
+    @property
+    def completed(self) -> int:
+        return self._counters.get(_COMPLETED, 0)
+
+    @property
+    def failed(self) -> int:
+        """Calls ended otherwise than completed."""
+        return self._counters.get(_FAILED, 0)
+
+    def with_status(self, status: str) -> int:
+        return self._counters.get(_STATUS_PREFIX + status, 0)
+
+    @property
+    def duration(self) -> int:
+        """Seconds, summed over the calls that have a duration."""
+        return self._counters.get(_DURATION_SUM, 0)
+
+    @property
+    def average_duration(self) -> float | None:
+        """Over the calls that have a duration; None without any."""
+        with_duration = self._counters.get(_WITH_DURATION)
+        return self.duration / with_duration if with_duration else None
+
+    @property
+    def cost_nano(self) -> int | None:
+        """The calls' cost summed exactly; None when no call in it had a cost."""
+        if not self._counters.get(_WITH_COST):
+            return None
+        return self._counters.get(_COST_WHOLE, 0) * NANO + self._counters.get(_COST_FRACTION, 0)
+
+    def per_assistant(self) -> "dict[int, Rollup]":
+        """The per-assistant counters in it (`a:<aid>:<field>`), summed by assistant."""
+        sums: dict[int, dict[str, int]] = {}
+        for field, value in self._counters.items():
+            if field.startswith(_ASSISTANT_PREFIX):
+                _, aid_text, counter = field.split(":", 2)
+                counters = sums.setdefault(int(aid_text), {})
+                counters[counter] = counters.get(counter, 0) + value
+        return {aid: Rollup(counters) for aid, counters in sums.items()}
 
 
 class IndexBasis:
@@ -349,14 +456,15 @@ class IndexBasis:
     def memberships(self) -> list[str]:
         return self._shape.memberships
 
-    def increments(self) -> list[tuple[str, str, int]]:
-        amounts = self._amounts
-        return [(key, name, amounts[slot]) for key, name, slot in self._shape.items if amounts[slot]]
+    def increments(self) -> list[Increment]:
+        return self._shape.increments(self._amounts)
 
     def size(self) -> int:
         """Bytes it holds, about (its strings; the shape is shared or derived on use)."""
         return 400 + len(self.shape_key[1]) + len(self.shape_key[3])
 
+
+# -- deltas ------------------------------------------------------------------------------------
 
 _UNMOVED = b"[[],[],[]]"
 
@@ -368,61 +476,86 @@ def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
     membership is re-scored: the script's full path)."""
     if old.list_us != new.list_us or old.record_id != new.record_id:
         return None
-    o0, o1, o2, o3 = old._amounts
-    n0, n1, n2, n3 = new._amounts
+    before, after = old._amounts, new._amounts
+    differences = _differences(before, after)
+    moved = _nonzero_slots(differences)
     if old.shape_key == new.shape_key:  # same keys and fields (the usual case): only amounts moved
-        d0, d1, d2, d3 = n0 - o0, n1 - o1, n2 - o2, n3 - o3
-        moved = (d0 and 1) | (d1 and 2) | (d2 and 4) | (d3 and 8)
-        if not moved:
-            return _UNMOVED
-        template = new._shape.same_shape_delta(moved)
-        return template.text % template.pick((d0, d1, d2, d3))
-    key = (_nonzero(old._amounts), _nonzero(new._amounts), (o1 == n1 and 2) | (o2 == n2 and 4) | (o3 == n3 and 8))
-    pair = _pair_delta(old.shape_key, new.shape_key, *key)
-    if pair is None:  # not expressible as a template (see _pair_delta_of)
+        return new._shape.amounts_delta(moved).fill(differences) if moved else _UNMOVED
+    template = _transition(old.shape_key, new.shape_key, _nonzero_slots(before), _nonzero_slots(after), moved)
+    if template is None:  # not expressible as a template (see _field_change)
         return _delta_by_field(old, new)
-    return pair.text % pair.pick((n0, n1, n2, n3, -o0, -o1, -o2, -o3, n0 - o0, n1 - o1, n2 - o2, n3 - o3))
+    return template.fill((*after, -before[0], -before[1], -before[2], -before[3], *differences))
+
+
+# A transition template's values: the new entry's 4 amounts, the old one's negated, their differences.
+_AFTER, _BEFORE_NEGATED, _DIFFERENCE = 0, 4, 8
+
+
+class _Term(NamedTuple):
+    """One entry's part in how a rollup field changes: its amount in `slot` taken away (sign -1,
+    the old entry) or added (+1, the new one)."""
+
+    sign: int
+    slot: int
+
+
+class _NotTemplated(Exception):
+    """A field's change is none of what a transition template can hold."""
 
 
 @lru_cache(maxsize=1024)  # the few transitions between the shapes of the moment (status, cost...)
-def _pair_delta(old: ShapeKey, new: ShapeKey, old_nonzero: int, new_nonzero: int, same: int) -> _Template | None:
-    return _pair_delta_of(shape_of(old), shape_of(new), old_nonzero, new_nonzero, same)
-
-
-def _pair_delta_of(old: _Shape, new: _Shape, old_nonzero: int, new_nonzero: int, same: int) -> _Template | None:
+def _transition(old: ShapeKey, new: ShapeKey, old_nonzero: SlotSet, new_nonzero: SlotSet,
+                moved: SlotSet) -> _Template | None:
     """The delta from an entry of shape `old` to one of shape `new`, amounts nonzero in the slots
-    `old_nonzero` and `new_nonzero`, and equal in the slots `same` (for 1..3), as `_delta_by_field`
-    orders it. Values: the 4 new amounts, the 4 old ones negated, the 4 differences. None when a
-    field's difference is not one of those (never, with the fields shapes have)."""
-    held, wanted = old.memberships, new.memberships
-    terms: dict[tuple[str, str], list[tuple[int, int]]] = {}  # (key, field) -> [(sign, slot)...]
-    for key, name, slot in old.items:
-        if old_nonzero >> slot & 1:
-            terms.setdefault((key, name), []).append((-1, slot))
-    for key, name, slot in new.items:
-        if new_nonzero >> slot & 1:
-            terms.setdefault((key, name), []).append((1, slot))
+    `old_nonzero` and `new_nonzero`, and different in the slots `moved`, as `_delta_by_field`
+    orders it: the memberships left and joined, then each field that changes. None when a field's
+    change is not one a template holds (never, with the fields shapes have)."""
+    old_shape, new_shape = shape_of(old), shape_of(new)
     changes: list[list[Any]] = []
     holes: list[int] = []
-    for (key, name), of in terms.items():
-        if all(slot == _ONE for _, slot in of):  # amounts of 1: known now
-            if difference := sum(sign for sign, _ in of):
-                changes.append([key, name, str(difference)])
-        elif len(of) == 1:
-            sign, slot = of[0]
-            changes.append([key, name, _HOLE])
-            holes.append(slot if sign > 0 else 4 + slot)
-        elif len(of) == 2 and of[0] == (-1, of[1][1]) and of[1][0] == 1:
-            if not same >> of[1][1] & 1:
+    try:
+        for (key, name), terms in _terms_by_field(old_shape, old_nonzero, new_shape, new_nonzero).items():
+            change = _field_change(terms, moved)
+            if isinstance(change, str):
+                changes.append([key, name, change])
+            elif change is not None:
                 changes.append([key, name, _HOLE])
-                holes.append(8 + of[1][1])
-        else:
-            return None
+                holes.append(change)
+    except _NotTemplated:
+        return None
+    held, wanted = old_shape.memberships, new_shape.memberships
     return _Template([[s for s in held if s not in wanted], [s for s in wanted if s not in held], changes], holes)
 
 
+def _terms_by_field(old: _Shape, old_nonzero: SlotSet, new: _Shape,
+                    new_nonzero: SlotSet) -> dict[tuple[str, str], list[_Term]]:
+    """For each rollup field either entry adds to, what each adds: the old entry's terms first,
+    fields in the order they are first met (as `_delta_by_field` meets them)."""
+    terms: dict[tuple[str, str], list[_Term]] = {}
+    for shape, nonzero, sign in ((old, old_nonzero, -1), (new, new_nonzero, 1)):
+        for key, name, slot in shape.items:
+            if _has(nonzero, slot):
+                terms.setdefault((key, name), []).append(_Term(sign, slot))
+    return terms
+
+
+def _field_change(terms: list[_Term], moved: SlotSet) -> str | int | None:
+    """How one rollup field changes: a number known now (its text), the index of the value that
+    fills it in, or None when it does not change."""
+    if all(term.slot == _ONE for term in terms):  # counts: their amounts are 1
+        difference = sum(term.sign for term in terms)
+        return str(difference) if difference else None
+    if len(terms) == 1:  # only one of the entries adds to it: its amount comes or goes
+        sign, slot = terms[0]
+        return _AFTER + slot if sign > 0 else _BEFORE_NEGATED + slot
+    if len(terms) == 2 and terms[0] == _Term(-1, terms[1].slot) and terms[1].sign == 1:  # both, the same amount
+        slot = terms[1].slot
+        return _DIFFERENCE + slot if _has(moved, slot) else None
+    raise _NotTemplated
+
+
 def _delta_by_field(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes:
-    """`entry_delta` between two shapes, field by field (what `_pair_delta_of` makes templates of)."""
+    """`entry_delta` between two shapes, field by field (what `_transition` makes templates of)."""
     held, wanted = old.memberships(), new.memberships()
     change: dict[tuple[str, str], int] = {}
     for key, name, amount in old.increments():
@@ -433,10 +566,60 @@ def _delta_by_field(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes:
                          [[key, name, str(d)] for (key, name), d in change.items() if d]])
 
 
-def entry_payload(stored: bytes) -> dict[str, Any]:
-    """The payload of a stored entry (see `IndexEntry.encode`)."""
-    payload: dict[str, Any] = orjson.loads(stored.partition(b"\n")[0])
-    return payload
+class EntryPayload:
+    """What a reader needs of a call's index entry without loading the call (`IndexEntry.payload`):
+    its SID, list time and what the unindexed filters and search look at.
+
+    Stored with short keys (`sid`, `us`, `org`, `aid`, `an`, `st`, `dur`, `cph`, `tph`: they are in
+    every entry of every shard); this class is the only reader of them, so nothing above the core
+    spells one. Each accessor gives what the stored JSON holds (None for a missing key): a reader
+    checks a value's type before it trusts it, as the stored entry is data from Redis."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+
+    @classmethod
+    def decode(cls, stored: bytes) -> "EntryPayload":
+        """The payload of a stored entry (see `IndexEntry.encode`), or of a payload's JSON alone."""
+        return cls(orjson.loads(stored.partition(b"\n")[0]))
+
+    @property
+    def call_sid(self) -> Any:
+        return self._fields.get("sid")
+
+    @property
+    def list_us(self) -> Any:
+        return self._fields.get("us")
+
+    @property
+    def organization_id(self) -> Any:
+        return self._fields.get("org")
+
+    @property
+    def assistant_id(self) -> Any:
+        return self._fields.get("aid")
+
+    @property
+    def assistant_name(self) -> Any:
+        return self._fields.get("an")
+
+    @property
+    def status(self) -> Any:
+        return self._fields.get("st")
+
+    @property
+    def duration(self) -> Any:
+        return self._fields.get("dur")
+
+    @property
+    def customer_phone_number(self) -> Any:
+        return self._fields.get("cph")
+
+    @property
+    def to_phone_number(self) -> Any:
+        return self._fields.get("tph")
 
 
 def list_us(state: CallState) -> int:
@@ -445,12 +628,12 @@ def list_us(state: CallState) -> int:
     return state.first_seen if state.first_seen is not None else 0
 
 
-def index_entry(call_sid: str, record_id: int, state: CallState, settings: Settings,
+def index_entry(call_sid: str, record_id: int, state: CallState, policy: Policy,
                 record: dict[str, Any] | None = None) -> IndexEntry:
     """The call's entry, from its state as committed (`state` must hold the index registers),
     or from the record rendered from that state."""
     if record is None:
-        record = render_record(call_sid, record_id, state, settings)
+        record = render_record(call_sid, record_id, state, policy)
     organization = state.registers.get("organization_id")
     return IndexEntry(  # positional: keywords cost the worker's apply loop a little more
         call_sid, record_id, list_us(state), organization[3] if organization else None,
@@ -486,8 +669,15 @@ def encode_cursor(score_text: str, member_text: str) -> str:
     return cursors.encode(f"{score_text}/{member_text}".encode())
 
 
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    """(score text, member) of a cursor; ValueError when it is not one this service gave out
+class ListCursor(NamedTuple):
+    """Where a list page ends: the last item's score, as Redis wrote it, and its member (record id)."""
+
+    score_text: str
+    member: str
+
+
+def decode_cursor(cursor: str) -> ListCursor:
+    """The score text and member a cursor names; ValueError when it is not one this service gave out
     (call_ledger.core.cursors: canonical, bounded; then a score and a member of the shapes above)."""
     raw = cursors.decode(cursor, MAX_LIST_CURSOR)
     score_text, sep, member_text = raw.decode("ascii", "replace").partition("/")
@@ -495,4 +685,4 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         raise ValueError("not a cursor")
     if abs(Decimal(score_text)) > _MAX_SCORE:  # exactly: a float would round 2^53 + 1 down to it
         raise ValueError("not a cursor")
-    return score_text, member_text
+    return ListCursor(score_text, member_text)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -232,18 +232,26 @@ def price_event(event: CallEvent, table: PriceTable) -> CallEvent:
     return event.model_copy(update={"costs": tuple(costs), "usage": ()})
 
 
+class TelephonyCharge(NamedTuple):
+    """A rate-card estimate priced by the file: the amount, in the entry's currency."""
+
+    amount_nano: int
+    currency: str
+    unit_cost: str  # the entry's unit cost, as decimal text
+
+
 def telephony_charge(table: PriceTable, provider: str | None, direction: str, minutes: int,
-                     at_us: int) -> tuple[int, str, str] | None:
+                     at_us: int) -> TelephonyCharge | None:
     """The rate-card estimate from the file: `minutes` of `{direction}_minutes` of the
     call's provider, priced by the `*`-model telephony entry in effect at `at_us` (the
     call's start, so an entry added later for the future reprices no past call).
-    (nano-units, currency, the entry's unit cost text), or None when the file has no such entry."""
+    None when the file has no such entry."""
     if provider is None:
         return None
     entry = table.lookup("telephony", provider, None, TELEPHONY_USAGE_TYPES[direction], at_us)
     if entry is None:
         return None
-    return entry.price_nano(Decimal(minutes)), entry.currency, entry.unit_cost
+    return TelephonyCharge(entry.price_nano(Decimal(minutes)), entry.currency, entry.unit_cost)
 
 
 # -- reading and validating a file --------------------------------------------------------------

@@ -9,15 +9,15 @@ store applies each (source, event id) once. Everything here is pure and synchron
 import math
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from call_ledger.core.errors import Refused, Unapplicable
 from call_ledger.core.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
 from call_ledger.core.money import MAX_AMOUNT_NANO, NANO, convert, format_nano
+from call_ledger.core.policy import Policy
 from call_ledger.core.pricing import telephony_charge
-from call_ledger.settings import Settings
 
 # initiated < ringing < ongoing < every terminal status; among terminal ones the
 # order is fixed so that two different endings give the same answer in any order.
@@ -118,12 +118,40 @@ class CallState:
         return state
 
     @classmethod
-    def from_hash(cls, fields: dict[bytes, bytes]) -> tuple[int, "CallState"] | None:
-        """(record id, whole state) from a call hash as HGETALL returns it; None without a record."""
+    def from_hash(cls, fields: dict[bytes, bytes]) -> "RecordState | None":
+        """The record id and whole state from a call hash as HGETALL returns it; None without a record."""
         record_id, core = fields.get(b"id"), fields.get(b"s")
         if record_id is None or core is None:
             return None
-        return int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()})
+        return RecordState(int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()}))
+
+
+class RecordState(NamedTuple):
+    """A call with a record, as its hash holds it: the record id and the whole state."""
+
+    record_id: int
+    state: CallState
+
+
+class MetaSize(NamedTuple):
+    """The size of a call_meta object as its per-call bound counts it."""
+
+    keys: int
+    json_bytes: int  # of its JSON text
+
+
+class LedgerCost(NamedTuple):
+    """One of an event's costs, in the ledger currency."""
+
+    component: str
+    amount_nano: int
+
+
+class Estimate(NamedTuple):
+    """The rate-card telephony estimate of a call (both None: none)."""
+
+    amount_nano: int | None
+    rate: str | None  # the per-minute rate as decimal text in the ledger currency; None if priced in another
 
 
 def meta_entry_size(key: str, value: object) -> int:
@@ -131,28 +159,28 @@ def meta_entry_size(key: str, value: object) -> int:
     return len(orjson.dumps(key)) + len(orjson.dumps(value)) + 2
 
 
-def call_meta_size(meta: dict[str, object]) -> tuple[int, int]:
-    """(keys, bytes of JSON text) of a call_meta object, as the per-call bound counts them."""
-    return len(meta), 2 + sum(meta_entry_size(key, value) for key, value in meta.items())
+def call_meta_size(meta: dict[str, object]) -> MetaSize:
+    """The keys and bytes of JSON text of a call_meta object, as the per-call bound counts them."""
+    return MetaSize(len(meta), 2 + sum(meta_entry_size(key, value) for key, value in meta.items()))
 
 
-def ledger_costs(event: CallEvent, settings: Settings) -> list[tuple[str, int]]:
+def ledger_costs(event: CallEvent, policy: Policy) -> list[LedgerCost]:
     """The event's costs in the ledger currency; Unapplicable when a rate is missing."""
-    converted: list[tuple[str, int]] = []
+    converted: list[LedgerCost] = []
     for cost in event.costs:
         amount = cost.amount_nano
-        if cost.currency != settings.currency:
-            rate = settings.fx_rates.get(cost.currency)
+        if cost.currency != policy.currency:
+            rate = policy.fx_rates.get(cost.currency)
             if rate is None:
                 raise Unapplicable(
-                    f"cost in {cost.currency} and no LEDGER_FX_RATES entry converts it to {settings.currency}"
+                    f"cost in {cost.currency} and no LEDGER_FX_RATES entry converts it to {policy.currency}"
                 )
             amount = convert(amount, rate)
-        converted.append((cost.component, amount))
+        converted.append(LedgerCost(cost.component, amount))
     return converted
 
 
-def check_sums(state: CallState, costs: list[tuple[str, int]], currency: str) -> dict[str, int]:
+def check_sums(state: CallState, costs: list[LedgerCost], currency: str) -> dict[str, int]:
     """Refused unless the event's costs, each of the call's components after it, and the call's
     reported total after it all stay within MAX_AMOUNT_NANO (SPEC §14).
 
@@ -180,7 +208,7 @@ def check_sums(state: CallState, costs: list[tuple[str, int]], currency: str) ->
 _ESTIMATE_CHECKED_FROM = MAX_AMOUNT_NANO // 2
 
 
-def check_estimate(state: CallState, event: CallEvent, after: dict[str, int], settings: Settings) -> None:
+def check_estimate(state: CallState, event: CallEvent, after: dict[str, int], policy: Policy) -> None:
     """Refused if the call's total, with the rate-card telephony estimate the event would make
     it carry (a hang-up with a duration, say), would pass MAX_AMOUNT_NANO (SPEC §14)."""
     total = sum(after.values())
@@ -195,10 +223,10 @@ def check_estimate(state: CallState, event: CallEvent, after: dict[str, int], se
         trial.provider = event.source
     if event.direction is not None and _wins(trial.registers.get("direction"), event):
         trial.registers["direction"] = [event.occurred_us, event.event_id, event.source, event.direction]
-    estimate = telephony_estimate(trial, connected_duration(trial), settings)[0] or 0
+    estimate = telephony_estimate(trial, connected_duration(trial), policy)[0] or 0
     if total + estimate > MAX_AMOUNT_NANO:
         raise Refused(f"the call's total cost with its telephony estimate would pass "
-                      f"{MAX_AMOUNT_NANO // NANO} {settings.currency}")
+                      f"{MAX_AMOUNT_NANO // NANO} {policy.currency}")
 
 
 def _wins(current: list[Any] | None, event: CallEvent) -> bool:
@@ -211,7 +239,7 @@ def _earliest(current: list[Any] | None, us: int, text: str | None) -> list[Any]
     return candidate if current is None or candidate < current else current
 
 
-def _check_bounds(state: CallState, event: CallEvent, settings: Settings) -> tuple[int, int]:
+def _check_bounds(state: CallState, event: CallEvent, policy: Policy) -> MetaSize:
     """Refused (state untouched) if the event breaks a per-call rule; else call_meta's new size."""
     if event.source != "platform" and state.provider not in (None, event.source):
         raise Refused(f"call is attributed to {state.provider}; a {event.source} event cannot change it")
@@ -224,21 +252,21 @@ def _check_bounds(state: CallState, event: CallEvent, settings: Settings) -> tup
             else:
                 size -= meta_entry_size(key, current[3])
             size += meta_entry_size(key, value)
-    if keys > settings.max_call_meta_keys or size + 2 > settings.max_call_meta_bytes:
-        raise Refused(f"call_meta of this call would exceed {settings.max_call_meta_keys} keys or "
-                      f"{settings.max_call_meta_bytes} bytes")
-    return keys, size
+    if keys > policy.max_call_meta_keys or size + 2 > policy.max_call_meta_bytes:
+        raise Refused(f"call_meta of this call would exceed {policy.max_call_meta_keys} keys or "
+                      f"{policy.max_call_meta_bytes} bytes")
+    return MetaSize(keys, size)
 
 
-def apply_event(state: CallState, event: CallEvent, settings: Settings) -> None:
+def apply_event(state: CallState, event: CallEvent, policy: Policy) -> None:
     """Fold one event (never applied to this call before) into the state, in place.
 
     `state` must hold every register and the meta keys the event touches (worker/apply.py `wanted_meta`).
     Raises Unapplicable (or Refused), leaving the state untouched, when the event cannot be applied.
     """
-    costs = ledger_costs(event, settings)  # may raise: before any change
-    check_estimate(state, event, check_sums(state, costs, settings.currency), settings)
-    meta_keys, meta_bytes = _check_bounds(state, event, settings)
+    costs = ledger_costs(event, policy)  # may raise: before any change
+    check_estimate(state, event, check_sums(state, costs, policy.currency), policy)
+    meta_keys, meta_bytes = _check_bounds(state, event, policy)
     us = event.occurred_us
     _fold_times(state, event)
     for component, amount in costs:
@@ -303,45 +331,46 @@ def connected_duration(state: CallState) -> int | None:
 
 
 def telephony_estimate(state: CallState, duration: int | None,
-                       settings: Settings) -> tuple[int | None, str | None]:
-    """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes.
-    (nano-units, the per-minute rate as decimal text in the ledger currency, None if the
-    pricing file's entry is in another), or (None, None)."""
+                       policy: Policy) -> Estimate:
+    """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes."""
     if state.status is None or state.status[0] < _TERMINAL_RANK or duration is None:
-        return None, None
+        return _NO_ESTIMATE
     if state.provider is None:
-        return None, None
+        return _NO_ESTIMATE
     direction = _value(state, "direction") or "inbound"
     minutes = math.ceil(duration / 60)
     # A telephony entry of LEDGER_PRICING_FILE wins over LEDGER_TELEPHONY_RATES; it is picked
     # by the call's start, so an entry added for the future reprices no past call.
-    charge = telephony_charge(settings.pricing, state.provider, direction, minutes,
+    charge = telephony_charge(policy.pricing, state.provider, direction, minutes,
                               state.started[0] if state.started else state.status[1])
     if charge is not None:
         amount, currency, unit_cost = charge
-        if currency == settings.currency:
-            return amount, unit_cost
+        if currency == policy.currency:
+            return Estimate(amount, unit_cost)
         # Settings refuses a file whose currencies have no FX rate.
-        return convert(amount, settings.fx_rates[currency]), None
-    rate = settings.telephony_rates.get((state.provider, direction))
+        return Estimate(convert(amount, policy.fx_rates[currency]), None)
+    rate = policy.telephony_rates.get((state.provider, direction))
     if rate is None:
-        return None, None
-    return int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), str(rate)
+        return _NO_ESTIMATE
+    return Estimate(int((rate * NANO * minutes).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), str(rate))
 
 
-def fix_estimate(state: CallState, settings: Settings) -> None:
-    """Fix the telephony estimate with these settings (the worker, before each commit)."""
-    state.estimate = list(telephony_estimate(state, connected_duration(state), settings))
+_NO_ESTIMATE = Estimate(None, None)
 
 
-def estimate_of(state: CallState, duration: int | None, settings: Settings) -> tuple[int | None, str | None]:
-    """(the telephony estimate, its per-minute rate text): as fixed at the last commit, else now."""
+def fix_estimate(state: CallState, policy: Policy) -> None:
+    """Fix the telephony estimate with this policy (the worker, before each commit)."""
+    state.estimate = list(telephony_estimate(state, connected_duration(state), policy))
+
+
+def estimate_of(state: CallState, duration: int | None, policy: Policy) -> Estimate:
+    """The telephony estimate: as fixed at the last commit, else now."""
     if state.estimate is not None:
-        return state.estimate[0], state.estimate[1]
-    return telephony_estimate(state, duration, settings)
+        return Estimate(state.estimate[0], state.estimate[1])
+    return telephony_estimate(state, duration, policy)
 
 
-def render_record(call_sid: str, record_id: int, state: CallState, settings: Settings) -> dict[str, Any]:
+def render_record(call_sid: str, record_id: int, state: CallState, policy: Policy) -> dict[str, Any]:
     """The read API's 18 fields; money as integer nano-units (the encoder writes decimals)."""
     direction = _value(state, "direction") or "inbound"  # SPEC §4: inbound while unknown
     raw_from, raw_to = _value(state, "from_number"), _value(state, "to_number")
@@ -353,7 +382,7 @@ def render_record(call_sid: str, record_id: int, state: CallState, settings: Set
     duration = connected_duration(state)
     costs: dict[str, int | None] = {c: state.costs.get(c) for c in COMPONENTS}
     if costs["telephony"] is None:
-        costs["telephony"] = estimate_of(state, duration, settings)[0]
+        costs["telephony"] = estimate_of(state, duration, policy)[0]
     present = [amount for amount in costs.values() if amount is not None]
     return {
         "call_sid": call_sid,
@@ -373,7 +402,7 @@ def render_record(call_sid: str, record_id: int, state: CallState, settings: Set
         "tts_cost": costs["tts"],
         "stt_cost": costs["stt"],
         "telephony_cost": costs["telephony"],
-        "cost_currency": settings.currency if present else None,
+        "cost_currency": policy.currency if present else None,
     }
 
 

@@ -4,21 +4,26 @@ The worker renders each call it commits (`stored_record`) into the call hash's `
 every key of the record but `call_meta`, which stays `{}` there. call_meta is left out
 because a commit writes what its events changed (SPEC §8): a call with 16 KiB of call_meta
 must not rewrite them with each event. A lookup reads the hash once and, when the call has
-call_meta keys, puts them in place of the `{}` (`served_record`): no state is rebuilt, no
+call_meta keys, puts them in place of the `{}` (`StoredCall.served`): no state is rebuilt, no
 money formatted, no estimate computed on the request path.
 
 `j` starts with the version it was rendered at and a newline. A record whose `j` is missing
 or of another version than the call's `v` (committed by a version of call-ledger from before
 records were stored ready, e.g. during a rolling upgrade) is rendered from its state, as
 before: a lookup never serves a stale `j`.
+
+`StoredCall` is the one way a read route gets a record: every route that shows one (by SID, by
+id, list pages, search, export, the /costs summary) reads the call's raw hash and asks it, so
+they all serve the same bytes for the same call, and none decodes more of the hash than it needs.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from call_ledger.core.policy import Policy
 from call_ledger.core.rules import META_FIELD, REGISTER_FIELD, CallState, record_json, render_record
-from call_ledger.settings import Settings
 
 RECORD_FIELD = b"j"
 _EMPTY_META = b'"call_meta":{}'
@@ -32,23 +37,62 @@ def stored_record(record: dict[str, Any], version: int) -> bytes:
     return str(version).encode() + b"\n" + record_json({**record, "call_meta": {}})
 
 
-def organization_of(fields: dict[bytes, bytes]) -> int | str | None:
-    """The call's organization_id register value, from its raw hash fields."""
-    raw = fields.get(_ORGANIZATION)
-    return None if raw is None else orjson.loads(raw)[3]
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """One call as the store read it: its SID and raw hash fields (HGETALL, or the export
+    script's subset of them: `id`, `v`, `j`, the organization register and the call_meta fields
+    of a call whose `j` is current). Only calls with a record are made into one."""
 
+    call_sid: str
+    fields: dict[bytes, bytes]
 
-def served_record(call_sid: str, fields: dict[bytes, bytes], settings: Settings) -> bytes:
-    """The record's JSON from the call's raw hash fields (HGETALL)."""
-    version, _, stored = (fields.get(RECORD_FIELD) or b"").partition(b"\n")
-    if not stored or version != fields.get(b"v", b"0"):  # not rendered at this version
-        found = CallState.from_hash(fields)
-        assert found is not None  # Store.call_fields returns calls with a record only
-        return record_json(render_record(call_sid, *found, settings))
-    meta = sorted((name[2:].decode(), orjson.loads(value)[3]) for name, value in fields.items()
-                  if name.startswith(_META))
-    if not meta:
+    @property
+    def record_id(self) -> int:
+        return int(self.fields[b"id"])
+
+    @property
+    def organization_id(self) -> int | str | None:
+        """Whom the call belongs to: one field read, nothing else decoded (the scope check's input)."""
+        raw = self.fields.get(_ORGANIZATION)
+        return None if raw is None else orjson.loads(raw)[3]
+
+    def stored_json(self) -> bytes | None:
+        """The record as the worker stored it ready (call_meta `{}`), when rendered at the call's
+        current version; None when it must be rendered from the state."""
+        version, _, stored = (self.fields.get(RECORD_FIELD) or b"").partition(b"\n")
+        if not stored or version != self.fields.get(b"v", b"0"):  # not rendered at this version
+            return None
         return stored
-    # The first `"call_meta":{}` of the text is the key's: every key before it has a string,
-    # number or null value, and a quote inside a JSON string is escaped.
-    return stored.replace(_EMPTY_META, b'"call_meta":' + orjson.dumps(dict(meta)), 1)
+
+    def state(self) -> CallState:
+        """The call's whole state (decodes every field: for the routes that need more than the record)."""
+        found = CallState.from_hash(self.fields)
+        assert found is not None  # the store returns calls with a record only
+        return found[1]
+
+    def record(self, policy: Policy, state: CallState | None = None) -> dict[str, Any]:
+        """The record as values (money in nano-units), rendered from the state (`state`, when the
+        caller decoded it already)."""
+        return render_record(self.call_sid, self.record_id, self.state() if state is None else state, policy)
+
+    def served(self, policy: Policy) -> bytes:
+        """The record's JSON as every route serves it: the stored `j` with the call's call_meta in
+        place of its `{}`, else (no current `j`) rendered from the state."""
+        stored = self.stored_json()
+        if stored is None:
+            return record_json(self.record(policy))
+        meta = self.call_meta()
+        if not meta:
+            return stored
+        # The first `"call_meta":{}` of the text is the key's: every key before it has a string,
+        # number or null value, and a quote inside a JSON string is escaped.
+        return stored.replace(_EMPTY_META, b'"call_meta":' + orjson.dumps(meta), 1)
+
+    def call_meta(self) -> dict[str, Any]:
+        """The call's call_meta (sorted by key, as a record renders it), from its `m:` fields: the
+        part of the record its stored `j` leaves out."""
+        fields = [(name, value) for name, value in self.fields.items() if name.startswith(_META)]
+        if not fields:  # most calls: the export's hot loop asks for each
+            return {}
+        fields.sort()  # by the name's UTF-8, which orders as its text does
+        return {name[2:].decode(): orjson.loads(value)[3] for name, value in fields}

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from call_ledger.core.indexes import ALL, SHARDS, IndexEntry, entry_payload, scope_name, score
+from call_ledger.core.indexes import ALL, SHARDS, EntryPayload, IndexEntry, scope_name, score
 from call_ledger.core.indexes import member as member_of
 from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
@@ -51,11 +51,10 @@ class Item:
     raw: bytes  # the payload's JSON, as the index stores it (IndexEntry.payload())
 
     @property
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> EntryPayload:
         """The payload, parsed on each use: what a reader holds buffered stays its bytes (a
         parsed payload is several times their size, and an export holds pages of them)."""
-        payload: dict[str, Any] = orjson.loads(self.raw)
-        return payload
+        return EntryPayload(orjson.loads(self.raw))
 
     @property
     def order(self) -> tuple[float, int]:
@@ -213,14 +212,14 @@ class IndexStore:
             elif shard in open_:
                 await read([shard, *(s for s in open_ if s != shard and len(buffers[s]) <= low)], batch)
 
-    async def find(self, member: str) -> dict[str, Any] | None:
+    async def find(self, member: str) -> EntryPayload | None:
         """The payload of the call with this record id (its shard is unknown: ask all)."""
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(SHARDS):
             pipe.hget(self.entries_key(shard), member)
         for raw in await pipe.execute():
             if raw:
-                return entry_payload(raw)
+                return EntryPayload.decode(raw)
         return None
 
     async def sum_hashes(self, suffixes: list[str]) -> dict[str, dict[str, int]]:

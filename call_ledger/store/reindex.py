@@ -55,7 +55,8 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
         if state.first_seen is None and state.started is None:
             state.first_seen = await _first_seen(store, sid)
         seen += 1
-        batch.append((shard_of(sid), index_entry(sid, int(record_id), state, settings), int(fields.get(b"v", 0))))
+        entry = index_entry(sid, int(record_id), state, settings.policy)
+        batch.append((shard_of(sid), entry, int(fields.get(b"v", 0))))
         if len(batch) >= BATCH:
             await flush()
     if batch:
