@@ -400,13 +400,17 @@ class Consumer:
                 settled.failures[entry.ref] = reason or "apply failed"
             elif outcome == "refused":  # no redelivery can change it: dead-lettered now
                 settled.refused.append((entry, event, reason or "refused"))
+        self._count(tally)
+        flush_logs()
+        return settled
+
+    def _count(self, tally: Counter[tuple[str, str]]) -> None:
+        """A batch's outcomes by (outcome, source) into the metrics, once per batch."""
         counters = {"applied": self.metrics.applied, "duplicate": self.metrics.duplicates,
                     "failed": self.metrics.failed}
         for (outcome, source), count in tally.items():
             if outcome in counters:
                 counters[outcome].labels(source).inc(count)
-        flush_logs()
-        return settled
 
     async def _load(self, calls: Calls,
                     guess: bool = False) -> dict[str, LoadedCall]:

@@ -144,6 +144,12 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
         logger_factory=output,
         cache_logger_on_first_use=True,
     )
+    _route_stdlib_logging(shared, renderer, redactor)
+    return output
+
+
+def _route_stdlib_logging(shared: list[Any], renderer: Any, redactor: Redactor) -> None:
+    """Library lines (aiohttp, asyncio, redis) through the same renderer and redactor."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -155,7 +161,6 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # third-party chatter: warnings and up
-    return output
 
 
 class EventLines:
