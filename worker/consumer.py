@@ -303,14 +303,14 @@ class Consumer:
         the calls to plan again (contended, or to be judged on a fresh read)."""
         loaded = await self._load(calls, guess=guess)
         plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in calls.items()}
-        again = {sid: calls[sid] for sid, plan in plans.items() if rejudged(plan, loaded[sid])}
+        again = {sid: calls[sid] for sid, plan in plans.items() if rejudged(plan, loaded[sid])}  # on a fresh read
         for sid in again:
             self.known.forget(sid)
             del plans[sid]
         result.planned(plans, loaded)
         to_write = {sid: plan for sid, plan in plans.items() if committable(plan, loaded[sid])}
         for sid, plan in plans.items():
-            if sid not in to_write:
+            if sid not in to_write:  # nothing to commit: indexed as found
                 result.found(plan, loaded[sid], sid)
         commit = await self._commit(loaded, to_write)
         for sid, plan in to_write.items():
