@@ -187,13 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # FX rates still come from the environment, as they would for the service.
         return _pricing_check(args.file, load_settings(pricing_file=None))
     settings = load_settings()
-    configure_logging(settings.log_format, settings.log_level, secrets=secret_values(settings))
-    if args.command == "dlq":
-        return _run_command(settings, _dlq(args, settings))
-    if args.command == "reindex":
-        return _run_command(settings, _reindex(settings))
-    run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake
-    return 0
+    output = configure_logging(settings.log_format, settings.log_level, secrets=secret_values(settings))
+    try:
+        if args.command == "dlq":
+            return _run_command(settings, _dlq(args, settings))
+        if args.command == "reindex":
+            return _run_command(settings, _reindex(settings))
+        run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake
+        return 0
+    finally:
+        output.flush()  # the lines of the last event-loop turn, whatever way the process leaves
 
 
 if __name__ == "__main__":

@@ -13,20 +13,19 @@ dead-letter stream with the last failure's reason.
 import asyncio
 import secrets
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
 from call_ledger.core.events import CallEvent
 from call_ledger.core.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
-from call_ledger.core.rules import CallState, fix_estimate, render_record
+from call_ledger.core.rules import fix_estimate, render_record
 from call_ledger.core.served import stored_record
 from call_ledger.settings import Settings
 from call_ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
-from call_ledger.store.errors import CommandRefused, of_one_call, transient
+from call_ledger.store.errors import of_one_call, script_refused_for_good
 from call_ledger.store.indexes import IndexWrite
 from call_ledger.web.logs import event_lines, flush_logs
 from call_ledger.web.metrics import Metrics
@@ -40,30 +39,28 @@ from call_ledger.worker.apply import (
     plan_call,
     wanted_meta,
 )
+from call_ledger.worker.batch import (
+    DEFERRED,
+    BatchResult,
+    Calls,
+    CommitResult,
+    Committed,
+    EntryRef,
+    Item,
+    Outcome,
+    Settled,
+    check_write,
+    committable,
+    failure_text,
+    group_by_call,
+    rejudged,
+    replanned,
+)
 from call_ledger.worker.retention import expire_dead_letters
 
+__all__ = ["COMMIT_ATTEMPTS", "Consumer", "failure_text", "of_one_call"]
+
 log = structlog.get_logger("ledger.worker")
-
-
-# A call as committed (or found, when all its events were duplicates): record id, version,
-# state, and the record rendered at the commit (None when there was no commit).
-Committed = tuple[int, int, CallState, dict[str, Any] | None]
-
-def failure_text(what: str, exc: BaseException) -> str:
-    """A failure reason for logs and dead letters: what failed and the exception, bounded."""
-    return f"{what}: {type(exc).__name__}: {exc}"[:500]
-
-
-class Settled:
-    """A batch's entries by what happens to them once logged."""
-
-    __slots__ = ("done", "failures", "redelivered", "refused")
-
-    def __init__(self) -> None:
-        self.done: list[Entry] = []  # acknowledged
-        self.redelivered: list[Entry] = []  # acknowledged, with a failure reason to forget
-        self.refused: list[tuple[Entry, CallEvent, str]] = []  # dead-lettered now
-        self.failures: dict[tuple[str, str], str] = {}  # retried, or dead-lettered after the last
 
 
 # Compare-and-set retries per batch when other workers update the same calls; what is
@@ -199,26 +196,25 @@ class Consumer:
             log.info("stream_trimmed", entries=trimmed)
 
     # -- applying a batch -------------------------------------------------------------------
+    # _process          dead-letter the exhausted and the undecodable entries; group the rest by call
+    #  _apply_isolated  the batch, or (a failure of one call's doing) each call alone: SPEC §14
+    #   _apply          up to COMMIT_ATTEMPTS rounds of _commit_round: _load, plan_call (worker/apply.py),
+    #                   _commit; what the entries came to is kept in a BatchResult (worker/batch.py)
+    #    _finish        in the background, overlapping the next batch: index, log each entry's
+    #                   outcome, acknowledge / record the failure / dead-letter
 
     async def _process(self, entries: list[Entry]) -> int:
         if not entries:
             return 0
         with self.metrics.batch_seconds.time():
             entries = await self._dead_letter_exhausted(entries)
-            by_call: dict[str, list[tuple[Entry, CallEvent]]] = defaultdict(list)
-            for entry in entries:
-                try:
-                    event = CallEvent.model_validate_json(entry.event_json or b"")
-                except (ValidationError, ValueError) as exc:
-                    # Nothing a retry could fix: straight to the dead letters, with the reason.
-                    await self._dead_letter(entry, None, f"undecodable event: {exc.errors()[0]['msg']}"
-                                            if isinstance(exc, ValidationError) else "undecodable event")
-                    continue
-                by_call[event.call_sid].append((entry, event))
-            await self._apply_isolated(by_call)
+            grouped = group_by_call(entries)
+            for entry, reason in grouped.undecodable:  # nothing a retry could fix: straight to the dead letters
+                await self._dead_letter(entry, None, reason)
+            await self._apply_isolated(grouped.by_call)
         return len(entries)
 
-    async def _apply_isolated(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
+    async def _apply_isolated(self, by_call: Calls) -> None:
         """Apply a batch; if it fails in a way that may be one call's doing (a bug, data no encoder
         takes), apply its calls one by one, so that only the call at fault fails (SPEC §14: one
         bad call never holds a batch). Redis away or busy fails the whole batch, which stays
@@ -245,9 +241,10 @@ class Consumer:
         for sid, items in by_call.items():
             await self._apply_isolated({sid: items})
 
-    async def _fail(self, items: list[tuple[Entry, CallEvent]], reason: str) -> None:
+    async def _fail(self, items: list[Item], reason: str) -> None:
         """Log these entries as failed: retried, or dead-lettered after their last delivery."""
-        outcomes: dict[tuple[str, str], tuple[str, str | None]] = {entry.ref: ("failed", reason) for entry, _ in items}
+        failed = Outcome("failed", reason)
+        outcomes = {entry.ref: failed for entry, _ in items}
         settled = self._log_outcomes({"": items}, outcomes)
         await self._settle_failures({"": items}, settled.failures)
 
@@ -262,7 +259,7 @@ class Consumer:
         exhausted = [entry for entry in entries if entry.deliveries > limit]
         if not exhausted:
             return entries
-        events: dict[tuple[str, str], CallEvent | None] = {}
+        events: dict[EntryRef, CallEvent | None] = {}
         for entry in exhausted:
             try:
                 events[entry.ref] = CallEvent.model_validate_json(entry.event_json or b"")
@@ -279,59 +276,15 @@ class Consumer:
         dead = set(unsettled)
         return [entry for entry in entries if entry not in dead]
 
-    async def _apply(self, by_call: dict[str, list[tuple[Entry, CallEvent]]]) -> None:
-        outcomes: dict[tuple[str, str], tuple[str, str | None]] = {}  # entry ref -> (outcome, reason)
-        # Per call: as committed, or as found when every event of the call was a duplicate, failed
-        # or was refused (re-indexing it repairs an index update a dead worker missed).
-        committed: dict[str, Committed] = {}
+    async def _apply(self, by_call: Calls) -> None:
+        """Commit a batch's calls (up to COMMIT_ATTEMPTS rounds for the contended ones), then index
+        and acknowledge them in the background (`_finish`)."""
+        result = BatchResult()
         remaining = by_call
         for attempt in range(COMMIT_ATTEMPTS):
             # Calls it does not know are guessed new on the first attempt only: a call still
             # remaining after it (a wrong guess among them) is read.
-            loaded = await self._load(remaining, guess=attempt == 0)
-            plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in remaining.items()}
-            # A call planned from the worker's cache (KnownCalls) is only a guess of what Redis
-            # holds. A refusal there (the event bound, say) may be of an event already applied
-            # that the cache does not list (it keeps the latest keys only): judge it again on the
-            # call as read from Redis, whose order index knows every applied event.
-            # So is a failure on a call guessed new (NewCallGuess): judged on the empty state, it
-            # may be of an event the call already has (a duplicate, whatever would fail now).
-            rejudge = {sid: remaining[sid] for sid, plan in plans.items()
-                       if (plan.refused and loaded[sid].state is not None) or (plan.failed and loaded[sid].guessed)}
-            for sid in rejudge:
-                self.known.forget(sid)
-                del plans[sid]
-            for sid, plan in plans.items():
-                if loaded[sid].state is None:  # read from Redis this round: its duplicates are settled
-                    outcomes.update((entry.ref, ("duplicate", None)) for entry, _ in plan.duplicates)
-                outcomes.update((entry.ref, ("failed", reason)) for entry, _, reason in plan.failed)
-            # A refusal is judged on the state read (the call's provider, its event count...):
-            # a call with refusals is committed too, even with nothing new, so that the version
-            # check confirms the refusal against Redis; on a conflict it is judged again. So is
-            # a duplicate found by the cache: the version check confirms that Redis still has the
-            # commits the cache remembers (a Redis that lost them, restarted from an older
-            # snapshot, gets the event applied again, not acknowledged as a duplicate).
-            to_write = {sid: plan for sid, plan in plans.items()
-                        if plan.new_events or plan.refused or (plan.duplicates and loaded[sid].state is not None)}
-            for sid, plan in plans.items():
-                record_id = loaded[sid].record_id
-                if sid not in to_write and record_id is not None:
-                    committed[sid] = (record_id, loaded[sid].version, plan.state, None)
-            conflicts, written = await self._commit(loaded, to_write)
-            for sid, plan in to_write.items():
-                if sid not in conflicts:
-                    outcomes.update((entry.ref, ("applied", None)) for entry, _ in plan.applied)
-                    outcomes.update((entry.ref, ("refused", reason)) for entry, _, reason in plan.refused)
-                    outcomes.update((entry.ref, ("duplicate", None)) for entry, _ in plan.duplicates)
-                    if plan.new_events:
-                        committed[sid] = (written[sid].record_id, written[sid].new_version, plan.state, plan.record)
-                    elif (found := loaded[sid].record_id) is not None:  # checked only: index it as found
-                        committed[sid] = (found, loaded[sid].version, plan.state, None)
-            # Re-plan the new and refused events of contended calls (and the duplicates the cache
-            # found: the version that vouched for them moved); failures are settled.
-            remaining = {sid: to_write[sid].applied + [(e, ev) for e, ev, _ in to_write[sid].refused] + (
-                to_write[sid].duplicates if loaded[sid].state is not None else []) for sid in conflicts}
-            remaining.update(rejudge)
+            remaining = await self._commit_round(remaining, result, guess=attempt == 0)
             if not remaining:
                 break
         # The index update, logs and acknowledgements run while the next batch is read, planned
@@ -342,13 +295,35 @@ class Consumer:
         # the calls again. Index versions make the updates commute, so overlapping batches
         # that touch the same call converge on its newest version.
         # The entries are derived now, before the next batch folds into the cached states.
-        writes = self._index_writes(committed)
+        writes = self._index_writes(result.committed)
         await self.settled()
-        self._finishing = asyncio.create_task(self._finish(writes, by_call, outcomes))
+        self._finishing = asyncio.create_task(self._finish(writes, by_call, result.outcomes))
+
+    async def _commit_round(self, calls: Calls, result: BatchResult, guess: bool) -> Calls:
+        """One compare-and-set round over these calls: load, plan, commit, settle into `result`;
+        the calls to plan again (contended, or to be judged on a fresh read)."""
+        loaded = await self._load(calls, guess=guess)
+        plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in calls.items()}
+        again = {sid: calls[sid] for sid, plan in plans.items() if rejudged(plan, loaded[sid])}  # on a fresh read
+        for sid in again:
+            self.known.forget(sid)
+            del plans[sid]
+        result.planned(plans, loaded)
+        to_write = {sid: plan for sid, plan in plans.items() if committable(plan, loaded[sid])}
+        for sid, plan in plans.items():
+            if sid not in to_write:  # nothing to commit: indexed as found
+                result.found(plan, loaded[sid], sid)
+        commit = await self._commit(loaded, to_write)
+        for sid, plan in to_write.items():
+            if sid in commit.conflicts:
+                again[sid] = replanned(plan, loaded[sid])
+            else:
+                result.written(plan, loaded[sid], commit.written[sid])
+        return again
 
     async def _finish(self, writes: list[IndexWrite],
-                      by_call: dict[str, list[tuple[Entry, CallEvent]]],
-                      outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> None:
+                      by_call: Calls,
+                      outcomes: dict[EntryRef, Outcome]) -> None:
         """Index, log, count and acknowledge a committed batch; dead-letter what must be."""
         # The acknowledgement waits for the index update's answer: a transient refusal (out of
         # memory, a read-only replica...) leaves the batch pending. In one pipeline Redis would
@@ -379,19 +354,16 @@ class Consumer:
         return writes
 
     async def _index_replies(self, writes: list[IndexWrite]) -> list[bool] | None:
+        """Which writes the shards took; None when the index script failed for good."""
         try:
             return await self.indexes.write(writes)
-        except CommandRefused as exc:
-            return self._index_failed(writes, exc)
-
-    @staticmethod
-    def _index_failed(writes: list[IndexWrite], exc: CommandRefused) -> None:
-        if transient(exc):  # out of memory, read-only, loading...: the batch stays pending, retried
-            raise exc
-        # A script error no retry can fix must not hold the batch up forever: the record is
-        # committed; its entry stays at the previous version until the call's next commit.
-        log.error("index_update_failed", calls=len(writes), error=str(exc))
-        return None
+        except Exception as exc:
+            if not script_refused_for_good(exc):  # out of memory, read-only, loading...: the batch stays pending
+                raise
+            # A script error no retry can fix must not hold the batch up forever: the record is
+            # committed; its entry stays at the previous version until the call's next commit.
+            log.error("index_update_failed", calls=len(writes), error=str(exc))
+            return None
 
     def _indexed(self, writes: list[IndexWrite], taken: list[bool] | None) -> None:
         """Remember the entries the shards took (the next update of each goes as a delta)."""
@@ -405,8 +377,8 @@ class Consumer:
             else:  # the shard has this version or a newer one, perhaps another worker's
                 self.indexed.forget(write.entry.call_sid)
 
-    def _log_outcomes(self, by_call: dict[str, list[tuple[Entry, CallEvent]]],
-                      outcomes: dict[tuple[str, str], tuple[str, str | None]]) -> "Settled":
+    def _log_outcomes(self, by_call: Calls,
+                      outcomes: dict[EntryRef, Outcome]) -> Settled:
         """One line per event, in stream order, and the metrics; what to acknowledge, dead-letter
         or retry. The lines are written before any acknowledgement, even if we die next."""
         tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
@@ -414,7 +386,7 @@ class Consumer:
         write = event_lines() or self._log_with_structlog
         for entry, event in sorted((item for items in by_call.values() for item in items),
                                    key=lambda item: entry_order(item[0].entry_id)):
-            outcome, reason = outcomes.get(entry.ref, ("deferred", "call updated concurrently; will retry"))
+            outcome, reason = outcomes.get(entry.ref, DEFERRED)
             line = {"call_sid": event.call_sid, "source": event.source, "event_id": event.event_id,
                     "entry_id": entry.entry_id, "outcome": outcome}
             if reason:
@@ -429,15 +401,19 @@ class Consumer:
                 settled.failures[entry.ref] = reason or "apply failed"
             elif outcome == "refused":  # no redelivery can change it: dead-lettered now
                 settled.refused.append((entry, event, reason or "refused"))
+        self._count(tally)
+        flush_logs()
+        return settled
+
+    def _count(self, tally: Counter[tuple[str, str]]) -> None:
+        """A batch's outcomes by (outcome, source) into the metrics, once per batch."""
         counters = {"applied": self.metrics.applied, "duplicate": self.metrics.duplicates,
                     "failed": self.metrics.failed}
         for (outcome, source), count in tally.items():
             if outcome in counters:
                 counters[outcome].labels(source).inc(count)
-        flush_logs()
-        return settled
 
-    async def _load(self, calls: dict[str, list[tuple[Entry, CallEvent]]],
+    async def _load(self, calls: Calls,
                     guess: bool = False) -> dict[str, LoadedCall]:
         """Each call's version, state, touched fields and applied events: from what we last
         wrote, else (with `guess`, while guesses mostly hold: NewCallGuess) as a new call,
@@ -460,42 +436,50 @@ class Consumer:
             loaded.update(await self.store.load_calls(missing, latest=KNOWN_EVENTS))
         return loaded
 
-    async def _commit(self, loaded: dict[str, LoadedCall],
-                      plans: dict[str, CallPlan]) -> tuple[set[str], dict[str, CommitWrite]]:
-        """Commit each call's plan; (calls that conflicted, what was written per call)."""
+    async def _commit(self, loaded: dict[str, LoadedCall], plans: dict[str, CallPlan]) -> CommitResult:
+        """Commit each call's plan with a compare-and-set on its version; the calls that conflicted."""
         if not plans:
-            return set(), {}
+            return CommitResult(set(), {})
+        ids = await self._new_ids(loaded, plans)
+        writes = [self._write_of(sid, plan, loaded[sid], ids) for sid, plan in plans.items()]
+        results = await self.store.commit(writes)
+        conflicts = self._learn(writes, results, loaded, plans)
+        return CommitResult(conflicts, {w.call_sid: w for w in writes})
+
+    async def _new_ids(self, loaded: dict[str, LoadedCall], plans: dict[str, CallPlan]) -> dict[str, int]:
+        """A record id for each new call that writes events."""
         # A plan with refusals only is a check of the version (nothing is written): no id for it.
         new_calls = [sid for sid, plan in plans.items() if loaded[sid].record_id is None and plan.new_events]
-        ids = {}
-        if new_calls:
-            ids = dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True))
-        writes = []
-        for sid, plan in plans.items():
-            if not plan.new_events:
-                writes.append(CommitWrite(call_sid=sid, version=loaded[sid].version, new_version=loaded[sid].version,
-                                          core=b"", record_id=loaded[sid].record_id or 0, events=[], fields=[],
-                                          token=loaded[sid].token))
-                continue
-            # The estimate and the record are fixed here, with this worker's rates (SPEC §11, §13):
-            # the lookup serves `j` as it is, and the index rolls up the same numbers.
-            fix_estimate(plan.state, self.settings.policy)
-            record_id = loaded[sid].record_id or ids[sid]
-            plan.record = render_record(sid, record_id, plan.state, self.settings.policy)
-            new_version = loaded[sid].version + len(plan.new_events)
-            writes.append(CommitWrite(
-                call_sid=sid,
-                version=loaded[sid].version,
-                new_version=new_version,
-                core=plan.state.core_json(),
-                record_id=record_id,
-                events=plan.new_events,
-                fields=plan.state.changed_fields(),
-                record=stored_record(plan.record, new_version),
-                token=loaded[sid].token,
-                new_token=self._new_token(),
-            ))
-        results = await self.store.commit(writes)
+        if not new_calls:
+            return {}
+        return dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True))
+
+    def _write_of(self, sid: str, plan: CallPlan, loaded: LoadedCall, ids: dict[str, int]) -> CommitWrite:
+        """What the commit script writes for this plan (a version check only when it has no new event)."""
+        if not plan.new_events:
+            return check_write(sid, loaded)
+        # The estimate and the record are fixed here, with this worker's rates (SPEC §11, §13):
+        # the lookup serves `j` as it is, and the index rolls up the same numbers.
+        fix_estimate(plan.state, self.settings.policy)
+        record_id = loaded.record_id or ids[sid]
+        plan.record = render_record(sid, record_id, plan.state, self.settings.policy)
+        new_version = loaded.version + len(plan.new_events)
+        return CommitWrite(
+            call_sid=sid,
+            version=loaded.version,
+            new_version=new_version,
+            core=plan.state.core_json(),
+            record_id=record_id,
+            events=plan.new_events,
+            fields=plan.state.changed_fields(),
+            record=stored_record(plan.record, new_version),
+            token=loaded.token,
+            new_token=self._new_token(),
+        )
+
+    def _learn(self, writes: list[CommitWrite], results: list[bool], loaded: dict[str, LoadedCall],
+               plans: dict[str, CallPlan]) -> set[str]:
+        """Take the commit's answers into the caches and the new-call guess; the calls that conflicted."""
         conflicts = set()
         guesses: Counter[str] = Counter()
         for write, ok in zip(writes, results, strict=True):
@@ -516,7 +500,7 @@ class Consumer:
                 conflicts.add(write.call_sid)
         for outcome, count in guesses.items():
             self.metrics.labelled(self.metrics.new_call_guesses, outcome).inc(count)
-        return conflicts, {w.call_sid: w for w in writes}
+        return conflicts
 
     def _new_token(self) -> str:
         """A commit token no other commit has (call_ledger/store/lua/commit.lua): this worker's random prefix and
@@ -525,7 +509,7 @@ class Consumer:
         return f"{self._token_prefix}{self._commits:x}"
 
     async def _settle_failures(
-        self, by_call: dict[str, list[tuple[Entry, CallEvent]]], failures: dict[tuple[str, str], str]
+        self, by_call: Calls, failures: dict[EntryRef, str]
     ) -> None:
         """Dead-letter failures that used their last delivery; remember the reason of the others."""
         if not failures:

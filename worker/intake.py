@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import structlog
 from aiohttp import web
@@ -56,7 +57,36 @@ def external_url(request: web.Request, settings: Settings) -> str:
     return (settings.public_url or "") + request.raw_path
 
 
+class Parsed(NamedTuple):
+    """A webhook's event, and its bytes as the stream keeps them."""
+
+    event: CallEvent
+    event_json: bytes
+
+
 async def _handle(request: web.Request, name: str) -> web.Response:
+    """size and source -> body -> verify the raw bytes -> parse (claiming the signature) -> claim and append."""
+    source = _configured_source(request, name)
+    webhook = WebhookRequest(
+        method=request.method,
+        url=external_url(request, request.app[SETTINGS]),
+        headers=request.headers,
+        body=await _read_body(request),
+        received_at=time.time(),
+        query=tuple(request.query.items()),
+    )
+    use = _verify(request, source, webhook)
+    parsed = await _parse_claimed(request, source, webhook, use)
+    if parsed is None:
+        return _ignored(request, name)
+    store = request.app[STORE]
+    if not await request.app[SIGNATURES].claim_and_append(store, parsed.event_json, parsed.event.call_sid, use):
+        raise SignatureReused("signature already used with other parameters")
+    return _stored(request, name, parsed.event)
+
+
+def _configured_source(request: web.Request, name: str) -> Source:
+    """The source this route serves; 413 for a declared body over MAX_BODY, 404 when not configured."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(f"body larger than {MAX_BODY} bytes")
     source = request.app[CONFIGURED][name]
@@ -64,57 +94,60 @@ async def _handle(request: web.Request, name: str) -> web.Response:
         variable = next(s.secret_variable for s in SOURCES if s.name == name)
         log.warning("source_not_configured", source=name, missing_variable=variable)
         raise SourceNotConfigured(f"{name} webhooks are not configured on this service")
+    return source
+
+
+async def _read_body(request: web.Request) -> bytes:
     try:
         if request.content.is_eof():  # the whole body is already here (nearly always): nothing to wait for
-            body = await request.read()  # aiohttp answers 413 past client_max_size (chunked bodies)
-        else:  # a client trickling its body must not hold the handler forever
-            async with asyncio.timeout(request.app[SETTINGS].read_timeout_s):
-                body = await request.read()
+            return await request.read()  # aiohttp answers 413 past client_max_size (chunked bodies)
+        # A client trickling its body must not hold the handler forever.
+        async with asyncio.timeout(request.app[SETTINGS].read_timeout_s):
+            return await request.read()
     except TimeoutError:
         raise RequestTimeout(f"body not received within {request.app[SETTINGS].read_timeout_s:g} s") from None
     except (RequestPayloadError, HttpProcessingError):  # e.g. Content-Encoding: gzip that does not inflate
         raise MalformedBody("body could not be read (bad transfer or content encoding)") from None
-    webhook = WebhookRequest(
-        method=request.method,
-        url=external_url(request, request.app[SETTINGS]),
-        headers=request.headers,
-        body=body,
-        received_at=time.time(),
-        query=tuple(request.query.items()),
-    )
-    use = source.verify(webhook)  # raw bytes first: nothing unauthentic is parsed
-    signatures = request.app[SIGNATURES]
-    if use is not None and signatures.held_elsewhere(use):
+
+
+def _verify(request: web.Request, source: Source, webhook: WebhookRequest) -> SignatureUse | None:
+    """Check the raw bytes (nothing unauthentic is parsed); the signature to claim, if the source signs."""
+    use = source.verify(webhook)
+    if use is not None and request.app[SIGNATURES].held_elsewhere(use):
         # Its first claim reached no Redis yet: Redis will decide which use stands (first claim
         # wins, and another process may hold the other one). Nothing is sent, and the answer is
         # "retry", not 401: this may be the provider's own retry, and a 401 would end it.
         raise ClaimPending("signature's first use not yet confirmed; retry later")
-    # Every verified request claims its signature (SPEC §8), the ones refused at parse or
-    # ignored too: a re-split of one of those must not pass later. A signature known with other
-    # parameters is refused before anything else is said about the request.
+    return use
+
+
+async def _parse_claimed(request: web.Request, source: Source, webhook: WebhookRequest,
+                         use: SignatureUse | None) -> Parsed | None:
+    """The event to store, or None (ignored).
+
+    Every verified request claims its signature (SPEC §8), the ones refused at parse or ignored
+    too: a re-split of one of those must not pass later. They claim it here; an event to store
+    claims it with its append (`SignatureLedger.claim_and_append`). A signature known with other
+    parameters is refused before anything else is said about the request."""
     try:
         event = parse(source, webhook)
-        event_json = None if event is None else stored_form(event, request.app[SETTINGS])
+        parsed = None if event is None else Parsed(event, stored_form(event, request.app[SETTINGS]))
     except Exception:  # refused (4xx), or a parser bug (500): the signature is claimed all the same
         await claim(request, use)
         raise
-    if event is None or event_json is None:
+    if parsed is None:
         await claim(request, use)
-        metrics = request.app[METRICS]
-        metrics.labelled(metrics.received, name, "ignored").inc()
-        log.info("webhook_received", source=name, outcome="ignored", status=200)
-        return json_response({"outcome": "ignored"})
-    store = request.app[STORE]
-    if use is not None and store.claims_with_append:
-        # One server: the claim and the XADD in one script, one round trip (a 503 holds the claim
-        # here, so the provider's retry with the same parameters passes and a re-split does not).
-        if await signatures.append_claimed(store, event_json, event.call_sid, use) is None:
-            raise SignatureReused("signature already used with other parameters")
-    else:
-        # Claimed before the XADD: if the XADD then fails (503), the retry carries the same
-        # parameters and passes.
-        await claim(request, use)
-        await store.append(event_json, event.call_sid)
+    return parsed
+
+
+def _ignored(request: web.Request, name: str) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.labelled(metrics.received, name, "ignored").inc()
+    log.info("webhook_received", source=name, outcome="ignored", status=200)
+    return json_response({"outcome": "ignored"})
+
+
+def _stored(request: web.Request, name: str, event: CallEvent) -> web.Response:
     metrics = request.app[METRICS]
     metrics.labelled(metrics.received, name, "stored").inc()
     log_info(log, "webhook_received", {"source": name, "call_sid": event.call_sid, "event_id": event.event_id,

@@ -33,7 +33,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from call_ledger.core.errors import StoreUnavailable
 
 __all__ = ["REDIS_FAILURES", "REQUEST_TIMEOUT_S", "AclRefused", "CommandRefused", "RedisProblem", "bounded_request",
-           "describe_redis_error", "of_one_call", "redis_failure", "transient", "unavailable", "unavailable_on_error"]
+           "describe_redis_error", "of_one_call", "redis_failure", "script_refused_for_good", "transient",
+           "unavailable", "unavailable_on_error"]
 
 # How long a request path waits for Redis before answering 503.
 REQUEST_TIMEOUT_S = 5.0
@@ -156,3 +157,9 @@ def of_one_call(exc: BaseException) -> bool:
     if isinstance(exc, ResponseError):
         return not transient(exc)
     return not isinstance(exc, RedisError) or isinstance(exc, DataError)
+
+
+def script_refused_for_good(exc: BaseException) -> bool:
+    """Whether a script's failure is an error reply no retry can fix. Out of memory, read-only,
+    loading... are not (the batch stays pending and is retried); nor is anything but an error reply."""
+    return isinstance(exc, ResponseError) and not transient(exc)

@@ -14,7 +14,8 @@ NX together with GET: a one-key Lua script does the same there.
 In the service the `SET` goes through the store's AppendBatcher: the signed requests of one
 event-loop tick share one round trip (with that tick's XADDs).
 
-Intake claims every verified request's signature. On one server a request that parses claims
+Intake claims every verified request's signature. A request that parses claims it with its append
+(`claim_and_append`, which picks the way the store's topology allows). On one server it claims
 it in its XADD's own script (call_ledger/store/append_batcher.py, `claim_and_xadd`: one round trip; a
 503 claims nothing in Redis); otherwise (refused at parse, ignored, or on a Cluster, where the two keys
 are in different slots) it calls `remember` before answering or before the XADD: if the XADD
@@ -149,6 +150,21 @@ class SignatureLedger:
         A 503 holds the claim here, as `remember` does."""
         return await self._settle(use, store.append_claimed(event_json, call_sid, self.key(use.identity),
                                                             use.params_digest, self.ttl_s))
+
+    async def claim_and_append(self, store: Any, event_json: bytes, call_sid: str, use: SignatureUse | None) -> bool:
+        """Claim the request's signature (if it is signed) and append its event, in the way the
+        store's topology allows; False, and nothing stored, if the signature is known with other
+        parameters. A 503 holds the claim here either way, so the provider's retry with the same
+        parameters passes and a re-split does not."""
+        if use is not None and store.claims_with_append:
+            # One server: the claim and the XADD in one script, one round trip.
+            return await self.append_claimed(store, event_json, call_sid, use) is not None
+        # A Cluster (the two keys are in different slots): claimed before the XADD; if the XADD
+        # then fails (503), the retry carries the same parameters and passes.
+        if use is not None and not await self.remember(use):
+            return False
+        await store.append(event_json, call_sid)
+        return True
 
     async def _settle(self, use: SignatureUse, claim: Awaitable[T]) -> T:
         """Await a claim of `use`: held if it reached no Redis (StoreUnavailable), let go once

@@ -8,7 +8,6 @@ every rendered line passes `call_ledger.web.redact.Redactor` (SPEC §8).
 """
 
 import asyncio
-import atexit
 import logging
 import sys
 import time
@@ -110,16 +109,13 @@ def secret_values(settings: Settings) -> list[str]:
     return values
 
 
-_PROCESSORS: list[Any] = []
-
-
-def configure_logging(log_format: str = "auto", level: str = "info", secrets: Iterable[str] = ()) -> None:
-    """Configure structlog (and route stdlib logging, e.g. aiohttp's, through the same format)."""
+def configure_logging(log_format: str = "auto", level: str = "info", secrets: Iterable[str] = ()) -> "LogOutput":
+    """Configure structlog (and route stdlib logging, e.g. aiohttp's, through the same format); the
+    output it writes to, for the process's shutdown path to flush (`LogOutput.flush`)."""
     use_console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     )
-    global _EVENT_LINES
     redactor = Redactor(secrets)
     stamper = UtcStamper()
     shared: list[Any] = [
@@ -129,19 +125,31 @@ def configure_logging(log_format: str = "auto", level: str = "info", secrets: It
     ]
     chain = [*shared, structlog.processors.format_exc_info, renderer, redactor.processor]
     level_number = logging.getLevelName(level.upper())
-    logger_factory = _tick_logger_factory(sys.stdout)
+    previous = _configured_output()
+    if previous is not None:  # loggers cached with it still write to it: what waits goes out first
+        previous.flush()
+    logger = TickLogger(sys.stdout)  # one buffer for every logger name: lines stay in order
+    lines = EventLines(tuple(chain), stamper, redactor, logger) if not use_console and level_number <= logging.INFO \
+        else None
+    output = LogOutput(logger, lines)
     # One list, changed in place: a module's logger binds the list at its first use
     # (cache_logger_on_first_use), and must see a later configuration (or a test's capture_logs).
-    _PROCESSORS[:] = chain
+    processors = structlog.get_config()["processors"]
+    if not isinstance(processors, list):  # configured elsewhere with another kind of sequence
+        processors = []
+    processors[:] = chain
     structlog.configure(
-        processors=_PROCESSORS,
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level_number),
-        logger_factory=logger_factory,
+        logger_factory=output,
         cache_logger_on_first_use=True,
     )
-    _EVENT_LINES = None
-    if not use_console and level_number <= logging.INFO:
-        _EVENT_LINES = EventLines(tuple(chain), stamper, redactor, logger_factory())
+    _route_stdlib_logging(shared, renderer, redactor)
+    return output
+
+
+def _route_stdlib_logging(shared: list[Any], renderer: Any, redactor: Redactor) -> None:
+    """Library lines (aiohttp, asyncio, redis) through the same renderer and redactor."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -177,14 +185,39 @@ class EventLines:
         self._write(self._redact(orjson.dumps(line).decode()))
 
 
-_EVENT_LINES: EventLines | None = None
+class LogOutput:
+    """What one `configure_logging` writes to, owned by that configuration (structlog keeps it as
+    its logger factory, so no module global holds it): the tick logger every structlog logger
+    writes to, and the direct writer of info lines (EventLines) when info lines are JSON."""
+
+    __slots__ = ("lines", "logger")
+
+    def __init__(self, logger: TickLogger, lines: EventLines | None) -> None:
+        self.logger = logger
+        self.lines = lines
+
+    def __call__(self, *_args: Any) -> TickLogger:
+        """structlog's logger factory: one logger for every name."""
+        return self.logger
+
+    def flush(self) -> None:
+        """Write the lines waiting for the loop's next turn now (the worker: before an XACK; the
+        process: on its way out)."""
+        self.logger.flush()
+
+
+def _configured_output() -> LogOutput | None:
+    factory = structlog.get_config()["logger_factory"]
+    return factory if isinstance(factory, LogOutput) else None
 
 
 def event_lines() -> EventLines | None:
     """The direct writer of info lines, if info lines are written as JSON by the chain
     `configure_logging` set up (and not, say, captured by a test); None: log through structlog."""
-    writer = _EVENT_LINES
-    if writer is None or tuple(structlog.get_config()["processors"]) != writer.chain:
+    config = structlog.get_config()
+    output = config["logger_factory"]
+    writer = output.lines if isinstance(output, LogOutput) else None
+    if writer is None or tuple(config["processors"]) != writer.chain:
         return None
     return writer
 
@@ -198,25 +231,8 @@ def log_info(logger: Any, event: str, fields: Mapping[str, str | int]) -> None:
         writer(event, fields)
 
 
-_LOGGER: TickLogger | None = None
-
-
-def _tick_logger_factory(file: Any) -> Any:
-    global _LOGGER
-    if _LOGGER is not None:
-        _LOGGER.flush()
-    logger = _LOGGER = TickLogger(file)  # one buffer for every logger name: lines stay in order
-
-    def factory(*_args: Any) -> TickLogger:
-        return logger
-
-    return factory
-
-
 def flush_logs() -> None:
-    """Write the lines waiting for the loop's next turn now (the worker: before an XACK; and at exit)."""
-    if _LOGGER is not None:
-        _LOGGER.flush()
-
-
-atexit.register(flush_logs)
+    """Write the lines waiting for the loop's next turn now (the worker: before an XACK)."""
+    output = _configured_output()
+    if output is not None:
+        output.flush()
