@@ -1,0 +1,79 @@
+"""The background apply loop on the embedded store (fakeredis), as `call-ledger serve` runs it."""
+
+import asyncio
+from typing import Any
+
+from call_ledger.store.records import Store
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker.consumer import Consumer
+from tests.conftest import make_settings
+
+
+async def test_idle_loop_does_not_spin_on_a_store_that_answers_blocking_reads_at_once(store: Store) -> None:
+    """fakeredis returns from XREADGROUP BLOCK immediately: the loop must pause, not spin hot."""
+    reads = 0
+    original = store.read_new
+
+    async def counting_read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await original(*args, **kwargs)
+
+    store.read_new = counting_read  # type: ignore[method-assign]
+    consumer = Consumer(store, make_settings(), Metrics())
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 0.5
+    while loop.time() < deadline:  # let it idle for half a second of wall time
+        await asyncio.sleep(0.05)
+    await consumer.stop()
+    # ~10 reads with the 50 ms pause; a hot loop does thousands in that time.
+    assert 1 <= reads <= 50
+
+
+async def test_running_loop_applies_what_arrives_and_stops_cleanly(store: Store) -> None:
+    from call_ledger.core.events import CallEvent
+
+    consumer = Consumer(store, make_settings(), Metrics())
+    await consumer.start()
+    event = CallEvent(source="platform", event_id="e1", call_sid="CA-loop", type="call.status",
+                      occurred_at="2026-11-24T10:00:00Z", occurred_us=1_795_514_400_000_000, status="ringing")
+    await store.append(event.model_dump_json().encode())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while await store.get_call("CA-loop") is None and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    assert await store.get_call("CA-loop") is not None
+    await consumer.stop()
+    assert consumer._task is not None and consumer._task.done()
+
+
+async def test_after_draining_the_stream_the_loop_lingers_so_the_next_events_come_as_one_batch(store: Store) -> None:
+    """LEDGER_APPLY_LINGER_MS: events arriving just after a small batch are read together."""
+    from tests.support.workers import usage
+
+    sizes: list[int] = []
+    original = store.read_new
+
+    async def recording_read(*args: Any, **kwargs: Any) -> Any:
+        entries = await original(*args, **kwargs)
+        if entries:
+            sizes.append(len(entries))
+        return entries
+
+    store.read_new = recording_read  # type: ignore[method-assign]
+    consumer = Consumer(store, make_settings(apply_linger_ms=400), Metrics())
+    await consumer.start()
+    await store.append(usage("CA-linger", "u0", 0, "llm", 1).model_dump_json().encode())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not sizes and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    for i in range(1, 6):  # within the 400 ms the loop waits after its batch of one
+        await store.append(usage("CA-linger", f"u{i}", i, "llm", 1).model_dump_json().encode())
+    while sum(sizes) < 6 and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    await consumer.stop()
+    assert sizes == [1, 5]
+    found = await store.get_call("CA-linger")
+    assert found is not None and found[1].costs == {"llm": 6}
