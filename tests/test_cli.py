@@ -1,10 +1,7 @@
 """`call-ledger dlq list` and `call-ledger dlq replay` as real processes against a real redis-server."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,21 +10,14 @@ from call_ledger.core.rules import render_record
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import RedisServer, make_settings
+from tests.support.cli import run_cli
+from tests.support.redis_server import RedisServer
+from tests.support.settings import make_settings
 from tests.support.workers import usage
 
 pytestmark = pytest.mark.real_redis
 
-ROOT = Path(__file__).resolve().parent.parent
 EUR_NANO = 2_500_000_000
-
-
-def run_cli(*args: str, **ledger_vars: str) -> subprocess.CompletedProcess[str]:
-    """`call-ledger <args>` with only the given LEDGER_* variables set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env.update(ledger_vars)
-    return subprocess.run([sys.executable, "-m", "call_ledger.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from call_ledger.core.money import format_nano
 from call_ledger.core.rules import record_json, render_record
 from call_ledger.store.indexes import IndexStore
 from call_ledger.store.records import Store
-from tests.api.test_calls import ADMIN, ORG7, TOKENS, auth, event, load
-from tests.conftest import make_settings
+from tests.support.calls import ADMIN, ORG7, TOKENS, auth, event, load
+from tests.support.settings import make_settings
 from tests.support.workers import fold
 
 DAY_US = 86_400_000_000

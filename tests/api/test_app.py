@@ -15,7 +15,8 @@ from call_ledger.app import create_app
 from call_ledger.store.records import Store
 from call_ledger.web.base import METRICS
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import API_TOKEN, AUTH, make_settings, post_platform
+from tests.support.settings import API_TOKEN, AUTH, make_settings
+from tests.support.signing import post_platform
 from tests.support.workers import nth_record_id
 
 SID = "CA0123456789abcdef0123456789abcdef"

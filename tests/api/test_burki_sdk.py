@@ -14,8 +14,8 @@ from burki.exceptions import AuthenticationError, NotFoundError, ValidationError
 from call_ledger.app import create_app
 from call_ledger.settings import Settings
 from call_ledger.store.records import Store
-from tests.api.test_calls import ADMIN, BASE_US, ORG7, TOKENS, call, load
-from tests.conftest import make_settings
+from tests.support.calls import ADMIN, BASE_US, ORG7, TOKENS, call, load
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

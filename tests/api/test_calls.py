@@ -18,51 +18,9 @@ from call_ledger.settings import Settings
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import make_settings
-from tests.support.workers import FailingRead, platform_event
-
-ADMIN = "admin-token"
-ORG7 = "org-seven-token"
-ORG8 = "org-eight-token"
-TOKENS = f"{ADMIN},7={ORG7},8={ORG8}"
-DAY_US = 86_400_000_000
-
-
-def auth(token: str = ADMIN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-event = platform_event
-
-
-def call(sid: str, start_us: int, *, status: str = "completed", duration: int | None = 60,
-         org: int | None = None, assistant: int | None = None, name: str | None = None,
-         customer: str | None = None, cost: int | None = None) -> list[CallEvent]:
-    """A call's events: its status (at start_us), metadata, and an llm cost."""
-    events = [event(sid, f"{sid}-s", start_us, status=status,
-                    **({"duration": duration} if duration is not None else {}))]
-    meta: dict[str, Any] = {}
-    if org is not None:
-        meta["organization_id"] = org
-    if assistant is not None:
-        meta["assistant_id"] = assistant
-    if name is not None:
-        meta["assistant_name"] = name
-    if customer is not None:
-        meta["customer_phone_number"] = customer
-        meta["to_phone_number"] = "+15550000000"
-    if meta:
-        events.append(event(sid, f"{sid}-m", start_us + 1000, **meta))
-    if cost is not None:
-        events.append(event(sid, f"{sid}-u", start_us + 2000,
-                            costs=(Cost(component="llm", amount_nano=cost, currency="USD"),)))
-    return events
-
-
-async def load(store: Store, settings: Settings, events: list[CallEvent]) -> None:
-    for e in events:
-        await store.append(e.model_dump_json().encode())
-    await Consumer(store, settings, Metrics()).run_burst()
+from tests.support.calls import ADMIN, BASE_US, DAY_US, ORG7, ORG8, TOKENS, auth, call, event, load
+from tests.support.settings import make_settings
+from tests.support.workers import FailingRead
 
 
 @pytest.fixture
@@ -73,9 +31,6 @@ def settings() -> Settings:
 @pytest.fixture
 async def api(aiohttp_client: Any, settings: Settings, store: Store) -> Any:
     return await aiohttp_client(create_app(settings, "api", store))
-
-
-BASE_US = 1_764_000_000_000_000  # 2025-11-24T16:00:00Z
 
 
 async def get(api: Any, path: str, token: str = ADMIN, **params: Any) -> Any:
@@ -433,8 +388,8 @@ async def test_analytics_per_assistant_over_whole_weeks_and_edge_days(api: Any, 
 
 async def test_costs_show_each_priced_usage_line_with_its_unit_cost_and_price_entry(
         aiohttp_client: Any, store: Store, tmp_path: Any) -> None:
-    from tests.conftest import post_platform
-    from tests.worker.test_apply_pricing import price, usage_payload, write_prices
+    from tests.support.prices import price, usage_payload, write_prices
+    from tests.support.signing import post_platform
 
     settings = make_settings(api_tokens=TOKENS, pricing_file=write_prices(
         tmp_path / "p.yaml", price("0.15"), price("0.60", usage_type="output_tokens")))

@@ -14,8 +14,8 @@ from structlog.testing import capture_logs
 from call_ledger.app import create_app
 from call_ledger.settings import Settings
 from call_ledger.store.records import Store
-from tests.api.test_calls import ADMIN, BASE_US, TOKENS, auth, call, event, load
-from tests.conftest import make_settings
+from tests.support.calls import ADMIN, BASE_US, TOKENS, auth, call, event, load
+from tests.support.settings import make_settings
 
 PATHS = ["/api/v1/calls", "/api/v1/calls/count", "/api/v1/calls/stats", "/api/v1/calls/analytics",
          "/api/v1/calls/search", "/api/v1/calls/export", "/api/v1/calls/{id}", "/api/v1/calls/{id}/costs",

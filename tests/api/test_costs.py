@@ -16,7 +16,7 @@ from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker import apply as apply_module
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import AUTH, make_settings
+from tests.support.settings import AUTH, make_settings
 from tests.support.workers import make_event, usage
 
 SID = "CA-long-call"
@@ -199,7 +199,7 @@ async def test_entries_keep_the_rate_they_were_applied_at_after_the_rates_change
 
 async def test_priced_usage_in_another_currency_is_frozen_with_its_price(
         aiohttp_client: Any, store: Store, tmp_path: Any) -> None:
-    from tests.worker.test_apply_pricing import price, write_prices
+    from tests.support.prices import price, write_prices
 
     def settings(rate: str) -> Settings:
         return make_settings(fx_rates=f"EUR={rate}", pricing_file=write_prices(

@@ -37,9 +37,10 @@ from call_ledger.settings import Settings
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import RedisServer, _require_redis, make_settings
+from tests.support.redis_server import RedisServer, require_redis
+from tests.support.service import start_service, stop
+from tests.support.settings import make_settings
 from tests.support.workers import FailingRead, platform_event
-from tests.system.test_service_process import start_service, stop
 
 ADMIN = "admin-token"
 ORG7 = "org-seven-token"
@@ -273,7 +274,7 @@ def rss_bytes(pid: int) -> int:
 def filled_redis() -> Iterator[RedisServer]:
     """One redis-server with 12,000 calls (a CSV export of some 12 MB) for the process tests,
     which only read it."""
-    _require_redis()
+    require_redis()
     with tempfile.TemporaryDirectory() as directory:
         server = RedisServer(Path(directory))
         server.start()
@@ -287,9 +288,10 @@ def filled_redis() -> Iterator[RedisServer]:
 @pytest.mark.real_redis
 def test_a_client_that_stops_reading_is_cut_off_and_its_slot_given_back(filled_redis: RedisServer) -> None:
     timeout = 2.0
-    proc, port = start_service("api", LEDGER_REDIS_URL=filled_redis.url, LEDGER_API_TOKENS=TOKENS,
+    proc = start_service("api", LEDGER_REDIS_URL=filled_redis.url, LEDGER_API_TOKENS=TOKENS,
                                LEDGER_WRITE_TIMEOUT_S=str(timeout), LEDGER_MAX_EXPORTS="1",
                                LEDGER_LOG_FORMAT="json")
+    port = proc.port
     small = "format=csv&status=busy"  # no such call: an export of the header alone
     sock: socket.socket | None = None
     try:
@@ -334,8 +336,9 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_slot_given_back(filled_r
 
 @pytest.mark.real_redis
 def test_forty_stalled_exports_keep_the_api_memory_flat(filled_redis: RedisServer) -> None:
-    proc, port = start_service("api", LEDGER_REDIS_URL=filled_redis.url, LEDGER_API_TOKENS=TOKENS,
+    proc = start_service("api", LEDGER_REDIS_URL=filled_redis.url, LEDGER_API_TOKENS=TOKENS,
                                LEDGER_WRITE_TIMEOUT_S="300", LEDGER_MAX_EXPORTS="40", LEDGER_LOG_FORMAT="json")
+    port = proc.port
     sockets: list[socket.socket] = []
     try:
         status, _, body = export_status(port, ORG7, "format=csv")  # warm: one whole export, read

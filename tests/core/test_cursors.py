@@ -20,7 +20,8 @@ from call_ledger.core.indexes import MAX_LIST_CURSOR, decode_cursor, encode_curs
 from call_ledger.store.records import Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import AUTH, RedisServer, make_settings
+from tests.support.redis_server import RedisServer
+from tests.support.settings import AUTH, make_settings
 from tests.support.workers import make_event, usage
 
 

@@ -25,24 +25,13 @@ from call_ledger.store.indexes import IndexStore, IndexWrite
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.api.test_calls import ADMIN, BASE_US, TOKENS, auth, call, event, load
-from tests.conftest import make_settings
 from tests.support import indexes_reference as reference
+from tests.support.calls import ADMIN, BASE_US, TOKENS, auth, call, event, load
+from tests.support.index_dump import dump_indexes
+from tests.support.settings import make_settings
 from tests.support.workers import fold
 
 STATUSES = ("ringing", "ongoing", "completed", "failed", "busy", "canceled")
-
-
-async def dump_indexes(redis: Any) -> dict[bytes, Any]:
-    """Every index key's content, comparable across two stores."""
-    out: dict[bytes, Any] = {}
-    for key in await redis.keys("cl:ix:*"):
-        kind = await redis.type(key)
-        if kind == b"zset":
-            out[key] = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == b"hash":
-            out[key] = await redis.hgetall(key)
-    return out
 
 
 async def rebuilt(store: Store, settings: Settings, sids: list[str]) -> dict[bytes, Any]:

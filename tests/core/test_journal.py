@@ -21,20 +21,19 @@ from call_ledger.store.records import CommitWrite
 from call_ledger.store.streams import _text
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import AUTH, make_settings
 from tests.support import journal_reference as reference
-from tests.system.test_providers_end_to_end import (  # noqa: F401 (start_ledger is a fixture)
+from tests.support.provider_calls import (
     Ledger,
     StartLedger,
     WholeCall,
     attributed_twilio_call,
     plivo_call,
     redelivered_and_shuffled,
-    start_ledger,
     telnyx_call,
     twilio_call,
     vonage_call,
 )
+from tests.support.settings import AUTH, make_settings
 
 # -- the codec alone ---------------------------------------------------------------------------------------
 
@@ -402,7 +401,7 @@ WHOLE_CALLS = {"twilio": twilio_call, "telnyx": telnyx_call, "vonage": vonage_ca
 
 @pytest.mark.parametrize("whole_call", WHOLE_CALLS.values(), ids=WHOLE_CALLS.keys())
 async def test_events_route_answers_each_event_as_intake_wrote_it_and_the_journal_keeps_it_compact(
-        start_ledger: StartLedger, whole_call: Any) -> None:  # noqa: F811
+        start_ledger: StartLedger, whole_call: Any) -> None:
     call: WholeCall = whole_call()
     service = await start_ledger(**call.settings)
     await service.deliver(redelivered_and_shuffled(call.sends, seed=21))
@@ -424,7 +423,7 @@ def written_whole(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_entries_the_previous_version_wrote_whole_still_serve_events_costs_and_dedupe(
-        start_ledger: StartLedger) -> None:  # noqa: F811
+        start_ledger: StartLedger) -> None:
     """A rolling upgrade: a call journaled by the previous version (whole JSON) gets more events
     from this one; /events and /costs read both kinds, and the old events are still duplicates."""
     call = attributed_twilio_call()
@@ -476,7 +475,7 @@ def old_pages(events: list[tuple[str, bytes]], limit: int, budget: int) -> list[
 
 @pytest.mark.parametrize(("limit", "budget"), [(100, 600), (3, 10**6), (4, 900), (1000, 1), (2, 250)])
 async def test_pages_end_where_the_events_json_reaches_the_byte_budget_as_before(
-        start_ledger: StartLedger, monkeypatch: pytest.MonkeyPatch, limit: int, budget: int) -> None:  # noqa: F811
+        start_ledger: StartLedger, monkeypatch: pytest.MonkeyPatch, limit: int, budget: int) -> None:
     call = attributed_twilio_call()
     service = await start_ledger(**call.settings)
     with pytest.MonkeyPatch.context() as mp:
@@ -539,7 +538,7 @@ async def test_a_page_that_reaches_the_budget_before_events_kept_without_a_copy_
 
 @pytest.mark.parametrize("whole_call", WHOLE_CALLS.values(), ids=WHOLE_CALLS.keys())
 async def test_events_and_costs_bodies_are_the_bytes_served_when_entries_were_whole_json(
-        start_ledger: StartLedger, whole_call: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        start_ledger: StartLedger, whole_call: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same stream into a service that journals whole JSON (as the previous version did) and
     into this one: every /events page (small byte budgets included) and /costs, byte for byte."""
     call: WholeCall = whole_call()

@@ -22,7 +22,7 @@ from call_ledger.core.pricing import PriceTable, PricingError, format_table, loa
 from call_ledger.core.rules import CallState, apply_event, render_record
 from call_ledger.store.records import Entry, LoadedCall
 from call_ledger.worker.apply import plan_call, wanted_meta
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SID = "CA00000000000000000000000000000002"

@@ -11,7 +11,7 @@ from call_ledger.core.record_ids import OPAQUE_BASE, counter_of, opaque_id
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from tests.support.workers import make_event, record_ids
 
 KEY = bytes(range(32))

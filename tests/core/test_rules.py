@@ -16,7 +16,7 @@ from call_ledger.core.money import NANO, parse_amount
 from call_ledger.core.rules import CallState, apply_event, record_json, render_record
 from call_ledger.store.records import Entry, LoadedCall
 from call_ledger.worker.apply import plan_call, wanted_meta
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 SID = "CA00000000000000000000000000000001"
 SETTINGS = make_settings()

@@ -18,7 +18,7 @@ from call_ledger.core.served import RECORD_FIELD, served_record
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import AUTH, make_settings
+from tests.support.settings import AUTH, make_settings
 from tests.support.workers import BASE, make_event, usage
 
 SID = "CA00000000000000000000000000000001"

@@ -29,7 +29,8 @@ from call_ledger.store.records import Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from call_ledger.worker.intake import stored_form
-from tests.conftest import RedisServer, make_settings
+from tests.support.redis_server import RedisServer
+from tests.support.settings import make_settings
 
 CALLS = 300
 NOW_US = parse_iso("2026-11-24T10:00:00Z").us

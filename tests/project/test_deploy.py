@@ -29,8 +29,9 @@ from call_ledger.app import create_app
 from call_ledger.cli import parser
 from call_ledger.settings import Settings
 from call_ledger.web.metrics import Metrics
-from tests.conftest import _require_redis, free_port, make_settings
 from tests.support.cluster import cluster_port, wait_ping
+from tests.support.redis_server import free_port, require_redis
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -223,10 +224,11 @@ def test_network_policies_admit_the_service_port_from_labelled_namespaces_and_me
 
 def test_metrics_have_a_port_of_their_own_when_asked() -> None:
     """LEDGER_METRICS_PORT: /metrics there and nowhere else; the service port keeps everything else."""
-    from tests.system.test_service_process import start_service, stop
+    from tests.support.service import start_service, stop
 
     metrics_port = free_port()
-    proc, port = start_service("api", LEDGER_METRICS_PORT=str(metrics_port))
+    proc = start_service("api", LEDGER_METRICS_PORT=str(metrics_port))
+    port = proc.port
     try:
         def get(port: int, path: str) -> int:
             try:
@@ -440,7 +442,7 @@ def test_cluster_compose_roles_use_the_cluster_through_several_nodes() -> None:
 def cluster_from_compose() -> Iterator[list[int]]:
     """The compose file's six node commands, run by the local redis-server (ports and data directory
     changed only), made a cluster by the init script's own `redis-cli --cluster create` line."""
-    _require_redis()
+    require_redis()
     nodes = _cluster_nodes()
     with tempfile.TemporaryDirectory() as directory:
         ports = [cluster_port() for _ in nodes]

@@ -20,7 +20,9 @@ from call_ledger.store.append_batcher import AppendBatcher
 from call_ledger.store.records import Store
 from call_ledger.store.signatures import SignatureLedger
 from call_ledger.worker.sources.fields import _parse_qsl, decode_form
-from tests.conftest import AUTH, RedisServer, make_settings, post_platform
+from tests.support.redis_server import RedisServer
+from tests.support.settings import AUTH, make_settings
+from tests.support.signing import post_platform
 
 
 def usage(sid: str) -> dict[str, Any]:
@@ -288,10 +290,10 @@ async def test_on_a_cluster_a_moved_tick_is_503_and_the_next_tick_finds_the_righ
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import ClusterNode
 
-    from tests.conftest import _require_redis
     from tests.support.cluster import Cluster
+    from tests.support.redis_server import require_redis
 
-    _require_redis()
+    require_redis()
     cluster = Cluster(tmp_path, masters=3).start()
     client = aioredis.RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.ports])
     try:

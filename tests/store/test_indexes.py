@@ -10,8 +10,9 @@ from redis.exceptions import OutOfMemoryError
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import RedisServer, make_settings
-from tests.core.test_indexes import dump_indexes
+from tests.support.index_dump import dump_indexes
+from tests.support.redis_server import RedisServer
+from tests.support.settings import make_settings
 from tests.support.workers import make_event
 
 

@@ -5,8 +5,6 @@ Redis going away."""
 import asyncio
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +21,11 @@ from call_ledger.settings import Settings
 from call_ledger.store.records import GROUP, CommitWrite, Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import PLATFORM_SECRET, Guarantees, RedisServer, free_port, make_settings
+from tests.support.guarantees import Guarantees
+from tests.support.polling import until
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.service import environment, start
+from tests.support.settings import PLATFORM_SECRET, make_settings
 from tests.support.workers import (
     assert_records_exact,
     call_events,
@@ -125,12 +127,6 @@ def child_env(**ledger_vars: str) -> dict[str, str]:
     return env
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
-
-
 # -- the Lua commit and the consumer group ----------------------------------------------------
 
 async def test_concurrent_consumers_on_shared_calls_give_the_single_process_records(ledger: Ledger) -> None:
@@ -200,20 +196,16 @@ async def test_entries_held_by_a_killed_consumer_are_claimed_and_applied_by_a_li
     await fill(producer, payloads)
     await producer.ensure_group()
 
-    doomed = subprocess.Popen([sys.executable, str(WORKERS), "doomed", ledger.server.url, str(len(payloads))],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    doomed = start("doomed", environment(inherit_ledger=True),
+                   command=[sys.executable, str(WORKERS), "doomed", ledger.server.url, str(len(payloads))])
     try:
-        deadline = time.monotonic() + 15
-        while (await pending_by_consumer(producer)).get("doomed") != len(payloads):
-            assert doomed.poll() is None, doomed.stderr.read().decode() if doomed.stderr else ""
-            assert time.monotonic() < deadline, "the doomed consumer never read the stream"
-            await asyncio.sleep(0.02)
-        doomed.send_signal(signal.SIGKILL)
-        doomed.wait(10)
+        async def holds_everything() -> bool:
+            assert doomed.alive(), doomed.errors()
+            return (await pending_by_consumer(producer)).get("doomed") == len(payloads)
+
+        await until(holds_everything, 15, "the doomed consumer to read the stream")
     finally:
-        stop_process(doomed)
-        if doomed.stderr:
-            doomed.stderr.close()
+        doomed.kill()
     # Everything was delivered to the dead consumer: nothing is new, all of it is pending.
     assert await producer.group_stats() == (0, len(payloads))
 
@@ -240,24 +232,17 @@ async def test_a_survivor_finishes_exactly_what_a_sigkilled_worker_process_left(
     env = child_env(LEDGER_REDIS_URL=ledger.server.url, LEDGER_HOST="127.0.0.1", LEDGER_PORT=str(free_port()),
                     LEDGER_PLATFORM_WEBHOOK_SECRET=PLATFORM_SECRET, LEDGER_CONSUMER_NAME="victim",
                     LEDGER_BATCH_SIZE="500", LEDGER_LOG_FORMAT="json")
-    victim = subprocess.Popen([sys.executable, "-m", "call_ledger.cli", "worker"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    victim = start("worker", env, name="victim")
     try:
         # Kill it in the middle of its work: some batches acknowledged, one in hand.
-        deadline = time.monotonic() + 20
-        while True:
-            assert victim.poll() is None, victim.stderr.read().decode() if victim.stderr else ""
-            assert time.monotonic() < deadline, "the worker process made no progress"
+        async def in_the_middle() -> bool:
+            assert victim.alive(), victim.errors()
             lag, pending = await producer.group_stats()
-            if pending and len(payloads) - lag - pending >= 1000:
-                break
-            await asyncio.sleep(0.005)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
+            return bool(pending) and len(payloads) - lag - pending >= 1000
+
+        await until(in_the_middle, 20, "the worker process to make progress", interval=0.005)
     finally:
-        stop_process(victim)
-        if victim.stderr:
-            victim.stderr.close()
+        victim.kill()
     lag, pending = await producer.group_stats()
     assert lag > 0, "the worker finished before it was killed: make the stream larger"
     assert pending > 0, "the worker died holding no entries"
@@ -440,7 +425,7 @@ async def until_available(operation: Callable[[], Awaitable[T]], deadline_s: flo
 
 
 async def wait_for_record(store: Store, sid: str, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while await until_available(lambda: store.get_call(sid)) is None:
-        assert time.monotonic() < deadline, f"{sid} not applied; group: {await store.group_stats()}"
-        await asyncio.sleep(0.05)
+    async def applied() -> bool:
+        return await until_available(lambda: store.get_call(sid)) is not None
+
+    await until(applied, deadline_s, f"{sid} to be applied", interval=0.05)

@@ -23,8 +23,9 @@ from call_ledger.core.record_ids import counter_of
 from call_ledger.store.records import ID_JUMP, Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import AUTH, RedisServer, make_settings
 from tests.support.cluster import Cluster, replicated_cluster
+from tests.support.redis_server import RedisServer
+from tests.support.settings import AUTH, make_settings
 from tests.support.workers import record_ids, usage
 
 

@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from call_ledger.app import create_app
 from call_ledger.core.errors import InvalidEvent, LedgerError, StoreUnavailable
 from call_ledger.core.replay import SignatureUse
+from call_ledger.settings import Settings
 from call_ledger.store import signatures as signature_ledger
 from call_ledger.store.records import Store
 from call_ledger.store.signatures import SignatureLedger
@@ -31,19 +32,26 @@ from call_ledger.worker import intake
 from call_ledger.worker.consumer import Consumer
 from call_ledger.worker.sources import WebhookRequest
 from call_ledger.worker.sources.twilio import TwilioSource
-from tests.conftest import RedisServer, make_settings
 from tests.support import payloads_plivo as pl
 from tests.support import payloads_twilio as tw
-from tests.system.test_replay_resplit import (  # noqa: F401
+from tests.support.redis_server import RedisServer
+from tests.support.resplits import (
     PROVIDERS,
     PUBLIC_URL,
     post,
     post_while_redis_is_down,
+    resplit_settings,
     resplits,
-    settings,
     sign,
 )
-from tests.system.test_service_process import start_service, stop
+from tests.support.service import start_service, stop
+from tests.support.settings import make_settings
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Overrides conftest's: every URL-signed source configured behind LEDGER_PUBLIC_URL."""
+    return resplit_settings()
 
 
 def parsing_resplit(client: Any, provider: str, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -346,8 +354,10 @@ def test_an_honest_retry_at_a_process_holding_a_resplit_is_deferred_not_refused(
     attacker's re-split of it reaches B (503, held there), and the provider's retry reaches B."""
     env = {"LEDGER_REDIS_URL": redis_server.url, "LEDGER_TWILIO_AUTH_TOKEN": tw.AUTH_TOKEN,
            "LEDGER_PUBLIC_URL": PUBLIC_URL, "LEDGER_LOG_FORMAT": "json"}
-    a, port_a = start_service("intake", **env)
-    b, port_b = start_service("intake", **env)
+    a = start_service("intake", **env)
+    port_a = a.port
+    b = start_service("intake", **env)
+    port_b = b.port
     try:
         params = tw.completed()
         headers = tw.TwilioSigner().sign("POST", PUBLIC_URL + tw.PATH, params).headers

@@ -36,7 +36,7 @@ def test_memoryviews_are_packed_as_their_bytes() -> None:
 
 def test_the_services_client_uses_it() -> None:
     from call_ledger.store.records import open_redis
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     client = open_redis(make_settings(redis_url="redis://127.0.0.1:1/0"))
     assert client.connection_pool.connection_class is FastConnection

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import redis
 
-from tests.conftest import TlsFiles, _require_redis, free_port
+from tests.support import service as services
+from tests.support.redis_server import TlsFiles, free_port, require_redis
+from tests.support.service import Service, environment, ledger_env
+from tests.support.settings import AUTH
 
 
 def cluster_port() -> int:
@@ -173,7 +177,7 @@ class Cluster:
 def replicated_cluster() -> Iterator[Cluster]:
     """3 masters + 3 replicas in a temporary directory, stopped afterwards (a node a test
     paused with SIGSTOP is resumed first, so that it can stop)."""
-    _require_redis()
+    require_redis()
     with tempfile.TemporaryDirectory() as directory:
         running = Cluster(Path(directory), masters=3, replicas=1, node_timeout_ms=1000).start()
         try:
@@ -185,3 +189,22 @@ def replicated_cluster() -> Iterator[Cluster]:
                 except ProcessLookupError:
                     pass
             running.stop()
+
+
+# -- a service on the cluster ---------------------------------------------------------------------
+
+def start_on_cluster(url: str, log: Path, role: str = "serve", **extra_env: str) -> Service:
+    """`call-ledger <role>` (serve by default) on the cluster at `url`, three stream shards, dead
+    consumers' entries claimed after a second; stdout and stderr in `log`."""
+    env = environment(ledger_env(LEDGER_REDIS_URL=url, LEDGER_REDIS_CLUSTER="true", LEDGER_STREAM_SHARDS="3",
+                                   LEDGER_CLAIM_IDLE_MS="1000", **extra_env))
+    return services.start(role, env, log_dir=log.parent, name=log.stem, merge_stderr=True)
+
+
+async def lookup(session: aiohttp.ClientSession, service: Service, sid: str) -> tuple[int, Any]:
+    """The record of `sid` as (status, body); (0, None) while the service does not answer."""
+    try:
+        async with session.get(service.url(f"/api/v1/calls/sid/{sid}"), headers=AUTH) as response:
+            return response.status, await response.json()
+    except (aiohttp.ClientError, TimeoutError):
+        return 0, None

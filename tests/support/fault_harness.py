@@ -30,7 +30,7 @@ from call_ledger.store.indexes import IndexStore
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 BASE_US = 1_795_996_800_000_000  # 2026-12-01T00:00:00Z
 
@@ -264,7 +264,7 @@ async def check(settings: Settings, events: list[CallEvent], store: Store) -> No
             if "attributed" in refused[(sid, key)]:
                 assert stored.provider not in (None, by_key[(sid, key)].source), (sid, key)
         entries.append((shard_of(sid), index_entry(sid, record_id, stored, settings), version))
-    from tests.core.test_indexes import dump_indexes
+    from tests.support.index_dump import dump_indexes
     fresh = fakeredis.FakeAsyncRedis()
     await IndexStore(fresh).update(entries)
     expected = await dump_indexes(fresh)

@@ -1,8 +1,5 @@
 """LEDGER_REDIS_CLUSTER=true: the whole path on a real three-node Redis Cluster."""
 
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,22 +8,10 @@ from call_ledger.app import create_app
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import AUTH, _require_redis, make_settings, post_platform
-from tests.support.cluster import Cluster
+from tests.support.settings import AUTH, make_settings
+from tests.support.signing import post_platform
 
 pytestmark = pytest.mark.real_redis
-
-
-@pytest.fixture
-def cluster_url() -> Iterator[str]:
-    """Three masters on free ports, slots assigned by redis-cli --cluster create."""
-    _require_redis()
-    with tempfile.TemporaryDirectory() as directory:
-        cluster = Cluster(Path(directory), masters=3).start()
-        try:
-            yield f"redis://127.0.0.1:{cluster.ports[0]}/0"
-        finally:
-            cluster.stop()
 
 
 async def test_calls_spread_over_slots_are_applied_and_read_back_on_a_cluster(
@@ -95,7 +80,7 @@ async def test_the_signature_ledger_and_dead_letters_work_on_a_cluster(aiohttp_c
     from urllib.parse import urlencode
 
     from tests.support import payloads_twilio as tw
-    from tests.system.test_replay_resplit import resplits, sign
+    from tests.support.resplits import resplits, sign
 
     common: dict[str, Any] = {"redis_url": cluster_url, "redis_cluster": True, "stream_shards": 6,
                               "max_deliveries": 1, "twilio_auth_token": tw.AUTH_TOKEN, "public_url": tw.PUBLIC_URL}

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,11 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import API_TOKEN, PLATFORM_SECRET, free_port, make_settings, sign_platform
-from tests.support.cluster import Cluster, cluster_port, replicated_cluster
+from tests.support.cluster import Cluster, cluster_port, lookup, start_on_cluster
+from tests.support.redis_server import free_port
+from tests.support.service import Service
+from tests.support.settings import API_TOKEN, make_settings
+from tests.support.signing import sign_platform
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -48,49 +50,7 @@ def test_start_up_with_no_redis_answering_stops_with_one_line(cluster: bool) -> 
         f"call-ledger: no Redis of LEDGER_REDIS_URL answers ({nodes}) after 0.5 s: connection refused"]
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    with replicated_cluster() as running:
-        yield running
-
-
-class Serve:
-    """`call-ledger <role>` (serve by default) on the cluster, output to a file."""
-
-    def __init__(self, url: str, log: Path, role: str = "serve", **extra_env: str) -> None:
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-        env.update({"LEDGER_PORT": str(self.port), "LEDGER_REDIS_URL": url, "LEDGER_REDIS_CLUSTER": "true",
-                    "LEDGER_API_TOKENS": API_TOKEN, "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET,
-                    "LEDGER_LOG_FORMAT": "json", "LEDGER_STREAM_SHARDS": "3", "LEDGER_CLAIM_IDLE_MS": "1000",
-                    **extra_env})
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "call_ledger.cli", role], cwd=ROOT, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                async with session.get(self.url("/readyz")) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"not ready: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        return self.proc.wait(20)
-
-
-async def post(session: aiohttp.ClientSession, serve: Serve, sid: str, webhook_id: str) -> int:
+async def post(session: aiohttp.ClientSession, serve: Service, sid: str, webhook_id: str) -> int:
     body = (b'{"type":"call.usage","call_sid":"%s","occurred_at":"2026-11-24T10:00:00Z",'
             b'"data":{"component":"llm","cost":"0.001"}}' % sid.encode())
     try:
@@ -101,26 +61,18 @@ async def post(session: aiohttp.ClientSession, serve: Serve, sid: str, webhook_i
         return 0
 
 
-async def lookup(session: aiohttp.ClientSession, serve: Serve, sid: str) -> tuple[int, Any]:
-    try:
-        async with session.get(serve.url(f"/api/v1/calls/sid/{sid}"), headers=AUTH) as response:
-            return response.status, await response.json()
-    except (aiohttp.ClientError, TimeoutError):
-        return 0, None
-
-
 @pytest.mark.real_redis
 async def test_a_master_killed_under_load_fails_over_and_everything_resumes_by_itself(
         cluster: Cluster, tmp_path: Path, guarantees: Any) -> None:
     # The first listed node does not exist: start-up takes any node that answers.
     url = f"redis://127.0.0.1:{cluster_port()}," + cluster.url
-    serve = Serve(url, tmp_path / "serve.log")
+    serve = start_on_cluster(url, tmp_path / "serve.log")
     sids = [f"CA-fo-{i}" for i in range(24)]
     answers: dict[str, int] = {}
     timeout = aiohttp.ClientTimeout(total=10)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            await serve.wait_ready(session)
+            await serve.wait_ready("/readyz", timeout=30, interval=0.1)
             for n in range(5):  # before: every call has events, every lookup answers
                 for sid in sids:
                     answers[f"{sid}-{n}"] = await post(session, serve, sid, f"{sid}-{n}")
@@ -140,7 +92,7 @@ async def test_a_master_killed_under_load_fails_over_and_everything_resumes_by_i
                     recovered_at = time.monotonic()
                     break
                 await asyncio.sleep(0.2)
-            assert recovered_at is not None, serve.log.read_text()[-3000:]
+            assert recovered_at is not None, serve.tail()
             recovery = recovered_at - killed_at
             print(f"\nfailover: intake and lookups of every call back {recovery:.1f} s after the master's SIGKILL")
             assert recovery < 20
@@ -159,7 +111,7 @@ async def test_a_master_killed_under_load_fails_over_and_everything_resumes_by_i
                 assert time.monotonic() < deadline, (counts, per_call)
                 await asyncio.sleep(0.2)
     finally:
-        assert serve.stop() == 0
+        assert serve.terminate() == 0
     guarantees.record("cluster: master SIGKILLed, replica promoted; retried webhooks, exact records",
                       sent=len(answers), answered_2xx=len(answers), applied=sum(per_call.values()),
                       duplicates_suppressed=0, lost=0)

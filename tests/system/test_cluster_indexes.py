@@ -15,14 +15,13 @@ from call_ledger.store.records import Store
 from call_ledger.store.reindex import reindex
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.api.test_calls import ADMIN, ORG7, TOKENS, auth, call
-from tests.conftest import make_settings
-from tests.system.test_cluster import cluster_url  # noqa: F401  (the fixture)
+from tests.support.calls import ADMIN, ORG7, TOKENS, auth, call
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.real_redis
 
 
-async def test_indexes_and_every_calls_route_on_a_cluster(aiohttp_client: Any, cluster_url: str) -> None:  # noqa: F811
+async def test_indexes_and_every_calls_route_on_a_cluster(aiohttp_client: Any, cluster_url: str) -> None:
     settings = make_settings(redis_url=cluster_url, redis_cluster=True, api_tokens=TOKENS)
     store = Store.from_settings(settings)
     now = int(time.time() * 1_000_000)

@@ -3,7 +3,6 @@ replaced by its replica while signed platform webhooks flow loses nothing answer
 answers 503 (never 2xx) while a write cannot be confirmed, and 2xx is back by itself once the
 shard's new master has a replica again. Also what the replica round trip costs per webhook."""
 
-import asyncio
 import statistics
 import time
 from decimal import Decimal
@@ -16,9 +15,10 @@ import pytest
 import redis
 
 from call_ledger.store.shards import all_shards, shard_index
-from tests.conftest import sign_platform
-from tests.support.cluster import Cluster
-from tests.system.test_cluster_failover import Serve, cluster, lookup  # noqa: F401 (the fixture)
+from tests.support.cluster import Cluster, lookup, start_on_cluster
+from tests.support.polling import until
+from tests.support.service import Service
+from tests.support.signing import sign_platform
 
 SHARDS = 3
 COST = Decimal("0.001")
@@ -35,19 +35,12 @@ def sids_by_shard(per_shard: int) -> dict[int, list[str]]:
     return found
 
 
-async def post(session: aiohttp.ClientSession, service: Serve, sid: str, webhook_id: str) -> int:
+async def post(session: aiohttp.ClientSession, service: Service, sid: str, webhook_id: str) -> int:
     body = (b'{"type":"call.usage","call_sid":"%s","occurred_at":"2026-11-24T10:00:00Z",'
             b'"data":{"component":"llm","cost":"0.001"}}' % sid.encode())
     async with session.post(service.url("/webhooks/platform"), data=body,
                             headers=sign_platform(body, webhook_id)) as response:
         return response.status
-
-
-async def until(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def stream_event_ids(port: int, stream: str) -> set[str]:
@@ -56,7 +49,7 @@ def stream_event_ids(port: int, stream: str) -> set[str]:
     return {orjson.loads(fields[b"e"])["event_id"] for _, fields in client.xrange(stream)}
 
 
-async def sequential_cost(session: aiohttp.ClientSession, service: Serve, sids: list[str], count: int,
+async def sequential_cost(session: aiohttp.ClientSession, service: Service, sids: list[str], count: int,
                           tag: str) -> list[float]:
     times = []
     for i in range(count):
@@ -70,24 +63,25 @@ async def measure_replica_cost(session: aiohttp.ClientSession, nodes: Cluster, t
                                sids: list[str]) -> dict[str, str]:
     """What WAIT costs per webhook on the cluster: sequential posts through two intake processes,
     the same cluster, with and without it, in alternating blocks. Returns the events it posted."""
-    plain = Serve(nodes.url, tmp_path / "none.log", "intake")
-    acked = Serve(nodes.url, tmp_path / "replica.log", "intake", LEDGER_DURABLE_ACK="replica")
+    plain = start_on_cluster(nodes.url, tmp_path / "none.log", "intake")
+    acked = start_on_cluster(nodes.url, tmp_path / "replica.log", "intake", LEDGER_DURABLE_ACK="replica")
     costs: dict[str, list[float]] = {"none": [], "replica": []}
     try:
-        await plain.wait_ready(session)
-        await acked.wait_ready(session)
+        await plain.wait_ready("/readyz", timeout=30, interval=0.1)
+        await acked.wait_ready("/readyz", timeout=30, interval=0.1)
         for block in range(4):
             for mode, service in (("none", plain), ("replica", acked)):
                 costs[mode] += await sequential_cost(session, service, sids, 75, f"cost-{mode}-{block}")
     finally:
-        assert plain.stop() == 0 and acked.stop() == 0
+        assert plain.terminate() == 0 and acked.terminate() == 0
     print("\nreplica-ack cost on a 3 + 3 cluster, 300 sequential signed platform webhooks each (ms):")
     for mode, times in costs.items():
         print(f"  {mode:8} median {statistics.median(times):.2f}  p95 {statistics.quantiles(times, n=20)[18]:.2f}")
     return {f"cost-{mode}-{block}-{i}": sids[i % len(sids)] for mode in costs for block in range(4) for i in range(75)}
 
 
-async def retry_until_2xx(session: aiohttp.ClientSession, service: Serve, answers: dict[str, tuple[str, int]]) -> None:
+async def retry_until_2xx(session: aiohttp.ClientSession, service: Service,
+                          answers: dict[str, tuple[str, int]]) -> None:
     """What the provider does with every webhook that got no 2xx."""
     for webhook_id, (sid, status) in list(answers.items()):
         while status != 200:
@@ -97,7 +91,7 @@ async def retry_until_2xx(session: aiohttp.ClientSession, service: Serve, answer
 
 @pytest.mark.real_redis
 async def test_replica_ack_on_a_cluster_loses_nothing_answered_2xx_through_a_master_failover(
-        cluster: Cluster, tmp_path: Path, guarantees: Any) -> None:  # noqa: F811 (the fixture)
+        cluster: Cluster, tmp_path: Path, guarantees: Any) -> None:
     shards = all_shards("cl", SHARDS)
     by_shard = sids_by_shard(4)
     sids = [sid for group in by_shard.values() for sid in group]
@@ -108,10 +102,10 @@ async def test_replica_ack_on_a_cluster_loses_nothing_answered_2xx_through_a_mas
     async with aiohttp.ClientSession(timeout=timeout) as session:
         cost_events = await measure_replica_cost(session, cluster, tmp_path, sids)
 
-        serve = Serve(cluster.url, tmp_path / "serve.log", "serve", LEDGER_DURABLE_ACK="replica",
+        serve = start_on_cluster(cluster.url, tmp_path / "serve.log", "serve", LEDGER_DURABLE_ACK="replica",
                       LEDGER_DURABLE_ACK_TIMEOUT_MS="500")
         try:
-            await serve.wait_ready(session)
+            await serve.wait_ready("/readyz", timeout=30, interval=0.1)
             n = 0
 
             async def round_of_posts() -> list[int]:
@@ -136,7 +130,7 @@ async def test_replica_ack_on_a_cluster_loses_nothing_answered_2xx_through_a_mas
                 await round_of_posts()
                 return cluster.master_of(shards[victim_shard].stream) != victim
 
-            await until(promoted, 30, "the replica to be promoted")
+            await until(promoted, 30, "the replica to be promoted", interval=0.1)
             new_master = cluster.master_of(shards[victim_shard].stream)
             cluster.wait_ok()
 
@@ -166,7 +160,7 @@ async def test_replica_ack_on_a_cluster_loses_nothing_answered_2xx_through_a_mas
                     statuses.append(answers[webhook_id][1])
                 return set(statuses) == {200}
 
-            await until(others_back, 30, "the other shards to answer 2xx")
+            await until(others_back, 30, "the other shards to answer 2xx", interval=0.1)
 
             # The old master comes back as the new master's replica: 2xx again, by itself.
             cluster.start_node(victim)
@@ -175,7 +169,7 @@ async def test_replica_ack_on_a_cluster_loses_nothing_answered_2xx_through_a_mas
             async def victim_back() -> bool:
                 return set(await round_of_posts()) == {200}
 
-            await until(victim_back, 60, "2xx on the failed-over shard once it has a replica again")
+            await until(victim_back, 60, "2xx on the failed-over shard once it has a replica again", interval=0.1)
             print(f"\nreplica ack through a failover: 2xx on every shard {time.monotonic() - killed_at:.1f} s "
                   "after the master's SIGKILL (the old master restarted as the new one's replica)")
 
@@ -189,16 +183,16 @@ async def test_replica_ack_on_a_cluster_loses_nothing_answered_2xx_through_a_mas
                 got = {sid: Decimal(str((r or {}).get("llm_cost") or 0)) for sid, r in records.items()}
                 return got == expected
 
-            await until(exact, 60, f"exact records {expected}")
+            await until(exact, 60, f"exact records {expected}", interval=0.1)
         finally:
-            assert serve.stop() == 0
+            assert serve.terminate() == 0
     guarantees.record("cluster, durable ack replica: master SIGKILLed and replaced; 503 while unconfirmable",
                       sent=len(answers) + len(cost_events), answered_2xx=len(answers) + len(cost_events),
                       applied=len(answers) + len(cost_events), duplicates_suppressed=0, lost=0)
 
 
 def test_replica_durability_is_accepted_on_a_cluster() -> None:
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     settings = make_settings(redis_url="redis://127.0.0.1:7000,redis://127.0.0.1:7001", redis_cluster=True,
                              durable_ack="replica")

@@ -7,11 +7,7 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,11 +22,15 @@ from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import record_json, render_record
 from call_ledger.settings import Settings
 from call_ledger.store.records import GROUP, Store
-from tests.conftest import API_TOKEN, AUTH, PLATFORM_SECRET, free_port, make_settings, sign_platform
+from tests.support import service as services
 from tests.support.cluster import Cluster, replicated_cluster
+from tests.support.polling import until
+from tests.support.redis_server import free_port
+from tests.support.service import Service
+from tests.support.settings import API_TOKEN, AUTH, PLATFORM_SECRET, make_settings
+from tests.support.signing import sign_platform
 from tests.support.workers import assert_records_exact, expected_status
 
-ROOT = Path(__file__).resolve().parents[2]
 SHARDS = 6
 CALLS = 300
 
@@ -75,10 +75,9 @@ def cli_env(cluster: Cluster, **extra: str) -> dict[str, str]:
     return env
 
 
-def start(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "call_ledger.cli", role], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+def start(role: str, env: dict[str, str], log: Path) -> Service:
+    """`call-ledger <role>` with exactly `env`, stdout and stderr in `log`."""
+    return services.start(role, env, log_dir=log.parent, name=log.stem, merge_stderr=True)
 
 
 async def consumers(store: Store) -> dict[str, int]:
@@ -91,14 +90,9 @@ async def consumers(store: Store) -> dict[str, int]:
     return pending
 
 
-async def until(check: Any, timeout: float, what: str, logs: list[Path]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what}: {[p.read_text()[-1500:] for p in logs]}"
-        await asyncio.sleep(0.05)
+def tails(logs: list[Path]) -> Callable[[], str]:
+    """What a timed-out wait shows: the end of every process's log."""
+    return lambda: str([p.read_text()[-1500:] for p in logs])
 
 
 async def check_records(store: Store, hooks: list[tuple[str, str, dict[str, Any]]], posted: int,
@@ -139,7 +133,7 @@ async def check_lookups(store: Store, base: str, hooks: list[tuple[str, str, dic
             except aiohttp.ClientError:
                 return False
 
-        await until(ready, 30, "api not ready", logs)
+        await until(ready, 30, "api not ready", interval=0.05, detail=tails(logs))
         for sid in dict.fromkeys(sid for sid, _, _ in hooks):
             found = await store.get_call(sid)
             assert found is not None
@@ -161,7 +155,7 @@ async def test_a_worker_killed_mid_batch_on_a_cluster_loses_and_doubles_nothing(
     connection = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.ports])
     store = Store(connection, stream_shards=SHARDS)
     await store.ensure_group()
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Service] = []
     logs = [tmp_path / "w0.log", tmp_path / "w1.log", tmp_path / "call_ledger.api.log"]
     try:
         # Intake first (the in-process app, no consumer): the backlog the workers will share.
@@ -191,9 +185,9 @@ async def test_a_worker_killed_mid_batch_on_a_cluster_loses_and_doubles_nothing(
             held = (await consumers(store)).get("w0", 0)
             return held if left < len(posts) * 0.8 and left > 0 and held > 0 else 0
 
-        held_at_kill = await until(victim_mid_batch, 60, "w0 never held entries mid-drain", logs)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
+        held_at_kill = await until(victim_mid_batch, 60, "w0 never held entries mid-drain", interval=0.05,
+                                   detail=tails(logs))
+        victim.kill()
         left_at_kill, _ = await store.group_stats()
         assert left_at_kill > 0, "the backlog was drained before the kill: nothing was tested"
 
@@ -201,9 +195,10 @@ async def test_a_worker_killed_mid_batch_on_a_cluster_loses_and_doubles_nothing(
             lag, pending = await store.group_stats()
             return lag == 0 and pending == 0
 
-        await until(drained, 120, "the survivor did not drain the shards and claim w0's entries", logs)
+        await until(drained, 120, "the survivor did not drain the shards and claim w0's entries",
+                    interval=0.05, detail=tails(logs))
         assert (await consumers(store)).get("w0", 0) == 0  # what w0 held was claimed and acknowledged
-        assert procs[1].poll() is None
+        assert procs[1].alive()
 
         applied = await check_records(store, hooks, len(posts), settings)
         api_env = cli_env(cluster)
@@ -213,9 +208,8 @@ async def test_a_worker_killed_mid_batch_on_a_cluster_loses_and_doubles_nothing(
               "acknowledged; the other claimed and applied them")
     finally:
         for proc in procs:
-            if proc.poll() is None:
+            if proc.alive():
                 proc.terminate()
-                proc.wait(20)
         await connection.aclose()
     guarantees.record("cluster 3+3, 6 stream shards: a worker SIGKILLed mid-batch, the other claims",
                       sent=len(posts), answered_2xx=len(posts), applied=applied,

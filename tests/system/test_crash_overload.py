@@ -12,11 +12,10 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,12 @@ from call_ledger.store.records import GROUP, Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import frozen_fx
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import (
-    API_TOKEN,
-    AUTH,
-    PLATFORM_SECRET,
-    Guarantees,
-    RedisServer,
-    free_port,
-    make_settings,
-    sign_platform,
-)
+from tests.support.guarantees import Guarantees
+from tests.support.polling import until
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.service import Service, start
+from tests.support.settings import API_TOKEN, AUTH, PLATFORM_SECRET, make_settings
+from tests.support.signing import sign_platform
 from tests.support.workers import assert_records_exact, by_call, call_events, fold, usage, with_duplicates
 
 pytestmark = pytest.mark.real_redis
@@ -109,14 +104,19 @@ async def assert_api_records(port: int, events: list[CallEvent], settings: Setti
     assert len(set(ids)) == len(ids)
 
 
-async def drained(store: Store, deadline_s: float, *procs: "Service") -> float:
+async def drained(store: Store, deadline_s: float, *procs: Service) -> float:
     """Wait (polling, with a deadline) until the group has nothing undelivered or pending."""
     started = time.monotonic()
-    while (stats := await store.group_stats()) != (0, 0):
+    stats: list[tuple[int, int]] = []
+
+    async def empty() -> bool:
+        stats.append(await store.group_stats())
         for proc in procs:
             proc.assert_alive()
-        assert time.monotonic() - started < deadline_s, f"not drained: (lag, pending) = {stats}"
-        await asyncio.sleep(0.01)
+        return stats[-1] == (0, 0)
+
+    await until(empty, deadline_s, "the group to drain", interval=0.01,
+                detail=lambda: f"not drained: (lag, pending) = {stats[-1]}")
     return time.monotonic() - started
 
 
@@ -147,48 +147,6 @@ def duplicates_in(sent: Iterable[str]) -> int:
 
 # -- real processes -----------------------------------------------------------------------------
 
-@dataclass
-class Service:
-    """A `call-ledger <role>` process (or a worker script) with its stdout in a file."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    name: str
-    _log: Any = field(default=None, repr=False)
-
-    def assert_alive(self) -> None:
-        assert self.proc.poll() is None, f"{self.name} exited {self.proc.returncode}: {self.tail()}"
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
-
-    def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:  # the last line of a SIGKILLed process may be cut short
-                    pass
-        return out
-
-    def outcomes(self) -> dict[str, list[str]]:
-        """entry id -> outcomes this process logged for it, in order."""
-        seen: dict[str, list[str]] = {}
-        for line in self.lines():
-            if line.get("event") in ("event_applied", "event_not_applied"):
-                seen.setdefault(line["entry_id"], []).append(line["outcome"])
-        return seen
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        if self._log is not None:
-            self._log.close()
-
-
 def child_env(**ledger_vars: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(PYTHONUNBUFFERED="1", LEDGER_LOG_FORMAT="json", LEDGER_API_TOKENS=API_TOKEN,
@@ -197,9 +155,9 @@ def child_env(**ledger_vars: str) -> dict[str, str]:
 
 
 def spawn(args: list[str], log_path: Path, name: str, port: int = 0, **ledger_vars: str) -> Service:
-    log = log_path.open("wb")
-    proc = subprocess.Popen(args, cwd=ROOT, env=child_env(**ledger_vars), stdout=log, stderr=subprocess.STDOUT)
-    return Service(proc, port, log_path, name, log)
+    """`args` as a process with `child_env`, stdout and stderr in `log_path`."""
+    return start(name, child_env(**ledger_vars), log_dir=log_path.parent, name=log_path.stem, port=port,
+                 command=args, merge_stderr=True)
 
 
 def start_role(role: str, server: RedisServer, tmp_path: Path, name: str, **ledger_vars: str) -> Service:
@@ -210,19 +168,8 @@ def start_role(role: str, server: RedisServer, tmp_path: Path, name: str, **ledg
 
 async def wait_healthy(*services: Service, deadline_s: float = 20.0) -> None:
     deadline = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession() as session:
-        for service in services:
-            while True:
-                service.assert_alive()
-                try:
-                    async with session.get(f"http://127.0.0.1:{service.port}/healthz",
-                                           timeout=aiohttp.ClientTimeout(total=1)) as response:
-                        if response.status == 200:
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                assert time.monotonic() < deadline, f"{service.name} did not start: {service.tail()}"
-                await asyncio.sleep(0.05)
+    for service in services:
+        await service.wait_ready("/healthz", timeout=max(0.0, deadline - time.monotonic()))
 
 
 @pytest.fixture
@@ -230,7 +177,7 @@ def services() -> Iterable[list[Service]]:
     started: list[Service] = []
     yield started
     for service in started:
-        service.stop()
+        service.kill()
 
 
 def worker_vars(**overrides: str) -> dict[str, str]:
@@ -405,7 +352,7 @@ async def test_worker_killed_between_commit_and_ack_is_redelivered_as_duplicates
                     tmp_path / "crasher.log", "crasher")
     services.append(crasher)
     assert crasher.proc.wait(30) == -signal.SIGKILL, crasher.tail()
-    [line] = [ln for ln in crasher.log_path.read_text().splitlines() if ln.startswith("crashing before ack: ")]
+    [line] = [ln for ln in crasher.output().splitlines() if ln.startswith("crashing before ack: ")]
     unacked = line.removeprefix("crashing before ack: ").split(",")
 
     # It died holding the batch whose acknowledgement it was sending and at most the next one,

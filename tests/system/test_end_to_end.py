@@ -3,7 +3,8 @@
 from typing import Any
 
 from call_ledger.store.records import Store
-from tests.conftest import AUTH, post_platform
+from tests.support.settings import AUTH
+from tests.support.signing import post_platform
 from tests.support.workers import nth_record_id
 
 

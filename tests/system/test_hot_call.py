@@ -21,7 +21,8 @@ import redis.asyncio as aioredis
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import RedisServer, _require_redis, make_settings
+from tests.support.redis_server import RedisServer, require_redis
+from tests.support.settings import make_settings
 from tests.support.workers import make_event, usage
 
 pytestmark = pytest.mark.real_redis
@@ -35,7 +36,7 @@ SMALL = "CA-small-100"
 
 @pytest.fixture
 def aof_server() -> Iterator[RedisServer]:
-    _require_redis()
+    require_redis()
     with tempfile.TemporaryDirectory() as directory:
         server = RedisServer(Path(directory), appendonly=True, appendfsync="always")
         server.start()

@@ -9,7 +9,8 @@ from call_ledger.core.errors import StoreUnavailable
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import RedisServer, make_settings
+from tests.support.redis_server import RedisServer
+from tests.support.settings import make_settings
 from tests.support.workers import usage
 
 

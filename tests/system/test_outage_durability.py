@@ -26,13 +26,10 @@ import functools
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -42,7 +39,12 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import API_TOKEN, PLATFORM_SECRET, RedisServer, _require_redis, free_port, sign_platform
+from tests.support.polling import until
+from tests.support.redis_server import RedisServer, require_redis
+from tests.support.service import Service, environment, ledger_env
+from tests.support.service import start as start_process
+from tests.support.settings import API_TOKEN
+from tests.support.signing import sign_platform
 
 pytestmark = pytest.mark.real_redis
 
@@ -73,71 +75,10 @@ class Server(RedisServer):
         return b"".join(p.read_bytes() for p in sorted((self.dir / "appendonlydir").iterdir()))
 
 
-class Service:
+def start_role(role: str, redis_url: str, log_dir: Path, **env: str) -> Service:
     """One `python -m call_ledger.cli <role>` process on a free port; its logs go to files in `log_dir`."""
-
-    def __init__(self, role: str, redis_url: str, log_dir: Path, **env: str) -> None:
-        self.role = role
-        self.port = free_port()
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-        environment.update({
-            "LEDGER_PORT": str(self.port), "LEDGER_REDIS_URL": redis_url, "LEDGER_API_TOKENS": API_TOKEN,
-            "LEDGER_PLATFORM_WEBHOOK_SECRET": PLATFORM_SECRET, "LEDGER_LOG_FORMAT": "json",
-            "LEDGER_CLAIM_IDLE_MS": CLAIM_IDLE_MS, **env,
-        })
-        self.stdout = log_dir / f"{role}-{self.port}.out"
-        self.stderr = log_dir / f"{role}-{self.port}.err"
-        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "call_ledger.cli", role], env=environment, cwd=ROOT,
-                                         stdout=out, stderr=err)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def healthz_answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url("/healthz"), timeout=0.5) as response:
-                return int(response.status) == 200
-        except OSError:
-            return False
-
-    def wait_started(self) -> "Service":
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and self.alive():
-            if self.healthz_answers():
-                return self
-            time.sleep(0.05)
-        self.proc.kill()
-        self.proc.wait(10)
-        raise RuntimeError(f"{self.role} did not start: {self.stderr.read_text()[-2000:]}")
-
-    def wait_exit_or_start(self, timeout: float = 20) -> int | None:
-        """The exit code if the process stops by itself at start-up; None if it started serving."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self.proc.poll()
-            if code is not None:
-                return code
-            if self.healthz_answers():
-                return None
-            time.sleep(0.05)
-        raise AssertionError(f"{self.role} neither exited nor started within {timeout} s")
-
-    def terminate(self) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout.read_text().splitlines() if line.startswith("{")]
+    return start_process(role, environment(ledger_env(LEDGER_REDIS_URL=redis_url, LEDGER_CLAIM_IDLE_MS=CLAIM_IDLE_MS,
+                                                        **env)), log_dir=log_dir)
 
 
 @pytest.fixture
@@ -147,7 +88,7 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
     def start(name: str, binary: str = "redis-server", **options: Any) -> Server:
         if binary == "redis-server":
-            _require_redis()
+            require_redis()
         server = Server(tmp_path / name, binary, **options)
         server.start()
         started.append(server)
@@ -165,15 +106,14 @@ def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
 
     def start(role: str, server: Server, wait: bool = True, **env: str) -> Service:
-        service = Service(role, server.url, tmp_path, **env)
+        service = start_role(role, server.url, tmp_path, **env)
         started.append(service)
         return service.wait_started() if wait else service
 
     yield start
     for service in started:
         if service.alive():
-            service.proc.kill()
-            service.proc.wait(10)
+            service.kill()
 
 
 @pytest.fixture
@@ -279,15 +219,6 @@ class Ledger:
         return answers
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll `predicate` until it holds; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def applied_ids(client: Any, ledger: Ledger) -> dict[str, list[str]]:
     """Per call: the event ids in its journal (`<source>:<event_id>` fields)."""
     pipe = client.pipeline(transaction=False)
@@ -358,9 +289,9 @@ async def watch_health(session: aiohttp.ClientSession,
         while not done.is_set():
             for service in services:
                 try:
-                    seen.append((service.role, await status_of(session, service.url("/healthz"))))
+                    seen.append((service.name, await status_of(session, service.url("/healthz"))))
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    seen.append((service.role, type(exc).__name__))
+                    seen.append((service.name, type(exc).__name__))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 0.05)
 
@@ -410,8 +341,8 @@ async def test_redis_outage_while_webhooks_arrive_then_restart_from_aof(
         down.set()
         await until(lambda: _true(len(started_while_down()) >= while_down), 30, "posts answered while down")
         for service in (worker, api):
-            probes[f"{service.role} readyz down"] = await status_of(session, service.url("/readyz"))
-            probes[f"{service.role} healthz down"] = await status_of(session, service.url("/healthz"))
+            probes[f"{service.name} readyz down"] = await status_of(session, service.url("/readyz"))
+            probes[f"{service.name} healthz down"] = await status_of(session, service.url("/healthz"))
         probes["api record down"] = await status_of(session, api.url("/api/v1/calls/sid/CA-outage-0"), headers=AUTH)
         window["up"] = time.monotonic()
         await asyncio.to_thread(server.start)  # same port, same --dir: loads the AOF
@@ -464,7 +395,8 @@ async def test_redis_outage_while_webhooks_arrive_then_restart_from_aof(
     assert {role for role, _ in health} == {"worker", "api"}
     assert worker.alive() and api.alive()
     assert worker.terminate() == 0 and api.terminate() == 0
-    assert not [line for line in worker.log_lines() + api.log_lines() if line["event"] == "unhandled_error"]
+    logged = worker.lines(strict=True) + api.lines(strict=True)
+    assert not [line for line in logged if line["event"] == "unhandled_error"]
     lost = len(ledger.answered(200) - applied)
     guarantees.record("redis outage + AOF restart", sent=len(ledger.answers),
                       answered_2xx=len([a for a in ledger.answers if a.status == 200]), applied=len(applied),
@@ -564,7 +496,7 @@ def test_durable_ack_aof_refuses_to_start_on_valkey_without_appendonly(
     server = servers("valkey", binary=valkey_binary, appendonly=False)
     worker = services("worker", server, wait=False, LEDGER_DURABLE_ACK="aof")
     assert worker.wait_exit_or_start() == 2
-    assert worker.stderr.read_text().splitlines() == [
+    assert worker.errors().splitlines() == [
         "call-ledger: LEDGER_DURABLE_ACK=aof needs the Redis server to run with appendonly yes"]
 
 
@@ -583,7 +515,7 @@ async def test_durable_ack_aof_refuses_to_start_on_valkey_that_never_fsyncs(
         pytest.fail(f"started serving on a server that cannot confirm AOF writes; a webhook was answered "
                     f"{answer.status} after {answer.ended - answer.started:.2f} s")
     assert code == 2
-    lines = worker.stderr.read_text().splitlines()
+    lines = worker.errors().splitlines()
     assert len(lines) == 1 and lines[0].startswith("call-ledger: LEDGER_DURABLE_ACK=aof") and "appendfsync" in lines[0]
 
 
@@ -595,7 +527,7 @@ def test_durable_ack_aof_refuses_to_start_on_redis_without_waitaof(servers: Any,
         pytest.skip(f"this redis-server has WAITAOF ({version.strip()[:40]}): nothing to refuse")
     worker = services("worker", server, wait=False, LEDGER_DURABLE_ACK="aof")
     assert worker.wait_exit_or_start() == 2
-    assert worker.stderr.read_text().splitlines() == [
+    assert worker.errors().splitlines() == [
         "call-ledger: LEDGER_DURABLE_ACK=aof needs Redis >= 7.2 (WAITAOF); this server does not have it"]
 
 
@@ -684,7 +616,7 @@ async def test_durable_ack_replica_answers_200_only_for_entries_a_replica_has(
 def test_durable_ack_replica_needs_a_redis_url() -> None:
     from pydantic import ValidationError
 
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     with pytest.raises(ValidationError, match="needs LEDGER_REDIS_URL"):
         make_settings(durable_ack="replica")

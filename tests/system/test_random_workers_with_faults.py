@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from tests.conftest import RedisServer
 from tests.support.fault_harness import check, drive
+from tests.support.redis_server import RedisServer
 
 EXAMPLES = int(os.environ.get("FAULT_EXAMPLES", "40"))
 # The faults drop connections mid-command and cancel workers mid-batch: redis-py leaves those

@@ -17,9 +17,12 @@ from pydantic import ValidationError
 
 from call_ledger.settings import redis_options
 from call_ledger.web.logs import secret_values
-from tests.conftest import RedisServer, TlsFiles, _require_redis, free_port, make_settings, make_tls_files
 from tests.support.cluster import Cluster
-from tests.system.test_service_process import get_record, post, start_service, stop
+from tests.support.polling import until_sync
+from tests.support.redis_server import RedisServer, TlsFiles, free_port, make_tls_files, require_redis
+from tests.support.service import start_service, stop
+from tests.support.settings import make_settings
+from tests.support.sync_http import get_record, post
 
 ROOT = Path(__file__).resolve().parents[2]
 # Characters a URL must percent-encode, so that both spellings of each password are checked for.
@@ -41,7 +44,7 @@ def tls_files() -> Iterator[TlsFiles]:
 def tls_redis(tls_files: TlsFiles) -> Iterator[RedisServer]:
     """A redis-server with TLS only on its port, `requirepass` for the default user, and the ledger's
     ACL user."""
-    _require_redis()
+    require_redis()
     with tempfile.TemporaryDirectory() as directory:
         server = RedisServer(Path(directory), tls=tls_files, password=ADMIN_PASSWORD, users=(LEDGER_ACL,))
         server.start()
@@ -66,11 +69,7 @@ def assert_no_password(*texts: str) -> None:
 
 
 def wait_for_record(port: int, sid: str) -> dict[str, object]:
-    deadline = time.monotonic() + 15
-    while (record := get_record(port, sid)) is None:
-        assert time.monotonic() < deadline, f"{sid} never became visible"
-        time.sleep(0.05)
-    return record
+    return until_sync(lambda: get_record(port, sid), 15, f"{sid} to become visible")
 
 
 @pytest.mark.real_redis
@@ -81,13 +80,13 @@ def test_intake_worker_api_and_cli_work_through_tls_as_an_acl_user(tls_redis: Re
                                  LEDGER_CONSUMER_NAME=f"tls-{role}") for role in ("intake", "worker", "api")}
     outputs: dict[str, str] = {}
     try:
-        _, intake_port = procs["intake"]
+        intake_port = procs["intake"].port
         payload = {"type": "call.status", "call_sid": "CA-tls", "data": {"status": "completed", "duration": 30}}
         assert post(intake_port, payload, "tls-1") == 200
-        record = wait_for_record(procs["api"][1], "CA-tls")  # the worker applied it; the API reads it
+        record = wait_for_record(procs["api"].port, "CA-tls")  # the worker applied it; the API reads it
         assert record["status"] == "completed" and record["duration"] == 30
     finally:
-        for role, (proc, _) in procs.items():
+        for role, proc in procs.items():
             code, outputs[role], _ = stop(proc)
             assert code == 0, role
     assert '"event_applied"' in outputs["worker"]
@@ -160,14 +159,15 @@ def test_an_acl_user_without_a_command_the_ledger_needs_stops_start_up_with_one_
 
 @pytest.mark.real_redis
 def test_serve_on_a_tls_cluster_with_a_password(tls_files: TlsFiles) -> None:
-    _require_redis()
+    require_redis()
     with tempfile.TemporaryDirectory() as directory:
         cluster = Cluster(Path(directory), masters=3, tls=tls_files, password=ADMIN_PASSWORD).start()
         try:
             url = cluster.url
             assert url.count("rediss://") == 3 and url.count("@") == 1  # credentials and CA on the first only
-            proc, port = start_service("serve", LEDGER_REDIS_URL=url, LEDGER_REDIS_CLUSTER="true",
+            proc = start_service("serve", LEDGER_REDIS_URL=url, LEDGER_REDIS_CLUSTER="true",
                                        LEDGER_STREAM_SHARDS="3", LEDGER_LOG_FORMAT="json")
+            port = proc.port
             try:
                 for i in range(6):  # calls on several masters
                     assert post(port, {"type": "call.status", "call_sid": f"CA-c{i}",
@@ -222,7 +222,7 @@ def test_the_redis_password_is_a_secret_of_the_log_redactor_in_both_spellings() 
 def test_a_unix_socket_with_a_password_works(tmp_path: Path) -> None:
     """unix://:password@/path once crashed start-up with a traceback (the TCP connection class
     given to a socket path); it is a supported LEDGER_REDIS_URL like the others."""
-    _require_redis()
+    require_redis()
     socket_path = tmp_path / "redis.sock"
     server = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--save", "",
                                "--dir", str(tmp_path), "--requirepass", LEDGER_PASSWORD],
@@ -233,7 +233,8 @@ def test_a_unix_socket_with_a_password_works(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "redis-server did not open its socket"
             time.sleep(0.02)
         url = f"unix://:{quote(LEDGER_PASSWORD, safe='')}@{socket_path}"
-        proc, port = start_service("serve", LEDGER_REDIS_URL=url, LEDGER_LOG_FORMAT="json")
+        proc = start_service("serve", LEDGER_REDIS_URL=url, LEDGER_LOG_FORMAT="json")
+        port = proc.port
         try:
             payload = {"type": "call.status", "call_sid": "CA-unix", "data": {"status": "completed", "duration": 5}}
             assert post(port, payload, "unix-1") == 200

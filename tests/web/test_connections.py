@@ -28,8 +28,10 @@ from call_ledger.web.connections import (
     peer_key,
 )
 from call_ledger.web.metrics import Metrics
-from tests.conftest import free_port, make_settings
-from tests.system.test_service_process import post, start_service, stop
+from tests.support.redis_server import free_port
+from tests.support.service import start_service, stop
+from tests.support.settings import make_settings
+from tests.support.sync_http import post
 
 HEADER_TIMEOUT_S = 1.0
 KEEPALIVE_TIMEOUT_S = 4.0
@@ -41,8 +43,9 @@ def guarded() -> Iterator[int]:
 
     Its tests open 100 slow connections from one address to watch the timers close them: the
     per-peer cap, which would refuse most of them at once, is off here (it has tests of its own)."""
-    proc, port = start_service("serve", LEDGER_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+    proc = start_service("serve", LEDGER_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
                                LEDGER_KEEPALIVE_TIMEOUT_S=str(KEEPALIVE_TIMEOUT_S), LEDGER_MAX_CONNECTIONS_PER_PEER="0")
+    port = proc.port
     try:
         yield port
     finally:
@@ -210,7 +213,8 @@ def read_until_closed(sock: socket.socket) -> bytes:
 
 def test_connections_beyond_the_cap_are_answered_503_and_closed_while_earlier_ones_work() -> None:
     # Every connection of this test comes from 127.0.0.1: the global cap alone (per-peer cap off).
-    proc, port = start_service("serve", LEDGER_MAX_CONNECTIONS="5", LEDGER_MAX_CONNECTIONS_PER_PEER="0")
+    proc = start_service("serve", LEDGER_MAX_CONNECTIONS="5", LEDGER_MAX_CONNECTIONS_PER_PEER="0")
+    port = proc.port
     held: list[socket.socket] = []
     try:
         held = [admitted(port) for _ in range(5)]
@@ -477,8 +481,9 @@ def test_one_peer_holding_slow_sockets_cannot_make_another_senders_webhooks_503(
     while another sends signed webhooks. Its sockets past the per-peer cap are closed at once (the
     timers here are 60 s, so nothing else can have closed them), and every webhook is answered 2xx."""
     cap, flood, rounds, per_round = 4, 40, 40, 2
-    proc, port = start_service("serve", LEDGER_MAX_CONNECTIONS="24", LEDGER_MAX_CONNECTIONS_PER_PEER=str(cap),
+    proc = start_service("serve", LEDGER_MAX_CONNECTIONS="24", LEDGER_MAX_CONNECTIONS_PER_PEER=str(cap),
                                LEDGER_HEADER_TIMEOUT_S="60", LEDGER_KEEPALIVE_TIMEOUT_S="60")
+    port = proc.port
     socks: list[socket.socket] = []
     try:
         socks = [connect_from("127.0.0.2", port) for _ in range(flood)]  # more than LEDGER_MAX_CONNECTIONS

@@ -12,7 +12,9 @@ from call_ledger.core.errors import StoreUnavailable
 from call_ledger.settings import Settings
 from call_ledger.store.records import Store
 from call_ledger.web.serving import make_runner
-from tests.conftest import AUTH, free_port, make_settings, post_platform, sign_platform
+from tests.support.redis_server import free_port
+from tests.support.settings import AUTH, make_settings
+from tests.support.signing import post_platform, sign_platform
 
 STATUS = {"type": "call.status", "call_sid": "CA1", "occurred_at": "2026-11-24T10:00:00Z",
           "data": {"status": "ringing"}}

@@ -20,8 +20,11 @@ from hypothesis import strategies as st
 
 from call_ledger.web.logs import configure_logging
 from call_ledger.web.redact import Redactor, mask_digit_runs, mask_phone
-from tests.conftest import API_TOKEN, PLATFORM_SECRET, free_port, sign_platform
-from tests.system.test_service_process import _OUTPUTS, start_service, stop
+from tests.support.polling import until_sync
+from tests.support.redis_server import free_port
+from tests.support.service import start_service, stop
+from tests.support.settings import API_TOKEN, PLATFORM_SECRET
+from tests.support.signing import sign_platform
 
 PHONE = "+15551234567"
 DIGITS = "5551234567"
@@ -116,20 +119,19 @@ def signed_platform_metadata(port: int) -> None:
 
 def test_hostile_requests_leave_no_secret_signature_or_phone_number_in_any_output_line() -> None:
     port = free_port()
-    proc, _ = start_service(
+    proc = start_service(
         "serve", LEDGER_PORT=str(port), LEDGER_LOG_LEVEL="debug", LEDGER_LOG_FORMAT="json",
         LEDGER_API_TOKENS=f"{API_TOKEN},{SECOND_TOKEN}", LEDGER_PLATFORM_WEBHOOK_SECRET=PLATFORM_SECRET,
         LEDGER_TWILIO_AUTH_TOKEN=TWILIO_TOKEN, LEDGER_PLIVO_AUTH_TOKEN=PLIVO_TOKEN, LEDGER_TELNYX_PUBLIC_KEY=TELNYX_KEY,
         LEDGER_VONAGE_SIGNATURE_SECRET=VONAGE_SECRET, LEDGER_PUBLIC_URL=f"http://127.0.0.1:{port}")
-    err_file = _OUTPUTS[proc.pid][1]
     try:
         for request in hostile_requests(port):
             send_raw(port, request)
         signed_platform_metadata(port)
-        time.sleep(0.5)  # let the worker apply it (its line is part of what is checked)
+        # the worker's line for it is part of what is checked: wait until it is written
+        until_sync(lambda: '"event_applied"' in proc.output(), timeout=10, what="the worker's event_applied line")
     finally:
-        err_file.seek(0)
-        err = err_file.read().decode("utf-8", "replace")  # stop() discards stderr: read it first
+        err = proc.errors()  # stop() discards stderr: read it first
         code, out, _took = stop(proc)
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]  # every stdout line is JSON
@@ -258,7 +260,8 @@ def test_a_configured_secret_is_redacted_as_a_json_line_escapes_it() -> None:
 def test_serve_lines_stay_json_with_a_hostile_webhook_id(redis_server: Any) -> None:
     """End to end: a signed platform event whose webhook-id holds `bearer q"z` (accepted: the
     sender chose it) gives valid JSON lines in intake's and the worker's output."""
-    proc, port = start_service("serve", LEDGER_REDIS_URL=redis_server.url, LEDGER_LOG_FORMAT="json")
+    proc = start_service("serve", LEDGER_REDIS_URL=redis_server.url, LEDGER_LOG_FORMAT="json")
+    port = proc.port
     try:
         body = json.dumps({"type": "call.status", "call_sid": "CA-hostile-id", "occurred_at": "2026-11-24T10:00:05Z",
                            "data": {"status": "ongoing"}}).encode()

@@ -7,7 +7,7 @@ from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import KNOWN_EVENTS
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from tests.support.workers import usage
 
 

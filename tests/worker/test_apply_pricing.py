@@ -16,29 +16,14 @@ from call_ledger.core.rules import render_record
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import AUTH, RedisServer, make_settings, post_platform
-from tests.test_cli import run_cli
-from tests.worker.sources.test_platform import SOURCE, request
+from tests.support.cli import run_cli
+from tests.support.platform_requests import SOURCE, request
+from tests.support.prices import SID, price, usage_payload, write_prices
+from tests.support.redis_server import RedisServer
+from tests.support.settings import AUTH, make_settings
+from tests.support.signing import post_platform
 
 ROOT = Path(__file__).resolve().parents[2]
-SID = "CA0123456789abcdef0123456789abc0de"
-
-
-def price(unit_price: str, usage_type: str = "input_tokens", model: str = "gpt-4o-mini",
-          **fields: Any) -> dict[str, Any]:
-    return {"component": "llm", "provider": "openai", "model": model, "usage_type": usage_type,
-            "unit_price": unit_price, "unit_quantity": 1000, **fields}
-
-
-def write_prices(path: Path, *entries: dict[str, Any]) -> str:
-    path.write_text(yaml.safe_dump({"prices": list(entries)}))
-    return str(path)
-
-
-def usage_payload(at: str = "2026-11-24T10:02:00Z", **data: Any) -> dict[str, Any]:
-    body = {"component": "llm", "provider": "openai", "model": "gpt-4o-mini"}
-    body.update(data)
-    return {"type": "call.usage", "call_sid": SID, "occurred_at": at, "data": body}
 
 
 # -- intake --------------------------------------------------------------------------------------

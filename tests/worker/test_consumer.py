@@ -23,10 +23,12 @@ from call_ledger.core.money import MAX_AMOUNT_NANO
 from call_ledger.store.records import CommitWrite, Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer, of_one_call
-from tests.conftest import AUTH, RedisServer, make_settings
 from tests.support import payloads_telnyx as tx
+from tests.support.redis_server import RedisServer
+from tests.support.service import start_service, stop
+from tests.support.settings import AUTH, make_settings
+from tests.support.sync_http import get_record, post
 from tests.support.workers import make_event, usage
-from tests.system.test_service_process import get_record, post, start_service, stop
 
 INNOCENTS = [f"CA-innocent-{i}" for i in range(5)]
 
@@ -201,7 +203,8 @@ def test_the_reported_poison_batch_through_serve_on_real_redis(redis_server: Red
 
     client = redis.Redis.from_url(redis_server.url)
     # Queued before the worker starts, so that they share its first batch.
-    proc, port = start_service("intake", LEDGER_REDIS_URL=redis_server.url)
+    proc = start_service("intake", LEDGER_REDIS_URL=redis_server.url)
+    port = proc.port
     try:
         for i in range(19):
             assert post(port, {"type": "call.usage", "call_sid": "CA-poison",
@@ -212,8 +215,9 @@ def test_the_reported_poison_batch_through_serve_on_real_redis(redis_server: Red
                                "data": {"status": "completed"}}, f"msg_{sid}") == 200
     finally:
         stop(proc)
-    proc, port = start_service("serve", LEDGER_REDIS_URL=redis_server.url, LEDGER_MAX_DELIVERIES="3",
+    proc = start_service("serve", LEDGER_REDIS_URL=redis_server.url, LEDGER_MAX_DELIVERIES="3",
                                LEDGER_STREAM_RETENTION="0", LEDGER_BATCH_SIZE="500")
+    port = proc.port
     try:
         deadline = time.monotonic() + 30
         while client.xlen("cl:dead") < 18 or any(get_record(port, sid) is None for sid in INNOCENTS):

@@ -14,7 +14,8 @@ from call_ledger.store.indexes import INDEX
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import RedisServer, free_port, make_settings
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.settings import make_settings
 from tests.support.workers import make_event
 
 INDEX_SHA = INDEX.sha.encode()

@@ -19,7 +19,8 @@ from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import KnownCalls
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import AUTH, make_settings, post_platform
+from tests.support.settings import AUTH, make_settings
+from tests.support.signing import post_platform
 from tests.support.workers import BASE, make_event, usage
 
 TWILIO_SID = "CA0123456789abcdef0123456789abcdef"
@@ -303,7 +304,7 @@ async def test_a_platform_cost_in_another_form_is_422_and_nothing_is_stored(clie
 
 async def test_a_call_meta_key_that_is_not_unicode_is_422(client: Any, store: Store) -> None:
     body = b'{"type":"call.metadata","call_sid":"CA-sur","data":{"call_meta":{"\\ud800":"1"}}}'
-    from tests.conftest import sign_platform
+    from tests.support.signing import sign_platform
 
     response = await client.post("/webhooks/platform", data=body, headers=sign_platform(body, "m-sur"))
     assert response.status == 422

@@ -6,7 +6,7 @@ from typing import Any
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 async def test_idle_loop_does_not_spin_on_a_store_that_answers_blocking_reads_at_once(store: Store) -> None:

@@ -8,7 +8,9 @@ from structlog.testing import capture_logs
 
 from call_ledger.app import create_app
 from call_ledger.store.records import Store, open_redis
-from tests.conftest import PLATFORM_SECRET, free_port, make_settings, post_platform, sign_platform
+from tests.support.redis_server import free_port
+from tests.support.settings import PLATFORM_SECRET, make_settings
+from tests.support.signing import post_platform, sign_platform
 
 STATUS = {"type": "call.status", "call_sid": "CA1", "occurred_at": "2026-11-24T10:00:00Z",
           "data": {"status": "ringing"}}

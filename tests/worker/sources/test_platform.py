@@ -1,7 +1,5 @@
 """Platform events: Standard Webhooks verification and parsing, without HTTP."""
 
-import json
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,25 +8,7 @@ from multidict import CIMultiDict
 
 from call_ledger.core.errors import InvalidEvent, MalformedBody, SignatureInvalid
 from call_ledger.worker.sources.base import WebhookRequest
-from call_ledger.worker.sources.platform import PlatformSource
-from tests.conftest import PLATFORM_SECRET, make_settings, sign_platform
-
-SOURCE = PlatformSource.from_settings(make_settings())
-assert SOURCE is not None
-
-
-def request(payload: Any, webhook_id: str = "msg_1", when: datetime | None = None,
-            secret: str = PLATFORM_SECRET, raw: bytes | None = None,
-            header_changes: dict[str, str | None] | None = None) -> WebhookRequest:
-    body = raw if raw is not None else json.dumps(payload).encode()
-    headers = CIMultiDict(sign_platform(body, webhook_id, when, secret=secret))
-    for name, value in (header_changes or {}).items():
-        if value is None:
-            headers.pop(name, None)
-        else:
-            headers[name] = value
-    return WebhookRequest("POST", "http://ledger.test/webhooks/platform", headers, body, time.time())
-
+from tests.support.platform_requests import SOURCE, request
 
 USAGE = {"type": "call.usage", "call_sid": "CA1", "occurred_at": "2026-11-24T10:00:00Z",
          "data": {"component": "llm", "cost": "0.0123", "currency": "USD", "provider": "openai",
