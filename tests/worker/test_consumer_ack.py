@@ -5,6 +5,7 @@ the bytes after the index scripts): entries acknowledged whose calls were never 
 reasons of acknowledged redeliveries are cleared."""
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from call_ledger.store.indexes import INDEX
 from call_ledger.store.records import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
+from tests.support.polling import until
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.settings import make_settings
 from tests.support.workers import make_event
@@ -25,12 +27,21 @@ class SplittingProxy:
     """Forwards client → Redis; once armed, `between()` runs right after a write holding the index
     scripts has reached Redis (before anything the worker sends next)."""
 
-    def __init__(self, upstream_port: int, between: Any) -> None:
+    def __init__(self, upstream_port: int, between: Any, observer: aioredis.Redis) -> None:
         self.port = free_port()
         self.upstream_port = upstream_port
         self.between = between
+        self.observer = observer  # a direct connection, to see what Redis has run
         self.armed = False
         self.split = 0
+
+    async def scripts_run(self) -> int:
+        """EVALSHA calls Redis has run (an OOM refusal inside a script counts) or rejected so far."""
+        row = (await self.observer.info("commandstats")).get("cmdstat_evalsha", {})
+        return int(row.get("calls", 0)) + int(row.get("rejected_calls", 0))
+
+    async def _ran(self, count: int) -> bool:
+        return await self.scripts_run() >= count
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -51,12 +62,16 @@ class SplittingProxy:
                 buffer += data
                 if not buffer.endswith(b"\r\n"):
                     continue
+                splitting = self.armed and INDEX_SHA in buffer
+                before = await self.scripts_run() if splitting else 0
                 up_writer.write(buffer)
                 await up_writer.drain()
-                if self.armed and INDEX_SHA in buffer:
+                if splitting:
                     self.armed = False
                     self.split += 1
-                    await asyncio.sleep(0.3)  # Redis runs the index scripts (refused: OOM)
+                    # Redis runs the index scripts (refused: OOM): wait until it has run every one in the write
+                    await until(functools.partial(self._ran, before + buffer.count(b"EVALSHA")), 10,
+                                "Redis to run the index scripts")
                     await self.between()
                 buffer = b""
         except (ConnectionError, OSError):
@@ -76,7 +91,7 @@ async def test_an_ack_after_a_refused_index_update_runs_if_memory_was_freed_in_b
         if freed:
             await direct.config_set("maxmemory", "0")
 
-    proxy = SplittingProxy(redis_server.port, memory_freed)
+    proxy = SplittingProxy(redis_server.port, memory_freed, direct)
     await proxy.start()
     settings = make_settings(redis_url=f"redis://127.0.0.1:{proxy.port}/0")
     store = Store.from_settings(settings)
