@@ -2,9 +2,7 @@
 while one is down, one line when none answers, and a master SIGKILLed under load."""
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,13 +11,13 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
+from tests.support.cli import run_cli
 from tests.support.cluster import Cluster, cluster_port, lookup, start_on_cluster
 from tests.support.redis_server import free_port
 from tests.support.service import Service
 from tests.support.settings import API_TOKEN, make_settings
 from tests.support.signing import sign_platform
 
-ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
@@ -32,10 +30,7 @@ def test_several_nodes_need_cluster_mode() -> None:
 
 
 def cli(role: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    environment.update({"LEDGER_PORT": str(free_port()), "LEDGER_LOG_FORMAT": "json", **env})
-    return subprocess.run([sys.executable, "-m", "call_ledger.cli", role], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli(role, timeout=timeout, **{"LEDGER_PORT": str(free_port()), "LEDGER_LOG_FORMAT": "json", **env})
 
 
 @pytest.mark.parametrize("cluster", [False, True])

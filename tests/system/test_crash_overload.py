@@ -43,7 +43,6 @@ from tests.support.workers import assert_records_exact, by_call, call_events, fo
 
 pytestmark = pytest.mark.real_redis
 
-ROOT = Path(__file__).resolve().parents[2]
 FX_RATES = "EUR=1.0837"  # 1 EUR = 1.0837 USD: conversions that really round (half-even, nano-units)
 S = 1_000_000  # microseconds
 

@@ -48,7 +48,6 @@ from tests.support.signing import sign_platform
 
 pytestmark = pytest.mark.real_redis
 
-ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 COST = Decimal("0.001")  # each event is one call.usage of this LLM cost: a call's llm_cost counts its events
 CLAIM_IDLE_MS = "1000"  # a batch that failed mid-outage is pending on the worker itself: take it back soon

@@ -2,9 +2,7 @@
 (`rediss://`), for every role and the CLI, on one node and on a Cluster, against real redis-servers
 that speak TLS only (`--port 0 --tls-port`) and require a password; and the password never shows."""
 
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from pydantic import ValidationError
 
 from call_ledger.settings import redis_options
 from call_ledger.web.logs import secret_values
+from tests.support.cli import run_cli
 from tests.support.cluster import Cluster
 from tests.support.polling import until_sync
 from tests.support.redis_server import RedisServer, TlsFiles, free_port, make_tls_files, require_redis
@@ -24,7 +23,6 @@ from tests.support.service import start_service, stop
 from tests.support.settings import make_settings
 from tests.support.sync_http import get_record, post
 
-ROOT = Path(__file__).resolve().parents[2]
 # Characters a URL must percent-encode, so that both spellings of each password are checked for.
 ADMIN_PASSWORD = "adm1n/Pass@word%-x7Q"
 LEDGER_USER = "ledger"
@@ -54,11 +52,8 @@ def tls_redis(tls_files: TlsFiles) -> Iterator[RedisServer]:
 
 def cli(*args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """`call-ledger <args>` to its end, with only the LEDGER_* variables given here."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    environment.update({"LEDGER_PORT": str(free_port()), "LEDGER_LOG_FORMAT": "json", **env})
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "call_ledger.cli", *args], cwd=ROOT, env=environment,
-                            capture_output=True, text=True, timeout=60)
+    result = run_cli(*args, timeout=60, **{"LEDGER_PORT": str(free_port()), "LEDGER_LOG_FORMAT": "json", **env})
     return result, time.monotonic() - started
 
 

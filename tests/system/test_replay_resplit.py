@@ -11,9 +11,7 @@ the record byte-identical and no new call in Redis.
 """
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +34,7 @@ from call_ledger.worker.consumer import Consumer
 from tests.support import payloads_plivo as pl
 from tests.support import payloads_twilio as tw
 from tests.support import payloads_vonage as vn
+from tests.support.cli import run_cli
 from tests.support.redis_server import free_port
 from tests.support.resplits import (
     PROVIDERS,
@@ -290,11 +289,9 @@ def test_intake_refuses_to_be_built_without_public_url(secret: str) -> None:
 
 @pytest.mark.parametrize("variable", ["LEDGER_TWILIO_AUTH_TOKEN", "LEDGER_PLIVO_AUTH_TOKEN"])
 def test_start_up_without_public_url_stops_with_one_line_and_exit_2(variable: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env.update({variable: "tok", "LEDGER_PORT": str(free_port()), "PYTHONPATH": str(ROOT)})
+    env = {variable: "tok", "LEDGER_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
     try:
-        done = subprocess.run([sys.executable, "-m", "call_ledger.cli", "worker"], env=env, capture_output=True,
-                              text=True, timeout=60, cwd=tmp_path)
+        done = run_cli("worker", timeout=60, cwd=tmp_path, **env)
     except subprocess.TimeoutExpired:  # it started serving: the requirement is not enforced
         pytest.fail("the worker started without LEDGER_PUBLIC_URL")
     assert done.returncode == 2

@@ -231,3 +231,23 @@ async def test_a_redelivered_event_that_would_fail_on_a_guess_is_still_found_a_d
     assert without_rate.metrics.duplicates.labels("platform")._value.get() == 1
     assert await store.dead_letters() == []
     assert (await record(store, "CA-fx"))["llm_cost"] == 1_100
+
+
+# -- an applied event at the bound of events per call ----------------------------------------------------
+
+# A redelivery of an applied event to a cached call at LEDGER_MAX_EVENTS_PER_CALL, older than
+# the 32 event keys the worker cache keeps, is a duplicate, not a refusal: a refusal judged on the
+# cache is judged again on the call as read from Redis, whose order index knows every applied event.
+# (It was once refused and dead-lettered though applied.)
+
+async def test_an_applied_event_is_a_duplicate_not_refused_at_the_bound(store: Store) -> None:
+    bound = KNOWN_EVENTS + 8
+    consumer = Consumer(store, make_settings(max_events_per_call=bound, batch_size=10), Metrics())
+    for i in range(bound):
+        await store.append(usage("CA-b", f"u{i}", i, "llm", 1).model_dump_json().encode())
+    await consumer.run_burst()
+    assert await store.event_count("CA-b") == bound
+    await store.append(usage("CA-b", "u0", 0, "llm", 1).model_dump_json().encode())  # a provider retry
+    await consumer.run_burst()
+    dead = await store.dead_letters()
+    assert dead == [], f"an applied event dead-lettered: {[(d['e'][:60], d['reason']) for d in dead]}"
