@@ -38,7 +38,7 @@ serve:
 	call-ledger serve
 
 # The image's hash-locked dependencies (deploy/Dockerfile installs them with --require-hashes), for
-# the image's Python; tests/test_lock.py fails when pyproject.toml and the lock disagree. Needs uv
+# the image's Python; tests/project/test_lock.py fails when pyproject.toml and the lock disagree. Needs uv
 # (`pip install uv`), and the network.
 UV ?= uv
 LOCK_FLAGS = --generate-hashes --python-version 3.11.13 --python-platform linux --custom-compile-command "make lock"

@@ -87,7 +87,7 @@ def period_plan(days: list[str]) -> tuple[list[str], set[str]]:
 _FUTURE_WEIGHT = 0.01
 # How deep a plan nests subtractions: 1 (a month less its first week, plus a day of it) plans
 # a 90-day period in about 10 ms the first time (then cached); 2 took 30 ms and saved at most
-# one hash (tests/test_index_analytics.py checks the plans' sizes).
+# one hash (tests/api/test_aggregates.py checks the plans' sizes).
 _DEPTH = 1
 
 Term = tuple[int, str, str]  # (+1 or -1, "day" | "week" | "month", its first day YYYY-MM-DD)

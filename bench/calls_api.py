@@ -4,7 +4,7 @@
 
 Starts its own redis-server, fills it with what the worker writes for N new calls (built by the
 worker's own functions, written as its commit and index scripts write them, in one process per
-core: see "the fill" below; tests/test_bench_fill.py holds it to the worker byte for byte; no
+core: see "the fill" below; tests/project/test_bench_fill.py holds it to the worker byte for byte; no
 stream), prints the fill rate, then times, sequentially, every calls-API read: list pages and counts
 with filter combinations, a record by id and by SID, search, stats, analytics over 1, 7, 30
 and 90 days, costs, and full CSV and JSON exports encoded as the route sends them, and prints
@@ -96,7 +96,7 @@ def call_events(i: int, now_us: int) -> list[CallEvent]:
 # per key, rollup amounts summed per field first: a field ends as the sum of every call's
 # amounts, deleted when that is 0, whatever the order, so fill processes on disjoint calls share
 # the rollups safely. Processes build calls on both cores while Redis writes.
-# tests/test_bench_fill.py holds the store to the worker's, byte for byte. One redis-server
+# tests/project/test_bench_fill.py holds the store to the worker's, byte for byte. One redis-server
 # only (the bench starts its own): a batch's keys span slots.
 
 BATCH = 1000

@@ -67,7 +67,7 @@ async def webhook_latencies(url: str, n: int) -> tuple[list[float], list[float]]
     from call_ledger.settings import Settings
     from call_ledger.store import Store
     from call_ledger.worker.intake import SIGNATURES
-    from tests.sources import payloads_twilio as tw
+    from tests.support import payloads_twilio as tw
 
     settings = Settings(redis_url=url, twilio_auth_token=tw.AUTH_TOKEN, public_url=tw.PUBLIC_URL,
                         key_prefix="benchsig", consumer_name="bench", log_level="error")

@@ -9,7 +9,7 @@ import pytest
 from call_ledger import cli
 from call_ledger.runtime import GC_THRESHOLDS
 from call_ledger.web import serving
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
 
 
 # Per-entry and per-field overhead of a cached call in CPython (the state's objects, dict
-# slots, the LRU's links), measured with tracemalloc (tests/test_integrity_ledger.py holds the
+# slots, the LRU's links), measured with tracemalloc (tests/worker/test_consumer_integrity.py holds the
 # count to what is really held).
 _ENTRY_OVERHEAD = 1500
 _FIELD_OVERHEAD = 330

@@ -71,7 +71,7 @@ _OCCURRED_AT_TEXT, _OCCURRED_US_TEXT = _OCCURRED_AT.decode(), _OCCURRED_US.decod
 # no `,"` and no `,{`: every token holds one of the two apart from its first and last byte, the
 # only bytes two tokens can share (a name ending in `"`, then `","amount_nano":`), and none
 # holds another; so with none left, every name was replaced whole and no two overlapped
-# (tests/test_journal.py checks these properties of _TOKENS). compact replaces, at each comma
+# (tests/core/test_journal.py checks these properties of _TOKENS). compact replaces, at each comma
 # left, the name there and those the sources write after it: a replace or two for most fields,
 # far cheaper than the split, which is what is done with anything else.
 _REPLACED_AT: dict[str, tuple[str, ...]] = {  # first 4 bytes after the comma: names replaced
