@@ -19,6 +19,7 @@ from pydantic import Field, InstanceOf, SecretStr, ValidationInfo, field_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from call_ledger.core.money import normalise_currency, parse_rate
+from call_ledger.core.outbound import DEFAULT_RETRY_SCHEDULE, parse_retry_schedule
 from call_ledger.core.policy import Policy
 from call_ledger.core.pricing import EMPTY_TABLE, PriceTable, check_currencies, load_file
 
@@ -230,6 +231,22 @@ class Settings(BaseSettings):
     # bucket of its own); past it an export is answered 429 with Retry-After (SPEC §14).
     max_exports: int = Field(default=2, ge=1, le=1000)
 
+    # Outbound call events (SPEC §15). A terminal call is finalized once no event has changed its
+    # record for this long.
+    finalize_after_s: int = Field(default=120, ge=1, le=86_400)
+    # Seconds to wait after each failed attempt; after the last, the message is failed (recoverable).
+    outbound_retry_schedule: Annotated[tuple[int, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    outbound_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    # Endpoints may point at loopback, private, link-local addresses (tests, a private network).
+    outbound_allow_private: bool = False
+    # Deliveries in flight per process (all endpoints), and per endpoint per process: a slow
+    # endpoint holds at most its own share.
+    outbound_concurrency: int = Field(default=64, ge=1, le=10_000)
+    outbound_per_endpoint: int = Field(default=4, ge=1, le=1000)
+    # Delivered and failed messages stay recoverable (and their attempts listed) this long.
+    outbound_retention_days: int = Field(default=7, ge=1, le=3650)
+    max_endpoints: int = Field(default=50, ge=1, le=10_000)
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -239,6 +256,13 @@ class Settings(BaseSettings):
         if isinstance(value, tuple | list) and all(isinstance(t, ApiToken) for t in value):
             return tuple(value)
         return tuple(_api_token(entry) for entry in _split(value))
+
+    @field_validator("outbound_retry_schedule", mode="before")
+    @classmethod
+    def _retry_schedule(cls, value: object) -> tuple[int, ...]:
+        if isinstance(value, tuple | list):
+            return parse_retry_schedule(",".join(str(v) for v in value))
+        return parse_retry_schedule(str(value))
 
     @field_validator("currency", "vonage_currency", "plivo_currency", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ that the property tests hold them to.
 
 import ipaddress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import orjson
@@ -58,7 +59,59 @@ def on_quiet(finality: Finality, terminal: bool) -> Announcement:
     return Announcement(Finality(True, 1), ("call.finalized",))
 
 
-def message_body(kind: MessageType, timestamp: str, record: bytes, organization_id: str | None,
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One announcement as the commit (or the finalizer) wrote it into the call's outbox. `record` is the
+    record exactly as GET served it at that revision; the id is the same for every copy and attempt."""
+
+    id: str
+    type: MessageType
+    revision: int
+    call_sid: str
+    created_ms: int
+    organization_id: str | int | None
+    record: bytes
+
+    def body(self) -> bytes:
+        return message_body(self.type, iso_ms(self.created_ms), self.record, self.organization_id, self.revision)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A webhook endpoint. `secrets` newest first, each with when it stops being used (None: never): a
+    rotated-out secret keeps signing, beside the new one, for a day."""
+
+    id: str
+    url: str
+    events: tuple[MessageType, ...]
+    description: str
+    organization_id: int | None
+    secrets: tuple[tuple[str, int | None], ...]
+    created_ms: int
+
+    def current_secrets(self, now_ms: int) -> list[str]:
+        return [secret for secret, until in self.secrets if until is None or until > now_ms]
+
+    def wants(self, message: OutboxMessage) -> bool:
+        """Whether this endpoint receives the message: its type is subscribed, and the call is of the
+        endpoint's organization (an endpoint of no organization receives every call)."""
+        return message.type in self.events and (
+            self.organization_id is None or message.organization_id == self.organization_id)
+
+    def public(self) -> dict[str, object]:
+        """The endpoint as the routes show it: never a secret."""
+        return {"id": self.id, "url": self.url, "events": list(self.events), "description": self.description,
+                "organization_id": self.organization_id, "created_at": iso_ms(self.created_ms)}
+
+
+def iso_ms(ms: int) -> str:
+    """An instant in milliseconds as ISO 8601 UTC, to the second when it has no fraction."""
+    seconds, millis = divmod(ms, 1000)
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
+
+
+def message_body(kind: MessageType, timestamp: str, record: bytes, organization_id: int | str | None,
                  revision: int) -> bytes:
     """The message's JSON body. `record` is the record's JSON exactly as GET serves it at that revision; it is
     embedded as it is, never decoded and encoded again (a float or a key order could otherwise change)."""
