@@ -27,6 +27,8 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
                                by key), paged by rank from a cursor key
     cl:sig:<identity>          the signature ledger: the params digest (32 bytes) of a provider signature,
                                expiring after LEDGER_SIGNATURE_TTL_S (call_ledger.store.signatures)
+    cl:wh:endpoints            hash: webhook endpoint id -> the endpoint's JSON (url, events, organization,
+                               secrets newest first: call_ledger.core.endpoints), SPEC §15
 
 The call hash stays small whatever the call's history (the journal is elsewhere, call_meta is
 bounded), so a lookup reads it whole; a commit writes its core, the journal entries and the
@@ -153,6 +155,13 @@ class Keys:
 
     def signature(self, identity: str) -> str:
         return f"{self.prefix}:sig:{identity}"
+
+    # -- outbound call events (SPEC §15) -----------------------------------------------------------
+
+    @property
+    def endpoints(self) -> str:
+        """Every webhook endpoint, one hash (a few per organization: read whole, by the routes and delivery)."""
+        return f"{self.prefix}:wh:endpoints"
 
     # -- the calls API's indexes ------------------------------------------------------------------
 
