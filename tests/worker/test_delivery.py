@@ -204,3 +204,14 @@ async def test_two_processes_never_send_one_message_at_once(world: Any) -> None:
     await until(lambda: len({webhook_id for webhook_id, _, _ in receiver.got}) == 30, 20, "all delivered")
     assert not receiver.overlap
     assert len(receiver.got) == 30  # each delivered once: a settled message is never claimed again
+
+
+async def test_the_deliver_role_serves_health_and_metrics_only(aiohttp_client: Any, store: Store) -> None:
+    from call_ledger.app import create_app
+
+    client = await aiohttp_client(create_app(make_settings(), "deliver", store))
+    assert (await client.get("/healthz")).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert "ledger_outbound_attempts_total" in metrics or "ledger_outbound_attempts" in metrics
+    assert (await client.get("/openapi.json")).status == 404
+    assert (await client.post("/webhooks/platform", data=b"{}")).status == 404
