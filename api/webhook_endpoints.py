@@ -12,7 +12,6 @@ secret is shown twice only, in the answers of create and rotate-secret: never in
 
 import re
 import time
-from typing import Any, Protocol, cast
 
 import orjson
 import structlog
@@ -22,10 +21,9 @@ from call_ledger.api.auth import may_see
 from call_ledger.api.calls import scope_of, store_errors
 from call_ledger.api.views import page_limit
 from call_ledger.core.endpoints import is_endpoint_id, new_endpoint_id, parse_create, parse_recover
-from call_ledger.core.errors import InvalidBody, InvalidQuery, NotFound, StoreUnavailable, TooManyEndpoints
+from call_ledger.core.errors import InvalidBody, InvalidQuery, NotFound, TooManyEndpoints
 from call_ledger.core.outbound import Endpoint, iso_ms
 from call_ledger.core.standard_webhooks import new_secret
-from call_ledger.store import Store
 from call_ledger.store.errors import bounded_request
 from call_ledger.web.base import SETTINGS, STORE, json_response
 from call_ledger.web.ssrf import url_refusal
@@ -36,31 +34,6 @@ ATTEMPTS_LIMIT_DEFAULT = 100
 ATTEMPTS_LIMIT_MAX = 1000
 # The attempts' cursor is the delivery log's (a stream entry id today); its form is checked there, its size here.
 _AFTER = re.compile(r"[0-9A-Za-z_.:=-]{1,128}")
-
-
-class AttemptsPage(Protocol):
-    """One page of an endpoint's attempts, as `store.deliveries.attempts` gives it (SPEC §15's shape)."""
-
-    @property
-    def attempts(self) -> list[dict[str, Any]]: ...
-
-    @property
-    def next(self) -> str | None: ...
-
-
-class DeliveryLog(Protocol):
-    """What these routes ask of `store.deliveries` (call_ledger.store.deliveries)."""
-
-    async def attempts(self, endpoint_id: str, after: str | None, limit: int) -> AttemptsPage: ...
-
-    async def recover(self, endpoint_id: str, since_ms: int) -> int: ...
-
-    async def drop(self, endpoint_id: str) -> None: ...
-
-
-def deliveries_of(store: Store) -> DeliveryLog | None:
-    """The store's delivery part, or None in a build without one (the endpoints then have no attempts yet)."""
-    return cast(DeliveryLog | None, getattr(store, "deliveries", None))
 
 
 def now_ms() -> int:
@@ -125,9 +98,7 @@ async def delete_endpoint(request: web.Request) -> web.Response:
         raise NotFound("no webhook endpoint with this id")  # deleted by another request meanwhile
     # After the endpoint: fan-out stops enqueueing for it within its cache's age; what it still enqueued is
     # left to the delivery part's retention trim.
-    deliveries = deliveries_of(store)
-    if deliveries is not None:
-        await deliveries.drop(endpoint.id)
+    await store.deliveries.drop(endpoint.id)
     log.info("webhook_endpoint_deleted", endpoint_id=endpoint.id, organization_id=endpoint.organization_id)
     return web.Response(status=204)
 
@@ -143,23 +114,16 @@ async def rotate_secret(request: web.Request) -> web.Response:
     return json_response(with_secret(rotated, secret))
 
 
-def _delivery_log(store: Store) -> DeliveryLog:
-    deliveries = deliveries_of(store)
-    if deliveries is None:
-        raise StoreUnavailable("this build keeps no delivery log")
-    return deliveries
-
-
 @store_errors
 async def list_attempts(request: web.Request) -> web.Response:
-    """One page of the endpoint's delivery attempts, oldest first: `limit`, `after` = the last `next`."""
+    """One page of the endpoint's delivery attempts, newest first: `limit`, `after` = the last `next`."""
     endpoint = await endpoint_of(request)
     limit = page_limit(request, ATTEMPTS_LIMIT_DEFAULT, ATTEMPTS_LIMIT_MAX)
     after = request.query.get("after")
     if after is not None and not _AFTER.fullmatch(after):
         raise InvalidQuery("after is not a cursor this service gave out")
     try:
-        page = await _delivery_log(request.app[STORE]).attempts(endpoint.id, after, limit)
+        page = await request.app[STORE].deliveries.attempts(endpoint.id, after, limit)
     except ValueError:  # the delivery log's own check of the cursor's form
         raise InvalidQuery("after is not a cursor this service gave out") from None
     body = b'{"attempts":' + orjson.dumps(page.attempts) + b',"next":' + orjson.dumps(page.next) + b"}"
@@ -171,7 +135,7 @@ async def recover(request: web.Request) -> web.Response:
     """Send again every message of this endpoint created since `since`, with its original `webhook-id`."""
     endpoint = await endpoint_of(request)
     since_ms = parse_recover(await request.read())
-    count = await _delivery_log(request.app[STORE]).recover(endpoint.id, since_ms)
+    count = await request.app[STORE].deliveries.recover(endpoint.id, since_ms, now_ms())
     log.info("webhook_endpoint_recover", endpoint_id=endpoint.id, organization_id=endpoint.organization_id,
              since=iso_ms(max(since_ms, 0)), messages=count)
     return json_response({"recovered": count}, status=202)

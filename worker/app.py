@@ -1,11 +1,13 @@
-"""The worker's apply loop as part of an app's lifecycle."""
+"""The worker's loops as part of an app's lifecycle: the apply loop; fan-out and delivery of outbound events."""
 
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from call_ledger.web.base import METRICS, SETTINGS, STORE
+from call_ledger.web.ssrf import SafeResolver
 from call_ledger.worker.consumer import Consumer
+from call_ledger.worker.delivery import Outbound
 
 CONSUMER = web.AppKey("consumer", Consumer)
 
@@ -21,3 +23,31 @@ def add_consumer(app: web.Application) -> None:
         await consumer.stop()
 
     app.cleanup_ctx.append(consumer_ctx)
+
+
+OUTBOUND = web.AppKey("outbound", Outbound)
+
+
+def add_outbound(app: web.Application) -> None:
+    """Fan-out and delivery of outbound call events (SPEC §15) for the app's lifetime: `serve`, `worker`,
+    `deliver`. Runs only once the store has its outbox (store.outbox) and endpoints (store.endpoints)."""
+
+    async def outbound_ctx(app: web.Application) -> AsyncIterator[None]:
+        store, settings = app[STORE], app[SETTINGS]
+        # The commit path's outbox and the endpoints API are composed into the store beside the deliveries;
+        # until both are there, there is nothing to deliver. The SSRF resolver (call_ledger.web.ssrf) is
+        # passed here unless LEDGER_OUTBOUND_ALLOW_PRIVATE.
+        outbox, endpoints = getattr(store, "outbox", None), getattr(store, "endpoints", None)
+        if outbox is None or endpoints is None:
+            yield
+            return
+        # Names are checked by the resolver as they resolve, at each delivery (DNS rebinding); literal
+        # addresses by the delivery itself.
+        resolver = None if settings.outbound_allow_private else SafeResolver(allow_private=False)
+        outbound = Outbound(outbox, endpoints, store.deliveries, settings, app[METRICS], resolver)
+        app[OUTBOUND] = outbound
+        await outbound.start()
+        yield
+        await outbound.stop()
+
+    app.cleanup_ctx.append(outbound_ctx)

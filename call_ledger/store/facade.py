@@ -5,6 +5,7 @@
     store.indexes     the calls API's index shards (call_ledger.store.indexes)
     store.signatures  the signature ledger, sharing the streams' append batcher (call_ledger.store.signatures)
     store.endpoints   the webhook endpoints of outbound call events (call_ledger.store.endpoints)
+    store.deliveries  the outbound deliveries: each endpoint's queue and attempts (call_ledger.store.deliveries)
     store.keys        every key name (call_ledger.store.keys)
 
 All on one Redis client (call_ledger.store.client), built once. Nobody else builds a part from a
@@ -26,6 +27,7 @@ from call_ledger.core.rules import CallState
 from call_ledger.settings import Settings
 from call_ledger.store.append_batcher import AppendBatcher
 from call_ledger.store.client import open_redis
+from call_ledger.store.deliveries import Deliveries
 from call_ledger.store.endpoints import Endpoints
 from call_ledger.store.errors import REDIS_FAILURES, REQUEST_TIMEOUT_S
 from call_ledger.store.indexes import IndexStore
@@ -54,6 +56,7 @@ class Store:
         # Intake's claims go through the same batcher as its XADDs: one round trip per tick.
         self.signatures = SignatureLedger(redis, prefix, signature_ttl_s, batcher=self.streams.batcher)
         self.endpoints = Endpoints(redis, self.keys)
+        self.deliveries = Deliveries(redis, self.keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":

@@ -64,6 +64,17 @@ rollup a sum. Indexes are derived from committed records by the worker after eac
 each duplicate delivery, which repairs an update lost to a crash); they may lag a record briefly,
 never diverge.
 
+Outbound deliveries (SPEC §15; call_ledger.store.deliveries), per webhook endpoint: every key of
+an endpoint shares the hash tag `{<endpoint id>}`, so one script claims or settles a message atomically:
+
+    cl:wh:{<ep>}:msg           hash: message id -> the delivery's JSON (the body, its type, call, creation
+                               time, attempts so far, state, the lease of the process sending it)
+    cl:wh:{<ep>}:due           sorted set: pending message id -> when it is next tried (ms); a claim pushes
+                               it by a lease, so no two processes send one message at once
+    cl:wh:{<ep>}:pending       sorted set: pending message id -> created (ms): the oldest-pending-age metric
+    cl:wh:{<ep>}:created       sorted set: every kept message id -> created (ms): recover, retention
+    cl:wh:{<ep>}:log           stream: one entry per attempt (the attempts route), MAXLEN ~ 10000
+
 Scripts get every key they touch through KEYS (computed here), except index.lua, which also
 writes the rollup keys named after the shard's base passed in ARGV.
 """
@@ -178,3 +189,24 @@ class Keys:
     @property
     def index_months(self) -> str:
         return f"{self.prefix}:ix:months"
+
+    # -- outbound deliveries (call_ledger.store.deliveries) -----------------------------------------
+
+    def delivery_base(self, endpoint_id: str) -> str:
+        """What every delivery key of an endpoint starts with: `cl:wh:{<ep>}:`."""
+        return f"{self.prefix}:wh:{{{endpoint_id}}}:"
+
+    def delivery_messages(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "msg"
+
+    def delivery_due(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "due"
+
+    def delivery_pending(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "pending"
+
+    def delivery_created(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "created"
+
+    def delivery_log(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "log"

@@ -46,7 +46,7 @@ class FakeDeliveries:
                    "next_attempt_at": "2026-11-24T10:00:05Z"}
         return Page([attempt], "1764000000000-0" if after is None else None)
 
-    async def recover(self, endpoint_id: str, since_ms: int) -> int:
+    async def recover(self, endpoint_id: str, since_ms: int, now_ms: int) -> int:
         self.calls.append(("recover", endpoint_id, since_ms))
         return 3
 
@@ -62,7 +62,7 @@ def settings() -> Settings:
 @pytest.fixture
 def deliveries(store: Store) -> FakeDeliveries:
     fake = FakeDeliveries()
-    store.deliveries = fake  # type: ignore[attr-defined]  # the real one is the delivery part's
+    store.deliveries = fake  # type: ignore[assignment]  # the real one is tested in tests/store/test_deliveries.py
     return fake
 
 
