@@ -11,9 +11,9 @@ test:
 
 # ruff, strict mypy, and the layer contracts of pyproject.toml's [tool.importlinter].
 lint:
-	ruff check call_ledger worker api tests bench examples
-	mypy
-	lint-imports
+	$(PYTHON) -m ruff check call_ledger worker api tests bench examples
+	$(PYTHON) -m mypy
+	$(PYTHON) -c 'from importlinter.cli import lint_imports_command; lint_imports_command()'
 
 # The documentation site (README.md as its home page, docs/ the rest) into site/; strict: a broken
 # link, anchor or page left out of mkdocs.yml's nav fails the build, as it fails CI.

@@ -25,9 +25,9 @@ from call_ledger.api.query import parse_period
 from call_ledger.core.events import STATUSES, TERMINAL_STATUSES
 from call_ledger.core.indexes import (
     Rollup,
+    assistant_lists_prefix,
     day_assistants_key,
     day_key,
-    list_key,
     month_key,
     scope_name,
     score,
@@ -214,7 +214,7 @@ async def period_sums(indexes: IndexStore, scope: str, days: list[str]) -> Perio
     lo = _day_start_us(days[0])
     hi = _day_start_us(days[-1]) + DAY_US - 1
     return await indexes.sum_days([day_key(scope, day) for day in days], added, subtracted,
-                                  lists=list_key(scope, None, None) + "a=", hi=repr(score(hi)), lo=repr(score(lo)))
+                                  lists=assistant_lists_prefix(scope), hi=repr(score(hi)), lo=repr(score(lo)))
 
 
 def _unit_key(scope: str, kind: str, start: str) -> str:

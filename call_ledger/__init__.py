@@ -3,7 +3,8 @@
 The package is layered; each layer imports only the ones below it (the import-linter contracts in
 pyproject.toml enforce it):
 
-    call_ledger.app, .cli, .runtime    composition: the app per role, the command line
+    call_ledger.cli                    composition: the command line
+    call_ledger.app | .runtime         composition: the app of each role | the process runtime
     call_ledger.worker | .api          intake + apply loop | the read routes (top-level worker/, api/)
     call_ledger.web                    HTTP plumbing both share: middleware, connections, metrics, logs
     call_ledger.store                  all of Redis: key names, scripts, the client, error mapping

@@ -168,10 +168,11 @@ def parser() -> argparse.ArgumentParser:
 
 def _pricing_check(path: str, settings: Settings) -> int:
     """Print the table (exit 0), or every problem of an invalid file, one per line (exit 2)."""
-    from call_ledger.core.pricing import PricingError, format_table, load_file
+    from call_ledger.core.pricing import PricingError, format_table
+    from call_ledger.settings import load_pricing_file
 
     try:
-        table = load_file(path, settings.currency, set(settings.fx_rates))
+        table = load_pricing_file(path, settings.currency, set(settings.fx_rates))
     except PricingError as exc:
         for problem in exc.problems:
             print(f"call-ledger: {path}: {problem}", file=sys.stderr)

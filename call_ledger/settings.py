@@ -8,7 +8,7 @@ import hashlib
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -21,9 +21,27 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from call_ledger.core.money import normalise_currency, parse_rate
 from call_ledger.core.outbound import DEFAULT_RETRY_SCHEDULE, parse_retry_schedule
 from call_ledger.core.policy import Policy
-from call_ledger.core.pricing import EMPTY_TABLE, PriceTable, check_currencies, load_file
+from call_ledger.core.pricing import (
+    EMPTY_TABLE,
+    PriceTable,
+    PricingError,
+    check_currencies,
+    parse_document,
+    parse_text,
+)
 
 PROVIDERS = ("twilio", "telnyx", "vonage", "plivo")
+
+
+def load_pricing_file(path: str | Path, ledger_currency: str, fx_currencies: Set[str]) -> PriceTable:
+    """Read and validate a pricing file (LEDGER_PRICING_FILE); PricingError (one line per problem) when invalid."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise PricingError([f"{path}: cannot be read: {reason}"]) from None
+    return parse_document(parse_text(text, path.name), ledger_currency, fx_currencies, str(path))
 
 
 def _default_consumer_name() -> str:
@@ -312,7 +330,7 @@ class Settings(BaseSettings):
             return value
         if not isinstance(value, str | Path):
             raise ValueError("expected the path of a YAML or JSON pricing file")
-        return load_file(value, currency, set(fx_rates))
+        return load_pricing_file(value, currency, set(fx_rates))
 
     @property
     def pricing(self) -> PriceTable:

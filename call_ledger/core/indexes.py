@@ -63,6 +63,12 @@ def list_key(scope: str, status: str | None = None, assistant_id: int | None = N
     return f"z:{scope}:{'|'.join(parts)}"
 
 
+def assistant_lists_prefix(scope: str) -> str:
+    """What the names of a scope's per-assistant sorted sets start with: `list_key(scope, None, aid)` is it
+    followed by the assistant id (the rollup script reads each assistant's set by it)."""
+    return list_key(scope) + "a="
+
+
 def totals_key(scope: str) -> str:
     return f"t:{scope}"
 

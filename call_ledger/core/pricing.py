@@ -1,8 +1,8 @@
 """Usage pricing (SPEC §11): the price table, reading and validating a pricing file, lookup,
 and pricing an event's usage lines into costs.
 
-Pure domain logic: no aiohttp, no redis. The only I/O is `load_file` reading the file
-once at start-up (Settings) or for `call-ledger pricing check`.
+Pure domain logic: no I/O. The file itself is read by `call_ledger.settings.load_pricing_file`, once at
+start-up (Settings) or for `call-ledger pricing check`, and handed here as text.
 
 Money stays exact: prices are `Decimal` read from the file's text (YAML and JSON numbers
 never pass through a float), and a line's amount is the exact rational
@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
@@ -484,17 +483,6 @@ def parse_document(doc: object, ledger_currency: str, fx_currencies: Set[str],
     if problems:
         raise PricingError(problems)
     return PriceTable(entries, source)
-
-
-def load_file(path: str | Path, ledger_currency: str, fx_currencies: Set[str]) -> PriceTable:
-    """Read and validate a pricing file; PricingError (one line per problem) when invalid."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise PricingError([f"{path}: cannot be read: {reason}"]) from None
-    return parse_document(parse_text(text, path.name), ledger_currency, fx_currencies, str(path))
 
 
 def check_currencies(table: PriceTable, ledger_currency: str, fx_currencies: Set[str]) -> None:

@@ -18,8 +18,9 @@ from call_ledger.core.events import CallEvent, Cost, UsageLine
 from call_ledger.core.indexes import RECORD_FIELDS
 from call_ledger.core.instants import format_us, parse_iso
 from call_ledger.core.money import NANO
-from call_ledger.core.pricing import PriceTable, PricingError, format_table, load_file, parse_document, price_event
+from call_ledger.core.pricing import PriceTable, PricingError, format_table, parse_document, price_event
 from call_ledger.core.rules import CallState, apply_event, render_record
+from call_ledger.settings import load_pricing_file as load_file
 from call_ledger.store import Entry, LoadedCall
 from call_ledger.worker.apply import plan_call, wanted_meta
 from tests.support.settings import make_settings
