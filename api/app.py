@@ -1,5 +1,6 @@
-"""The read API's routes: one call by SID (and its events and costs), and the calls API of
-SPEC §9 (lists, counts, stats, analytics, search, export, one call by id)."""
+"""The read API's routes: one call by SID (and its events and costs), the calls API of
+SPEC §9 (lists, counts, stats, analytics, search, export, one call by id), and the webhook
+endpoints of outbound call events (SPEC §15)."""
 
 import structlog
 from aiohttp import web
@@ -9,6 +10,7 @@ from call_ledger.api.calls import count_calls, get_call_by_id, list_calls, searc
 from call_ledger.api.costs import costs_by_id, costs_by_sid
 from call_ledger.api.export import EXPORT_SLOTS, ExportSlots, export_calls
 from call_ledger.api.views import get_call, get_call_events
+from call_ledger.api.webhook_endpoints import add_webhook_endpoints
 from call_ledger.settings import Settings
 
 log = structlog.get_logger("ledger.api")
@@ -33,3 +35,4 @@ def add_read_api(app: web.Application, settings: Settings) -> None:
     # Any segment, so that a non-integer id gets the same JSON 404 as an unknown one.
     app.router.add_get("/api/v1/calls/{id}/costs", costs_by_id)
     app.router.add_get("/api/v1/calls/{id}", get_call_by_id)
+    add_webhook_endpoints(app)  # SPEC §15

@@ -11,6 +11,8 @@ from aiohttp import web
 
 from call_ledger.api.openapi_calls import SCHEMAS as CALLS_SCHEMAS
 from call_ledger.api.openapi_calls import calls_paths
+from call_ledger.api.openapi_webhook_endpoints import SCHEMAS as WEBHOOK_ENDPOINTS_SCHEMAS
+from call_ledger.api.openapi_webhook_endpoints import webhook_endpoints_paths
 
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -211,6 +213,7 @@ def openapi_document() -> dict[str, Any]:
         "/openapi.json": _probe("This document", "OpenAPI 3.1 document"),
     }
     paths.update(calls_paths())
+    paths.update(webhook_endpoints_paths())
     for name in WEBHOOKS:
         summary, media, methods = WEBHOOKS[name]
         paths[f"/webhooks/{name}"] = _webhook_path(name, summary, media, methods)
@@ -220,7 +223,8 @@ def openapi_document() -> dict[str, Any]:
                  "description": "Exact per-call records and costs from telephony and platform webhooks."},
         "paths": paths,
         "components": {
-            "schemas": {"CallResponse": CALL_RESPONSE, "CallEvent": CALL_EVENT, "Error": ERROR, **CALLS_SCHEMAS},
+            "schemas": {"CallResponse": CALL_RESPONSE, "CallEvent": CALL_EVENT, "Error": ERROR, **CALLS_SCHEMAS,
+                        **WEBHOOK_ENDPOINTS_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

@@ -13,6 +13,8 @@ data is touched. Measures:
 - latency: webhook 2xx -> visible in GET, open loop at 1,000 and 3,000 events/s on one
   `serve` (bench/latency.py);
 - GET /api/v1/calls/sid/{sid} (`api`) with wrk, against floor_api.py's HGETALL;
+- outbound: messages/s one process delivers to a local receiver, and outbox -> receiver latency p50/p99
+  (bench/outbound.py);
 - signed POST /webhooks/twilio and signed POST /webhooks/platform on `serve` (intake, apply
   loop and read API in one process) and on `intake` (webhooks only), each row measured right
   after floor_api.py's POST /webhooks/twilio (its XADD) and reported as product / floor.
@@ -361,6 +363,17 @@ def latency_rows(seconds: float) -> list[Row]:
     return rows
 
 
+def outbound_rows(redis: RedisServer) -> list[Row]:
+    from outbound import measure as measure_outbound
+
+    r = asyncio.run(measure_outbound(redis.url))
+    print(f"outbound: {r['rate']:,.0f} messages/s to a local receiver; outbox -> receiver p50 {r['p50_ms']:.1f} ms, "
+          f"p99 {r['p99_ms']:.1f} ms")
+    return [("outbound messages delivered (/s, one process, one endpoint)", f"{r['rate']:,.0f}", "", "", ""),
+            ("outbound outbox → receiver, first attempt", f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms", "", "",
+             "")]
+
+
 def http_rows(redis: RedisServer, args: argparse.Namespace) -> list[Row]:
     if shutil.which("wrk") is None:
         print("http: skipped, wrk is not installed (apt-get install wrk)")
@@ -402,6 +415,7 @@ def main() -> None:
     parser.add_argument("--skip-apply", action="store_true", help="HTTP rows only")
     parser.add_argument("--skip-latency", action="store_true", help="no open-loop webhook-to-GET rows")
     parser.add_argument("--latency-seconds", type=float, default=10)
+    parser.add_argument("--skip-outbound", action="store_true", help="no outbound delivery rows")
     args = parser.parse_args()
 
     table: list[Row] = []
@@ -411,6 +425,8 @@ def main() -> None:
             table += apply_rows(redis, args)
         if not args.skip_latency:
             table += latency_rows(args.latency_seconds)
+        if not args.skip_outbound:
+            table += outbound_rows(redis)
         if not args.skip_http:
             table += http_rows(redis, args)
     finally:

@@ -1,4 +1,4 @@
-"""`call-ledger serve | worker | api | intake | dlq list | dlq replay | pricing check FILE | reindex`.
+"""`call-ledger serve | worker | api | intake | deliver | dlq list | dlq replay | pricing check FILE | reindex`.
 
 Settings are built once here; a bad value stops start-up with one line naming the
 variable, never a traceback.
@@ -150,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="webhook intake + apply loop")
     sub.add_parser("api", help="read API")
     sub.add_parser("intake", help="webhook intake only (no apply loop, no read API)")
+    sub.add_parser("deliver", help="outbound call events only: fan-out and delivery (serve and worker run them too)")
     dlq = sub.add_parser("dlq", help="inspect and replay dead-lettered events")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     listing = dlq_sub.add_parser("list", help="show dead-lettered events with their reason")
@@ -193,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(settings, _dlq(args, settings))
         if args.command == "reindex":
             return _run_command(settings, _reindex(settings))
-        run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake
+        run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake | deliver
         return 0
     finally:
         output.flush()  # the lines of the last event-loop turn, whatever way the process leaves

@@ -1,29 +1,60 @@
-"""The worker's apply loop, and the finalizer of outbound call events, as part of an app's lifecycle."""
+"""The worker's loops as part of an app's lifecycle: the apply loop; the finalizer, fan-out and delivery of
+outbound events."""
 
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from call_ledger.web.base import METRICS, SETTINGS, STORE
+from call_ledger.web.ssrf import SafeResolver
 from call_ledger.worker.consumer import Consumer
+from call_ledger.worker.delivery import Outbound
 from call_ledger.worker.outbound import Finalizer
 
 CONSUMER = web.AppKey("consumer", Consumer)
-FINALIZER = web.AppKey("finalizer", Finalizer)
 
 
 def add_consumer(app: web.Application) -> None:
-    """Run the apply loop for the app's lifetime; on shutdown it drains within the grace period. The
-    finalizer runs beside it (SPEC §15: wherever events are applied, quiet calls are finalized)."""
+    """Run the apply loop for the app's lifetime; on shutdown it drains within the grace period."""
 
     async def consumer_ctx(app: web.Application) -> AsyncIterator[None]:
         consumer = Consumer(app[STORE], app[SETTINGS], app[METRICS])
-        finalizer = Finalizer(app[STORE], app[SETTINGS], app[METRICS])
-        app[CONSUMER], app[FINALIZER] = consumer, finalizer
+        app[CONSUMER] = consumer
         await consumer.start()
-        await finalizer.start()
         yield
-        await finalizer.stop()
         await consumer.stop()
 
     app.cleanup_ctx.append(consumer_ctx)
+
+
+OUTBOUND = web.AppKey("outbound", Outbound)
+FINALIZER = web.AppKey("finalizer", Finalizer)
+
+
+def add_outbound(app: web.Application) -> None:
+    """The finalizer, fan-out and delivery of outbound call events (SPEC §15) for the app's lifetime: `serve`,
+    `worker`, `deliver` (each process once: finalize.lua makes any number of finalizers safe). Runs only once
+    the store has its outbox (store.outbox) and endpoints (store.endpoints)."""
+
+    async def outbound_ctx(app: web.Application) -> AsyncIterator[None]:
+        store, settings = app[STORE], app[SETTINGS]
+        # The commit path's outbox and the endpoints API are composed into the store beside the deliveries;
+        # until both are there, there is nothing to deliver. The SSRF resolver (call_ledger.web.ssrf) is
+        # passed here unless LEDGER_OUTBOUND_ALLOW_PRIVATE.
+        outbox, endpoints = getattr(store, "outbox", None), getattr(store, "endpoints", None)
+        if outbox is None or endpoints is None:
+            yield
+            return
+        # Names are checked by the resolver as they resolve, at each delivery (DNS rebinding); literal
+        # addresses by the delivery itself.
+        resolver = None if settings.outbound_allow_private else SafeResolver(allow_private=False)
+        outbound = Outbound(outbox, endpoints, store.deliveries, settings, app[METRICS], resolver)
+        finalizer = Finalizer(store, settings, app[METRICS])
+        app[OUTBOUND], app[FINALIZER] = outbound, finalizer
+        await finalizer.start()
+        await outbound.start()
+        yield
+        await outbound.stop()
+        await finalizer.stop()
+
+    app.cleanup_ctx.append(outbound_ctx)

@@ -106,6 +106,20 @@ class InvalidQuery(LedgerError):
     code = "invalid_parameter"
 
 
+class InvalidBody(LedgerError):
+    """A JSON request body (the endpoints API, SPEC §15) that is not of its form (the message names the field)."""
+
+    status = 422
+    code = "invalid_body"
+
+
+class TooManyEndpoints(LedgerError):
+    """This organization already has LEDGER_MAX_ENDPOINTS webhook endpoints (SPEC §15): delete one first."""
+
+    status = 409
+    code = "too_many_endpoints"
+
+
 class TooManyExports(LedgerError):
     """This organization already runs LEDGER_MAX_EXPORTS exports (SPEC §14)."""
 

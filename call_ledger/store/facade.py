@@ -5,6 +5,8 @@
     store.indexes     the calls API's index shards (call_ledger.store.indexes)
     store.signatures  the signature ledger, sharing the streams' append batcher (call_ledger.store.signatures)
     store.outbox      the calls' outboxes, the fan-out and finalize schedules (call_ledger.store.outbox)
+    store.endpoints   the webhook endpoints of outbound call events (call_ledger.store.endpoints)
+    store.deliveries  the outbound deliveries: each endpoint's queue and attempts (call_ledger.store.deliveries)
     store.keys        every key name (call_ledger.store.keys)
 
 All on one Redis client (call_ledger.store.client), built once. Nobody else builds a part from a
@@ -26,6 +28,8 @@ from call_ledger.core.rules import CallState
 from call_ledger.settings import Settings
 from call_ledger.store.append_batcher import AppendBatcher
 from call_ledger.store.client import open_redis
+from call_ledger.store.deliveries import Deliveries
+from call_ledger.store.endpoints import Endpoints
 from call_ledger.store.errors import REDIS_FAILURES, REQUEST_TIMEOUT_S
 from call_ledger.store.indexes import IndexStore
 from call_ledger.store.keys import Keys
@@ -55,6 +59,8 @@ class Store:
         self.signatures = SignatureLedger(redis, prefix, signature_ttl_s, batcher=self.streams.batcher)
         # Outbound messages (SPEC §15): the outboxes the commit writes, and what is due of them.
         self.outbox = Outbox(redis, self.keys)
+        self.endpoints = Endpoints(redis, self.keys)
+        self.deliveries = Deliveries(redis, self.keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":

@@ -34,6 +34,8 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
                                by key), paged by rank from a cursor key
     cl:sig:<identity>          the signature ledger: the params digest (32 bytes) of a provider signature,
                                expiring after LEDGER_SIGNATURE_TTL_S (call_ledger.store.signatures)
+    cl:wh:endpoints            hash: webhook endpoint id -> the endpoint's JSON (url, events, organization,
+                               secrets newest first: call_ledger.core.endpoints), SPEC §15
 
 The call hash stays small whatever the call's history (the journal is elsewhere, call_meta is
 bounded), so a lookup reads it whole; a commit writes its core, the journal entries and the
@@ -75,6 +77,17 @@ Readers merge the shards: a list page is a k-way merge of each shard's next item
 rollup a sum. Indexes are derived from committed records by the worker after each commit (and on
 each duplicate delivery, which repairs an update lost to a crash); they may lag a record briefly,
 never diverge.
+
+Outbound deliveries (SPEC §15; call_ledger.store.deliveries), per webhook endpoint: every key of
+an endpoint shares the hash tag `{<endpoint id>}`, so one script claims or settles a message atomically:
+
+    cl:wh:{<ep>}:msg           hash: message id -> the delivery's JSON (the body, its type, call, creation
+                               time, attempts so far, state, the lease of the process sending it)
+    cl:wh:{<ep>}:due           sorted set: pending message id -> when it is next tried (ms); a claim pushes
+                               it by a lease, so no two processes send one message at once
+    cl:wh:{<ep>}:pending       sorted set: pending message id -> created (ms): the oldest-pending-age metric
+    cl:wh:{<ep>}:created       sorted set: every kept message id -> created (ms): recover, retention
+    cl:wh:{<ep>}:log           stream: one entry per attempt (the attempts route), MAXLEN ~ 10000
 
 Scripts get every key they touch through KEYS (computed here), except index.lua, which also
 writes the rollup keys named after the shard's base passed in ARGV.
@@ -172,6 +185,13 @@ class Keys:
     def signature(self, identity: str) -> str:
         return f"{self.prefix}:sig:{identity}"
 
+    # -- outbound call events (SPEC §15) -----------------------------------------------------------
+
+    @property
+    def endpoints(self) -> str:
+        """Every webhook endpoint, one hash (a few per organization: read whole, by the routes and delivery)."""
+        return f"{self.prefix}:wh:endpoints"
+
     # -- the calls API's indexes ------------------------------------------------------------------
 
     def index_base(self, shard: int) -> str:
@@ -197,3 +217,23 @@ class Keys:
     def finalize_due(self, shard: int) -> str:
         """`cl:fin:{n}`: terminal calls waiting to be finalized, by when due."""
         return f"{self.prefix}:fin:{{{shard}}}"
+    # -- outbound deliveries (call_ledger.store.deliveries) -----------------------------------------
+
+    def delivery_base(self, endpoint_id: str) -> str:
+        """What every delivery key of an endpoint starts with: `cl:wh:{<ep>}:`."""
+        return f"{self.prefix}:wh:{{{endpoint_id}}}:"
+
+    def delivery_messages(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "msg"
+
+    def delivery_due(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "due"
+
+    def delivery_pending(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "pending"
+
+    def delivery_created(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "created"
+
+    def delivery_log(self, endpoint_id: str) -> str:
+        return self.delivery_base(endpoint_id) + "log"

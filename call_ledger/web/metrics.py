@@ -73,6 +73,21 @@ class Metrics:
             "ledger_apply_batch_duration_seconds", "Time to apply one batch read from the stream", registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
+        # Outbound call events (SPEC §15, call_ledger.worker.delivery).
+        self.outbound_attempts = Counter(
+            "ledger_outbound_attempts", "Outbound webhook attempts, by outcome (delivered, http_error, timeout, "
+            "connection_error, refused_address)", ["outcome"], registry=r,
+        )
+        self.outbound_pending = Gauge(
+            "ledger_outbound_pending_messages", "Outbound messages not yet delivered nor failed, by endpoint",
+            ["endpoint"], registry=r,
+        )
+        self.outbound_oldest_pending_age = Gauge(
+            "ledger_outbound_oldest_pending_age_seconds", "Age of the oldest outbound message still pending, by "
+            "endpoint (0: none pending); one that keeps growing is an endpoint that does not take its messages",
+            ["endpoint"], registry=r,
+        )
+        self._outbound_endpoints: set[str] = set()
 
     def labelled(self, metric: MetricWrapperBase, *values: str) -> Any:
         """`metric.labels(*values)`, remembered: prometheus_client validates and locks on every
@@ -94,3 +109,13 @@ class Metrics:
     def observe_oldest_pending(self, ages: dict[str, float]) -> None:
         for shard, age in ages.items():
             self.oldest_pending_age.labels(shard).set(age)
+
+    def observe_outbound_pending(self, stats: dict[str, tuple[int, float]]) -> None:
+        """Set each endpoint's pending count and oldest age; forget the series of endpoints gone since."""
+        for endpoint in self._outbound_endpoints - stats.keys():
+            self.outbound_pending.remove(endpoint)
+            self.outbound_oldest_pending_age.remove(endpoint)
+        for endpoint, (count, age) in stats.items():
+            self.outbound_pending.labels(endpoint).set(count)
+            self.outbound_oldest_pending_age.labels(endpoint).set(age)
+        self._outbound_endpoints = set(stats)

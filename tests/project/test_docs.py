@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from call_ledger.settings import Settings
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 # A row of the README's configuration table names one variable, or two as `A` / `B`.

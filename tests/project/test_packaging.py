@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def test_the_wheel_installs_one_top_level_package_holding_worker_api_and_the_scripts(tmp_path: Path) -> None:
