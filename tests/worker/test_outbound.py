@@ -8,27 +8,33 @@ consumer on fake Redis (the Lua the embedded store runs):
   that only grow, and a redelivery that changes nothing makes nothing;
 - a worker that fails (or dies) between its commit and scheduling the fan-out and the finalize timer
   leaves its entries pending, and their redelivery schedules both;
-- the finalizer finalizes a quiet call in a running process.
+- the finalizer finalizes a quiet call in a running process;
+- and the whole path, to a receiver that verifies the signatures.
 """
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
 import fakeredis
 import orjson
+from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from standardwebhooks import Webhook
 
 from call_ledger.core.events import TERMINAL_STATUSES, CallEvent
 from call_ledger.core.indexes import shard_of
-from call_ledger.core.outbound import Finality, OutboxMessage, after_change, on_quiet
+from call_ledger.core.outbound import MESSAGE_TYPES, Endpoint, Finality, OutboxMessage, after_change, on_quiet
 from call_ledger.core.served import StoredCall
+from call_ledger.core.standard_webhooks import new_secret
 from call_ledger.settings import Settings
 from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import new_call, plan_call
 from call_ledger.worker.consumer import Consumer
+from call_ledger.worker.delivery import Outbound
 from call_ledger.worker.outbound import Finalizer
 from tests.support.polling import until
 from tests.support.settings import make_settings
@@ -218,4 +224,43 @@ async def test_the_finalizer_finalizes_a_quiet_call_in_a_running_process() -> No
     assert [m.type for m in await call.messages()] == ["call.ended", "call.finalized"]
     assert await call.finality("CA-live") == Finality()
     assert (await call.scheduled())[1] is None
+    await call.close()
+
+
+async def test_a_call_that_ends_and_goes_quiet_reaches_a_receiver_as_served(aiohttp_server: Any) -> None:
+    """The whole path on one fake Redis: commit -> outbox -> fan-out (store.outbox) -> delivery to a
+    receiver that verifies each message with the `standardwebhooks` library; each body's call is the
+    record GET served at that revision, and the webhook-id is the outbox message's id."""
+    secret, got = new_secret(), []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        Webhook(secret).verify(body, dict(request.headers))
+        got.append((request.headers["webhook-id"], orjson.loads(body)))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    server = await aiohttp_server(app)
+    call = Call(outbound_allow_private=True, finalize_after_s=1)
+    assert await call.store.endpoints.create(Endpoint(
+        id="ep_" + "0" * 24, url=str(server.make_url("/hook")), events=MESSAGE_TYPES, description="",
+        organization_id=None, secrets=((secret, None),), created_ms=int(time.time() * 1000)), 50)
+    outbound = Outbound(call.store.outbox, call.store.endpoints, call.store.deliveries, call.settings, Metrics())
+    await outbound.start()
+    try:
+        await call.apply(make_event(SID, "completed", 60 * S, status="completed", duration=55, organization_id=9))
+        ended = await call.served()
+        await until(lambda: len(got) == 1, 10, "call.ended delivered")
+        await call.finalizer.run_once(int(time.time() * 1000) + 1000)  # a second later: the call is quiet
+        await until(lambda: len(got) == 2, 10, "call.finalized delivered")
+    finally:
+        await outbound.stop()
+    assert await call.messages() == []  # the fan-out emptied the outbox
+    assert [(body["type"], body["data"]["revision"], body["data"]["organization_id"]) for _, body in got] == [
+        ("call.ended", 0, 9), ("call.finalized", 1, 9)]
+    assert got[0][1]["data"]["call"] == orjson.loads(ended or b"null")
+    assert [webhook_id for webhook_id, _ in got] == [
+        "msg_" + hashlib.sha1(f"{SID}\n{kind}\n{revision}".encode()).hexdigest()[:32]
+        for kind, revision in (("call.ended", 0), ("call.finalized", 1))]
     await call.close()

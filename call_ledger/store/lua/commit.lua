@@ -89,6 +89,19 @@ end
 
 -- stored(j) and announce(...) are announce.lua's, which runs before this file (call_ledger.store.scripts).
 
+-- Whether two `j` fields hold the same record, whatever versions they were rendered at. One substring
+-- made, not two: a record is some 600 bytes, and making a Lua string of it costs more than comparing it.
+local function same_record(j, old)
+  if not j or not old then
+    return j == old
+  end
+  local a, b = string.find(j, '\n', 1, true), string.find(old, '\n', 1, true)
+  if not a or not b or #j - a ~= #old - b then
+    return false
+  end
+  return string.find(old, string.sub(j, a + 1), b + 1, true) == b + 1
+end
+
 -- The text of a register's value: element 4 of [occurred_us, "event_id", "source", value] as the
 -- worker wrote it (orjson), found by skipping the two strings and their escapes; no JSON decoded.
 local function value_text(register)
@@ -168,32 +181,30 @@ for k = 1, #KEYS, 4 do
     if not found[3] then
       extra = {'id', id}
     end
-    local reply, kinds, revisions = 1, NONE, NONE
+    -- At most one announcement per commit: `call.revised` needs `fr`, which only a call with `fe` has.
+    local reply, kind, revision = 1, nil, 0
     if terminal then
       local last = fields + 2 * m - 2
       local j = m > 0 and ARGV[last] == 'j' and ARGV[last + 1] or nil
-      local changed = stored(j) ~= stored(found[4]) or meta_changed(call, fields, m)
-      local revision = tonumber(found[6] or '0')
-      if changed then
+      if not same_record(j, found[4]) or meta_changed(call, fields, m) then
         extra = {unpack(extra)}
         extra[#extra + 1], extra[#extra + 2] = 'lc', now_ms
-        kinds, revisions = {}, {}
+        revision = tonumber(found[6] or '0')
         if found[5] ~= '1' then
+          kind = 'call.ended'
           extra[#extra + 1], extra[#extra + 2] = 'fe', '1'
-          kinds[1], revisions[1] = 'call.ended', 0
-        end
-        if revision >= 1 then
-          revision = revision + 1
+        elseif revision >= 1 then
+          kind, revision = 'call.revised', revision + 1
           extra[#extra + 1], extra[#extra + 2] = 'fr', revision
-          kinds[#kinds + 1], revisions[#revisions + 1] = 'call.revised', revision
-        else
+        end
+        if revision == 0 then
           reply = reply + 4  -- terminal, changed, not finalized: the quiet period starts again
         end
-        if #kinds > 0 then
+        if kind then
           extra[#extra + 1], extra[#extra + 2] = 'ob', '1'
         end
       end
-      if found[7] == '1' or #kinds > 0 then
+      if kind or found[7] == '1' then
         reply = reply + 2
       end
     end
@@ -207,8 +218,8 @@ for k = 1, #KEYS, 4 do
       end
       redis.call('HSET', call, 'v', new_version, 's', core, 't', new_token, unpack(extra))
     end
-    for i = 1, #kinds do
-      announce(call, outbox, kinds[i], revisions[i], now_ms, new_version, found[3] or id)
+    if kind then
+      announce(call, outbox, kind, revision, now_ms, new_version, found[3] or id)
     end
     results[#results + 1] = reply
   elseif ok then
