@@ -79,11 +79,16 @@ class Outbox:
         """After a commit, before its events are acknowledged: these calls' outboxes are due for fan-out
         now, these calls are due to be finalized at the given ms. One pipeline; a failure leaves the
         events pending, and their redelivery schedules again."""
-        pipe = self.redis.pipeline(transaction=False)
+        # One ZADD per shard's key, not per call: a batch's commits schedule hundreds of calls, and each
+        # command in a pipeline costs the worker more CPU than its members do.
+        members: dict[str, dict[str, int]] = {}
         for sid in outbox:
-            pipe.zadd(self.keys.outbox_due(shard_of(sid)), {sid: now_ms})
+            members.setdefault(self.keys.outbox_due(shard_of(sid)), {})[sid] = now_ms
         for sid, due_ms in timers.items():
-            pipe.zadd(self.keys.finalize_due(shard_of(sid)), {sid: due_ms})
+            members.setdefault(self.keys.finalize_due(shard_of(sid)), {})[sid] = due_ms
+        pipe = self.redis.pipeline(transaction=False)
+        for key, scores in members.items():
+            pipe.zadd(key, scores)
         await pipe.execute()
 
     async def timers_due(self, shard: int, now_ms: int, limit: int) -> list[str]:
