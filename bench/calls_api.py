@@ -157,7 +157,7 @@ def new_call(i: int, record_id: int, now_us: int, settings: Settings) -> NewCall
                         [(e.key, e.occurred_us, stored_form(e)) for e in events], state.changed_fields(),
                         record=stored_record(record, len(events)), new_token=f"bench-{record_id}")
     entry = index_entry(sid, record_id, state, settings.policy, record)
-    return NewCall(_commit_args(write), IndexWrite(shard_of(sid), entry, len(events), entry.encode()))
+    return NewCall(_commit_args(write, 0), IndexWrite(shard_of(sid), entry, len(events), entry.encode()))
 
 
 def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tuple[list[str], list[Any]]:
@@ -166,18 +166,18 @@ def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tupl
     sets: dict[str, list[Any]] = defaultdict(list)
     amounts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for args, index in calls:
-        # commit.lua's ARGV: version, token, new version, new token, core, id, n, n x (journal key,
-        # occurred_us, entry), m, m x (field, value).
-        _, _, new_version, new_token, core, record_id, n = args[:7]
+        # commit.lua's ARGV: version, token, new version, new token, terminal, now, core, id, n, n x
+        # (journal key, occurred_us, entry), m, m x (field, value).
+        _, _, new_version, new_token, _, _, core, record_id, n = args[:9]
         entry = index.entry
         sid = entry.call_sid
-        events = args[7:7 + 3 * n]
+        events = args[9:9 + 3 * n]
         journal = [x for k in range(0, len(events), 3) if events[k + 2] for x in (events[k], events[k + 2])]
         if journal:
             writes[store.journal_key(sid)] = ("HSET", journal)
         writes[store.order_key(sid)] = ("ZADD", [x for k in range(0, len(events), 3)
                                                  for x in (events[k + 1], events[k])])
-        writes[store.call_key(sid)] = ("HSET", [*args[8 + 3 * n:], "v", new_version, "s", core, "t", new_token,
+        writes[store.call_key(sid)] = ("HSET", [*args[10 + 3 * n:], "v", new_version, "s", core, "t", new_token,
                                                 "id", record_id])
         # index.lua's ARGV per call: member, version, score, entry; it writes the version, the
         # entry, the entry's memberships and its increments (the part of the entry after its

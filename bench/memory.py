@@ -47,7 +47,7 @@ async def per_call(url: str, calls: int, journal: str) -> dict[str, float]:
         await Consumer(store, settings, Metrics()).run_burst()
     finally:
         sys.stdout = sys.__stdout__
-    totals = {"record": 0, "journal": 0, "order": 0}
+    totals = {"record": 0, "journal": 0, "order": 0, "outbox": 0}  # call_keys' order; the outbox: SPEC §15
     for c in range(calls):
         pipe = client.pipeline(transaction=False)
         for key in store.call_keys(f"CA{c:032x}"):
@@ -90,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     for journal, row in measure(args.calls).items():
         print(f"journal {journal}: {row['total']:,.0f} B per call = record {row['record']:,.0f} + journal "
-              f"{row['journal']:,.0f} + order {row['order']:,.0f} + indexes {row['indexes']:,.0f}")
+              f"{row['journal']:,.0f} + order {row['order']:,.0f} + outbox {row['outbox']:,.0f} "
+              f"+ indexes {row['indexes']:,.0f}")
 
 
 if __name__ == "__main__":

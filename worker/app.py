@@ -1,4 +1,5 @@
-"""The worker's loops as part of an app's lifecycle: the apply loop; fan-out and delivery of outbound events."""
+"""The worker's loops as part of an app's lifecycle: the apply loop; the finalizer, fan-out and delivery of
+outbound events."""
 
 from collections.abc import AsyncIterator
 
@@ -8,6 +9,7 @@ from call_ledger.web.base import METRICS, SETTINGS, STORE
 from call_ledger.web.ssrf import SafeResolver
 from call_ledger.worker.consumer import Consumer
 from call_ledger.worker.delivery import Outbound
+from call_ledger.worker.outbound import Finalizer
 
 CONSUMER = web.AppKey("consumer", Consumer)
 
@@ -26,11 +28,13 @@ def add_consumer(app: web.Application) -> None:
 
 
 OUTBOUND = web.AppKey("outbound", Outbound)
+FINALIZER = web.AppKey("finalizer", Finalizer)
 
 
 def add_outbound(app: web.Application) -> None:
-    """Fan-out and delivery of outbound call events (SPEC §15) for the app's lifetime: `serve`, `worker`,
-    `deliver`. Runs only once the store has its outbox (store.outbox) and endpoints (store.endpoints)."""
+    """The finalizer, fan-out and delivery of outbound call events (SPEC §15) for the app's lifetime: `serve`,
+    `worker`, `deliver` (each process once: finalize.lua makes any number of finalizers safe). Runs only once
+    the store has its outbox (store.outbox) and endpoints (store.endpoints)."""
 
     async def outbound_ctx(app: web.Application) -> AsyncIterator[None]:
         store, settings = app[STORE], app[SETTINGS]
@@ -45,9 +49,12 @@ def add_outbound(app: web.Application) -> None:
         # addresses by the delivery itself.
         resolver = None if settings.outbound_allow_private else SafeResolver(allow_private=False)
         outbound = Outbound(outbox, endpoints, store.deliveries, settings, app[METRICS], resolver)
-        app[OUTBOUND] = outbound
+        finalizer = Finalizer(store, settings, app[METRICS])
+        app[OUTBOUND], app[FINALIZER] = outbound, finalizer
+        await finalizer.start()
         await outbound.start()
         yield
         await outbound.stop()
+        await finalizer.stop()
 
     app.cleanup_ctx.append(outbound_ctx)

@@ -3,7 +3,8 @@ commits, and what each entry came to.
 
 The consumer (worker/consumer.py) runs the pipeline
 
-    read entries -> group_by_call -> per call: load, plan_call (worker/apply.py) -> commit -> index
+    read entries -> group_by_call -> per call: load, plan_call (worker/apply.py) -> commit
+                 -> schedule the outbox fan-out and finalize timers the commit asks for (`Due`) -> index
                  -> log each entry's Outcome -> acknowledge / retry / dead-letter
 
 and keeps what the rounds of a batch decide in a `BatchResult`; the decisions themselves are here.
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import CallState
-from call_ledger.store import CommitWrite, Entry, LoadedCall
+from call_ledger.store import CommitReply, CommitWrite, Entry, LoadedCall
 from call_ledger.worker.apply import CallPlan
 
 EntryRef = tuple[str, str]  # Entry.ref: (stream, entry id), unique across shards
@@ -117,30 +118,74 @@ def check_write(call_sid: str, loaded: LoadedCall) -> CommitWrite:
                        record_id=loaded.record_id or 0, events=[], fields=[], token=loaded.token)
 
 
+OK_REPLY = CommitReply(True)
+
+
 class CommitResult(NamedTuple):
     conflicts: set[str]  # the calls whose compare-and-set failed: someone else wrote them
     written: dict[str, CommitWrite]  # what was sent per call
+    replies: dict[str, CommitReply]  # what the script answered per call
+    at_ms: int  # the time the commit stamped (commit.lua's now_ms)
+
+
+class Due:
+    """What a batch's commits leave to schedule before its entries are acknowledged (SPEC §15): the calls
+    whose outbox has messages to fan out, and the calls' finalize timers (sid -> when due, ms)."""
+
+    __slots__ = ("outbox", "timers")
+
+    def __init__(self) -> None:
+        self.outbox: set[str] = set()
+        self.timers: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.outbox or self.timers)
+
+    def timer(self, sid: str, due_ms: int) -> None:
+        self.timers[sid] = max(due_ms, self.timers.get(sid, 0))
+
+    def committed(self, sid: str, reply: CommitReply, at_ms: int, after_ms: int) -> None:
+        """What the commit script asked for this call."""
+        if reply.outbox:
+            self.outbox.add(sid)
+        if reply.timer:
+            self.timer(sid, at_ms + after_ms)
+
+    def repaired(self, sid: str, loaded: LoadedCall, after_ms: int) -> None:
+        """A call read from Redis with an event redelivered: schedule again from its fields what its
+        commit asked for, in case the worker that committed it died before scheduling (both schedules
+        are idempotent: a fan-out of an emptied outbox or a timer of a finalized call does nothing)."""
+        if loaded.outbox:
+            self.outbox.add(sid)
+        if loaded.ended and loaded.revision == 0:
+            self.timer(sid, loaded.changed_ms + after_ms)
 
 
 class BatchResult:
-    """What a batch's entries came to, over its commit rounds: each entry's outcome, and each
-    call's committed version (what is indexed once the rounds are over)."""
+    """What a batch's entries came to, over its commit rounds: each entry's outcome, each call's
+    committed version (what is indexed once the rounds are over), and what is due of its outbound
+    messages (scheduled before the entries are acknowledged)."""
 
-    __slots__ = ("committed", "outcomes")
+    __slots__ = ("after_ms", "committed", "due", "outcomes")
 
-    def __init__(self) -> None:
+    def __init__(self, after_ms: int = 0) -> None:
         self.outcomes: dict[EntryRef, Outcome] = {}
         # Per call: as committed, or as found when every event of the call was a duplicate, failed
         # or was refused (re-indexing it repairs an index update a dead worker missed).
         self.committed: dict[str, Committed] = {}
+        self.due = Due()
+        self.after_ms = after_ms  # LEDGER_FINALIZE_AFTER_S in ms
 
     def planned(self, plans: dict[str, CallPlan], loaded: dict[str, LoadedCall]) -> None:
         """Settle what a round's plans decide without a commit: failures, and the duplicates of a
-        call read from Redis this round."""
+        call read from Redis this round (whose outbound schedules are repaired: a duplicate may be the
+        redelivery of a commit whose worker died before scheduling them)."""
         outcomes = self.outcomes
         for sid, plan in plans.items():
             if loaded[sid].state is None:  # read from Redis this round: its duplicates are settled
                 outcomes.update((entry.ref, DUPLICATE) for entry, _ in plan.duplicates)
+                if plan.duplicates:
+                    self.due.repaired(sid, loaded[sid], self.after_ms)
             outcomes.update((entry.ref, Outcome("failed", reason)) for entry, _, reason in plan.failed)
 
     def found(self, plan: CallPlan, loaded: LoadedCall, sid: str) -> None:
@@ -148,8 +193,11 @@ class BatchResult:
         if loaded.record_id is not None:
             self.committed[sid] = Committed(loaded.record_id, loaded.version, plan.state, None)
 
-    def written(self, plan: CallPlan, loaded: LoadedCall, write: CommitWrite) -> None:
-        """A call whose commit went through: its entries are settled, its new version indexed."""
+    def written(self, plan: CallPlan, loaded: LoadedCall, write: CommitWrite, reply: CommitReply = OK_REPLY,
+                at_ms: int = 0) -> None:
+        """A call whose commit went through: its entries are settled, its new version indexed, its
+        outbound messages scheduled as the commit asks (`reply`, of a commit at `at_ms`)."""
+        self.due.committed(write.call_sid, reply, at_ms, self.after_ms)
         outcomes = self.outcomes
         outcomes.update((entry.ref, APPLIED) for entry, _ in plan.applied)
         outcomes.update((entry.ref, Outcome("refused", reason)) for entry, _, reason in plan.refused)

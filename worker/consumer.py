@@ -4,7 +4,8 @@ Shaped like arq's worker: explicit `start()` / `stop()`, a bounded drain on stop
 and `run_burst()` that applies what is there and returns, for tests and `dlq replay`.
 
 Delivery guarantees: an entry is acknowledged only after its event was committed to
-the call (or found already committed). Anything else stays pending: entries of a
+the call (or found already committed), its call indexed, and the outbound messages its commit
+wrote scheduled for fan-out (and its finalize timer, SPEC §15). Anything else stays pending: entries of a
 worker that died, or whose apply failed, are claimed again after
 LEDGER_CLAIM_IDLE_MS, and after LEDGER_MAX_DELIVERIES deliveries they move to the
 dead-letter stream with the last failure's reason.
@@ -19,9 +20,9 @@ from collections.abc import Mapping
 import structlog
 from pydantic import ValidationError
 
-from call_ledger.core.events import CallEvent
+from call_ledger.core.events import TERMINAL_STATUSES, CallEvent
 from call_ledger.core.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
-from call_ledger.core.rules import fix_estimate, render_record
+from call_ledger.core.rules import RANK_STATUS, CallState, fix_estimate, render_record
 from call_ledger.core.served import stored_record
 from call_ledger.settings import Settings
 from call_ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
@@ -45,6 +46,7 @@ from call_ledger.worker.batch import (
     Calls,
     CommitResult,
     Committed,
+    Due,
     EntryRef,
     Item,
     Outcome,
@@ -200,8 +202,9 @@ class Consumer:
     #  _apply_isolated  the batch, or (a failure of one call's doing) each call alone: SPEC §14
     #   _apply          up to COMMIT_ATTEMPTS rounds of _commit_round: _load, plan_call (worker/apply.py),
     #                   _commit; what the entries came to is kept in a BatchResult (worker/batch.py)
-    #    _finish        in the background, overlapping the next batch: index, log each entry's
-    #                   outcome, acknowledge / record the failure / dead-letter
+    #    _finish        in the background, overlapping the next batch: schedule the outbound messages'
+    #                   fan-out and finalize timers, index, log each entry's outcome, acknowledge /
+    #                   record the failure / dead-letter
 
     async def _process(self, entries: list[Entry]) -> int:
         if not entries:
@@ -279,7 +282,7 @@ class Consumer:
     async def _apply(self, by_call: Calls) -> None:
         """Commit a batch's calls (up to COMMIT_ATTEMPTS rounds for the contended ones), then index
         and acknowledge them in the background (`_finish`)."""
-        result = BatchResult()
+        result = BatchResult(self.settings.finalize_after_s * 1000)
         remaining = by_call
         for attempt in range(COMMIT_ATTEMPTS):
             # Calls it does not know are guessed new on the first attempt only: a call still
@@ -297,7 +300,7 @@ class Consumer:
         # The entries are derived now, before the next batch folds into the cached states.
         writes = self._index_writes(result.committed)
         await self.settled()
-        self._finishing = asyncio.create_task(self._finish(writes, by_call, result.outcomes))
+        self._finishing = asyncio.create_task(self._finish(writes, by_call, result.outcomes, result.due))
 
     async def _commit_round(self, calls: Calls, result: BatchResult, guess: bool) -> Calls:
         """One compare-and-set round over these calls: load, plan, commit, settle into `result`;
@@ -318,13 +321,17 @@ class Consumer:
             if sid in commit.conflicts:
                 again[sid] = replanned(plan, loaded[sid])
             else:
-                result.written(plan, loaded[sid], commit.written[sid])
+                result.written(plan, loaded[sid], commit.written[sid], commit.replies[sid], commit.at_ms)
         return again
 
     async def _finish(self, writes: list[IndexWrite],
                       by_call: Calls,
-                      outcomes: dict[EntryRef, Outcome]) -> None:
-        """Index, log, count and acknowledge a committed batch; dead-letter what must be."""
+                      outcomes: dict[EntryRef, Outcome],
+                      due: Due) -> None:
+        """Schedule the outbound messages, index, log, count and acknowledge a committed batch;
+        dead-letter what must be."""
+        if due:
+            await self._schedule(due)
         # The acknowledgement waits for the index update's answer: a transient refusal (out of
         # memory, a read-only replica...) leaves the batch pending. In one pipeline Redis would
         # run the acknowledgements whatever the index scripts answered, and memory freed between
@@ -335,6 +342,18 @@ class Consumer:
         for entry, event, reason in settled.refused:
             await self._dead_letter(entry, event, reason)
         await self._settle_failures(by_call, settled.failures)
+
+    async def _schedule(self, due: Due) -> None:
+        """The fan-out of the outboxes the batch's commits wrote to, and the finalize timers they
+        started, before any entry is acknowledged. If this fails the entries stay pending, and their
+        redelivery repairs it from the calls' fields (`Due.repaired`): which needs the calls read from
+        Redis, not planned from this worker's cache, so the cache forgets them."""
+        try:
+            await self.store.outbox.schedule(due.outbox, due.timers, int(time.time() * 1000))
+        except BaseException:
+            for sid in (*due.outbox, *due.timers):
+                self.known.forget(sid)
+            raise
 
     def _index_writes(self, committed: dict[str, Committed]) -> list[IndexWrite]:
         """Each call's index entry at the version just committed, as a delta where it can be."""
@@ -439,12 +458,14 @@ class Consumer:
     async def _commit(self, loaded: dict[str, LoadedCall], plans: dict[str, CallPlan]) -> CommitResult:
         """Commit each call's plan with a compare-and-set on its version; the calls that conflicted."""
         if not plans:
-            return CommitResult(set(), {})
+            return CommitResult(set(), {}, {}, 0)
         ids = await self._new_ids(loaded, plans)
-        writes = [self._write_of(sid, plan, loaded[sid], ids) for sid, plan in plans.items()]
-        results = await self.store.commit(writes)
-        conflicts = self._learn(writes, results, loaded, plans)
-        return CommitResult(conflicts, {w.call_sid: w for w in writes})
+        now_ms = int(time.time() * 1000)
+        writes = [self._write_of(sid, plan, loaded[sid], ids, now_ms) for sid, plan in plans.items()]
+        replies = await self.store.commit(writes)
+        conflicts = self._learn(writes, [reply.ok for reply in replies], loaded, plans)
+        return CommitResult(conflicts, {w.call_sid: w for w in writes},
+                            {w.call_sid: reply for w, reply in zip(writes, replies, strict=True)}, now_ms)
 
     async def _new_ids(self, loaded: dict[str, LoadedCall], plans: dict[str, CallPlan]) -> dict[str, int]:
         """A record id for each new call that writes events."""
@@ -454,7 +475,8 @@ class Consumer:
             return {}
         return dict(zip(new_calls, await self.store.allocate_ids(len(new_calls)), strict=True))
 
-    def _write_of(self, sid: str, plan: CallPlan, loaded: LoadedCall, ids: dict[str, int]) -> CommitWrite:
+    def _write_of(self, sid: str, plan: CallPlan, loaded: LoadedCall, ids: dict[str, int],
+                  now_ms: int) -> CommitWrite:
         """What the commit script writes for this plan (a version check only when it has no new event)."""
         if not plan.new_events:
             return check_write(sid, loaded)
@@ -475,6 +497,8 @@ class Consumer:
             record=stored_record(plan.record, new_version),
             token=loaded.token,
             new_token=self._new_token(),
+            terminal=_terminal(plan.state),
+            at_ms=now_ms,
         )
 
     def _learn(self, writes: list[CommitWrite], results: list[bool], loaded: dict[str, LoadedCall],
@@ -544,3 +568,11 @@ class Consumer:
     @staticmethod
     def _log_with_structlog(event: str, fields: Mapping[str, str | int]) -> None:
         log.info(event, **fields)
+
+
+_TERMINAL_RANKS = frozenset(rank for rank, status in RANK_STATUS.items() if status in TERMINAL_STATUSES)
+
+
+def _terminal(state: CallState) -> bool:
+    """Whether the call's status is terminal (SPEC §5): what commit.lua's finality decisions need."""
+    return state.status is not None and state.status[0] in _TERMINAL_RANKS

@@ -4,6 +4,7 @@
     store.records     the call records and record ids (call_ledger.store.records)
     store.indexes     the calls API's index shards (call_ledger.store.indexes)
     store.signatures  the signature ledger, sharing the streams' append batcher (call_ledger.store.signatures)
+    store.outbox      the calls' outboxes, the fan-out and finalize schedules (call_ledger.store.outbox)
     store.endpoints   the webhook endpoints of outbound call events (call_ledger.store.endpoints)
     store.deliveries  the outbound deliveries: each endpoint's queue and attempts (call_ledger.store.deliveries)
     store.keys        every key name (call_ledger.store.keys)
@@ -32,7 +33,8 @@ from call_ledger.store.endpoints import Endpoints
 from call_ledger.store.errors import REDIS_FAILURES, REQUEST_TIMEOUT_S
 from call_ledger.store.indexes import IndexStore
 from call_ledger.store.keys import Keys
-from call_ledger.store.records import CommitWrite, LoadedCall, Records
+from call_ledger.store.outbox import Outbox
+from call_ledger.store.records import CommitReply, CommitWrite, LoadedCall, Records
 from call_ledger.store.shards import Shard
 from call_ledger.store.signatures import SignatureLedger
 from call_ledger.store.streams import Entry, StreamStore
@@ -55,6 +57,8 @@ class Store:
         self.indexes = IndexStore(redis, prefix)
         # Intake's claims go through the same batcher as its XADDs: one round trip per tick.
         self.signatures = SignatureLedger(redis, prefix, signature_ttl_s, batcher=self.streams.batcher)
+        # Outbound messages (SPEC §15): the outboxes the commit writes, and what is due of them.
+        self.outbox = Outbox(redis, self.keys)
         self.endpoints = Endpoints(redis, self.keys)
         self.deliveries = Deliveries(redis, self.keys)
 
@@ -217,7 +221,7 @@ class Store:
     async def reserve_ids(self, count: int) -> IdBlock:
         return await self.records.reserve_ids(count)
 
-    async def commit(self, writes: list[CommitWrite]) -> list[bool]:
+    async def commit(self, writes: list[CommitWrite]) -> list[CommitReply]:
         return await self.records.commit(writes)
 
     async def get_call(self, call_sid: str) -> tuple[int, CallState] | None:

@@ -17,7 +17,14 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
                                costs, provider, call_meta size, the fixed telephony estimate),
                                r:<register> and m:<call_meta key> -> [occurred_us, event_id, source,
                                value], j (the record rendered at commit, call_meta left `{}`:
-                               call_ledger.core.served)
+                               call_ledger.core.served); the outbound messages' finality (SPEC §15,
+                               docs/outbound.md): fe "1" once `call.ended` is announced, fr the
+                               finality revision (absent: not finalized, 1 finalized, >= 2 revised),
+                               lc ms of the last commit that changed the record of the terminal call,
+                               ob "1" while its outbox holds messages not yet fanned out
+    cl:out:{<sid>}             hash: the call's outbox: message id -> message JSON (commit.lua and
+                               finalize.lua write it in the commit that makes the change; fan-out
+                               empties it: call_ledger.store.outbox)
     cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event in the journal's
                                form (call_ledger.core.journal: what the key, the order score and the call do
                                not say; an entry of an earlier version is the event's JSON, and
@@ -33,8 +40,8 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
 The call hash stays small whatever the call's history (the journal is elsewhere, call_meta is
 bounded), so a lookup reads it whole; a commit writes its core, the journal entries and the
 fields its events won, never a rewrite of everything. The `{<sid>}` hash tag puts a call's
-three keys on one Redis Cluster slot, so one script commits them atomically. Records never
-name the stream, so the stream can be sharded without touching them. The signature ledger is
+four keys (hash, journal, order, outbox) on one Redis Cluster slot, so one script commits them
+atomically. Records never name the stream, so the stream can be sharded without touching them. The signature ledger is
 keyed by the signature itself, not by call: a re-split can change the call id.
 
 The calls API's indexes (SPEC §9, §10), per index shard n in 0..15 (`call_ledger.core.indexes.SHARDS`);
@@ -56,6 +63,13 @@ a call's entry lives in shard crc32(call_sid) % 16, and every key of a shard sha
     cl:ix:{n}:m:<scope>:<YYYY-MM>    hash: the same per-assistant fields per calendar month
     cl:ix:months                     string: set when every entry has month rollups (see
                                      IndexStore.months_complete)
+
+The outbound messages' schedules, per index shard n (the call's `shard_of`, as above):
+
+    cl:ob:{n}                        sorted set: calls whose outbox has messages to fan out; score = ms
+                                     when due (a fan-out claim pushes it by a lease)
+    cl:fin:{n}                       sorted set: terminal calls waiting to be finalized; score = ms when
+                                     due (lc + LEDGER_FINALIZE_AFTER_S)
 
 The part of an index key after its shard's base (`z:...`, `t:...`, `d:...`) is the index's own
 vocabulary (call_ledger.core.indexes builds those suffixes; index.lua writes them under the base).
@@ -164,6 +178,10 @@ class Keys:
     def order(self, call_sid: str) -> str:
         return f"{self.prefix}:order:{{{call_sid}}}"
 
+    def outbox(self, call_sid: str) -> str:
+        """The call's outbox (`cl:out:{<sid>}`): in the call's slot, so the commit writes it atomically."""
+        return f"{self.prefix}:out:{{{call_sid}}}"
+
     def signature(self, identity: str) -> str:
         return f"{self.prefix}:sig:{identity}"
 
@@ -190,6 +208,15 @@ class Keys:
     def index_months(self) -> str:
         return f"{self.prefix}:ix:months"
 
+    # -- the outbound messages' schedules (per index shard) ------------------------------------------
+
+    def outbox_due(self, shard: int) -> str:
+        """`cl:ob:{n}`: calls with outbox messages to fan out, by when due."""
+        return f"{self.prefix}:ob:{{{shard}}}"
+
+    def finalize_due(self, shard: int) -> str:
+        """`cl:fin:{n}`: terminal calls waiting to be finalized, by when due."""
+        return f"{self.prefix}:fin:{{{shard}}}"
     # -- outbound deliveries (call_ledger.store.deliveries) -----------------------------------------
 
     def delivery_base(self, endpoint_id: str) -> str:

@@ -4,13 +4,15 @@ Key names and what each key holds: call_ledger.store.keys (`cl:call:{<sid>}`, `c
 `cl:order:{<sid>}`, `cl:ids` and its fence and key, `cl:layout`). The call hash stays small whatever
 the call's history (the journal is elsewhere, call_meta is bounded), so a lookup reads it whole; a
 commit writes its core, the journal entries and the fields its events won, never a rewrite of
-everything. The `{<sid>}` hash tag puts a call's three keys on one Redis Cluster slot, so one script
-(call_ledger/store/lua/commit.lua) commits them atomically.
+everything. The `{<sid>}` hash tag puts a call's four keys (with its outbox, `cl:out:{<sid>}`) on one
+Redis Cluster slot, so one script (call_ledger/store/lua/commit.lua) commits them atomically, with the
+outbound messages the commit announces (SPEC §15: a message exists iff its change was committed).
 """
 
 import secrets
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError
 
@@ -25,10 +27,10 @@ from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
 from call_ledger.store.streams import _text
 
-__all__ = ["CommitWrite", "LoadedCall", "Records"]
+__all__ = ["CommitReply", "CommitWrite", "LoadedCall", "Records"]
 
 LAYOUT = "2"
-COMMIT = Lua("commit.lua")
+COMMIT = Lua("commit.lua", include=("announce.lua",))
 EVENTS_PAGE = Lua("events_page.lua")
 EXPORT_FIELDS = Lua("export_fields.lua")
 IDS = Lua("ids.lua")
@@ -57,6 +59,12 @@ class LoadedCall:
     # Not read at all: the worker guessed the call is new (worker/apply.py, NewCallGuess), and
     # the commit's compare-and-set against version 0 and no token says whether it was.
     guessed: bool = False
+    # Its outbound messages' state as read (`fe`, `fr`, `lc`, `ob`; call_ledger.store.keys): what a
+    # redelivered event repairs the fan-out and finalize schedules from (worker/batch.py, `Due`).
+    ended: bool = False
+    revision: int = 0
+    changed_ms: int = 0
+    outbox: bool = False
 
 
 # Not frozen, like call_ledger.store.streams.Entry: the apply loop makes one per call per batch.
@@ -72,11 +80,27 @@ class CommitWrite:
     record: bytes = b""  # the record rendered ready to serve (call_ledger.core.served), written as `j`
     token: str = ""  # the commit token read with `version` (commit.lua)
     new_token: str = ""  # this commit's, unique
+    terminal: bool = False  # the state after it has a terminal status (finality: commit.lua)
+    at_ms: int = 0  # the time (ms) it stamps on a change of a terminal call and on its messages; 0: now
 
 
-def _commit_args(w: CommitWrite) -> list[Any]:
+class CommitReply(NamedTuple):
+    """What the commit script answered for one call (commit.lua): `ok` False when another worker wrote it
+    first; `outbox` when its outbox holds messages to fan out; `timer` when a finalize timer is due."""
+
+    ok: bool
+    outbox: bool = False
+    timer: bool = False
+
+    @classmethod
+    def of(cls, reply: int) -> "CommitReply":
+        return cls(bool(reply & 1), bool(reply & 2), bool(reply & 4))
+
+
+def _commit_args(w: CommitWrite, now_ms: int) -> list[Any]:
     """One call's share of the commit script's ARGV (see commit.lua)."""
-    args: list[Any] = [w.version, w.token, w.new_version, w.new_token, w.core, w.record_id, len(w.events)]
+    args: list[Any] = [w.version, w.token, w.new_version, w.new_token, "1" if w.terminal else "0",
+                       w.at_ms or now_ms, w.core, w.record_id, len(w.events)]
     for key, occurred_us, event_json in w.events:
         # A score is a double: exact for any instant before the year 2255. The journal keeps
         # what the key, the score and the call do not say already (call_ledger.core.journal).
@@ -106,8 +130,9 @@ class Records:
         return self.keys.order(call_sid)
 
     def call_keys(self, call_sid: str) -> list[str]:
-        """The three keys of one call, in the order the commit script takes them."""
-        return [self.call_key(call_sid), self.journal_key(call_sid), self.order_key(call_sid)]
+        """The four keys of one call, in the order the commit script takes them."""
+        return [self.call_key(call_sid), self.journal_key(call_sid), self.order_key(call_sid),
+                self.keys.outbox(call_sid)]
 
     async def check_layout(self) -> None:
         """Refuse to run on data written in another key layout; mark a fresh store with ours.
@@ -134,14 +159,14 @@ class Records:
 
     async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]],
                          latest: int = 0) -> dict[str, LoadedCall]:
-        """Per call: version, core state, id, the given r:/m: fields, and which of the given
-        journal keys it already has, with the keys of its `latest` latest events (by time).
-        `wanted`: call -> (journal keys, field names)."""
+        """Per call: version, core state, id, the outbound messages' state, the given r:/m: fields, and
+        which of the given journal keys it already has, with the keys of its `latest` latest events (by
+        time). `wanted`: call -> (journal keys, field names)."""
         sids = list(wanted)
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
             keys, fields = wanted[sid]
-            pipe.hmget(self.call_key(sid), "v", "s", "id", "t", *fields)
+            pipe.hmget(self.call_key(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", *fields)
             # The order index holds every applied event's key (the journal may be off).
             pipe.zmscore(self.order_key(sid), keys)
             if latest:
@@ -152,13 +177,15 @@ class Records:
         for i, sid in enumerate(sids):
             keys, fields = wanted[sid]
             call, journal = replies[per_call * i], replies[per_call * i + 1]
-            version, core, record_id, token = call[:4]
+            version, core, record_id, token, ended, revision, changed_ms, outbox = call[:8]
             applied = [key for key, value in zip(keys, journal, strict=True) if value is not None]
             if latest:
                 applied += [_text(key) for key in replies[per_call * i + 2]]
             loaded[sid] = LoadedCall(
-                int(version or 0), core, dict(zip(fields, call[4:], strict=True)),
+                int(version or 0), core, dict(zip(fields, call[8:], strict=True)),
                 int(record_id) if record_id else None, frozenset(applied), token=_text(token) if token else "",
+                ended=ended == b"1", revision=int(revision or 0), changed_ms=int(changed_ms or 0),
+                outbox=outbox == b"1",
             )
         return loaded
 
@@ -188,18 +215,19 @@ class Records:
         last, key = (await run_pipeline(self.redis, build, (IDS,)))[1]
         return IdBlock(int(last) - count + 1, count, _text(key).encode())
 
-    async def commit(self, writes: list[CommitWrite]) -> list[bool]:
-        """Run the commit script for each call; False where another worker got there first."""
+    async def commit(self, writes: list[CommitWrite]) -> list[CommitReply]:
+        """Run the commit script for each call; not `ok` where another worker got there first."""
         if not writes:
             return []
+        now = int(time.time() * 1000)  # for the writes that bring no `at_ms`
         if not self._cluster:
             # One script call for the whole batch: redis-py's per-command cost dominates otherwise.
             keys: list[str] = []
             args: list[Any] = []
             for w in writes:
                 keys += self.call_keys(w.call_sid)
-                args += _commit_args(w)
-            return [bool(r) for r in await COMMIT.run(self.redis, keys, args)]
+                args += _commit_args(w, now)
+            return [CommitReply.of(int(r)) for r in await COMMIT.run(self.redis, keys, args)]
         # On a cluster one script may only touch one slot: one call per script, pipelined, by
         # SHA (sending the script with every call was about 1.2 KB more per event to its node).
         # A node without it (a promoted replica, a restart, SCRIPT FLUSH) answers NOSCRIPT for
@@ -211,7 +239,7 @@ class Records:
             pipe = self.redis.pipeline(transaction=False)
             for i in todo:
                 w = writes[i]
-                COMMIT.queue(pipe, self.call_keys(w.call_sid), _commit_args(w))
+                COMMIT.queue(pipe, self.call_keys(w.call_sid), _commit_args(w, now))
             for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
                 results[i] = reply
             todo = [i for i in todo if isinstance(results[i], NoScriptError)]
@@ -221,7 +249,7 @@ class Records:
         for reply in results:
             if isinstance(reply, Exception):
                 raise reply
-        return [bool(r[0]) for r in results]
+        return [CommitReply.of(int(r[0])) for r in results]
 
     # -- read API -------------------------------------------------------------------------
 

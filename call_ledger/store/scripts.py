@@ -26,10 +26,13 @@ from redis.exceptions import NoScriptError
 
 
 class Lua:
-    """One script of call_ledger/store/lua/. Keys always go in KEYS (call_ledger.store.keys names them)."""
+    """One script of call_ledger/store/lua/. Keys always go in KEYS (call_ledger.store.keys names them).
+    `include`: files of local functions it shares with other scripts, put before it (Redis runs one
+    source per script: it has no `require`)."""
 
-    def __init__(self, name: str) -> None:
-        self.source = files("call_ledger.store").joinpath("lua", name).read_text()
+    def __init__(self, name: str, include: tuple[str, ...] = ()) -> None:
+        lua = files("call_ledger.store").joinpath("lua")
+        self.source = "".join(lua.joinpath(part).read_text() for part in (*include, name))
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def queue(self, pipe: Any, keys: list[str], args: list[Any]) -> None:

@@ -527,7 +527,7 @@ async def test_a_page_that_reaches_the_budget_before_events_kept_without_a_copy_
                       occurred_at=text_at(1795514400000000 + i, 6), occurred_us=1795514400000000 + i,
                       flow_name="x" * 20).model_dump_json(exclude_defaults=True).encode() for i in range(6)]
     events = [(f"platform:e{i}", 1795514400000000 + i, raw if i < 4 else b"") for i, raw in enumerate(raws)]
-    assert await store.commit([CommitWrite("CA1", 0, 6, b"{}", 1, events, [])]) == [True]
+    assert [reply.ok for reply in await store.commit([CommitWrite("CA1", 0, 6, b"{}", 1, events, [])])] == [True]
     monkeypatch.setattr(store_module, "EVENTS_PAGE_BYTES", sum(map(len, raws[:4])))
     entries = await store.redis.hgetall(store.journal_key("CA1"))
     assert sum(map(len, entries.values())) < store_module.EVENTS_PAGE_BYTES  # only the JSON reaches it

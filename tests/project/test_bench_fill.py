@@ -12,7 +12,12 @@ but for:
   in the fill; only its presence is compared;
 - the keys only the worker path has, its stream bookkeeping: the stream `cl:events` (the
   events as intake appended them, with the consumer group inside it) and the set `cl:streams`
-  (the stream shards workers consume). The calls API reads neither.
+  (the stream shards workers consume). The calls API reads neither;
+- the outbound messages the worker's commits announce (SPEC §15: each call's `call.ended` in its outbox
+  `cl:out:{<sid>}`, the call hash's `fe`, `lc` and `ob`, the schedules `cl:ob:{n}` and `cl:fin:{n}`):
+  stamped with the time of the commit, so a fill made at another moment cannot match them byte for
+  byte, and a filled store has announced nothing (the calls API reads none of it). Their presence and
+  shape are checked instead.
 
 Both stores are given the same id permutation key first, and both hand out ids in call order,
 so the record ids are compared as they are.
@@ -20,6 +25,7 @@ so the record ids are compared as they are.
 
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -37,6 +43,8 @@ NOW_US = parse_iso("2026-11-24T10:00:00Z").us
 ID_KEY = "5a" * 32
 TOKEN = b"<commit token>"
 WORKER_ONLY = {b"cl:events": b"stream", b"cl:streams": b"set"}
+OUTBOUND_KEYS = (b"cl:out:", b"cl:ob:", b"cl:fin:")
+OUTBOUND_FIELDS = (b"fe", b"lc", b"ob")
 
 
 async def contents(client: Any) -> dict[bytes, tuple[bytes, Any, int]]:
@@ -57,6 +65,31 @@ async def contents(client: Any) -> dict[bytes, tuple[bytes, Any, int]]:
         else:
             raise AssertionError(f"unexpected {kind!r} at {key!r}")
         out[key] = (kind, value, await client.pttl(key))
+    return out
+
+
+def without_outbound(store: dict[bytes, tuple[bytes, Any, int]]) -> dict[bytes, tuple[bytes, Any, int]]:
+    """The worker's store without what its commits announced (after checking that each call that ended
+    announced it once: one `call.ended` in its outbox, `fe`, `lc` and `ob` set, the call on both
+    schedules; and that the others announced nothing)."""
+    out, outboxes, ended, scheduled = {}, set(), set(), set()
+    for key, (kind, value, ttl) in store.items():
+        if key.startswith(b"cl:out:"):
+            [message] = value.values()
+            assert orjson.loads(message)["type"] == "call.ended", key
+            outboxes.add(key.removeprefix(b"cl:out:"))
+        elif key.startswith((b"cl:ob:", b"cl:fin:")):
+            scheduled.update((key.split(b":")[1], b"{%s}" % sid) for sid, _ in value)
+        else:
+            if key.startswith(b"cl:call:"):
+                announced = [name for name in OUTBOUND_FIELDS if value.get(name)]
+                assert announced in ([], list(OUTBOUND_FIELDS)), key
+                if announced:
+                    ended.add(key.removeprefix(b"cl:call:"))
+                value = {name: field for name, field in value.items() if name not in OUTBOUND_FIELDS}
+            out[key] = (kind, value, ttl)
+    assert ended and outboxes == ended
+    assert scheduled == {(schedule, sid) for schedule in (b"ob", b"fin") for sid in ended}
     return out
 
 
@@ -97,6 +130,7 @@ async def test_bench_fill_writes_byte_for_byte_what_the_worker_writes(redis_serv
     assert sum(key.startswith(b"cl:call:") for key in bench) == CALLS
     assert sum(key.startswith(b"cl:journal:") for key in bench) == CALLS
     assert sum(len(value) for key, (_, value, _) in bench.items() if key.endswith(b":e")) == CALLS
+    worker = without_outbound(worker)
     assert {key: kind for key, (kind, _, _) in worker.items() if key not in bench} == WORKER_ONLY
     assert set(bench) <= set(worker)
     bench, worker = without_tokens(bench), without_tokens(worker)

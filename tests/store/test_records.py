@@ -18,7 +18,7 @@ from call_ledger.core.errors import StoreUnavailable
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import render_record
 from call_ledger.settings import Settings
-from call_ledger.store import GROUP, CommitWrite, Store, open_redis
+from call_ledger.store import GROUP, CommitReply, CommitWrite, Store, open_redis
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.support.guarantees import Guarantees
@@ -47,9 +47,9 @@ class CountingStore(Store):
 
     conflicts = 0
 
-    async def commit(self, writes: list[CommitWrite]) -> list[bool]:
+    async def commit(self, writes: list[CommitWrite]) -> list[CommitReply]:
         results = await super().commit(writes)
-        CountingStore.conflicts += results.count(False)
+        CountingStore.conflicts += [reply.ok for reply in results].count(False)
         return results
 
 

@@ -1,25 +1,38 @@
 -- Commit a batch's new events to one or more calls; each call atomically, if nobody else
--- wrote it first. Works for one call on a Redis Cluster (its three keys share the call's
+-- wrote it first. Works for one call on a Redis Cluster (its four keys share the call's
 -- hash tag) and for a whole batch in one call on a single server.
 --
--- KEYS, per call: its hash (id, v, s, r:*, m:*), its journal (source:event_id -> the event's
--- journal entry, call_ledger/core/journal.py),
--- its order index (sorted set: score occurred_us, member the journal key).
+-- KEYS, per call: its hash (id, v, s, r:*, m:*, j, fe, fr, lc, ob), its journal (source:event_id -> the
+-- event's journal entry, call_ledger/core/journal.py), its order index (sorted set: score occurred_us,
+-- member the journal key), its outbox (message id -> message JSON: the outbound messages this commit
+-- announces, SPEC §15, docs/outbound.md).
 -- ARGV, per call in KEYS order: the version read and the commit token read ('' for none), the
--- version after and its token, the core state JSON, an id for a new call, the number of events n, then n (journal key, occurred_us, journal entry)
+-- version after and its token, whether the state after is terminal ('1'/'0') and the time (ms), the core
+-- state JSON, an id for a new call, the number of events n, then n (journal key, occurred_us, journal entry)
 -- triples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
--- keys the events won. Only those are written: a commit writes what changed.
+-- keys the events won, and the record `j` last. Only those are written: a commit writes what changed.
 --
 -- An empty entry (LEDGER_JOURNAL=off) keeps no copy of the event: the order index alone
 -- records it, and is what recognises an event already applied in both modes.
 -- The token (`t`, unique per commit) makes the compare-and-set see another history that reached
 -- the same version: a Redis that lost a worker's commit (restart from an older snapshot, a
 -- promoted replica) and then took another worker's has that version with another token.
--- Returns one 1 (written) or 0 per call: the version moved on, or an event is already
--- applied (the worker's picture of the call was stale: it re-reads and retries).
--- Nothing of that call is written then. A call with no events (n = 0) is only checked: its
--- refusals were judged on the state read, and the version confirms that state; nothing is
--- written (no record appears for a call whose only events were refused).
+-- Returns per call 0: the version moved on, or an event is already applied (the worker's picture of
+-- the call was stale: it re-reads and retries); nothing of that call is written then. Else 1, plus 2
+-- when the call's outbox holds messages after the commit (the worker schedules their fan-out), plus
+-- 4 when a finalize timer is due (terminal, not finalized, and this commit changed the record). A
+-- call with no events (n = 0) is only checked: its refusals were judged on the state read, and the
+-- version confirms that state; nothing is written (no record appears for a call whose only events
+-- were refused), and it answers 1.
+--
+-- Finality, decided as call_ledger.core.outbound.after_change (the property tests hold it to it): a
+-- commit that changes the record (its `j` after the version line, or the value of a call_meta field
+-- it writes) of a terminal call stamps `lc`; announces `call.ended` (revision 0) if `fe` is not set
+-- yet, and sets it; announces `call.revised` if the call is finalized (`fr` >= 1), with `fr` one more.
+-- A call that is not terminal announces nothing and reads nothing more: `fe` and `fr` are only ever
+-- set on a terminal call, and a status only rises (SPEC §5), so the common case (one event of a live
+-- call) costs what it cost before. A message's id is derived from (sid, type, revision): a re-run can
+-- never make a second message for one announcement.
 --
 -- Redis's time here goes mostly to each command called and each Lua table built, not to each
 -- argument: one event (the usual case) is checked with one ZSCORE and written with one HSET
@@ -74,18 +87,79 @@ local function record(journal, order, events, n)
   end
 end
 
+-- stored(j) and announce(...) are announce.lua's, which runs before this file (call_ledger.store.scripts).
+
+-- Whether two `j` fields hold the same record, whatever versions they were rendered at. One substring
+-- made, not two: a record is some 600 bytes, and making a Lua string of it costs more than comparing it.
+local function same_record(j, old)
+  if not j or not old then
+    return j == old
+  end
+  local a, b = string.find(j, '\n', 1, true), string.find(old, '\n', 1, true)
+  if not a or not b or #j - a ~= #old - b then
+    return false
+  end
+  return string.find(old, string.sub(j, a + 1), b + 1, true) == b + 1
+end
+
+-- The text of a register's value: element 4 of [occurred_us, "event_id", "source", value] as the
+-- worker wrote it (orjson), found by skipping the two strings and their escapes; no JSON decoded.
+local function value_text(register)
+  if not register then
+    return nil
+  end
+  local i = string.find(register, ',', 1, true) + 2
+  local c
+  for _ = 1, 2 do
+    c = string.find(register, '["\\]', i)
+    while string.byte(register, c) == 92 do  -- a backslash: skip what it escapes
+      c = string.find(register, '["\\]', c + 2)
+    end
+    i = c + 3
+  end
+  return string.sub(register, c + 2, -2)
+end
+
+-- Whether a call_meta field among the m pairs at ARGV[fields] gets another value than it has (a
+-- record whose `j` did not change still changes when its call_meta does: `j` leaves it out).
+local function meta_changed(call, fields, m)
+  local names, values = {}, {}
+  for i = fields, fields + 2 * m - 2, 2 do
+    if string.sub(ARGV[i], 1, 2) == 'm:' then
+      names[#names + 1] = ARGV[i]
+      values[#values + 1] = ARGV[i + 1]
+    end
+  end
+  if #names == 0 then
+    return false
+  end
+  local old = redis.call('HMGET', call, unpack(names))
+  for i = 1, #names do
+    if value_text(old[i]) ~= value_text(values[i]) then
+      return true
+    end
+  end
+  return false
+end
+
 local results = {}
 local a = 1
-for k = 1, #KEYS, 3 do
-  local call, journal, order = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+for k = 1, #KEYS, 4 do
+  local call, journal, order, outbox = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local expected, token, new_version, new_token = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local core, id = ARGV[a + 4], ARGV[a + 5]
-  local n = DIGITS[ARGV[a + 6]] or tonumber(ARGV[a + 6])
-  local events = a + 7
+  local terminal, now_ms = ARGV[a + 4] == '1', ARGV[a + 5]
+  local core, id = ARGV[a + 6], ARGV[a + 7]
+  local n = DIGITS[ARGV[a + 8]] or tonumber(ARGV[a + 8])
+  local events = a + 9
   local m = DIGITS[ARGV[events + 3 * n]] or tonumber(ARGV[events + 3 * n])
   local fields = events + 3 * n + 1
   a = fields + 2 * m
-  local found = redis.call('HMGET', call, 'v', 't', 'id')
+  local found
+  if terminal and n > 0 then  -- what finality needs: the record and the finality fields
+    found = redis.call('HMGET', call, 'v', 't', 'id', 'j', 'fe', 'fr', 'ob')
+  else
+    found = redis.call('HMGET', call, 'v', 't', 'id')
+  end
   local ok = (found[1] or '0') == expected and (found[2] or '') == token
   if ok and n == 1 then
     ok = not redis.call('ZSCORE', order, ARGV[events])
@@ -101,22 +175,53 @@ for k = 1, #KEYS, 3 do
       end
       redis.call('ZADD', order, ARGV[events + 1], ARGV[events])
     end
-    -- As HSET of each field, then of v, s and t, then HSETNX id (the HMGET above read it).
-    local id_field = NONE
+    -- As HSET of each field, then of v, s and t, then HSETNX id (the HMGET above read it), then the
+    -- finality fields.
+    local extra = NONE
     if not found[3] then
-      id_field = {'id', id}
+      extra = {'id', id}
+    end
+    -- At most one announcement per commit: `call.revised` needs `fr`, which only a call with `fe` has.
+    local reply, kind, revision = 1, nil, 0
+    if terminal then
+      local last = fields + 2 * m - 2
+      local j = m > 0 and ARGV[last] == 'j' and ARGV[last + 1] or nil
+      if not same_record(j, found[4]) or meta_changed(call, fields, m) then
+        extra = {unpack(extra)}
+        extra[#extra + 1], extra[#extra + 2] = 'lc', now_ms
+        revision = tonumber(found[6] or '0')
+        if found[5] ~= '1' then
+          kind = 'call.ended'
+          extra[#extra + 1], extra[#extra + 2] = 'fe', '1'
+        elseif revision >= 1 then
+          kind, revision = 'call.revised', revision + 1
+          extra[#extra + 1], extra[#extra + 2] = 'fr', revision
+        end
+        if revision == 0 then
+          reply = reply + 4  -- terminal, changed, not finalized: the quiet period starts again
+        end
+        if kind then
+          extra[#extra + 1], extra[#extra + 2] = 'ob', '1'
+        end
+      end
+      if kind or found[7] == '1' then
+        reply = reply + 2
+      end
     end
     if m == 1 then
       redis.call('HSET', call, ARGV[fields], ARGV[fields + 1], 'v', new_version, 's', core, 't', new_token,
-                 unpack(id_field))
+                 unpack(extra))
     else
       local last = fields + 2 * m - 1
       for s = fields, last, 2 * CHUNK do
         redis.call('HSET', call, unpack(ARGV, s, math.min(last, s + 2 * CHUNK - 1)))
       end
-      redis.call('HSET', call, 'v', new_version, 's', core, 't', new_token, unpack(id_field))
+      redis.call('HSET', call, 'v', new_version, 's', core, 't', new_token, unpack(extra))
     end
-    results[#results + 1] = 1
+    if kind then
+      announce(call, outbox, kind, revision, now_ms, new_version, found[3] or id)
+    end
+    results[#results + 1] = reply
   elseif ok then
     results[#results + 1] = 1
   else
