@@ -33,22 +33,14 @@ FINALIZER = web.AppKey("finalizer", Finalizer)
 
 def add_outbound(app: web.Application) -> None:
     """The finalizer, fan-out and delivery of outbound call events (SPEC §15) for the app's lifetime: `serve`,
-    `worker`, `deliver` (each process once: finalize.lua makes any number of finalizers safe). Runs only once
-    the store has its outbox (store.outbox) and endpoints (store.endpoints)."""
+    `worker`, `deliver` (each process once: finalize.lua makes any number of finalizers safe)."""
 
     async def outbound_ctx(app: web.Application) -> AsyncIterator[None]:
         store, settings = app[STORE], app[SETTINGS]
-        # The commit path's outbox and the endpoints API are composed into the store beside the deliveries;
-        # until both are there, there is nothing to deliver. The SSRF resolver (call_ledger.web.ssrf) is
-        # passed here unless LEDGER_OUTBOUND_ALLOW_PRIVATE.
-        outbox, endpoints = getattr(store, "outbox", None), getattr(store, "endpoints", None)
-        if outbox is None or endpoints is None:
-            yield
-            return
         # Names are checked by the resolver as they resolve, at each delivery (DNS rebinding); literal
         # addresses by the delivery itself.
         resolver = None if settings.outbound_allow_private else SafeResolver(allow_private=False)
-        outbound = Outbound(outbox, endpoints, store.deliveries, settings, app[METRICS], resolver)
+        outbound = Outbound(store.outbox, store.endpoints, store.deliveries, settings, app[METRICS], resolver)
         finalizer = Finalizer(store, settings, app[METRICS])
         app[OUTBOUND], app[FINALIZER] = outbound, finalizer
         await finalizer.start()

@@ -84,8 +84,8 @@ def now_ms() -> int:
 
 
 class EndpointCache:
-    """`store.endpoints.all()`, read again when older than ENDPOINTS_TTL_S: fan-out asks for every call, and
-    a new or deleted endpoint takes effect within the TTL."""
+    """`store.endpoints.all()`: read fresh by fan-out once per round, and again when older than ENDPOINTS_TTL_S
+    by the delivery loops' supervisor (a new endpoint's loop starts, a deleted one's stops, within the TTL)."""
 
     def __init__(self, endpoints: EndpointsPort, ttl_s: float = ENDPOINTS_TTL_S) -> None:
         self.endpoints = endpoints
@@ -94,9 +94,15 @@ class EndpointCache:
         self._read_at = -float("inf")
 
     async def get(self) -> list[Endpoint]:
+        """The list, read again if older than the TTL (the delivery loops' supervisor)."""
         if time.monotonic() - self._read_at >= self.ttl_s:
-            self._list = await self.endpoints.all()
-            self._read_at = time.monotonic()
+            await self.refresh()
+        return self._list
+
+    async def refresh(self) -> list[Endpoint]:
+        """The list read now (fan-out, once per round with something to fan out)."""
+        self._list = await self.endpoints.all()
+        self._read_at = time.monotonic()
         return self._list
 
 
@@ -116,19 +122,23 @@ class FanOut:
         self.wake = wake
 
     async def run_once(self, now: int) -> int:
-        """One round over the 16 outbox shards; how many messages were fanned out."""
+        """One round over the 16 outbox shards; how many messages were fanned out. The endpoints are read once
+        per round that has something to fan out, after its first claim: an endpoint created before a message
+        was claimed receives it (a cached list would miss endpoints created in the last seconds)."""
         fanned = 0
+        endpoints: list[Endpoint] | None = None
         for shard in range(SHARDS):
             for claim in await self.outbox.claim_due(shard, now, FANOUT_BATCH, FANOUT_LEASE_MS):
                 try:
-                    fanned += await self.fan(claim, now)
+                    if endpoints is None:
+                        endpoints = await self.endpoints.refresh()
+                    fanned += await self.fan(claim, now, endpoints)
                 except Exception as exc:  # this call's claim runs out and it is fanned out again
                     log.error("outbound_fanout_error", call_sid=claim.sid, error=f"{type(exc).__name__}: {exc}")
         return fanned
 
-    async def fan(self, claim: OutboxClaimLike, now: int) -> int:
+    async def fan(self, claim: OutboxClaimLike, now: int, endpoints: list[Endpoint]) -> int:
         messages = await self.outbox.messages(claim.sid, self.policy)
-        endpoints = await self.endpoints.get() if messages else []
         items = [Enqueue(endpoint.id, message) for message in messages for endpoint in endpoints
                  if endpoint.wants(message)]
         await self.deliveries.enqueue_all(items, now)
