@@ -120,18 +120,9 @@ class Records:
         self.keys = keys
         self._cluster = is_cluster(redis)
 
-    def call_key(self, call_sid: str) -> str:
-        return self.keys.call(call_sid)
-
-    def journal_key(self, call_sid: str) -> str:
-        return self.keys.journal(call_sid)
-
-    def order_key(self, call_sid: str) -> str:
-        return self.keys.order(call_sid)
-
     def call_keys(self, call_sid: str) -> list[str]:
         """The four keys of one call, in the order the commit script takes them."""
-        return [self.call_key(call_sid), self.journal_key(call_sid), self.order_key(call_sid),
+        return [self.keys.call(call_sid), self.keys.journal(call_sid), self.keys.order(call_sid),
                 self.keys.outbox(call_sid)]
 
     async def check_layout(self) -> None:
@@ -166,11 +157,11 @@ class Records:
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
             keys, fields = wanted[sid]
-            pipe.hmget(self.call_key(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", *fields)
+            pipe.hmget(self.keys.call(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", *fields)
             # The order index holds every applied event's key (the journal may be off).
-            pipe.zmscore(self.order_key(sid), keys)
+            pipe.zmscore(self.keys.order(sid), keys)
             if latest:
-                pipe.zrange(self.order_key(sid), -latest, -1)
+                pipe.zrange(self.keys.order(sid), -latest, -1)
         replies = await pipe.execute()
         loaded = {}
         per_call = 3 if latest else 2
@@ -256,12 +247,12 @@ class Records:
     @unavailable_on_error
     async def get_call(self, call_sid: str) -> tuple[int, CallState] | None:
         """The call's record id and whole state (one bounded hash), or None."""
-        return CallState.from_hash(await self.redis.hgetall(self.call_key(call_sid)))
+        return CallState.from_hash(await self.redis.hgetall(self.keys.call(call_sid)))
 
     @unavailable_on_error
     async def call_fields(self, call_sid: str) -> dict[bytes, bytes] | None:
         """The call's raw hash (one bounded HGETALL), or None when there is no such call."""
-        fields = await self.redis.hgetall(self.call_key(call_sid))
+        fields = await self.redis.hgetall(self.keys.call(call_sid))
         return fields if fields.get(b"id") is not None and fields.get(b"s") is not None else None
 
     @unavailable_on_error
@@ -276,11 +267,11 @@ class Records:
         if not call_sids:
             return []
         if not self._cluster:
-            replies = await EXPORT_FIELDS.run(self.redis, [self.call_key(sid) for sid in call_sids], [])
+            replies = await EXPORT_FIELDS.run(self.redis, [self.keys.call(sid) for sid in call_sids], [])
             return [dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None for flat in replies]
         pipe = self.redis.pipeline(transaction=False)
         for sid in call_sids:
-            pipe.hgetall(self.call_key(sid))
+            pipe.hgetall(self.keys.call(sid))
         return [fields if fields.get(b"id") is not None and fields.get(b"s") is not None else None
                 for fields in await pipe.execute()]
 
@@ -289,7 +280,7 @@ class Records:
         """`get_call` for many calls in one round trip (a list page)."""
         pipe = self.redis.pipeline(transaction=False)
         for sid in call_sids:
-            pipe.hgetall(self.call_key(sid))
+            pipe.hgetall(self.keys.call(sid))
         return [CallState.from_hash(fields) for fields in await pipe.execute()]
 
     @unavailable_on_error
@@ -297,11 +288,11 @@ class Records:
         """Applied events oldest first, at most `limit` and about EVENTS_PAGE_BYTES, after the
         journal key `after` ('' = the start); with the key to continue from, or None at the end.
         None when the call does not exist; UnknownCursor when `after` is not one of its events."""
-        keys = [self.order_key(call_sid), self.journal_key(call_sid)]
+        keys = [self.keys.order(call_sid), self.keys.journal(call_sid)]
         args = [after, limit, EVENTS_PAGE_BYTES]
 
         def build(pipe: Any) -> None:
-            pipe.hexists(self.call_key(call_sid), "id")
+            pipe.hexists(self.keys.call(call_sid), "id")
             EVENTS_PAGE.queue(pipe, keys, args)
 
         exists, reply = await run_pipeline(self.redis, build, (EVENTS_PAGE,))
@@ -345,12 +336,12 @@ class Records:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for call_sid, key in events:
-            pipe.zscore(self.order_key(call_sid), key)
+            pipe.zscore(self.keys.order(call_sid), key)
         return [score is not None for score in await pipe.execute()]
 
     async def applied_keys(self, call_sid: str) -> set[str]:
         """Every journal key (source:event_id) applied to the call: for tests and tools, not requests."""
-        return {_text(key) for key in await self.redis.hkeys(self.journal_key(call_sid))}
+        return {_text(key) for key in await self.redis.hkeys(self.keys.journal(call_sid))}
 
     async def event_count(self, call_sid: str) -> int:
-        return int(await self.redis.hget(self.call_key(call_sid), "v") or 0)
+        return int(await self.redis.hget(self.keys.call(call_sid), "v") or 0)
