@@ -75,8 +75,12 @@ STEP_TIMEOUT_S = 60.0
 
 
 class Consumer:
-    def __init__(self, store: Store, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics,
+                 fanout_due: asyncio.Event | None = None) -> None:
         self.store = store
+        # Set once a batch's outboxes are on the fan-out schedule: this process's fan-out (worker/app.py
+        # hands it the Outbound's event) looks at once instead of at its next poll. A set, never an await.
+        self.fanout_due = fanout_due
         self.settings = settings
         self.metrics = metrics
         self.indexes = store.indexes
@@ -354,6 +358,8 @@ class Consumer:
             for sid in (*due.outbox, *due.timers):
                 self.known.forget(sid)
             raise
+        if due.outbox and self.fanout_due is not None:
+            self.fanout_due.set()
 
     def _index_writes(self, committed: dict[str, Committed]) -> list[IndexWrite]:
         """Each call's index entry at the version just committed, as a delta where it can be."""

@@ -409,10 +409,14 @@ class Outbound:
     """Fan-out and delivery for an app's lifetime (serve, worker, deliver)."""
 
     def __init__(self, outbox: OutboxPort, endpoints: EndpointsPort, deliveries: Deliveries, settings: Settings,
-                 metrics: Metrics, resolver: AbstractResolver | None = None) -> None:
+                 metrics: Metrics, resolver: AbstractResolver | None = None, due: asyncio.Event | None = None) -> None:
         cache = EndpointCache(endpoints)
         self.delivery = DeliveryLoops(deliveries, cache, settings, metrics, resolver)
         self.fanout = FanOut(outbox, deliveries, cache, settings.policy, self.delivery.wake)
+        # Set by whatever in this process just scheduled outboxes for fan-out (the consumer after a commit,
+        # the finalizer): fan-out looks at once, not at its next poll (FANOUT_IDLE_S, which stays the way
+        # other processes' commits are found). Setting it is all a producer does: it never waits on fan-out.
+        self.due = due if due is not None else asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -422,21 +426,24 @@ class Outbound:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self.due.set()
         if self._task is not None:
             await self._task
         await self.delivery.stop()
 
     async def _fan_loop(self) -> None:
         while not self._stopping.is_set():
+            self.due.clear()  # before the round: a schedule made during it wakes the next wait
             try:
                 fanned = await self.fanout.run_once(now_ms())
-            except Exception as exc:  # Redis away: look again in a second
+            except Exception as exc:  # Redis away: look again in a second (a wake-up would only spin)
                 log.error("outbound_fanout_error", error=f"{type(exc).__name__}: {exc}")
-                fanned, pause = 0, 1.0
+                fanned, wake = 0, self._stopping
+                pause = 1.0
             else:
-                pause = FANOUT_IDLE_S
+                wake, pause = self.due, FANOUT_IDLE_S
             if not fanned:
                 try:
-                    await asyncio.wait_for(self._stopping.wait(), pause)
+                    await asyncio.wait_for(wake.wait(), pause)
                 except TimeoutError:
                     pass

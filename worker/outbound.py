@@ -29,8 +29,10 @@ BATCH = 100  # timers taken from a shard per look (more are taken at once while 
 class Finalizer:
     """Every second, each index shard's due finalize timers through finalize.lua."""
 
-    def __init__(self, store: Store, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics,
+                 fanout_due: asyncio.Event | None = None) -> None:
         self.store = store
+        self.fanout_due = fanout_due  # set after a round that finalized: this process's fan-out looks at once
         self.settings = settings
         self.metrics = metrics
         self._stopping = asyncio.Event()
@@ -71,6 +73,8 @@ class Finalizer:
                 finalized = await self.run_once(int(time.time() * 1000))
                 if finalized:
                     log.info("calls_finalized", calls=finalized)
+                    if self.fanout_due is not None:
+                        self.fanout_due.set()
             except Exception as exc:  # Redis away, or a bug: log, try again next time (the timers stay)
                 log.error("finalizer_error", error=f"{type(exc).__name__}: {exc}")
             try:

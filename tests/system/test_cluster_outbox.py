@@ -2,13 +2,23 @@
 shares the call's slot, the schedules live in their index shard's slot, and the finalizer and fan-out
 calls each touch one slot (SPEC §15)."""
 
+import time
+from typing import Any
+
+import orjson
 import pytest
+from aiohttp import web
+from standardwebhooks import Webhook
 
 from call_ledger.core.indexes import shard_of
+from call_ledger.core.outbound import MESSAGE_TYPES, Endpoint
+from call_ledger.core.standard_webhooks import new_secret
 from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
+from call_ledger.worker.delivery import Outbound
 from call_ledger.worker.outbound import Finalizer
+from tests.support.polling import until
 from tests.support.settings import make_settings
 from tests.support.workers import make_event, usage
 
@@ -52,4 +62,48 @@ async def test_calls_over_every_node_announce_finalize_and_revise_on_a_cluster(c
             assert await store.redis.hgetall(store.keys.outbox(sid)) == {}
             assert await store.redis.zscore(store.keys.outbox_due(shard_of(sid)), sid) is None
     finally:
+        await store.close()
+
+
+async def test_one_call_is_delivered_end_to_end_on_a_cluster(cluster_url: str, aiohttp_server: Any) -> None:
+    """The whole outbound path on three masters: the endpoint registry, the commit's outbox, fan-out, the
+    endpoint's queue (its own slot: `cl:wh:{<ep>}:*`), the delivery and its attempts log."""
+    secret, got = new_secret(), []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        Webhook(secret).verify(body, dict(request.headers))
+        got.append((request.headers["webhook-id"], orjson.loads(body)))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    server = await aiohttp_server(app)
+    settings = make_settings(redis_url=cluster_url, redis_cluster=True, outbound_allow_private=True)
+    store = Store.from_settings(settings)
+    endpoint = Endpoint(id="ep_" + "c" * 24, url=str(server.make_url("/hook")), events=MESSAGE_TYPES,
+                        description="", organization_id=None, secrets=((secret, None),),
+                        created_ms=int(time.time() * 1000))
+    outbound = Outbound(store.outbox, store.endpoints, store.deliveries, settings, Metrics())
+    try:
+        assert await store.endpoints.create(endpoint, 50)
+        assert [e.id for e in await store.endpoints.all()] == [endpoint.id]
+        sid = "CA-cluster-delivered"
+        await store.append(make_event(sid, "s1", 60 * S, status="completed", duration=60).model_dump_json().encode())
+        consumer = Consumer(store, settings, Metrics(), fanout_due=outbound.due)
+        await outbound.start()
+        assert await consumer.run_burst() == 1
+        await until(lambda: len(got) == 1, 15, "call.ended delivered")
+        assert got[0][1]["type"] == "call.ended" and got[0][1]["data"]["call"]["call_sid"] == sid
+        async def logged() -> Any:
+            page = await store.deliveries.attempts(endpoint.id, None, 10)
+            return page if page.attempts else None
+
+        page = await until(logged, 10, "the attempt logged")
+        assert [(a["message_id"], a["status_code"], a["attempt"]) for a in page.attempts] == [(got[0][0], 204, 1)]
+        nodes = {store.redis.get_node_from_key(key).port for key in (
+            store.keys.outbox(sid), store.keys.delivery_messages(endpoint.id), store.keys.endpoints)}
+        assert len(nodes) >= 2  # the call's slot and the endpoint's are not one node's
+    finally:
+        await outbound.stop()
         await store.close()

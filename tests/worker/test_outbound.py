@@ -264,3 +264,38 @@ async def test_a_call_that_ends_and_goes_quiet_reaches_a_receiver_as_served(aioh
         "msg_" + hashlib.sha1(f"{SID}\n{kind}\n{revision}".encode()).hexdigest()[:32]
         for kind, revision in (("call.ended", 0), ("call.finalized", 1))]
     await call.close()
+
+
+async def test_a_commit_wakes_the_fan_out_of_its_process_at_once(aiohttp_server: Any, monkeypatch: Any) -> None:
+    """The consumer sets the Outbound's `due` event right after scheduling a batch's outboxes (worker/app.py
+    hands it over in serve and worker): the message is on its way without waiting for fan-out's poll, made
+    30 s here so that only the wake-up can deliver it in time."""
+    import call_ledger.worker.delivery as delivery
+
+    monkeypatch.setattr(delivery, "FANOUT_IDLE_S", 30.0)
+    got: list[float] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        got.append(time.monotonic())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    server = await aiohttp_server(app)
+    call = Call(outbound_allow_private=True)
+    assert await call.store.endpoints.create(Endpoint(
+        id="ep_" + "1" * 24, url=str(server.make_url("/hook")), events=MESSAGE_TYPES, description="",
+        organization_id=None, secrets=((new_secret(), None),), created_ms=int(time.time() * 1000)), 50)
+    outbound = Outbound(call.store.outbox, call.store.endpoints, call.store.deliveries, call.settings, Metrics())
+    call.consumer = Consumer(call.store, call.settings, Metrics(), fanout_due=outbound.due)
+    await outbound.start()
+    try:
+        await asyncio.sleep(0.3)  # fan-out's first round is over: it waits (30 s, or until woken)
+        committed = time.monotonic()
+        await call.apply(make_event(SID, "completed", 60 * S, status="completed", duration=55))
+        await until(lambda: len(got) == 1, 5, "call.ended delivered")
+        assert got[0] - committed < 2
+    finally:
+        await outbound.stop()
+        await call.close()
