@@ -78,6 +78,8 @@ class EndpointsPort(Protocol):
 
     async def all(self) -> list[Endpoint]: ...
 
+    async def get(self, endpoint_id: str) -> Endpoint | None: ...
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -195,31 +197,43 @@ async def post(session: aiohttp.ClientSession, endpoint: Endpoint, delivery: Del
     headers = {"content-type": "application/json", "user-agent": "call-ledger",
                "webhook-id": delivery.message_id, "webhook-timestamp": timestamp,
                "webhook-signature": signature_header(keys, delivery.message_id, timestamp, delivery.body)}
+    answered: list[int] = []  # the status, once the answer's head has arrived
     try:
         async with asyncio.timeout(timeout_s + 0.5):  # aiohttp's own total timeout, made certain
             async with session.post(endpoint.url, data=delivery.body, headers=headers, allow_redirects=False,
                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                answered.append(response.status)
                 read = 0
                 while read < RESPONSE_READ_LIMIT and (chunk := await response.content.read(RESPONSE_READ_LIMIT)):
                     read += len(chunk)
-                status = response.status
-    except TimeoutError:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if answered:  # the status came; only its body was slow or cut: the answer is the status
+            return _answered(answered[0])
+        return _failed(exc, timeout_s)
+    return _answered(answered[0])
+
+
+def _answered(status: int) -> AttemptResult:
+    if 200 <= status < 300:
+        return AttemptResult("delivered", status_code=status)
+    return AttemptResult("http_error", status_code=status)
+
+
+def _failed(exc: BaseException, timeout_s: float) -> AttemptResult:
+    """What an attempt that got no answer came to."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return AttemptResult("timeout", error=f"no answer within {timeout_s:g} s")
-    except aiohttp.ClientConnectorDNSError as exc:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
         # A name that does not resolve is a gaierror; the SSRF resolver (call_ledger.web.ssrf) refuses with
         # another OSError, naming the address it refused.
         if isinstance(exc.os_error, socket.gaierror) and not isinstance(exc.os_error, AddressRefused):
             return AttemptResult("connection_error", error=f"dns: {exc.os_error}")
         return AttemptResult("refused_address", error=str(exc.os_error))
-    except aiohttp.ClientConnectorError as exc:
+    if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, AddressRefused):
             return AttemptResult("refused_address", error=str(exc.os_error))
         return AttemptResult("connection_error", error=str(exc.os_error))
-    except (aiohttp.ClientError, OSError) as exc:
-        return AttemptResult("connection_error", error=type(exc).__name__)
-    if 200 <= status < 300:
-        return AttemptResult("delivered", status_code=status)
-    return AttemptResult("http_error", status_code=status)
+    return AttemptResult("connection_error", error=type(exc).__name__)
 
 
 def outcome_of(delivery: Delivery, result: AttemptResult, schedule: tuple[int, ...], now: int) -> Outcome:
@@ -296,6 +310,19 @@ class EndpointLoop:
             owner.slots.give(taken)
             raise
         owner.slots.give(taken - len(claimed.deliveries))
+        if claimed.deliveries:
+            # Read the endpoint as it is now, not as the supervisor last saw it: a message sent just after
+            # a rotation carries the new secret's signature too. A deleted endpoint sends nothing (its
+            # queue is gone; the leases run out on keys nobody reads).
+            try:
+                fresh = await owner.endpoints.endpoints.get(self.endpoint.id)
+            except BaseException:
+                owner.slots.give(len(claimed.deliveries))  # their leases run out; they are sent again
+                raise
+            if fresh is None:
+                owner.slots.give(len(claimed.deliveries))
+                return DELIVERY_IDLE_S
+            self.endpoint = fresh
         for delivery in claimed.deliveries:
             task = asyncio.create_task(self._deliver(delivery))
             self._inflight.add(task)

@@ -21,10 +21,8 @@ from call_ledger.core.outbound import MESSAGE_TYPES, Endpoint, MessageType
 MAX_URL = 2048
 MAX_DESCRIPTION = 256
 # A rotated-out secret keeps signing beside the new one for a day (SPEC §15), so that receivers can switch at
-# their pace; at most MAX_SECRETS are kept (the oldest go first), so that rotating in a loop cannot grow every
-# message's signature header without bound.
+# their pace (`rotated`: never more than the two).
 ROTATION_OVERLAP_MS = 86_400_000
-MAX_SECRETS = 5
 ENDPOINT_ID = re.compile(r"ep_[0-9a-f]{24}")
 _CREATE_FIELDS = frozenset({"url", "events", "description"})
 # Spaces and control characters: urlsplit drops some of them silently, so a URL holding one is not what it shows.
@@ -133,13 +131,12 @@ def parse_recover(body: bytes) -> int:
 
 
 def rotated(endpoint: Endpoint, secret: str, now_ms: int) -> Endpoint:
-    """The endpoint with `secret` current, and each secret it signed with until now kept for a day more (one
-    already on its way out keeps its own, earlier end); expired ones dropped, at most MAX_SECRETS kept."""
-    until = now_ms + ROTATION_OVERLAP_MS
-    kept = [(old, until if ends is None else min(ends, until)) for old, ends in endpoint.secrets
-            if ends is None or ends > now_ms]
-    secrets: tuple[tuple[str, int | None], ...] = ((secret, None), *kept[:MAX_SECRETS - 1])
-    return replace(endpoint, secrets=secrets)
+    """The endpoint with `secret` current and the secret that was current until now kept for a day more (SPEC
+    §15: messages carry both signatures for 24 h). Any older one goes at once: rotating twice is how a leaked
+    secret stops being accepted now, and a message never carries more than two signatures."""
+    current = next((old for old, ends in endpoint.secrets if ends is None or ends > now_ms), None)
+    previous = () if current is None else ((current, now_ms + ROTATION_OVERLAP_MS),)
+    return replace(endpoint, secrets=((secret, None), *previous))
 
 
 # -- the stored form (one value of the `cl:wh:endpoints` hash) ----------------------------------------------------

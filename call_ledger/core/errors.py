@@ -120,6 +120,13 @@ class TooManyEndpoints(LedgerError):
     code = "too_many_endpoints"
 
 
+class EndpointBusy(LedgerError):
+    """Other requests kept changing this webhook endpoint while it was being changed: send the request again."""
+
+    status = 409
+    code = "conflict"
+
+
 class TooManyExports(LedgerError):
     """This organization already runs LEDGER_MAX_EXPORTS exports (SPEC §14)."""
 

@@ -138,12 +138,43 @@ def retry_delay(attempt: int, schedule: tuple[int, ...]) -> int | None:
     return schedule[attempt - 1] if 1 <= attempt <= len(schedule) else None
 
 
+# IPv6 ranges that carry an IPv4 address inside (RFC 6052 NAT64, its local-use prefix, RFC 3056 6to4,
+# the deprecated IPv4-compatible ::a.b.c.d, RFC 6145's SIIT ::ffff:0:a.b.c.d): a gateway on the way turns
+# them into the IPv4 address, so they are judged as that address. Site-local (fec0::/10) is private space
+# that Python's is_global does not know.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_SIIT = ipaddress.ip_network("::ffff:0:0:0/96")
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches through a translator or tunnel, if it embeds one."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip in net for net in (*_NAT64, _SIIT)) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return low
+    return None
+
+
 def address_refused(address: str) -> str | None:
     """Why an endpoint may not be reached at this IP address (SSRF), or None when it may: only globally
-    routable addresses are allowed. IPv4-mapped IPv6 addresses are judged as the IPv4 address they reach."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    routable addresses are allowed. An IPv6 address that embeds an IPv4 one (mapped, NAT64, 6to4,
+    IPv4-compatible, SIIT) is judged as that IPv4 address too; the local-use NAT64 prefix and site-local
+    addresses are refused outright."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _SITE_LOCAL:
+            return f"{address} is a private address"
+        if ip in _NAT64[1]:
+            return f"{address} is not a public address"
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            reason = address_refused(str(inner))
+            return None if reason is None else f"{address} reaches {reason}"
     if ip.is_global and not ip.is_multicast:
         return None
     for refused, kind in ((ip.is_loopback, "loopback"), (ip.is_link_local, "link-local"),

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from call_ledger.core.outbound import OutboxMessage, iso_ms
+from call_ledger.store.errors import CommandRefused
 from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
 
@@ -31,6 +32,8 @@ TRIM = Lua("delivery_trim.lua")
 LOG_MAXLEN = 10_000
 # Messages dropped per endpoint per script by `trim` (it loops): one script never runs long.
 TRIM_BATCH = 1000
+# Messages re-queued per script by `recover` (about 8 ms of Redis time).
+RECOVER_PAGE = 500
 # A cursor of the attempts route: a log entry id as Redis writes them.
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
@@ -175,8 +178,13 @@ class Deliveries:
         (a log entry id: what the previous page's `next` said); ValueError for anything else."""
         if after is not None and not _ENTRY_ID.fullmatch(after):
             raise ValueError("not a cursor of this log")
+        if after == "0-0":  # nothing is older than the first possible id (Redis refuses the empty range)
+            return AttemptsPage([], None)
         top = f"({after}" if after else "+"
-        entries = await self.redis.xrevrange(self.keys.delivery_log(endpoint_id), top, "-", count=limit + 1)
+        try:
+            entries = await self.redis.xrevrange(self.keys.delivery_log(endpoint_id), top, "-", count=limit + 1)
+        except CommandRefused:  # an id Redis cannot hold (past 2^64 - 1): not one it gave out
+            raise ValueError("not a cursor of this log") from None
         page = [self._attempt(fields) for _, fields in entries[:limit]]
         return AttemptsPage(page, _text(entries[limit - 1][0]) if len(entries) > limit else None)
 
@@ -190,7 +198,12 @@ class Deliveries:
     async def recover(self, endpoint_id: str, since_ms: int, now_ms: int) -> int:
         """Every kept message created since `since_ms` back to pending, due now, with its attempt count
         (and its `webhook-id`) kept; how many that is."""
-        return int(await RECOVER.run(self.redis, self._queue_keys(endpoint_id), [since_ms, now_ms]))
+        keys, total, offset = self._queue_keys(endpoint_id), 0, 0
+        while True:  # a page per script: Redis serves others between pages (an endpoint may keep 100,000s)
+            count, scanned = await RECOVER.run(self.redis, keys, [since_ms, now_ms, offset, RECOVER_PAGE])
+            total, offset = total + int(count), offset + int(scanned)
+            if int(scanned) < RECOVER_PAGE:
+                return total
 
     # -- upkeep ----------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ it read (a rotation or a delete in between makes it read again).
 from typing import Any
 
 from call_ledger.core.endpoints import decode, encode, organization_tag, rotated
-from call_ledger.core.errors import StoreUnavailable
+from call_ledger.core.errors import EndpointBusy
 from call_ledger.core.outbound import Endpoint
 from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua
@@ -56,7 +56,7 @@ class Endpoints:
     async def rotate(self, endpoint_id: str, new_secret: str, now_ms: int) -> Endpoint | None:
         """Make `new_secret` the endpoint's current secret, the previous ones still signing for 24 h
         (`core.endpoints.rotated`); the endpoint as stored, or None if there is no such endpoint. Raises
-        StoreUnavailable (503: try again) if concurrent rotations kept changing it, ROTATE_TRIES times in a row."""
+        EndpointBusy (409: try again) if concurrent rotations kept changing it, ROTATE_TRIES times in a row."""
         for _ in range(ROTATE_TRIES):
             raw = await self.redis.hget(self.key, endpoint_id)
             if raw is None:
@@ -64,4 +64,4 @@ class Endpoints:
             endpoint = rotated(decode(raw), new_secret, now_ms)
             if await SWAP.run(self.redis, [self.key], [endpoint_id, raw, encode(endpoint)]):
                 return endpoint
-        raise StoreUnavailable("the endpoint kept changing while its secret was rotated: try again")
+        raise EndpointBusy("the endpoint kept changing while its secret was rotated: try again")

@@ -78,3 +78,17 @@ def test_addresses_that_are_not_public_are_refused(address: str) -> None:
 @pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"])
 def test_public_addresses_are_allowed(address: str) -> None:
     assert address_refused(address) is None
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "2002:7f00:1::",
+                                     "2002:a00:1::1", "::127.0.0.1", "::7f00:1", "::ffff:0:7f00:1", "fec0::1",
+                                     "2001:0:4136:e378:8000:63bf:3fff:fdd2"])
+def test_ipv6_addresses_that_reach_a_refused_ipv4_address_are_refused(address: str) -> None:
+    # NAT64, its local-use prefix, 6to4, IPv4-compatible, SIIT, site-local, Teredo: a translator or tunnel
+    # on the way turns each into an address the endpoint may not reach.
+    assert address_refused(address) is not None
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1"])
+def test_ipv6_addresses_that_embed_a_public_ipv4_address_are_allowed(address: str) -> None:
+    assert address_refused(address) is None

@@ -83,6 +83,38 @@ async def test_recover_sends_kept_messages_again_with_their_attempts(store: Stor
         message(1).id]
 
 
+async def test_recover_goes_a_page_per_script_and_reaches_every_message(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # However many messages an endpoint keeps, no one script holds Redis for them all.
+    from call_ledger.store import deliveries
+
+    pages: list[int] = []
+    run = deliveries.RECOVER.run
+
+    async def counting(redis: object, keys: list[str], args: list[object]) -> object:
+        pages.append(int(str(args[2])))
+        return await run(redis, keys, args)
+
+    monkeypatch.setattr(deliveries, "RECOVER_PAGE", 2)
+    monkeypatch.setattr(deliveries.RECOVER, "run", counting)
+    for n in range(1, 6):
+        await store.deliveries.enqueue(EP, message(n, T0 + n), T0 + 10)
+    for d in (await store.deliveries.claim(EP, T0 + 10, 5, 20_000)).deliveries:
+        await store.deliveries.settle(d, Outcome(1, "failed", None, T0 + 20, 500))
+    assert await store.deliveries.recover(EP, T0, T0 + 10**6) == 5
+    assert pages == [0, 2, 4]  # offsets of three pages of at most two
+    assert len((await store.deliveries.claim(EP, T0 + 10**6, 10, 20_000)).deliveries) == 5
+
+
+@pytest.mark.parametrize("cursor", ["0-0", "18446744073709551616-0", "1-18446744073709551616", "x-1"])
+async def test_an_attempts_cursor_redis_never_gave_out_is_refused_as_such(store: Store, cursor: str) -> None:
+    if cursor == "0-0":
+        assert (await store.deliveries.attempts(EP, cursor, 10)).attempts == []
+        return
+    with pytest.raises(ValueError, match="not a cursor"):
+        await store.deliveries.attempts(EP, cursor, 10)
+
+
 async def test_trim_drops_only_settled_messages_past_retention_and_drop_forgets_all(
         store: Store, fake_redis: fakeredis.FakeAsyncRedis) -> None:
     await store.deliveries.enqueue(EP, message(1, T0), T0)

@@ -23,6 +23,9 @@ class StaticEndpoints:
     async def all(self) -> list[Endpoint]:
         return self.endpoints
 
+    async def get(self, endpoint_id: str) -> Endpoint | None:
+        return next((e for e in self.endpoints if e.id == endpoint_id), None)
+
 
 async def main() -> None:
     settings = make_settings(outbound_allow_private=True)  # the rest from LEDGER_* in the environment

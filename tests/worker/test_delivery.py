@@ -73,6 +73,9 @@ class FakeEndpoints:
     async def all(self) -> list[Endpoint]:
         return list(self.endpoints)
 
+    async def get(self, endpoint_id: str) -> Endpoint | None:
+        return next((e for e in self.endpoints if e.id == endpoint_id), None)
+
 
 @dataclass
 class Receiver:
@@ -468,3 +471,31 @@ async def test_the_metrics_show_an_endpoint_down_piling_up_then_back_at_zero(
     assert len(set(got)) == 3
     assert sample(text, "ledger_outbound_attempts_total", outcome="delivered") == 3
     assert (sample(text, "ledger_outbound_attempts_total", outcome="connection_error") or 0) >= 3
+
+
+@pytest.mark.parametrize(("status", "outcome"), [(200, "delivered"), (503, "http_error")])
+async def test_an_answer_whose_body_trickles_counts_by_its_status_not_as_a_timeout(status: int, outcome: str) -> None:
+    # The status is the answer; a receiver that then sends its body one byte every half second must not
+    # turn a delivered message into a timeout, retried until it is marked failed.
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 1000\r\n\r\n".encode())
+        try:
+            for _ in range(1000):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.5)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            endpoint = endpoint_at(f"http://127.0.0.1:{port}/hook")
+            result = await post(session, endpoint, delivery_of(endpoint), 1, now_ms())
+    finally:
+        server.close()
+    assert (result.outcome, result.status_code) == (outcome, status)

@@ -2,8 +2,10 @@
 -- message back to pending, due now, its attempt count kept (a failed one gets one more try, then the rest
 -- of the schedule from where it stopped). A message being sent right now (its lease not over) is left to
 -- that attempt: re-scoring it would let a second process send it at the same time. KEYS: msg, due,
--- pending, created. ARGV: since (ms), now (ms). Returns how many messages are pending for it.
-local ids = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[1], '+inf')
+-- pending, created. ARGV: since (ms), now (ms), offset, limit: one page of the messages created since then
+-- (the caller pages, so that no one script holds Redis for long, however many messages an endpoint keeps).
+-- Returns {how many of the page are pending for it now, how many ids the page had}.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[1], '+inf', 'LIMIT', ARGV[3], ARGV[4])
 local now = tonumber(ARGV[2])
 local count = 0
 for _, id in ipairs(ids) do
@@ -22,4 +24,4 @@ for _, id in ipairs(ids) do
     count = count + 1
   end
 end
-return count
+return {count, #ids}
