@@ -16,7 +16,7 @@ from typing import Any, Literal
 import orjson
 
 from call_ledger.core.indexes import shard_of
-from call_ledger.core.outbound import MESSAGE_TYPES, MessageType, OutboxMessage
+from call_ledger.core.outbound import AUDIENCES, MESSAGE_TYPES, Audience, MessageType, OutboxMessage
 from call_ledger.core.policy import Policy
 from call_ledger.core.served import StoredCall
 from call_ledger.store.keys import Keys
@@ -62,10 +62,12 @@ def message_of(call_sid: str, raw: bytes, policy: Policy) -> OutboxMessage:
     organization = data.get("o")
     kind: MessageType = data["type"]
     assert kind in MESSAGE_TYPES, kind
+    audience: Audience = data.get("to") or "all"
+    assert audience in AUDIENCES, audience
     return OutboxMessage(
         id=data["id"], type=kind, revision=int(data["revision"]), call_sid=call_sid,
         created_ms=int(data["at"]), organization_id=orjson.loads(organization)[3] if organization else None,
-        record=StoredCall(call_sid, fields).served(policy))
+        record=StoredCall(call_sid, fields).served(policy), audience=audience)
 
 
 class Outbox:
@@ -121,10 +123,12 @@ class Outbox:
         return [OutboxClaim(_text(sid), lease) for sid in sids]
 
     async def messages(self, sid: str, policy: Policy) -> list[OutboxMessage]:
-        """The call's outbox, oldest announcement first (`call.ended` is revision 0, then 1, 2...)."""
+        """The call's outbox, oldest announcement first (`call.ended` is revision 0, then 1, 2...; one commit's
+        messages of one revision in the order it wrote them: `call.finalized` before `call.revised`)."""
         raw = await self.redis.hgetall(self.keys.outbox(sid))
         found = [message_of(sid, value, policy) for value in raw.values()]
-        return sorted(found, key=lambda message: (message.revision, message.created_ms))
+        return sorted(found, key=lambda message: (message.revision, message.created_ms,
+                                                  MESSAGE_TYPES.index(message.type)))
 
     async def done(self, claim: OutboxClaim, message_ids: list[str]) -> None:
         """These messages are fanned out: they leave the outbox; once it is empty, the call leaves the
