@@ -1,8 +1,9 @@
 """The outbound messages' outbox and schedules (SPEC §15; keys in call_ledger.store.keys).
 
 A message is written by the commit that makes the change it announces, into the call's outbox
-`cl:out:{<sid>}` (commit.lua: `call.ended`, `call.revised`; finalize.lua: `call.finalized`), so a
-crash anywhere loses none and invents none. Two sorted sets per index shard say what is due:
+`cl:out:{<sid>}` (commit.lua: `call.ended`, `call.revised`, and what a call's new organization missed;
+finalize.lua: `call.finalized`), so a crash anywhere loses none and invents none. Two sorted sets per
+index shard say what is due:
 `cl:ob:{n}`, calls whose outbox has messages to fan out, and `cl:fin:{n}`, terminal calls waiting
 to be finalized. The worker adds to them after each commit, before acknowledging the events
 (`schedule`), and a redelivered event repairs them from the call's fields: the schedules may run
