@@ -9,7 +9,7 @@ that the property tests hold them to.
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import orjson
 
@@ -27,27 +27,56 @@ class Finality:
     revision: int = 0
 
 
+Audience = Literal["all", "organization", "unscoped"]
+"""Which endpoints a message is for, among those subscribed to its type: `all`, those of no organization and
+those of the call's; `organization`, only the call's organization's (what they missed when the call moved to
+it); `unscoped`, only those of no organization."""
+AUDIENCES: tuple[Audience, ...] = ("all", "organization", "unscoped")
+
+
+class Message(NamedTuple):
+    """One message a change makes: its type, its revision and which endpoints it is for."""
+
+    type: MessageType
+    revision: int
+    audience: Audience = "all"
+
+
 @dataclass(frozen=True, slots=True)
 class Announcement:
     """A change's effect on a call's messages: the finality it leaves, and the messages it makes."""
 
     finality: Finality
-    messages: tuple[MessageType, ...]
+    messages: tuple[Message, ...]
 
 
-def after_change(finality: Finality, terminal: bool) -> Announcement:
-    """An event changed the call's record (and `terminal` is its status now): `call.ended` if the status is
-    terminal for the first time, `call.revised` if the call was already finalized. An event that changes
-    nothing must not come here: it makes no message."""
-    messages: list[MessageType] = []
-    ended = finality.ended
-    if terminal and not ended:
-        ended = True
-        messages.append("call.ended")
-    revision = finality.revision
-    if revision >= 1:
-        revision += 1
-        messages.append("call.revised")
+def after_change(finality: Finality, terminal: bool, organization_changed: bool = False,
+                 record_changed: bool = True) -> Announcement:
+    """A commit changed the call's record, or its organization (`terminal` is its status now).
+
+    A changed record: `call.ended` if the status is terminal for the first time, `call.revised` (one revision
+    more) if the call was already finalized. A call whose end was already announced and that moves to another
+    organization (`organization_changed`: the organization it is served with is another one, not none): the
+    new organization's endpoints get what they missed, for them alone: `call.ended`, and `call.finalized` at
+    the current revision if the call is finalized; if the same commit changed the record, that
+    `call.finalized` carries the new revision, whose `call.revised` goes to the unscoped endpoints alone (they
+    had every message before). The old organization's endpoints are told nothing more: the record is no
+    longer theirs. A commit that changes neither makes no message."""
+    moved = organization_changed and finality.ended
+    messages: list[Message] = []
+    ended, revision = finality.ended, finality.revision
+    if record_changed:
+        if terminal and not ended:
+            ended = True
+            messages.append(Message("call.ended", 0))
+        elif revision >= 1:
+            revision += 1
+            messages.append(Message("call.revised", revision, "unscoped" if moved else "all"))
+    if moved:
+        missed = [Message("call.ended", 0, "organization")]
+        if revision >= 1:
+            missed.append(Message("call.finalized", revision, "organization"))
+        messages = missed + messages
     return Announcement(Finality(ended, revision), tuple(messages))
 
 
@@ -56,7 +85,7 @@ def on_quiet(finality: Finality, terminal: bool) -> Announcement:
     and not finalized yet, else nothing (a second finalizer that lost the race finds it done)."""
     if not terminal or finality.revision >= 1:
         return Announcement(finality, ())
-    return Announcement(Finality(True, 1), ("call.finalized",))
+    return Announcement(Finality(True, 1), (Message("call.finalized", 1),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +100,7 @@ class OutboxMessage:
     created_ms: int
     organization_id: str | int | None
     record: bytes
+    audience: Audience = "all"
 
     def body(self) -> bytes:
         return message_body(self.type, iso_ms(self.created_ms), self.record, self.organization_id, self.revision)
@@ -94,9 +124,13 @@ class Endpoint:
 
     def wants(self, message: OutboxMessage) -> bool:
         """Whether this endpoint receives the message: its type is subscribed, and the call is of the
-        endpoint's organization (an endpoint of no organization receives every call)."""
-        return message.type in self.events and (
-            self.organization_id is None or message.organization_id == self.organization_id)
+        endpoint's organization (an endpoint of no organization receives every call), unless the message is
+        for the organization's endpoints alone or for the unscoped ones alone (its `audience`)."""
+        if message.type not in self.events:
+            return False
+        if self.organization_id is None:
+            return message.audience != "organization"
+        return message.audience != "unscoped" and message.organization_id == self.organization_id
 
     def public(self) -> dict[str, object]:
         """The endpoint as the routes show it: never a secret."""

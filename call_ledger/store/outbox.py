@@ -1,8 +1,9 @@
 """The outbound messages' outbox and schedules (SPEC §15; keys in call_ledger.store.keys).
 
 A message is written by the commit that makes the change it announces, into the call's outbox
-`cl:out:{<sid>}` (commit.lua: `call.ended`, `call.revised`; finalize.lua: `call.finalized`), so a
-crash anywhere loses none and invents none. Two sorted sets per index shard say what is due:
+`cl:out:{<sid>}` (commit.lua: `call.ended`, `call.revised`, and what a call's new organization missed;
+finalize.lua: `call.finalized`), so a crash anywhere loses none and invents none. Two sorted sets per
+index shard say what is due:
 `cl:ob:{n}`, calls whose outbox has messages to fan out, and `cl:fin:{n}`, terminal calls waiting
 to be finalized. The worker adds to them after each commit, before acknowledging the events
 (`schedule`), and a redelivered event repairs them from the call's fields: the schedules may run
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import orjson
 
 from call_ledger.core.indexes import shard_of
-from call_ledger.core.outbound import MESSAGE_TYPES, MessageType, OutboxMessage
+from call_ledger.core.outbound import AUDIENCES, MESSAGE_TYPES, Audience, MessageType, OutboxMessage
 from call_ledger.core.policy import Policy
 from call_ledger.core.served import StoredCall
 from call_ledger.store.keys import Keys
@@ -62,10 +63,12 @@ def message_of(call_sid: str, raw: bytes, policy: Policy) -> OutboxMessage:
     organization = data.get("o")
     kind: MessageType = data["type"]
     assert kind in MESSAGE_TYPES, kind
+    audience: Audience = data.get("to") or "all"
+    assert audience in AUDIENCES, audience
     return OutboxMessage(
         id=data["id"], type=kind, revision=int(data["revision"]), call_sid=call_sid,
         created_ms=int(data["at"]), organization_id=orjson.loads(organization)[3] if organization else None,
-        record=StoredCall(call_sid, fields).served(policy))
+        record=StoredCall(call_sid, fields).served(policy), audience=audience)
 
 
 class Outbox:
@@ -121,10 +124,12 @@ class Outbox:
         return [OutboxClaim(_text(sid), lease) for sid in sids]
 
     async def messages(self, sid: str, policy: Policy) -> list[OutboxMessage]:
-        """The call's outbox, oldest announcement first (`call.ended` is revision 0, then 1, 2...)."""
+        """The call's outbox, oldest announcement first (`call.ended` is revision 0, then 1, 2...; one commit's
+        messages of one revision in the order it wrote them: `call.finalized` before `call.revised`)."""
         raw = await self.redis.hgetall(self.keys.outbox(sid))
         found = [message_of(sid, value, policy) for value in raw.values()]
-        return sorted(found, key=lambda message: (message.revision, message.created_ms))
+        return sorted(found, key=lambda message: (message.revision, message.created_ms,
+                                                  MESSAGE_TYPES.index(message.type)))
 
     async def done(self, claim: OutboxClaim, message_ids: list[str]) -> None:
         """These messages are fanned out: they leave the outbox; once it is empty, the call leaves the

@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 
 from call_ledger.core.outbound import (
     DEFAULT_RETRY_SCHEDULE,
+    MESSAGE_TYPES,
+    Announcement,
+    Endpoint,
     Finality,
+    Message,
+    OutboxMessage,
     address_refused,
     after_change,
     message_body,
@@ -31,7 +36,9 @@ def test_ended_at_most_once_finalized_at_most_once_and_revisions_only_grow(life:
         else:
             terminal = terminal or bool(step)
             announced = after_change(finality, terminal)
-        sent += [(kind, announced.finality.revision) for kind in announced.messages]
+        sent += [(message.type, message.revision) for message in announced.messages]
+        assert all(message.revision == (0 if message.type == "call.ended" else announced.finality.revision)
+                   for message in announced.messages)
         assert announced.finality.revision >= finality.revision
         finality = announced.finality
     kinds = [kind for kind, _ in sent]
@@ -43,6 +50,79 @@ def test_ended_at_most_once_finalized_at_most_once_and_revisions_only_grow(life:
         assert revisions == list(range(1, len(revisions) + 1))
     else:
         assert "call.revised" not in kinds
+
+
+# A step of a call that may move between organizations: a commit (does it change the record, does the status
+# end with it, the organization it carries: None for none) or a quiet period. An organization, once set, is only
+# replaced by another (a register keeps a value).
+moving_life = st.lists(st.one_of(st.tuples(st.booleans(), st.booleans(), st.sampled_from([None, 7, 8])),
+                                 st.just("quiet")), max_size=30)
+
+
+def endpoint(organization_id: int | None) -> Endpoint:
+    return Endpoint(id="ep", url="https://example.com", events=MESSAGE_TYPES, description="",
+                    organization_id=organization_id, secrets=(), created_ms=0)
+
+
+@given(moving_life)
+def test_every_endpoint_of_the_final_organization_or_of_none_hears_the_end_once(
+        life: list[tuple[bool, bool, int | None] | str]) -> None:
+    """Whenever the organization arrives (before the end, with it, after it, after finalization, with a
+    revision): the unscoped endpoints and the final organization's each get one `call.ended`, at most one
+    `call.finalized`, revisions that only grow, and end at the call's current revision."""
+    finality, terminal, organization, sent, left = Finality(), False, None, [], set()
+    for step in life:
+        if step == "quiet":
+            announced = on_quiet(finality, terminal)
+        else:
+            record_changed, ends, carried = step
+            terminal = terminal or (record_changed and ends)  # a status that ends the call changes the record
+            if carried in left:  # a call moved back to an organization it left: not covered (docs/outbound.md)
+                carried = None
+            moved = carried is not None and carried != organization
+            if moved and organization is not None:
+                left.add(organization)
+            organization = carried or organization
+            announced = after_change(finality, terminal, moved, record_changed)
+        sent += [OutboxMessage("", m.type, m.revision, "CA1", 0, organization, b"", m.audience)
+                 for m in announced.messages]
+        finality = announced.finality
+    for listener in {None, organization}:
+        got = [m for m in sent if endpoint(listener).wants(m)]
+        kinds = [m.type for m in got]
+        assert kinds.count("call.ended") == (1 if terminal else 0)
+        assert kinds.count("call.finalized") == (1 if finality.revision >= 1 else 0)
+        revisions = [m.revision for m in got if m.type != "call.ended"]
+        assert revisions == sorted(set(revisions))
+        assert max(revisions, default=0) == finality.revision
+
+
+def test_a_call_moved_after_its_end_is_announced_to_its_new_organization_alone() -> None:
+    assert after_change(Finality(True, 0), True, organization_changed=True, record_changed=False).messages == (
+        Message("call.ended", 0, "organization"),)
+    moved = after_change(Finality(True, 2), True, organization_changed=True, record_changed=False)
+    assert moved == Announcement(Finality(True, 2), (Message("call.ended", 0, "organization"),
+                                                     Message("call.finalized", 2, "organization")))
+    # With a change of the record: the new revision, as the new organization's call.finalized, and as a
+    # call.revised for the unscoped endpoints only.
+    assert after_change(Finality(True, 2), True, organization_changed=True).messages == (
+        Message("call.ended", 0, "organization"), Message("call.finalized", 3, "organization"),
+        Message("call.revised", 3, "unscoped"))
+    # Not announced yet: the organization comes with (or before) the end, which goes to everyone.
+    assert after_change(Finality(), True, organization_changed=True).messages == (Message("call.ended", 0),)
+    assert after_change(Finality(), False, organization_changed=True, record_changed=False).messages == ()
+
+
+def test_who_receives_what() -> None:
+    def message(organization: int | None, audience: str) -> OutboxMessage:
+        return OutboxMessage("", "call.ended", 0, "CA1", 0, organization, b"", audience)  # type: ignore[arg-type]
+
+    assert [endpoint(listener).wants(message(7, "all")) for listener in (None, 7, 8)] == [True, True, False]
+    assert [endpoint(listener).wants(message(7, "organization")) for listener in (None, 7, 8)] == [
+        False, True, False]
+    assert [endpoint(listener).wants(message(7, "unscoped")) for listener in (None, 7, 8)] == [
+        True, False, False]
+    assert [endpoint(listener).wants(message(None, "all")) for listener in (None, 7)] == [True, False]
 
 
 def test_a_call_that_is_not_terminal_is_never_finalized() -> None:

@@ -29,8 +29,9 @@ SID = "CA-outbox"
 AFTER_MS = 120_000
 
 
-def message_id(sid: str, kind: str, revision: int) -> str:
-    return "msg_" + hashlib.sha1(f"{sid}\n{kind}\n{revision}".encode()).hexdigest()[:32]
+def message_id(sid: str, kind: str, revision: int, organization: str = "") -> str:
+    """(call, type, revision, the organization's raw value: empty for none)."""
+    return "msg_" + hashlib.sha1(f"{sid}\n{kind}\n{revision}\n{organization}".encode()).hexdigest()[:32]
 
 
 @pytest.fixture(params=["fake", "real"])
@@ -107,8 +108,8 @@ async def test_the_end_is_announced_once_with_the_record_as_served(ledger: tuple
     [message] = await store.outbox.messages(SID, settings.policy)
     state = await finality(store)
     assert (state["fe"], state["ob"]) == (b"1", b"1") and "fr" not in state
-    assert message == OutboxMessage(id=message_id(SID, "call.ended", 0), type="call.ended", revision=0, call_sid=SID,
-                                    created_ms=int(state["lc"]), organization_id=42,
+    assert message == OutboxMessage(id=message_id(SID, "call.ended", 0, "42"), type="call.ended", revision=0,
+                                    call_sid=SID, created_ms=int(state["lc"]), organization_id=42,
                                     record=await served(store, settings))
     assert orjson.loads(message.body()) == {
         "type": "call.ended", "timestamp": iso_ms(message.created_ms),

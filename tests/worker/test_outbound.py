@@ -45,7 +45,8 @@ FAR_FUTURE_MS = 10**13
 S = 1_000_000
 
 # A call's possible events: statuses (two different endings), costs, call_meta (one repeating a value
-# under another event: the record does not change), and registers (the organization is not in the record).
+# under another event: the record does not change), and registers (the organization is not in the record,
+# but a message is routed by it: one arriving after the end moves the call to another organization).
 POOL = [
     make_event(SID, "ringing", 1 * S, status="ringing"),
     make_event(SID, "ongoing", 5 * S, status="ongoing"),
@@ -58,6 +59,8 @@ POOL = [
     make_event(SID, "meta-2", 42 * S, call_meta={"k": [2, "two"]}),
     make_event(SID, "name", 45 * S, assistant_name="Ada"),
     make_event(SID, "org", 46 * S, organization_id=7),
+    make_event(SID, "org-8", 47 * S, organization_id=8),  # a later organization: the call moves to it
+    make_event(SID, "org-9-meta", 48 * S, organization_id=9, call_meta={"k": 3}),  # moves and changes the record
 ]
 QUIET = "quiet"
 
@@ -83,6 +86,10 @@ class Call:
     async def messages(self, sid: str = SID) -> list[OutboxMessage]:
         return await self.store.outbox.messages(sid, self.settings.policy)
 
+    async def organization(self, sid: str = SID) -> int | None:
+        register = await self.store.redis.hget(self.store.keys.call(sid), "r:organization_id")
+        return None if register is None else orjson.loads(register)[3]
+
     async def finality(self, sid: str = SID) -> Finality:
         ended, revision = await self.store.redis.hmget(self.store.keys.call(sid), "fe", "fr")
         return Finality(ended == b"1", int(revision or 0))
@@ -96,6 +103,12 @@ class Call:
         await self.store.close()
 
 
+def endpoint_of(organization_id: int | None) -> Endpoint:
+    """An endpoint of every type, of this organization (None: unscoped)."""
+    return Endpoint(id="ep_" + "2" * 24, url="https://example.com/hook", events=MESSAGE_TYPES, description="",
+                    organization_id=organization_id, secrets=(), created_ms=0)
+
+
 def terminal(record: bytes | None) -> bool:
     return record is not None and orjson.loads(record)["status"] in TERMINAL_STATUSES
 
@@ -103,26 +116,28 @@ def terminal(record: bytes | None) -> bool:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(st.sampled_from(range(len(POOL))), st.just(QUIET)), max_size=18))
 @example([1, QUIET, 2, 1, QUIET, 4, 6, 7, 8, 10, 3, QUIET, 5])  # ends, is final, revised 2..5: every branch
+@example([2, 10, 4, QUIET, 11, 5, 12])  # ends, moves (not final), final, moves, revised, moves with a revision
 def test_the_scripts_decide_as_the_model_event_for_event(steps: list[int | str]) -> None:
     async def run() -> None:
         call, model = Call(), Finality()
         try:
             for step in steps:
                 before, known = await call.served(), {m.id for m in await call.messages()}
+                organization = await call.organization()
                 if step == QUIET:
                     await call.finalizer.run_once(FAR_FUTURE_MS)
                     expected = on_quiet(model, terminal(before))
                 else:
                     await call.apply(POOL[int(step)])
-                    after = await call.served()
-                    expected = after_change(model, terminal(after)) if after != before else None
+                    after, moved_to = await call.served(), await call.organization()
+                    expected = after_change(model, terminal(after), moved_to not in (None, organization),
+                                            after != before)
                 after = await call.served()
                 new = [m for m in await call.messages() if m.id not in known]
-                model = expected.finality if expected else model
-                kinds = expected.messages if expected else ()
-                assert [(m.type, m.revision) for m in new] == [
-                    (kind, 0 if kind == "call.ended" else model.revision) for kind in kinds]
-                assert all(m.record == after for m in new)
+                model = expected.finality
+                assert [(m.type, m.revision, m.audience) for m in new] == list(expected.messages)
+                now_of = await call.organization()
+                assert all(m.record == after and m.organization_id == now_of for m in new)
                 assert await call.finality() == model
         finally:
             await call.close()
@@ -135,19 +150,27 @@ def test_the_scripts_decide_as_the_model_event_for_event(steps: list[int | str])
                 max_size=10))
 def test_in_batches_a_call_ends_once_is_final_once_and_revisions_only_grow(steps: list[list[int] | str]) -> None:
     async def run() -> None:
-        call = Call()
+        call, sent = Call(), list[OutboxMessage]()
         try:
             for step in steps:
+                known = {m.id for m in sent}
                 if step == QUIET:
                     await call.finalizer.run_once(FAR_FUTURE_MS)
                 else:
                     await call.apply(*(POOL[i] for i in step))
-            messages = await call.messages()
-            kinds = [m.type for m in messages]
-            assert kinds.count("call.ended") == (1 if terminal(await call.served()) else 0)
-            assert kinds.count("call.finalized") <= 1
-            revisions = [m.revision for m in messages if m.type != "call.ended"]
-            assert revisions == list(range(1, len(revisions) + 1))
+                sent += [m for m in await call.messages() if m.id not in known]  # in the order they were made
+            # What each endpoint that hears of the call receives: the unscoped ones, and the final
+            # organization's (the call may have moved after its end: they get what they missed).
+            ended, finality = terminal(await call.served()), await call.finality()
+            for organization in {None, await call.organization()}:
+                got = [m for m in sent if endpoint_of(organization).wants(m)]
+                kinds = [m.type for m in got]
+                assert kinds.count("call.ended") == (1 if ended else 0)
+                assert kinds.count("call.finalized") == (1 if finality.revision >= 1 else 0)
+                revisions = [m.revision for m in got if m.type != "call.ended"]
+                if organization is None:  # every revision, from 1
+                    assert revisions == list(range(1, len(revisions) + 1))
+                assert revisions == sorted(set(revisions)) and max(revisions, default=0) == finality.revision
             # Everything delivered again, as a batch: duplicates change nothing and make nothing.
             await call.apply(*POOL)  # the new ones among them may announce: settle them first
             settled = {m.id for m in await call.messages()}
@@ -261,8 +284,51 @@ async def test_a_call_that_ends_and_goes_quiet_reaches_a_receiver_as_served(aioh
         ("call.ended", 0, 9), ("call.finalized", 1, 9)]
     assert got[0][1]["data"]["call"] == orjson.loads(ended or b"null")
     assert [webhook_id for webhook_id, _ in got] == [
-        "msg_" + hashlib.sha1(f"{SID}\n{kind}\n{revision}".encode()).hexdigest()[:32]
+        "msg_" + hashlib.sha1(f"{SID}\n{kind}\n{revision}\n9".encode()).hexdigest()[:32]
         for kind, revision in (("call.ended", 0), ("call.finalized", 1))]
+    await call.close()
+
+
+async def test_an_organization_that_arrives_after_the_end_gets_the_end_and_the_finalization(
+        aiohttp_server: Any) -> None:
+    """The outside tester's case, through commit, fan-out and delivery: a call ends and is finalized with no
+    organization, then its metadata brings organization 7 with a change of the record. Organization 7's
+    endpoint receives `call.ended` and `call.finalized` (at the new revision), addressed to 7; the unscoped
+    endpoint receives each message once (the revision as `call.revised`), and organization 8's nothing."""
+    got: dict[str, list[tuple[str, dict[str, Any]]]] = {"all": [], "o7": [], "o8": []}
+
+    async def handle(request: web.Request) -> web.Response:
+        got[request.match_info["who"]].append((request.headers["webhook-id"], orjson.loads(await request.read())))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook/{who}", handle)
+    server = await aiohttp_server(app)
+    call = Call(outbound_allow_private=True, finalize_after_s=1)
+    for n, (who, organization) in enumerate((("all", None), ("o7", 7), ("o8", 8))):
+        assert await call.store.endpoints.create(Endpoint(
+            id=f"ep_{n:024d}", url=str(server.make_url(f"/hook/{who}")), events=MESSAGE_TYPES, description="",
+            organization_id=organization, secrets=((new_secret(), None),), created_ms=int(time.time() * 1000)), 50)
+    outbound = Outbound(call.store.outbox, call.store.endpoints, call.store.deliveries, call.settings, Metrics())
+    await outbound.start()
+    try:
+        await call.apply(make_event(SID, "completed", 60 * S, status="completed", duration=55))
+        await call.finalizer.run_once(int(time.time() * 1000) + 1000)  # a second later: the call is quiet
+        await until(lambda: len(got["all"]) == 2, 10, "call.ended and call.finalized to the unscoped endpoint")
+        await call.apply(make_event(SID, "org", 46 * S, organization_id=7, call_meta={"plan": "pro"}))
+        served = orjson.loads(await call.served() or b"null")
+        await until(lambda: len(got["o7"]) == 2 and len(got["all"]) == 3, 10, "what organization 7 missed")
+        await asyncio.sleep(0.5)  # and nothing more
+    finally:
+        await outbound.stop()
+    bodies = {who: sorted((b["data"]["revision"], b["type"], b["data"]["organization_id"]) for _, b in messages)
+              for who, messages in got.items()}  # deliveries to an endpoint are in no set order: by revision
+    assert bodies == {"all": [(0, "call.ended", None), (1, "call.finalized", None), (2, "call.revised", 7)],
+                      "o7": [(0, "call.ended", 7), (2, "call.finalized", 7)], "o8": []}
+    assert got["o7"][0][1]["data"]["call"] == got["o7"][1][1]["data"]["call"] == served
+    assert served["call_meta"] == {"plan": "pro"}
+    ids = [webhook_id for messages in got.values() for webhook_id, _ in messages]
+    assert len(set(ids)) == len(ids) == 5  # every message its own webhook-id
     await call.close()
 
 

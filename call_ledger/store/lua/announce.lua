@@ -75,10 +75,31 @@ if not sha1hex then
   end
 end
 
--- Write one announcement into the call's outbox: the record as committed (its `j`, call_meta fields and
--- organization register, read back after the write), under an id derived from (sid, type, revision),
--- so a re-run can never make a second message for one announcement.
-local function announce(call, outbox, kind, revision, at, version, rid)
+-- The text of a register's value: element 4 of [occurred_us, "event_id", "source", value] as the
+-- worker wrote it (orjson), found by skipping the two strings and their escapes; no JSON decoded.
+local function value_text(register)
+  if not register then
+    return nil
+  end
+  local i = string.find(register, ',', 1, true) + 2
+  local c
+  for _ = 1, 2 do
+    c = string.find(register, '["\\]', i)
+    while string.byte(register, c) == 92 do  -- a backslash: skip what it escapes
+      c = string.find(register, '["\\]', c + 2)
+    end
+    i = c + 3
+  end
+  return string.sub(register, c + 2, -2)
+end
+
+-- Write announcements into the call's outbox, each {type, revision, audience} (audience nil: every endpoint
+-- that wants the type and the call's organization; 'organization': only the endpoints of the call's
+-- organization; 'unscoped': only the endpoints of no organization). Each carries the record as committed
+-- (its `j`, call_meta fields and organization register, read back once after the write), under an id derived
+-- from (sid, type, revision, the organization's raw value, empty for none): a re-run can never make a second
+-- message for one announcement, and a call that moved to another organization gets new ids.
+local function announce(call, outbox, messages, at, version, rid)
   local sid = string.match(call, '^[^{]*{(.*)}$')
   local hash = redis.call('HGETALL', call)
   local meta, organization, j = {}, nil, nil
@@ -92,9 +113,15 @@ local function announce(call, outbox, kind, revision, at, version, rid)
       j = hash[i + 1]
     end
   end
-  local id = 'msg_' .. string.sub(sha1hex(sid .. '\n' .. kind .. '\n' .. revision), 1, 32)
-  -- The record id as text: cjson writes numbers with 14 significant digits, and ids have 16.
-  redis.call('HSET', outbox, id, cjson.encode({id = id, type = kind, revision = revision, at = tonumber(at),
-             v = tonumber(version), rid = rid, j = stored(j) or '', m = meta, o = organization}))
+  local tenant = value_text(organization) or ''
+  if tenant == 'null' then
+    tenant = ''
+  end
+  for _, message in ipairs(messages) do
+    local kind, revision, audience = message[1], message[2], message[3]
+    local id = 'msg_' .. string.sub(sha1hex(sid .. '\n' .. kind .. '\n' .. revision .. '\n' .. tenant), 1, 32)
+    -- The record id as text: cjson writes numbers with 14 significant digits, and ids have 16.
+    redis.call('HSET', outbox, id, cjson.encode({id = id, type = kind, revision = revision, at = tonumber(at),
+               v = tonumber(version), rid = rid, j = stored(j) or '', m = meta, o = organization, to = audience}))
+  end
 end
-

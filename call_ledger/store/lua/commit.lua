@@ -31,8 +31,14 @@
 -- yet, and sets it; announces `call.revised` if the call is finalized (`fr` >= 1), with `fr` one more.
 -- A call that is not terminal announces nothing and reads nothing more: `fe` and `fr` are only ever
 -- set on a terminal call, and a status only rises (SPEC §5), so the common case (one event of a live
--- call) costs what it cost before. A message's id is derived from (sid, type, revision): a re-run can
--- never make a second message for one announcement.
+-- call) costs what it cost before. A commit that moves a call whose end is announced (`fe`) to another
+-- organization (the value of `r:organization_id` it writes differs from the one read) announces to the
+-- new organization's endpoints alone what they missed: `call.ended` (revision 0), and `call.finalized` at
+-- the call's revision if it is finalized (one more if this commit also changes the record: then that
+-- revision's `call.revised` goes to the unscoped endpoints alone). The old organization's endpoints are
+-- told nothing more: the record is no longer theirs. Only then is the old value read. A message's id is
+-- derived from (sid, type, revision, organization): a re-run can never make a second message for one
+-- announcement, and a re-announcement to another organization is another message.
 --
 -- Redis's time here goes mostly to each command called and each Lua table built, not to each
 -- argument: one event (the usual case) is checked with one ZSCORE and written with one HSET
@@ -87,7 +93,7 @@ local function record(journal, order, events, n)
   end
 end
 
--- stored(j) and announce(...) are announce.lua's, which runs before this file (call_ledger.store.scripts).
+-- stored(j), value_text(register) and announce(...) are announce.lua's, which runs before this file (call_ledger.store.scripts).
 
 -- Whether two `j` fields hold the same record, whatever versions they were rendered at. One substring
 -- made, not two: a record is some 600 bytes, and making a Lua string of it costs more than comparing it.
@@ -102,22 +108,17 @@ local function same_record(j, old)
   return string.find(old, string.sub(j, a + 1), b + 1, true) == b + 1
 end
 
--- The text of a register's value: element 4 of [occurred_us, "event_id", "source", value] as the
--- worker wrote it (orjson), found by skipping the two strings and their escapes; no JSON decoded.
-local function value_text(register)
-  if not register then
-    return nil
-  end
-  local i = string.find(register, ',', 1, true) + 2
-  local c
-  for _ = 1, 2 do
-    c = string.find(register, '["\\]', i)
-    while string.byte(register, c) == 92 do  -- a backslash: skip what it escapes
-      c = string.find(register, '["\\]', c + 2)
+-- Whether the commit moves the call to another organization: it writes `r:organization_id` (among the m
+-- pairs at ARGV[fields]) with a value, not null, other than the one the call has. Only asked of a call whose
+-- end is announced (`fe`), and reads the old value only when the field is written: other commits pay nothing.
+local function moved_to(call, fields, m)
+  for i = fields, fields + 2 * m - 2, 2 do
+    if ARGV[i] == 'r:organization_id' then
+      local new = value_text(ARGV[i + 1])
+      return new ~= 'null' and new ~= value_text(redis.call('HGET', call, 'r:organization_id'))
     end
-    i = c + 3
   end
-  return string.sub(register, c + 2, -2)
+  return false
 end
 
 -- Whether a call_meta field among the m pairs at ARGV[fields] gets another value than it has (a
@@ -181,30 +182,48 @@ for k = 1, #KEYS, 4 do
     if not found[3] then
       extra = {'id', id}
     end
-    -- At most one announcement per commit: `call.revised` needs `fr`, which only a call with `fe` has.
-    local reply, kind, revision = 1, nil, 0
+    -- What a commit announces is decided as call_ledger.core.outbound.after_change (see the header).
+    local reply, messages = 1, nil
     if terminal then
+      local revision = tonumber(found[6] or '0')
+      local moved = found[5] == '1' and moved_to(call, fields, m)
       local last = fields + 2 * m - 2
       local j = m > 0 and ARGV[last] == 'j' and ARGV[last + 1] or nil
-      if not same_record(j, found[4]) or meta_changed(call, fields, m) then
+      local changed = not same_record(j, found[4]) or meta_changed(call, fields, m)
+      if changed then
         extra = {unpack(extra)}
         extra[#extra + 1], extra[#extra + 2] = 'lc', now_ms
-        revision = tonumber(found[6] or '0')
         if found[5] ~= '1' then
-          kind = 'call.ended'
+          messages = {{'call.ended', 0}}
           extra[#extra + 1], extra[#extra + 2] = 'fe', '1'
         elseif revision >= 1 then
-          kind, revision = 'call.revised', revision + 1
+          revision = revision + 1
           extra[#extra + 1], extra[#extra + 2] = 'fr', revision
+          -- Moved: the new organization gets it as its call.finalized below; the unscoped endpoints, which
+          -- had every message before, get the revision as usual.
+          messages = {{'call.revised', revision, moved and 'unscoped' or nil}}
         end
         if revision == 0 then
           reply = reply + 4  -- terminal, changed, not finalized: the quiet period starts again
         end
-        if kind then
-          extra[#extra + 1], extra[#extra + 2] = 'ob', '1'
-        end
       end
-      if kind or found[7] == '1' then
+      if moved then  -- what the new organization's endpoints missed, addressed to it alone
+        local missed = {{'call.ended', 0, 'organization'}}
+        if revision >= 1 then
+          missed[2] = {'call.finalized', revision, 'organization'}
+        end
+        for _, message in ipairs(messages or NONE) do
+          missed[#missed + 1] = message
+        end
+        messages = missed
+      end
+      if messages then
+        if extra == NONE then
+          extra = {}
+        end
+        extra[#extra + 1], extra[#extra + 2] = 'ob', '1'
+      end
+      if messages or found[7] == '1' then
         reply = reply + 2
       end
     end
@@ -218,8 +237,8 @@ for k = 1, #KEYS, 4 do
       end
       redis.call('HSET', call, 'v', new_version, 's', core, 't', new_token, unpack(extra))
     end
-    if kind then
-      announce(call, outbox, kind, revision, now_ms, new_version, found[3] or id)
+    if messages then
+      announce(call, outbox, messages, now_ms, new_version, found[3] or id)
     end
     results[#results + 1] = reply
   elseif ok then

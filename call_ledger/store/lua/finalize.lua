@@ -22,5 +22,5 @@ if now < due then
   return {0, due}
 end
 redis.call('HSET', call, 'fr', '1', 'ob', '1')
-announce(call, outbox, 'call.finalized', 1, ARGV[1], found[4], found[5])
+announce(call, outbox, {{'call.finalized', 1}}, ARGV[1], found[4], found[5])
 return {1}
