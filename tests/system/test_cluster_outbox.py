@@ -5,10 +5,7 @@ calls each touch one slot (SPEC §15)."""
 import time
 from typing import Any
 
-import orjson
 import pytest
-from aiohttp import web
-from standardwebhooks import Webhook
 
 from call_ledger.core.indexes import shard_of
 from call_ledger.core.outbound import MESSAGE_TYPES, Endpoint
@@ -19,6 +16,7 @@ from call_ledger.worker.consumer import Consumer
 from call_ledger.worker.delivery import Outbound
 from call_ledger.worker.outbound import Finalizer
 from tests.support.polling import until
+from tests.support.receivers import verifying_receiver
 from tests.support.settings import make_settings
 from tests.support.workers import make_event, usage
 
@@ -68,17 +66,8 @@ async def test_calls_over_every_node_announce_finalize_and_revise_on_a_cluster(c
 async def test_one_call_is_delivered_end_to_end_on_a_cluster(cluster_url: str, aiohttp_server: Any) -> None:
     """The whole outbound path on three masters: the endpoint registry, the commit's outbox, fan-out, the
     endpoint's queue (its own slot: `cl:wh:{<ep>}:*`), the delivery and its attempts log."""
-    secret, got = new_secret(), []
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        Webhook(secret).verify(body, dict(request.headers))
-        got.append((request.headers["webhook-id"], orjson.loads(body)))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    server = await aiohttp_server(app)
+    secret = new_secret()
+    server, got = await verifying_receiver(aiohttp_server, secret)
     settings = make_settings(redis_url=cluster_url, redis_cluster=True, outbound_allow_private=True)
     store = Store.from_settings(settings)
     endpoint = Endpoint(id="ep_" + "c" * 24, url=str(server.make_url("/hook")), events=MESSAGE_TYPES,

@@ -22,7 +22,6 @@ import orjson
 from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from standardwebhooks import Webhook
 
 from call_ledger.core.events import TERMINAL_STATUSES, CallEvent
 from call_ledger.core.indexes import shard_of
@@ -37,6 +36,7 @@ from call_ledger.worker.consumer import Consumer
 from call_ledger.worker.delivery import Outbound
 from call_ledger.worker.outbound import Finalizer
 from tests.support.polling import until
+from tests.support.receivers import verifying_receiver
 from tests.support.settings import make_settings
 from tests.support.workers import make_event, usage
 
@@ -254,17 +254,8 @@ async def test_a_call_that_ends_and_goes_quiet_reaches_a_receiver_as_served(aioh
     """The whole path on one fake Redis: commit -> outbox -> fan-out (store.outbox) -> delivery to a
     receiver that verifies each message with the `standardwebhooks` library; each body's call is the
     record GET served at that revision, and the webhook-id is the outbox message's id."""
-    secret, got = new_secret(), []
-
-    async def handle(request: web.Request) -> web.Response:
-        body = await request.read()
-        Webhook(secret).verify(body, dict(request.headers))
-        got.append((request.headers["webhook-id"], orjson.loads(body)))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    server = await aiohttp_server(app)
+    secret = new_secret()
+    server, got = await verifying_receiver(aiohttp_server, secret)
     call = Call(outbound_allow_private=True, finalize_after_s=1)
     assert await call.store.endpoints.create(Endpoint(
         id="ep_" + "0" * 24, url=str(server.make_url("/hook")), events=MESSAGE_TYPES, description="",
