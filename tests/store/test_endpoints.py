@@ -88,7 +88,7 @@ def test_rotation_keeps_the_previous_secret_for_a_day() -> None:
     looped = first
     for i in range(20):
         looped = rotated(looped, f"whsec_{i}", NOW + i)
-    assert looped.secrets == (("whsec_19", None), ("whsec_18", NOW + 18 + ROTATION_OVERLAP_MS))
+    assert looped.secrets == (("whsec_19", None), ("whsec_18", NOW + 19 + ROTATION_OVERLAP_MS))  # rotated at NOW + 19
 
 
 async def test_rotate_in_the_store(store: Store) -> None:
