@@ -49,3 +49,9 @@ def open_redis(settings: Settings) -> Any:
 def is_cluster(redis: Any) -> bool:
     """Whether this client talks to a Redis Cluster (one script, one pipeline command: one slot)."""
     return isinstance(redis, RedisCluster)
+
+
+def text(value: object, errors: str = "strict") -> str:
+    """A reply as text, whichever way the client was built (decode_responses or not): bytes decoded, a
+    number or a str as its text."""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)

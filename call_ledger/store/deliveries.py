@@ -18,6 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from call_ledger.core.outbound import OutboxMessage, iso_ms
+from call_ledger.store.client import text
 from call_ledger.store.errors import CommandRefused
 from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
@@ -109,9 +110,6 @@ def delivery_json(message: OutboxMessage) -> bytes:
                          "body": message.body().decode()})
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 class Deliveries:
     """Every endpoint's delivery queue and attempts log (the keys: call_ledger.store.keys)."""
@@ -157,7 +155,7 @@ class Deliveries:
             d = orjson.loads(raw)
             deliveries.append(Delivery(endpoint_id, d["id"], d["type"], d["sid"], int(d["rev"]), int(d["created"]),
                                        int(d["attempt"]), d["body"].encode(), int(d["lease"])))
-        first_text = _text(first)
+        first_text = text(first)
         return Claimed(deliveries, int(float(first_text)) if first_text else None)
 
     async def settle(self, delivery: Delivery, outcome: Outcome) -> bool:
@@ -186,11 +184,11 @@ class Deliveries:
         except CommandRefused:  # an id Redis cannot hold (past 2^64 - 1): not one it gave out
             raise ValueError("not a cursor of this log") from None
         page = [self._attempt(fields) for _, fields in entries[:limit]]
-        return AttemptsPage(page, _text(entries[limit - 1][0]) if len(entries) > limit else None)
+        return AttemptsPage(page, text(entries[limit - 1][0]) if len(entries) > limit else None)
 
     @staticmethod
     def _attempt(fields: dict[Any, Any]) -> dict[str, object]:
-        f = {_text(key): _text(value) for key, value in fields.items()}
+        f = {text(key): text(value) for key, value in fields.items()}
         return {"message_id": f["m"], "type": f["t"], "call_sid": f["s"], "attempt": int(f["a"]),
                 "status_code": int(f["c"]) if f["c"] else None, "error": f["e"] or None,
                 "at": iso_ms(int(f["at"])), "next_attempt_at": iso_ms(int(f["n"])) if f["n"] else None}

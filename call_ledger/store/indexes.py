@@ -18,6 +18,7 @@ import orjson
 
 from call_ledger.core.indexes import ALL, SHARDS, EntryPayload, IndexEntry, scope_name, score
 from call_ledger.core.indexes import member as member_of
+from call_ledger.store.client import text
 from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
 
@@ -60,9 +61,6 @@ class Item:
     def order(self) -> tuple[float, int]:
         return float(self.score_text), int(self.member)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class IndexStore:
@@ -164,8 +162,8 @@ class IndexStore:
                 raw = reply[i + 2]
                 if not raw:  # a member whose entry is being replaced: it will be back
                     continue
-                items.append(Item(_text(reply[i + 1]), _text(reply[i]), raw))
-            last = (_text(reply[-2]), _text(reply[-3])) if reply else after[shard]
+                items.append(Item(text(reply[i + 1]), text(reply[i]), raw))
+            last = (text(reply[-2]), text(reply[-3])) if reply else after[shard]
             pages[shard] = _Page(items, len(reply) // 3 < count, last)
         return pages
 
@@ -234,7 +232,7 @@ class IndexStore:
             summed: dict[str, int] = {}
             for fields in replies[i * SHARDS:(i + 1) * SHARDS]:
                 for name, value in fields.items():
-                    key = _text(name)
+                    key = text(name)
                     summed[key] = summed.get(key, 0) + int(value)
             out[suffix] = summed
         return out
@@ -323,7 +321,7 @@ def scope_of_list(lists: str | None) -> str | None:
 
 
 def _decoded(fields: dict[bytes, int]) -> dict[str, int]:
-    return {_text(name): value for name, value in fields.items()}
+    return {text(name): value for name, value in fields.items()}
 
 
 @dataclass(frozen=True, slots=True)

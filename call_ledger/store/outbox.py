@@ -20,6 +20,7 @@ from call_ledger.core.indexes import shard_of
 from call_ledger.core.outbound import AUDIENCES, MESSAGE_TYPES, Audience, MessageType, OutboxMessage
 from call_ledger.core.policy import Policy
 from call_ledger.core.served import StoredCall
+from call_ledger.store.client import text
 from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua
 
@@ -97,7 +98,7 @@ class Outbox:
     async def timers_due(self, shard: int, now_ms: int, limit: int) -> list[str]:
         """The calls of an index shard whose finalize timer is due."""
         found = await self.redis.zrangebyscore(self.keys.finalize_due(shard), "-inf", now_ms, start=0, num=limit)
-        return [_text(sid) for sid in found]
+        return [text(sid) for sid in found]
 
     async def finalize(self, sid: str, now_ms: int, after_ms: int) -> FinalizeResult:
         """Finalize the call if it has been quiet for `after_ms` (finalize.lua, atomic on its slot: two
@@ -121,7 +122,7 @@ class Outbox:
         `lease_ms` (outbox_claim.lua)."""
         lease = now_ms + lease_ms
         sids = await CLAIM.run(self.redis, [self.keys.outbox_due(shard)], [now_ms, limit, lease])
-        return [OutboxClaim(_text(sid), lease) for sid in sids]
+        return [OutboxClaim(text(sid), lease) for sid in sids]
 
     async def messages(self, sid: str, policy: Policy) -> list[OutboxMessage]:
         """The call's outbox, oldest announcement first (`call.ended` is revision 0, then 1, 2...; one commit's
@@ -140,5 +141,3 @@ class Outbox:
             await UNSCHEDULE.run(self.redis, [self.keys.outbox_due(shard_of(sid))], [sid, claim.lease_score])
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

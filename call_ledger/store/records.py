@@ -21,11 +21,10 @@ from call_ledger.core.journal import compact, restore
 from call_ledger.core.record_ids import IdBlock
 from call_ledger.core.rules import CallState
 from call_ledger.core.served import RECORD_FIELD
-from call_ledger.store.client import is_cluster
+from call_ledger.store.client import is_cluster, text
 from call_ledger.store.errors import unavailable_on_error
 from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
-from call_ledger.store.streams import _text
 
 __all__ = ["CommitReply", "CommitWrite", "LoadedCall", "Records"]
 
@@ -144,8 +143,8 @@ class Records:
             # A new store: every index entry it will hold has the month rollups (see
             # call_ledger.store.indexes.IndexStore.months_complete; an older store gets it from `reindex`).
             await self.redis.set(self.keys.index_months, "1", nx=True)
-        elif _text(found) != LAYOUT:
-            raise LayoutMismatch(f"Redis holds call-ledger data in key layout {_text(found)!r}; "
+        elif text(found) != LAYOUT:
+            raise LayoutMismatch(f"Redis holds call-ledger data in key layout {text(found)!r}; "
                                  f"this version reads layout {LAYOUT!r}")
 
     async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]],
@@ -171,10 +170,10 @@ class Records:
             version, core, record_id, token, ended, revision, changed_ms, outbox = call[:8]
             applied = [key for key, value in zip(keys, journal, strict=True) if value is not None]
             if latest:
-                applied += [_text(key) for key in replies[per_call * i + 2]]
+                applied += [text(key) for key in replies[per_call * i + 2]]
             loaded[sid] = LoadedCall(
                 int(version or 0), core, dict(zip(fields, call[8:], strict=True)),
-                int(record_id) if record_id else None, frozenset(applied), token=_text(token) if token else "",
+                int(record_id) if record_id else None, frozenset(applied), token=text(token) if token else "",
                 ended=ended == b"1", revision=int(revision or 0), changed_ms=int(changed_ms or 0),
                 outbox=outbox == b"1",
             )
@@ -204,7 +203,7 @@ class Records:
             IDS.queue(pipe, keys, args)
 
         last, key = (await run_pipeline(self.redis, build, (IDS,)))[1]
-        return IdBlock(int(last) - count + 1, count, _text(key).encode())
+        return IdBlock(int(last) - count + 1, count, text(key).encode())
 
     async def commit(self, writes: list[CommitWrite]) -> list[CommitReply]:
         """Run the commit script for each call; not `ok` where another worker got there first."""
@@ -315,7 +314,7 @@ class Records:
             if size >= EVENTS_PAGE_BYTES and (i + 3 < end or int(reply[1])):
                 more, end = 1, i + 3
                 break
-        return events, (_text(reply[end - 3]) if more and events else None)
+        return events, (text(reply[end - 3]) if more and events else None)
 
     async def all_events(self, call_sid: str) -> list[bytes]:
         """Every applied event, oldest first, page by page: for tests and tools, not requests."""
@@ -341,7 +340,7 @@ class Records:
 
     async def applied_keys(self, call_sid: str) -> set[str]:
         """Every journal key (source:event_id) applied to the call: for tests and tools, not requests."""
-        return {_text(key) for key in await self.redis.hkeys(self.keys.journal(call_sid))}
+        return {text(key) for key in await self.redis.hkeys(self.keys.journal(call_sid))}
 
     async def event_count(self, call_sid: str) -> int:
         return int(await self.redis.hget(self.keys.call(call_sid), "v") or 0)

@@ -14,13 +14,11 @@ from typing import Any
 from call_ledger.core.indexes import index_entry, shard_of
 from call_ledger.core.rules import CallState
 from call_ledger.settings import Settings
+from call_ledger.store.client import text
 from call_ledger.store.facade import Store
 
 BATCH = 500
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 async def _first_seen(store: Store, sid: str) -> int | None:
@@ -45,7 +43,7 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
         batch.clear()
 
     async for key in store.redis.scan_iter(match=f"{prefix}{{*}}", count=1000):
-        name = _text(key)
+        name = text(key, "surrogateescape")
         sid = name[len(prefix) + 1:-1]
         fields = await store.redis.hgetall(key)
         found = CallState.from_hash(fields)

@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from call_ledger.core.errors import DurabilityUnavailable
 from call_ledger.store.append_batcher import AppendBatcher
-from call_ledger.store.client import is_cluster
+from call_ledger.store.client import is_cluster, text
 from call_ledger.store.errors import REDIS_FAILURES, redis_failure
 from call_ledger.store.keys import Keys
 from call_ledger.store.shards import Shard, all_shards, shard_index, shard_of_stream
@@ -28,9 +28,6 @@ from call_ledger.store.shards import Shard, all_shards, shard_index, shard_of_st
 GROUP = "ledger"
 T = TypeVar("T")
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _call_sid_of(event_json: bytes) -> str:
@@ -182,7 +179,7 @@ class StreamStore:
 
     async def refresh_shards(self) -> list[Shard]:
         """Every shard to consume: this K's, and any other K's still registered."""
-        registered = {_text(s) for s in await self.redis.smembers(self._registry)}
+        registered = {text(s) for s in await self.redis.smembers(self._registry)}
         mine = [shard.stream for shard in self.shards]
         self._consumed = [self._shard(s) for s in [*mine, *sorted(registered - set(mine))]]
         return self._consumed
@@ -204,7 +201,7 @@ class StreamStore:
         for entry_id, fields in raw:
             if fields is None:  # deleted while pending (XAUTOCLAIM reports those separately)
                 continue
-            eid = _text(entry_id)
+            eid = text(entry_id)
             event = fields.get(b"e", fields.get("e"))
             entries.append(Entry(eid, event, (deliveries or {}).get(eid, 1), stream))
         return entries
@@ -229,7 +226,7 @@ class StreamStore:
             streams = {shard.stream: ">" for shard in shards}
             reply = await self._group_command(lambda: self.redis.xreadgroup(
                 GROUP, consumer, streams, count=per_shard, block=block_ms))
-            return [e for stream, raw in (reply or []) for e in self._entries(_text(stream), raw)]
+            return [e for stream, raw in (reply or []) for e in self._entries(text(stream), raw)]
 
         # On a cluster one command reads one slot: a non-blocking read per shard, pipelined
         # (the loop paces itself when they all come back empty).
@@ -240,7 +237,7 @@ class StreamStore:
             return list(await pipe.execute())
 
         replies = await self._group_command(read_all)
-        return [e for reply in replies for stream, raw in (reply or []) for e in self._entries(_text(stream), raw)]
+        return [e for reply in replies for stream, raw in (reply or []) for e in self._entries(text(stream), raw)]
 
     async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries pending longer than min_idle_ms on any consumer (a dead one, or us)."""
@@ -257,10 +254,10 @@ class StreamStore:
         claimed = reply[1]
         if not claimed:
             return []
-        first, last = _text(claimed[0][0]), _text(claimed[-1][0])
+        first, last = text(claimed[0][0]), text(claimed[-1][0])
         pending = await self.redis.xpending_range(
             stream, GROUP, min=first, max=last, count=len(claimed) + 10, consumername=consumer)
-        deliveries = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        deliveries = {text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         return self._entries(stream, claimed, deliveries)
 
     async def ack(self, entries: Iterable[Entry], failed_before: Iterable[Entry] = ()) -> None:
@@ -299,7 +296,7 @@ class StreamStore:
         for shard in self._consumed:
             if entry_ids:
                 values = await self.redis.hmget(shard.failures, entry_ids)
-                found.update((eid, _text(v)) for eid, v in zip(entry_ids, values, strict=True) if v is not None)
+                found.update((eid, text(v)) for eid, v in zip(entry_ids, values, strict=True) if v is not None)
         return found
 
     async def dead_letter(self, entry: Entry, reason: str) -> str:
@@ -311,7 +308,7 @@ class StreamStore:
             "deliveries": entry.deliveries,
             "dead_at": int(time.time() * 1000),
         }
-        dead_id = _text(await self.redis.xadd(self._shard(entry.stream).dead, fields))
+        dead_id = text(await self.redis.xadd(self._shard(entry.stream).dead, fields))
         await self.ack([entry], failed_before=[entry])
         return dead_id
 
@@ -333,11 +330,11 @@ class StreamStore:
         except ResponseError:  # no stream yet
             return 0, 0
         for group in groups:
-            if _text(group.get("name", b"")) != GROUP:
+            if text(group.get("name", b"")) != GROUP:
                 continue
             lag = group.get("lag")
             if lag is None:  # Redis cannot tell (deletions in the middle): count what is left
-                last = _text(group["last-delivered-id"])
+                last = text(group["last-delivered-id"])
                 lag = len(await self.redis.xrange(stream, min=f"({last}", max="+", count=100_000))
             return int(lag), int(group.get("pending") or 0)
         # No worker has created the group yet: everything in the stream is waiting.
@@ -355,7 +352,7 @@ class StreamStore:
             except ResponseError:  # no stream or no group yet: nothing pending
                 summary = {}
             oldest = summary.get("min") if summary.get("pending") else None
-            ages[shard.name] = max(0, now_ms - entry_order(_text(oldest))[0]) / 1000 if oldest else 0.0
+            ages[shard.name] = max(0, now_ms - entry_order(text(oldest))[0]) / 1000 if oldest else 0.0
         return ages
 
     async def trim(self, retention_s: int, now_ms: int | None = None) -> int:
@@ -374,12 +371,12 @@ class StreamStore:
         except ResponseError:
             return 0
         for group in groups:
-            name = _text(group["name"])
-            bound = min(bound, entry_order(_text(group["last-delivered-id"])))
+            name = text(group["name"])
+            bound = min(bound, entry_order(text(group["last-delivered-id"])))
             if int(group.get("pending") or 0):
                 summary = await self.redis.xpending(stream, name)
                 if summary.get("min"):
-                    bound = min(bound, entry_order(_text(summary["min"])))
+                    bound = min(bound, entry_order(text(summary["min"])))
         if bound <= (0, 0):
             return 0
         return int(await self.redis.xtrim(stream, minid=f"{bound[0]}-{bound[1]}"))
@@ -413,8 +410,8 @@ class StreamStore:
         rows: list[dict[str, Any]] = []
         for shard in self._consumed:
             for dead_id, fields in await self.redis.xrange(shard.dead, min="-", max="+", count=count - len(rows)):
-                row = {_text(k): _text(v) for k, v in fields.items()}
-                row["id"] = self._dead_id(shard, _text(dead_id))
+                row = {text(k): text(v) for k, v in fields.items()}
+                row["id"] = self._dead_id(shard, text(dead_id))
                 row["shard"] = shard.name
                 rows.append(row)
             if len(rows) >= count:
@@ -442,5 +439,5 @@ class StreamStore:
         for shard, dead_id, fields in wanted:
             new_id = await self._append(fields.get(b"e", fields.get("e")) or b"{}")
             await self.redis.xdel(shard.dead, dead_id)
-            moved.append((self._dead_id(shard, _text(dead_id)), new_id))
+            moved.append((self._dead_id(shard, text(dead_id)), new_id))
         return moved

@@ -18,7 +18,7 @@ from call_ledger.core.events import COMPONENTS, STATUSES, CallEvent, Cost, Price
 from call_ledger.core.instants import text_at
 from call_ledger.core.journal import compact, restore
 from call_ledger.store import CommitWrite
-from call_ledger.store.streams import _text
+from call_ledger.store.client import text
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.support import journal_reference as reference
@@ -514,7 +514,7 @@ async def test_instants_far_from_now_restore_exactly_through_a_real_redis_score(
         assert all(value[:1] != b"{" for value in entries)
         assert await store.all_events("CA-far") == sorted(raws, key=lambda raw: orjson.loads(raw)["occurred_us"])
         page = await store.events_page("CA-far", "", 2)
-        assert page is not None and _text(page[1] or "") == "platform:e0"
+        assert page is not None and text(page[1] or "") == "platform:e0"
     finally:
         await store.close()
 
