@@ -6,11 +6,13 @@ import structlog
 from aiohttp import web
 
 from call_ledger.api.aggregates import call_analytics, call_stats
+from call_ledger.api.archived import ARCHIVE, READER
 from call_ledger.api.calls import count_calls, get_call_by_id, list_calls, search_calls
 from call_ledger.api.costs import costs_by_id, costs_by_sid
 from call_ledger.api.export import EXPORT_SLOTS, ExportSlots, export_calls
 from call_ledger.api.views import get_call, get_call_events
 from call_ledger.api.webhook_endpoints import add_webhook_endpoints
+from call_ledger.archive import CallReader, open_archive
 from call_ledger.settings import Settings
 
 log = structlog.get_logger("ledger.api")
@@ -20,6 +22,9 @@ def add_read_api(app: web.Application, settings: Settings) -> None:
     if not settings.api_tokens:
         log.warning("no_api_tokens", detail="LEDGER_API_TOKENS is empty: every call lookup answers 401")
     app[EXPORT_SLOTS] = ExportSlots(settings.max_exports)
+    if settings.archive_url:  # GET by SID serves archived calls from their files (SPEC §16)
+        app[ARCHIVE] = open_archive(settings.archive_url)
+        app[READER] = CallReader()
     # Any characters (line feeds included) rather than the default segment pattern: a SID with
     # an encoded slash or newline, or an empty one, still reaches the handler and gets a JSON 404.
     app.router.add_get(r"/api/v1/calls/sid/{call_sid:[\s\S]+}/events", get_call_events)

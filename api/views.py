@@ -6,6 +6,7 @@ from typing import NamedTuple
 import orjson
 from aiohttp import web
 
+from call_ledger.api.archived import archived_record
 from call_ledger.api.auth import check_bearer
 from call_ledger.api.visible import visible_call
 from call_ledger.core import cursors
@@ -37,9 +38,13 @@ async def get_call(request: web.Request) -> web.Response:
     call_sid, scope = call_sid_and_scope(request)
     call = await visible_call(request.app[STORE], call_sid, scope)
     # Another tenant's call is an unknown one (a call with no organization yet is nobody's).
-    if call is None:
-        raise NotFound("no call with this SID")
-    body = call.served(request.app[SETTINGS].policy)  # as the worker stored it
+    if call is not None:
+        body = call.served(request.app[SETTINGS].policy)  # as the worker stored it
+    else:
+        archived = await archived_record(request, call_sid, scope)  # SPEC §16: from its file
+        if archived is None:
+            raise NotFound("no call with this SID")
+        body = archived
     return web.Response(body=body, content_type="application/json")
 
 

@@ -16,7 +16,7 @@ from call_ledger.api.openapi import add_openapi_route
 from call_ledger.settings import Settings
 from call_ledger.store import Store
 from call_ledger.web.base import base_app
-from call_ledger.worker.app import add_consumer, add_outbound
+from call_ledger.worker.app import add_archiver, add_consumer, add_outbound
 from call_ledger.worker.intake import add_intake
 
 Role = Literal["serve", "worker", "api", "intake", "deliver"]
@@ -40,6 +40,7 @@ def create_app(
         if run_consumer and role != "intake":
             add_consumer(app)
             add_outbound(app)
+            add_archiver(app)
     if role in ("serve", "api"):
         add_read_api(app, settings)
     return app

@@ -1,4 +1,5 @@
-"""`call-ledger serve | worker | api | intake | deliver | dlq list | dlq replay | pricing check FILE | reindex`.
+"""`call-ledger serve | worker | api | intake | deliver | dlq list | dlq replay | pricing check FILE | reindex |
+archive`.
 
 Settings are built once here; a bad value stops start-up with one line naming the
 variable, never a traceback.
@@ -137,6 +138,38 @@ async def _reindex(settings: Settings) -> int:
         await store.close()
 
 
+async def _archive(settings: Settings) -> int:
+    """One archive pass now (SPEC §16): what it moved on stdout; a bad URL, missing credentials or an
+    unreachable store is one line, exit 2; another process's pass under way, exit 1."""
+    from call_ledger.archive import open_archive
+    from call_ledger.core.errors import ArchiveConfigError, ArchiveUnavailable
+    from call_ledger.web.metrics import Metrics
+    from call_ledger.worker.archive import Archiver
+
+    for needed, variable in ((settings.redis_url, "LEDGER_REDIS_URL"), (settings.archive_url, "LEDGER_ARCHIVE_URL")):
+        if not needed:
+            print(f"call-ledger: archive needs {variable}", file=sys.stderr)
+            return 2
+    assert settings.archive_url is not None
+    try:
+        files = open_archive(settings.archive_url)
+        await asyncio.to_thread(files.check)
+    except (ArchiveConfigError, ArchiveUnavailable) as exc:
+        fail(settings, f"archive: {exc}")
+    store = await _open_store(settings)
+    try:
+        report = await Archiver(store, settings, files, Metrics()).run_pass(wait_s=60)
+    except ArchiveUnavailable as exc:
+        fail(settings, f"archive: {exc}")
+    finally:
+        await store.close()
+    if report is None:
+        print("call-ledger: another process is running an archive pass (it kept the lock for 60 s)", file=sys.stderr)
+        return 1
+    print(f"archived {report.calls} call(s): {report.bytes} bytes in {report.files} file(s) to {files.url_of('')}")
+    return 0
+
+
 def _dlq_line(row: dict[str, Any]) -> str:
     event = row.get("event") or {}
     return (f"{row['id']}  source={event.get('source')} call_sid={event.get('call_sid')} "
@@ -163,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     check = pricing_sub.add_parser("check", help="validate a pricing file and print its table")
     check.add_argument("file", help="a YAML or JSON pricing file")
     sub.add_parser("reindex", help="(re)build the calls API's indexes from the records (safe while running)")
+    sub.add_parser("archive", help="one archive pass now: finalized calls past LEDGER_RETENTION_DAYS to the archive")
     return p
 
 
@@ -195,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(settings, _dlq(args, settings))
         if args.command == "reindex":
             return _run_command(settings, _reindex(settings))
+        if args.command == "archive":
+            return _run_command(settings, _archive(settings))
         run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake | deliver
         return 0
     finally:

@@ -265,6 +265,14 @@ class Settings(BaseSettings):
     outbound_retention_days: int = Field(default=7, ge=1, le=3650)
     max_endpoints: int = Field(default=50, ge=1, le=10_000)
 
+    # Retention and the archive (SPEC §16). Unset: nothing is archived. A directory, file://..., or
+    # s3://bucket/prefix (credentials and endpoint from the AWS environment: docs/archive.md).
+    archive_url: str | None = None
+    # A finalized call whose ended_at is older than this is archived (0: as soon as it is finalized).
+    retention_days: int = Field(default=30, ge=0, le=36_500)
+    # How often a worker runs an archive pass (one worker at a time holds the archive's lock).
+    archive_every_s: int = Field(default=300, ge=1, le=86_400)
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -351,6 +359,19 @@ class Settings(BaseSettings):
         copied = super().model_copy(update=update, deep=deep)
         copied.__dict__.pop("policy", None)
         return copied
+
+    @field_validator("archive_url", mode="before")
+    @classmethod
+    def _archive_url(cls, value: object) -> object:
+        """Blank is unset; a URL's scheme must be one the archive writes to (call_ledger.archive)."""
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return None
+            scheme = value.partition("://")[0].lower() if "://" in value else ""
+            if scheme not in ("", "file", "s3"):
+                raise ValueError(f"the archive is a directory, file://... or s3://bucket/prefix, not {scheme}://")
+        return value
 
     @field_validator("public_url")
     @classmethod

@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from call_ledger.web.base import METRICS, SETTINGS, STORE
+from call_ledger.archive import open_archive
 from call_ledger.web.ssrf import SafeResolver
+from call_ledger.worker.archive import Archiver
 from call_ledger.worker.consumer import Consumer
 from call_ledger.worker.delivery import Outbound
 from call_ledger.worker.outbound import Finalizer
@@ -37,6 +39,27 @@ def add_consumer(app: web.Application) -> None:
         await consumer.stop()
 
     app.cleanup_ctx.append(consumer_ctx)
+
+
+ARCHIVER = web.AppKey("archiver", Archiver)
+
+
+def add_archiver(app: web.Application) -> None:
+    """Archive passes every LEDGER_ARCHIVE_EVERY_S (SPEC §16) when LEDGER_ARCHIVE_URL is set: `serve` and
+    `worker` (any number of processes: one at a time runs a pass, the others find the lock taken)."""
+    settings = app[SETTINGS]
+    if not settings.archive_url:
+        return
+    files = open_archive(settings.archive_url)  # a malformed URL stops start-up (ArchiveConfigError)
+
+    async def archiver_ctx(app: web.Application) -> AsyncIterator[None]:
+        archiver = Archiver(app[STORE], settings, files, app[METRICS])
+        app[ARCHIVER] = archiver
+        await archiver.start()
+        yield
+        await archiver.stop()
+
+    app.cleanup_ctx.append(archiver_ctx)
 
 
 OUTBOUND = web.AppKey("outbound", Outbound)

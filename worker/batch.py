@@ -36,6 +36,7 @@ class Outcome(NamedTuple):
 APPLIED = Outcome("applied")
 DUPLICATE = Outcome("duplicate")
 DEFERRED = Outcome("deferred", "call updated concurrently; will retry")
+ARCHIVED = Outcome("refused", "call_archived")  # SPEC §16: the call is in the archive
 
 
 class Committed(NamedTuple):
@@ -187,6 +188,10 @@ class BatchResult:
                 if plan.duplicates:
                     self.due.repaired(sid, loaded[sid], self.after_ms)
             outcomes.update((entry.ref, Outcome("failed", reason)) for entry, _, reason in plan.failed)
+
+    def archived(self, items: list[Item]) -> None:
+        """A call in the archive: its events are refused, dead-lettered with reason `call_archived`."""
+        self.outcomes.update((entry.ref, ARCHIVED) for entry, _ in items)
 
     def found(self, plan: CallPlan, loaded: LoadedCall, sid: str) -> None:
         """A call with nothing to commit: indexed as found, if it exists."""

@@ -310,7 +310,12 @@ class Consumer:
         """One compare-and-set round over these calls: load, plan, commit, settle into `result`;
         the calls to plan again (contended, or to be judged on a fresh read)."""
         loaded = await self._load(calls, guess=guess)
-        plans = {sid: plan_call(loaded[sid], items, self.settings) for sid, items in calls.items()}
+        plans = {}
+        for sid, items in calls.items():  # `calls` is the batch's own: read, never changed here
+            if loaded[sid].archived:
+                self._archived(sid, items, result)
+            else:
+                plans[sid] = plan_call(loaded[sid], items, self.settings)
         again = {sid: calls[sid] for sid, plan in plans.items() if rejudged(plan, loaded[sid])}  # on a fresh read
         for sid in again:
             self.known.forget(sid)
@@ -322,11 +327,20 @@ class Consumer:
                 result.found(plan, loaded[sid], sid)
         commit = await self._commit(loaded, to_write)
         for sid, plan in to_write.items():
-            if sid in commit.conflicts:
+            if commit.replies[sid].archived:  # archived after we read it (or we guessed it new)
+                self._archived(sid, calls[sid], result)
+            elif sid in commit.conflicts:
                 again[sid] = replanned(plan, loaded[sid])
             else:
                 result.written(plan, loaded[sid], commit.written[sid], commit.replies[sid], commit.at_ms)
         return again
+
+    def _archived(self, sid: str, items: list[Item], result: BatchResult) -> None:
+        """A call in the archive (or held by an archive pass) takes no event again: they are
+        dead-lettered `call_archived` (SPEC §16), and the caches forget it."""
+        self.known.forget(sid)
+        self.indexed.forget(sid)
+        result.archived(items)
 
     async def _finish(self, writes: list[IndexWrite],
                       by_call: Calls,
@@ -469,7 +483,7 @@ class Consumer:
         now_ms = int(time.time() * 1000)
         writes = [self._write_of(sid, plan, loaded[sid], ids, now_ms) for sid, plan in plans.items()]
         replies = await self.store.commit(writes)
-        conflicts = self._learn(writes, [reply.ok for reply in replies], loaded, plans)
+        conflicts = self._learn(writes, [(reply.ok, reply.archived) for reply in replies], loaded, plans)
         return CommitResult(conflicts, {w.call_sid: w for w in writes},
                             {w.call_sid: reply for w, reply in zip(writes, replies, strict=True)}, now_ms)
 
@@ -507,16 +521,18 @@ class Consumer:
             at_ms=now_ms,
         )
 
-    def _learn(self, writes: list[CommitWrite], results: list[bool], loaded: dict[str, LoadedCall],
+    def _learn(self, writes: list[CommitWrite], results: list[tuple[bool, bool]], loaded: dict[str, LoadedCall],
                plans: dict[str, CallPlan]) -> set[str]:
         """Take the commit's answers into the caches and the new-call guess; the calls that conflicted."""
         conflicts = set()
         guesses: Counter[str] = Counter()
-        for write, ok in zip(writes, results, strict=True):
+        for write, (ok, archived) in zip(writes, results, strict=True):
             if loaded[write.call_sid].guessed:
                 self.guess.outcome(bool(ok))
                 guesses["right" if ok else "wrong"] += 1
             if ok and not write.events:  # checked, not written: what was loaded still holds
+                continue
+            if archived:  # not a conflict: settled by the caller (`_archived`)
                 continue
             if ok:
                 state = plans[write.call_sid].state

@@ -148,6 +148,18 @@ class StoreUnavailable(LedgerError):
     code = "store_unavailable"
 
 
+class ArchiveUnavailable(LedgerError):
+    """The archive could not be read or written now (SPEC §16): its store does not answer, refuses the
+    credentials, or is not configured (LEDGER_ARCHIVE_URL). The message says which, never a secret."""
+
+    status = 503
+    code = "archive_unavailable"
+
+
+class ArchiveConfigError(ValueError):
+    """LEDGER_ARCHIVE_URL cannot name an archive (another scheme, a malformed URL): one line, at start-up."""
+
+
 class ClaimPending(StoreUnavailable):
     """The signature's first use is held by this process, unconfirmed by Redis (which decides:
     first claim wins), and this request carries other parameters: retry once Redis answers."""

@@ -7,6 +7,7 @@
     store.outbox      the calls' outboxes, the fan-out and finalize schedules (call_ledger.store.outbox)
     store.endpoints   the webhook endpoints of outbound call events (call_ledger.store.endpoints)
     store.deliveries  the outbound deliveries: each endpoint's queue and attempts (call_ledger.store.deliveries)
+    store.archive     the archive's candidates, lock, passes and tombstones (call_ledger.store.archive)
     store.keys        every key name (call_ledger.store.keys)
 
 All on one Redis client (call_ledger.store.client), built once. Nobody else builds a part from a
@@ -27,6 +28,7 @@ from call_ledger.core.record_ids import IdBlock
 from call_ledger.core.rules import CallState
 from call_ledger.settings import Settings
 from call_ledger.store.append_batcher import AppendBatcher
+from call_ledger.store.archive import ArchiveStore
 from call_ledger.store.client import open_redis
 from call_ledger.store.deliveries import Deliveries
 from call_ledger.store.endpoints import Endpoints
@@ -61,6 +63,8 @@ class Store:
         self.outbox = Outbox(redis, self.keys)
         self.endpoints = Endpoints(redis, self.keys)
         self.deliveries = Deliveries(redis, self.keys)
+        # Retention and the archive (SPEC §16): what a pass reads and writes in Redis.
+        self.archive = ArchiveStore(redis, self.keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Store":

@@ -138,11 +138,15 @@ class IndexStore:
     # -- reads --------------------------------------------------------------------------------
 
     async def count(self, suffix: str, lo: str, hi: str) -> int:
-        """Calls in the list `suffix` with list time in [lo, hi], over every shard."""
+        """Calls in the list `suffix` with list time in [lo, hi], over every shard: those in Redis, and
+        the archived ones (SPEC §16) of each UTC day wholly inside [lo, hi] (`archived_in`)."""
+        archived = archived_key(suffix)
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(SHARDS):
             pipe.zcount(self.base(shard) + suffix, lo, hi)
-        return sum(int(n) for n in await pipe.execute())
+            pipe.hgetall(self.base(shard) + archived)
+        replies = await pipe.execute()
+        return sum(int(n) for n in replies[::2]) + sum(archived_in(days, lo, hi) for days in replies[1::2])
 
     async def _pages(self, suffix: str, lo: str, hi: str, count: int,
                      after: dict[int, tuple[str, str] | None]) -> dict[int, "_Page"]:
@@ -335,6 +339,24 @@ class _Page:
 
 def _neg(order: tuple[float, int]) -> tuple[float, int]:
     return -order[0], -order[1]
+
+
+def archived_key(list_suffix: str) -> str:
+    """The archived-calls hash of a list (`z:<scope>:<filter>` -> `ac:<scope>:<filter>`; archive_unindex.lua)."""
+    return "ac:" + list_suffix.removeprefix("z:")
+
+
+def archived_in(days: dict[bytes, bytes], lo: str, hi: str) -> int:
+    """The archived calls of the days (UTC day number -> calls) that lie wholly inside [lo, hi] (score
+    bounds: '-inf', '+inf' or µs). An archived call is counted by its day of list time: a bound inside a
+    day leaves that day's archived calls out (docs/archive.md)."""
+    low = float(lo)
+    high = float(hi)
+    return sum(int(n) for day, n in days.items()
+               if low <= int(day) * DAY_US and (int(day) + 1) * DAY_US - 1 <= high)
+
+
+DAY_US = 86_400_000_000
 
 
 def bound(us: int | None, default: str) -> str:

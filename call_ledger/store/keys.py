@@ -70,6 +70,22 @@ The outbound messages' schedules, per index shard n (the call's `shard_of`, as a
                                      when due (a fan-out claim pushes it by a lease)
     cl:fin:{n}                       sorted set: terminal calls waiting to be finalized; score = ms when
                                      due (lc + LEDGER_FINALIZE_AFTER_S)
+    cl:arc:{n}                       sorted set: finalized calls, the archive's candidates (SPEC §16); score =
+                                     ms finalized, or the call's ended_at when that is later
+
+The archive (SPEC §16; call_ledger.store.archive, docs/archive.md). An archived call's hash is its
+tombstone, `{a: "<file no>.<row>"}`; while a pass holds it, its hash is whole and `a` is "@<pass id>"
+(commits refuse it: `call_archived`):
+
+    cl:archive:lock                  string: the token of the process running a pass (expires)
+    cl:archive:pass                  hash: the pass under way: id, at (archived_at, µs), state, files
+    cl:archive:batch                 hash: the pass's calls: sid -> record id, then "<record id> <file no>.<row>"
+    cl:archive:files                 hash: file no -> the calls file's path under LEDGER_ARCHIVE_URL
+    cl:archive:seq                   counter: file numbers
+    cl:ix:{n}:ac:<scope>:<filter>    hash: per list (as `z:`), UTC day number of list time -> the calls of that
+                                     day archived from it: what `count` adds to the list's ZCOUNT
+    cl:ix:{n}:gone                   sorted set: record ids archived lately -> when (ms): their indexed version
+                                     is 2^53 - 1 until a grace period ends (archive_unindex.lua)
 
 The part of an index key after its shard's base (`z:...`, `t:...`, `d:...`) is the index's own
 vocabulary (call_ledger.core.indexes builds those suffixes; index.lua writes them under the base).
@@ -204,6 +220,9 @@ class Keys:
     def index_versions(self, shard: int) -> str:
         return self.index_base(shard) + "v"
 
+    def index_gone(self, shard: int) -> str:
+        return self.index_base(shard) + "gone"
+
     @property
     def index_months(self) -> str:
         return f"{self.prefix}:ix:months"
@@ -217,6 +236,33 @@ class Keys:
     def finalize_due(self, shard: int) -> str:
         """`cl:fin:{n}`: terminal calls waiting to be finalized, by when due."""
         return f"{self.prefix}:fin:{{{shard}}}"
+
+    # -- the archive (SPEC §16; call_ledger.store.archive) --------------------------------------------
+
+    def archive_due(self, shard: int) -> str:
+        """`cl:arc:{n}`: finalized calls, the archive's candidates (in the index shard's slot)."""
+        return f"{self.prefix}:arc:{{{shard}}}"
+
+    @property
+    def archive_lock(self) -> str:
+        return f"{self.prefix}:archive:lock"
+
+    @property
+    def archive_pass(self) -> str:
+        return f"{self.prefix}:archive:pass"
+
+    @property
+    def archive_batch(self) -> str:
+        return f"{self.prefix}:archive:batch"
+
+    @property
+    def archive_files(self) -> str:
+        return f"{self.prefix}:archive:files"
+
+    @property
+    def archive_seq(self) -> str:
+        return f"{self.prefix}:archive:seq"
+
     # -- outbound deliveries (call_ledger.store.deliveries) -----------------------------------------
 
     def delivery_base(self, endpoint_id: str) -> str:

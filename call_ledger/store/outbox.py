@@ -113,6 +113,8 @@ class Outbox:
         else:
             if result.outcome == "finalized":
                 pipe.zadd(self.keys.outbox_due(shard), {sid: now_ms})
+            if result.outcome in ("finalized", "already_final"):  # the archive's candidate (SPEC §16)
+                pipe.zadd(self.keys.archive_due(shard), {sid: now_ms}, nx=True)
             pipe.zrem(self.keys.finalize_due(shard), sid)
         await pipe.execute()
         return result

@@ -64,6 +64,8 @@ class LoadedCall:
     revision: int = 0
     changed_ms: int = 0
     outbox: bool = False
+    # Archived, or held by an archive pass (`a`, SPEC §16): its events are dead-lettered `call_archived`.
+    archived: bool = False
 
 
 # Not frozen, like call_ledger.store.streams.Entry: the apply loop makes one per call per batch.
@@ -85,15 +87,17 @@ class CommitWrite:
 
 class CommitReply(NamedTuple):
     """What the commit script answered for one call (commit.lua): `ok` False when another worker wrote it
-    first; `outbox` when its outbox holds messages to fan out; `timer` when a finalize timer is due."""
+    first; `outbox` when its outbox holds messages to fan out; `timer` when a finalize timer is due;
+    `archived` (not `ok`) when the call is archived or being archived: nothing was written (SPEC §16)."""
 
     ok: bool
     outbox: bool = False
     timer: bool = False
+    archived: bool = False
 
     @classmethod
     def of(cls, reply: int) -> "CommitReply":
-        return cls(bool(reply & 1), bool(reply & 2), bool(reply & 4))
+        return cls(bool(reply & 1), bool(reply & 2), bool(reply & 4), bool(reply & 8))
 
 
 def _commit_args(w: CommitWrite, now_ms: int) -> list[Any]:
@@ -156,7 +160,7 @@ class Records:
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
             keys, fields = wanted[sid]
-            pipe.hmget(self.keys.call(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", *fields)
+            pipe.hmget(self.keys.call(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", "a", *fields)
             # The order index holds every applied event's key (the journal may be off).
             pipe.zmscore(self.keys.order(sid), keys)
             if latest:
@@ -167,15 +171,15 @@ class Records:
         for i, sid in enumerate(sids):
             keys, fields = wanted[sid]
             call, journal = replies[per_call * i], replies[per_call * i + 1]
-            version, core, record_id, token, ended, revision, changed_ms, outbox = call[:8]
+            version, core, record_id, token, ended, revision, changed_ms, outbox, archived = call[:9]
             applied = [key for key, value in zip(keys, journal, strict=True) if value is not None]
             if latest:
                 applied += [text(key) for key in replies[per_call * i + 2]]
             loaded[sid] = LoadedCall(
-                int(version or 0), core, dict(zip(fields, call[8:], strict=True)),
+                int(version or 0), core, dict(zip(fields, call[9:], strict=True)),
                 int(record_id) if record_id else None, frozenset(applied), token=text(token) if token else "",
                 ended=ended == b"1", revision=int(revision or 0), changed_ms=int(changed_ms or 0),
-                outbox=outbox == b"1",
+                outbox=outbox == b"1", archived=archived is not None,
             )
         return loaded
 

@@ -5,7 +5,8 @@ read and its entry written at the call's version, through the same versioned ind
 the worker uses, so it is safe while workers run (a newer entry is left alone, and one of the
 same version only replaced when this version of call-ledger derives another) and safe to
 repeat. After a whole pass every entry has the month rollups, which it records
-(`Keys.index_months`): analytics reads them from then on. Run it once every worker runs a
+(`Keys.index_months`): analytics reads them from then on. It also puts every finalized call on the
+archive's candidates (SPEC §16) that is not there yet: calls finalized before the archive existed. Run it once every worker runs a
 version with them (issue #23), so that no older worker writes an entry without them after it.
 """
 
@@ -36,11 +37,14 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
     prefix = store.keys.call_prefix  # "cl:call:"
     seen = written = 0
     batch: list[tuple[int, Any, int]] = []
+    finalized: dict[str, int] = {}  # the archive's candidates (SPEC §16), by when last changed (ms)
 
     async def flush() -> None:
         nonlocal written
         written += sum(await indexes.update(batch, rederive=True))
         batch.clear()
+        await store.archive.schedule(finalized, only_new=True)
+        finalized.clear()
 
     async for key in store.redis.scan_iter(match=f"{prefix}{{*}}", count=1000):
         name = text(key, "surrogateescape")
@@ -50,6 +54,8 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
         if found is None:
             continue
         record_id, state = found
+        if int(fields.get(b"fr", 0)) >= 1 and b"a" not in fields:  # finalized by a version before the archive
+            finalized[sid] = int(fields.get(b"lc", 0))
         if state.first_seen is None and state.started is None:
             state.first_seen = await _first_seen(store, sid)
         seen += 1

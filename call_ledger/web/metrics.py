@@ -88,6 +88,16 @@ class Metrics:
             ["endpoint"], registry=r,
         )
         self._outbound_endpoints: set[str] = set()
+        # The archive (SPEC §16, call_ledger.worker.archive).
+        self.archived_calls = Counter("ledger_archived_calls", "Calls moved from Redis to the archive", registry=r)
+        self.archive_bytes = Counter("ledger_archive_bytes", "Bytes of Parquet written to the archive", registry=r)
+        self.archive_passes = Counter(
+            "ledger_archive_passes", "Archive passes, by outcome (done, failed)", ["outcome"], registry=r,
+        )
+        self.archive_due = Gauge(
+            "ledger_archive_due_calls", "Finalized calls past retention still in Redis, at the last pass's end "
+            "(one that keeps growing is an archive that does not keep up, or cannot be written)", registry=r,
+        )
 
     def labelled(self, metric: MetricWrapperBase, *values: str) -> Any:
         """`metric.labels(*values)`, remembered: prometheus_client validates and locks on every

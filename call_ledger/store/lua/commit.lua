@@ -20,7 +20,9 @@
 -- Returns per call 0: the version moved on, or an event is already applied (the worker's picture of
 -- the call was stale: it re-reads and retries); nothing of that call is written then. Else 1, plus 2
 -- when the call's outbox holds messages after the commit (the worker schedules their fan-out), plus
--- 4 when a finalize timer is due (terminal, not finalized, and this commit changed the record). A
+-- 4 when a finalize timer is due (terminal, not finalized, and this commit changed the record). 8 alone:
+-- the call is archived or being archived (its hash has `a`, SPEC §16): nothing is written, the worker
+-- dead-letters its events `call_archived`. A
 -- call with no events (n = 0) is only checked: its refusals were judged on the state read, and the
 -- version confirms that state; nothing is written (no record appears for a call whose only events
 -- were refused), and it answers 1.
@@ -157,12 +159,14 @@ for k = 1, #KEYS, 4 do
   a = fields + 2 * m
   local found
   if terminal and n > 0 then  -- what finality needs: the record and the finality fields
-    found = redis.call('HMGET', call, 'v', 't', 'id', 'j', 'fe', 'fr', 'ob')
+    found = redis.call('HMGET', call, 'v', 't', 'id', 'a', 'j', 'fe', 'fr', 'ob')
   else
-    found = redis.call('HMGET', call, 'v', 't', 'id')
+    found = redis.call('HMGET', call, 'v', 't', 'id', 'a')
   end
   local ok = (found[1] or '0') == expected and (found[2] or '') == token
-  if ok and n == 1 then
+  if found[4] then  -- archived, or being archived: nothing is written to it again (SPEC §16)
+    ok = false
+  elseif ok and n == 1 then
     ok = not redis.call('ZSCORE', order, ARGV[events])
   elseif ok and n > 1 then
     ok = not applied(order, events, n)
@@ -185,15 +189,15 @@ for k = 1, #KEYS, 4 do
     -- What a commit announces is decided as call_ledger.core.outbound.after_change (see the header).
     local reply, messages = 1, nil
     if terminal then
-      local revision = tonumber(found[6] or '0')
-      local moved = found[5] == '1' and moved_to(call, fields, m)
+      local revision = tonumber(found[7] or '0')
+      local moved = found[6] == '1' and moved_to(call, fields, m)
       local last = fields + 2 * m - 2
       local j = m > 0 and ARGV[last] == 'j' and ARGV[last + 1] or nil
-      local changed = not same_record(j, found[4]) or meta_changed(call, fields, m)
+      local changed = not same_record(j, found[5]) or meta_changed(call, fields, m)
       if changed then
         extra = {unpack(extra)}
         extra[#extra + 1], extra[#extra + 2] = 'lc', now_ms
-        if found[5] ~= '1' then
+        if found[6] ~= '1' then
           messages = {{'call.ended', 0}}
           extra[#extra + 1], extra[#extra + 2] = 'fe', '1'
         elseif revision >= 1 then
@@ -223,7 +227,7 @@ for k = 1, #KEYS, 4 do
         end
         extra[#extra + 1], extra[#extra + 2] = 'ob', '1'
       end
-      if messages or found[7] == '1' then
+      if messages or found[8] == '1' then
         reply = reply + 2
       end
     end
@@ -243,6 +247,8 @@ for k = 1, #KEYS, 4 do
     results[#results + 1] = reply
   elseif ok then
     results[#results + 1] = 1
+  elseif found[4] then
+    results[#results + 1] = 8
   else
     results[#results + 1] = 0
   end

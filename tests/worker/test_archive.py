@@ -1,0 +1,191 @@
+"""worker/archive.py: archive passes through the real service on fake Redis, files in a local directory.
+
+- every provider's call shape (and a platform-attributed call with call_meta and usage) is served by
+  GET byte for byte as before its pass; count, stats and analytics say what they said; list, search and
+  export cover the calls left in Redis; a late event is dead-lettered `call_archived`;
+- retention: a call ended less than LEDGER_RETENTION_DAYS ago stays;
+- a pass killed at any step and then run again leaves every call in exactly one row, and every call in
+  Redis or archived with its tombstone, never neither.
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from call_ledger.archive import open_archive
+from call_ledger.core.indexes import shard_of
+from call_ledger.store import Store
+from call_ledger.store.archive import is_tombstone
+from call_ledger.web.metrics import Metrics
+from call_ledger.worker import archive as archive_module
+from call_ledger.worker.archive import Archiver
+from tests.support.archiving import Killed, KilledAt, archived_rows, settle
+from tests.support.provider_calls import (
+    Ledger,
+    StartLedger,
+    WholeCall,
+    attributed_twilio_call,
+    plivo_call,
+    telnyx_call,
+    twilio_call,
+    vonage_call,
+)
+from tests.support.settings import AUTH
+from tests.support.signing import post_platform
+from tests.support.workers import make_event, usage
+
+S = 1_000_000
+READS = ("/api/v1/calls/count", "/api/v1/calls/count?status=completed", "/api/v1/calls/stats",
+         "/api/v1/calls/analytics?period=90d", "/api/v1/calls/count?date_from=2026-11-24&date_to=2026-11-24")
+
+CALLS = {
+    "twilio-outbound": twilio_call(), "twilio-inbound-get": twilio_call("inbound", "GET"),
+    "twilio-attributed": attributed_twilio_call(), "telnyx": telnyx_call(), "vonage": vonage_call(),
+    "plivo": plivo_call(),
+}
+
+
+def archiver_of(ledger: Ledger, root: Path, cls: type[Archiver] = Archiver, **kwargs: Any) -> Archiver:
+    store = ledger.consumer.store
+    return cls(store, ledger.consumer.settings, open_archive(str(root)), Metrics(), **kwargs)
+
+
+async def reads(ledger: Ledger) -> dict[str, Any]:
+    found = {}
+    for path in READS:
+        response = await ledger.client.get(path, headers=AUTH)
+        assert response.status == 200, await response.text()
+        found[path] = await response.json()
+    return found
+
+
+async def body(ledger: Ledger, sid: str) -> tuple[int, bytes]:
+    response = await ledger.client.get(f"/api/v1/calls/sid/{sid}", headers=AUTH)
+    return response.status, await response.read()
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+async def test_an_archived_call_is_served_byte_for_byte_and_still_counted(
+        start_ledger: StartLedger, tmp_path: Path, name: str) -> None:
+    call: WholeCall = CALLS[name]
+    ledger = await start_ledger(**call.settings, archive_url=str(tmp_path), retention_days=0)
+    await ledger.deliver(call.sends)
+    store: Store = ledger.consumer.store
+    await settle(store, ledger.consumer.settings)
+    before, counted = await ledger.record_body(call.call_sid), await reads(ledger)
+    applied = await store.all_events(call.call_sid)
+
+    report = await archiver_of(ledger, tmp_path).run_pass()
+
+    assert report is not None and (report.calls, report.files) == (1, 2)  # the calls file and its events file
+    tomb = await store.redis.hgetall(store.keys.call(call.call_sid))
+    assert is_tombstone(tomb) and len(tomb) == 1
+    assert await body(ledger, call.call_sid) == (200, before)
+    assert await reads(ledger) == counted
+    listed = await (await ledger.client.get("/api/v1/calls", headers=AUTH)).json()
+    assert listed["items"] == []  # lists cover the calls in Redis
+    [row] = archived_rows(tmp_path)
+    assert row["call_sid"] == call.call_sid and row["record_json"] is None  # the typed columns reproduce it
+    events = archived_rows(tmp_path, "events")
+    assert [orjson.loads(e["event"]) for e in events] == [orjson.loads(e) for e in applied]
+
+
+async def test_a_late_event_for_an_archived_call_is_dead_lettered_and_changes_nothing(
+        start_ledger: StartLedger, tmp_path: Path) -> None:
+    call = attributed_twilio_call()
+    ledger = await start_ledger(**call.settings, archive_url=str(tmp_path), retention_days=0)
+    await ledger.deliver(call.sends)
+    store: Store = ledger.consumer.store
+    await settle(store, ledger.consumer.settings)
+    before = await ledger.record_body(call.call_sid)
+    await archiver_of(ledger, tmp_path).run_pass()
+
+    payload = {"type": "call.usage", "call_sid": call.call_sid, "occurred_at": "2026-11-24T10:06:00Z",
+               "data": {"component": "stt", "cost": "0.5", "currency": "USD"}}
+    response = await post_platform(ledger.client, payload, "msg_late")
+    assert response.status == 200
+    await ledger.consumer.run_burst()
+
+    assert [(orjson.loads(d["e"])["event_id"], d["reason"]) for d in await store.dead_letters()] == [
+        ("msg_late", "call_archived")]
+    assert await body(ledger, call.call_sid) == (200, before)
+    assert len(archived_rows(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(("retention_days", "archived"), [(30, 0), (7, 1)])
+async def test_a_call_is_archived_once_its_end_is_older_than_the_retention(
+        start_ledger: StartLedger, tmp_path: Path, retention_days: int, archived: int) -> None:
+    call = twilio_call()  # ended 2026-11-24T10:05:06Z
+    ledger = await start_ledger(**call.settings, archive_url=str(tmp_path), retention_days=retention_days)
+    await ledger.deliver(call.sends)
+    await settle(ledger.consumer.store, ledger.consumer.settings)
+    days_ago = (time.time() - 1_795_514_706) / 86_400
+    assert 7 < days_ago < 30, "the retention cases assume the call ended 7 to 30 days ago"
+    report = await archiver_of(ledger, tmp_path).run_pass()
+    assert report is not None and report.calls == archived
+    assert len(archived_rows(tmp_path)) == archived
+
+
+# -- killed at any step ----------------------------------------------------------------------------------
+
+SIDS = [f"CA{i:03d}" for i in range(23)]
+STEPS = [("held", 1), ("held", 2), ("placed", 1), ("file_written", 1), ("file_written", 3), ("files_written", 1),
+         ("tombstoned", 1), ("tombstoned", 2), ("unindexed", 1), ("unindexed", 2)]
+
+
+async def many_calls(start_ledger: StartLedger, root: Path) -> Ledger:
+    """23 finalized calls in three organizations (one with none) and two days."""
+    ledger = await start_ledger(archive_url=str(root), retention_days=0)
+    store: Store = ledger.consumer.store
+    for i, sid in enumerate(SIDS):
+        day = (i % 2) * 86_400 * S
+        events = [make_event(sid, "ringing", day + i * S, status="ringing"),
+                  usage(sid, "llm", day + (i + 5) * S, "llm", 1_000_000 * i + 7),
+                  make_event(sid, "meta", day + (i + 6) * S, call_meta={"n": i, "é": "ü"}),
+                  make_event(sid, "completed", day + (i + 60) * S, status="completed", duration=50 + i)]
+        if i % 3:
+            events.append(make_event(sid, "org", day + (i + 7) * S, organization_id=i % 3))
+        for event in events:
+            await store.append(event.model_dump_json().encode())
+    await ledger.consumer.run_burst()
+    await settle(store, ledger.consumer.settings)
+    return ledger
+
+
+async def check_exactly_once(ledger: Ledger, root: Path, served: dict[str, bytes]) -> None:
+    """Every call in exactly one row; each archived one tombstoned and served as before; none lost."""
+    store: Store = ledger.consumer.store
+    rows = archived_rows(root)
+    sids = [row["call_sid"] for row in rows]
+    assert sorted(sids) == sorted(set(sids)), "a call in two rows"
+    for sid in SIDS:
+        fields = await store.redis.hgetall(store.keys.call(sid))
+        assert (sid in sids) == is_tombstone(fields), f"{sid}: archived without a tombstone, or the reverse"
+        assert fields, f"{sid}: neither in Redis nor archived"
+        assert await body(ledger, sid) == (200, served[sid])
+
+
+@pytest.mark.parametrize(("step", "nth"), STEPS)
+async def test_a_pass_killed_at_any_step_is_finished_by_the_next_exactly_once(
+        start_ledger: StartLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, nth: int) -> None:
+    monkeypatch.setattr(archive_module, "TOMBSTONES_PER_STEP", 4)
+    ledger = await many_calls(start_ledger, tmp_path)
+    served = {sid: await ledger.record_body(sid) for sid in SIDS}
+    counted = await reads(ledger)
+
+    with pytest.raises(Killed):
+        await archiver_of(ledger, tmp_path, KilledAt, at=step, nth=nth, batch=10).run_pass()
+    await check_exactly_once(ledger, tmp_path, served)  # between the two: nothing lost, nothing doubled
+
+    report = await archiver_of(ledger, tmp_path, batch=10).run_pass()
+
+    assert report is not None
+    await check_exactly_once(ledger, tmp_path, served)
+    assert sorted(row["call_sid"] for row in archived_rows(tmp_path)) == SIDS
+    assert await reads(ledger) == counted
+    store: Store = ledger.consumer.store
+    assert not await store.redis.exists(store.keys.archive_pass, store.keys.archive_batch)
+    assert all(not await store.redis.zcard(store.keys.archive_due(shard_of(sid))) for sid in SIDS)
