@@ -185,6 +185,16 @@ class CallReader:
     def read_row(self, files: ArchiveFiles, rel: str, row_index: int) -> dict[str, Any]:
         """Row `row_index` of the calls file `rel`, as `core.archive.call_row` made it (money in
         nano-units, times in µs), so `core.archive.served_of` gives its record."""
+        try:
+            return self._read_row(files, rel, row_index)
+        except (OSError, pa.ArrowException, IndexError):
+            # A file is never changed once written (a pass skips the files it finds), but should one be
+            # written again, the footer kept of it no longer fits it: read it afresh, once.
+            with self._lock:
+                self._footers.pop(files.url_of(rel), None)
+            return self._read_row(files, rel, row_index)
+
+    def _read_row(self, files: ArchiveFiles, rel: str, row_index: int) -> dict[str, Any]:
         footer = self._footer_of(files, rel)
         if not 0 <= row_index < footer.metadata.num_rows:
             raise IndexError(f"{rel} has no row {row_index}")

@@ -161,6 +161,17 @@ def test_the_reader_keeps_a_bounded_number_of_footers_and_reads_from_threads(tmp
         reader.read_row(files, paths[0], 40)
 
 
+def test_a_file_written_again_is_read_with_its_new_footer(tmp_path: Path, small_row_groups: int) -> None:
+    files = open_archive(str(tmp_path))
+    first, second = record_bodies(30, seed=1), record_bodies(45, seed=2)
+    files.put(REL, calls_file([call_row(body, 1, ARCHIVED_AT) for body in first]))
+    reader = CallReader()
+    assert served_of(reader.read_row(files, REL, 3)) == first[3]
+    files.put(REL, calls_file([call_row(body, 1, ARCHIVED_AT + 1) for body in second]))
+    assert served_of(reader.read_row(files, REL, 40)) == second[40]  # past the rows the old footer knew
+    assert_read_back(files, REL, second, reader)
+
+
 def test_fifty_thousand_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Printed, not asserted: how long a pass's file takes to build, and a lookup's latency."""
     bodies = record_bodies(50_000)
