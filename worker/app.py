@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from call_ledger.web.base import METRICS, SETTINGS, STORE
 from call_ledger.archive import open_archive
+from call_ledger.web.base import METRICS, SETTINGS, STORE
 from call_ledger.web.ssrf import SafeResolver
 from call_ledger.worker.archive import Archiver
 from call_ledger.worker.consumer import Consumer

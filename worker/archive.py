@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from call_ledger.archive import ArchiveFiles, calls_file, events_file
-from call_ledger.core.archive import calls_path, call_row, event_row, events_path, partition
+from call_ledger.core.archive import call_row, calls_path, event_row, events_path, partition
 from call_ledger.core.journal import restore
 from call_ledger.core.served import StoredCall
 from call_ledger.settings import Settings
@@ -44,6 +44,7 @@ log = structlog.get_logger("ledger.archive")
 DAY_MS = 86_400_000
 LEASE_MS = 60_000  # the lock's lease: renewed at every step, so only a process stopped this long loses it
 TOMBSTONES_PER_STEP = 2_000
+BATCH = 20_000  # calls per batch of a pass: what one batch holds in memory (rows, then a file per partition)
 
 
 class LockLost(Exception):
@@ -73,13 +74,13 @@ class Archiver:
     """Runs archive passes: `run_pass` now (`call-ledger archive`), or `start` every LEDGER_ARCHIVE_EVERY_S."""
 
     def __init__(self, store: Store, settings: Settings, files: ArchiveFiles, metrics: Metrics, *,
-                 batch: int = 20_000) -> None:
+                 batch: int | None = None) -> None:
         self.store = store
         self.archive = store.archive
         self.settings = settings
         self.files = files
         self.metrics = metrics
-        self.batch = batch
+        self.batch = batch or BATCH
         self.token = secrets.token_hex(8)
         self._task: asyncio.Task[None] | None = None
 
@@ -164,11 +165,16 @@ class Archiver:
     async def _select(self) -> tuple[PassState, dict[str, Selected]] | None:
         """Hold a batch of the calls due: a new pass state, and the held calls as read. None when none is due."""
         cutoff_ms = self._cutoff_ms()
-        sids = await self.archive.candidates(cutoff_ms, self.batch)
-        # None read may be archived now (outboxes not yet fanned out, ended_at later): the next pass.
-        eligible = await self._eligible(sids, cutoff_ms) if sids else []
-        if not eligible:
-            return None
+        while True:
+            sids = await self.archive.candidates(cutoff_ms, self.batch)
+            if not sids:
+                return None
+            eligible, waiting = await self._eligible(sids, cutoff_ms)
+            if eligible:
+                break
+            if waiting:  # every candidate read waits for its fan-out (and is read again): the next pass
+                return None
+            # Each was dropped or scheduled at its ended_at: the next candidates are others.
         now = datetime.now(UTC)
         pass_id = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
         state = await self.archive.begin(pass_id, int(now.timestamp() * 1_000_000))
@@ -178,11 +184,13 @@ class Archiver:
         await self.step("held", state)
         return state, {call.call_sid: call for call, ok in zip(eligible, held, strict=True) if ok}
 
-    async def _eligible(self, sids: list[str], cutoff_ms: int) -> list[Selected]:
-        """The candidates that may be archived now; the others are dropped from the candidates (no such
-        call, archived already, never finalized) or scheduled again (ended_at not yet past retention)."""
+    async def _eligible(self, sids: list[str], cutoff_ms: int) -> tuple[list[Selected], int]:
+        """The candidates that may be archived now, and how many wait where they are (an outbox not yet
+        fanned out); the others are dropped from the candidates (no such call, archived already, never
+        finalized) or scheduled again at their ended_at (not yet past retention)."""
         found = await self.archive.held_fields(sids)
         eligible: list[Selected] = []
+        waiting = 0
         gone: list[str] = []
         later: dict[str, int] = {}
         for sid, fields in zip(sids, found, strict=True):
@@ -190,32 +198,34 @@ class Archiver:
                 gone.append(sid)  # no record (a tombstone, a deleted key) or not finalized: not a candidate
                 continue
             if ARCHIVED in fields or fields.get(b"ob") == b"1":
-                continue  # held by a pass, or messages still to fan out: later
+                waiting += 1  # held by a pass, or messages still to fan out: later
+                continue
             row = call_row(StoredCall(sid, fields).served(self.settings.policy), 0, 0)
             ended_ms = (row["ended_at"] or 0) // 1000
-            if ended_ms > cutoff_ms:
-                later[sid] = ended_ms + self.settings.retention_days * DAY_MS
+            if ended_ms > cutoff_ms:  # a candidate again once its ended_at is past retention
+                later[sid] = ended_ms
                 continue
             eligible.append(Selected(sid, int(fields[b"id"]), int(fields[b"v"]),
                                      fields.get(b"t", b"").decode(), fields))
         await self.archive.unschedule(gone)
         if later:
             await self.archive.schedule(later)
-        return eligible
+        return eligible, waiting
 
     async def _place(self, state: PassState, selected: dict[str, Selected]) -> "Rows":
         """Build the held calls' rows, number the files, record each call's place: state `placed`."""
-        held = await self.archive.batch()
-        missing = [call.call_sid for call in held if call.call_sid not in selected]
-        # A resumed pass: what the batch holds now (a call recorded but not held leaves it).
-        fields = dict(zip(missing, await self.archive.held_fields(missing), strict=True))
-        for call in held:
-            if call.call_sid in selected:
-                fields[call.call_sid] = selected[call.call_sid].fields
-        not_held = [sid for sid, f in fields.items() if f.get(ARCHIVED) != state.marker.encode()]
+        # The calls just held, as read before the hold (the hold checked they had not changed since); and
+        # for a resumed pass, the batch's calls read now: those recorded but not held leave it.
+        fields = {sid: call.fields for sid, call in selected.items()}
+        missing = [call.call_sid for call in await self.archive.batch() if call.call_sid not in selected]
+        marker = state.marker.encode()
+        not_held = []
+        for sid, found in zip(missing, await self.archive.held_fields(missing), strict=True):
+            if found.get(ARCHIVED) == marker:
+                fields[sid] = found
+            else:
+                not_held.append(sid)
         await self.archive.drop(not_held)
-        for sid in not_held:
-            del fields[sid]
         rows = await self._rows(state, fields)
         numbers = await self.archive.new_files(len(rows.calls))
         state.files = dict(zip(sorted(rows.calls), numbers, strict=True))

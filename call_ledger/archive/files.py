@@ -23,20 +23,9 @@ from urllib.parse import urlsplit
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from call_ledger.core.errors import LedgerError
+from call_ledger.core.errors import ArchiveConfigError, ArchiveUnavailable
 
 __all__ = ["ArchiveConfigError", "ArchiveFiles", "ArchiveUnavailable", "open_archive"]
-
-
-class ArchiveConfigError(ValueError):
-    """An archive URL that can never work (another scheme, a malformed URL, s3fs missing)."""
-
-
-class ArchiveUnavailable(LedgerError):
-    """The archive cannot be read or written now (HTTP 503 where a request needed it)."""
-
-    status = 503
-    code = "archive_unavailable"
 
 
 # A bucket name as S3 allows it (lower case letters, digits, `.`, `-`; 3-63 characters).

@@ -352,6 +352,15 @@ def _date_text(days: int) -> str:
     return (_EPOCH_DATE + timedelta(days=days)).isoformat()
 
 
+def organization_of(path: str) -> int | None:
+    """The organization whose call a calls file holds, from its partition (`partition`'s inverse)."""
+    for part in path.split("/"):
+        if part.startswith("organization_id="):
+            value = part.removeprefix("organization_id=")
+            return None if value == _ORGANIZATION_NONE else int(value)
+    raise ValueError("not a path of the archive's partitions")
+
+
 def _file_name(pass_id: str) -> str:
     if not _PASS_ID.fullmatch(pass_id):
         raise ValueError("a pass id is 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit")

@@ -157,7 +157,8 @@ class ArchiveUnavailable(LedgerError):
 
 
 class ArchiveConfigError(ValueError):
-    """LEDGER_ARCHIVE_URL cannot name an archive (another scheme, a malformed URL): one line, at start-up."""
+    """LEDGER_ARCHIVE_URL can never work (another scheme, a malformed URL, s3fs missing): one line, at
+    start-up."""
 
 
 class ClaimPending(StoreUnavailable):

@@ -106,7 +106,8 @@ class ArchiveStore:
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(SHARDS):
             pipe.zrangebyscore(self.keys.archive_due(shard), "-inf", cutoff_ms, start=0, num=per_shard)
-        return [text(sid, "surrogateescape") for sids in await pipe.execute() for sid in sids]
+        found = [text(sid, "surrogateescape") for sids in await pipe.execute() for sid in sids]
+        return found[:limit]
 
     async def pending(self, cutoff_ms: int) -> int:
         """How many candidates are due at `cutoff_ms` (a metric, and `archive`'s progress)."""

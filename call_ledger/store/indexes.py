@@ -260,30 +260,38 @@ class IndexStore:
         # every field of every shard's reply was a fifth of a 90-day analytics at 1,000,000 calls).
         totals: dict[str, dict[bytes, int]] = {suffix: {} for suffix in days}
         summed: dict[bytes, int] = {}
-        latest: dict[int, tuple[float, int, int]] = {}  # assistant -> (score, member, shard) of its latest call
+        # assistant -> (score, member, shard, name as JSON if the call is archived, else '') of its latest call
+        latest: dict[int, tuple[float, int, int, bytes]] = {}
         for shard, reply in enumerate(await run_pipeline(self.redis, build, (ROLLUP_DAYS,))):
             for suffix, flat in zip(days, reply, strict=False):
                 _add(totals[suffix], flat)
             _add(summed, reply[len(days)])
             found = reply[len(days) + 1] if len(reply) > len(days) + 1 else []
-            for i in range(0, len(found), 3):
-                aid, at = int(found[i]), (float(found[i + 1]), int(found[i + 2]), shard)
+            for i in range(0, len(found), 4):
+                aid, at = int(found[i]), (float(found[i + 1]), int(found[i + 2]), shard, found[i + 3])
                 if aid not in latest or at[:2] > latest[aid][:2]:
                     latest[aid] = at
         return PeriodSums({suffix: _decoded(fields) for suffix, fields in totals.items()}, _decoded(summed),
                           await self._names(latest, scope_of_list(lists)))
 
-    async def _names(self, latest: dict[int, tuple[float, int, int]], scope: str | None) -> dict[int, str | None]:
-        """The assistant_name of each assistant's latest call: one entry read per assistant (the
-        winner over the shards), in one pipeline. The entry is read after the script found it: if
-        the call moved meanwhile (to another organization or assistant), its name is not taken."""
-        if not latest:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for _, member, shard in latest.values():
-            pipe.hget(self.entries_key(shard), member_of(member))
+    async def _names(self, latest: dict[int, tuple[float, int, int, bytes]],
+                     scope: str | None) -> dict[int, str | None]:
+        """The assistant_name of each assistant's latest call: an archived call's as the script found it,
+        else one entry read per assistant (the winner over the shards), in one pipeline. The entry is read
+        after the script found it: if the call moved meanwhile (to another organization or assistant),
+        its name is not taken."""
         names: dict[int, str | None] = {}
-        for aid, stored in zip(latest, await pipe.execute(), strict=True):
+        for aid, (_, _, _, archived) in latest.items():
+            if archived:
+                name = orjson.loads(archived)
+                names[aid] = name if isinstance(name, str) else None
+        live = {aid: at for aid, at in latest.items() if not at[3]}
+        if not live:
+            return names
+        pipe = self.redis.pipeline(transaction=False)
+        for _, member, shard, _ in live.values():
+            pipe.hget(self.entries_key(shard), member_of(member))
+        for aid, stored in zip(live, await pipe.execute(), strict=True):
             payload = orjson.loads(stored.partition(b"\n")[0]) if stored else {}
             name = payload.get("an")
             still = payload.get("aid") == aid and (scope in (None, ALL) or scope == scope_name(payload.get("org")))

@@ -71,7 +71,7 @@ The outbound messages' schedules, per index shard n (the call's `shard_of`, as a
     cl:fin:{n}                       sorted set: terminal calls waiting to be finalized; score = ms when
                                      due (lc + LEDGER_FINALIZE_AFTER_S)
     cl:arc:{n}                       sorted set: finalized calls, the archive's candidates (SPEC §16); score =
-                                     ms finalized, or the call's ended_at when that is later
+                                     0 until a pass has read the call, then its ended_at (ms)
 
 The archive (SPEC §16; call_ledger.store.archive, docs/archive.md). An archived call's hash is its
 tombstone, `{a: "<file no>.<row>"}`; while a pass holds it, its hash is whole and `a` is "@<pass id>"

@@ -11,7 +11,7 @@ late or twice, never lose a call (fan-out and finalization are both idempotent).
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -42,6 +42,7 @@ class FinalizeResult:
 
     outcome: FinalizeOutcome
     due_ms: int | None = None
+    changed_ms: int = field(default=0, compare=False)  # finalized: when its record last changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,11 @@ class Outbox:
         finalizers never both do), then schedule what the answer asks: its message's fan-out, the timer
         moved, or the timer dropped."""
         reply = await FINALIZE.run(self.redis, [self.keys.call(sid), self.keys.outbox(sid)], [now_ms, after_ms])
-        result = FinalizeResult(_OUTCOMES[int(reply[0])], int(reply[1]) if len(reply) > 1 else None)
+        outcome = _OUTCOMES[int(reply[0])]
+        if outcome == "not_yet":
+            result = FinalizeResult(outcome, int(reply[1]))
+        else:
+            result = FinalizeResult(outcome, changed_ms=int(reply[1]) if len(reply) > 1 else 0)
         shard = shard_of(sid)
         pipe = self.redis.pipeline(transaction=False)
         if result.outcome == "not_yet":
@@ -113,8 +118,8 @@ class Outbox:
         else:
             if result.outcome == "finalized":
                 pipe.zadd(self.keys.outbox_due(shard), {sid: now_ms})
-            if result.outcome in ("finalized", "already_final"):  # the archive's candidate (SPEC §16)
-                pipe.zadd(self.keys.archive_due(shard), {sid: now_ms}, nx=True)
+            if result.outcome in ("finalized", "already_final"):  # the archive's candidate (SPEC §16):
+                pipe.zadd(self.keys.archive_due(shard), {sid: 0}, nx=True)  # 0, the next pass reads its ended_at
             pipe.zrem(self.keys.finalize_due(shard), sid)
         await pipe.execute()
         return result

@@ -5,9 +5,10 @@ read and its entry written at the call's version, through the same versioned ind
 the worker uses, so it is safe while workers run (a newer entry is left alone, and one of the
 same version only replaced when this version of call-ledger derives another) and safe to
 repeat. After a whole pass every entry has the month rollups, which it records
-(`Keys.index_months`): analytics reads them from then on. It also puts every finalized call on the
-archive's candidates (SPEC §16) that is not there yet: calls finalized before the archive existed. Run it once every worker runs a
-version with them (issue #23), so that no older worker writes an entry without them after it.
+(`Keys.index_months`): analytics reads them from then on. Run it once every worker runs a
+version with them (issue #23), so that no older worker writes an entry without them after it. It also
+puts every finalized call on the archive's candidates (SPEC §16) that is not there yet: the calls
+finalized before the archive existed.
 """
 
 from typing import Any
@@ -37,7 +38,7 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
     prefix = store.keys.call_prefix  # "cl:call:"
     seen = written = 0
     batch: list[tuple[int, Any, int]] = []
-    finalized: dict[str, int] = {}  # the archive's candidates (SPEC §16), by when last changed (ms)
+    finalized: dict[str, int] = {}  # the archive's candidates (SPEC §16)
 
     async def flush() -> None:
         nonlocal written
@@ -55,7 +56,7 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
             continue
         record_id, state = found
         if int(fields.get(b"fr", 0)) >= 1 and b"a" not in fields:  # finalized by a version before the archive
-            finalized[sid] = int(fields.get(b"lc", 0))
+            finalized[sid] = 0  # as finalize does: the next pass reads its ended_at
         if state.first_seen is None and state.started is None:
             state.first_seen = await _first_seen(store, sid)
         seen += 1

@@ -11,7 +11,7 @@ import pytest
 
 from call_ledger.archive import files as files_module
 from call_ledger.archive.files import ArchiveConfigError, ArchiveUnavailable, open_archive
-from tests.archive.conftest import S3, SECRET_KEY
+from tests.support.s3 import S3, SECRET_KEY
 
 REL = "calls/organization_id=7/date=2026-11-24/p1.parquet"
 

@@ -20,8 +20,8 @@ from call_ledger.archive.files import ArchiveFiles, open_archive
 from call_ledger.archive.parquet import CALLS_SCHEMA, EVENTS_SCHEMA, CallReader, calls_file, events_file
 from call_ledger.core.archive import CALL_COLUMNS, call_row, event_row, served_of, time_text
 from call_ledger.core.rules import CallState, record_json
-from tests.archive.conftest import S3
 from tests.core.test_archive import ARCHIVED_AT, _record, calls, served
+from tests.support.s3 import S3
 
 REL = "calls/organization_id=7/date=2026-11-24/p1.parquet"
 

@@ -198,3 +198,16 @@ async def test_an_index_update_read_before_the_tombstone_cannot_put_the_call_bac
     assert await ledger.store.archive.forget_gone(archived_ms + GONE_GRACE_MS + 1) == 1
     assert not await ledger.redis.hexists(ledger.keys.index_versions(shard), member(record_id))
     assert not await ledger.redis.exists(ledger.keys.index_gone(shard))
+
+
+async def test_reindex_puts_calls_finalized_before_the_archive_on_its_candidates(ledger: Ledger) -> None:
+    from call_ledger.store.reindex import reindex
+
+    await ledger.call("CA1")
+    await ledger.call("CA-live", end=False)
+    await ledger.call("CA-held")
+    assert await ledger.freeze("CA-held")
+    shard_keys = {ledger.keys.archive_due(shard_of(sid)) for sid in ("CA1", "CA-live", "CA-held")}
+    await ledger.redis.delete(*shard_keys)  # as a version before the archive left them
+    await reindex(ledger.store, ledger.settings)
+    assert await ledger.store.archive.candidates(0, 100) == ["CA1"]  # finalized, not held, scored 0

@@ -22,7 +22,7 @@ from call_ledger.store.archive import is_tombstone
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker import archive as archive_module
 from call_ledger.worker.archive import Archiver
-from tests.support.archiving import Killed, KilledAt, archived_rows, settle
+from tests.support.archiving import SIDS, Killed, KilledAt, archived_rows, check_never_lost, fill_calls, settle
 from tests.support.provider_calls import (
     Ledger,
     StartLedger,
@@ -35,9 +35,7 @@ from tests.support.provider_calls import (
 )
 from tests.support.settings import AUTH
 from tests.support.signing import post_platform
-from tests.support.workers import make_event, usage
 
-S = 1_000_000
 READS = ("/api/v1/calls/count", "/api/v1/calls/count?status=completed", "/api/v1/calls/stats",
          "/api/v1/calls/analytics?period=90d", "/api/v1/calls/count?date_from=2026-11-24&date_to=2026-11-24")
 
@@ -131,61 +129,32 @@ async def test_a_call_is_archived_once_its_end_is_older_than_the_retention(
 
 # -- killed at any step ----------------------------------------------------------------------------------
 
-SIDS = [f"CA{i:03d}" for i in range(23)]
 STEPS = [("held", 1), ("held", 2), ("placed", 1), ("file_written", 1), ("file_written", 3), ("files_written", 1),
          ("tombstoned", 1), ("tombstoned", 2), ("unindexed", 1), ("unindexed", 2)]
-
-
-async def many_calls(start_ledger: StartLedger, root: Path) -> Ledger:
-    """23 finalized calls in three organizations (one with none) and two days."""
-    ledger = await start_ledger(archive_url=str(root), retention_days=0)
-    store: Store = ledger.consumer.store
-    for i, sid in enumerate(SIDS):
-        day = (i % 2) * 86_400 * S
-        events = [make_event(sid, "ringing", day + i * S, status="ringing"),
-                  usage(sid, "llm", day + (i + 5) * S, "llm", 1_000_000 * i + 7),
-                  make_event(sid, "meta", day + (i + 6) * S, call_meta={"n": i, "é": "ü"}),
-                  make_event(sid, "completed", day + (i + 60) * S, status="completed", duration=50 + i)]
-        if i % 3:
-            events.append(make_event(sid, "org", day + (i + 7) * S, organization_id=i % 3))
-        for event in events:
-            await store.append(event.model_dump_json().encode())
-    await ledger.consumer.run_burst()
-    await settle(store, ledger.consumer.settings)
-    return ledger
-
-
-async def check_exactly_once(ledger: Ledger, root: Path, served: dict[str, bytes]) -> None:
-    """Every call in exactly one row; each archived one tombstoned and served as before; none lost."""
-    store: Store = ledger.consumer.store
-    rows = archived_rows(root)
-    sids = [row["call_sid"] for row in rows]
-    assert sorted(sids) == sorted(set(sids)), "a call in two rows"
-    for sid in SIDS:
-        fields = await store.redis.hgetall(store.keys.call(sid))
-        assert (sid in sids) == is_tombstone(fields), f"{sid}: archived without a tombstone, or the reverse"
-        assert fields, f"{sid}: neither in Redis nor archived"
-        assert await body(ledger, sid) == (200, served[sid])
 
 
 @pytest.mark.parametrize(("step", "nth"), STEPS)
 async def test_a_pass_killed_at_any_step_is_finished_by_the_next_exactly_once(
         start_ledger: StartLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, nth: int) -> None:
     monkeypatch.setattr(archive_module, "TOMBSTONES_PER_STEP", 4)
-    ledger = await many_calls(start_ledger, tmp_path)
+    ledger = await start_ledger(archive_url=str(tmp_path), retention_days=0)
+    store: Store = ledger.consumer.store
+    settings, files = ledger.consumer.settings, open_archive(str(tmp_path))
+    await fill_calls(store, settings)
     served = {sid: await ledger.record_body(sid) for sid in SIDS}
     counted = await reads(ledger)
 
     with pytest.raises(Killed):
         await archiver_of(ledger, tmp_path, KilledAt, at=step, nth=nth, batch=10).run_pass()
-    await check_exactly_once(ledger, tmp_path, served)  # between the two: nothing lost, nothing doubled
+    await check_never_lost(store, settings, files, served, done=False)  # between the two: nothing lost nor doubled
 
     report = await archiver_of(ledger, tmp_path, batch=10).run_pass()
 
     assert report is not None
-    await check_exactly_once(ledger, tmp_path, served)
-    assert sorted(row["call_sid"] for row in archived_rows(tmp_path)) == SIDS
+    await check_never_lost(store, settings, files, served, done=True)
+    for sid in SIDS:  # GET, through the API
+        assert await body(ledger, sid) == (200, served[sid])
     assert await reads(ledger) == counted
-    store: Store = ledger.consumer.store
     assert not await store.redis.exists(store.keys.archive_pass, store.keys.archive_batch)
-    assert all(not await store.redis.zcard(store.keys.archive_due(shard_of(sid))) for sid in SIDS)
+    for sid in SIDS:
+        assert not await store.redis.zcard(store.keys.archive_due(shard_of(sid)))

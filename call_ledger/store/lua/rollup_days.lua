@@ -8,8 +8,10 @@
 -- (`z:<scope>:a=`) and the period's score range (hi, lo).
 -- Returns one flat (field, value) array per day-total hash, then one array of the
 -- per-assistant fields summed (those that sum to 0 left out), then (with ARGV[3..6]) per assistant that has calls
--- here: its id, and the score and member of its latest call in the period (the caller reads the
--- names of the latest calls over all shards only: one entry per assistant, not one per shard). Every value is an integer below 2^53 (counts, seconds, whole units, nano
+-- here: its id, the score and member of its latest call in the period, and '' (the caller reads the
+-- names of the latest calls over all shards only: one entry per assistant, not one per shard); or, when
+-- its latest call in the period is archived (`an:<scope>`, archive_unindex.lua), that call's score, member
+-- and its name as JSON. Every value is an integer below 2^53 (counts, seconds, whole units, nano
 -- remainders), which a Lua number holds exactly; '%.0f' writes it without an exponent.
 -- Fields `an:<aid>:<name>` (name counts written by versions before issue #23, until
 -- `call-ledger reindex` rewrites their entries) are skipped.
@@ -48,15 +50,28 @@ end
 out[days + 1] = summed
 if ARGV[3] then
   local base, lists, hi, lo = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local archived = base .. 'an:' .. string.sub(lists, 3, -4)  -- `z:<scope>:a=` -> `an:<scope>`
+  local high, low = tonumber(hi), tonumber(lo)
   local names = {}
   for name, value in pairs(assistants) do
     if value > 0 and string.sub(name, -2) == ':n' then
       local aid = string.sub(name, 3, -3)
       local latest = redis.call('ZREVRANGEBYSCORE', base .. lists .. aid, hi, lo, 'WITHSCORES', 'LIMIT', 0, 1)
-      if latest[1] then
+      local found = latest[1] and {latest[2], latest[1], ''}
+      local kept = redis.call('HGET', archived, aid)
+      if kept then
+        local old = cjson.decode(kept)
+        local at = tonumber(old[1])
+        if at >= low and at <= high and (not found or at > tonumber(found[1])
+            or (at == tonumber(found[1]) and old[2] > found[2])) then
+          found = {old[1], old[2], cjson.encode(old[3])}
+        end
+      end
+      if found then
         names[#names + 1] = aid
-        names[#names + 1] = latest[2]
-        names[#names + 1] = latest[1]
+        names[#names + 1] = found[1]
+        names[#names + 1] = found[2]
+        names[#names + 1] = found[3]
       end
     end
   end
