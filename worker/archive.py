@@ -68,6 +68,7 @@ class Selected:
     version: int
     token: str
     fields: dict[bytes, bytes]
+    row: dict[str, Any]  # its row, but for `archived_at` (the pass's)
 
 
 class Archiver:
@@ -200,13 +201,13 @@ class Archiver:
             if ARCHIVED in fields or fields.get(b"ob") == b"1":
                 waiting += 1  # held by a pass, or messages still to fan out: later
                 continue
-            row = call_row(StoredCall(sid, fields).served(self.settings.policy), 0, 0)
+            row = call_row(StoredCall(sid, fields).served(self.settings.policy), int(fields[b"fr"]), 0)
             ended_ms = (row["ended_at"] or 0) // 1000
             if ended_ms > cutoff_ms:  # a candidate again once its ended_at is past retention
                 later[sid] = ended_ms
                 continue
             eligible.append(Selected(sid, int(fields[b"id"]), int(fields[b"v"]),
-                                     fields.get(b"t", b"").decode(), fields))
+                                     fields.get(b"t", b"").decode(), fields, row))
         await self.archive.unschedule(gone)
         if later:
             await self.archive.schedule(later)
@@ -217,6 +218,7 @@ class Archiver:
         # The calls just held, as read before the hold (the hold checked they had not changed since); and
         # for a resumed pass, the batch's calls read now: those recorded but not held leave it.
         fields = {sid: call.fields for sid, call in selected.items()}
+        known = {sid: call.row for sid, call in selected.items()}
         missing = [call.call_sid for call in await self.archive.batch() if call.call_sid not in selected]
         marker = state.marker.encode()
         not_held = []
@@ -226,7 +228,7 @@ class Archiver:
             else:
                 not_held.append(sid)
         await self.archive.drop(not_held)
-        rows = await self._rows(state, fields)
+        rows = await self._rows(state, fields, known)
         numbers = await self.archive.new_files(len(rows.calls))
         state.files = dict(zip(sorted(rows.calls), numbers, strict=True))
         places = {}
@@ -238,18 +240,25 @@ class Archiver:
         await self.step("placed", state)
         return rows
 
-    async def _rows(self, state: PassState, fields: dict[str, dict[bytes, bytes]]) -> "Rows":
-        """The calls' rows (and their events'), by partition, each partition's calls in (ended_at, SID) order."""
+    async def _rows(self, state: PassState, fields: dict[str, dict[bytes, bytes]],
+                    known: dict[str, dict[str, Any]] | None = None) -> "Rows":
+        """The calls' rows (and their events'), by partition, each partition's calls in (ended_at, SID) order;
+        `known`: rows built already (when the calls were selected), but for their `archived_at`."""
         rows = Rows()
         policy = self.settings.policy
+        at = state.archived_at_us
+        known = known or {}
         sids = sorted(fields)
         events = await self.archive.events(sids) if self.settings.journal != "off" else [[] for _ in sids]
         for sid, call_events in zip(sids, events, strict=True):
             call = StoredCall(sid, fields[sid])
-            row = call_row(call.served(policy), int(fields[sid].get(b"fr", b"1")), state.archived_at_us)
+            row = known.get(sid)
+            if row is None:
+                row = call_row(call.served(policy), int(fields[sid].get(b"fr", b"1")), at)
+            row["archived_at"] = at
             part = partition(_organization(call.organization_id), row["ended_at"])
             rows.calls[part].append(row)
-            rows.events[part] += [event_row(sid, key.decode(), us, restore(entry, key, sid, us), state.archived_at_us)
+            rows.events[part] += [event_row(sid, key, us, restore(entry, key, sid, us), at)
                                   for key, us, entry in call_events]
         for calls in rows.calls.values():
             calls.sort(key=lambda row: (row["ended_at"], row["call_sid"]))

@@ -17,34 +17,92 @@
 local base, now = ARGV[1], ARGV[2]
 local DAY_US = 86400000000
 local GONE = '9007199254740991'
-local removed = 0
+local CHUNK = 200  -- items per command: unpack() of thousands would overflow Lua's C stack
+local unpack = unpack or table.unpack
+-- Redis's time goes to each command called: the calls' changes are gathered per key first, so a batch
+-- of calls of a few days and lists costs a few commands per list, not a dozen per call.
+local leave, counts, names = {}, {}, {}  -- list -> members; `ac` key -> day -> calls; `an` key -> aid -> kept
+local entries, versions, gone, candidates = {}, {}, {}, {}
+local count_key, names_of = {}, {}  -- list -> its `ac` key; list -> {its `an` key, the assistant} or false
+local function later(kept, at, member)
+  return not kept or tonumber(kept[1]) < tonumber(at) or (tonumber(kept[1]) == tonumber(at) and kept[2] < member)
+end
 for i = 3, #ARGV, 2 do
   local member = ARGV[i]
   local stored = redis.call('HGET', KEYS[1], member)
   if stored then
+    -- The entry's part after the newline is [[list...], {rollups}, "<score>"] (index.lua): the lists and
+    -- the score are read by pattern, sparing the decoding of the rollups (most of the text).
     local newline = string.find(stored, '\n', 1, true)
-    local entry = cjson.decode(string.sub(stored, newline + 1))
-    local at = entry[3]
+    local lists_end = string.find(stored, ']', newline + 3, true)  -- no list name holds a bracket
+    local at = string.match(stored, '"([^"]+)"%]$')
     local day = string.format('%.0f', math.floor(tonumber(at) / DAY_US))
-    for _, list in ipairs(entry[1]) do  -- `z:<scope>:<filter>`
-      redis.call('ZREM', base .. list, member)
-      redis.call('HINCRBY', base .. 'ac:' .. string.sub(list, 3), day, 1)
-      local scope, aid = string.match(list, '^z:([^:]*):a=(%d+)$')
-      if scope then
-        local names = base .. 'an:' .. scope
-        local kept = redis.call('HGET', names, aid)
-        local old = kept and cjson.decode(kept)
-        if not old or tonumber(old[1]) < tonumber(at) or (tonumber(old[1]) == tonumber(at) and old[2] < member) then
-          local name = cjson.decode(string.sub(stored, 1, newline - 1)).an
-          redis.call('HSET', names, aid, cjson.encode({at, member, name}))
+    local pos = newline + 2
+    while true do
+      local first, last, list = string.find(stored, '"([^"]+)"', pos)  -- `z:<scope>:<filter>`
+      if not first or first > lists_end then
+        break
+      end
+      pos = last + 1
+      local members = leave[list]
+      if not members then  -- the first call on this list: its keys, worked out once
+        members = {}
+        leave[list] = members
+        count_key[list] = base .. 'ac:' .. string.sub(list, 3)
+        local scope, aid = string.match(list, '^z:([^:]*):a=(%d+)$')
+        names_of[list] = scope and {base .. 'an:' .. scope, aid} or false
+      end
+      members[#members + 1] = member
+      local days = counts[count_key[list]] or {}
+      counts[count_key[list]] = days
+      days[day] = (days[day] or 0) + 1
+      local named = names_of[list]
+      if named then
+        local key, aid = named[1], named[2]
+        local kept = names[key] or {}
+        names[key] = kept
+        if kept[aid] == nil then
+          local found = redis.call('HGET', key, aid)
+          kept[aid] = found and cjson.decode(found) or false
+        end
+        if later(kept[aid], at, member) then
+          kept[aid] = {at, member, stored, newline}  -- the name is decoded for the last winner only
         end
       end
     end
-    redis.call('HDEL', KEYS[1], member)
-    removed = removed + 1
+    entries[#entries + 1] = member
   end
-  redis.call('HSET', KEYS[2], member, GONE)
-  redis.call('ZADD', KEYS[4], now, member)
-  redis.call('ZREM', KEYS[3], ARGV[i + 1])
+  versions[#versions + 1] = member
+  versions[#versions + 1] = GONE
+  gone[#gone + 1] = now
+  gone[#gone + 1] = member
+  candidates[#candidates + 1] = ARGV[i + 1]
 end
-return removed
+local function each_chunk(command, key, items, step)
+  for s = 1, #items, CHUNK * step do
+    redis.call(command, key, unpack(items, s, math.min(#items, s + CHUNK * step - 1)))
+  end
+end
+for list, members in pairs(leave) do
+  each_chunk('ZREM', base .. list, members, 1)
+end
+for key, days in pairs(counts) do
+  for day, calls in pairs(days) do
+    redis.call('HINCRBY', key, day, calls)
+  end
+end
+for key, kept in pairs(names) do
+  for aid, latest in pairs(kept) do
+    if latest and latest[4] then
+      local name = cjson.decode(string.sub(latest[3], 1, latest[4] - 1)).an
+      redis.call('HSET', key, aid, cjson.encode({latest[1], latest[2], name}))
+    end
+  end
+end
+if #entries > 0 then
+  each_chunk('HDEL', KEYS[1], entries, 1)
+end
+each_chunk('HSET', KEYS[2], versions, 2)
+each_chunk('ZADD', KEYS[4], gone, 2)
+each_chunk('ZREM', KEYS[3], candidates, 1)
+return #entries
