@@ -165,7 +165,8 @@ def describe(m: dict[str, float]) -> str:
             f"B/call archived (used_memory {m['hot']:,.0f} -> {m['archived']:,.0f}; {m['archived_now']:,.0f} within "
             f"the 10-minute grace); pass {m['rate']:,.0f} calls/s "
             f"({m['seconds']:.2f} s); Parquet {m['calls_bytes']:,.0f} B/call (+ events {m['events_bytes']:,.0f}); "
-            f"GET archived p50 {m['get_p50']:.2f} / p99 {m['get_p99']:.2f} ms ({m['per_file']:,.0f} calls in its file); "
+            f"GET archived p50 {m['get_p50']:.2f} / p99 {m['get_p99']:.2f} ms "
+            f"({m['per_file']:,.0f} calls in its file); "
             f"apply {m['apply_alone']:,.0f} events/s alone, {m['apply_with_pass']:,.0f} with a pass "
             f"(ratio {m['apply_ratio']:.2f})")
 

@@ -16,6 +16,8 @@ data is touched. Measures:
 - outbound: one `serve` with one endpoint at a local receiver: messages delivered/s when many calls end
   at once, terminal webhook 2xx -> first attempt p50/p99, and the apply row with fan-out and delivery in
   the worker's process, one endpoint / none (bench/outbound.py);
+- archive: Redis bytes per call hot and archived, a pass's calls/s into a local directory, the apply loop
+  beside a pass, GET of an archived call, Parquet bytes per call (bench/archive.py);
 - signed POST /webhooks/twilio and signed POST /webhooks/platform on `serve` (intake, apply
   loop and read API in one process) and on `intake` (webhooks only), each row measured right
   after floor_api.py's POST /webhooks/twilio (its XADD) and reported as product / floor.
@@ -384,6 +386,24 @@ def outbound_rows(redis: RedisServer, args: argparse.Namespace) -> list[Row]:
              f"{a['with']:,.0f} / {a['without']:,.0f}", "", f"{a['ratio']:.2f}", "≥ 0.9")]
 
 
+def archive_rows(redis: RedisServer, args: argparse.Namespace) -> list[Row]:
+    from archive import describe
+    from archive import measure as measure_archive
+
+    m = asyncio.run(measure_archive(redis, args.archive_calls, args.per_call))
+    print(f"archive (SPEC §16), journal on, a local directory: {describe(m)}")
+    return [("Redis per archived call (keys; INFO used_memory)",
+             f"{m['archived_keys']:,.0f} B; {m['archived']:,.0f} B (hot: {m['hot_keys']:,.0f} B)", "", "", "≤ 150 B"),
+            (f"archive pass, {m['calls']:,.0f} calls (calls/s, local directory)", f"{m['rate']:,.0f}", "", "",
+             "≥ 20,000"),
+            ("apply loop while a pass runs / alone (events/s)",
+             f"{m['apply_with_pass']:,.0f} / {m['apply_alone']:,.0f}", "", f"{m['apply_ratio']:.2f}", ""),
+            (f"GET an archived call ({m['per_file']:,.0f} calls in its file)",
+             f"p50 {m['get_p50']:.1f} / p99 {m['get_p99']:.1f} ms", "", "", "p99 < 50 ms"),
+            ("Parquet bytes per archived call (calls file; events file)",
+             f"{m['calls_bytes']:,.0f} B; {m['events_bytes']:,.0f} B", "", "", "")]
+
+
 def http_rows(redis: RedisServer, args: argparse.Namespace) -> list[Row]:
     if shutil.which("wrk") is None:
         print("http: skipped, wrk is not installed (apt-get install wrk)")
@@ -427,6 +447,8 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--skip-outbound", action="store_true", help="no outbound delivery rows")
     parser.add_argument("--outbound-calls", type=int, default=3000, help="calls ending at once, outbound rate")
+    parser.add_argument("--skip-archive", action="store_true", help="no archive rows")
+    parser.add_argument("--archive-calls", type=int, default=20_000, help="calls archived in the archive rows")
     args = parser.parse_args()
 
     table: list[Row] = []
@@ -438,6 +460,8 @@ def main() -> None:
             table += latency_rows(args.latency_seconds)
         if not args.skip_outbound:
             table += outbound_rows(redis, args)
+        if not args.skip_archive:
+            table += archive_rows(redis, args)
         if not args.skip_http:
             table += http_rows(redis, args)
     finally:

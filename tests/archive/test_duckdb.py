@@ -13,7 +13,8 @@ from call_ledger.archive import calls_file, events_file, open_archive
 from call_ledger.core.archive import call_row, calls_path, event_row, events_path, partition
 from call_ledger.core.instants import parse_iso
 from call_ledger.core.rules import record_json
-from tests.core.test_archive import ARCHIVED_AT, _record
+from tests.support.archive_records import ARCHIVED_AT, a_record
+from tests.support.paths import ROOT
 
 PASS = "p20261126T000000-1"
 BIG = 123_456_789_012_123_456_789  # 123456789012.123456789: past a double's 17 digits and int64's nano-units
@@ -27,7 +28,7 @@ def archived_calls(root: Path) -> list[tuple[int | None, dict[str, Any]]]:
         day = "2026-11-24" if i < 12 else "2026-11-25"
         started = f"{day}T{10 + i % 6:02d}:00:00Z"  # ties on started_at: id decides
         ended = f"{day}T{10 + i % 6:02d}:0{i % 10}:00.{i:03d}Z"
-        calls.append(([7, 8, None][i % 3], _record(call_sid=f"CA{i:032x}", id=4503599627370497 + (i * 7) % 24,
+        calls.append(([7, 8, None][i % 3], a_record(call_sid=f"CA{i:032x}", id=4503599627370497 + (i * 7) % 24,
                                                    started_at=started, ended_at=ended, total_cost=BIG + i,
                                                    llm_cost=None if i % 4 else i)))
     files = open_archive(str(root))
@@ -45,32 +46,22 @@ def archived_calls(root: Path) -> list[tuple[int | None, dict[str, Any]]]:
     return calls
 
 
-def readme_queries(doc: str, root: Path) -> list[str]:
-    """The SQL statements of a docstring (each ends with `;`), for this archive's root."""
-    sql = "\n".join(line.strip() for line in doc.splitlines() if line.startswith("        "))
-    return [statement.strip().replace("<root>", str(root)) for statement in sql.split(";") if statement.strip()]
+DOC = ROOT / "docs" / "archive.md"
+DOC_ROOT = "/var/lib/call-ledger/archive"
 
 
-def test_duckdb_reads_the_archive_as_the_readme_shows(tmp_path: Path) -> None:
-    """The README's query of the archive (DuckDB; LEDGER_ARCHIVE_URL=<root>). One organization's calls of
-    two days, newest first as the calls API lists them, then what each organization spent a day,
-    summed exactly (money is DECIMAL(38, 9)):
+def documented_queries(root: Path) -> list[str]:
+    """The SQL statements of docs/archive.md's sql block (each ends with `;`), for this archive's root."""
+    text = DOC.read_text()
+    block = text.split("```sql\n", 1)[1].split("```", 1)[0]
+    return [statement.strip().replace(DOC_ROOT, str(root)) for statement in block.split(";") if statement.strip()]
 
-        SELECT call_sid, id, status, started_at, ended_at, duration, total_cost, cost_currency
-        FROM read_parquet('<root>/calls/*/*/*.parquet', hive_partitioning = true)
-        WHERE organization_id = '7' AND "date" BETWEEN DATE '2026-11-24' AND DATE '2026-11-25'
-        ORDER BY started_at DESC, id DESC;
 
-        SELECT organization_id, "date", count(*) AS calls, sum(total_cost) AS total_cost,
-               typeof(sum(total_cost)) AS money_type
-        FROM read_parquet('<root>/calls/*/*/*.parquet', hive_partitioning = true)
-        GROUP BY organization_id, "date"
-        ORDER BY organization_id, "date";
-    """
+def test_duckdb_reads_the_archive_as_the_docs_show(tmp_path: Path) -> None:
+    """docs/archive.md's queries of the archive (DuckDB): one organization's calls of two days, newest first
+    as the calls API lists them, then what each organization spent a day, summed exactly."""
     calls = archived_calls(tmp_path)
-    doc = test_duckdb_reads_the_archive_as_the_readme_shows.__doc__
-    assert doc is not None
-    listing, totals = readme_queries(doc, tmp_path)
+    listing, totals = documented_queries(tmp_path)
     connection = duckdb.connect()
 
     rows = connection.execute(listing).fetchall()

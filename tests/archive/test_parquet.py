@@ -20,7 +20,7 @@ from call_ledger.archive.files import ArchiveFiles, open_archive
 from call_ledger.archive.parquet import CALLS_SCHEMA, EVENTS_SCHEMA, CallReader, calls_file, events_file
 from call_ledger.core.archive import CALL_COLUMNS, call_row, event_row, served_of, time_text
 from call_ledger.core.rules import CallState, record_json
-from tests.core.test_archive import ARCHIVED_AT, _record, calls, served
+from tests.support.archive_records import ARCHIVED_AT, a_record, calls, served
 from tests.support.s3 import S3
 
 REL = "calls/organization_id=7/date=2026-11-24/p1.parquet"
@@ -35,7 +35,7 @@ def record_bodies(count: int, seed: int = 1) -> list[bytes]:
         digits = rng.choice([0, 0, 3, 6])
         ended = 1_795_514_706_000_000 + i * 1_000_123
         ended -= ended % 10 ** (6 - digits) if digits else ended % 1_000_000
-        bodies.append(record_json(_record(
+        bodies.append(record_json(a_record(
             call_sid=f"CA{i:032x}", id=4503599627370497 + i, customer_phone_number=f"+1555{i % 10_000_000:07d}",
             call_meta={"campaign": rng.choice(["spring", "été", "夏"]), "n": i, "tags": ["a", {"b": i % 3 == 0}]}
             if i % 4 else {},
@@ -88,11 +88,11 @@ def test_any_records_rendered_by_the_ledger_come_back_from_a_file(tmp_path_facto
 
 @pytest.mark.parametrize("nano", [0, 1, -1, 123_456_789_012_123_456_789, 10**38 - 1, -(10**38 - 1), 2**63 - 1, 2**63])
 def test_money_is_exact_in_the_file_as_decimal128(tmp_path: Path, nano: int) -> None:
-    body = record_json(_record(total_cost=nano, llm_cost=None))
+    body = record_json(a_record(total_cost=nano, llm_cost=None))
     row = call_row(body, 1, ARCHIVED_AT)
     assert row["total_cost"] == nano and row["record_json"] is None
     files = open_archive(str(tmp_path))
-    files.put(REL, calls_file([row, call_row(record_json(_record(total_cost=5)), 1, ARCHIVED_AT)]))
+    files.put(REL, calls_file([row, call_row(record_json(a_record(total_cost=5)), 1, ARCHIVED_AT)]))
     table = pq.read_table(tmp_path / REL)
     assert table.schema.field("total_cost").type == pa.decimal128(38, 9)
     assert table.column("total_cost").to_pylist() == [Decimal(f"{nano}e-9"), Decimal("5e-9")]  # exact, no context
@@ -102,7 +102,7 @@ def test_money_is_exact_in_the_file_as_decimal128(tmp_path: Path, nano: int) -> 
 
 
 def test_123456789012_point_123456789_survives_exactly(tmp_path: Path) -> None:
-    body = record_json(_record(total_cost=123_456_789_012_123_456_789))
+    body = record_json(a_record(total_cost=123_456_789_012_123_456_789))
     assert b'"total_cost":123456789012.123456789' in body
     files = open_archive(str(tmp_path))
     files.put(REL, calls_file([call_row(body, 1, ARCHIVED_AT)]))
@@ -124,7 +124,7 @@ def test_the_file_has_the_columns_of_the_design_and_no_partition_column(tmp_path
 
 
 def test_a_row_missing_a_value_its_column_must_have_is_refused() -> None:
-    row = call_row(record_json(_record()), 1, ARCHIVED_AT)
+    row = call_row(record_json(a_record()), 1, ARCHIVED_AT)
     with pytest.raises(ValueError, match="call_sid"):
         calls_file([{**row, "call_sid": None}])
 
