@@ -201,7 +201,12 @@ class Archiver:
             if ARCHIVED in fields or fields.get(b"ob") == b"1":
                 waiting += 1  # held by a pass, or messages still to fan out: later
                 continue
-            row = call_row(StoredCall(sid, fields).served(self.settings.policy), int(fields[b"fr"]), 0)
+            try:
+                row = call_row(StoredCall(sid, fields).served(self.settings.policy), int(fields[b"fr"]), 0)
+            except ValueError as exc:  # not a record a row can hold: it stays in Redis, and says so once
+                log.error("archive_call_refused", call_sid=sid, error=str(exc)[:300])
+                gone.append(sid)
+                continue
             ended_ms = (row["ended_at"] or 0) // 1000
             if ended_ms > cutoff_ms:  # a candidate again once its ended_at is past retention
                 later[sid] = ended_ms

@@ -23,6 +23,7 @@ from call_ledger.web.metrics import Metrics
 from call_ledger.worker import archive as archive_module
 from call_ledger.worker.archive import Archiver
 from tests.support.archiving import SIDS, Killed, KilledAt, archived_rows, check_never_lost, fill_calls, settle
+from tests.support.polling import until
 from tests.support.provider_calls import (
     Ledger,
     StartLedger,
@@ -158,3 +159,35 @@ async def test_a_pass_killed_at_any_step_is_finished_by_the_next_exactly_once(
     assert not await store.redis.exists(store.keys.archive_pass, store.keys.archive_batch)
     for sid in SIDS:
         assert not await store.redis.zcard(store.keys.archive_due(shard_of(sid)))
+
+
+async def test_a_call_whose_record_no_row_can_hold_stays_and_does_not_stop_the_pass(
+        start_ledger: StartLedger, tmp_path: Path) -> None:
+    ledger = await start_ledger(archive_url=str(tmp_path), retention_days=0)
+    store: Store = ledger.consumer.store
+    await fill_calls(store, ledger.consumer.settings, ["CA-bad", "CA-good"])
+    version = (await store.redis.hget(store.keys.call("CA-bad"), "v")).decode()
+    await store.redis.hset(store.keys.call("CA-bad"), "j", f"{version}\n[1,2,3]")  # not a record
+    report = await archiver_of(ledger, tmp_path).run_pass()
+    assert report is not None and report.calls == 1
+    assert [row["call_sid"] for row in archived_rows(tmp_path)] == ["CA-good"]
+    assert b"id" in await store.redis.hgetall(store.keys.call("CA-bad"))  # left whole, no longer a candidate
+    assert await store.archive.candidates(10**13, 10) == []
+
+
+async def test_the_service_archives_every_few_seconds_and_counts_it(start_ledger: StartLedger, tmp_path: Path) -> None:
+    ledger = await start_ledger(archive_url=str(tmp_path), retention_days=0, archive_every_s=1)
+    store: Store = ledger.consumer.store
+    await fill_calls(store, ledger.consumer.settings, ["CA-a", "CA-b"])
+    archiver = archiver_of(ledger, tmp_path)
+    await archiver.start()
+    try:
+        async def both_tombstoned() -> bool:
+            return all([is_tombstone(await store.redis.hgetall(store.keys.call(sid))) for sid in ("CA-a", "CA-b")])
+
+        await until(both_tombstoned, 10, "both calls archived by the loop")
+        await until(lambda: archiver.metrics.archived_calls._value.get() == 2, 5, "the pass counted")
+    finally:
+        await archiver.stop()
+    assert archiver.metrics.archived_calls._value.get() == 2
+    assert archiver.metrics.archive_bytes._value.get() > 0
