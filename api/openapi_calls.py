@@ -156,7 +156,7 @@ def calls_paths() -> dict[str, Any]:
     records = {"description": "Records, newest first", "content": _json({"type": "array", "items": RECORD})}
     costs = {"description": "The summary (every charge counted) and the charges of one page of the call's "
              "events, oldest first", "content": _json({"$ref": "#/components/schemas/CallCosts"})}
-    return {
+    paths = {
         "/api/v1/calls": _get("List calls", "list_calls", [
             _query("skip", {"type": "integer", "minimum": 0, "default": 0}, "Items to skip"), limit,
             _query("cursor", {"type": "string"}, "The next_cursor of the previous page (instead of skip)"),
@@ -191,3 +191,15 @@ def calls_paths() -> dict[str, Any]:
         "/api/v1/calls/sid/{call_sid}/costs": _get("Detailed costs of a call, by SID", "get_call_costs_by_sid", [
             SID_PARAM, *COSTS_PAGE], costs, {**NOT_FOUND, **INVALID}),
     }
+    for path in ("/api/v1/calls", "/api/v1/calls/search", "/api/v1/calls/export"):
+        paths[path]["get"]["description"] = ARCHIVED_NOT_LISTED
+    for path in ("/api/v1/calls/count", "/api/v1/calls/stats", "/api/v1/calls/analytics"):
+        paths[path]["get"]["description"] = ARCHIVED_COUNTED
+    return paths
+
+
+# SPEC §16 (docs/archive.md): what the calls API says of archived calls.
+ARCHIVED_NOT_LISTED = ("Covers the calls in Redis: calls moved to the archive (LEDGER_ARCHIVE_URL) are not listed; "
+                       "query the archive's Parquet files for them. GET /api/v1/calls/sid/{call_sid} still serves one.")
+ARCHIVED_COUNTED = ("Archived calls are counted too (a count's archived calls by the UTC day of their list time: a "
+                    "date bound inside a day leaves that day's archived calls out).")
