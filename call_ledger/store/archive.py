@@ -43,7 +43,6 @@ FORGET = Lua("archive_forget.lua")
 # worker holds what it read of a call before it sends the call's index update.
 GONE_GRACE_MS = 600_000
 ARCHIVED = b"a"  # the call hash's field: "@<pass id>" while held, "<file no>.<row>" once archived
-DAY_US = 86_400_000_000
 CHUNK = 500  # calls per script call on a single Redis (a Cluster takes one call per script)
 
 
