@@ -8,6 +8,7 @@
   Redis or archived with its tombstone, never neither.
 """
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,15 @@ async def test_the_service_archives_every_few_seconds_and_counts_it(start_ledger
         await archiver.stop()
     assert archiver.metrics.archived_calls._value.get() == 2
     assert archiver.metrics.archive_bytes._value.get() > 0
+
+
+async def test_two_processes_passes_at_once_one_runs_the_other_finds_the_lock(
+        start_ledger: StartLedger, tmp_path: Path) -> None:
+    ledger = await start_ledger(archive_url=str(tmp_path), retention_days=0)
+    store: Store = ledger.consumer.store
+    await fill_calls(store, ledger.consumer.settings)
+    first, second = archiver_of(ledger, tmp_path, batch=5), archiver_of(ledger, tmp_path, batch=5)
+    reports = await asyncio.gather(first.run_pass(), second.run_pass())
+    assert sorted(report is None for report in reports) == [False, True]  # one ran, one found the lock taken
+    assert sorted(row["call_sid"] for row in archived_rows(tmp_path)) == SIDS
+    assert not await store.redis.exists(store.keys.archive_lock)
