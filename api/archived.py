@@ -8,6 +8,7 @@ analytics keep counting archived calls from what the indexes kept (docs/archive.
 
 import asyncio
 
+import structlog
 from aiohttp import web
 
 from call_ledger.api.auth import may_see
@@ -19,6 +20,12 @@ from call_ledger.web.base import STORE
 
 ARCHIVE = web.AppKey("archive", ArchiveFiles)
 READER = web.AppKey("archive_reader", CallReader)
+# How long a lookup waits for the archive's store (an object store that does not answer): then 503.
+READ_TIMEOUT_S = 5.0
+# What a client is told when the archive cannot be read: the why (paths, endpoints) goes to the log only.
+UNREADABLE = "this call is archived, and the archive cannot be read now"
+
+log = structlog.get_logger("ledger.api")
 
 
 async def archived_record(request: web.Request, call_sid: str, scope: int | None) -> bytes | None:
@@ -33,13 +40,15 @@ async def archived_record(request: web.Request, call_sid: str, scope: int | None
     if path is None or not may_see(organization_of(path), scope):
         return None
     if ARCHIVE not in request.app:
-        raise ArchiveUnavailable("this call is archived and LEDGER_ARCHIVE_URL is not set")
+        log.error("archive_not_configured", call_sid=call_sid, detail="an archived call, and no LEDGER_ARCHIVE_URL")
+        raise ArchiveUnavailable(UNREADABLE)
     try:
-        found = await asyncio.to_thread(request.app[READER].read_row, request.app[ARCHIVE], path, row)
-    except ArchiveUnavailable:
-        raise
-    except OSError as exc:
-        raise ArchiveUnavailable(f"the archive could not be read: {type(exc).__name__}") from None
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            found = await asyncio.to_thread(request.app[READER].read_row, request.app[ARCHIVE], path, row)
+    except (ArchiveUnavailable, OSError, TimeoutError, ValueError) as exc:
+        log.error("archive_read_failed", call_sid=call_sid, file=path, error=f"{type(exc).__name__}: {exc}"[:300])
+        raise ArchiveUnavailable(UNREADABLE) from None
     if found.get("call_sid") != call_sid:  # never serve another call's row
-        raise ArchiveUnavailable("the archive does not hold this call where its tombstone says")
+        log.error("archive_row_mismatch", call_sid=call_sid, file=path, row=row)
+        raise ArchiveUnavailable(UNREADABLE)
     return served_of(found)

@@ -93,7 +93,7 @@ async def page(store: Store, indexes: IndexStore, policy: Policy, f: CallFilter,
         return Page([], 0, None)
     suffix = _suffix(f, scope)
     lo, hi = _range(f)
-    total = await indexes.count(suffix, lo, hi)
+    total = await indexes.count(suffix, lo, hi, archived=False)  # what the pages hold: the calls in Redis
     items: list[Item] = []
     if not f.scanned():
         wanted = skip + limit + 1

@@ -166,7 +166,7 @@ async def _archive(settings: Settings) -> int:
     if report is None:
         print("call-ledger: another process is running an archive pass (it kept the lock for 60 s)", file=sys.stderr)
         return 1
-    print(f"archived {report.calls} call(s): {report.bytes} bytes in {report.files} file(s) to {files.url_of('')}")
+    print(f"archived {report.calls} call(s): {report.bytes} bytes in {report.files} file(s) to {settings.archive_url}")
     return 0
 
 

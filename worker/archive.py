@@ -30,13 +30,13 @@ from typing import Any
 
 import structlog
 
-from call_ledger.archive import ArchiveFiles, calls_file, events_file
+from call_ledger.archive import ArchiveFiles, ArchiveUnavailable, calls_file, events_file
 from call_ledger.core.archive import call_row, calls_path, event_row, events_path, partition
 from call_ledger.core.journal import restore
 from call_ledger.core.served import StoredCall
 from call_ledger.settings import Settings
 from call_ledger.store import Store
-from call_ledger.store.archive import ARCHIVED, PassState
+from call_ledger.store.archive import ARCHIVED, LockLost, PassState
 from call_ledger.web.metrics import Metrics
 
 log = structlog.get_logger("ledger.archive")
@@ -45,10 +45,6 @@ DAY_MS = 86_400_000
 LEASE_MS = 60_000  # the lock's lease: renewed at every step, so only a process stopped this long loses it
 TOMBSTONES_PER_STEP = 2_000
 BATCH = 20_000  # calls per batch of a pass: what one batch holds in memory (rows, then a file per partition)
-
-
-class LockLost(Exception):
-    """Another process holds the archive's lock now: this one stops where it is (the other finishes)."""
 
 
 @dataclass
@@ -88,6 +84,10 @@ class Archiver:
     # -- the loop --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        try:  # said once at start-up, not only at each pass: a worker starts whatever the archive's state
+            await asyncio.to_thread(self.files.check)
+        except ArchiveUnavailable as exc:
+            log.error("archive_unavailable", detail=str(exc), every_s=self.settings.archive_every_s)
         self._task = asyncio.create_task(self._run(), name="archiver")
 
     async def stop(self) -> None:
@@ -103,9 +103,11 @@ class Archiver:
                 await self.run_pass()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the next pass resumes this one
+            except Exception as exc:  # the next pass resumes this one (or, abandoned, starts again)
                 self.metrics.labelled(self.metrics.archive_passes, "failed").inc()
                 log.error("archive_pass_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                with contextlib.suppress(Exception):
+                    self.metrics.archive_due.set(await self.archive.pending(self._cutoff_ms()))
 
     # -- one pass --------------------------------------------------------------------------------
 
@@ -142,7 +144,9 @@ class Archiver:
         return int(time.time() * 1000) - self.settings.retention_days * DAY_MS
 
     async def _batch(self, report: PassReport) -> bool:
-        """Archive one batch (or finish the one a dead process left); False when there is none."""
+        """Archive one batch (or finish the one a dead process left); False when there is none. A batch
+        that fails before its files are complete (the archive cannot be written, say) is abandoned: its
+        files removed, its calls released; one that fails later is finished by the next pass."""
         state = await self.archive.current()
         selected: dict[str, Selected] = {}
         if state is None:
@@ -150,18 +154,39 @@ class Archiver:
             if found is None:
                 return False
             state, selected = found
-        rows: Rows | None = None
-        if state.state == "selecting":
-            rows = await self._place(state, selected)
-        if state.state == "placed":
-            written = await self._write(state, rows)
-            report.bytes += written.bytes
-            report.files += written.files
-            await self.archive.advance(state, "cleaning")
+        try:
+            rows: Rows | None = None
+            if state.state == "selecting":
+                rows = await self._place(state, selected)
+            if state.state == "placed":
+                written = await self._write(state, rows)
+                report.bytes += written.bytes
+                report.files += written.files
+                await self.archive.advance(self.token, state, "cleaning")
+        except LockLost:
+            raise
+        except Exception:
+            await self._abandon(state)
+            raise
         if state.state == "cleaning":
-            report.calls += await self._clean(state)
-        await self.archive.finish()
+            report.calls += await self._clean(state)  # those it tombstoned (a resumed pass: not all of them)
+        await self.archive.finish(self.token)
         return True
+
+    async def _abandon(self, state: PassState) -> None:
+        """Undo a batch whose files could not all be written: remove those that were, release its calls,
+        forget it. If that fails too, the batch stays, and the next pass resumes (or abandons) it."""
+        try:
+            for part in state.files:
+                for path in (calls_path(part, state.pass_id), events_path(part, state.pass_id)):
+                    await asyncio.to_thread(self.files.remove, path)
+            held = await self.archive.batch()
+            released = await self.archive.release([(call.call_sid, state.marker) for call in held])
+            await self.archive.finish(self.token)
+        except Exception as exc:
+            log.error("archive_batch_kept", pass_id=state.pass_id, error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        log.warning("archive_batch_abandoned", pass_id=state.pass_id, calls_released=released)
 
     async def _select(self) -> tuple[PassState, dict[str, Selected]] | None:
         """Hold a batch of the calls due: a new pass state, and the held calls as read. None when none is due."""
@@ -178,10 +203,10 @@ class Archiver:
             # Each was dropped or scheduled at its ended_at: the next candidates are others.
         now = datetime.now(UTC)
         pass_id = f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-        state = await self.archive.begin(pass_id, int(now.timestamp() * 1_000_000))
-        await self.archive.intend({call.call_sid: call.record_id for call in eligible})
+        state = await self.archive.begin(self.token, pass_id, int(now.timestamp() * 1_000_000))
+        await self.archive.intend(self.token, {call.call_sid: call.record_id for call in eligible})
         held = await self.archive.freeze(state.marker, [(c.call_sid, c.version, c.token) for c in eligible])
-        await self.archive.drop([call.call_sid for call, ok in zip(eligible, held, strict=True) if not ok])
+        await self.archive.drop(self.token, [call.call_sid for call, ok in zip(eligible, held, strict=True) if not ok])
         await self.step("held", state)
         return state, {call.call_sid: call for call, ok in zip(eligible, held, strict=True) if ok}
 
@@ -194,12 +219,17 @@ class Archiver:
         waiting = 0
         gone: list[str] = []
         later: dict[str, int] = {}
+        orphans: list[tuple[str, str]] = []
         for sid, fields in zip(sids, found, strict=True):
             if b"id" not in fields or b"s" not in fields or int(fields.get(b"fr", b"0")) < 1:
                 gone.append(sid)  # no record (a tombstone, a deleted key) or not finalized: not a candidate
                 continue
             if ARCHIVED in fields or fields.get(b"ob") == b"1":
-                waiting += 1  # held by a pass, or messages still to fan out: later
+                waiting += 1  # messages still to fan out, or held: later
+                if fields.get(ARCHIVED, b"").startswith(b"@"):
+                    # No pass is under way while one is selected, and we hold the lock: the hold of a process
+                    # that lost the lock before its pass began. Released: the next pass takes the call.
+                    orphans.append((sid, fields[ARCHIVED].decode()))
                 continue
             try:
                 row = call_row(StoredCall(sid, fields).served(self.settings.policy), int(fields[b"fr"]), 0)
@@ -214,6 +244,8 @@ class Archiver:
             eligible.append(Selected(sid, int(fields[b"id"]), int(fields[b"v"]),
                                      fields.get(b"t", b"").decode(), fields, row))
         await self.archive.unschedule(gone)
+        if orphans:
+            log.warning("archive_orphan_holds_released", calls=await self.archive.release(orphans))
         if later:
             await self.archive.schedule(later)
         return eligible, waiting
@@ -232,16 +264,17 @@ class Archiver:
                 fields[sid] = found
             else:
                 not_held.append(sid)
-        await self.archive.drop(not_held)
+        await self.archive.drop(self.token, not_held)
         rows = await self._rows(state, fields, known)
-        numbers = await self.archive.new_files(len(rows.calls))
+        numbers = await self.archive.new_files(self.token, len(rows.calls))
         state.files = dict(zip(sorted(rows.calls), numbers, strict=True))
         places = {}
         for part, calls in rows.calls.items():
             for index, row in enumerate(calls):
                 places[row["call_sid"]] = (row["id"], f"{state.files[part]}.{index}")
-        await self.archive.place({no: calls_path(part, state.pass_id) for part, no in state.files.items()}, places)
-        await self.archive.advance(state, "placed")
+        await self.archive.place(self.token, {no: calls_path(part, state.pass_id)
+                                              for part, no in state.files.items()}, places)
+        await self.archive.advance(self.token, state, "placed")
         await self.step("placed", state)
         return rows
 
@@ -296,12 +329,14 @@ class Archiver:
         done = 0
         for start in range(0, len(held), TOMBSTONES_PER_STEP):
             chunk = held[start:start + TOMBSTONES_PER_STEP]
-            done += await self.archive.tombstone(state.marker, [(call.call_sid, str(call.place)) for call in chunk])
+            places = [(call.call_sid, str(call.place)) for call in chunk]
+            tombstoned = await self.archive.tombstone(state.marker, places)
+            done += tombstoned
+            self.metrics.archived_calls.inc(tombstoned)
             await self.step("tombstoned", state)
         await self.archive.unindex([(call.call_sid, call.record_id) for call in held])
-        self.metrics.archived_calls.inc(done)
         await self.step("unindexed", state)
-        return len(held)
+        return done
 
 
 class Rows:

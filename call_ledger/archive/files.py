@@ -129,6 +129,20 @@ class ArchiveFiles:
         except Exception as error:
             raise ArchiveUnavailable(f"cannot look for {self.url_of(rel)}: {_describe(error)}") from None
 
+    def remove(self, rel: str) -> None:
+        """Remove the file `rel` if it is there (a batch abandoned before its files were all written)."""
+        path = self._path(rel)
+        try:
+            if self.local:
+                os.unlink(path)
+            else:
+                self.fs.rm_file(path)
+                self.fs.invalidate_cache(path)
+        except FileNotFoundError:
+            return
+        except Exception as error:
+            raise ArchiveUnavailable(f"cannot remove {self.url_of(rel)}: {_describe(error)}") from None
+
     def put(self, rel: str, data: bytes) -> None:
         """Write the file `rel`, complete before it is visible; replaces a file already there
         (a pass that resumes writes the same rows again)."""

@@ -32,13 +32,20 @@ from call_ledger.store.errors import unavailable_on_error
 from call_ledger.store.keys import Keys
 from call_ledger.store.scripts import Lua, run_pipeline
 
-__all__ = ["ArchiveStore", "PassState", "is_tombstone"]
+__all__ = ["ArchiveStore", "LockLost", "PassState", "is_tombstone"]
+
+
+class LockLost(Exception):
+    """Another process holds the archive's lock now: this one stops where it is (the other finishes)."""
 
 FREEZE = Lua("archive_freeze.lua")
 TOMBSTONE = Lua("archive_tombstone.lua")
 UNINDEX = Lua("archive_unindex.lua")
 LOCK = Lua("archive_lock.lua")
 FORGET = Lua("archive_forget.lua")
+FENCED = Lua("archive_fenced.lua")
+RELEASE = Lua("archive_release.lua")
+FIELDS_PER_COMMAND = 1000  # a fenced HSET's fields: unpack() of many thousands would overflow Lua's C stack
 # How long an archived call's index version stays at its maximum (archive_unindex.lua): far longer than a
 # worker holds what it read of a call before it sends the call's index update.
 GONE_GRACE_MS = 600_000
@@ -136,29 +143,43 @@ class ArchiveStore:
         return PassState(text(found[b"id"]), int(found[b"at"]), text(found[b"state"]),
                          orjson.loads(found.get(b"files", b"{}")))
 
-    async def begin(self, pass_id: str, archived_at_us: int) -> PassState:
-        await self.redis.hset(self.keys.archive_pass, mapping={"id": pass_id, "at": archived_at_us,
-                                                               "state": "selecting"})
+    async def _fenced(self, token: str, key: str, *command: Any) -> Any:
+        """One write to the pass's state, made only if `token` holds the lock (archive_fenced.lua)."""
+        reply = await FENCED.run(self.redis, [self.keys.archive_lock, key], [token, *command])
+        if not int(reply[0]):
+            raise LockLost("another process holds the archive's lock now")
+        return reply[1]
+
+    async def _fenced_fields(self, token: str, key: str, command: str, items: list[Any], step: int) -> None:
+        """A fenced HSET or HDEL of many fields, in commands of at most FIELDS_PER_COMMAND fields."""
+        for start in range(0, len(items), FIELDS_PER_COMMAND * step):
+            await self._fenced(token, key, command, *items[start:start + FIELDS_PER_COMMAND * step])
+
+    async def begin(self, token: str, pass_id: str, archived_at_us: int) -> PassState:
+        """A new pass, unless one is under way (then LockLost: another process made it since we looked)."""
+        if not int(await self._fenced(token, self.keys.archive_pass, "HSETNX", "id", pass_id)):
+            raise LockLost("another pass was begun meanwhile")
+        await self._fenced(token, self.keys.archive_pass, "HSET", "at", archived_at_us, "state", "selecting")
         return PassState(pass_id, archived_at_us, "selecting")
 
-    async def advance(self, state: PassState, to: str) -> None:
+    async def advance(self, token: str, state: PassState, to: str) -> None:
         state.state = to
-        await self.redis.hset(self.keys.archive_pass, mapping={"state": to, "files": orjson.dumps(state.files)})
+        await self._fenced(token, self.keys.archive_pass, "HSET", "state", to, "files", orjson.dumps(state.files))
 
-    async def finish(self) -> None:
-        """The pass is over: its batch and state go."""
-        await self.redis.delete(self.keys.archive_batch, self.keys.archive_pass)
+    async def finish(self, token: str) -> None:
+        """The pass is over: its batch, then its state, go."""
+        await self._fenced(token, self.keys.archive_batch, "DEL")
+        await self._fenced(token, self.keys.archive_pass, "DEL")
 
-    async def intend(self, calls: dict[str, int]) -> None:
+    async def intend(self, token: str, calls: dict[str, int]) -> None:
         """Record the calls the pass is about to hold (sid -> record id): before holding them, so that
         a pass killed in between finds every call it may have held."""
-        if calls:
-            await self.redis.hset(self.keys.archive_batch, mapping=calls)
+        await self._fenced_fields(token, self.keys.archive_batch, "HSET",
+                                  [item for pair in calls.items() for item in pair], 2)
 
-    async def drop(self, sids: list[str]) -> None:
+    async def drop(self, token: str, sids: list[str]) -> None:
         """Calls the pass did not hold leave its batch."""
-        if sids:
-            await self.redis.hdel(self.keys.archive_batch, *sids)
+        await self._fenced_fields(token, self.keys.archive_batch, "HDEL", list(sids), 1)
 
     async def batch(self) -> list[HeldCall]:
         found = await self.redis.hgetall(self.keys.archive_batch)
@@ -168,21 +189,19 @@ class ArchiveStore:
             calls.append(HeldCall(text(sid, "surrogateescape"), int(record_id), place or None))
         return calls
 
-    async def new_files(self, count: int) -> list[int]:
+    async def new_files(self, token: str, count: int) -> list[int]:
         """`count` fresh file numbers."""
-        last = int(await self.redis.incrby(self.keys.archive_seq, count))
+        last = int(await self._fenced(token, self.keys.archive_seq, "INCRBY", count))
         return list(range(last - count + 1, last + 1))
 
-    async def place(self, paths: dict[int, str], places: dict[str, tuple[int, str]]) -> None:
+    async def place(self, token: str, paths: dict[int, str], places: dict[str, tuple[int, str]]) -> None:
         """Register the pass's files (file no -> path) and each held call's place (sid -> (record id,
         "<file no>.<row>")): what the tombstones will say, and what GET reads."""
-        pipe = self.redis.pipeline(transaction=False)
-        if paths:
-            pipe.hset(self.keys.archive_files, mapping={str(no): path for no, path in paths.items()})
-        if places:
-            pipe.hset(self.keys.archive_batch,
-                      mapping={sid: f"{record_id} {place}" for sid, (record_id, place) in places.items()})
-        await pipe.execute()
+        await self._fenced_fields(token, self.keys.archive_files, "HSET",
+                                  [item for no, path in paths.items() for item in (str(no), path)], 2)
+        await self._fenced_fields(token, self.keys.archive_batch, "HSET",
+                                  [item for sid, (record_id, place) in places.items()
+                                   for item in (sid, f"{record_id} {place}")], 2)
 
     @unavailable_on_error
     async def file_path(self, file_no: int) -> str | None:
@@ -196,6 +215,12 @@ class ArchiveStore:
         replies = await self._per_call(FREEZE, [([self.keys.call(sid)], [version, token])
                                                 for sid, version, token in calls], [marker])
         return [bool(int(reply)) for reply in replies]
+
+    async def release(self, holds: list[tuple[str, str]]) -> int:
+        """Release each (sid, hold) a pass will not archive (archive_release.lua); how many were released."""
+        replies = await self._per_call(RELEASE, [([self.keys.call(sid)], [hold]) for sid, hold in holds], [],
+                                       chunked=False)
+        return sum(int(reply) for reply in replies)
 
     async def tombstone(self, marker: str, calls: list[tuple[str, str]]) -> int:
         """Replace each held (sid, place) by its tombstone (archive_tombstone.lua); how many were now."""

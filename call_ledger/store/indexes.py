@@ -137,15 +137,17 @@ class IndexStore:
 
     # -- reads --------------------------------------------------------------------------------
 
-    async def count(self, suffix: str, lo: str, hi: str) -> int:
+    async def count(self, suffix: str, lo: str, hi: str, archived: bool = True) -> int:
         """Calls in the list `suffix` with list time in [lo, hi], over every shard: those in Redis, and
-        the archived ones (SPEC §16) of each UTC day wholly inside [lo, hi] (`archived_in`)."""
-        archived = archived_key(suffix)
+        (`archived`) the archived ones (SPEC §16) of each UTC day inside [lo, hi] (`archived_in`)."""
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(SHARDS):
             pipe.zcount(self.base(shard) + suffix, lo, hi)
-            pipe.hgetall(self.base(shard) + archived)
+            if archived:
+                pipe.hgetall(self.base(shard) + archived_key(suffix))
         replies = await pipe.execute()
+        if not archived:
+            return sum(int(n) for n in replies)
         return sum(int(n) for n in replies[::2]) + sum(archived_in(days, lo, hi) for days in replies[1::2])
 
     async def _pages(self, suffix: str, lo: str, hi: str, count: int,
@@ -355,16 +357,18 @@ def archived_key(list_suffix: str) -> str:
 
 
 def archived_in(days: dict[bytes, bytes], lo: str, hi: str) -> int:
-    """The archived calls of the days (UTC day number -> calls) that lie wholly inside [lo, hi] (score
-    bounds: '-inf', '+inf' or µs). An archived call is counted by its day of list time: a bound inside a
-    day leaves that day's archived calls out (docs/archive.md)."""
+    """The archived calls of the days (UTC day number -> calls) inside [lo, hi] (score bounds: '-inf',
+    '+inf' or µs). An archived call is counted by its day of list time: a day is inside when it starts at or
+    after `lo` and `hi` is in its last second or after it (`date_to=…T23:59:59Z` means the whole day); a bound
+    elsewhere inside a day leaves that day's archived calls out (docs/archive.md)."""
     low = float(lo)
     high = float(hi)
     return sum(int(n) for day, n in days.items()
-               if low <= int(day) * DAY_US and (int(day) + 1) * DAY_US - 1 <= high)
+               if low <= int(day) * DAY_US and (int(day) + 1) * DAY_US - SECOND_US <= high)
 
 
 DAY_US = 86_400_000_000
+SECOND_US = 1_000_000
 
 
 def bound(us: int | None, default: str) -> str:

@@ -77,11 +77,12 @@ The archive (SPEC §16; call_ledger.store.archive, docs/archive.md). An archived
 tombstone, `{a: "<file no>.<row>"}`; while a pass holds it, its hash is whole and `a` is "@<pass id>"
 (commits refuse it: `call_archived`):
 
-    cl:archive:lock                  string: the token of the process running a pass (expires)
-    cl:archive:pass                  hash: the pass under way: id, at (archived_at, µs), state, files
-    cl:archive:batch                 hash: the pass's calls: sid -> record id, then "<record id> <file no>.<row>"
-    cl:archive:files                 hash: file no -> the calls file's path under LEDGER_ARCHIVE_URL
-    cl:archive:seq                   counter: file numbers
+    {cl:archive}:lock                string: the token of the process running a pass (expires)
+    {cl:archive}:pass                hash: the pass under way: id, at (archived_at, µs), state, files
+    {cl:archive}:batch               hash: the pass's calls: sid -> record id, then "<record id> <file no>.<row>"
+    {cl:archive}:files               hash: file no -> the calls file's path under LEDGER_ARCHIVE_URL
+    {cl:archive}:seq                 counter: file numbers
+    (one hash tag: a write to the pass is checked against the lock in the same script, archive_fenced.lua)
     cl:ix:{n}:ac:<scope>:<filter>    hash: per list (as `z:`), UTC day number of list time -> the calls of that
                                      day archived from it: what `count` adds to the list's ZCOUNT
     cl:ix:{n}:gone                   sorted set: record ids archived lately -> when (ms): their indexed version
@@ -245,23 +246,24 @@ class Keys:
 
     @property
     def archive_lock(self) -> str:
-        return f"{self.prefix}:archive:lock"
+        """`{cl:archive}:lock`; the pass's keys share its hash tag (archive_fenced.lua checks the lock)."""
+        return f"{{{self.prefix}:archive}}:lock"
 
     @property
     def archive_pass(self) -> str:
-        return f"{self.prefix}:archive:pass"
+        return f"{{{self.prefix}:archive}}:pass"
 
     @property
     def archive_batch(self) -> str:
-        return f"{self.prefix}:archive:batch"
+        return f"{{{self.prefix}:archive}}:batch"
 
     @property
     def archive_files(self) -> str:
-        return f"{self.prefix}:archive:files"
+        return f"{{{self.prefix}:archive}}:files"
 
     @property
     def archive_seq(self) -> str:
-        return f"{self.prefix}:archive:seq"
+        return f"{{{self.prefix}:archive}}:seq"
 
     # -- outbound deliveries (call_ledger.store.deliveries) -----------------------------------------
 

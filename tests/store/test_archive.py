@@ -160,7 +160,8 @@ def test_an_archived_day_counts_when_the_range_holds_the_whole_day() -> None:
     assert archived_in(days, str(start), str(start + DAY_US - 1)) == 3
     assert archived_in(days, str(start), str(start + 2 * DAY_US - 1)) == 8
     assert archived_in(days, str(start + 1), "+inf") == 5  # a bound inside a day leaves its archived calls out
-    assert archived_in(days, "-inf", f"{float(start + 2 * DAY_US - 2)!r}") == 3
+    assert archived_in(days, "-inf", f"{float(start + 2 * DAY_US - 1_000_001)!r}") == 3
+    assert archived_in(days, "-inf", f"{float(start + 2 * DAY_US - 1_000_000)!r}") == 8  # …T23:59:59Z: the day
 
 
 async def test_the_lock_has_one_holder(ledger: Ledger) -> None:

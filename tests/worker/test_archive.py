@@ -16,10 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
-from call_ledger.archive import open_archive
+from call_ledger.api.archived import UNREADABLE
+from call_ledger.archive import ArchiveUnavailable, open_archive
 from call_ledger.core.indexes import shard_of
 from call_ledger.store import Store
-from call_ledger.store.archive import is_tombstone
+from call_ledger.store.archive import LockLost, is_tombstone
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker import archive as archive_module
 from call_ledger.worker.archive import Archiver
@@ -37,6 +38,7 @@ from tests.support.provider_calls import (
 )
 from tests.support.settings import AUTH
 from tests.support.signing import post_platform
+from tests.support.workers import usage
 
 READS = ("/api/v1/calls/count", "/api/v1/calls/count?status=completed", "/api/v1/calls/stats",
          "/api/v1/calls/analytics?period=90d", "/api/v1/calls/count?date_from=2026-11-24&date_to=2026-11-24")
@@ -86,7 +88,7 @@ async def test_an_archived_call_is_served_byte_for_byte_and_still_counted(
     assert await body(ledger, call.call_sid) == (200, before)
     assert await reads(ledger) == counted
     listed = await (await ledger.client.get("/api/v1/calls", headers=AUTH)).json()
-    assert listed["items"] == []  # lists cover the calls in Redis
+    assert (listed["items"], listed["total"]) == ([], 0)  # lists cover the calls in Redis, their total too
     [row] = archived_rows(tmp_path)
     assert row["call_sid"] == call.call_sid and row["record_json"] is None  # the typed columns reproduce it
     events = archived_rows(tmp_path, "events")
@@ -204,3 +206,67 @@ async def test_two_processes_passes_at_once_one_runs_the_other_finds_the_lock(
     assert sorted(report is None for report in reports) == [False, True]  # one ran, one found the lock taken
     assert sorted(row["call_sid"] for row in archived_rows(tmp_path)) == SIDS
     assert not await store.redis.exists(store.keys.archive_lock)
+
+
+async def test_a_batch_whose_files_cannot_be_written_is_abandoned_and_its_calls_take_events_again(
+        start_ledger: StartLedger, tmp_path: Path) -> None:
+    ledger = await start_ledger(archive_url=str(tmp_path), retention_days=0)
+    store: Store = ledger.consumer.store
+    settings = ledger.consumer.settings
+    await fill_calls(store, settings, ["CA-x", "CA-y"])
+    archiver = archiver_of(ledger, tmp_path)
+    written = []
+
+    def put_then_fail(rel: str, data: bytes) -> None:
+        if written:
+            raise ArchiveUnavailable("the disk is full")
+        written.append(rel)
+        open_archive(str(tmp_path)).put(rel, data)
+
+    archiver.files.put = put_then_fail  # type: ignore[method-assign]
+    with pytest.raises(ArchiveUnavailable):
+        await archiver.run_pass()
+
+    assert archived_rows(tmp_path) == [] and archived_rows(tmp_path, "events") == []  # the file written: removed
+    for sid in ("CA-x", "CA-y"):
+        assert b"a" not in await store.redis.hgetall(store.keys.call(sid))  # released
+    assert not await store.redis.exists(store.keys.archive_pass, store.keys.archive_batch)
+    await store.append(usage("CA-x", "after", 99 * 1_000_000, "stt", 5).model_dump_json().encode())
+    await ledger.consumer.run_burst()
+    assert await store.dead_letters() == []  # applied, not call_archived
+    await settle(store, settings)  # its call.revised fanned out
+    report = await archiver_of(ledger, tmp_path).run_pass()  # the archive works again: both archived
+    assert report is not None and report.calls == 2
+
+
+async def test_a_hold_left_by_a_process_that_lost_the_lock_is_released(
+        start_ledger: StartLedger, tmp_path: Path) -> None:
+    ledger = await start_ledger(archive_url=str(tmp_path), retention_days=0)
+    store: Store = ledger.consumer.store
+    await fill_calls(store, ledger.consumer.settings, ["CA-x"])
+    await store.redis.hset(store.keys.call("CA-x"), "a", "@a-pass-that-never-began")
+    assert (await archiver_of(ledger, tmp_path).run_pass()).calls == 0  # type: ignore[union-attr]
+    assert b"a" not in await store.redis.hgetall(store.keys.call("CA-x"))
+    assert (await archiver_of(ledger, tmp_path).run_pass()).calls == 1  # type: ignore[union-attr]
+
+
+async def test_a_process_that_lost_the_lock_cannot_change_the_pass(start_ledger: StartLedger, tmp_path: Path) -> None:
+    ledger = await start_ledger(archive_url=str(tmp_path), retention_days=0)
+    store: Store = ledger.consumer.store
+    assert await store.archive.lock("someone-else", 60_000)
+    with pytest.raises(LockLost):
+        await store.archive.begin("me", "p1", 1)
+    assert not await store.redis.exists(store.keys.archive_pass)
+
+
+async def test_an_archive_that_cannot_be_read_is_a_503_that_names_no_path(
+        start_ledger: StartLedger, tmp_path: Path) -> None:
+    ledger = await start_ledger(archive_url=str(tmp_path), retention_days=0)
+    store: Store = ledger.consumer.store
+    await fill_calls(store, ledger.consumer.settings, ["CA-x"])
+    await archiver_of(ledger, tmp_path).run_pass()
+    for path in (tmp_path / "calls").rglob("*.parquet"):
+        path.unlink()
+    status, text = await body(ledger, "CA-x")
+    assert status == 503
+    assert orjson.loads(text) == {"error": "archive_unavailable", "detail": UNREADABLE}
