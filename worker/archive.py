@@ -79,11 +79,13 @@ class Archiver:
         self.metrics = metrics
         self.batch = batch or BATCH
         self.token = secrets.token_hex(8)
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # -- the loop --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping.clear()
         try:  # said once at start-up, not only at each pass: a worker starts whatever the archive's state
             await asyncio.to_thread(self.files.check)
         except ArchiveUnavailable as exc:
@@ -91,14 +93,23 @@ class Archiver:
         self._task = asyncio.create_task(self._run(), name="archiver")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop after the batch in hand (the pass stops between batches, with nothing half done); past the
+        shutdown grace, cancel it there: the next pass resumes that batch."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            await asyncio.wait_for(task, self.settings.shutdown_grace_s)
+        except TimeoutError:
+            log.warning("archiver_stop_timeout")
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.archive_every_s)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.archive_every_s)
+            if self._stopping.is_set():
+                return
             try:
                 await self.run_pass()
             except asyncio.CancelledError:
@@ -123,7 +134,7 @@ class Archiver:
         report = PassReport()
         try:
             await self.archive.forget_gone(int(time.time() * 1000))
-            while await self._batch(report):
+            while not self._stopping.is_set() and await self._batch(report):
                 report.batches += 1
         finally:
             await self.archive.lock(self.token, LEASE_MS, "release")
