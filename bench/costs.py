@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,16 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import run  # noqa: E402
 
-
-def redis_info(port: int, section: str) -> dict[str, str]:
-    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", section], capture_output=True, text=True,
-                         check=True).stdout
-    return dict(line.split(":", 1) for line in out.split() if ":" in line)
-
-
-def redis_cpu(port: int) -> float:
-    info = redis_info(port, "cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+redis_info, redis_cpu, own_cpu = run.redis_info, run.redis_cpu, run.own_cpu
 
 
 def command_usec(port: int) -> dict[str, float]:
@@ -53,11 +43,6 @@ def command_usec(port: int) -> dict[str, float]:
         fields = dict(item.split("=") for item in stats.split(","))
         usec[name.removeprefix("cmdstat_")] = float(fields["usec"])
     return usec
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def product_costs(redis: run.RedisServer, events: list[bytes], batch: int) -> dict[str, Any]:

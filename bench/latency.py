@@ -1,7 +1,7 @@
 """Webhook 2xx → visible in GET, under a steady open-loop load on one `call-ledger serve`.
 
-    python bench/latency.py                 # 1,000 and 3,000 events/s, 10 s each
-    python bench/latency.py --rates 2000 --seconds 20
+    python bench/latency.py                 # 1,000 and 2,000 events/s, 10 s each
+    python bench/latency.py --rates 2000 --seconds 20 --cached-calls 100000
 
 Starts its own redis-server (no persistence) and one `serve` process (intake, read API and
 the apply loop in one process, logs to /dev/null). A generator in this process sends
@@ -14,6 +14,15 @@ then every 5 ms, so that slow answers do not turn the polls into the load), and 
 the 2xx to the first 200 is that event's latency. An event still not visible after 2 s counts
 as 2 s (and as unseen), so that an overloaded service cannot make the pollers the load.
 The generator runs on uvloop.
+
+With --cached-calls N, the stream first holds N completed calls (4 events each), which `serve`
+drains before the load starts, so its worker holds N calls in its cache while it serves
+(LEDGER_WORKER_CACHE_BYTES is raised to hold them). Every rate then also reports the longest
+garbage collection `serve` made during it, from its `ledger_gc_pause_seconds` histogram (the
+bucket it fell in) and `ledger_gc_pause_longest_seconds`: a collection stops the process, and
+one that walks a large cache of live objects was the latency tail's other cause. A steady load
+allocates about as much as it frees, so a 10-second rate may see no collection at all; the
+drain, which grows the cache from nothing, sees every kind, and its longest is printed too.
 The generator shares the machine's cores with the service and Redis: quote the figures
 with that said.
 """
@@ -30,6 +39,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import uvloop
@@ -135,9 +145,10 @@ async def run_rate(base: str, rate: int, seconds: float, tag: str) -> dict[str, 
             "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan")}
 
 
-def start_serve(redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_serve(redis_url: str, cache_bytes: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "LEDGER_REDIS_URL": redis_url, "LEDGER_API_TOKENS": TOKEN,
+    extra = {} if cache_bytes is None else {"LEDGER_WORKER_CACHE_BYTES": str(cache_bytes)}
+    env = {**os.environ, **extra, "LEDGER_REDIS_URL": redis_url, "LEDGER_API_TOKENS": TOKEN,
            "LEDGER_PLATFORM_WEBHOOK_SECRET": SECRET, "LEDGER_PORT": str(port), "LEDGER_LOG_FORMAT": "json",
            "LEDGER_KEY_PREFIX": "benchlat", "PYTHONPATH": str(ROOT),
            "LEDGER_MAX_CONNECTIONS_PER_PEER": "0"}  # one load generator stands in for many senders
@@ -147,13 +158,115 @@ def start_serve(redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def measure(rates: list[int], seconds: float) -> list[dict[str, float]]:
+def completed_calls(n: int) -> list[bytes]:
+    """Four events (as intake stores them) of each of n completed calls, call by call."""
+    from call_ledger.core.events import CallEvent, Cost
+    from call_ledger.core.instants import format_us
+
+    base_us = 1_795_500_000_000_000
+    out = []
+    for c in range(n):
+        sid, us = f"CAcached{c:010d}", base_us + c * 1_000_000
+        common = {"source": "platform", "call_sid": sid, "type": "bench"}
+        for i, fields in enumerate(({"status": "initiated", "direction": "outbound", "from_number": "+15551234567",
+                                     "to_number": "+15559876543"},
+                                    {"assistant_id": 12, "assistant_name": "ServiceBot", "flow_name": "Support",
+                                     "call_meta": {"customer_id": f"cust_{c}"}},
+                                    {"costs": (Cost(component="llm", amount_nano=1_230_000, currency="USD"),)},
+                                    {"status": "completed", "duration": 54})):
+            at = us + i * 20_000_000
+            out.append(CallEvent(event_id=f"{sid}-{i}", occurred_at=format_us(at), occurred_us=at, **common,
+                                 **fields).model_dump_json(exclude_defaults=True).encode())  # type: ignore[arg-type]
+    return out
+
+
+def fill(redis_url: str, events: list[bytes]) -> None:
+    import redis as redis_py
+
+    from call_ledger.store.keys import Keys
+
+    client = redis_py.Redis.from_url(redis_url)
+    stream = Keys("benchlat").events
+    for start in range(0, len(events), 5000):
+        pipe = client.pipeline(transaction=False)
+        for raw in events[start:start + 5000]:
+            pipe.xadd(stream, {"e": raw})
+        pipe.execute()
+    client.close()
+
+
+def drained(base: str, timeout_s: float) -> None:
+    """Wait until serve's worker has applied everything in the stream (its lag and pending gauges,
+    refreshed every few seconds, both 0 twice in a row)."""
+    import urllib.request
+
+    deadline, zeros = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                  if line.startswith(("ledger_consumer_lag ", "ledger_consumer_pending "))}
+        zeros = zeros + 1 if values and not any(values.values()) else 0
+        if zeros >= 2:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"serve did not drain the cached calls within {timeout_s:.0f} s")
+
+
+def gc_pauses(base: str) -> tuple[dict[float, float], float]:
+    """serve's collections so far, as (bucket upper bound in seconds -> count) summed over the
+    generations, and the longest pause since it started (seconds)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[float, float] = {}
+    longest = 0.0
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ledger_gc_pause_seconds_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0) + sample.value
+            elif sample.name == "ledger_gc_pause_longest_seconds":
+                longest = sample.value
+    return buckets, longest
+
+
+def longest_between(before: tuple[dict[float, float], float], after: tuple[dict[float, float], float]) -> str:
+    """The longest collection between two gc_pauses() readings, as precisely as they tell it."""
+    (b_buckets, b_longest), (a_buckets, a_longest) = before, after
+    if a_longest > b_longest:
+        return f"{a_longest * 1000:.1f} ms"  # a new longest: exact
+    counts = sorted((bound, a_buckets[bound] - b_buckets.get(bound, 0)) for bound in a_buckets)
+    total = counts[-1][1] if counts else 0
+    if not total:
+        return "no collection"
+    below = next(bound for bound, count in counts if count == total)  # cumulative: all fit under `below`
+    return f"≤ {below * 1000:g} ms ({total:.0f} collections)"
+
+
+def measure(rates: list[int], seconds: float, cached_calls: int = 0) -> list[dict[str, Any]]:
     redis = RedisServer()
     try:
-        proc, base = start_serve(redis.url)
+        if cached_calls:
+            fill(redis.url, completed_calls(cached_calls))
+        # A cached 4-event call takes about 4 KB of the cache's budget (worker/apply.py): room for all.
+        proc, base = start_serve(redis.url, 8 * 1024 * cached_calls if cached_calls else None)
         try:
+            started = gc_pauses(base)
+            if cached_calls:
+                drained(base, 60 + cached_calls / 500)
+            filled = gc_pauses(base)
             uvloop.run(run_rate(base, 200, 2, "warm"))  # connections, scripts, caches
-            return [uvloop.run(run_rate(base, rate, seconds, f"r{rate}x")) for rate in rates]
+            rows = []
+            for rate in rates:
+                before = gc_pauses(base)
+                row: dict[str, Any] = uvloop.run(run_rate(base, rate, seconds, f"r{rate}x"))
+                row["gc_longest"] = longest_between(before, gc_pauses(base))
+                # While the cache filled, collections saw it grow (each a full one, the last the largest).
+                row["gc_filling"] = longest_between(started, filled) if cached_calls else "no cache filled"
+                rows.append(row)
+            return rows
         finally:
             stop(proc)
     finally:
@@ -162,16 +275,21 @@ def measure(rates: list[int], seconds: float) -> list[dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", type=int, nargs="+", default=[1000, 3000])
+    parser.add_argument("--rates", type=int, nargs="+", default=[1000, 2000])
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--cached-calls", type=int, default=0)
     args = parser.parse_args()
-    print(f"webhook 2xx -> visible in GET, open loop, one serve process (~{TIMED_PER_S} events/s timed)")
-    for row in measure(args.rates, args.seconds):
+    print(f"webhook 2xx -> visible in GET, open loop, one serve process (~{TIMED_PER_S} events/s timed), "
+          f"{args.cached_calls:,} calls cached")
+    for row in measure(args.rates, args.seconds, args.cached_calls):
         print(f"  {row['rate']:>5,.0f}/s offered, {row['achieved']:,.0f}/s sent: p50 {row['p50_ms']:.1f} ms, "
               f"p90 {row['p90_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.1f} ms "
               f"({row['timed']} timed, "
               f"{row['unseen']} not visible within {GIVE_UP_S:.0f} s, {row['errors']} errors, "
-              f"{row['late']} sends late)")
+              f"{row['late']} sends late); longest GC pause {row['gc_longest']}")
+    if args.cached_calls:
+        print(f"  longest GC pause while serve's worker filled its cache with {args.cached_calls:,} calls: "
+              f"{row['gc_filling']}")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,9 @@ batch touches, which of its events are applied), calls `plan_call`, and commits 
 with a compare-and-set on the version; no I/O happens here.
 """
 
-from collections import OrderedDict
+import marshal
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
-import orjson
+from typing import Any
 
 from call_ledger.core.errors import Refused, Unapplicable
 from call_ledger.core.events import CallEvent
@@ -103,50 +101,59 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
     return plan
 
 
-# Per-entry and per-field overhead of a cached call in CPython (the state's objects, dict
-# slots, the LRU's links), measured with tracemalloc (tests/worker/test_consumer_integrity.py holds the
-# count to what is really held).
-_ENTRY_OVERHEAD = 1500
-_FIELD_OVERHEAD = 330
+class BytesLRU:
+    """Values as bytes by key, bounded in bytes, least recently used first out.
 
+    Bytes, so that the collector never walks what it holds: CPython tracks a dict only once it
+    holds a container, and a dict of str to bytes never does. Held as objects (a state's dicts
+    and lists, a dataclass, the LRU's OrderedDict), a hundred thousand cached calls were 1.8
+    million objects, and a full collection over them stopped the process for 1.3 s
+    (docs/performance.md). Encoded with marshal (C, stdlib, exact for every JSON value), an
+    entry is also a tenth of the memory it took as objects.
+    """
 
-V = TypeVar("V")
-
-
-class SizedLRU(Generic[V]):
-    """Values by key, bounded in bytes (each value's size given with it), least recently used
-    first out."""
+    # A key's str object, the bytes object's header and the dict's slot for them.
+    ENTRY_OVERHEAD = 160
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
         self.bytes = 0
-        self._items: OrderedDict[str, tuple[V, int]] = OrderedDict()
+        self._items: dict[str, bytes] = {}
 
-    def peek(self, key: str) -> V | None:
-        found = self._items.get(key)
-        return None if found is None else found[0]
+    def _size(self, key: str, value: bytes) -> int:
+        return self.ENTRY_OVERHEAD + len(key) + len(value)
 
-    def get(self, key: str) -> V | None:
-        found = self._items.get(key)
-        if found is None:
-            return None
-        self._items.move_to_end(key)
-        return found[0]
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
 
-    def put(self, key: str, value: V, size: int) -> None:
-        self.forget(key)
+    def peek(self, key: str) -> bytes | None:
+        return self._items.get(key)
+
+    def get(self, key: str) -> bytes | None:
+        """The value, now the most recently used."""
+        value = self._items.pop(key, None)
+        if value is not None:
+            self._items[key] = value  # a dict keeps insertion order: re-inserted, it is the newest
+        return value
+
+    def put(self, key: str, value: bytes) -> None:
+        items, overhead = self._items, self.ENTRY_OVERHEAD + len(key)
+        old = items.pop(key, None)
+        if old is not None:
+            self.bytes -= overhead + len(old)
+        size = overhead + len(value)
         if size > self.capacity_bytes:
             return
-        self._items[key] = (value, size)
+        items[key] = value
         self.bytes += size
         while self.bytes > self.capacity_bytes:
-            _, (_, evicted) = self._items.popitem(last=False)
-            self.bytes -= evicted
+            oldest = next(iter(items))
+            self.bytes -= self._size(oldest, items.pop(oldest))
 
     def forget(self, key: str) -> None:
-        found = self._items.pop(key, None)
-        if found is not None:
-            self.bytes -= found[1]
+        value = self._items.pop(key, None)
+        if value is not None:
+            self.bytes -= self._size(key, value)
 
     def keys(self) -> list[str]:
         return list(self._items)
@@ -157,7 +164,7 @@ class SizedLRU(Generic[V]):
 
 @dataclass(slots=True)
 class KnownCall:
-    """A call as this worker last committed it: decoded, so the next batch folds into it at once."""
+    """A call as this worker last committed it (what KnownCalls.peek decodes)."""
 
     version: int
     record_id: int
@@ -173,18 +180,12 @@ class KnownCall:
 KNOWN_EVENTS = 32
 # call_meta fields a cached call may know to be unset (asked for, not found) beyond those it holds.
 KNOWN_ABSENT = 64
-_KEY_OVERHEAD = 90  # a str object and its set slot
 
 
-def _value_size(value: Any) -> int:
-    return len(value) if isinstance(value, str) else 0 if value is None or isinstance(
-        value, int | float) else len(orjson.dumps(value))
-
-
-class KnownCalls(SizedLRU[KnownCall]):
+class KnownCalls(BytesLRU):
     """What this worker last wrote for recently seen calls, so a busy call is not re-read
-    (nor its state decoded) before every batch. Bounded in bytes (LEDGER_WORKER_CACHE_BYTES),
-    least recently used first out.
+    (nor its state decoded from JSON) before every batch. Bounded in bytes
+    (LEDGER_WORKER_CACHE_BYTES), least recently used first out.
 
     Safe because it is only a guess: the commit script refuses a write whose version is not
     the one in Redis, or that carries an event the journal already has, and the worker then
@@ -193,34 +194,45 @@ class KnownCalls(SizedLRU[KnownCall]):
     round trip for the common case, it keeps the keys of each call's latest events
     (KNOWN_EVENTS): a retry of one of those is a duplicate without asking Redis.
 
-    The cached state is the one the next plan folds into, in place (no copy): the consumer
-    forgets a call whose plan it does not commit (a conflict, an error on the way), so a state
-    changed by an uncommitted plan is never planned from again.
+    Each call is kept as marshal bytes of (version, record id, token, call_meta field names,
+    latest keys, `CallState.parts()`), out of the collector's sight (BytesLRU), and decoded into
+    a new state for each batch that plans from it (about 3 µs for a 10-event call): the plan
+    owns its state, and a plan that is not committed leaves nothing behind.
     """
 
     def __init__(self, capacity_bytes: int = 32 * 1024 * 1024) -> None:
         super().__init__(capacity_bytes)
 
+    def peek(self, call_sid: str) -> KnownCall | None:  # type: ignore[override]
+        """What it holds of the call, decoded (not marked used); None if it holds nothing."""
+        found = super().peek(call_sid)
+        if found is None:
+            return None
+        version, record_id, token, meta_fields, applied, parts = marshal.loads(found)
+        return KnownCall(version, record_id, CallState.of_parts(parts), frozenset(meta_fields), applied, token)
+
     def get(self, call_sid: str, meta_fields: list[str] | None = None) -> LoadedCall | None:  # type: ignore[override]
         """The call as last written, if every call_meta field asked for is known (or the call's
         every key is); None otherwise."""
-        call = self.peek(call_sid)
-        if call is None:
+        found = super().peek(call_sid)
+        if found is None:
             return None
+        version, record_id, token, known_fields, applied, parts = marshal.loads(found)
+        state = CallState.of_parts(parts)
         # It knows every key when it holds as many as the call has (the core counts them).
-        if meta_fields and len(call.state.meta) < call.state.meta_keys and not call.meta_fields.issuperset(
-                meta_fields):
+        if meta_fields and len(state.meta) < state.meta_keys and not set(known_fields).issuperset(meta_fields):
             return None
         super().get(call_sid)  # most recently used
-        return LoadedCall(call.version, None, {}, call.record_id, frozenset(call.applied), call.state, call.token)
+        return LoadedCall(version, None, {}, record_id, frozenset(applied), state, token, cached=True,
+                          known=(known_fields, applied))
 
     def committed(self, call_sid: str, loaded: LoadedCall, version: int, record_id: int, state: CallState,
                   new_events: list[str], token: str = "") -> None:
         """Cache the call as just committed: `state` planned from `loaded` (cached or read),
         now at `version` with the journal keys `new_events` added."""
-        cached = self.peek(call_sid) if loaded.state is not None else None
-        if cached is not None and cached.state is state:  # planned from the cache: what it knew holds
-            meta_fields, applied = cached.meta_fields, (*cached.applied, *new_events)
+        if loaded.cached:  # planned from what the cache held: what it knew holds
+            known_fields, known_applied = loaded.known
+            meta_fields, applied = frozenset(known_fields), (*known_applied, *new_events)
         else:  # read from Redis: the fields asked for (set or not), and the asked events it had
             meta_fields = frozenset(name for name in loaded.fields if name.startswith(META_FIELD))
             applied = (*loaded.applied, *new_events)
@@ -233,15 +245,8 @@ class KnownCalls(SizedLRU[KnownCall]):
 
     def remember(self, call_sid: str, version: int, record_id: int, state: CallState,
                  meta_fields: frozenset[str], applied: tuple[str, ...] = (), token: str = "") -> None:
-        registers, meta = state.registers, state.meta
-        size = (_ENTRY_OVERHEAD + len(call_sid) + _KEY_OVERHEAD * (len(applied) + len(meta_fields))
-                + _FIELD_OVERHEAD * (len(registers) + len(meta)) + sum(map(len, applied)) + sum(map(len, meta))
-                + sum(map(len, meta_fields)))
-        for register in (*registers.values(), *meta.values()):  # [occurred_us, event_id, source, value]
-            value = register[3]
-            size += len(register[1]) + len(register[2]) + (
-                len(value) if value.__class__ is str else _value_size(value))
-        self.put(call_sid, KnownCall(version, record_id, state, meta_fields, applied, token), size)
+        self.put(call_sid, marshal.dumps((version, record_id, token, tuple(meta_fields), tuple(applied),
+                                          state.parts())))
 
 
 def new_call() -> LoadedCall:
@@ -289,16 +294,27 @@ class NewCallGuess:
         self.fail_rate += self._WEIGHT * ((0.0 if right else 1.0) - self.fail_rate)
 
 
-class IndexedEntries(SizedLRU[tuple[int, IndexBasis]]):
+class IndexedEntries(BytesLRU):
     """What this worker last wrote to the index, and the shard took, for recently seen calls
     (its version and the entry's basis: list time, id, shape, amounts), so the call's next update
     can go as a delta from it (call_ledger/store/lua/index.lua's fast path). Only a hint: the script applies the
     delta only while that version is the one indexed, and takes its full path otherwise. Bounded
-    in bytes, least recently used first out.
+    in bytes, least recently used first out; kept as bytes, out of the collector's sight (BytesLRU).
     """
 
-    _OVERHEAD = 300  # the tuple, the dict slot, the LRU's links
+    def get(self, call_sid: str) -> tuple[int, IndexBasis] | None:  # type: ignore[override]
+        return self._basis(super().get(call_sid))
+
+    def peek(self, call_sid: str) -> tuple[int, IndexBasis] | None:  # type: ignore[override]
+        return self._basis(super().peek(call_sid))
+
+    @staticmethod
+    def _basis(found: bytes | None) -> tuple[int, IndexBasis] | None:
+        if found is None:
+            return None
+        version, list_us, record_id, shape_key, amounts = marshal.loads(found)
+        return version, IndexBasis.of(list_us, record_id, shape_key, amounts)
 
     def remember(self, call_sid: str, version: int, entry: IndexEntry | IndexBasis) -> None:
         basis = entry if isinstance(entry, IndexBasis) else IndexBasis(entry)
-        self.put(call_sid, (version, basis), self._OVERHEAD + len(call_sid) + basis.size())
+        self.put(call_sid, marshal.dumps((version, basis.list_us, basis.record_id, basis.shape_key, basis.amounts)))

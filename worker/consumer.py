@@ -466,7 +466,7 @@ class Consumer:
             known = self.known.get(sid, meta)
             if known is not None:
                 loaded[sid] = known
-            elif guess and self.known.peek(sid) is None and self.guess.allowed(items):  # cached: it exists
+            elif guess and sid not in self.known and self.guess.allowed(items):  # cached: it exists
                 loaded[sid] = new_call()
             else:
                 missing[sid] = (keys, [*RECORD_FIELDS, *meta])

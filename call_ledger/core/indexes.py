@@ -455,6 +455,16 @@ class IndexBasis:
         self.list_us, self.record_id = entry.list_us, entry.record_id
         self.shape_key, self._amounts = entry.shape_key, entry._amounts
 
+    @classmethod
+    def of(cls, list_us: int, record_id: int, shape_key: "ShapeKey", amounts: "Amounts") -> "IndexBasis":
+        basis = cls.__new__(cls)
+        basis.list_us, basis.record_id, basis.shape_key, basis._amounts = list_us, record_id, shape_key, amounts
+        return basis
+
+    @property
+    def amounts(self) -> "Amounts":
+        return self._amounts
+
     @property
     def _shape(self) -> _Shape:
         return shape_of(self.shape_key)

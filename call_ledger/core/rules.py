@@ -117,6 +117,20 @@ class CallState:
                 state.meta[name[2:]] = orjson.loads(raw)
         return state
 
+    def parts(self) -> tuple[Any, ...]:
+        """Everything but `changed`, as plain values (lists, dicts, str, int, None): what a cache
+        encodes (worker/apply.py KnownCalls, with marshal); `of_parts` rebuilds the state."""
+        return (self.status, self.started, self.answered, self.duration, self.first_seen, self.costs, self.provider,
+                self.meta_keys, self.meta_bytes, self.registers, self.meta, self.estimate)
+
+    @classmethod
+    def of_parts(cls, parts: tuple[Any, ...]) -> "CallState":
+        """The state `parts()` was taken of, from a decoded copy of them (which it then owns)."""
+        status, started, answered, duration, first_seen, costs, provider, meta_keys, meta_bytes, registers, meta, \
+            estimate = parts
+        return cls(status, started, answered, duration, first_seen, costs, provider, meta_keys, meta_bytes,
+                   registers, meta, estimate=estimate)
+
     @classmethod
     def from_hash(cls, fields: dict[bytes, bytes]) -> "RecordState | None":
         """The record id and whole state from a call hash as HGETALL returns it; None without a record."""

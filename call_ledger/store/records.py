@@ -58,6 +58,10 @@ class LoadedCall:
     # Not read at all: the worker guessed the call is new (worker/apply.py, NewCallGuess), and
     # the commit's compare-and-set against version 0 and no token says whether it was.
     guessed: bool = False
+    # Decoded from the worker's cache (worker/apply.py KnownCalls), not read: what the cache knew
+    # besides (opaque here), which its next entry for the call starts from.
+    cached: bool = False
+    known: Any = None
     # Its outbound messages' state as read (`fe`, `fr`, `lc`, `ob`; call_ledger.store.keys): what a
     # redelivered event repairs the fan-out and finalize schedules from (worker/batch.py, `Due`).
     ended: bool = False

@@ -15,7 +15,7 @@ from call_ledger.core.errors import LedgerError, StoreRefused, StoreUnreachable
 from call_ledger.settings import Settings, redis_urls
 from call_ledger.store import Store
 from call_ledger.store.errors import AclRefused, describe_redis_error
-from call_ledger.web.metrics import Metrics
+from call_ledger.web.metrics import GcPauses, Metrics
 
 log = structlog.get_logger("ledger.http")
 
@@ -200,7 +200,14 @@ def base_app(settings: Settings, store: Store | None = None) -> web.Application:
         if own:
             await app[STORE].close()
 
+    async def gc_ctx(app: web.Application) -> AsyncIterator[None]:
+        pauses = GcPauses(metrics)
+        pauses.start()
+        yield
+        pauses.stop()
+
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(gc_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if settings.metrics_port is None:  # else only on that port (call_ledger.web.serving)

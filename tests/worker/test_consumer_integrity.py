@@ -201,16 +201,24 @@ def test_worker_cache_is_bounded_in_bytes_not_entries() -> None:
     assert cache.get("CA-huge", []) is None and cache.bytes <= 100_000
 
 
-def test_the_worker_cache_hands_out_the_decoded_state_it_was_given() -> None:
-    """A cached call is planned from its state as committed, with no decoding: the same object."""
-    from call_ledger.core.rules import apply_event
+def test_the_worker_cache_hands_out_a_state_equal_to_the_one_committed_and_its_own() -> None:
+    """A cached call is planned from its state as committed (equal, estimate included), in a copy
+    the plan owns: folding into it leaves the cache as it was."""
+    from call_ledger.core.rules import apply_event, fix_estimate
 
+    policy = make_settings().policy
     state = CallState()
-    apply_event(state, make_event("CA-s", "m1", 0, assistant_name="Bot"), make_settings().policy)
+    apply_event(state, make_event("CA-s", "m1", 0, assistant_name="Bot", call_meta={"a": [1, {"b": None}]}), policy)
+    fix_estimate(state, policy)
+    state.changed.clear()
     cache = KnownCalls()
-    cache.remember("CA-s", 3, 7, state, frozenset({"m:a"}))
+    cache.remember("CA-s", 3, 7, state, frozenset({"m:a"}), ("platform:m1",), "tok")
     found = cache.get("CA-s", ["m:a"])
-    assert found is not None and found.state is state and (found.version, found.record_id) == (3, 7)
+    assert found is not None and found.cached and (found.version, found.record_id, found.token) == (3, 7, "tok")
+    assert found.state == state and found.state.estimate == state.estimate and found.applied == {"platform:m1"}
+    apply_event(found.state, make_event("CA-s", "m2", 5, assistant_name="Other"), policy)
+    again = cache.get("CA-s", ["m:a"])
+    assert again is not None and again.state == state
     cache.forget("CA-s")
     assert cache.get("CA-s", []) is None
 
