@@ -18,7 +18,6 @@ For the same run's Python profile, attach py-spy to a role (`py-spy record -p <p
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import run  # noqa: E402
 
-redis_info, redis_cpu, own_cpu = run.redis_info, run.redis_cpu, run.own_cpu
+redis_info, redis_cpu, own_cpu, process_cpu = run.redis_info, run.redis_cpu, run.own_cpu, run.process_cpu
 
 
 def command_usec(port: int) -> dict[str, float]:
@@ -88,11 +87,6 @@ def apply_costs(args: argparse.Namespace) -> None:
     top = sorted(last.items(), key=lambda item: -item[1])[:12]
     print("  Redis time per event by command (last round; evalsha includes the commands the scripts call):")
     print("    " + ", ".join(f"{name} {usec:.2f}" for name, usec in top))
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measured(pid: int, url: str, seconds: int, connections: int, script: str | None) -> tuple[float, float]:
