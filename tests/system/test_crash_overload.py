@@ -34,11 +34,11 @@ from call_ledger.web.metrics import Metrics
 from call_ledger.worker.apply import frozen_fx
 from call_ledger.worker.consumer import Consumer
 from tests.support.guarantees import Guarantees
-from tests.support.polling import until
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.service import Service, start
 from tests.support.settings import API_TOKEN, AUTH, PLATFORM_SECRET, make_settings
 from tests.support.signing import sign_platform
+from tests.support.streams import drained, fill
 from tests.support.workers import assert_records_exact, by_call, call_events, fold, usage, with_duplicates
 
 pytestmark = pytest.mark.real_redis
@@ -75,15 +75,6 @@ async def store(redis_server: RedisServer) -> AsyncIterator[Store]:
     await store.close()
 
 
-async def fill(store: Store, payloads: list[bytes], chunk: int = 2000) -> None:
-    """XADD the payloads in order, as intake does, pipelined."""
-    for i in range(0, len(payloads), chunk):
-        pipe = store.redis.pipeline(transaction=False)
-        for payload in payloads[i:i + chunk]:
-            pipe.xadd(store.stream, {"e": payload})
-        await pipe.execute()
-
-
 async def assert_api_records(port: int, events: list[CallEvent], settings: Settings) -> None:
     """Every record as a real `call-ledger api` process serves it: byte-for-byte the JSON of the
     single-process fold (money compared as decimal literals, not floats)."""
@@ -101,22 +92,6 @@ async def assert_api_records(port: int, events: list[CallEvent], settings: Setti
     async with aiohttp.ClientSession() as session:
         ids = await asyncio.gather(*(check(session, sid, state) for sid, state in expected.items()))
     assert len(set(ids)) == len(ids)
-
-
-async def drained(store: Store, deadline_s: float, *procs: Service) -> float:
-    """Wait (polling, with a deadline) until the group has nothing undelivered or pending."""
-    started = time.monotonic()
-    stats: list[tuple[int, int]] = []
-
-    async def empty() -> bool:
-        stats.append(await store.group_stats())
-        for proc in procs:
-            proc.assert_alive()
-        return stats[-1] == (0, 0)
-
-    await until(empty, deadline_s, "the group to drain", interval=0.01,
-                detail=lambda: f"not drained: (lag, pending) = {stats[-1]}")
-    return time.monotonic() - started
 
 
 async def group_info(store: Store) -> dict[str, Any]:
