@@ -6,6 +6,7 @@ with a compare-and-set on the version; no I/O happens here.
 """
 
 import marshal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,8 +113,9 @@ class BytesLRU:
     entry is also a tenth of the memory it took as objects.
     """
 
-    # A key's str object, the bytes object's header and the dict's slot for them.
-    ENTRY_OVERHEAD = 160
+    # The dict's slot and index entry for one key (the key's and the value's objects are counted
+    # with sys.getsizeof: a call SID of 512 non-ASCII characters is up to 2 KB, not 512 bytes).
+    ENTRY_OVERHEAD = 60
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
@@ -121,7 +123,7 @@ class BytesLRU:
         self._items: dict[str, bytes] = {}
 
     def _size(self, key: str, value: bytes) -> int:
-        return self.ENTRY_OVERHEAD + len(key) + len(value)
+        return self.ENTRY_OVERHEAD + sys.getsizeof(key) + sys.getsizeof(value)
 
     def __contains__(self, key: str) -> bool:
         return key in self._items
@@ -137,11 +139,11 @@ class BytesLRU:
         return value
 
     def put(self, key: str, value: bytes) -> None:
-        items, overhead = self._items, self.ENTRY_OVERHEAD + len(key)
+        items, overhead = self._items, self.ENTRY_OVERHEAD + sys.getsizeof(key)
         old = items.pop(key, None)
         if old is not None:
-            self.bytes -= overhead + len(old)
-        size = overhead + len(value)
+            self.bytes -= overhead + sys.getsizeof(old)
+        size = overhead + sys.getsizeof(value)
         if size > self.capacity_bytes:
             return
         items[key] = value

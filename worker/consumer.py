@@ -230,8 +230,8 @@ class Consumer:
             await self._apply(by_call)
             return
         except BaseException as exc:
-            # A plan folds into the cached state in place: one not known to be committed
-            # must not be planned from again (KnownCalls).
+            # Whether these calls' commits went through is not known: what the caches hold of
+            # them may be stale, so their next batch reads them (KnownCalls, IndexedEntries).
             for sid in by_call:
                 self.known.forget(sid)
                 self.indexed.forget(sid)

@@ -475,10 +475,6 @@ class IndexBasis:
     def increments(self) -> list[Increment]:
         return self._shape.increments(self._amounts)
 
-    def size(self) -> int:
-        """Bytes it holds, about (its strings; the shape is shared or derived on use)."""
-        return 400 + len(self.shape_key[1]) + len(self.shape_key[3])
-
 
 # -- deltas ------------------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ The previous release runs from this repository's history (tests/support/previous
 a real `call-ledger worker` process beside this release's."""
 
 import asyncio
+import contextlib
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,9 +50,12 @@ async def test_the_previous_release_and_this_one_side_by_side_apply_every_event_
     rng.shuffle(payloads)
     first, rest = payloads[: len(payloads) * 2 // 3], payloads[len(payloads) * 2 // 3:]
     store = Store.from_settings(settings)
-    old = worker(previous, "previous", redis_server, tmp_path)
-    new = worker(ROOT, "current", redis_server, tmp_path)
+    services: list[Service] = []
     try:
+        old = worker(previous, "previous", redis_server, tmp_path)
+        services.append(old)
+        new = worker(ROOT, "current", redis_server, tmp_path)
+        services.append(new)
         await old.wait_ready(timeout=30)
         await new.wait_ready(timeout=30)
         for i in range(0, len(first), 40):  # trickled, so that both take batches of every call
@@ -61,14 +66,14 @@ async def test_the_previous_release_and_this_one_side_by_side_apply_every_event_
         assert applied_by(old) > 50 and applied_by(new) > 50, (applied_by(old), applied_by(new))
         # The upgrade completes: the previous release stops, this one takes the rest, with
         # redeliveries of events the previous one applied.
-        old.stop()
+        assert old.terminate() == 0
         await fill(store, rest)
         await drained(store, 60, new)
         applied = await assert_records_exact(store, events, settings)
         assert applied == len({event.key for event in events}) == applied_by(old) + applied_by(new)
         assert await store.redis.xlen(store.dead) == 0
     finally:
-        for service in (old, new):
-            if service.alive():
-                service.stop()
+        for service in services:  # each on its own: one that hangs on SIGTERM is killed, the next still stopped
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                service.terminate(timeout=10)
         await store.close()

@@ -55,3 +55,37 @@ def test_the_collector_tracks_nothing_of_what_the_caches_hold() -> None:
     assert len(known) == len(indexed) == 2_000
     assert not gc.is_tracked(known._items) and not gc.is_tracked(indexed._items)
     assert len(gc.get_objects()) - before < 50  # not 2,000 calls' worth of lists, dicts and tuples
+
+
+def test_the_caches_count_the_bytes_of_non_ascii_call_sids() -> None:
+    """A call SID of 510 emoji (what intake accepts) takes 2 KB as a str, not 510 bytes: the caches
+    count what they really hold, whatever the SIDs are made of."""
+    import tracemalloc
+
+    budget = 2_000_000
+    known, indexed = KnownCalls(budget), IndexedEntries(budget)
+    state = CallState(status=[7, 1, "e", "2026-01-01T00:00:00Z"])
+    entry = index_entry("CA-x", 1, state, POLICY)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n in range(8_000):
+        sid = f"CA{n:08d}" + "\U0001F600" * 500
+        known.remember(sid, 1, n + 1, state, frozenset(), (), "")
+        indexed.remember(sid, 1, entry)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert known.bytes <= budget and indexed.bytes <= budget
+    assert held <= known.bytes + indexed.bytes, (held, known.bytes, indexed.bytes)
+
+
+def test_parts_carry_every_field_of_the_state_but_changed() -> None:
+    """A field added to CallState must be added to parts()/of_parts() too, or a cached call would
+    come back without it."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(CallState) if f.name != "changed"]
+    state = CallState(**{name: f"value of {name}" for name in names})  # type: ignore[arg-type]
+    assert len(state.parts()) == len(names)
+    assert all(getattr(CallState.of_parts(state.parts()), name) == f"value of {name}" for name in names)
