@@ -46,21 +46,13 @@ def command_usec(port: int) -> dict[str, float]:
 
 async def product_costs(redis: run.RedisServer, events: list[bytes], batch: int) -> dict[str, Any]:
     await run.fill_stream(redis.url, events)
-    fill, run.fill_stream = run.fill_stream, _filled  # product_apply fills the stream: it is full already
     subprocess.run(["redis-cli", "-p", str(redis.port), "CONFIG", "RESETSTAT"], check=True, stdout=subprocess.DEVNULL)
     cpu, server = own_cpu(), redis_cpu(redis.port)
-    try:
-        rate = await run.product_apply(redis.url, events, batch)
-    finally:
-        run.fill_stream = fill
+    rate = await run.product_apply(redis.url, events, batch, fill=False)
     n = len(events)
     return {"rate": rate, "worker_us": 1e6 * (own_cpu() - cpu) / n,
             "redis_us": 1e6 * (redis_cpu(redis.port) - server) / n,
             "commands": {name: usec / n for name, usec in command_usec(redis.port).items()}}
-
-
-async def _filled(url: str, events: list[bytes]) -> None:
-    return None
 
 
 def apply_costs(args: argparse.Namespace) -> None:
