@@ -422,15 +422,15 @@ class Consumer:
         or retry. The lines are written before any acknowledgement, even if we die next."""
         tally: Counter[tuple[str, str]] = Counter()  # (outcome, source): metrics once per batch
         settled = Settled()
-        write = event_lines() or self._log_with_structlog
+        lines: list[tuple[str, dict[str, str | int]]] = []
         for entry, event in sorted((item for items in by_call.values() for item in items),
                                    key=lambda item: entry_order(item[0].entry_id)):
             outcome, reason = outcomes.get(entry.ref, DEFERRED)
-            line = {"call_sid": event.call_sid, "source": event.source, "event_id": event.event_id,
-                    "entry_id": entry.entry_id, "outcome": outcome}
+            line: dict[str, str | int] = {"call_sid": event.call_sid, "source": event.source,
+                                          "event_id": event.event_id, "entry_id": entry.entry_id, "outcome": outcome}
             if reason:
                 line["reason"] = reason
-            write("event_applied" if outcome in ("applied", "duplicate") else "event_not_applied", line)
+            lines.append(("event_applied" if outcome in ("applied", "duplicate") else "event_not_applied", line))
             tally[(outcome, event.source)] += 1
             if outcome in ("applied", "duplicate"):
                 settled.done.append(entry)
@@ -440,6 +440,12 @@ class Consumer:
                 settled.failures[entry.ref] = reason or "apply failed"
             elif outcome == "refused":  # no redelivery can change it: dead-lettered now
                 settled.refused.append((entry, event, reason or "refused"))
+        writer = event_lines()
+        if writer is not None:
+            writer.many(lines)
+        else:
+            for name, line in lines:
+                self._log_with_structlog(name, line)
         self._count(tally)
         flush_logs()
         return settled

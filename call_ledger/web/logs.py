@@ -184,6 +184,27 @@ class EventLines:
         self._stamp(None, "info", line)
         self._write(self._redact(orjson.dumps(line).decode()))
 
+    def many(self, lines: Iterable[tuple[str, Mapping[str, str | int]]]) -> None:
+        """Write each (event, fields) as `self(event, fields)` would, stamped with one instant (a
+        batch's outcomes are decided together): the context, the clock and the redactor's scan are
+        taken once for all of them, not once a line (a third of a line's cost)."""
+        context = structlog.contextvars.get_contextvars()
+        stamp = self._stamp(None, "info", {})["timestamp"]
+        rendered = []
+        for event, fields in lines:
+            line = {**fields, "event": event}
+            for key, value in context.items():  # as merge_contextvars: the line's own keys win
+                line.setdefault(key, value)
+            line["level"] = "info"
+            line["timestamp"] = stamp
+            rendered.append(orjson.dumps(line).decode())
+        if self._redact.clean("\n".join(rendered)):
+            for text in rendered:
+                self._write(text)
+        else:  # something to redact somewhere: each line on its own, as one at a time would be
+            for text in rendered:
+                self._write(self._redact(text))
+
 
 class LogOutput:
     """What one `configure_logging` writes to, owned by that configuration (structlog keeps it as

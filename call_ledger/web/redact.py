@@ -72,6 +72,13 @@ class Redactor:
         self._needles = (*_TRIGGERS, *(value.lower() for value in ordered))
         self._secrets = re.compile("|".join(re.escape(value) for value in ordered), re.I) if ordered else None
 
+    def clean(self, text: str) -> bool:
+        """Whether the redactor would give back each line of `text` as it is: no secret, no
+        credential or signature word, no line separator to escape (`_one_line`)."""
+        lowered = text.lower()
+        return not any(needle in lowered for needle in self._needles) and "\u2028" not in text \
+            and "\u2029" not in text
+
     def __call__(self, line: str) -> str:
         line = _one_line(line)
         lowered = line.lower()

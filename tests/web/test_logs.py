@@ -81,3 +81,34 @@ def test_no_info_line_at_warning_level(out: io.StringIO) -> None:
     configure(out, "json", "warning")
     structlog.get_logger("test").info("event_applied", **FIELDS)
     assert lines(out) == []
+
+
+def test_a_batch_of_lines_is_what_one_at_a_time_writes_with_one_instant(out: io.StringIO) -> None:
+    configure(out, "json", "info", [SECRET])
+    structlog.contextvars.bind_contextvars(request_id="req-8", outcome="from-the-context")
+    writer = event_lines()
+    assert writer is not None
+    batch = [("event_applied", {**FIELDS, "outcome": "applied", "event_id": f"e{n}"}) for n in range(3)]
+    for name, fields in batch:
+        writer(name, fields)
+    writer.many(batch)
+    written = lines(out)
+    one_by_one, together = written[:3], written[3:]
+    assert [list(line) for line in together] == [list(line) for line in one_by_one]
+    assert [{**line, "timestamp": ""} for line in together] == [{**line, "timestamp": ""} for line in one_by_one]
+    assert together[0]["outcome"] == "applied"  # the line's own key wins over the context's
+    assert len({line["timestamp"] for line in together}) == 1 and STAMP.fullmatch(together[0]["timestamp"])
+
+
+def test_a_batch_with_a_secret_in_one_line_redacts_that_line_only(out: io.StringIO) -> None:
+    configure(out, "json", "info", [SECRET])
+    writer = event_lines()
+    assert writer is not None
+    writer.many([("event_applied", {**FIELDS, "event_id": "clean"}),
+                 ("event_not_applied", {**FIELDS, "event_id": f"x{SECRET}y", "reason": "Bearer abc.def"}),
+                 ("event_applied", {**FIELDS, "event_id": "also clean\u2028"})])
+    first, second, third = lines(out)
+    assert SECRET not in out.getvalue() and "abc.def" not in out.getvalue()
+    assert first["event_id"] == "clean" and third["event_id"] == "also clean\u2028"
+    assert second["event_id"] == "x[redacted]y" and second["reason"] == "Bearer [redacted]"
+    assert len(out.getvalue().splitlines()) == 3  # U+2028 escaped: still three lines for any splitter
