@@ -1,0 +1,82 @@
+"""A GET by SID's CPU with and without the stored rendered record `j` (issue 22: does the copy pay for itself?).
+
+Applies the bench's events (bench/run.py: call_events(2000, 10), seed 7) with the product's worker, reads
+every call's hash (HGETALL, as `Records.call_fields` does), then times, per call, what the GET route does
+with it (call_ledger/core/served.py `StoredCall.served`):
+
+  stored   the hash has a current `j`: its bytes, with the call's call_meta put in place of its `{}`
+  render   no `j` (dropped from the hash here): CallState.from_hash -> render_record -> record_json
+
+Best of --repeat passes over the 2000 calls, µs per GET (the HTTP and Redis round trip are the same in
+both and left out). Also the hash's size (bytes of HGETALL reply fields) with and without `j`.
+
+    .venv/bin/python bench/get_cost.py [--repeat 9]
+"""
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import orjson  # noqa: E402
+import redis as redis_py  # noqa: E402
+import run  # noqa: E402
+
+from call_ledger.core.served import RECORD_FIELD, StoredCall  # noqa: E402
+from call_ledger.settings import Settings  # noqa: E402
+
+
+def best_us(calls: list[StoredCall], settings: Settings, repeat: int) -> tuple[float, int]:
+    policy = settings.policy
+    best, size = float("inf"), 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        size = sum(len(call.served(policy)) for call in calls)
+        best = min(best, time.perf_counter() - started)
+    return 1e6 * best / len(calls), size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    random.seed(7)
+    events = run.call_events(2000, 10)
+    sids = sorted({orjson_sid(raw) for raw in events})
+    server = run.RedisServer()
+    try:
+        server.flush()
+        asyncio.run(run.product_apply(server.url, events, 500))
+        client = redis_py.Redis.from_url(server.url)
+        hashes = [client.hgetall(f"bench:call:{{{sid}}}") for sid in sids]
+        client.close()
+    finally:
+        server.stop()
+    assert all(h.get(RECORD_FIELD) for h in hashes), "expected every call with a stored `j`"
+    settings = Settings(redis_url="redis://127.0.0.1:1", key_prefix="bench", consumer_name="bench")
+    stored = [StoredCall(sid, h) for sid, h in zip(sids, hashes, strict=True)]
+    bare = [StoredCall(sid, {k: v for k, v in h.items() if k != RECORD_FIELD}) for sid, h in zip(sids, hashes,
+                                                                                              strict=True)]
+    same = all(a.served(settings.policy) == b.served(settings.policy) for a, b in zip(stored, bare, strict=True))
+    with_j = sum(len(k) + len(v) for h in hashes for k, v in h.items()) / len(hashes)
+    j_bytes = sum(len(h[RECORD_FIELD]) for h in hashes) / len(hashes)
+    for _ in range(2):  # alternate, twice
+        s_us, s_size = best_us(stored, settings, args.repeat)
+        r_us, r_size = best_us(bare, settings, args.repeat)
+        print(f"GET CPU per call, best of {args.repeat}: stored j {s_us:.2f} µs, render {r_us:.2f} µs "
+              f"(bodies {s_size / len(stored):.0f} / {r_size / len(bare):.0f} B, identical: {same})")
+    print(f"hash (HGETALL fields) {with_j:.0f} B with j, {with_j - j_bytes - 1:.0f} B without (j {j_bytes:.0f} B)")
+
+
+def orjson_sid(raw: bytes) -> str:
+    return str(orjson.loads(raw)["call_sid"])
+
+
+if __name__ == "__main__":
+    main()
