@@ -29,6 +29,7 @@ shared machine. Floors are looked up in ../shared/bench (or LEDGER_FLOOR_DIR).
 
 import argparse
 import asyncio
+import atexit
 import base64
 import hashlib
 import hmac
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEVNULL = open(os.devnull, "w")  # the log sink of every apply round; lives with the process
+atexit.register(DEVNULL.close)
 FLOOR_DIR = Path(os.environ.get("LEDGER_FLOOR_DIR", ROOT.parent / "shared" / "bench"))
 TWILIO_TOKEN = "bench-twilio-auth-token"
 PLATFORM_SECRET = "whsec_" + base64.b64encode(b"bench-platform-signing-key-32byt").decode()
