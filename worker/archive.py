@@ -38,6 +38,7 @@ from call_ledger.settings import Settings
 from call_ledger.store import Store
 from call_ledger.store.archive import ARCHIVED, LockLost, PassState
 from call_ledger.web.metrics import Metrics
+from call_ledger.worker.stopping import stop_after_step
 
 log = structlog.get_logger("ledger.archive")
 
@@ -95,14 +96,8 @@ class Archiver:
     async def stop(self) -> None:
         """Stop after the batch in hand (the pass stops between batches, with nothing half done); past the
         shutdown grace, cancel it there: the next pass resumes that batch."""
-        self._stopping.set()
         task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(task, self.settings.shutdown_grace_s)
-        except TimeoutError:
-            log.warning("archiver_stop_timeout")
+        await stop_after_step(self._stopping, task, self.settings.shutdown_grace_s, "archiver")
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

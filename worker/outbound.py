@@ -17,6 +17,7 @@ from call_ledger.core.indexes import SHARDS
 from call_ledger.settings import Settings
 from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
+from call_ledger.worker.stopping import stop_after_step
 
 __all__ = ["Finalizer"]
 
@@ -44,14 +45,8 @@ class Finalizer:
 
     async def stop(self) -> None:
         """Stop after the timer in hand (each is one script call: nothing is left half done)."""
-        self._stopping.set()
         task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(task, self.settings.shutdown_grace_s)
-        except TimeoutError:
-            log.warning("finalizer_stop_timeout")
+        await stop_after_step(self._stopping, task, self.settings.shutdown_grace_s, "finalizer")
 
     async def run_once(self, now_ms: int) -> int:
         """Finalize every call whose timer is due at `now_ms`; the number finalized."""
