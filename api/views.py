@@ -12,6 +12,7 @@ from call_ledger.api.visible import visible_call
 from call_ledger.core import cursors
 from call_ledger.core.errors import InvalidQuery, JournalOff, NotFound
 from call_ledger.core.events import MAX_CALL_SID, MAX_EVENT_ID
+from call_ledger.core.members import is_short
 from call_ledger.web.base import SETTINGS, STORE
 
 EVENTS_LIMIT_DEFAULT = 100
@@ -60,8 +61,9 @@ def page_limit(request: web.Request, default: int, maximum: int) -> int:
 
 
 _LIMIT = re.compile(r"[0-9]{1,9}")
-# An order member is `<source>:<event_id>`: a source name, and an id of at most 1024 characters
-# (call_ledger.core.events), up to 4 bytes each in UTF-8; a cursor of one is at most 4/3 of that.
+# An order member is `<source>:<event_id>` (or its short form: call_ledger.core.members): a source
+# name, and an id of at most 1024 characters (call_ledger.core.events), up to 4 bytes each in UTF-8;
+# a cursor of one is at most 4/3 of that.
 MAX_SOURCE = 32
 MAX_EVENT_CURSOR = 4 * (MAX_SOURCE + 1 + 4 * MAX_EVENT_ID + 2) // 3
 
@@ -78,6 +80,10 @@ def decode_cursor(cursor: str, parameter: str = "after") -> str:
         member = cursors.decode(cursor, MAX_EVENT_CURSOR).decode()  # strict: event ids are valid Unicode
     except ValueError:
         raise InvalidQuery(f"{parameter} is not a cursor this service gave out") from None
+    if is_short(member):  # layout 3's form (call_ledger.core.members): a code, a mark, the id or its tail
+        if len(member) - 2 > MAX_EVENT_ID:
+            raise InvalidQuery(f"{parameter} is not a cursor this service gave out")
+        return member
     source, sep, event_id = member.partition(":")
     if not sep or not 0 < len(source) <= MAX_SOURCE or not 0 < len(event_id) <= MAX_EVENT_ID:
         raise InvalidQuery(f"{parameter} is not a cursor this service gave out")

@@ -167,17 +167,17 @@ def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tupl
     amounts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for args, index in calls:
         # commit.lua's ARGV: version, token, new version, new token, terminal, now, core, id, n, n x
-        # (journal key, occurred_us, entry), m, m x (field, value).
+        # (member, occurred_us, entry, other form), m, m x (field, value).
         _, _, new_version, new_token, _, _, core, record_id, n = args[:9]
         entry = index.entry
         sid = entry.call_sid
-        events = args[9:9 + 3 * n]
-        journal = [x for k in range(0, len(events), 3) if events[k + 2] for x in (events[k], events[k + 2])]
+        events = args[9:9 + 4 * n]
+        journal = [x for k in range(0, len(events), 4) if events[k + 2] for x in (events[k], events[k + 2])]
         if journal:
             writes[store.journal_key(sid)] = ("HSET", journal)
-        writes[store.order_key(sid)] = ("ZADD", [x for k in range(0, len(events), 3)
+        writes[store.order_key(sid)] = ("ZADD", [x for k in range(0, len(events), 4)
                                                  for x in (events[k + 1], events[k])])
-        writes[store.call_key(sid)] = ("HSET", [*args[10 + 3 * n:], "v", new_version, "s", core, "t", new_token,
+        writes[store.call_key(sid)] = ("HSET", [*args[10 + 4 * n:], "v", new_version, "s", core, "t", new_token,
                                                 "id", record_id])
         # index.lua's ARGV per call: member, version, score, entry; it writes the version, the
         # entry, the entry's memberships and its increments (the part of the entry after its

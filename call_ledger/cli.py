@@ -170,6 +170,38 @@ async def _archive(settings: Settings) -> int:
     return 0
 
 
+async def _layout(args: argparse.Namespace, settings: Settings) -> int:
+    """Show the store's layout, or move it to layout 3 (short members): refused, exit 1, while a
+    connection may belong to a version that does not read it (call_ledger.store.layout)."""
+    from call_ledger.store.layout import blockers, connected_clients, move_to_short_members
+
+    if settings.redis_url is None:
+        print("call-ledger: layout needs LEDGER_REDIS_URL (the embedded store lives inside `serve`)", file=sys.stderr)
+        return 2
+    store = await _open_store(settings)
+    try:
+        await store.check_layout()  # a layout this version does not read: one line, exit 2
+        if not args.upgrade:
+            found = blockers(await connected_clients(store.redis))
+            print(f"layout {await store.records.layout()}")
+            for blocker in found:
+                print(f"not known to read layout 3: {blocker}")
+            return 0
+        move = await move_to_short_members(store.redis, store.keys, force=args.force)
+        for blocker in move.blockers:
+            print(f"not known to read layout 3: {blocker}", file=sys.stderr)
+        if move.after != "3":
+            print("call-ledger: layout stays 2: stop or upgrade the processes above (--force moves it anyway)",
+                  file=sys.stderr)
+            return 1
+        print(f"layout {move.before} -> {move.after}" if move.before != move.after else "layout 3 already")
+        return 0
+    except LayoutMismatch as exc:
+        fail(settings, str(exc))
+    finally:
+        await store.close()
+
+
 def _dlq_line(row: dict[str, Any]) -> str:
     event = row.get("event") or {}
     return (f"{row['id']}  source={event.get('source')} call_sid={event.get('call_sid')} "
@@ -196,6 +228,9 @@ def parser() -> argparse.ArgumentParser:
     check = pricing_sub.add_parser("check", help="validate a pricing file and print its table")
     check.add_argument("file", help="a YAML or JSON pricing file")
     sub.add_parser("reindex", help="(re)build the calls API's indexes from the records (safe while running)")
+    layout = sub.add_parser("layout", help="show the store's layout; --upgrade moves it to layout 3 (short members)")
+    layout.add_argument("--upgrade", action="store_true", help="move to layout 3 once every connected process reads it")
+    layout.add_argument("--force", action="store_true", help="with --upgrade: move whatever is connected")
     sub.add_parser("archive", help="one archive pass now: finalized calls past LEDGER_RETENTION_DAYS to the archive")
     return p
 
@@ -229,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(settings, _dlq(args, settings))
         if args.command == "reindex":
             return _run_command(settings, _reindex(settings))
+        if args.command == "layout":
+            return _run_command(settings, _layout(args, settings))
         if args.command == "archive":
             return _run_command(settings, _archive(settings))
         run_service(args.command, settings)  # argparse limits it to serve | worker | api | intake | deliver

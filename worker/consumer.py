@@ -192,7 +192,10 @@ class Consumer:
             await task
 
     async def maintain(self) -> None:
-        """Trim what retention allows, and refresh the lag gauges."""
+        """Trim what retention allows, refresh the lag gauges, and learn a move of the store's layout."""
+        short = self.store.records.short_members
+        if await self.store.records.refresh_layout() != short:  # `call-ledger layout --upgrade`
+            log.info("layout_changed", consumer=self.name, short_members=not short)
         trimmed = await self.store.trim(self.settings.stream_retention)
         await expire_dead_letters(self.store, self.settings, self.metrics)  # LEDGER_DLQ_RETENTION_DAYS
         await self.store.refresh_shards()  # shards another K registered since we started

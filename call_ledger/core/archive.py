@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from call_ledger.core.instants import text_at
+from call_ledger.core.members import key_of
 from call_ledger.core.money import format_nano
 
 
@@ -379,9 +380,10 @@ def events_path(partition_dir: str, pass_id: str) -> str:
 
 def event_row(call_sid: str, journal_key: str | bytes, occurred_us: int, event_json: bytes | str,
               archived_at_us: int) -> dict[str, Any]:
-    """The archive row of one applied event: its journal key (`<source>:<event_id>`, SPEC §8)
-    split, its occurred_at in µs, and its JSON as /events serves it (core.journal.restore)."""
-    key = journal_key.decode() if isinstance(journal_key, bytes) else journal_key
+    """The archive row of one applied event: its journal key (`<source>:<event_id>`, SPEC §8, from
+    its member in either form: core.members) split, its occurred_at in µs, and its JSON as /events
+    serves it (core.journal.restore)."""
+    key = key_of(journal_key.decode() if isinstance(journal_key, bytes) else journal_key, call_sid)
     source, sep, event_id = key.partition(":")
     if not sep or not source or not event_id:
         raise ValueError("a journal key is <source>:<event_id>")

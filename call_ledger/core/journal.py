@@ -29,6 +29,7 @@ import re
 import orjson
 
 from call_ledger.core.instants import text_at
+from call_ledger.core.members import key_of
 
 # Field names in pydantic's order (call_ledger.core.events), each with the punctuation around it; the
 # longer of two overlapping ones first. Byte 0x1f is left for a later addition.
@@ -235,9 +236,10 @@ def compact(event_json: bytes, key: str, call_sid: str, occurred_us: int) -> byt
     return _DIGITS[digits] + type_text + coded
 
 
-def restore(stored: bytes, key: bytes, call_sid: str, occurred_us: int) -> bytes:
-    """The event JSON a journal entry stands for (`stored` under `key`, scored `occurred_us`,
-    in the journal of `call_sid`): a whole event as it is, a compact one expanded."""
+def restore(stored: bytes, member: bytes, call_sid: str, occurred_us: int) -> bytes:
+    """The event JSON a journal entry stands for (`stored` under `member`, in either of its forms
+    (call_ledger.core.members), scored `occurred_us`, in the journal of `call_sid`): a whole event as
+    it is, a compact one expanded."""
     first = stored[:1]
     if first not in _MARKS:
         return stored
@@ -248,5 +250,5 @@ def restore(stored: bytes, key: bytes, call_sid: str, occurred_us: int) -> bytes
     # The texts hold no code: replacing each code found gives what splitting on them would.
     for code in tail.translate(None, _NOT_CODES):
         tail = tail.replace(*_EXPANSIONS[code])
-    head = _head(key.decode(), call_sid)
+    head = _head(key_of(member.decode(), call_sid), call_sid)
     return head + stored[1:type_end] + _instant(occurred_us, stored[0] - 0x30) + tail

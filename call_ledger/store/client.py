@@ -10,9 +10,14 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from call_ledger.settings import Settings, redis_options
+from call_ledger.store.keys import LAYOUTS
 from call_ledger.store.wire import FastConnection, FastSSLConnection
 
-__all__ = ["is_cluster", "open_redis"]
+__all__ = ["CLIENT_NAME", "is_cluster", "open_redis"]
+
+# Every connection's name (CLIENT SETNAME): what it is and the layouts it reads, so that a store moves
+# to a layout only while every connected call-ledger reads it (call_ledger.store.layout).
+CLIENT_NAME = "call-ledger/reads-" + ".".join(LAYOUTS)
 
 
 def open_redis(settings: Settings) -> Any:
@@ -24,7 +29,7 @@ def open_redis(settings: Settings) -> Any:
     # retry that on a fresh connection rather than answer 503 for nothing.
     common: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 2.0,
                               "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                              "retry_on_error": [RedisConnectionError]}
+                              "retry_on_error": [RedisConnectionError], "client_name": CLIENT_NAME}
     if settings.redis_url is None:
         import fakeredis  # the embedded store is only imported when it is used
 

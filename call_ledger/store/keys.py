@@ -12,7 +12,9 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
     cl:ids                     counter that hands out record ids (each value made opaque: call_ledger.core.record_ids)
     {cl:ids}:fence             the replication id of the node that last advanced cl:ids (call_ledger/store/lua/ids.lua)
     {cl:ids}:key               the random key that makes counter values opaque record ids
-    cl:layout                  the version of this layout ("2"); start-up refuses data of another
+    cl:layout                  the version of this layout: "2", or "3" (the same with the order index's and
+                               journal's members short: call_ledger.core.members; `call-ledger layout
+                               --upgrade`); start-up refuses data of another
     cl:call:{<sid>}            hash: id, v (events applied), s (the core state JSON: status, times,
                                costs, provider, call_meta size, the fixed telephony estimate),
                                r:<register> and m:<call_meta key> -> [occurred_us, event_id, source,
@@ -25,13 +27,14 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
     cl:out:{<sid>}             hash: the call's outbox: message id -> message JSON (commit.lua and
                                finalize.lua write it in the commit that makes the change; fan-out
                                empties it: call_ledger.store.outbox)
-    cl:journal:{<sid>}         hash: <source>:<event_id> -> the applied event in the journal's
+    cl:journal:{<sid>}         hash: the event's order member -> the applied event in the journal's
                                form (call_ledger.core.journal: what the key, the order score and the call do
                                not say; an entry of an earlier version is the event's JSON, and
                                reads as it is); not written with LEDGER_JOURNAL=off
-    cl:order:{<sid>}           sorted set: <source>:<event_id> scored by occurred_us: every applied
-                               event (what recognises a duplicate), the journal in time order (ties
-                               by key), paged by rank from a cursor key
+    cl:order:{<sid>}           sorted set: <source>:<event_id> (in layout 3 its short form:
+                               call_ledger.core.members) scored by occurred_us: every applied event
+                               (what recognises a duplicate), the journal in time order (ties by
+                               key), paged by rank from a cursor key
     cl:sig:<identity>          the signature ledger: the params digest (32 bytes) of a provider signature,
                                expiring after LEDGER_SIGNATURE_TTL_S (call_ledger.store.signatures)
     cl:wh:endpoints            hash: webhook endpoint id -> the endpoint's JSON (url, events, organization,
@@ -111,6 +114,14 @@ writes the rollup keys named after the shard's base passed in ARGV.
 """
 
 from dataclasses import dataclass
+
+# The layouts this version reads (`cl:layout`): 2, and 3, which is 2 with the order index's and the
+# journal's members in their short form (call_ledger.core.members). A store moves from 2 to 3 with its
+# workers running, by `call-ledger layout --upgrade` (call_ledger.store.layout); a version that reads
+# layout 2 only refuses a store in layout 3 at start (call_ledger.store.records.Records.check_layout).
+LAYOUT = "2"
+SHORT_LAYOUT = "3"
+LAYOUTS = (LAYOUT, SHORT_LAYOUT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,17 +18,17 @@ from redis.exceptions import NoScriptError
 
 from call_ledger.core.errors import InvalidQuery, LayoutMismatch
 from call_ledger.core.journal import compact, restore
+from call_ledger.core.members import key_of, member, other_form
 from call_ledger.core.record_ids import IdBlock
 from call_ledger.core.rules import CallState
 from call_ledger.core.served import RECORD_FIELD
 from call_ledger.store.client import is_cluster, text
 from call_ledger.store.errors import unavailable_on_error
-from call_ledger.store.keys import Keys
+from call_ledger.store.keys import LAYOUT, LAYOUTS, SHORT_LAYOUT, Keys
 from call_ledger.store.scripts import Lua, run_pipeline
 
 __all__ = ["CommitReply", "CommitWrite", "LoadedCall", "Records"]
 
-LAYOUT = "2"
 COMMIT = Lua("commit.lua", include=("announce.lua",))
 EVENTS_PAGE = Lua("events_page.lua")
 EXPORT_FIELDS = Lua("export_fields.lua")
@@ -104,19 +104,40 @@ class CommitReply(NamedTuple):
         return cls(bool(reply & 1), bool(reply & 2), bool(reply & 4), bool(reply & 8))
 
 
-def _commit_args(w: CommitWrite, now_ms: int) -> list[Any]:
-    """One call's share of the commit script's ARGV (see commit.lua)."""
+def _commit_args(w: CommitWrite, now_ms: int, short: bool = False) -> list[Any]:
+    """One call's share of the commit script's ARGV (see commit.lua); `short`: members in their
+    short form (layout 3)."""
     args: list[Any] = [w.version, w.token, w.new_version, w.new_token, "1" if w.terminal else "0",
                        w.at_ms or now_ms, w.core, w.record_id, len(w.events)]
+    sid = w.call_sid
     for key, occurred_us, event_json in w.events:
         # A score is a double: exact for any instant before the year 2255. The journal keeps
         # what the key, the score and the call do not say already (call_ledger.core.journal).
-        args += [key, occurred_us, compact(event_json, key, w.call_sid, occurred_us) if event_json else b""]
+        # The member it is written as, and the other form it may have been applied as before.
+        written, other = member(key, sid, short), other_form(key, sid)
+        args += [written, occurred_us, compact(event_json, key, sid, occurred_us) if event_json else b"",
+                 (key if written != key else other) or ""]
     fields = [*w.fields, (RECORD_FIELD.decode(), w.record)] if w.record else w.fields
     args.append(len(fields))
     for name, value in fields:
         args += [name, value]
     return args
+
+
+def _other_forms(keys: list[str], call_sid: str) -> list[str]:
+    """The short forms of these keys that differ from them, in order (call_ledger.core.members)."""
+    return [other for other in map(other_form, keys, [call_sid] * len(keys)) if other is not None]
+
+
+def _found(keys: list[str], call_sid: str, scores: list[Any]) -> list[str]:
+    """The keys applied to the call, from the ZMSCORE of `keys + _other_forms(keys, call_sid)`."""
+    shorts = iter(scores[len(keys):])
+    found = []
+    for key, score in zip(keys, scores, strict=False):
+        short = next(shorts) if other_form(key, call_sid) is not None else None
+        if score is not None or short is not None:
+            found.append(key)
+    return found
 
 
 class Records:
@@ -126,6 +147,9 @@ class Records:
         self.redis = redis
         self.keys = keys
         self._cluster = is_cluster(redis)
+        # Whether commits write members in their short form: the store's layout is 3 (read at
+        # start by check_layout, then again by refresh_layout). Both forms are recognised always.
+        self.short_members = False
 
     def call_keys(self, call_sid: str) -> list[str]:
         """The four keys of one call, in the order the commit script takes them."""
@@ -148,12 +172,25 @@ class Records:
                     f"Redis holds call-ledger data in an older key layout under prefix {self.keys.prefix!r}: "
                     "delete those keys (see README, Redis layout) or set another LEDGER_KEY_PREFIX")
             await self.redis.set(self.keys.layout, LAYOUT, nx=True)
+            self.short_members = False
             # A new store: every index entry it will hold has the month rollups (see
             # call_ledger.store.indexes.IndexStore.months_complete; an older store gets it from `reindex`).
             await self.redis.set(self.keys.index_months, "1", nx=True)
-        elif text(found) != LAYOUT:
+        elif text(found) not in LAYOUTS:
             raise LayoutMismatch(f"Redis holds call-ledger data in key layout {text(found)!r}; "
-                                 f"this version reads layout {LAYOUT!r}")
+                                 f"this version reads layouts {' and '.join(LAYOUTS)}")
+        else:
+            self.short_members = text(found) == SHORT_LAYOUT
+
+    async def layout(self) -> str:
+        """The store's layout mark ('' before anything was written)."""
+        return text(await self.redis.get(self.keys.layout) or b"")
+
+    async def refresh_layout(self) -> bool:
+        """Read the store's layout again (it moves from 2 to 3 while workers run); whether
+        commits now write short members."""
+        self.short_members = await self.layout() == SHORT_LAYOUT
+        return self.short_members
 
     async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]],
                          latest: int = 0) -> dict[str, LoadedCall]:
@@ -165,8 +202,9 @@ class Records:
         for sid in sids:
             keys, fields = wanted[sid]
             pipe.hmget(self.keys.call(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", "a", *fields)
-            # The order index holds every applied event's key (the journal may be off).
-            pipe.zmscore(self.keys.order(sid), keys)
+            # The order index holds every applied event's member (the journal may be off), in
+            # either form (call_ledger.core.members): both are asked for, the short ones last.
+            pipe.zmscore(self.keys.order(sid), keys + _other_forms(keys, sid))
             if latest:
                 pipe.zrange(self.keys.order(sid), -latest, -1)
         replies = await pipe.execute()
@@ -176,9 +214,9 @@ class Records:
             keys, fields = wanted[sid]
             call, journal = replies[per_call * i], replies[per_call * i + 1]
             version, core, record_id, token, ended, revision, changed_ms, outbox, archived = call[:9]
-            applied = [key for key, value in zip(keys, journal, strict=True) if value is not None]
+            applied = _found(keys, sid, journal)
             if latest:
-                applied += [text(key) for key in replies[per_call * i + 2]]
+                applied += [key_of(text(found), sid) for found in replies[per_call * i + 2]]
             loaded[sid] = LoadedCall(
                 int(version or 0), core, dict(zip(fields, call[9:], strict=True)),
                 int(record_id) if record_id else None, frozenset(applied), token=text(token) if token else "",
@@ -224,7 +262,7 @@ class Records:
             args: list[Any] = []
             for w in writes:
                 keys += self.call_keys(w.call_sid)
-                args += _commit_args(w, now)
+                args += _commit_args(w, now, self.short_members)
             return [CommitReply.of(int(r)) for r in await COMMIT.run(self.redis, keys, args)]
         # On a cluster one script may only touch one slot: one call per script, pipelined, by
         # SHA (sending the script with every call was about 1.2 KB more per event to its node).
@@ -237,7 +275,7 @@ class Records:
             pipe = self.redis.pipeline(transaction=False)
             for i in todo:
                 w = writes[i]
-                COMMIT.queue(pipe, self.call_keys(w.call_sid), _commit_args(w, now))
+                COMMIT.queue(pipe, self.call_keys(w.call_sid), _commit_args(w, now, self.short_members))
             for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
                 results[i] = reply
             todo = [i for i in todo if isinstance(results[i], NoScriptError)]
@@ -338,17 +376,18 @@ class Records:
 
     async def are_applied(self, events: list[tuple[str, str]]) -> list[bool]:
         """Whether each (call_sid, journal key) is applied to its call: its call's order index has
-        it (kept with or without the journal). One pipelined ZSCORE each; each reads one slot."""
+        it in either form (kept with or without the journal). One pipelined ZMSCORE each; each
+        reads one slot."""
         if not events:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for call_sid, key in events:
-            pipe.zscore(self.keys.order(call_sid), key)
-        return [score is not None for score in await pipe.execute()]
+            pipe.zmscore(self.keys.order(call_sid), [key, *_other_forms([key], call_sid)])
+        return [any(score is not None for score in scores) for scores in await pipe.execute()]
 
     async def applied_keys(self, call_sid: str) -> set[str]:
         """Every journal key (source:event_id) applied to the call: for tests and tools, not requests."""
-        return {text(key) for key in await self.redis.hkeys(self.keys.journal(call_sid))}
+        return {key_of(text(found), call_sid) for found in await self.redis.hkeys(self.keys.journal(call_sid))}
 
     async def event_count(self, call_sid: str) -> int:
         return int(await self.redis.hget(self.keys.call(call_sid), "v") or 0)

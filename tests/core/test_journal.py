@@ -17,6 +17,7 @@ from call_ledger.api.views import encode_cursor
 from call_ledger.core.events import COMPONENTS, STATUSES, CallEvent, Cost, PriceRef
 from call_ledger.core.instants import text_at
 from call_ledger.core.journal import compact, restore
+from call_ledger.core.members import key_of
 from call_ledger.store import CommitWrite
 from call_ledger.store.client import text
 from call_ledger.web.metrics import Metrics
@@ -65,7 +66,9 @@ def events(draw: st.DrawFn) -> CallEvent:
     digits = draw(st.integers(0, 6))
     occurred_at = draw(st.one_of(st.just(text_at(us, digits)), TEXT))
     return CallEvent(
-        source=draw(KEYISH), event_id=draw(KEYISH.filter(bool)), call_sid=draw(KEYISH.filter(bool)),
+        # No source intake names begins with a digit (core.members: a member's first byte tells its form).
+        source=draw(KEYISH.filter(lambda source: source[:1] not in tuple("0123456789"))),
+        event_id=draw(KEYISH.filter(bool)), call_sid=draw(KEYISH.filter(bool)),
         type=draw(st.one_of(TEXT, st.sampled_from(["call.hangup", "status.completed", "call.usage"]))),
         occurred_at=occurred_at, occurred_us=us,
         status=draw(optional(st.sampled_from(STATUSES))),
@@ -258,7 +261,9 @@ def reference_round_trips(raw: bytes, key: str, call_sid: str, us: int) -> bool:
 def test_hostile_bytes_compact_to_the_reference_bytes(case: tuple[bytes, str, str, int]) -> None:
     raw, key, call_sid, us = case
     stored = assert_as_the_reference_compacts(raw, key, call_sid, us)
-    if reference_round_trips(raw, key, call_sid, us):
+    # A member names its key in either form (core.members): a key whose source begins with a
+    # source's code (no source intake names does) would read as a short member.
+    if reference_round_trips(raw, key, call_sid, us) and key_of(key, call_sid) == key:
         assert restore(stored, key.encode(), call_sid, us) == raw
 
 

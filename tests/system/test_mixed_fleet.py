@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from call_ledger.store import Store
+from tests.support.cli import run_cli
 from tests.support.paths import ROOT
+from tests.support.polling import until
 from tests.support.previous_release import PREVIOUS_RELEASE, extract_previous_release
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.service import Service, environment, ledger_env, start
@@ -64,14 +66,30 @@ async def test_the_previous_release_and_this_one_side_by_side_apply_every_event_
         await drained(store, 60, old, new)
         # Side by side, each applied a share, and the other's calls were read and folded into.
         assert applied_by(old) > 50 and applied_by(new) > 50, (applied_by(old), applied_by(new))
-        # The upgrade completes: the previous release stops, this one takes the rest, with
-        # redeliveries of events the previous one applied.
+        # The store cannot move to layout 3 (short members) while the previous release is connected:
+        # it would take an event applied under its short member for a new one.
+        refused = run_cli("layout", "--upgrade", **{**ledger_env(), "LEDGER_REDIS_URL": redis_server.url})
+        assert refused.returncode == 1 and "unnamed, last command" in refused.stderr, refused.stderr
+        # The upgrade completes: the previous release stops, the store moves, this release learns it
+        # and takes the rest, with redeliveries of events the previous one applied (long members).
         assert old.terminate() == 0
+        moved = run_cli("layout", "--upgrade", **{**ledger_env(), "LEDGER_REDIS_URL": redis_server.url})
+        assert moved.returncode == 0 and "layout 2 -> 3" in moved.stdout, moved.stderr
+        await until(lambda: any(line.get("event") == "layout_changed" for line in new.lines()), 30,
+                    "the worker to learn the move")
         await fill(store, rest)
         await drained(store, 60, new)
         applied = await assert_records_exact(store, events, settings)
         assert applied == len({event.key for event in events}) == applied_by(old) + applied_by(new)
         assert await store.redis.xlen(store.dead) == 0
+        members = [m for sid in {e.call_sid for e in events}
+                   for m in await store.redis.zrange(store.order_key(sid), 0, -1)]
+        assert any(m.startswith(b"platform:") for m in members) and any(m.startswith(b"0.") for m in members)
+        # The previous release refuses the moved store at start.
+        again = worker(previous, "previous-again", redis_server, tmp_path)
+        services.append(again)
+        assert again.wait_exit_or_start(timeout=30) not in (None, 0), again.tail()
+        assert "layout '3'" in again.output(), again.tail()
     finally:
         for service in services:  # each on its own: one that hangs on SIGTERM is killed, the next still stopped
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -8,10 +8,13 @@
 -- announces, SPEC §15, docs/outbound.md).
 -- ARGV, per call in KEYS order: the version read and the commit token read ('' for none), the
 -- version after and its token, whether the state after is terminal ('1'/'0') and the time (ms), the core
--- state JSON, an id for a new call, the number of events n, then n (journal key, occurred_us, journal entry)
--- triples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
+-- state JSON, an id for a new call, the number of events n, then n (member, occurred_us, journal entry, other
+-- form) quadruples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
 -- keys the events won, and the record `j` last. Only those are written: a commit writes what changed.
 --
+-- An event's member is its journal key in the form the store's layout writes (call_ledger.core.members), its
+-- other form the one it may have been applied as by a worker writing the other layout ('' if it has one form
+-- only): an event is applied if either is in the order index, and is written as its member.
 -- An empty entry (LEDGER_JOURNAL=off) keeps no copy of the event: the order index alone
 -- records it, and is what recognises an event already applied in both modes.
 -- The token (`t`, unique per commit) makes the compare-and-set see another history that reached
@@ -57,13 +60,16 @@ local NONE = {}
 local DIGITS = {['0'] = 0, ['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4, ['5'] = 5, ['6'] = 6, ['7'] = 7,
                 ['8'] = 8, ['9'] = 9}
 
--- Whether any of the n journal keys at ARGV[events], every third, is in the order index.
+-- Whether any of the n events at ARGV[events], every fourth, is in the order index in either form.
 local function applied(order, events, n)
-  local last = events + 3 * (n - 1)
-  for s = events, last, 3 * CHUNK do
+  local last = events + 4 * (n - 1)
+  for s = events, last, 4 * CHUNK do
     local keys = {}
-    for i = s, math.min(s + 3 * (CHUNK - 1), last), 3 do
+    for i = s, math.min(s + 4 * (CHUNK - 1), last), 4 do
       keys[#keys + 1] = ARGV[i]
+      if ARGV[i + 3] ~= '' then
+        keys[#keys + 1] = ARGV[i + 3]
+      end
     end
     local scores = redis.call('ZMSCORE', order, unpack(keys))
     for j = 1, #scores do
@@ -77,10 +83,10 @@ end
 
 -- The n events at ARGV[events]: their journal entries (the non-empty ones) and order members.
 local function record(journal, order, events, n)
-  local last = events + 3 * (n - 1)
-  for s = events, last, 3 * CHUNK do
+  local last = events + 4 * (n - 1)
+  for s = events, last, 4 * CHUNK do
     local entries, members = {}, {}
-    for i = s, math.min(s + 3 * (CHUNK - 1), last), 3 do
+    for i = s, math.min(s + 4 * (CHUNK - 1), last), 4 do
       if ARGV[i + 2] ~= '' then
         entries[#entries + 1] = ARGV[i]
         entries[#entries + 1] = ARGV[i + 2]
@@ -154,8 +160,8 @@ for k = 1, #KEYS, 4 do
   local core, id = ARGV[a + 6], ARGV[a + 7]
   local n = DIGITS[ARGV[a + 8]] or tonumber(ARGV[a + 8])
   local events = a + 9
-  local m = DIGITS[ARGV[events + 3 * n]] or tonumber(ARGV[events + 3 * n])
-  local fields = events + 3 * n + 1
+  local m = DIGITS[ARGV[events + 4 * n]] or tonumber(ARGV[events + 4 * n])
+  local fields = events + 4 * n + 1
   a = fields + 2 * m
   local found
   if terminal and n > 0 then  -- what finality needs: the record and the finality fields
@@ -166,9 +172,9 @@ for k = 1, #KEYS, 4 do
   local ok = (found[1] or '0') == expected and (found[2] or '') == token
   if found[4] then  -- archived, or being archived: nothing is written to it again (SPEC §16)
     ok = false
-  elseif ok and n == 1 then
+  elseif ok and n == 1 and ARGV[events + 3] == '' then
     ok = not redis.call('ZSCORE', order, ARGV[events])
-  elseif ok and n > 1 then
+  elseif ok and n > 0 then  -- several events, or one with two forms: one ZMSCORE
     ok = not applied(order, events, n)
   end
   if ok and n > 0 then

@@ -1,0 +1,69 @@
+"""How an applied event's key is written in its call's order index and journal: long or short.
+
+An event's identity is its key `<source>:<event_id>` (SPEC §8, `CallEvent.key`), and the order
+index and the journal (call_ledger.store.records) hold one member per applied event. Written as
+the key, a member repeats what its call already says: the call id (Twilio's, Plivo's and
+Vonage's event ids begin with it, so does every platform id the examples and benchmarks send)
+and the source's name. On a 10-event call that is ~930 of the ~5,000 bytes the call takes in
+Redis (docs/performance.md, Memory), and it makes a Vonage call's order index a hashtable
+(its members are over `zset-max-listpack-value`).
+
+The short form (layout 3) keeps only what the call does not say:
+
+    <source code><'.' then the event id after the call id | ':' then the whole event id>
+
+so `twilio:CA1...:12` of call `CA1...` is `1.:12`, and a Telnyx event (a UUID of its own) is
+`2:<uuid>`. A source without a code keeps the long form. The sources are the names intake gives
+(call_ledger.worker.sources), none of which begins with a digit: so every member reads back to one
+key whichever form it was written in (`key_of`).
+
+Both forms are always recognised: a worker asks for both before it calls an event new. That is
+what lets a store move to the short form while its workers run (`call-ledger layout --upgrade`):
+the move is refused until every live worker recognises both, and from then on an event applied
+in either form is a duplicate in the other.
+"""
+
+# One digit a source, in the order they were added; a new source takes the next digit.
+_CODES = {"platform": "0", "twilio": "1", "telnyx": "2", "vonage": "3", "plivo": "4"}
+_SOURCES = {code: source for source, code in _CODES.items()}
+_WITH_CALL = "."  # the event id is the call id and what follows
+_WHOLE = ":"  # the event id follows whole
+
+
+def short_member(key: str, call_sid: str) -> str:
+    """The short form of the key `<source>:<event_id>` in the call `call_sid` (the key itself
+    for a source without a code)."""
+    source, _, event_id = key.partition(":")
+    code = _CODES.get(source)
+    if code is None:
+        return key
+    if event_id.startswith(call_sid):
+        return code + _WITH_CALL + event_id[len(call_sid):]
+    return code + _WHOLE + event_id
+
+
+def key_of(member: str, call_sid: str) -> str:
+    """The key `<source>:<event_id>` a member of the call `call_sid` stands for, in either form."""
+    if not is_short(member):  # long: no source's name begins with a code
+        return member
+    source = _SOURCES[member[0]]
+    if member[1] == _WITH_CALL:
+        return f"{source}:{call_sid}{member[2:]}"
+    return f"{source}:{member[2:]}"
+
+
+def is_short(member: str) -> bool:
+    """Whether a member is in the short form (its first byte a source's code, then the mark)."""
+    mark = member[1:2]
+    return member[:1] in _SOURCES and (mark == _WITH_CALL or mark == _WHOLE)
+
+
+def other_form(key: str, call_sid: str) -> str | None:
+    """The member the key may have been written as besides itself (None when both are one)."""
+    short = short_member(key, call_sid)
+    return None if short == key else short
+
+
+def member(key: str, call_sid: str, short: bool) -> str:
+    """The member a commit writes for the key: short in layout 3, else the key."""
+    return short_member(key, call_sid) if short else key
