@@ -157,7 +157,8 @@ def new_call(i: int, record_id: int, now_us: int, settings: Settings) -> NewCall
                         [(e.key, e.occurred_us, stored_form(e)) for e in events], state.changed_fields(),
                         record=stored_record(record, len(events)), new_token=f"bench-{record_id}")
     entry = index_entry(sid, record_id, state, settings.policy, record)
-    return NewCall(_commit_args(write, 0), IndexWrite(shard_of(sid), entry, len(events), entry.encode()))
+    # Short members: the store is new, so check_layout marked it layout 3 (call_ledger.core.members).
+    return NewCall(_commit_args(write, 0, short=True), IndexWrite(shard_of(sid), entry, len(events), entry.encode()))
 
 
 def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tuple[list[str], list[Any]]:

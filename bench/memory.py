@@ -3,7 +3,8 @@
     python bench/memory.py            # 2,000 calls of 10 events each
     python bench/memory.py --calls 500
 
-Applies realistic calls (statuses, metadata with call_meta, usage costs, 10% redeliveries)
+Layout 3 (short order-index and journal members, what a fresh store starts in), and layout 2 beside
+it. Applies realistic calls (statuses, metadata with call_meta, usage costs, 10% redeliveries)
 through the product's own worker on a fresh redis-server (default encodings), then sums
 `MEMORY USAGE` of every key of each call and of every index key, and divides by the calls.
 The stream is not counted: it is retention, not the call's cost. Measured on Redis's
@@ -17,6 +18,7 @@ import asyncio
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import DEVNULL, RedisServer, call_events, fill_stream  # noqa: E402
 
 
-async def per_call(url: str, calls: int, journal: str) -> dict[str, float]:
+async def per_call(url: str, calls: int, journal: str, layout: str = "3") -> dict[str, float]:
     from call_ledger.settings import Settings
     from call_ledger.store import Store, open_redis
     from call_ledger.web.logs import configure_logging
     from call_ledger.web.metrics import Metrics
     from call_ledger.worker.consumer import Consumer
+    from call_ledger.worker.delivery import EndpointCache, FanOut
 
     random.seed(7)
     events = call_events(calls, 10)
@@ -44,9 +47,25 @@ async def per_call(url: str, calls: int, journal: str) -> dict[str, float]:
                             journal=journal)  # type: ignore[arg-type]
         client: Any = open_redis(settings)
         store = Store(client, "bench")
+        if layout != "3":  # a store written by a version before layout 3 (a fresh one starts in it)
+            await client.set(store.keys.layout, layout)
+        await store.check_layout()
         await Consumer(store, settings, Metrics()).run_burst()
     finally:
         sys.stdout = sys.__stdout__
+    out = await call_bytes(client, store, calls)
+    # Settled: the fan-out has handed each call's `call.ended` to the endpoints' queues (there are none
+    # here) and emptied its outbox, as a running service does within moments of the commit.
+    fan_out = FanOut(store.outbox, store.deliveries, EndpointCache(store.endpoints), settings.policy)
+    while await fan_out.run_once(int(time.time() * 1000)):
+        pass
+    out["settled"] = (await call_bytes(client, store, calls))["total"]
+    await client.aclose()
+    return out
+
+
+async def call_bytes(client: Any, store: Any, calls: int) -> dict[str, float]:
+    """MEMORY USAGE of each call's keys and of the indexes, per call."""
     totals = {"record": 0, "journal": 0, "order": 0, "outbox": 0}  # call_keys' order; the outbox: SPEC §15
     for c in range(calls):
         pipe = client.pipeline(transaction=False)
@@ -57,7 +76,6 @@ async def per_call(url: str, calls: int, journal: str) -> dict[str, float]:
     index = 0
     async for key in client.scan_iter(match="bench:ix:*", count=1000):
         index += int(await client.memory_usage(key, samples=0) or 0)
-    await client.aclose()
     out = {name: total / calls for name, total in totals.items()}
     out["indexes"] = index / calls
     out["total"] = sum(out.values())
@@ -68,8 +86,15 @@ LISTPACK = ("hash-max-listpack-value", "1024")
 
 
 def measure(calls: int) -> dict[str, dict[str, float]]:
-    """{"on" | "off" | "on, listpack" | "off, listpack": bytes per call by key}."""
+    """{"on" | "off" | "on, listpack" | "off, listpack" | "on, layout 2" | "off, layout 2": bytes per call by
+    key}; layout 3 (short members: call_ledger.core.members) unless named."""
     results = {}
+    for journal in ("on", "off"):
+        redis = RedisServer()
+        try:
+            results[f"{journal}, layout 2"] = asyncio.run(per_call(redis.url, calls, journal, layout="2"))
+        finally:
+            redis.stop()
     for config in ((), LISTPACK):
         for journal in ("on", "off"):
             redis = RedisServer()
@@ -91,7 +116,7 @@ def main() -> None:
     for journal, row in measure(args.calls).items():
         print(f"journal {journal}: {row['total']:,.0f} B per call = record {row['record']:,.0f} + journal "
               f"{row['journal']:,.0f} + order {row['order']:,.0f} + outbox {row['outbox']:,.0f} "
-              f"+ indexes {row['indexes']:,.0f}")
+              f"+ indexes {row['indexes']:,.0f}; {row['settled']:,.0f} B once the outbox is fanned out")
 
 
 if __name__ == "__main__":

@@ -190,7 +190,9 @@ async def product_apply(url: str, events: list[bytes], batch: int, fill: bool = 
         tune_gc()  # as every `call-ledger` service role does at start
         settings = Settings(redis_url=url, key_prefix="bench", batch_size=batch, consumer_name="bench")
         client = open_redis(settings)  # the product's client (commands packed in C)
-        consumer = Consumer(Store(client, "bench"), settings, Metrics())
+        store = Store(client, "bench")
+        await store.check_layout()  # as every role does at start: a fresh store is layout 3
+        consumer = Consumer(store, settings, Metrics())
         started = time.perf_counter()
         applied = await consumer.run_burst()
         elapsed = time.perf_counter() - started
@@ -388,9 +390,10 @@ def apply_rows(redis: RedisServer, args: argparse.Namespace) -> list[Row]:
         print(f"  (no floor found in {FLOOR_DIR})")
     for journal, m in measure_memory(min(calls, 2000)).items():
         line = (f"{m['total']:,.0f} B = record {m['record']:,.0f} + journal {m['journal']:,.0f} + "
-                f"order {m['order']:,.0f} + outbox {m['outbox']:,.0f} + indexes {m['indexes']:,.0f}")
+                f"order {m['order']:,.0f} + outbox {m['outbox']:,.0f} + indexes {m['indexes']:,.0f}; "
+                f"{m['settled']:,.0f} B once the outbox is fanned out")
         print(f"memory per completed {args.per_call}-event call, journal {journal}: {line}")
-        setting = journal.replace(", listpack", ", hash-max-listpack-value 1024")
+        setting = journal.replace(", listpack", ", hash-max-listpack-value 1024").replace(", layout 2", " (layout 2)")
         rows.append((f"Redis memory per completed call, LEDGER_JOURNAL={setting}", line, "", "",
                      "< 2 KiB" if journal.startswith("on") else "< 1 KiB"))
     return rows

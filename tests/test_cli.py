@@ -138,3 +138,46 @@ def test_an_invalid_setting_exits_2_with_one_line_naming_it(redis_server: RedisS
     result = run_cli("dlq", "list", LEDGER_REDIS_URL=redis_server.url, LEDGER_MAX_DELIVERIES=value)
     line = one_line_error(result)
     assert "LEDGER_MAX_DELIVERIES" in line
+
+
+async def test_layout_shows_the_mark_and_upgrade_moves_a_layout_2_store(store: Store,
+                                                                       redis_server: RedisServer) -> None:
+    await store.redis.set(store.keys.layout, "2")  # a store an earlier version started
+    shown = run_cli("layout", LEDGER_REDIS_URL=redis_server.url)
+    assert (shown.returncode, shown.stdout) == (0, "layout 2\n"), shown.stderr
+    moved = run_cli("layout", "--upgrade", LEDGER_REDIS_URL=redis_server.url)
+    assert (moved.returncode, moved.stdout) == (0, "layout 2 -> 3\n"), moved.stderr
+    assert await store.redis.get(store.keys.layout) == b"3"
+    again = run_cli("layout", "--upgrade", LEDGER_REDIS_URL=redis_server.url)
+    assert (again.returncode, again.stdout) == (0, "layout 3 already\n"), again.stderr
+
+
+async def test_layout_upgrade_is_refused_while_an_unnamed_worker_is_connected(store: Store,
+                                                                               redis_server: RedisServer) -> None:
+    await store.redis.set(store.keys.layout, "2")
+    await store.ensure_group()
+    old = redis_server.client()  # not named: what an earlier version's connection looks like
+    old.xreadgroup("ledger", "old-worker", {store.stream: ">"}, count=1)
+    try:
+        refused = run_cli("layout", "--upgrade", LEDGER_REDIS_URL=redis_server.url)
+        assert refused.returncode == 1
+        assert "unnamed, last command xreadgroup" in refused.stderr and "layout stays 2" in refused.stderr
+        assert await store.redis.get(store.keys.layout) == b"2"
+        forced = run_cli("layout", "--upgrade", "--force", LEDGER_REDIS_URL=redis_server.url)
+        assert (forced.returncode, forced.stdout) == (0, "layout 2 -> 3\n"), forced.stderr
+    finally:
+        old.close()
+
+
+async def test_layout_of_a_store_this_version_does_not_read_is_one_line_exit_2(store: Store,
+                                                                               redis_server: RedisServer) -> None:
+    await store.redis.set(store.keys.layout, "4")
+    result = run_cli("layout", "--upgrade", LEDGER_REDIS_URL=redis_server.url)
+    assert result.returncode == 2 and "key layout '4'" in result.stderr and "Traceback" not in result.stderr
+    assert await store.redis.get(store.keys.layout) == b"4"
+
+
+def test_layout_without_a_redis_url_exits_2_with_one_line() -> None:
+    result = run_cli("layout")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "call-ledger: layout needs LEDGER_REDIS_URL (the embedded store lives inside `serve`)")

@@ -62,8 +62,3 @@ def other_form(key: str, call_sid: str) -> str | None:
     """The member the key may have been written as besides itself (None when both are one)."""
     short = short_member(key, call_sid)
     return None if short == key else short
-
-
-def member(key: str, call_sid: str, short: bool) -> str:
-    """The member a commit writes for the key: short in layout 3, else the key."""
-    return short_member(key, call_sid) if short else key

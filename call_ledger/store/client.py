@@ -8,6 +8,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from call_ledger.settings import Settings, redis_options
 from call_ledger.store.keys import LAYOUTS
@@ -29,7 +30,7 @@ def open_redis(settings: Settings) -> Any:
     # retry that on a fresh connection rather than answer 503 for nothing.
     common: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 2.0,
                               "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                              "retry_on_error": [RedisConnectionError], "client_name": CLIENT_NAME}
+                              "retry_on_error": [RedisConnectionError], "redis_connect_func": _named}
     if settings.redis_url is None:
         import fakeredis  # the embedded store is only imported when it is used
 
@@ -38,9 +39,14 @@ def open_redis(settings: Settings) -> Any:
         # Every listed node is a way in: the client needs one that answers to learn the rest. The
         # credentials and TLS options (ssl_ca_certs, ...) apply to every node it finds.
         options = redis_options(settings.redis_url)
-        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in options.nodes],
-                            username=options.username, password=options.password, ssl=options.tls,
-                            **options.tls_options, **common)
+        common.pop("redis_connect_func")  # the cluster client takes none: set on its nodes' connections below
+        cluster = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in options.nodes],
+                               username=options.username, password=options.password, ssl=options.tls,
+                               **options.tls_options, **common)
+        # The nodes it finds are made from `connection_kwargs`; the ones given were made already.
+        for kwargs in (cluster.connection_kwargs, *(node.connection_kwargs for node in cluster.startup_nodes)):
+            kwargs["redis_connect_func"] = _named
+        return cluster
     # Commands packed in C (call_ledger/store/wire.py). The cluster client keeps redis-py's packer:
     # it takes no connection class, and there every script carries one call's arguments only.
     # from_url reads the credentials and the TLS query parameters (the same ones: Settings refuses others).
@@ -49,6 +55,18 @@ def open_redis(settings: Settings) -> Any:
     connection_class = FastSSLConnection if settings.redis_url.startswith("rediss:") else FastConnection
     return aioredis.Redis.from_url(settings.redis_url, health_check_interval=10, connection_class=connection_class,
                                    **common)
+
+
+async def _named(connection: Any) -> None:
+    """A new connection's set-up (redis-py's: credentials, database), then its name. Best effort: an ACL
+    user that may not run CLIENT SETNAME keeps the connection unnamed (`call-ledger layout` then counts
+    its connections as an earlier version's, and --force is the way to move the store)."""
+    await connection.on_connect()
+    try:
+        await connection.send_command("CLIENT", "SETNAME", CLIENT_NAME)
+        await connection.read_response()
+    except ResponseError:
+        pass
 
 
 def is_cluster(redis: Any) -> bool:

@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError
 
 from call_ledger.core.errors import InvalidQuery, LayoutMismatch
 from call_ledger.core.journal import compact, restore
-from call_ledger.core.members import key_of, member, other_form
+from call_ledger.core.members import key_of, other_form, short_member
 from call_ledger.core.record_ids import IdBlock
 from call_ledger.core.rules import CallState
 from call_ledger.core.served import RECORD_FIELD
@@ -114,9 +114,9 @@ def _commit_args(w: CommitWrite, now_ms: int, short: bool = False) -> list[Any]:
         # A score is a double: exact for any instant before the year 2255. The journal keeps
         # what the key, the score and the call do not say already (call_ledger.core.journal).
         # The member it is written as, and the other form it may have been applied as before.
-        written, other = member(key, sid, short), other_form(key, sid)
-        args += [written, occurred_us, compact(event_json, key, sid, occurred_us) if event_json else b"",
-                 (key if written != key else other) or ""]
+        brief = short_member(key, sid)
+        written, other = (key, "") if brief == key else (brief, key) if short else (key, brief)
+        args += [written, occurred_us, compact(event_json, key, sid, occurred_us) if event_json else b"", other]
     fields = [*w.fields, (RECORD_FIELD.decode(), w.record)] if w.record else w.fields
     args.append(len(fields))
     for name, value in fields:
@@ -160,7 +160,9 @@ class Records:
         """Refuse to run on data written in another key layout; mark a fresh store with ours.
 
         Nothing converts old data: an older layout (event ids not namespaced by source, the
-        whole state in one field) is refused with what to do, never half-read.
+        whole state in one field) is refused with what to do, never half-read. A fresh store
+        starts in layout 3: a process of a version that reads layout 2 only marks the store it
+        starts on (so a store without a mark has none running on it), and refuses layout 3.
         """
         found = await self.redis.get(self.keys.layout)
         if found is None:
@@ -171,11 +173,13 @@ class Records:
                 raise LayoutMismatch(
                     f"Redis holds call-ledger data in an older key layout under prefix {self.keys.prefix!r}: "
                     "delete those keys (see README, Redis layout) or set another LEDGER_KEY_PREFIX")
-            await self.redis.set(self.keys.layout, LAYOUT, nx=True)
-            self.short_members = False
+            await self.redis.set(self.keys.layout, SHORT_LAYOUT, nx=True)
             # A new store: every index entry it will hold has the month rollups (see
             # call_ledger.store.indexes.IndexStore.months_complete; an older store gets it from `reindex`).
             await self.redis.set(self.keys.index_months, "1", nx=True)
+            found = await self.redis.get(self.keys.layout)  # ours, or another process's mark set first
+        if found is None:  # emptied meanwhile (FLUSHDB): the long form, which every version reads
+            self.short_members = False
         elif text(found) not in LAYOUTS:
             raise LayoutMismatch(f"Redis holds call-ledger data in key layout {text(found)!r}; "
                                  f"this version reads layouts {' and '.join(LAYOUTS)}")
@@ -245,7 +249,8 @@ class Records:
         keys, args = [self.keys.ids, self.keys.ids_fence, self.keys.ids_key], [count, ID_JUMP, secrets.token_hex(32)]
 
         def build(pipe: Any) -> None:  # may run twice (NOSCRIPT): the id script had not run then
-            pipe.set(self.keys.layout, LAYOUT, nx=True)  # whoever writes records marks their layout
+            # Whoever writes records marks their layout: the one its commits write.
+            pipe.set(self.keys.layout, SHORT_LAYOUT if self.short_members else LAYOUT, nx=True)
             IDS.queue(pipe, keys, args)
 
         last, key = (await run_pipeline(self.redis, build, (IDS,)))[1]

@@ -17,7 +17,7 @@ from call_ledger.api.views import encode_cursor
 from call_ledger.core.events import COMPONENTS, STATUSES, CallEvent, Cost, PriceRef
 from call_ledger.core.instants import text_at
 from call_ledger.core.journal import compact, restore
-from call_ledger.core.members import key_of
+from call_ledger.core.members import key_of, short_member
 from call_ledger.store import CommitWrite
 from call_ledger.store.client import text
 from call_ledger.web.metrics import Metrics
@@ -492,7 +492,9 @@ async def test_pages_end_where_the_events_json_reaches_the_byte_budget_as_before
     bodies = await events_bodies(service, call.call_sid, limit)
     written = await intake_json(service)
     listed = [e for body in bodies for e in json.loads(body)["events"]]
-    in_order = [(f"{e['source']}:{e['event_id']}", as_written(written, e)) for e in listed]
+    # Cursors name each event's member: short, as a fresh store (layout 3) writes them (core.members).
+    in_order = [(short_member(f"{e['source']}:{e['event_id']}", call.call_sid), as_written(written, e))
+                for e in listed]
     assert len(in_order) == len(written)
     assert bodies == [page_body(call.call_sid, page, encode_cursor(cursor) if cursor else None)
                       for page, cursor in old_pages(in_order, limit, budget)]

@@ -31,6 +31,7 @@ def test_which_connections_keep_the_store_from_moving() -> None:
 async def test_the_move_waits_for_every_worker_to_read_layout_3(real_store: Store,
                                                                 redis_server: RedisServer) -> None:
     store = real_store
+    await store.redis.set(store.keys.layout, "2")  # a store the previous release wrote
     await store.check_layout()
     assert await store.records.layout() == "2" and not store.records.short_members
     assert CLIENT_NAME in {client["name"] for client in await store.redis.client_list()}  # its own connections
@@ -54,7 +55,13 @@ async def test_the_move_waits_for_every_worker_to_read_layout_3(real_store: Stor
     assert fresh.records.short_members
 
 
+async def test_a_fresh_store_starts_in_layout_3(real_store: Store) -> None:
+    await real_store.check_layout()
+    assert await real_store.records.layout() == "3" and real_store.records.short_members
+
+
 async def test_the_move_goes_ahead_with_only_this_version_connected(real_store: Store) -> None:
+    await real_store.redis.set(real_store.keys.layout, "2")
     await real_store.check_layout()
     move = await move_to_short_members(real_store.redis, real_store.keys)
     assert (move.before, move.after, move.blockers) == ("2", "3", ())

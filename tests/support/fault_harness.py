@@ -23,6 +23,7 @@ import orjson
 from call_ledger.core.events import CallEvent, Cost
 from call_ledger.core.indexes import index_entry, shard_of
 from call_ledger.core.instants import format_us
+from call_ledger.core.members import key_of
 from call_ledger.core.rules import CallState, apply_event, fix_estimate, render_record
 from call_ledger.core.served import stored_record
 from call_ledger.settings import Settings
@@ -221,7 +222,7 @@ async def check(settings: Settings, events: list[CallEvent], store: Store) -> No
     entries = []
     for sid in sids:
         order = await store.redis.zrange(store.order_key(sid), 0, -1)
-        applied = {k.decode() if isinstance(k, bytes) else k for k in order}
+        applied = {key_of(k.decode() if isinstance(k, bytes) else k, sid) for k in order}  # either form
         sent = {k for (s, k) in by_key if s == sid}
         assert applied <= sent, (sid, applied - sent)
         for key in sent:

@@ -6,6 +6,8 @@ import pytest
 
 from call_ledger.app import create_app
 from call_ledger.store import Store
+from call_ledger.store.client import CLIENT_NAME
+from call_ledger.store.layout import blockers, connected_clients
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.support.settings import AUTH, make_settings
@@ -47,6 +49,13 @@ async def test_calls_spread_over_slots_are_applied_and_read_back_on_a_cluster(
     nodes = {store.redis.get_node_from_key(store.call_key(sid)).port for sid in sids}
     assert len(nodes) == 3  # the records really are spread over the cluster
     assert (await client.get("/readyz")).status == 200
+    # A fresh store is layout 3 (short members), and every connection on every primary is named
+    # with the layouts it reads: nothing keeps `call-ledger layout --upgrade` from going ahead.
+    assert await store.records.layout() == "3"
+    assert await store.redis.zrange(store.order_key(sids[1]), 0, -1) == [b"0.-0", b"0.-1", b"0.-2"]
+    clients = await connected_clients(store.redis)
+    assert {client["name"] for client in clients} >= {CLIENT_NAME} and len(clients) >= 3
+    assert blockers(clients) == []
     await store.close()
 
 

@@ -339,7 +339,7 @@ async def test_worker_killed_between_commit_and_ack_is_redelivered_as_duplicates
     for entry_id in unacked:  # every one of them committed by the script
         [(_, fields)] = await store.redis.xrange(store.stream, min=entry_id, max=entry_id)
         event = CallEvent.model_validate_json(fields[b"e"])
-        assert await store.redis.hexists(store.journal_key(event.call_sid), event.key), entry_id
+        assert await store.are_applied([(event.call_sid, event.key)]) == [True], entry_id
     crasher_outcomes = crasher.outcomes()
     # The acknowledged batch's lines are written before its XACK; the next batch's never were.
     assert all(crasher_outcomes[e] in (["applied"], ["duplicate"]) for e in unacked)
@@ -547,11 +547,9 @@ async def test_sigterm_under_load_exits_zero_acknowledged_applied_rest_finished_
     acked = [(eid, f) for eid, f in delivered if _text(eid) not in held]
     assert int(group["lag"]) > 0, "the worker finished the stream before SIGTERM: make it longer"
     assert int(group["lag"]) == len(entries) - len(delivered)
-    pipe = store.redis.pipeline(transaction=False)
-    for _, fields in acked:
-        event = CallEvent.model_validate_json(fields[b"e"])
-        pipe.hexists(store.journal_key(event.call_sid), event.key)
-    assert all(await pipe.execute()), "an acknowledged event is not applied"
+    acked_events = [CallEvent.model_validate_json(fields[b"e"]) for _, fields in acked]
+    assert all(await store.are_applied([(event.call_sid, event.key) for event in acked_events])), \
+        "an acknowledged event is not applied"
     applied_by_first = sum(o.count("applied") for o in first.outcomes().values())
     stored = sum([int(await store.redis.hget(store.call_key(sid), "v") or 0) for sid in by_call(events)])
     assert stored == applied_by_first  # applied: exactly what it logged as applied

@@ -54,6 +54,9 @@ async def test_the_previous_release_and_this_one_side_by_side_apply_every_event_
     store = Store.from_settings(settings)
     services: list[Service] = []
     try:
+        # The store the previous release has been running on: layout 2 (a fresh one would be 3, which the
+        # previous release refuses at start).
+        await store.redis.set(store.keys.layout, "2")
         old = worker(previous, "previous", redis_server, tmp_path)
         services.append(old)
         new = worker(ROOT, "current", redis_server, tmp_path)

@@ -8,6 +8,7 @@ import random
 import pytest
 import redis.asyncio as aioredis
 
+from call_ledger.core.members import key_of
 from call_ledger.store import Store
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
@@ -50,7 +51,7 @@ async def _race(url: str, seed: int, journal: str, cache: int) -> None:
     await asyncio.gather(*tasks)
 
     async def order_keys(sid: str) -> set[str]:  # every applied event, journal on or off
-        return {k.decode() for k in await feeder.redis.zrange(feeder.order_key(sid), 0, -1)}
+        return {key_of(k.decode(), sid) for k in await feeder.redis.zrange(feeder.order_key(sid), 0, -1)}
 
     feeder.applied_keys = order_keys  # type: ignore[method-assign]
     await assert_records_exact(feeder, events, settings)
