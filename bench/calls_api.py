@@ -154,7 +154,7 @@ def new_call(i: int, record_id: int, now_us: int, settings: Settings) -> NewCall
     sid = events[0].call_sid
     record = render_record(sid, record_id, state, settings.policy)
     write = CommitWrite(sid, 0, len(events), state.core_json(), record_id,
-                        [(e.key, e.occurred_us, stored_form(e)) for e in events], state.changed_fields(),
+                        [(e.key, e.occurred_us, stored_form(e)) for e in events], state.changed_fields(short_for=sid),
                         record=stored_record(record, len(events)), new_token=f"bench-{record_id}")
     entry = index_entry(sid, record_id, state, settings.policy, record)
     # Short members: the store is new, so check_layout marked it layout 3 (call_ledger.core.members).

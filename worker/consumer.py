@@ -522,7 +522,7 @@ class Consumer:
             core=plan.state.core_json(),
             record_id=record_id,
             events=plan.new_events,
-            fields=plan.state.changed_fields(),
+            fields=plan.state.changed_fields(sid if self.store.records.short_members else None),
             record=stored_record(plan.record, new_version),
             token=loaded.token,
             new_token=self._new_token(),

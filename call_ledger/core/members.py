@@ -1,12 +1,12 @@
-"""How an applied event's key is written in its call's order index and journal: long or short.
+"""How an applied event's key is written in its call's order index, journal and registers: long or short.
 
 An event's identity is its key `<source>:<event_id>` (SPEC §8, `CallEvent.key`), and the order
 index and the journal (call_ledger.store.records) hold one member per applied event. Written as
 the key, a member repeats what its call already says: the call id (Twilio's, Plivo's and
 Vonage's event ids begin with it, so does every platform id the examples and benchmarks send)
-and the source's name. On a 10-event call that is ~930 of the ~5,000 bytes the call takes in
-Redis (docs/performance.md, Memory), and it makes a Vonage call's order index a hashtable
-(its members are over `zset-max-listpack-value`).
+and the source's name. On a completed 10-event call that is ~1,300 of the ~6,200 bytes it took in
+Redis with the registers' below (bench/memory.py), and it made a Vonage call's order index a
+hashtable (its members are over `zset-max-listpack-value`).
 
 The short form (layout 3) keeps only what the call does not say:
 
@@ -17,11 +17,16 @@ so `twilio:CA1...:12` of call `CA1...` is `1.:12`, and a Telnyx event (a UUID of
 (call_ledger.worker.sources), none of which begins with a digit: so every member reads back to one
 key whichever form it was written in (`key_of`).
 
+Registers and call_meta fields name the event that set them (their last-writer-wins order) the same
+way in layout 3: `[occurred_us, ".:12", "1", value]` (`short_provenance`, read back by `full_provenance`).
+
 Both forms are always recognised: a worker asks for both before it calls an event new. That is
 what lets a store move to the short form while its workers run (`call-ledger layout --upgrade`):
 the move is refused until every live worker recognises both, and from then on an event applied
 in either form is a duplicate in the other.
 """
+
+from typing import Any
 
 # One digit a source, in the order they were added; a new source takes the next digit.
 _CODES = {"platform": "0", "twilio": "1", "telnyx": "2", "vonage": "3", "plivo": "4"}
@@ -62,3 +67,25 @@ def other_form(key: str, call_sid: str) -> str | None:
     """The member the key may have been written as besides itself (None when both are one)."""
     short = short_member(key, call_sid)
     return None if short == key else short
+
+
+def short_provenance(register: list[Any], call_sid: str) -> list[Any]:
+    """A register `[occurred_us, event_id, source, value]` (core.rules) as layout 3 stores it: the event
+    it came from as its short member, split after the source's code: `[us, ".-3", "0", value]` for
+    platform event `<call_sid>-3`. The shape (and the value's place) stays, which the Lua that reads
+    a register's value relies on. A source without a code keeps the register as it is."""
+    us, event_id, source, value = register
+    short = short_member(f"{source}:{event_id}", call_sid)
+    return [us, short[1:], short[0], value] if is_short(short) else register
+
+
+def full_provenance(register: list[Any], call_sid: str | None) -> list[Any]:
+    """The register `[occurred_us, event_id, source, value]` a stored one stands for, in either form."""
+    code = register[2]
+    if not (isinstance(code, str) and len(code) == 1 and code in _SOURCES):  # long: sources are names
+        return register
+    if call_sid is None:
+        raise ValueError("a register in layout 3's form is read with its call's SID")
+    source, _, event_id = key_of(code + register[1], call_sid).partition(":")
+    return [register[0], event_id, source, register[3]]
+

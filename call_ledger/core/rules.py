@@ -15,6 +15,7 @@ import orjson
 
 from call_ledger.core.errors import Refused, Unapplicable
 from call_ledger.core.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
+from call_ledger.core.members import full_provenance, short_provenance
 from call_ledger.core.money import MAX_AMOUNT_NANO, NANO, convert, format_nano
 from call_ledger.core.policy import Policy
 from call_ledger.core.pricing import telephony_charge
@@ -96,25 +97,29 @@ class CallState:
     def core_json(self) -> bytes:
         return orjson.dumps({name: getattr(self, name) for name in self.CORE})
 
-    def changed_fields(self) -> list[tuple[str, bytes]]:
-        """(hash field, JSON) of every register and call_meta key changed since loading."""
+    def changed_fields(self, short_for: str | None = None) -> list[tuple[str, bytes]]:
+        """(hash field, JSON) of every register and call_meta key changed since loading; with `short_for`
+        (the call's SID, in a store of layout 3) each names its event by its short member
+        (core.members.short_provenance)."""
         out = []
         for name in sorted(self.changed):
             register = self.registers[name[2:]] if name.startswith(REGISTER_FIELD) else self.meta[name[2:]]
-            out.append((name, orjson.dumps(register)))
+            out.append((name, orjson.dumps(register if short_for is None else short_provenance(register, short_for))))
         return out
 
     @classmethod
-    def from_fields(cls, core: bytes | str | None, fields: dict[str, bytes] | None = None) -> "CallState":
-        """Rebuild from the core JSON and any `r:`/`m:` fields (those not given are unknown)."""
+    def from_fields(cls, core: bytes | str | None, fields: dict[str, bytes] | None = None,
+                    call_sid: str | None = None) -> "CallState":
+        """Rebuild from the core JSON and any `r:`/`m:` fields (those not given are unknown), each in
+        either form (core.members.full_provenance: a short one needs `call_sid`)."""
         state = cls(**orjson.loads(core)) if core else cls()
         for name, raw in (fields or {}).items():
             if raw is None:
                 continue
             if name.startswith(REGISTER_FIELD):
-                state.registers[name[2:]] = orjson.loads(raw)
+                state.registers[name[2:]] = full_provenance(orjson.loads(raw), call_sid)
             elif name.startswith(META_FIELD):
-                state.meta[name[2:]] = orjson.loads(raw)
+                state.meta[name[2:]] = full_provenance(orjson.loads(raw), call_sid)
         return state
 
     def parts(self) -> tuple[Any, ...]:
@@ -132,12 +137,12 @@ class CallState:
                    registers, meta, estimate=estimate)
 
     @classmethod
-    def from_hash(cls, fields: dict[bytes, bytes]) -> "RecordState | None":
+    def from_hash(cls, fields: dict[bytes, bytes], call_sid: str | None = None) -> "RecordState | None":
         """The record id and whole state from a call hash as HGETALL returns it; None without a record."""
         record_id, core = fields.get(b"id"), fields.get(b"s")
         if record_id is None or core is None:
             return None
-        return RecordState(int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()}))
+        return RecordState(int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()}, call_sid))
 
 
 class RecordState(NamedTuple):

@@ -66,7 +66,7 @@ class StoredCall:
 
     def state(self) -> CallState:
         """The call's whole state (decodes every field: for the routes that need more than the record)."""
-        found = CallState.from_hash(self.fields)
+        found = CallState.from_hash(self.fields, self.call_sid)
         assert found is not None  # the store returns calls with a record only
         return found[1]
 

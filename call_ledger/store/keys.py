@@ -18,7 +18,8 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
     cl:call:{<sid>}            hash: id, v (events applied), s (the core state JSON: status, times,
                                costs, provider, call_meta size, the fixed telephony estimate),
                                r:<register> and m:<call_meta key> -> [occurred_us, event_id, source,
-                               value], j (the record rendered at commit, call_meta left `{}`:
+                               value] (layout 3: the event as its short member, [us, ".-3", "0", value]:
+                               call_ledger.core.members), j (the record rendered at commit, call_meta left `{}`:
                                call_ledger.core.served); the outbound messages' finality (SPEC §15,
                                docs/outbound.md): fe "1" once `call.ended` is announced, fr the
                                finality revision (absent: not finalized, 1 finalized, >= 2 revised),

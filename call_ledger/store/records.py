@@ -297,7 +297,7 @@ class Records:
     @unavailable_on_error
     async def get_call(self, call_sid: str) -> tuple[int, CallState] | None:
         """The call's record id and whole state (one bounded hash), or None."""
-        return CallState.from_hash(await self.redis.hgetall(self.keys.call(call_sid)))
+        return CallState.from_hash(await self.redis.hgetall(self.keys.call(call_sid)), call_sid)
 
     @unavailable_on_error
     async def call_fields(self, call_sid: str) -> dict[bytes, bytes] | None:
@@ -331,7 +331,7 @@ class Records:
         pipe = self.redis.pipeline(transaction=False)
         for sid in call_sids:
             pipe.hgetall(self.keys.call(sid))
-        return [CallState.from_hash(fields) for fields in await pipe.execute()]
+        return [CallState.from_hash(fields, sid) for fields, sid in zip(await pipe.execute(), call_sids, strict=True)]
 
     @unavailable_on_error
     async def events_page(self, call_sid: str, after: str, limit: int) -> tuple[list[bytes], str | None] | None:

@@ -51,7 +51,7 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
         name = text(key, "surrogateescape")
         sid = name[len(prefix) + 1:-1]
         fields = await store.redis.hgetall(key)
-        found = CallState.from_hash(fields)
+        found = CallState.from_hash(fields, sid)
         if found is None:
             continue
         record_id, state = found

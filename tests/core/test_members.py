@@ -1,13 +1,14 @@
 """An applied event's member in its call's order index and journal, long or short (core.members):
 every member reads back to its key, whichever form it was written in."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from call_ledger.core.archive import event_row
 from call_ledger.core.events import CallEvent
 from call_ledger.core.journal import compact, restore
-from call_ledger.core.members import is_short, key_of, other_form, short_member
+from call_ledger.core.members import full_provenance, is_short, key_of, other_form, short_member, short_provenance
 
 SOURCES = ("platform", "twilio", "telnyx", "vonage", "plivo")
 TEXT = st.text(min_size=1, max_size=40)
@@ -50,3 +51,25 @@ def test_a_journal_entry_restores_under_either_member(event_id: str, call_sid: s
     assert restore(stored, written.encode(), call_sid, event.occurred_us) == raw
     row = event_row(call_sid, written.encode(), event.occurred_us, raw, 0)
     assert (row["source"], row["event_id"]) == ("twilio", event.event_id)
+
+
+@given(source=st.one_of(st.sampled_from(SOURCES), st.from_regex(r"[a-z][a-z_-]{0,11}", fullmatch=True)),
+       event_id=TEXT, call_sid=TEXT, prefixed=st.booleans(),
+       value=st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=3)))
+def test_a_registers_provenance_reads_back_in_either_form(source: str, event_id: str, call_sid: str,
+                                                         prefixed: bool, value: object) -> None:
+    register = [1_796_637_600_000_000, call_sid + event_id if prefixed else event_id, source, value]
+    stored = short_provenance(register, call_sid)
+    assert full_provenance(stored, call_sid) == register
+    assert full_provenance(register, call_sid) == register  # the long form is read as it is
+    assert stored[3] == value and len(stored) == 4  # the value where the Lua that reads it looks
+    if source in SOURCES:
+        assert stored[2] == str(SOURCES.index(source))
+
+
+def test_a_short_register_needs_its_call() -> None:
+    sid = "CA0123456789abcdef0123456789abcdef"
+    stored = short_provenance([5, f"{sid}:3", "twilio", "outbound"], sid)
+    assert stored == [5, ".:3", "1", "outbound"]
+    with pytest.raises(ValueError, match="SID"):
+        full_provenance(stored, None)

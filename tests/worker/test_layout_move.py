@@ -57,6 +57,11 @@ async def test_events_applied_long_are_duplicates_after_the_move_and_new_ones_ar
     assert found == {e.key for e in before} | {short_member(e.key, sid) for e in after}
     assert {short_member(e.key, sid) for e in after} == {f"0.{e.event_id[len(sid):]}" for e in after}
     assert await store.redis.xlen(store.dead) == 0
+    # Registers and call_meta keys won after the move name their event by its short member; those
+    # won before keep the long form (core.members.short_provenance): the record reads both.
+    fields = await store.redis.hgetall(store.call_key(sid))
+    provenance = {orjson.loads(value)[2] for name, value in fields.items() if name[:2] in (b"r:", b"m:")}
+    assert provenance == {"platform", "0"}, provenance
 
     # /events, one event a page: every event once, in time order, across both forms of cursor.
     pages: list[dict[str, Any]] = []
