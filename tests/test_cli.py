@@ -181,3 +181,9 @@ def test_layout_without_a_redis_url_exits_2_with_one_line() -> None:
     result = run_cli("layout")
     assert result.returncode == 2 and result.stderr.strip() == (
         "call-ledger: layout needs LEDGER_REDIS_URL (the embedded store lives inside `serve`)")
+
+
+async def test_layout_shows_a_store_without_a_mark_and_writes_nothing(store: Store, redis_server: RedisServer) -> None:
+    shown = run_cli("layout", LEDGER_REDIS_URL=redis_server.url)
+    assert shown.returncode == 0 and shown.stdout.startswith("layout none yet"), shown.stderr
+    assert await store.redis.get(store.keys.layout) is None

@@ -1,29 +1,40 @@
-"""Moving a store from layout 2 to layout 3 (short order-index and journal members) with its
+"""Moving a store from layout 2 to layout 3 (short members: call_ledger.core.members) with its
 processes running: who is connected and what each reads, then the mark.
 
 A worker that recognises only the long members (a version before this one) would take an event
-applied under its short member for a new one and apply it twice. So a store moves only while no
-such worker is connected. Every connection of this version is named with the layouts it reads
-(call_ledger.store.client `CLIENT_NAME`); the move reads CLIENT LIST on every primary and refuses
-while a connection is either named for a version that does not read layout 3, or unnamed and last
-ran a command only call-ledger's processes send (a stream read or claim, a script): what a worker
-or API of a version before names existed looks like. Other clients (redis-cli, a monitor) are not
-counted.
-A version before this one refuses a store in layout 3 at start (call_ledger.store.records).
+applied under its short member for a new one and apply it twice. So a store becomes layout 3 only
+while no such process is connected: when it is moved (`call-ledger layout --upgrade`), and when a
+store without a mark is marked (a new store, or one whose data was lost: FLUSHALL, a restart
+without persistence) by the first process of this version that starts on it. Every connection of
+this version is named with the layouts it reads (call_ledger.store.client `CLIENT_NAME`); the check
+reads CLIENT LIST on every primary and counts the connections to this database that are either
+named for a version that does not read layout 3, or unnamed and last ran a command only
+call-ledger's processes send (the stream's reads, claims, acknowledgements and maintenance,
+appends, scripts): what a process of a version before names existed looks like. Other clients
+(redis-cli, a monitor) are not counted. One CLIENT LIST is a snapshot: a move looks several times,
+over more than a worker's claim interval, and again after it set the mark (undoing it if a
+process showed up meanwhile). A store in layout 3 never goes back to 2.
 """
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from call_ledger.store.client import is_cluster, text
 from call_ledger.store.keys import LAYOUT, SHORT_LAYOUT, Keys
 
-__all__ = ["Blocker", "LayoutMove", "blockers", "move_to_short_members"]
+__all__ = ["Blocker", "LayoutMove", "blockers", "find_blockers", "move_to_short_members"]
 
 _NAME_PREFIX = "call-ledger/reads-"  # call_ledger.store.client.CLIENT_NAME's, whatever the version
-# The commands an unnamed connection of an older call-ledger keeps sending: the stream's reads and
-# claims (workers), its appends (intake), the scripts (every role).
-_LEDGER_COMMANDS = frozenset({"xreadgroup", "xautoclaim", "xclaim", "xadd", "evalsha", "eval", "evalsha_ro"})
+# The commands an unnamed connection of an older call-ledger sends: the stream's reads, claims,
+# acknowledgements and maintenance (workers), its appends (intake), the scripts (every role).
+_LEDGER_COMMANDS = frozenset({"xreadgroup", "xautoclaim", "xclaim", "xack", "xpending", "xgroup", "xtrim", "xinfo",
+                              "xadd", "evalsha", "eval", "evalsha_ro"})
+# A move's look: this many CLIENT LISTs this far apart (a worker polls its stream at least once a second).
+MOVE_SAMPLES = 4
+MOVE_SAMPLE_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,15 +54,18 @@ class Blocker:
 class LayoutMove:
     """What `move_to_short_members` found and did."""
 
-    before: str  # the layout it found ('' on a store nothing has written yet)
+    before: str  # the layout it found ('' on a store without a mark)
     after: str
     blockers: tuple[Blocker, ...] = ()
+    unknown: str = ""  # why the connections could not be listed (CLIENT LIST refused), if so
 
 
-def blockers(clients: list[dict[str, Any]]) -> list[Blocker]:
-    """The connections (CLIENT LIST rows) that keep a store from moving to layout 3."""
+def blockers(clients: list[dict[str, Any]], db: int = 0) -> list[Blocker]:
+    """The connections (CLIENT LIST rows) to database `db` that keep a store from layout 3."""
     found = []
     for client in clients:
+        if int(client.get("db") or 0) != db:  # another deployment's database on the same server
+            continue
         name, command = text(client.get("name") or ""), text(client.get("cmd") or "").split("|")[0].lower()
         if name.startswith(_NAME_PREFIX):
             if SHORT_LAYOUT in name[len(_NAME_PREFIX):].split("."):
@@ -73,16 +87,57 @@ async def connected_clients(redis: Any) -> list[dict[str, Any]]:
     return list(await redis.client_list())
 
 
-async def move_to_short_members(redis: Any, keys: Keys, force: bool = False) -> LayoutMove:
-    """Mark the store layout 3 unless a connection may not read it (`force`: whatever is connected).
-    A store already in layout 3 stays; one in a layout this version does not read is refused by the
-    caller's check_layout before this runs."""
+def _db(redis: Any) -> int:
+    """The database this client works in (a Cluster has only 0)."""
+    pool = getattr(redis, "connection_pool", None)
+    return int(pool.connection_kwargs.get("db") or 0) if pool is not None else 0
+
+
+async def find_blockers(redis: Any, samples: int = 1, every_s: float = 0.0) -> list[Blocker]:
+    """The blockers seen in `samples` CLIENT LISTs `every_s` apart; ResponseError when Redis refuses
+    CLIENT LIST (an ACL without it, the command renamed)."""
+    found: dict[str, Blocker] = {}
+    for sample in range(samples):
+        if sample:
+            await asyncio.sleep(every_s)
+        for blocker in blockers(await connected_clients(redis), _db(redis)):
+            found.setdefault(blocker.address, blocker)
+    return list(found.values())
+
+
+async def fresh_store_layout(redis: Any) -> str:
+    """The layout to mark a store without a mark with: 3, unless a connection may belong to an earlier
+    version (data lost under a running fleet) or the connections cannot be listed: then 2, which
+    every version reads (and `call-ledger layout --upgrade` moves on)."""
+    try:
+        return LAYOUT if await find_blockers(redis) else SHORT_LAYOUT
+    except ResponseError:
+        return LAYOUT
+
+
+async def move_to_short_members(redis: Any, keys: Keys, force: bool = False,
+                                samples: int = MOVE_SAMPLES, every_s: float = MOVE_SAMPLE_EVERY_S) -> LayoutMove:
+    """Mark the store layout 3 unless a connection may not read it (`force`: whatever is connected, and
+    when the connections cannot be listed). A store in layout 3 stays; one in a layout this version does
+    not read is refused by the caller's check before this runs."""
     before = text(await redis.get(keys.layout) or b"")
     if before == SHORT_LAYOUT:
         return LayoutMove(before, before)
-    found = tuple(blockers(await connected_clients(redis)))
+    try:
+        found = tuple(await find_blockers(redis, samples, every_s))
+    except ResponseError as exc:
+        if not force:
+            return LayoutMove(before, before, unknown=str(exc))
+        found = ()
     if found and not force:
         return LayoutMove(before, before, found)
-    # A store nothing has written yet is marked as a writer would (check_layout), then moved.
     await redis.set(keys.layout, SHORT_LAYOUT)
+    if not force:
+        # A process that started between the looks and the mark passed its check against layout 2:
+        # while the mark is only milliseconds old no worker of this version has written a short member
+        # (they read it every 5 s), so it can still be undone.
+        late = tuple(await find_blockers(redis))
+        if late:
+            await redis.set(keys.layout, before or LAYOUT)
+            return LayoutMove(before, before, late)
     return LayoutMove(before or LAYOUT, SHORT_LAYOUT, found)

@@ -25,6 +25,7 @@ from call_ledger.core.served import RECORD_FIELD
 from call_ledger.store.client import is_cluster, text
 from call_ledger.store.errors import unavailable_on_error
 from call_ledger.store.keys import LAYOUT, LAYOUTS, SHORT_LAYOUT, Keys
+from call_ledger.store.layout import fresh_store_layout
 from call_ledger.store.scripts import Lua, run_pipeline
 
 __all__ = ["CommitReply", "CommitWrite", "LoadedCall", "Records"]
@@ -160,9 +161,10 @@ class Records:
         """Refuse to run on data written in another key layout; mark a fresh store with ours.
 
         Nothing converts old data: an older layout (event ids not namespaced by source, the
-        whole state in one field) is refused with what to do, never half-read. A fresh store
-        starts in layout 3: a process of a version that reads layout 2 only marks the store it
-        starts on (so a store without a mark has none running on it), and refuses layout 3.
+        whole state in one field) is refused with what to do, never half-read. A store without
+        a mark starts in layout 3, unless a connection may belong to a version that reads layout 2
+        only (its data was lost under a running fleet: call_ledger.store.layout); such a version
+        refuses layout 3 at start.
         """
         found = await self.redis.get(self.keys.layout)
         if found is None:
@@ -173,7 +175,7 @@ class Records:
                 raise LayoutMismatch(
                     f"Redis holds call-ledger data in an older key layout under prefix {self.keys.prefix!r}: "
                     "delete those keys (see README, Redis layout) or set another LEDGER_KEY_PREFIX")
-            await self.redis.set(self.keys.layout, SHORT_LAYOUT, nx=True)
+            await self.redis.set(self.keys.layout, await fresh_store_layout(self.redis), nx=True)
             # A new store: every index entry it will hold has the month rollups (see
             # call_ledger.store.indexes.IndexStore.months_complete; an older store gets it from `reindex`).
             await self.redis.set(self.keys.index_months, "1", nx=True)
@@ -192,8 +194,14 @@ class Records:
 
     async def refresh_layout(self) -> bool:
         """Read the store's layout again (it moves from 2 to 3 while workers run); whether
-        commits now write short members."""
-        self.short_members = await self.layout() == SHORT_LAYOUT
+        commits now write short members. A mark gone (FLUSHALL, a lost restart) is put back as
+        this process writes: a store holding short members must not be taken for layout 2 by an
+        earlier version starting on it."""
+        found = await self.layout()
+        if not found:
+            await self.redis.set(self.keys.layout, SHORT_LAYOUT if self.short_members else LAYOUT, nx=True)
+            found = await self.layout()
+        self.short_members = found == SHORT_LAYOUT
         return self.short_members
 
     async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]],

@@ -22,9 +22,12 @@ def test_which_connections_keep_the_store_from_moving() -> None:
         {"addr": "a:5", "name": "", "cmd": "client|list"},  # redis-cli
         {"addr": "a:6", "name": "grafana", "cmd": "info"},  # another named client
         {"addr": "a:7", "name": "call-ledger/reads-3.4", "cmd": "get"},  # a later version
+        {"addr": "a:8", "name": "", "cmd": "xpending", "db": "0"},  # an idle worker's maintenance
+        {"addr": "a:9", "name": "", "cmd": "xreadgroup", "db": "1"},  # another deployment's database
     ]
     assert blockers(rows) == [Blocker("a:2", "call-ledger/reads-2", "client"), Blocker("a:3", "", "xreadgroup"),
-                              Blocker("a:4", "", "evalsha")]
+                              Blocker("a:4", "", "evalsha"), Blocker("a:8", "", "xpending")]
+    assert blockers(rows, db=1) == [Blocker("a:9", "", "xreadgroup")]
     assert "unnamed, last command xreadgroup" in str(blockers(rows)[1])
 
 
@@ -40,7 +43,7 @@ async def test_the_move_waits_for_every_worker_to_read_layout_3(real_store: Stor
     await store.ensure_group()
     await old_worker.xreadgroup("ledger", "old", {store.stream: ">"}, count=1)
     try:
-        refused = await move_to_short_members(store.redis, store.keys)
+        refused = await move_to_short_members(store.redis, store.keys, samples=2, every_s=0.05)
         assert refused.after == "2" and [b.command for b in refused.blockers] == ["xreadgroup"]
         assert await store.records.layout() == "2"
         forced = await move_to_short_members(store.redis, store.keys, force=True)
@@ -71,3 +74,41 @@ async def test_a_layout_this_version_does_not_read_is_refused_at_start(real_stor
     await real_store.redis.set(real_store.keys.layout, "4")
     with pytest.raises(LayoutMismatch, match="reads layouts 2 and 3"):
         await real_store.check_layout()
+
+
+async def test_a_store_without_a_mark_stays_layout_2_while_an_earlier_version_is_connected(
+        real_store: Store, redis_server: RedisServer) -> None:
+    """Its data lost (FLUSHALL) under a fleet that still runs an earlier version: that version's workers
+    recognise long members only, so the first process of this one to start marks it 2, not 3."""
+    await real_store.ensure_group()
+    old_worker = redis_server.client()
+    old_worker.xreadgroup("ledger", "old", {real_store.stream: ">"}, count=1)
+    try:
+        await real_store.check_layout()
+    finally:
+        old_worker.close()
+    assert await real_store.records.layout() == "2" and not real_store.records.short_members
+
+
+async def test_a_mark_lost_while_running_is_put_back_as_the_process_writes(real_store: Store) -> None:
+    await real_store.check_layout()
+    assert real_store.records.short_members
+    await real_store.redis.delete(real_store.keys.layout)
+    assert await real_store.records.refresh_layout()
+    assert await real_store.records.layout() == "3"  # not taken for layout 2 by an earlier version starting
+
+
+async def test_without_client_list_a_new_store_is_layout_2_and_the_move_needs_force(
+        real_store: Store, redis_server: RedisServer) -> None:
+    admin = redis_server.client()
+    admin.acl_setuser("nolist", enabled=True, nopass=True, keys=["*"], commands=["+@all", "-client|list"])
+    admin.close()
+    store = Store(aioredis.Redis.from_url(redis_server.url.replace("redis://", "redis://nolist:x@")), "cl")
+    try:
+        await store.check_layout()
+        assert await store.records.layout() == "2"
+        refused = await move_to_short_members(store.redis, store.keys)
+        assert refused.after == "2" and "client|list" in refused.unknown.lower()
+        assert (await move_to_short_members(store.redis, store.keys, force=True)).after == "3"
+    finally:
+        await store.close()
