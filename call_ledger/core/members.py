@@ -35,16 +35,21 @@ _WITH_CALL = "."  # the event id is the call id and what follows
 _WHOLE = ":"  # the event id follows whole
 
 
+def _short(source: str, event_id: str, call_sid: str) -> str | None:
+    """The short member of this source's event in the call `call_sid`; None for a source without a code."""
+    code = _CODES.get(source)
+    if code is None:
+        return None
+    if event_id.startswith(call_sid):
+        return code + _WITH_CALL + event_id[len(call_sid):]
+    return code + _WHOLE + event_id
+
+
 def short_member(key: str, call_sid: str) -> str:
     """The short form of the key `<source>:<event_id>` in the call `call_sid` (the key itself
     for a source without a code)."""
     source, _, event_id = key.partition(":")
-    code = _CODES.get(source)
-    if code is None:
-        return key
-    if event_id.startswith(call_sid):
-        return code + _WITH_CALL + event_id[len(call_sid):]
-    return code + _WHOLE + event_id
+    return _short(source, event_id, call_sid) or key
 
 
 def key_of(member: str, call_sid: str) -> str:
@@ -75,8 +80,8 @@ def short_provenance(register: list[Any], call_sid: str) -> list[Any]:
     platform event `<call_sid>-3`. The shape (and the value's place) stays, which the Lua that reads
     a register's value relies on. A source without a code keeps the register as it is."""
     us, event_id, source, value = register
-    short = short_member(f"{source}:{event_id}", call_sid)
-    return [us, short[1:], short[0], value] if is_short(short) else register
+    short = _short(source, event_id, call_sid)
+    return register if short is None else [us, short[1:], short[0], value]
 
 
 def full_provenance(register: list[Any], call_sid: str | None) -> list[Any]:

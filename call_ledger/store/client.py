@@ -14,11 +14,12 @@ from call_ledger.settings import Settings, redis_options
 from call_ledger.store.keys import LAYOUTS
 from call_ledger.store.wire import FastConnection, FastSSLConnection
 
-__all__ = ["CLIENT_NAME", "is_cluster", "open_redis"]
+__all__ = ["CLIENT_NAME", "CLIENT_NAME_PREFIX", "is_cluster", "open_redis"]
 
 # Every connection's name (CLIENT SETNAME): what it is and the layouts it reads, so that a store moves
 # to a layout only while every connected call-ledger reads it (call_ledger.store.layout).
-CLIENT_NAME = "call-ledger/reads-" + ".".join(LAYOUTS)
+CLIENT_NAME_PREFIX = "call-ledger/reads-"  # what every version's name starts with, whatever it reads
+CLIENT_NAME = CLIENT_NAME_PREFIX + ".".join(LAYOUTS)
 
 
 def open_redis(settings: Settings) -> Any:

@@ -22,12 +22,11 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from call_ledger.store.client import is_cluster, text
+from call_ledger.store.client import CLIENT_NAME_PREFIX, is_cluster, text
 from call_ledger.store.keys import LAYOUT, SHORT_LAYOUT, Keys
 
 __all__ = ["Blocker", "LayoutMove", "blockers", "find_blockers", "move_to_short_members"]
 
-_NAME_PREFIX = "call-ledger/reads-"  # call_ledger.store.client.CLIENT_NAME's, whatever the version
 # The commands an unnamed connection of an older call-ledger sends: the stream's reads, claims,
 # acknowledgements and maintenance (workers), its appends (intake), the scripts (every role).
 _LEDGER_COMMANDS = frozenset({"xreadgroup", "xautoclaim", "xclaim", "xack", "xpending", "xgroup", "xtrim", "xinfo",
@@ -67,8 +66,8 @@ def blockers(clients: list[dict[str, Any]], db: int = 0) -> list[Blocker]:
         if int(client.get("db") or 0) != db:  # another deployment's database on the same server
             continue
         name, command = text(client.get("name") or ""), text(client.get("cmd") or "").split("|")[0].lower()
-        if name.startswith(_NAME_PREFIX):
-            if SHORT_LAYOUT in name[len(_NAME_PREFIX):].split("."):
+        if name.startswith(CLIENT_NAME_PREFIX):
+            if SHORT_LAYOUT in name[len(CLIENT_NAME_PREFIX):].split("."):
                 continue
         elif name or command not in _LEDGER_COMMANDS:
             continue

@@ -125,19 +125,18 @@ def _commit_args(w: CommitWrite, now_ms: int, short: bool = False) -> list[Any]:
     return args
 
 
-def _other_forms(keys: list[str], call_sid: str) -> list[str]:
-    """The short forms of these keys that differ from them, in order (call_ledger.core.members)."""
-    return [other for other in map(other_form, keys, [call_sid] * len(keys)) if other is not None]
+def _members(keys: list[str], call_sid: str) -> list[list[str]]:
+    """Each key's members: the key, and its short form where that differs (call_ledger.core.members)."""
+    return [[key] if (other := other_form(key, call_sid)) is None else [key, other] for key in keys]
 
 
-def _found(keys: list[str], call_sid: str, scores: list[Any]) -> list[str]:
-    """The keys applied to the call, from the ZMSCORE of `keys + _other_forms(keys, call_sid)`."""
-    shorts = iter(scores[len(keys):])
-    found = []
-    for key, score in zip(keys, scores, strict=False):
-        short = next(shorts) if other_form(key, call_sid) is not None else None
-        if score is not None or short is not None:
+def _found(keys: list[str], members: list[list[str]], scores: list[Any]) -> list[str]:
+    """The keys applied to the call, from the ZMSCORE of their `members`, flattened in order."""
+    found, at = [], 0
+    for key, forms in zip(keys, members, strict=True):
+        if any(score is not None for score in scores[at:at + len(forms)]):
             found.append(key)
+        at += len(forms)
     return found
 
 
@@ -210,13 +209,14 @@ class Records:
         which of the given journal keys it already has, with the keys of its `latest` latest events (by
         time). `wanted`: call -> (journal keys, field names)."""
         sids = list(wanted)
+        members = {sid: _members(wanted[sid][0], sid) for sid in sids}
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
             keys, fields = wanted[sid]
             pipe.hmget(self.keys.call(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", "a", *fields)
             # The order index holds every applied event's member (the journal may be off), in
-            # either form (call_ledger.core.members): both are asked for, the short ones last.
-            pipe.zmscore(self.keys.order(sid), keys + _other_forms(keys, sid))
+            # either form (call_ledger.core.members): both are asked for.
+            pipe.zmscore(self.keys.order(sid), [member for forms in members[sid] for member in forms])
             if latest:
                 pipe.zrange(self.keys.order(sid), -latest, -1)
         replies = await pipe.execute()
@@ -226,7 +226,7 @@ class Records:
             keys, fields = wanted[sid]
             call, journal = replies[per_call * i], replies[per_call * i + 1]
             version, core, record_id, token, ended, revision, changed_ms, outbox, archived = call[:9]
-            applied = _found(keys, sid, journal)
+            applied = _found(keys, members[sid], journal)
             if latest:
                 applied += [key_of(text(found), sid) for found in replies[per_call * i + 2]]
             loaded[sid] = LoadedCall(
@@ -395,7 +395,7 @@ class Records:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for call_sid, key in events:
-            pipe.zmscore(self.keys.order(call_sid), [key, *_other_forms([key], call_sid)])
+            pipe.zmscore(self.keys.order(call_sid), _members([key], call_sid)[0])
         return [any(score is not None for score in scores) for scores in await pipe.execute()]
 
     async def applied_keys(self, call_sid: str) -> set[str]:
