@@ -52,7 +52,7 @@ from call_ledger.core.indexes import (  # noqa: E402
 from call_ledger.core.instants import format_us  # noqa: E402
 from call_ledger.core.record_ids import IdBlock  # noqa: E402
 from call_ledger.core.rules import CallState, apply_event, fix_estimate, render_record  # noqa: E402
-from call_ledger.core.served import StoredCall, stored_record  # noqa: E402
+from call_ledger.core.served import StoredCall, record_digest  # noqa: E402
 from call_ledger.settings import Settings  # noqa: E402
 from call_ledger.store import CommitWrite, Store, open_redis  # noqa: E402
 from call_ledger.store.indexes import IndexStore, IndexWrite  # noqa: E402
@@ -153,11 +153,14 @@ def new_call(i: int, record_id: int, now_us: int, settings: Settings) -> NewCall
     fix_estimate(state, settings.policy)
     sid = events[0].call_sid
     record = render_record(sid, record_id, state, settings.policy)
-    write = CommitWrite(sid, 0, len(events), state.core_json(), record_id,
-                        [(e.key, e.occurred_us, stored_form(e)) for e in events], state.changed_fields(short_for=sid),
-                        record=stored_record(record, len(events)), new_token=f"bench-{record_id}")
+    # The store is new, so check_layout marked it layout 4: short members (call_ledger.core.members), the
+    # core as plain fields (call_ledger.core.plain), no rendered copy, a terminal call's digest.
+    write = CommitWrite(sid, 0, len(events), b"", record_id,
+                        [(e.key, e.occurred_us, stored_form(e)) for e in events],
+                        [*state.changed_fields(short_for=sid), *state.plain_fields(sid)],
+                        digest=record_digest(record) if record["ended_at"] is not None else b"",
+                        new_token=f"bench-{record_id}")
     entry = index_entry(sid, record_id, state, settings.policy, record)
-    # Short members: the store is new, so check_layout marked it layout 3 (call_ledger.core.members).
     return NewCall(_commit_args(write, 0, short=True), IndexWrite(shard_of(sid), entry, len(events), entry.encode()))
 
 
@@ -169,7 +172,7 @@ def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tupl
     for args, index in calls:
         # commit.lua's ARGV: version, token, new version, new token, terminal, now, core, id, n, n x
         # (member, occurred_us, entry, other form), m, m x (field, value).
-        _, _, new_version, new_token, _, _, core, record_id, n = args[:9]
+        _, _, new_version, new_token, _, _, _, record_id, n = args[:9]
         entry = index.entry
         sid = entry.call_sid
         events = args[9:9 + 4 * n]
@@ -178,7 +181,7 @@ def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tupl
             writes[store.journal_key(sid)] = ("HSET", journal)
         writes[store.order_key(sid)] = ("ZADD", [x for k in range(0, len(events), 4)
                                                  for x in (events[k + 1], events[k])])
-        writes[store.call_key(sid)] = ("HSET", [*args[10 + 4 * n:], "v", new_version, "s", core, "t", new_token,
+        writes[store.call_key(sid)] = ("HSET", [*args[10 + 4 * n:], "v", new_version, "t", new_token,
                                                 "id", record_id])
         # index.lua's ARGV per call: member, version, score, entry; it writes the version, the
         # entry, the entry's memberships and its increments (the part of the entry after its

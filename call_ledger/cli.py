@@ -171,13 +171,14 @@ async def _archive(settings: Settings) -> int:
 
 
 async def _layout(args: argparse.Namespace, settings: Settings) -> int:
-    """Show the store's layout and who may not read layout 3, or move the store to layout 3 (short
-    members): refused, exit 1, while a connection may belong to a version that does not read it, or
-    the connections cannot be listed (call_ledger.store.layout). Showing writes nothing."""
+    """Show the store's layout and who may not read the newest, or move the store to the newest
+    (4: short members and a call's core as plain fields): refused, exit 1, while a connection may belong
+    to a version that does not read it, or the connections cannot be listed (call_ledger.store.layout).
+    Showing writes nothing."""
     from redis.exceptions import ResponseError
 
-    from call_ledger.store.keys import LAYOUTS
-    from call_ledger.store.layout import find_blockers, move_to_short_members
+    from call_ledger.store.keys import LAYOUTS, NEWEST_LAYOUT
+    from call_ledger.store.layout import find_blockers, upgrade_layout
 
     if settings.redis_url is None:
         print("call-ledger: layout needs LEDGER_REDIS_URL (the embedded store lives inside `serve`)", file=sys.stderr)
@@ -189,24 +190,25 @@ async def _layout(args: argparse.Namespace, settings: Settings) -> int:
             await store.check_layout()  # one line, exit 2: a layout this version does not read
         if not args.upgrade:
             print(f"layout {mark or 'none yet: the first process to start on the store marks it'}")
-            try:
-                for blocker in await find_blockers(store.redis):
-                    print(f"not known to read layout 3: {blocker}")
-            except ResponseError as exc:
-                print(f"the connections cannot be listed (CLIENT LIST: {exc})")
+            if mark != NEWEST_LAYOUT:
+                try:
+                    for blocker in await find_blockers(store.redis):
+                        print(f"not known to read layout {NEWEST_LAYOUT}: {blocker}")
+                except ResponseError as exc:
+                    print(f"the connections cannot be listed (CLIENT LIST: {exc})")
             return 0
-        move = await move_to_short_members(store.redis, store.keys, force=args.force)
+        move = await upgrade_layout(store.redis, store.keys, force=args.force)
         for blocker in move.blockers:
-            print(f"not known to read layout 3: {blocker}", file=sys.stderr)
+            print(f"not known to read layout {NEWEST_LAYOUT}: {blocker}", file=sys.stderr)
         if move.unknown:
             print(f"call-ledger: layout stays {move.before or '2'}: the connections cannot be listed (CLIENT LIST: "
                   f"{move.unknown}); --force moves it without looking", file=sys.stderr)
             return 1
-        if move.after != "3":
+        if move.after != NEWEST_LAYOUT:
             print(f"call-ledger: layout stays {move.before or '2'}: stop or upgrade the processes above "
                   "(--force moves it anyway)", file=sys.stderr)
             return 1
-        print(f"layout {move.before} -> {move.after}" if move.before != move.after else "layout 3 already")
+        print(f"layout {move.before} -> {move.after}" if move.before != move.after else f"layout {move.after} already")
         return 0
     except LayoutMismatch as exc:
         fail(settings, str(exc))

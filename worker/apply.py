@@ -60,7 +60,7 @@ def frozen_fx(event: CallEvent, settings: Settings) -> CallEvent:
 def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings: Settings) -> CallPlan:
     """Fold the events this call has not seen into its state; the rest are duplicates or failures."""
     state = loaded.state if loaded.state is not None else CallState.from_fields(
-        loaded.core, loaded.fields, items[0][1].call_sid)  # type: ignore[arg-type]
+        loaded.core, loaded.fields, items[0][1].call_sid)
     plan = CallPlan(state=state)
     seen = set(loaded.applied)
     version = loaded.version

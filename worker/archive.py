@@ -34,6 +34,7 @@ from call_ledger.archive import ArchiveFiles, ArchiveUnavailable, calls_file, ev
 from call_ledger.core.archive import call_row, calls_path, event_row, events_path, partition
 from call_ledger.core.journal import restore
 from call_ledger.core.served import StoredCall
+from call_ledger.core.rules import has_record
 from call_ledger.settings import Settings
 from call_ledger.store import Store
 from call_ledger.store.archive import ARCHIVED, LockLost, PassState
@@ -227,7 +228,7 @@ class Archiver:
         later: dict[str, int] = {}
         orphans: list[tuple[str, str]] = []
         for sid, fields in zip(sids, found, strict=True):
-            if b"id" not in fields or b"s" not in fields or int(fields.get(b"fr", b"0")) < 1:
+            if not has_record(fields) or int(fields.get(b"fr", b"0")) < 1:
                 gone.append(sid)  # no record (a tombstone, a deleted key) or not finalized: not a candidate
                 continue
             if ARCHIVED in fields or fields.get(b"ob") == b"1":

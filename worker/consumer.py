@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from call_ledger.core.events import TERMINAL_STATUSES, CallEvent
 from call_ledger.core.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
 from call_ledger.core.rules import RANK_STATUS, CallState, fix_estimate, render_record
-from call_ledger.core.served import stored_record
+from call_ledger.core.served import record_digest, stored_record
 from call_ledger.settings import Settings
 from call_ledger.store import CommitWrite, Entry, LoadedCall, Store, entry_order
 from call_ledger.store.errors import of_one_call, script_refused_for_good
@@ -193,9 +193,9 @@ class Consumer:
 
     async def maintain(self) -> None:
         """Trim what retention allows, refresh the lag gauges, and learn a move of the store's layout."""
-        short = self.store.records.short_members
-        if await self.store.records.refresh_layout() != short:  # `call-ledger layout --upgrade`
-            log.info("layout_changed", consumer=self.name, short_members=not short)
+        before = self.store.records.mark
+        if (after := await self.store.records.refresh_layout()) != before:  # `call-ledger layout --upgrade`
+            log.info("layout_changed", consumer=self.name, layout_before=before, layout=after)
         trimmed = await self.store.trim(self.settings.stream_retention)
         await expire_dead_letters(self.store, self.settings, self.metrics)  # LEDGER_DLQ_RETENTION_DAYS
         await self.store.refresh_shards()  # shards another K registered since we started
@@ -515,18 +515,27 @@ class Consumer:
         record_id = loaded.record_id or ids[sid]
         plan.record = render_record(sid, record_id, plan.state, self.settings.policy)
         new_version = loaded.version + len(plan.new_events)
+        records, terminal = self.store.records, _terminal(plan.state)
+        fields = plan.state.changed_fields(sid if records.short_members else None)
+        if records.plain_state:  # layout 4: the core as plain fields, no rendered copy (core.plain)
+            core, record = b"", b""
+            fields += plan.state.plain_fields(sid)
+            digest = record_digest(plan.record) if terminal else b""
+        else:
+            core, record, digest = plan.state.core_json(), stored_record(plan.record, new_version), b""
         return CommitWrite(
             call_sid=sid,
             version=loaded.version,
             new_version=new_version,
-            core=plan.state.core_json(),
+            core=core,
             record_id=record_id,
             events=plan.new_events,
-            fields=plan.state.changed_fields(sid if self.store.records.short_members else None),
-            record=stored_record(plan.record, new_version),
+            fields=fields,
+            record=record,
+            digest=digest,
             token=loaded.token,
             new_token=self._new_token(),
-            terminal=_terminal(plan.state),
+            terminal=terminal,
             at_ms=now_ms,
         )
 

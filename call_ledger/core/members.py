@@ -94,3 +94,14 @@ def full_provenance(register: list[Any], call_sid: str | None) -> list[Any]:
     source, _, event_id = key_of(code + register[1], call_sid).partition(":")
     return [register[0], event_id, source, register[3]]
 
+
+
+def short_id(event_id: str, call_sid: str) -> str:
+    """An event id as layout 4 stores it where no source goes with it (the call's status): `.` and what
+    follows the call id, or `:` and the whole id."""
+    return _WITH_CALL + event_id[len(call_sid):] if event_id.startswith(call_sid) else _WHOLE + event_id
+
+
+def full_id(stored: str, call_sid: str) -> str:
+    """The event id `short_id` stored."""
+    return call_sid + stored[1:] if stored[:1] == _WITH_CALL else stored[1:]

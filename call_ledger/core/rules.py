@@ -7,6 +7,7 @@ store applies each (source, event id) once. Everything here is pure and synchron
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, NamedTuple
@@ -17,6 +18,7 @@ from call_ledger.core.errors import Refused, Unapplicable
 from call_ledger.core.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
 from call_ledger.core.members import full_provenance, short_provenance
 from call_ledger.core.money import MAX_AMOUNT_NANO, NANO, convert, format_nano
+from call_ledger.core.plain import FIRST_SEEN, core_of_plain, plain_fields
 from call_ledger.core.policy import Policy
 from call_ledger.core.pricing import telephony_charge
 
@@ -97,6 +99,10 @@ class CallState:
     def core_json(self) -> bytes:
         return orjson.dumps({name: getattr(self, name) for name in self.CORE})
 
+    def plain_fields(self, call_sid: str) -> list[tuple[str, bytes]]:
+        """The core as layout 4's plain hash fields (core.plain), in place of `core_json`."""
+        return plain_fields({name: getattr(self, name) for name in self.CORE}, call_sid)
+
     def changed_fields(self, short_for: str | None = None) -> list[tuple[str, bytes]]:
         """(hash field, JSON) of every register and call_meta key changed since loading; with `short_for`
         (the call's SID, in a store of layout 3) each names its event by its short member
@@ -108,18 +114,30 @@ class CallState:
         return out
 
     @classmethod
-    def from_fields(cls, core: bytes | str | None, fields: dict[str, bytes] | None = None,
-                    call_sid: str | None = None) -> "CallState":
-        """Rebuild from the core JSON and any `r:`/`m:` fields (those not given are unknown), each in
-        either form (core.members.full_provenance: a short one needs `call_sid`)."""
-        state = cls(**orjson.loads(core)) if core else cls()
-        for name, raw in (fields or {}).items():
+    def from_fields(cls, core: bytes | str | None, fields: Mapping[str, bytes | None] | None = None,
+                    call_sid: str | None = None, provenance: bool = True) -> "CallState":
+        """Rebuild from the core JSON, else (layout 4) the plain core fields among `fields`
+        (core.plain), and any `r:`/`m:` fields (those not given are unknown), each in either form
+        (core.members.full_provenance: a short one needs `call_sid`). Without `provenance` the
+        registers keep the event they came from as stored (short or long): enough to render, not to fold."""
+        fields = fields or {}
+        if core:
+            state = cls(**orjson.loads(core))
+        elif fields.get(FIRST_SEEN) is not None:
+            if call_sid is None:
+                raise ValueError("a call's plain fields are read with its call's SID")
+            state = cls(**core_of_plain(fields, call_sid))
+        else:
+            state = cls()
+        for name, raw in fields.items():
             if raw is None:
                 continue
             if name.startswith(REGISTER_FIELD):
-                state.registers[name[2:]] = full_provenance(orjson.loads(raw), call_sid)
+                register = orjson.loads(raw)
+                state.registers[name[2:]] = full_provenance(register, call_sid) if provenance else register
             elif name.startswith(META_FIELD):
-                state.meta[name[2:]] = full_provenance(orjson.loads(raw), call_sid)
+                register = orjson.loads(raw)
+                state.meta[name[2:]] = full_provenance(register, call_sid) if provenance else register
         return state
 
     def parts(self) -> tuple[Any, ...]:
@@ -137,12 +155,23 @@ class CallState:
                    registers, meta, estimate=estimate)
 
     @classmethod
-    def from_hash(cls, fields: dict[bytes, bytes], call_sid: str | None = None) -> "RecordState | None":
-        """The record id and whole state from a call hash as HGETALL returns it; None without a record."""
-        record_id, core = fields.get(b"id"), fields.get(b"s")
-        if record_id is None or core is None:
+    def from_hash(cls, fields: dict[bytes, bytes], call_sid: str | None = None,
+                  provenance: bool = True) -> "RecordState | None":
+        """The record id and whole state from a call hash as HGETALL returns it (any layout); None
+        without a record. `provenance`: as `from_fields`."""
+        if not has_record(fields):
             return None
-        return RecordState(int(record_id), cls.from_fields(core, {k.decode(): v for k, v in fields.items()}, call_sid))
+        return RecordState(int(fields[b"id"]), cls.from_fields(
+            fields.get(b"s"), {k.decode(): v for k, v in fields.items()}, call_sid, provenance))
+
+
+def has_record(fields: Mapping[bytes, bytes]) -> bool:
+    """Whether a call hash as HGETALL returns it holds a record: an id and a state, as one JSON field
+    (`s`, layouts 2 and 3) or plain fields (layout 4: core.plain). An archived call's tombstone has neither."""
+    return b"id" in fields and (b"s" in fields or _FIRST_SEEN in fields)
+
+
+_FIRST_SEEN = FIRST_SEEN.encode()
 
 
 class RecordState(NamedTuple):

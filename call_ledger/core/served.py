@@ -17,6 +17,7 @@ id, list pages, search, export, the /costs summary) reads the call's raw hash an
 they all serve the same bytes for the same call, and none decodes more of the hash than it needs.
 """
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from call_ledger.core.policy import Policy
 from call_ledger.core.rules import META_FIELD, REGISTER_FIELD, CallState, record_json, render_record
 
 RECORD_FIELD = b"j"
+DIGEST_FIELD = b"rh"  # layout 4: `record_digest` of a terminal call's record, in place of `j`
 _EMPTY_META = b'"call_meta":{}'
 _META = META_FIELD.encode()
 _ORGANIZATION = (REGISTER_FIELD + "organization_id").encode()
@@ -35,6 +37,14 @@ def stored_record(record: dict[str, Any], version: int) -> bytes:
     """The `j` field for a record rendered at `version`: the version, a newline, its JSON with
     call_meta `{}`."""
     return str(version).encode() + b"\n" + record_json({**record, "call_meta": {}})
+
+
+def record_digest(record: dict[str, Any]) -> bytes:
+    """What layout 4 keeps of a terminal call's record in place of `j` (its field `rh`): enough to tell
+    whether a commit changed it (the outbound messages' finality, commit.lua). The first 16 hex digits
+    of the SHA-1 of the JSON `stored_record` writes after its version line, so commit.lua can compute
+    it from a `j` of layout 3 (redis.sha1hex) when the call has no `rh` yet."""
+    return hashlib.sha1(record_json({**record, "call_meta": {}})).hexdigest()[:16].encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +83,11 @@ class StoredCall:
     def record(self, policy: Policy, state: CallState | None = None) -> dict[str, Any]:
         """The record as values (money in nano-units), rendered from the state (`state`, when the
         caller decoded it already)."""
-        return render_record(self.call_sid, self.record_id, self.state() if state is None else state, policy)
+        if state is None:  # the registers' values only: which event set each does not show
+            found = CallState.from_hash(self.fields, self.call_sid, provenance=False)
+            assert found is not None  # the store returns calls with a record only
+            state = found[1]
+        return render_record(self.call_sid, self.record_id, state, policy)
 
     def served(self, policy: Policy) -> bytes:
         """The record's JSON as every route serves it: the stored `j` with the call's call_meta in

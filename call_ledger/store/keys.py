@@ -12,17 +12,21 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
     cl:ids                     counter that hands out record ids (each value made opaque: call_ledger.core.record_ids)
     {cl:ids}:fence             the replication id of the node that last advanced cl:ids (call_ledger/store/lua/ids.lua)
     {cl:ids}:key               the random key that makes counter values opaque record ids
-    cl:layout                  the version of this layout: "2", or "3" (the same with the order index's and
-                               journal's members short: call_ledger.core.members; `call-ledger layout
-                               --upgrade`); start-up refuses data of another
+    cl:layout                  the version of this layout: "2"; "3" (the same with the order index's and
+                               journal's members short: call_ledger.core.members); "4" (3 with the call
+                               hash's core as plain fields, no `s` and no `j`: call_ledger.core.plain);
+                               moved on by `call-ledger layout --upgrade`; start-up refuses another
     cl:call:{<sid>}            hash: id, v (events applied), s (the core state JSON: status, times,
                                costs, provider, call_meta size, the fixed telephony estimate),
                                r:<register> and m:<call_meta key> -> [occurred_us, event_id, source,
                                value] (layout 3: the event as its short member, [us, ".-3", "0", value]:
                                call_ledger.core.members), j (the record rendered at commit, call_meta left `{}`:
-                               call_ledger.core.served); the outbound messages' finality (SPEC §15,
-                               docs/outbound.md): fe "1" once `call.ended` is announced, fr the
-                               finality revision (absent: not finalized, 1 finalized, >= 2 revised),
+                               call_ledger.core.served). Layout 4: the core as st, sa, an, du, fs, pv,
+                               c:<component>, mk, mb, es (call_ledger.core.plain) in place of s; no j,
+                               a terminal call's rh (the record's digest) in its place. The
+                               outbound messages' finality (SPEC §15, docs/outbound.md): fe "1" once
+                               `call.ended` is announced, fr the finality revision (absent: not
+                               finalized, 1 finalized, >= 2 revised),
                                lc ms of the last commit that changed the record of the terminal call,
                                ob "1" while its outbox holds messages not yet fanned out
     cl:out:{<sid>}             hash: the call's outbox: message id -> message JSON (commit.lua and
@@ -116,13 +120,16 @@ writes the rollup keys named after the shard's base passed in ARGV.
 
 from dataclasses import dataclass
 
-# The layouts this version reads (`cl:layout`): 2, and 3, which is 2 with the order index's and the
-# journal's members in their short form (call_ledger.core.members). A store moves from 2 to 3 with its
-# workers running, by `call-ledger layout --upgrade` (call_ledger.store.layout); a version that reads
-# layout 2 only refuses a store in layout 3 at start (call_ledger.store.records.Records.check_layout).
+# The layouts this version reads (`cl:layout`): 2; 3, which is 2 with the order index's and the journal's
+# members in their short form (call_ledger.core.members); 4, which is 3 with a call's core state as plain
+# hash fields and no rendered record (call_ledger.core.plain). A store moves to a later layout with its
+# workers running, by `call-ledger layout --upgrade` (call_ledger.store.layout); a version that does not read
+# a store's layout refuses it at start (call_ledger.store.records.Records.check_layout).
 LAYOUT = "2"
 SHORT_LAYOUT = "3"
-LAYOUTS = (LAYOUT, SHORT_LAYOUT)
+PLAIN_LAYOUT = "4"
+LAYOUTS = (LAYOUT, SHORT_LAYOUT, PLAIN_LAYOUT)
+NEWEST_LAYOUT = LAYOUTS[-1]
 
 
 @dataclass(frozen=True, slots=True)

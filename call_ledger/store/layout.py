@@ -1,19 +1,21 @@
-"""Moving a store from layout 2 to layout 3 (short members: call_ledger.core.members) with its
-processes running: who is connected and what each reads, then the mark.
+"""Moving a store to a later layout (3: short members, call_ledger.core.members; 4: a call's core as plain
+fields, call_ledger.core.plain) with its processes running: who is connected and what each reads, then
+the mark.
 
-A worker that recognises only the long members (a version before this one) would take an event
-applied under its short member for a new one and apply it twice. So a store becomes layout 3 only
-while no such process is connected: when it is moved (`call-ledger layout --upgrade`), and when a
-store without a mark is marked (a new store, or one whose data was lost: FLUSHALL, a restart
-without persistence) by the first process of this version that starts on it. Every connection of
-this version is named with the layouts it reads (call_ledger.store.client `CLIENT_NAME`); the check
-reads CLIENT LIST on every primary and counts the connections to this database that are either
-named for a version that does not read layout 3, or unnamed and last ran a command only
-call-ledger's processes send (the stream's reads, claims, acknowledgements and maintenance,
-appends, scripts): what a process of a version before names existed looks like. Other clients
-(redis-cli, a monitor) are not counted. One CLIENT LIST is a snapshot: a move looks several times,
-over more than a worker's claim interval, and again after it set the mark (undoing it if a
-process showed up meanwhile). A store in layout 3 never goes back to 2.
+A worker that recognises only the long members (a version before layout 3) would take an event applied
+under its short member for a new one and apply it twice; one that reads no plain fields (a version
+before layout 4) would take a call of layout 4 for one without a state. So a store moves to a layout only
+while no process that does not read it is connected: when it is moved (`call-ledger layout --upgrade`),
+and when a store without a mark is marked (a new store, or one whose data was lost: FLUSHALL, a restart
+without persistence) by the first process of this version that starts on it, which marks it the newest
+layout every connected process reads. Every connection of this version is named with the layouts it
+reads (call_ledger.store.client `CLIENT_NAME`); the check reads CLIENT LIST on every primary and counts
+the connections to this database that are either named for a version that does not read the layout, or
+unnamed and last ran a command only call-ledger's processes send (the stream's reads, claims,
+acknowledgements and maintenance, appends, scripts): what a process of a version before names existed
+looks like. Other clients (redis-cli, a monitor) are not counted. One CLIENT LIST is a snapshot: a move
+looks several times, over more than a worker's claim interval, and again after it set the mark (undoing
+it if a process showed up meanwhile). A store never moves back to an earlier layout.
 """
 
 import asyncio
@@ -23,9 +25,9 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from call_ledger.store.client import CLIENT_NAME_PREFIX, is_cluster, text
-from call_ledger.store.keys import LAYOUT, SHORT_LAYOUT, Keys
+from call_ledger.store.keys import LAYOUT, LAYOUTS, NEWEST_LAYOUT, Keys
 
-__all__ = ["Blocker", "LayoutMove", "blockers", "find_blockers", "move_to_short_members"]
+__all__ = ["Blocker", "LayoutMove", "blockers", "find_blockers", "upgrade_layout"]
 
 # The commands an unnamed connection of an older call-ledger sends: the stream's reads, claims,
 # acknowledgements and maintenance (workers), its appends (intake), the scripts (every role).
@@ -38,7 +40,7 @@ MOVE_SAMPLE_EVERY_S = 0.5
 
 @dataclass(frozen=True)
 class Blocker:
-    """A connection that may belong to a process which does not read layout 3."""
+    """A connection that may belong to a process which does not read the layout a store moves to."""
 
     address: str
     name: str
@@ -51,7 +53,7 @@ class Blocker:
 
 @dataclass(frozen=True)
 class LayoutMove:
-    """What `move_to_short_members` found and did."""
+    """What `upgrade_layout` found and did."""
 
     before: str  # the layout it found ('' on a store without a mark)
     after: str
@@ -59,15 +61,15 @@ class LayoutMove:
     unknown: str = ""  # why the connections could not be listed (CLIENT LIST refused), if so
 
 
-def blockers(clients: list[dict[str, Any]], db: int = 0) -> list[Blocker]:
-    """The connections (CLIENT LIST rows) to database `db` that keep a store from layout 3."""
+def blockers(clients: list[dict[str, Any]], db: int = 0, layout: str = NEWEST_LAYOUT) -> list[Blocker]:
+    """The connections (CLIENT LIST rows) to database `db` that keep a store from `layout`."""
     found = []
     for client in clients:
         if int(client.get("db") or 0) != db:  # another deployment's database on the same server
             continue
         name, command = text(client.get("name") or ""), text(client.get("cmd") or "").split("|")[0].lower()
         if name.startswith(CLIENT_NAME_PREFIX):
-            if SHORT_LAYOUT in name[len(CLIENT_NAME_PREFIX):].split("."):
+            if layout in name[len(CLIENT_NAME_PREFIX):].split("."):
                 continue
         elif name or command not in _LEDGER_COMMANDS:
             continue
@@ -92,51 +94,54 @@ def _db(redis: Any) -> int:
     return int(pool.connection_kwargs.get("db") or 0) if pool is not None else 0
 
 
-async def find_blockers(redis: Any, samples: int = 1, every_s: float = 0.0) -> list[Blocker]:
-    """The blockers seen in `samples` CLIENT LISTs `every_s` apart; ResponseError when Redis refuses
-    CLIENT LIST (an ACL without it, the command renamed)."""
+async def find_blockers(redis: Any, samples: int = 1, every_s: float = 0.0,
+                        layout: str = NEWEST_LAYOUT) -> list[Blocker]:
+    """The blockers of `layout` seen in `samples` CLIENT LISTs `every_s` apart; ResponseError when Redis
+    refuses CLIENT LIST (an ACL without it, the command renamed)."""
     found: dict[str, Blocker] = {}
     for sample in range(samples):
         if sample:
             await asyncio.sleep(every_s)
-        for blocker in blockers(await connected_clients(redis), _db(redis)):
+        for blocker in blockers(await connected_clients(redis), _db(redis), layout):
             found.setdefault(blocker.address, blocker)
     return list(found.values())
 
 
 async def fresh_store_layout(redis: Any) -> str:
-    """The layout to mark a store without a mark with: 3, unless a connection may belong to an earlier
-    version (data lost under a running fleet) or the connections cannot be listed: then 2, which
-    every version reads (and `call-ledger layout --upgrade` moves on)."""
+    """The layout to mark a store without a mark with: the newest every connected process reads (an
+    earlier version's may be connected when the data was lost under a running fleet); 2, which every
+    version reads (and `call-ledger layout --upgrade` moves on), when the connections cannot be listed."""
     try:
-        return LAYOUT if await find_blockers(redis) else SHORT_LAYOUT
+        clients = await connected_clients(redis)
     except ResponseError:
         return LAYOUT
+    db = _db(redis)
+    return next((layout for layout in reversed(LAYOUTS) if not blockers(clients, db, layout)), LAYOUT)
 
 
-async def move_to_short_members(redis: Any, keys: Keys, force: bool = False,
-                                samples: int = MOVE_SAMPLES, every_s: float = MOVE_SAMPLE_EVERY_S) -> LayoutMove:
-    """Mark the store layout 3 unless a connection may not read it (`force`: whatever is connected, and
-    when the connections cannot be listed). A store in layout 3 stays; one in a layout this version does
-    not read is refused by the caller's check before this runs."""
+async def upgrade_layout(redis: Any, keys: Keys, force: bool = False, samples: int = MOVE_SAMPLES,
+                         every_s: float = MOVE_SAMPLE_EVERY_S, to: str = NEWEST_LAYOUT) -> LayoutMove:
+    """Mark the store layout `to` unless a connection may not read it (`force`: whatever is connected, and
+    when the connections cannot be listed). A store in `to` or later stays; one in a layout this version
+    does not read is refused by the caller's check before this runs."""
     before = text(await redis.get(keys.layout) or b"")
-    if before == SHORT_LAYOUT:
+    if before and LAYOUTS.index(before) >= LAYOUTS.index(to):
         return LayoutMove(before, before)
     try:
-        found = tuple(await find_blockers(redis, samples, every_s))
+        found = tuple(await find_blockers(redis, samples, every_s, to))
     except ResponseError as exc:
         if not force:
             return LayoutMove(before, before, unknown=str(exc))
         found = ()
     if found and not force:
         return LayoutMove(before, before, found)
-    await redis.set(keys.layout, SHORT_LAYOUT)
+    await redis.set(keys.layout, to)
     if not force:
-        # A process that started between the looks and the mark passed its check against layout 2:
-        # while the mark is only milliseconds old no worker of this version has written a short member
-        # (they read it every 5 s), so it can still be undone.
-        late = tuple(await find_blockers(redis))
+        # A process that started between the looks and the mark passed its check against the layout
+        # before: while the mark is only milliseconds old no worker of this version has written in the
+        # new one (they read it every 5 s), so it can still be undone.
+        late = tuple(await find_blockers(redis, layout=to))
         if late:
             await redis.set(keys.layout, before or LAYOUT)
             return LayoutMove(before, before, late)
-    return LayoutMove(before or LAYOUT, SHORT_LAYOUT, found)
+    return LayoutMove(before or LAYOUT, to, found)

@@ -56,12 +56,17 @@ class OutboxClaim:
 
 def message_of(call_sid: str, raw: bytes, policy: Policy) -> OutboxMessage:
     """One outbox entry (the JSON the scripts write) as a message: its record exactly as GET served it
-    at that revision (the stored `j` with the call_meta fields written beside it)."""
+    at that revision (the stored `j` with the call_meta fields written beside it; in layout 4 rendered
+    from the fields the entry holds)."""
     data = orjson.loads(raw)
     version = str(int(data["v"])).encode()
     meta = data.get("m") or {}  # an empty Lua table may encode as []
-    fields = {b"id": str(data["rid"]).encode(), b"v": version, b"j": version + b"\n" + data["j"].encode(),
-              **{name.encode(): value.encode() for name, value in meta.items()}}
+    if "f" in data:  # layout 4: the fields the record is rendered from (announce.lua)
+        fields = {name.encode(): value.encode() for name, value in data["f"].items()}
+        fields[b"id"], fields[b"v"] = str(data["rid"]).encode(), version
+    else:
+        fields = {b"id": str(data["rid"]).encode(), b"v": version, b"j": version + b"\n" + data["j"].encode(),
+                  **{name.encode(): value.encode() for name, value in meta.items()}}
     organization = data.get("o")
     kind: MessageType = data["type"]
     assert kind in MESSAGE_TYPES, kind

@@ -19,12 +19,13 @@ from redis.exceptions import NoScriptError
 from call_ledger.core.errors import InvalidQuery, LayoutMismatch
 from call_ledger.core.journal import compact, restore
 from call_ledger.core.members import key_of, other_form, short_member
+from call_ledger.core.plain import HASH_FIELDS
 from call_ledger.core.record_ids import IdBlock
-from call_ledger.core.rules import CallState
-from call_ledger.core.served import RECORD_FIELD
+from call_ledger.core.rules import CallState, has_record
+from call_ledger.core.served import DIGEST_FIELD, RECORD_FIELD
 from call_ledger.store.client import is_cluster, text
 from call_ledger.store.errors import unavailable_on_error
-from call_ledger.store.keys import LAYOUT, LAYOUTS, SHORT_LAYOUT, Keys
+from call_ledger.store.keys import LAYOUT, LAYOUTS, PLAIN_LAYOUT, SHORT_LAYOUT, Keys
 from call_ledger.store.layout import fresh_store_layout
 from call_ledger.store.scripts import Lua, run_pipeline
 
@@ -48,8 +49,8 @@ class LoadedCall:
     """What a worker knows of a call before applying a batch to it."""
 
     version: int
-    core: bytes | None  # the core state JSON
-    fields: dict[str, bytes | None]  # the r:/m: fields asked for (None: not set)
+    core: bytes | None  # the core state JSON (`s`); None in layout 4
+    fields: dict[str, bytes | None]  # the r:/m: fields asked for, and layout 4's core fields (None: not set)
     record_id: int | None
     applied: frozenset[str]  # journal keys it has: of the asked events, and maybe its latest
     # Already decoded (the worker's cache of calls it committed): used as it is, in place of
@@ -79,11 +80,13 @@ class CommitWrite:
     call_sid: str
     version: int
     new_version: int
-    core: bytes
+    core: bytes  # the core state JSON (`s`); b"" in layout 4, whose core fields are among `fields`
     record_id: int
     events: list[tuple[str, int, bytes]]  # (journal key, occurred_us, event JSON)
-    fields: list[tuple[str, bytes]]  # the registers and call_meta keys that changed
+    fields: list[tuple[str, bytes]]  # the registers and call_meta keys that changed; layout 4's core fields
     record: bytes = b""  # the record rendered ready to serve (call_ledger.core.served), written as `j`
+    # Layout 4, a terminal call: the record's digest (call_ledger.core.served.record_digest), written as `rh`
+    digest: bytes = b""
     token: str = ""  # the commit token read with `version` (commit.lua)
     new_token: str = ""  # this commit's, unique
     terminal: bool = False  # the state after it has a terminal status (finality: commit.lua)
@@ -118,7 +121,9 @@ def _commit_args(w: CommitWrite, now_ms: int, short: bool = False) -> list[Any]:
         brief = short_member(key, sid)
         written, other = (key, "") if brief == key else (brief, key) if short else (key, brief)
         args += [written, occurred_us, compact(event_json, key, sid, occurred_us) if event_json else b"", other]
-    fields = [*w.fields, (RECORD_FIELD.decode(), w.record)] if w.record else w.fields
+    # The record or its digest goes last: commit.lua's finality reads it there.
+    fields = [*w.fields, (RECORD_FIELD.decode(), w.record)] if w.record else \
+        [*w.fields, (DIGEST_FIELD.decode(), w.digest)] if w.digest else w.fields
     args.append(len(fields))
     for name, value in fields:
         args += [name, value]
@@ -147,9 +152,18 @@ class Records:
         self.redis = redis
         self.keys = keys
         self._cluster = is_cluster(redis)
-        # Whether commits write members in their short form: the store's layout is 3 (read at
-        # start by check_layout, then again by refresh_layout). Both forms are recognised always.
-        self.short_members = False
+        # The store's layout mark (read at start by check_layout, then again by refresh_layout):
+        # commits write members in their short form in 3 and 4, the core as plain fields and no
+        # rendered record in 4. Every form of every layout is read always.
+        self.mark = LAYOUT
+
+    @property
+    def short_members(self) -> bool:
+        return self.mark in (SHORT_LAYOUT, PLAIN_LAYOUT)
+
+    @property
+    def plain_state(self) -> bool:
+        return self.mark == PLAIN_LAYOUT
 
     def call_keys(self, call_sid: str) -> list[str]:
         """The four keys of one call, in the order the commit script takes them."""
@@ -180,28 +194,29 @@ class Records:
             await self.redis.set(self.keys.index_months, "1", nx=True)
             found = await self.redis.get(self.keys.layout)  # ours, or another process's mark set first
         if found is None:  # emptied meanwhile (FLUSHDB): the long form, which every version reads
-            self.short_members = False
+            self.mark = LAYOUT
         elif text(found) not in LAYOUTS:
             raise LayoutMismatch(f"Redis holds call-ledger data in key layout {text(found)!r}; "
-                                 f"this version reads layouts {' and '.join(LAYOUTS)}")
+                                 f"this version reads layouts {', '.join(LAYOUTS[:-1])} and {LAYOUTS[-1]}")
         else:
-            self.short_members = text(found) == SHORT_LAYOUT
+            self.mark = text(found)
 
     async def layout(self) -> str:
         """The store's layout mark ('' before anything was written)."""
         return text(await self.redis.get(self.keys.layout) or b"")
 
-    async def refresh_layout(self) -> bool:
-        """Read the store's layout again (it moves from 2 to 3 while workers run); whether
-        commits now write short members. A mark gone (FLUSHALL, a lost restart) is put back as
-        this process writes: a store holding short members must not be taken for layout 2 by an
-        earlier version starting on it."""
+    async def refresh_layout(self) -> str:
+        """Read the store's layout again (it moves on while workers run: call_ledger.store.layout);
+        the mark commits now write by. A mark gone (FLUSHALL, a lost restart) is put back as this
+        process writes: a store holding short members or plain fields must not be taken for an
+        earlier layout by an earlier version starting on it."""
         found = await self.layout()
         if not found:
-            await self.redis.set(self.keys.layout, SHORT_LAYOUT if self.short_members else LAYOUT, nx=True)
+            await self.redis.set(self.keys.layout, self.mark, nx=True)
             found = await self.layout()
-        self.short_members = found == SHORT_LAYOUT
-        return self.short_members
+        if found in LAYOUTS:  # another (a later version's) is refused at the next start, not mid-batch
+            self.mark = found
+        return self.mark
 
     async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]],
                          latest: int = 0) -> dict[str, LoadedCall]:
@@ -213,7 +228,7 @@ class Records:
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
             keys, fields = wanted[sid]
-            pipe.hmget(self.keys.call(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", "a", *fields)
+            pipe.hmget(self.keys.call(sid), "v", "s", "id", "t", "fe", "fr", "lc", "ob", "a", *HASH_FIELDS, *fields)
             # The order index holds every applied event's member (the journal may be off), in
             # either form (call_ledger.core.members): both are asked for.
             pipe.zmscore(self.keys.order(sid), [member for forms in members[sid] for member in forms])
@@ -230,7 +245,7 @@ class Records:
             if latest:
                 applied += [key_of(text(found), sid) for found in replies[per_call * i + 2]]
             loaded[sid] = LoadedCall(
-                int(version or 0), core, dict(zip(fields, call[9:], strict=True)),
+                int(version or 0), core, dict(zip((*HASH_FIELDS, *fields), call[9:], strict=True)),
                 int(record_id) if record_id else None, frozenset(applied), token=text(token) if token else "",
                 ended=ended == b"1", revision=int(revision or 0), changed_ms=int(changed_ms or 0),
                 outbox=outbox == b"1", archived=archived is not None,
@@ -258,7 +273,7 @@ class Records:
 
         def build(pipe: Any) -> None:  # may run twice (NOSCRIPT): the id script had not run then
             # Whoever writes records marks their layout: the one its commits write.
-            pipe.set(self.keys.layout, SHORT_LAYOUT if self.short_members else LAYOUT, nx=True)
+            pipe.set(self.keys.layout, self.mark, nx=True)
             IDS.queue(pipe, keys, args)
 
         last, key = (await run_pipeline(self.redis, build, (IDS,)))[1]
@@ -311,7 +326,7 @@ class Records:
     async def call_fields(self, call_sid: str) -> dict[bytes, bytes] | None:
         """The call's raw hash (one bounded HGETALL), or None when there is no such call."""
         fields = await self.redis.hgetall(self.keys.call(call_sid))
-        return fields if fields.get(b"id") is not None and fields.get(b"s") is not None else None
+        return fields if has_record(fields) else None
 
     @unavailable_on_error
     async def calls_fields(self, call_sids: list[str]) -> list[dict[bytes, bytes] | None]:
@@ -330,8 +345,7 @@ class Records:
         pipe = self.redis.pipeline(transaction=False)
         for sid in call_sids:
             pipe.hgetall(self.keys.call(sid))
-        return [fields if fields.get(b"id") is not None and fields.get(b"s") is not None else None
-                for fields in await pipe.execute()]
+        return [fields if has_record(fields) else None for fields in await pipe.execute()]
 
     @unavailable_on_error
     async def get_calls(self, call_sids: list[str]) -> list[tuple[int, CallState] | None]:

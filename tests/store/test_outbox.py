@@ -222,6 +222,49 @@ async def test_messages_survive_a_redis_restart_from_its_aof(tmp_path: Path) -> 
         server.stop()
 
 
+async def test_finality_holds_across_the_move_to_layout_4_and_a_worker_that_has_not_learned_it(
+        ledger: tuple[Store, Settings]) -> None:
+    """Layout 4 keeps a terminal call's record digest (`rh`) in place of `j`: a commit tells whether it
+    changed the record from whichever of the two the call has, so the move (and a worker still writing
+    layout 3 for a few seconds after it) announces no revision that changes nothing, and every one that does."""
+    store, settings = ledger
+    await store.redis.set(store.keys.layout, "3")
+    await store.check_layout()
+    await apply(store, settings, make_event(SID, "s1", 0, status="completed", duration=60, call_meta={"k": 1}))
+    lc = int((await finality(store))["lc"])
+    assert (await store.outbox.finalize(SID, lc + AFTER_MS, AFTER_MS)).outcome == "finalized"
+    assert {b"s", b"j"} <= set(await store.redis.hgetall(store.keys.call(SID)))
+
+    await store.redis.set(store.keys.layout, "4")  # `call-ledger layout --upgrade`
+    assert await store.records.refresh_layout() == "4"
+    lagging = Store(store.redis, store.prefix)  # a worker that has not read the mark again yet
+    await lagging.redis.set(store.keys.layout, "3")
+    await lagging.check_layout()
+    await store.redis.set(store.keys.layout, "4")
+
+    async def revisions() -> list[tuple[str, int]]:
+        return [(m.type, m.revision) for m in await store.outbox.messages(SID, settings.policy)]
+
+    await apply(store, settings, make_event(SID, "m1", 2, call_meta={"k": 1}))  # the same value: nothing
+    fields = await store.redis.hgetall(store.keys.call(SID))
+    assert b"s" not in fields and b"j" not in fields and b"rh" in fields and b"fs" in fields
+    assert await revisions() == [("call.ended", 0), ("call.finalized", 1)]
+    await apply(store, settings, usage(SID, "u1", 1, "llm", 5_000_000))  # changes the record
+    await apply(lagging, settings, make_event(SID, "m2", 3, call_meta={"k": 1}))  # layout 3 after 4: nothing
+    assert await revisions() == [("call.ended", 0), ("call.finalized", 1), ("call.revised", 2)]
+    await apply(lagging, settings, usage(SID, "u2", 4, "tts", 1_000_000))  # layout 3 after 4, a change
+    assert {b"s", b"j"} <= set(await store.redis.hgetall(store.keys.call(SID)))
+    await apply(store, settings, make_event(SID, "m3", 5, call_meta={"k": 1}))  # layout 4 after 3: nothing
+    await apply(store, settings, usage(SID, "u3", 6, "stt", 1_000_000))  # layout 4 after 3, a change
+    messages = await store.outbox.messages(SID, settings.policy)
+    assert [(m.type, m.revision) for m in messages] == [
+        ("call.ended", 0), ("call.finalized", 1), ("call.revised", 2), ("call.revised", 3), ("call.revised", 4)]
+    costs = [(orjson.loads(m.record)["tts_cost"], orjson.loads(m.record)["stt_cost"]) for m in messages]
+    assert costs == [(None, None), (None, None), (None, None), (0.001, None), (0.001, 0.001)]
+    assert messages[-1].record == await served(store, settings)
+    assert b"s" not in await store.redis.hgetall(store.keys.call(SID))
+
+
 def test_a_message_decodes_what_either_lua_encodes() -> None:
     """cjson writes an empty table as {} (Redis) or [] (fakeredis), numbers maybe as floats."""
     from call_ledger.store.outbox import message_of

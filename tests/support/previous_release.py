@@ -13,8 +13,9 @@ from pathlib import Path
 
 from tests.support.paths import ROOT
 
-# The last landed release before the stored layout v2 work (issue 22).
-PREVIOUS_RELEASE = "4867655d34c294975deb6524bc162eebe226697e"
+# The last landed release before layout 4 (a call's core as plain fields): it reads layouts 2 and 3 and
+# names its connections so (call_ledger.store.client).
+PREVIOUS_RELEASE = "051d8ec3845fc367ddb559c2f59378f18b099bc6"
 
 
 def extract_previous_release(directory: Path) -> Path | None:

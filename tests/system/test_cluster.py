@@ -49,9 +49,10 @@ async def test_calls_spread_over_slots_are_applied_and_read_back_on_a_cluster(
     nodes = {store.redis.get_node_from_key(store.call_key(sid)).port for sid in sids}
     assert len(nodes) == 3  # the records really are spread over the cluster
     assert (await client.get("/readyz")).status == 200
-    # A fresh store is layout 3 (short members), and every connection on every primary is named
-    # with the layouts it reads: nothing keeps `call-ledger layout --upgrade` from going ahead.
-    assert await store.records.layout() == "3"
+    # A fresh store is layout 4 (short members, plain fields), and every connection on every primary is
+    # named with the layouts it reads: nothing keeps `call-ledger layout --upgrade` from going ahead.
+    assert await store.records.layout() == "4"
+    assert b"s" not in await store.redis.hgetall(store.call_key(sids[1]))
     assert await store.redis.zrange(store.order_key(sids[1]), 0, -1) == [b"0.-0", b"0.-1", b"0.-2"]
     clients = await connected_clients(store.redis)
     assert {client["name"] for client in clients} >= {CLIENT_NAME} and len(clients) >= 3

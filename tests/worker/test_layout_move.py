@@ -1,6 +1,6 @@
-"""A store moving from layout 2 to layout 3 (short members: core.members) while its worker runs:
-every event is applied once whichever form its first application wrote, the journal reads back
-in both forms, and /events pages across them."""
+"""A store moving to a later layout while its workers run (3: short members, core.members; 4: a call's core
+as plain fields, core.plain): every event is applied once whichever form its first application wrote,
+every record equals the reference fold, the journal reads back in both forms, and /events pages across them."""
 
 import random
 from typing import Any
@@ -30,11 +30,11 @@ async def deliver(store: Store, consumer: Consumer, payloads: list[bytes]) -> No
     await consumer.run_burst()
 
 
-async def move(store: Store, consumer: Consumer) -> None:
+async def move(store: Store, consumer: Consumer, to: str = "3") -> None:
     """What `call-ledger layout --upgrade` does to the mark, then what the worker's maintenance learns."""
-    await store.redis.set(store.keys.layout, "3")
+    await store.redis.set(store.keys.layout, to)
     await consumer.maintain()
-    assert store.records.short_members
+    assert store.records.mark == to
 
 
 async def test_events_applied_long_are_duplicates_after_the_move_and_new_ones_are_written_short(
@@ -79,29 +79,45 @@ async def test_events_applied_long_are_duplicates_after_the_move_and_new_ones_ar
         expected, key=lambda e: (e.occurred_us, e.key if e in before else short_member(e.key, sid)))]
 
 
-@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10**6), moved_after=st.floats(0, 1), batch=st.integers(1, 40),
-       cached=st.booleans())
-async def test_any_deliveries_around_the_move_apply_each_event_once(seed: int, moved_after: float, batch: int,
-                                                                    cached: bool) -> None:
-    """Events of several calls, each delivered one to three times, in any order and batches; the store
-    moves at any point; the worker may or may not keep its cache across the move."""
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), moved_after=st.floats(0, 1), lag=st.floats(0, 1), batch=st.integers(1, 40),
+       cached=st.booleans(), layouts=st.sampled_from([("2", "3"), ("3", "4"), ("2", "4")]))
+async def test_any_deliveries_around_the_move_apply_each_event_once(seed: int, moved_after: float, lag: float,
+                                                                    batch: int, cached: bool,
+                                                                    layouts: tuple[str, str]) -> None:
+    """Events of several calls, each delivered one to three times, in any order and batches, taken by two
+    workers in turn; the store moves at any point, and one worker learns it at once, the other only after
+    `lag` of what is left (it writes the layout before meanwhile: the 5 s until its maintenance); each
+    may or may not keep its cache across the move."""
+    before, after = layouts
     settings = make_settings(batch_size=batch)
     redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    store = Store(redis, settings.key_prefix)
-    consumer = Consumer(store, settings, Metrics())
+    store, other = Store(redis, settings.key_prefix), Store(redis, settings.key_prefix)
+    consumer, lagging = Consumer(store, settings, Metrics()), Consumer(other, settings, Metrics())
     rng = random.Random(seed)
     events = [e for n in range(4) for e in call_events(f"CA-p{n}", rng, usages=3)]
     payloads = [e.model_dump_json().encode() for e in events for _ in range(rng.choice((1, 1, 2, 3)))]
     rng.shuffle(payloads)
     cut = int(len(payloads) * moved_after)
-    await store.redis.set(store.keys.layout, "2")
+    await store.redis.set(store.keys.layout, before)
     await store.check_layout()
-    await deliver(store, consumer, payloads[:cut])
-    await move(store, consumer)
+    await other.check_layout()
+    for i in range(0, cut, batch):
+        await deliver(store, (consumer, lagging)[i // batch % 2], payloads[i:i + batch])
+    await move(store, consumer, after)
     if not cached:
         consumer.known = type(consumer.known)(consumer.known.capacity_bytes)
-    await deliver(store, consumer, payloads[cut:])
+    learned = cut + int((len(payloads) - cut) * lag)
+    assert other.records.mark == before
+    for i in range(cut, len(payloads), batch):
+        if i >= learned and other.records.mark == before:
+            await lagging.maintain()
+            assert other.records.mark == after
+        await deliver(store, (consumer, lagging)[i // batch % 2], payloads[i:i + batch])
     assert await assert_records_exact(store, events, settings) == len(events)
     assert await store.redis.xlen(store.dead) == 0
+    if after == "4" and other.records.mark == after:  # every call committed since is in plain fields
+        for sid in {e.call_sid for e in events}:
+            fields = await store.redis.hgetall(store.call_key(sid))
+            assert b"s" not in fields or b"j" in fields, fields  # a core of layout 3 comes with its record
     await redis.aclose()

@@ -93,16 +93,21 @@ local function value_text(register)
   return string.sub(register, c + 2, -2)
 end
 
+-- The fields of a call hash no record is rendered from: the commit's and the outbound messages' bookkeeping.
+local BOOKKEEPING = {t = true, fe = true, fr = true, lc = true, ob = true, a = true, rh = true}
+
 -- Write announcements into the call's outbox, each {type, revision, audience} (audience nil: every endpoint
 -- that wants the type and the call's organization; 'organization': only the endpoints of the call's
 -- organization; 'unscoped': only the endpoints of no organization). Each carries the record as committed
--- (its `j`, call_meta fields and organization register, read back once after the write), under an id derived
+-- (its `j`, call_meta fields and organization register, read back once after the write; in layout 4, which
+-- keeps no `j`, the fields it is rendered from: `f`, every field but the outbound and commit bookkeeping
+-- (call_ledger.store.outbox.message_of renders it)), under an id derived
 -- from (sid, type, revision, the organization's raw value, empty for none): a re-run can never make a second
 -- message for one announcement, and a call that moved to another organization gets new ids.
 local function announce(call, outbox, messages, at, version, rid)
   local sid = string.match(call, '^[^{]*{(.*)}$')
   local hash = redis.call('HGETALL', call)
-  local meta, organization, j = {}, nil, nil
+  local meta, organization, j, fields = {}, nil, nil, {}
   for i = 1, #hash, 2 do
     local name = hash[i]
     if string.sub(name, 1, 2) == 'm:' then
@@ -111,6 +116,9 @@ local function announce(call, outbox, messages, at, version, rid)
       organization = hash[i + 1]
     elseif name == 'j' then
       j = hash[i + 1]
+    end
+    if not BOOKKEEPING[name] then
+      fields[name] = hash[i + 1]
     end
   end
   local tenant = value_text(organization) or ''
@@ -121,7 +129,13 @@ local function announce(call, outbox, messages, at, version, rid)
     local kind, revision, audience = message[1], message[2], message[3]
     local id = 'msg_' .. string.sub(sha1hex(sid .. '\n' .. kind .. '\n' .. revision .. '\n' .. tenant), 1, 32)
     -- The record id as text: cjson writes numbers with 14 significant digits, and ids have 16.
-    redis.call('HSET', outbox, id, cjson.encode({id = id, type = kind, revision = revision, at = tonumber(at),
-               v = tonumber(version), rid = rid, j = stored(j) or '', m = meta, o = organization, to = audience}))
+    local message = {id = id, type = kind, revision = revision, at = tonumber(at), v = tonumber(version), rid = rid,
+                     m = meta, o = organization, to = audience}
+    if j then
+      message.j = stored(j)
+    else
+      message.f = fields
+    end
+    redis.call('HSET', outbox, id, cjson.encode(message))
   end
 end

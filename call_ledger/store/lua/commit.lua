@@ -2,15 +2,23 @@
 -- wrote it first. Works for one call on a Redis Cluster (its four keys share the call's
 -- hash tag) and for a whole batch in one call on a single server.
 --
--- KEYS, per call: its hash (id, v, s, r:*, m:*, j, fe, fr, lc, ob), its journal (source:event_id -> the
+-- KEYS, per call: its hash (id, v, s or layout 4's core fields, r:*, m:*, j or rh, fe, fr, lc, ob), its journal
+-- (source:event_id -> the
 -- event's journal entry, call_ledger/core/journal.py), its order index (sorted set: score occurred_us,
 -- member the journal key), its outbox (message id -> message JSON: the outbound messages this commit
 -- announces, SPEC §15, docs/outbound.md).
 -- ARGV, per call in KEYS order: the version read and the commit token read ('' for none), the
 -- version after and its token, whether the state after is terminal ('1'/'0') and the time (ms), the core
--- state JSON, an id for a new call, the number of events n, then n (member, occurred_us, journal entry, other
--- form) quadruples, the number of fields m, then m (field, JSON) pairs: the registers and call_meta
--- keys the events won, and the record `j` last. Only those are written: a commit writes what changed.
+-- state JSON ('' in layout 4), an id for a new call, the number of events n, then n (member, occurred_us,
+-- journal entry, other form) quadruples, the number of fields m, then m (field, value) pairs: the registers and
+-- call_meta keys the events won, in layout 4 the core's fields (call_ledger.core.plain), and last the record `j`
+-- (layouts 2 and 3) or, for a terminal call in layout 4, the record's digest `rh`
+-- (call_ledger.core.served.record_digest). Only those are written: a commit writes what changed.
+--
+-- Layout 4 keeps no `s` and no `j`: its commit deletes them where a commit of layout 3 left them (a worker
+-- that had not yet learned the move, call_ledger.store.layout), and `s`, where a hash has one, is what
+-- every reader takes for the core (a worker of layout 3 writes it over older plain fields). `rh` stands for
+-- `j` in the finality below: the digest of the `j` a call has, else its `rh`, is the record's before.
 --
 -- An event's member is its journal key in the form the store's layout writes (call_ledger.core.members), its
 -- other form the one it may have been applied as by a worker writing the other layout ('' if it has one form
@@ -31,8 +39,8 @@
 -- were refused), and it answers 1.
 --
 -- Finality, decided as call_ledger.core.outbound.after_change (the property tests hold it to it): a
--- commit that changes the record (its `j` after the version line, or the value of a call_meta field
--- it writes) of a terminal call stamps `lc`; announces `call.ended` (revision 0) if `fe` is not set
+-- commit that changes the record (its `j` after the version line, or its digest `rh` in layout 4; or the value
+-- of a call_meta field it writes) of a terminal call stamps `lc`; announces `call.ended` (revision 0) if `fe` is not set
 -- yet, and sets it; announces `call.revised` if the call is finalized (`fr` >= 1), with `fr` one more.
 -- A call that is not terminal announces nothing and reads nothing more: `fe` and `fr` are only ever
 -- set on a terminal call, and a status only rises (SPEC §5), so the common case (one event of a live
@@ -116,6 +124,22 @@ local function same_record(j, old)
   return string.find(old, string.sub(j, a + 1), b + 1, true) == b + 1
 end
 
+-- The digest of the record in a `j` field (call_ledger.core.served.record_digest).
+local function digest(j)
+  return string.sub(sha1hex(stored(j)), 1, 16)
+end
+
+-- Whether the commit changes the record (call_meta aside): `last` the commit's last (field, value) pair
+-- ('j' or 'rh'; nil when neither), `old_j` and `old_rh` what the hash has.
+local function record_changed(last, value, old_j, old_rh)
+  if last == 'rh' then
+    return value ~= (old_j and digest(old_j) or old_rh)
+  elseif last == 'j' and not old_j and old_rh then  -- a worker of layout 3 after a commit of layout 4
+    return digest(value) ~= old_rh
+  end
+  return not same_record(last == 'j' and value or nil, old_j)
+end
+
 -- Whether the commit moves the call to another organization: it writes `r:organization_id` (among the m
 -- pairs at ARGV[fields]) with a value, not null, other than the one the call has. Only asked of a call whose
 -- end is announced (`fe`), and reads the old value only when the field is written: other commits pay nothing.
@@ -165,9 +189,9 @@ for k = 1, #KEYS, 4 do
   a = fields + 2 * m
   local found
   if terminal and n > 0 then  -- what finality needs: the record and the finality fields
-    found = redis.call('HMGET', call, 'v', 't', 'id', 'a', 'j', 'fe', 'fr', 'ob')
+    found = redis.call('HMGET', call, 'v', 't', 'id', 'a', 's', 'j', 'fe', 'fr', 'ob', 'rh')
   else
-    found = redis.call('HMGET', call, 'v', 't', 'id', 'a')
+    found = redis.call('HMGET', call, 'v', 't', 'id', 'a', 's')
   end
   local ok = (found[1] or '0') == expected and (found[2] or '') == token
   if found[4] then  -- archived, or being archived: nothing is written to it again (SPEC §16)
@@ -195,15 +219,15 @@ for k = 1, #KEYS, 4 do
     -- What a commit announces is decided as call_ledger.core.outbound.after_change (see the header).
     local reply, messages = 1, nil
     if terminal then
-      local revision = tonumber(found[7] or '0')
-      local moved = found[6] == '1' and moved_to(call, fields, m)
+      local revision = tonumber(found[8] or '0')
+      local moved = found[7] == '1' and moved_to(call, fields, m)
       local last = fields + 2 * m - 2
-      local j = m > 0 and ARGV[last] == 'j' and ARGV[last + 1] or nil
-      local changed = not same_record(j, found[5]) or meta_changed(call, fields, m)
+      local changed = record_changed(m > 0 and ARGV[last] or nil, ARGV[last + 1], found[6], found[10])
+        or meta_changed(call, fields, m)
       if changed then
         extra = {unpack(extra)}
         extra[#extra + 1], extra[#extra + 2] = 'lc', now_ms
-        if found[6] ~= '1' then
+        if found[7] ~= '1' then
           messages = {{'call.ended', 0}}
           extra[#extra + 1], extra[#extra + 2] = 'fe', '1'
         elseif revision >= 1 then
@@ -233,11 +257,20 @@ for k = 1, #KEYS, 4 do
         end
         extra[#extra + 1], extra[#extra + 2] = 'ob', '1'
       end
-      if messages or found[8] == '1' then
+      if messages or found[9] == '1' then
         reply = reply + 2
       end
     end
-    if m == 1 then
+    if core == '' then  -- layout 4: the core is among the fields
+      local last = fields + 2 * m - 1
+      for s = fields, last, 2 * CHUNK do
+        redis.call('HSET', call, unpack(ARGV, s, math.min(last, s + 2 * CHUNK - 1)))
+      end
+      redis.call('HSET', call, 'v', new_version, 't', new_token, unpack(extra))
+      if found[5] then  -- written by layout 3 last: its core and record are older than these fields
+        redis.call('HDEL', call, 's', 'j')
+      end
+    elseif m == 1 then
       redis.call('HSET', call, ARGV[fields], ARGV[fields + 1], 'v', new_version, 's', core, 't', new_token,
                  unpack(extra))
     else

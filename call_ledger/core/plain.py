@@ -1,0 +1,92 @@
+"""A call's core state as plain hash fields (layout 4), in place of one JSON field `s`.
+
+Layouts 2 and 3 keep the core of a call's state (core.rules `CallState.CORE`: status, start, answer,
+duration, first seen, costs, provider, call_meta's size, the fixed estimate) as one JSON object in the
+field `s`, and the record rendered at commit in `j`. Both are over Redis's `hash-max-listpack-value`
+(64 bytes), which makes every call hash a hashtable: about half of a completed call's record hash was
+that overhead (docs/performance.md). Layout 4 keeps each piece in a field of its own, each short
+enough for a listpack on a usual call, and no rendered copy (reads render: core.served):
+
+    st   status   [rank, occurred_us, event id (core.members.short_id), occurred_at text]
+    sa   started  [us, text]            an   answered  [us, text]
+    du   duration (seconds)             fs   first seen (us; every applied event sets it)
+    pv   provider (source name)         c:<component>  its sum in nano-units
+    mk   call_meta keys                 mb   call_meta bytes
+    es   the fixed telephony estimate   [nano-units or null, rate text or null]
+
+A piece the state does not have (None, 0 call_meta keys, a component without cost) has no field.
+Every piece only grows once set (a max, a min, a sum, a count), the estimate is rewritten whole,
+so a commit writes the fields it has and never deletes one. These are also the fields a fold
+running inside Redis (docs/performance.md, the plan's step 2) reads and writes.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from call_ledger.core.events import COMPONENTS
+from call_ledger.core.members import full_id, short_id
+
+# What marks a call hash of layout 4 with a record: every applied event sets the first-seen time.
+FIRST_SEEN = "fs"
+# Every field of the core, in the order a commit writes them (the component sums after these).
+FIELDS = ("st", "sa", "an", "du", FIRST_SEEN, "pv", "mk", "mb", "es")
+COST_FIELD = "c:"
+# Every field a call's core may have: what a worker asks for when it loads a call.
+HASH_FIELDS = (*FIELDS, *(COST_FIELD + component for component in COMPONENTS))
+
+
+def plain_fields(core: Mapping[str, Any], call_sid: str) -> list[tuple[str, bytes]]:
+    """(field, value) of each piece the core (core.rules `CallState.CORE`, by name) has."""
+    out: list[tuple[str, bytes]] = []
+    status = core["status"]
+    if status is not None:
+        rank, us, event_id, at = status
+        out.append(("st", orjson.dumps([rank, us, short_id(event_id, call_sid), at])))
+    for name, value in (("sa", core["started"]), ("an", core["answered"])):
+        if value is not None:
+            out.append((name, orjson.dumps(value)))
+    for name, number in (("du", core["duration"]), (FIRST_SEEN, core["first_seen"])):
+        if number is not None:
+            out.append((name, str(number).encode()))
+    if core["provider"] is not None:
+        out.append(("pv", core["provider"].encode()))
+    if core["meta_keys"]:
+        out.append(("mk", str(core["meta_keys"]).encode()))
+        out.append(("mb", str(core["meta_bytes"]).encode()))
+    if core["estimate"] is not None:
+        out.append(("es", orjson.dumps(core["estimate"])))
+    for component, amount in sorted(core["costs"].items()):
+        out.append((COST_FIELD + component, str(amount).encode()))
+    return out
+
+
+def core_of_plain(fields: Mapping[str, bytes | None], call_sid: str) -> dict[str, Any]:
+    """The core (by name, as `plain_fields` took it) from a hash's plain fields; the fields not given
+    are the pieces the state does not have."""
+    def number(name: str) -> int | None:
+        raw = fields.get(name)
+        return None if raw is None else int(raw)
+
+    def listed(name: str) -> Any:
+        raw = fields.get(name)
+        return None if raw is None else orjson.loads(raw)
+
+    status = listed("st")
+    if status is not None:
+        status[2] = full_id(status[2], call_sid)
+    provider = fields.get("pv")
+    return {
+        "status": status,
+        "started": listed("sa"),
+        "answered": listed("an"),
+        "duration": number("du"),
+        "first_seen": number(FIRST_SEEN),
+        "costs": {name[len(COST_FIELD):]: int(raw) for name, raw in fields.items()
+                  if raw is not None and name.startswith(COST_FIELD)},
+        "provider": None if provider is None else provider.decode(),
+        "meta_keys": number("mk") or 0,
+        "meta_bytes": number("mb") or 0,
+        "estimate": listed("es"),
+    }
