@@ -1,14 +1,14 @@
 """A GET by SID's CPU with and without the stored rendered record `j` (issue 22: does the copy pay for itself?).
 
-Applies the bench's events (bench/run.py: call_events(2000, 10), seed 7) with the product's worker, reads
-every call's hash (HGETALL, as `Records.call_fields` does), then times, per call, what the GET route does
-with it (call_ledger/core/served.py `StoredCall.served`):
+Applies the bench's events (bench/run.py: call_events(2000, 10), seed 7) with the product's worker twice, on a
+store in layout 3 and on one in layout 4, reads every call's hash (HGETALL, as `Records.call_fields` does), then
+times, per call, what the GET route does with it (call_ledger/core/served.py `StoredCall.served`):
 
-  stored   the hash has a current `j`: its bytes, with the call's call_meta put in place of its `{}`
-  render   no `j` (dropped from the hash here): CallState.from_hash -> render_record -> record_json
+  stored   layout 3: the hash has a current `j`: its bytes, with the call's call_meta put in place of its `{}`
+  render   layout 4: no `j`; the record is rendered from the plain fields (call_ledger/core/plain.py)
 
 Best of --repeat passes over the 2000 calls, µs per GET (the HTTP and Redis round trip are the same in
-both and left out). Also the hash's size (bytes of HGETALL reply fields) with and without `j`.
+both and left out). Also the hash's size (bytes of HGETALL reply fields) in each layout.
 
     .venv/bin/python bench/get_cost.py [--repeat 9]
 """
@@ -49,29 +49,38 @@ def main() -> None:
     random.seed(7)
     events = run.call_events(2000, 10)
     sids = sorted({orjson_sid(raw) for raw in events})
-    server = run.RedisServer()
-    try:
-        server.flush()
-        asyncio.run(run.product_apply(server.url, events, 500))
-        client = redis_py.Redis.from_url(server.url)
-        hashes = [client.hgetall(f"bench:call:{{{sid}}}") for sid in sids]
-        client.close()
-    finally:
-        server.stop()
-    assert all(h.get(RECORD_FIELD) for h in hashes), "expected every call with a stored `j`"
+    hashes: dict[str, list[dict[bytes, bytes]]] = {}
+    for layout in ("3", "4"):
+        server = run.RedisServer()
+        try:
+            server.flush()
+            asyncio.run(run.product_apply(server.url, events, 500, layout=layout))
+            client = redis_py.Redis.from_url(server.url)
+            hashes[layout] = [client.hgetall(f"bench:call:{{{sid}}}") for sid in sids]
+            client.close()
+        finally:
+            server.stop()
+    assert all(h.get(RECORD_FIELD) for h in hashes["3"]), "expected every call of layout 3 with a stored `j`"
+    assert not any(h.get(RECORD_FIELD) or h.get(b"s") for h in hashes["4"]), "expected layout 4's plain fields"
     settings = Settings(redis_url="redis://127.0.0.1:1", key_prefix="bench", consumer_name="bench")
-    stored = [StoredCall(sid, h) for sid, h in zip(sids, hashes, strict=True)]
-    bare = [StoredCall(sid, {k: v for k, v in h.items() if k != RECORD_FIELD}) for sid, h in zip(sids, hashes,
-                                                                                              strict=True)]
-    same = all(a.served(settings.policy) == b.served(settings.policy) for a, b in zip(stored, bare, strict=True))
-    with_j = sum(len(k) + len(v) for h in hashes for k, v in h.items()) / len(hashes)
-    j_bytes = sum(len(h[RECORD_FIELD]) for h in hashes) / len(hashes)
+    stored = [StoredCall(sid, h) for sid, h in zip(sids, hashes["3"], strict=True)]
+    bare = [StoredCall(sid, h) for sid, h in zip(sids, hashes["4"], strict=True)]
+    same = all(without_id(a.served(settings.policy)) == without_id(b.served(settings.policy))
+               for a, b in zip(stored, bare, strict=True))  # record ids are each store's own
+    size = {layout: sum(len(k) + len(v) for h in found for k, v in h.items()) / len(found)
+            for layout, found in hashes.items()}
     for _ in range(2):  # alternate, twice
         s_us, s_size = best_us(stored, settings, args.repeat)
         r_us, r_size = best_us(bare, settings, args.repeat)
         print(f"GET CPU per call, best of {args.repeat}: stored j {s_us:.2f} µs, render {r_us:.2f} µs "
               f"(bodies {s_size / len(stored):.0f} / {r_size / len(bare):.0f} B, identical: {same})")
-    print(f"hash (HGETALL fields) {with_j:.0f} B with j, {with_j - j_bytes - 1:.0f} B without (j {j_bytes:.0f} B)")
+    print(f"hash (HGETALL fields) {size['3']:.0f} B in layout 3, {size['4']:.0f} B in layout 4")
+
+
+def without_id(body: bytes) -> bytes:
+    record = orjson.loads(body)
+    del record["id"]
+    return orjson.dumps(record)
 
 
 def orjson_sid(raw: bytes) -> str:

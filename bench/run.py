@@ -171,7 +171,9 @@ async def fill_stream(url: str, events: list[bytes]) -> None:
     await client.aclose()
 
 
-async def product_apply(url: str, events: list[bytes], batch: int, fill: bool = True) -> float:
+async def product_apply(url: str, events: list[bytes], batch: int, fill: bool = True, layout: str = "") -> float:
+    """Events/s of one worker applying `events` (`layout`: the store's mark to start from, else a fresh
+    store's)."""
 
     from call_ledger.runtime import tune_gc
     from call_ledger.settings import Settings
@@ -191,7 +193,9 @@ async def product_apply(url: str, events: list[bytes], batch: int, fill: bool = 
         settings = Settings(redis_url=url, key_prefix="bench", batch_size=batch, consumer_name="bench")
         client = open_redis(settings)  # the product's client (commands packed in C)
         store = Store(client, "bench")
-        await store.check_layout()  # as every role does at start: a fresh store is layout 3
+        if layout:
+            await client.set(store.keys.layout, layout)
+        await store.check_layout()  # as every role does at start: a fresh store is layout 4
         consumer = Consumer(store, settings, Metrics())
         started = time.perf_counter()
         applied = await consumer.run_burst()

@@ -33,8 +33,8 @@ import structlog
 from call_ledger.archive import ArchiveFiles, ArchiveUnavailable, calls_file, events_file
 from call_ledger.core.archive import call_row, calls_path, event_row, events_path, partition
 from call_ledger.core.journal import restore
-from call_ledger.core.served import StoredCall
 from call_ledger.core.rules import has_record
+from call_ledger.core.served import StoredCall
 from call_ledger.settings import Settings
 from call_ledger.store import Store
 from call_ledger.store.archive import ARCHIVED, LockLost, PassState

@@ -1,20 +1,20 @@
-"""Records stored ready to serve (SPEC §13): rendered by the worker at commit, sent as stored.
+"""A call's record as every read route serves it: rendered from the call hash, or its stored copy.
 
-The worker renders each call it commits (`stored_record`) into the call hash's `j` field:
-every key of the record but `call_meta`, which stays `{}` there. call_meta is left out
-because a commit writes what its events changed (SPEC §8): a call with 16 KiB of call_meta
-must not rewrite them with each event. A lookup reads the hash once and, when the call has
-call_meta keys, puts them in place of the `{}` (`StoredCall.served`): no state is rebuilt, no
-money formatted, no estimate computed on the request path.
+Layout 4 (a fresh store) keeps no rendered copy: a lookup reads the hash once and renders the record
+from its plain fields (core.plain) and registers, decoding only the registers' values (which event set
+each is not shown). Layouts 2 and 3 keep the record the worker rendered at commit (`stored_record`) in
+the hash's `j` field: every key of the record but `call_meta`, which stays `{}` there, because a commit
+writes what its events changed (SPEC §8: a call with 16 KiB of call_meta must not rewrite them with each
+event); a lookup puts the call's call_meta keys in place of the `{}` (`StoredCall.served`). Whether the
+copy pays for itself: docs/performance.md, *Layout 4* (`bench/get_cost.py`).
 
-`j` starts with the version it was rendered at and a newline. A record whose `j` is missing
-or of another version than the call's `v` (committed by a version of call-ledger from before
-records were stored ready, e.g. during a rolling upgrade) is rendered from its state, as
-before: a lookup never serves a stale `j`.
+`j` starts with the version it was rendered at and a newline. A `j` of another version than the call's
+`v` (a commit of layout 4 left it, or a version before `j`) is never served: the record is rendered from
+the state.
 
 `StoredCall` is the one way a read route gets a record: every route that shows one (by SID, by
-id, list pages, search, export, the /costs summary) reads the call's raw hash and asks it, so
-they all serve the same bytes for the same call, and none decodes more of the hash than it needs.
+id, list pages, search, export, the /costs summary, outbound messages) reads the call's raw hash and asks
+it, so they all serve the same bytes for the same call, and none decodes more of the hash than it needs.
 """
 
 import hashlib
