@@ -35,6 +35,8 @@ FIELDS = ("st", "sa", "an", "du", FIRST_SEEN, "pv", "mk", "mb", "es")
 COST_FIELD = "c:"
 # Every field a call's core may have: what a worker asks for when it loads a call.
 HASH_FIELDS = (*FIELDS, *(COST_FIELD + component for component in COMPONENTS))
+_COSTS = tuple((component, COST_FIELD + component) for component in COMPONENTS)
+_ENCODED = tuple((name, name.encode()) for name in HASH_FIELDS)
 
 
 def plain_fields(core: Mapping[str, Any], call_sid: str) -> list[tuple[str, bytes]]:
@@ -83,10 +85,15 @@ def core_of_plain(fields: Mapping[str, bytes | None], call_sid: str) -> dict[str
         "answered": listed("an"),
         "duration": number("du"),
         "first_seen": number(FIRST_SEEN),
-        "costs": {name[len(COST_FIELD):]: int(raw) for name, raw in fields.items()
-                  if raw is not None and name.startswith(COST_FIELD)},
+        "costs": {component: int(raw) for component, name in _COSTS if (raw := fields.get(name)) is not None},
         "provider": None if provider is None else provider.decode(),
         "meta_keys": number("mk") or 0,
         "meta_bytes": number("mb") or 0,
         "estimate": listed("es"),
     }
+
+
+def core_of_hash(fields: Mapping[bytes, bytes], call_sid: str) -> dict[str, Any]:
+    """`core_of_plain` of a call hash as HGETALL returns it (names as bytes): only the core's fields are
+    looked at, not the registers and call_meta keys beside them."""
+    return core_of_plain({name: fields.get(encoded) for name, encoded in _ENCODED}, call_sid)

@@ -18,7 +18,7 @@ from call_ledger.core.errors import Refused, Unapplicable
 from call_ledger.core.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
 from call_ledger.core.members import full_provenance, short_provenance
 from call_ledger.core.money import MAX_AMOUNT_NANO, NANO, convert, format_nano
-from call_ledger.core.plain import FIRST_SEEN, core_of_plain, plain_fields
+from call_ledger.core.plain import FIRST_SEEN, core_of_hash, core_of_plain, plain_fields
 from call_ledger.core.policy import Policy
 from call_ledger.core.pricing import telephony_charge
 
@@ -161,8 +161,22 @@ class CallState:
         without a record. `provenance`: as `from_fields`."""
         if not has_record(fields):
             return None
-        return RecordState(int(fields[b"id"]), cls.from_fields(
-            fields.get(b"s"), {k.decode(): v for k, v in fields.items()}, call_sid, provenance))
+        # As from_fields, without decoding every field's name: a lookup renders from here (layout 4).
+        core = fields.get(b"s")
+        if core is not None:
+            state = cls(**orjson.loads(core))
+        elif call_sid is None:
+            raise ValueError("a call's plain fields are read with its call's SID")
+        else:
+            state = cls(**core_of_hash(fields, call_sid))
+        for name, raw in fields.items():
+            kind = name[:2]
+            if kind == _REGISTER or kind == _META:
+                register = orjson.loads(raw)
+                if provenance:
+                    register = full_provenance(register, call_sid)
+                (state.registers if kind == _REGISTER else state.meta)[name[2:].decode()] = register
+        return RecordState(int(fields[b"id"]), state)
 
 
 def has_record(fields: Mapping[bytes, bytes]) -> bool:
@@ -172,6 +186,7 @@ def has_record(fields: Mapping[bytes, bytes]) -> bool:
 
 
 _FIRST_SEEN = FIRST_SEEN.encode()
+_REGISTER, _META = REGISTER_FIELD.encode(), META_FIELD.encode()
 
 
 class RecordState(NamedTuple):
