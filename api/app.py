@@ -10,6 +10,7 @@ from call_ledger.api.archived import ARCHIVE, READER
 from call_ledger.api.calls import count_calls, get_call_by_id, list_calls, search_calls
 from call_ledger.api.costs import costs_by_id, costs_by_sid
 from call_ledger.api.export import EXPORT_SLOTS, ExportSlots, export_calls
+from call_ledger.api.rendered import RENDERED, RenderedRecords
 from call_ledger.api.views import get_call, get_call_events
 from call_ledger.api.webhook_endpoints import add_webhook_endpoints
 from call_ledger.archive import CallReader, open_archive
@@ -22,6 +23,7 @@ def add_read_api(app: web.Application, settings: Settings) -> None:
     if not settings.api_tokens:
         log.warning("no_api_tokens", detail="LEDGER_API_TOKENS is empty: every call lookup answers 401")
     app[EXPORT_SLOTS] = ExportSlots(settings.max_exports)
+    app[RENDERED] = RenderedRecords()
     if settings.archive_url:  # GET by SID serves archived calls from their files (SPEC §16)
         app[ARCHIVE] = open_archive(settings.archive_url)
         app[READER] = CallReader()

@@ -15,6 +15,7 @@ from aiohttp import web
 from call_ledger.api import listing
 from call_ledger.api.auth import check_bearer
 from call_ledger.api.query import parse_filter, parse_list, parse_search
+from call_ledger.api.rendered import RENDERED
 from call_ledger.api.visible import visible_call
 from call_ledger.core.errors import NotFound
 from call_ledger.core.indexes import member
@@ -91,7 +92,8 @@ async def call_by_id(request: web.Request) -> StoredCall:
 @store_errors
 async def get_call_by_id(request: web.Request) -> web.Response:
     call = await call_by_id(request)
-    return web.Response(body=call.served(request.app[SETTINGS].policy), content_type="application/json")
+    return web.Response(body=request.app[RENDERED].served(call, request.app[SETTINGS].policy),
+                        content_type="application/json")
 
 
 @store_errors

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from call_ledger.api.archived import archived_record
 from call_ledger.api.auth import check_bearer
+from call_ledger.api.rendered import RENDERED
 from call_ledger.api.visible import visible_call
 from call_ledger.core import cursors
 from call_ledger.core.errors import InvalidQuery, JournalOff, NotFound
@@ -40,7 +41,7 @@ async def get_call(request: web.Request) -> web.Response:
     call = await visible_call(request.app[STORE], call_sid, scope)
     # Another tenant's call is an unknown one (a call with no organization yet is nobody's).
     if call is not None:
-        body = call.served(request.app[SETTINGS].policy)  # as the worker stored it
+        body = request.app[RENDERED].served(call, request.app[SETTINGS].policy)
     else:
         archived = await archived_record(request, call_sid, scope)  # SPEC §16: from its file
         if archived is None:
