@@ -39,33 +39,39 @@ _COSTS = tuple((component, COST_FIELD + component) for component in COMPONENTS)
 _ENCODED = tuple((name, name.encode()) for name in HASH_FIELDS)
 
 
-def plain_fields(core: Mapping[str, Any], call_sid: str) -> list[tuple[str, bytes]]:
-    """(field, value) of each piece the core (core.rules `CallState.CORE`, by name) has."""
+def plain_fields(core: Any, call_sid: str) -> list[tuple[str, bytes]]:
+    """(field, value) of each piece the core has: `core` has core.rules `CallState.CORE` as attributes
+    (a CallState; this module does not import it). Every commit of layout 4 writes these: kept lean."""
     out: list[tuple[str, bytes]] = []
-    status = core["status"]
+    status = core.status
     if status is not None:
         rank, us, event_id, at = status
         out.append(("st", orjson.dumps([rank, us, short_id(event_id, call_sid), at])))
-    for name, value in (("sa", core["started"]), ("an", core["answered"])):
-        if value is not None:
-            out.append((name, orjson.dumps(value)))
-    for name, number in (("du", core["duration"]), (FIRST_SEEN, core["first_seen"])):
-        if number is not None:
-            out.append((name, str(number).encode()))
-    if core["provider"] is not None:
-        out.append(("pv", core["provider"].encode()))
-    if core["meta_keys"]:
-        out.append(("mk", str(core["meta_keys"]).encode()))
-        out.append(("mb", str(core["meta_bytes"]).encode()))
-    if core["estimate"] is not None:
-        out.append(("es", orjson.dumps(core["estimate"])))
-    for component, amount in sorted(core["costs"].items()):
-        out.append((COST_FIELD + component, str(amount).encode()))
+    if core.started is not None:
+        out.append(("sa", orjson.dumps(core.started)))
+    if core.answered is not None:
+        out.append(("an", orjson.dumps(core.answered)))
+    if core.duration is not None:
+        out.append(("du", b"%d" % core.duration))
+    if core.first_seen is not None:
+        out.append((FIRST_SEEN, b"%d" % core.first_seen))
+    if core.provider is not None:
+        out.append(("pv", core.provider.encode()))
+    if core.meta_keys:
+        out.append(("mk", b"%d" % core.meta_keys))
+        out.append(("mb", b"%d" % core.meta_bytes))
+    if core.estimate is not None:
+        out.append(("es", orjson.dumps(core.estimate)))
+    costs = core.costs
+    for component, name in _COSTS:
+        amount = costs.get(component)
+        if amount is not None:
+            out.append((name, b"%d" % amount))
     return out
 
 
 def core_of_plain(fields: Mapping[str, bytes | None], call_sid: str) -> dict[str, Any]:
-    """The core (by name, as `plain_fields` took it) from a hash's plain fields; the fields not given
+    """The core (core.rules `CallState.CORE` by name) from a hash's plain fields; the fields not given
     are the pieces the state does not have."""
     def number(name: str) -> int | None:
         raw = fields.get(name)

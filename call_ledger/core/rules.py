@@ -101,7 +101,7 @@ class CallState:
 
     def plain_fields(self, call_sid: str) -> list[tuple[str, bytes]]:
         """The core as layout 4's plain hash fields (core.plain), in place of `core_json`."""
-        return plain_fields({name: getattr(self, name) for name in self.CORE}, call_sid)
+        return plain_fields(self, call_sid)
 
     def changed_fields(self, short_for: str | None = None) -> list[tuple[str, bytes]]:
         """(hash field, JSON) of every register and call_meta key changed since loading; with `short_for`

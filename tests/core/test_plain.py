@@ -114,7 +114,7 @@ def test_the_status_names_its_event_relative_to_the_call() -> None:
     core = {"status": [7, 1, f"{sid}-9", "2026-11-24T10:00:00Z"], "started": None, "answered": None,
             "duration": None, "first_seen": 1, "costs": {}, "provider": None, "meta_keys": 0, "meta_bytes": 0,
             "estimate": None}
-    fields = dict(plain_fields(core, sid))
+    fields = dict(plain_fields(CallState(**core), sid))
     assert fields == {"st": b'[7,1,".-9","2026-11-24T10:00:00Z"]', "fs": b"1"}  # nothing for what it lacks
     assert core_of_plain(fields, sid) == core
 
