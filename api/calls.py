@@ -59,7 +59,7 @@ async def list_calls(request: web.Request) -> web.Response:
     scope = scope_of(request)
     query = parse_list(request.query)
     page = await listing.page(request.app[STORE], indexes_of(request), request.app[SETTINGS].policy, query.filter,
-                              scope, query.skip, query.limit, query.cursor)
+                              scope, query.skip, query.limit, query.cursor, request.app[RENDERED])
     body = (b'{"items":' + records_json(page.records) + b',"total":' + str(page.total).encode()
             + b',"skip":' + str(query.skip).encode() + b',"limit":' + str(query.limit).encode()
             + b',"next_cursor":' + orjson.dumps(page.next_cursor) + b"}")
@@ -101,5 +101,5 @@ async def search_calls(request: web.Request) -> web.Response:
     scope = scope_of(request)
     q, limit = parse_search(request.query)
     records = await listing.search(request.app[STORE], indexes_of(request), request.app[SETTINGS].policy, q, limit,
-                                   scope)
+                                   scope, request.app[RENDERED])
     return web.Response(body=records_json(records), content_type="application/json")

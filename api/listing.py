@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from call_ledger.api.query import CallFilter
+from call_ledger.api.rendered import RenderedRecords
 from call_ledger.api.visible import visible_calls
 from call_ledger.core.errors import InvalidQuery
 from call_ledger.core.indexes import SHARDS, ListCursor, encode_cursor, list_key, scope_name
@@ -57,10 +58,14 @@ def _empty_range(f: CallFilter) -> bool:
     return f.date_from_us is not None and f.date_to_us is not None and f.date_from_us > f.date_to_us
 
 
-async def served_items(store: Store, policy: Policy, items: list[Item], scope: int | None) -> list[bytes]:
-    """The served records of these index items, in order; those not (or no longer) the caller's left out."""
+async def served_items(store: Store, policy: Policy, items: list[Item], scope: int | None,
+                       rendered: RenderedRecords | None = None) -> list[bytes]:
+    """The served records of these index items, in order; those not (or no longer) the caller's left out.
+    `rendered`: the process's records rendered for lookups (api.rendered), to take from and keep in."""
     calls = await visible_calls(store, [item.payload.call_sid for item in items], scope)
-    return [call.served(policy) for call in calls]
+    if rendered is None:
+        return [call.served(policy) for call in calls]
+    return [rendered.served(call, policy) for call in calls]
 
 
 async def count(indexes: IndexStore, f: CallFilter, scope: int | None) -> int:
@@ -87,7 +92,7 @@ async def _scan(indexes: IndexStore, f: CallFilter, suffix: str, lo: str, hi: st
 
 
 async def page(store: Store, indexes: IndexStore, policy: Policy, f: CallFilter, scope: int | None,
-               skip: int, limit: int, cursor: ListCursor | None) -> Page:
+               skip: int, limit: int, cursor: ListCursor | None, rendered: RenderedRecords | None = None) -> Page:
     """One page of the list, newest first, with the total and the cursor to continue."""
     if _empty_range(f):
         return Page([], 0, None)
@@ -120,11 +125,11 @@ async def page(store: Store, indexes: IndexStore, policy: Policy, f: CallFilter,
     more = len(items) > limit
     items = items[:limit]
     next_cursor = encode_cursor(items[-1].score_text, items[-1].member) if more and items else None
-    return Page(await served_items(store, policy, items, scope), total, next_cursor)
+    return Page(await served_items(store, policy, items, scope, rendered), total, next_cursor)
 
 
 async def search(store: Store, indexes: IndexStore, policy: Policy, q: str, limit: int,
-                 scope: int | None) -> list[bytes]:
+                 scope: int | None, rendered: RenderedRecords | None = None) -> list[bytes]:
     """Records whose SID, numbers or assistant name contain `q` (lower-cased), newest first,
     among the scope's SEARCH_SCAN most recent calls."""
     found: list[Item] = []
@@ -140,7 +145,7 @@ async def search(store: Store, indexes: IndexStore, policy: Policy, q: str, limi
             examined += 1
             if examined >= SEARCH_SCAN:
                 break
-    return await served_items(store, policy, found, scope)
+    return await served_items(store, policy, found, scope, rendered)
 
 
 async def export(store: Store, indexes: IndexStore, f: CallFilter,

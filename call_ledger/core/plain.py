@@ -13,6 +13,7 @@ enough for a listpack on a usual call, and no rendered copy (reads render: core.
     pv   provider (source name)         c:<component>  its sum in nano-units
     mk   call_meta keys                 mb   call_meta bytes
     es   the fixed telephony estimate   [nano-units or null, rate text or null]
+    cu   the ledger currency the costs are in (fixed with the estimate: a reader may run with another)
 
 A piece the state does not have (None, 0 call_meta keys, a component without cost) has no field.
 Every piece only grows once set (a max, a min, a sum, a count), the estimate is rewritten whole,
@@ -31,7 +32,7 @@ from call_ledger.core.members import full_id, short_id
 # What marks a call hash of layout 4 with a record: every applied event sets the first-seen time.
 FIRST_SEEN = "fs"
 # Every field of the core, in the order a commit writes them (the component sums after these).
-FIELDS = ("st", "sa", "an", "du", FIRST_SEEN, "pv", "mk", "mb", "es")
+FIELDS = ("st", "sa", "an", "du", FIRST_SEEN, "pv", "mk", "mb", "es", "cu")
 COST_FIELD = "c:"
 # Every field a call's core may have: what a worker asks for when it loads a call.
 HASH_FIELDS = (*FIELDS, *(COST_FIELD + component for component in COMPONENTS))
@@ -62,6 +63,8 @@ def plain_fields(core: Any, call_sid: str) -> list[tuple[str, bytes]]:
         out.append(("mb", b"%d" % core.meta_bytes))
     if core.estimate is not None:
         out.append(("es", orjson.dumps(core.estimate)))
+    if core.currency is not None:
+        out.append(("cu", core.currency.encode()))
     costs = core.costs
     for component, name in _COSTS:
         amount = costs.get(component)
@@ -71,8 +74,8 @@ def plain_fields(core: Any, call_sid: str) -> list[tuple[str, bytes]]:
 
 
 def core_of_plain(fields: Mapping[str, bytes | None], call_sid: str) -> dict[str, Any]:
-    """The core (core.rules `CallState.CORE` by name) from a hash's plain fields; the fields not given
-    are the pieces the state does not have."""
+    """The core (core.rules `CallState.CORE` by name, and the fixed currency) from a hash's plain fields;
+    the fields not given are the pieces the state does not have."""
     def number(name: str) -> int | None:
         raw = fields.get(name)
         return None if raw is None else int(raw)
@@ -84,7 +87,7 @@ def core_of_plain(fields: Mapping[str, bytes | None], call_sid: str) -> dict[str
     status = listed("st")
     if status is not None:
         status[2] = full_id(status[2], call_sid)
-    provider = fields.get("pv")
+    provider, currency = fields.get("pv"), fields.get("cu")
     return {
         "status": status,
         "started": listed("sa"),
@@ -96,6 +99,7 @@ def core_of_plain(fields: Mapping[str, bytes | None], call_sid: str) -> dict[str
         "meta_keys": number("mk") or 0,
         "meta_bytes": number("mb") or 0,
         "estimate": listed("es"),
+        "currency": None if currency is None else currency.decode(),
     }
 
 

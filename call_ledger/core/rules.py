@@ -92,6 +92,11 @@ class CallState:
     # indexes' rollups, /costs) shows the one computed with the rates the events were applied
     # under. None: a state never committed with it (older records): computed when read.
     estimate: list[Any] | None = field(default=None, compare=False)
+    # The ledger currency the costs are in, fixed with the estimate: layout 4 renders the record when read
+    # (core.plain), and a reader with another LEDGER_CURRENCY (a `deliver`, an archive job) must show what the
+    # worker applied. None: not fixed (layouts 2 and 3, whose rendered copy says it): the reader's. Not in
+    # the core JSON, which a release before layout 4 rebuilds with exactly the names of CORE.
+    currency: str | None = field(default=None, compare=False)
 
     CORE = ("status", "started", "answered", "duration", "first_seen", "costs", "provider", "meta_keys",
             "meta_bytes", "estimate")
@@ -144,15 +149,15 @@ class CallState:
         """Everything but `changed`, as plain values (lists, dicts, str, int, None): what a cache
         encodes (worker/apply.py KnownCalls, with marshal); `of_parts` rebuilds the state."""
         return (self.status, self.started, self.answered, self.duration, self.first_seen, self.costs, self.provider,
-                self.meta_keys, self.meta_bytes, self.registers, self.meta, self.estimate)
+                self.meta_keys, self.meta_bytes, self.registers, self.meta, self.estimate, self.currency)
 
     @classmethod
     def of_parts(cls, parts: tuple[Any, ...]) -> "CallState":
         """The state `parts()` was taken of, from a decoded copy of them (which it then owns)."""
         status, started, answered, duration, first_seen, costs, provider, meta_keys, meta_bytes, registers, meta, \
-            estimate = parts
+            estimate, currency = parts
         return cls(status, started, answered, duration, first_seen, costs, provider, meta_keys, meta_bytes,
-                   registers, meta, estimate=estimate)
+                   registers, meta, estimate=estimate, currency=currency)
 
     @classmethod
     def from_hash(cls, fields: dict[bytes, bytes], call_sid: str | None = None,
@@ -422,7 +427,8 @@ _NO_ESTIMATE = Estimate(None, None)
 
 
 def fix_estimate(state: CallState, policy: Policy) -> None:
-    """Fix the telephony estimate with this policy (the worker, before each commit)."""
+    """Fix the telephony estimate and the ledger currency with this policy (the worker, before each commit)."""
+    state.currency = policy.currency
     state.estimate = list(telephony_estimate(state, connected_duration(state), policy))
 
 
@@ -465,7 +471,7 @@ def render_record(call_sid: str, record_id: int, state: CallState, policy: Polic
         "tts_cost": costs["tts"],
         "stt_cost": costs["stt"],
         "telephony_cost": costs["telephony"],
-        "cost_currency": policy.currency if present else None,
+        "cost_currency": (state.currency or policy.currency) if present else None,
     }
 
 

@@ -22,7 +22,7 @@ Layout (prefix `cl` by default, LEDGER_KEY_PREFIX):
                                value] (layout 3: the event as its short member, [us, ".-3", "0", value]:
                                call_ledger.core.members), j (the record rendered at commit, call_meta left `{}`:
                                call_ledger.core.served). Layout 4: the core as st, sa, an, du, fs, pv,
-                               c:<component>, mk, mb, es (call_ledger.core.plain) in place of s; no j,
+                               c:<component>, mk, mb, es, cu (call_ledger.core.plain) in place of s; no j,
                                a terminal call's rh (the record's digest) in its place. The
                                outbound messages' finality (SPEC §15, docs/outbound.md): fe "1" once
                                `call.ended` is announced, fr the finality revision (absent: not

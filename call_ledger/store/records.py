@@ -156,6 +156,7 @@ class Records:
         # commits write members in their short form in 3 and 4, the core as plain fields and no
         # rendered record in 4. Every form of every layout is read always.
         self.mark = LAYOUT
+        self._sighted = ""  # the mark refresh_layout read last
 
     @property
     def short_members(self) -> bool:
@@ -200,6 +201,7 @@ class Records:
                                  f"this version reads layouts {', '.join(LAYOUTS[:-1])} and {LAYOUTS[-1]}")
         else:
             self.mark = text(found)
+        self._sighted = self.mark
 
     async def layout(self) -> str:
         """The store's layout mark ('' before anything was written)."""
@@ -207,15 +209,20 @@ class Records:
 
     async def refresh_layout(self) -> str:
         """Read the store's layout again (it moves on while workers run: call_ledger.store.layout);
-        the mark commits now write by. A mark gone (FLUSHALL, a lost restart) is put back as this
-        process writes: a store holding short members or plain fields must not be taken for an
-        earlier layout by an earlier version starting on it."""
+        the mark commits now write by. A later mark is taken once two reads in a row found it: a move
+        that found a late blocker undoes its mark within milliseconds (call_ledger.store.layout), which a
+        worker reading every 5 s can then never have written by. An earlier mark (that undo) is taken at
+        once. A mark gone (FLUSHALL, a lost restart) is put back as this process writes: a store holding
+        short members or plain fields must not be taken for an earlier layout by an earlier version
+        starting on it."""
         found = await self.layout()
         if not found:
             await self.redis.set(self.keys.layout, self.mark, nx=True)
             found = await self.layout()
-        if found in LAYOUTS:  # another (a later version's) is refused at the next start, not mid-batch
+        # Another layout (a later version's) is refused at the next start, not mid-batch.
+        if found in LAYOUTS and (LAYOUTS.index(found) < LAYOUTS.index(self.mark) or found == self._sighted):
             self.mark = found
+        self._sighted = found
         return self.mark
 
     async def load_calls(self, wanted: dict[str, tuple[list[str], list[str]]],

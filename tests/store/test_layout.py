@@ -54,7 +54,8 @@ async def test_the_move_waits_for_every_worker_to_read_the_newest_layout(real_st
         assert (forced.before, forced.after) == ("2", "4")
     finally:
         await old_worker.aclose()
-    assert await store.records.refresh_layout() == "4" and store.records.plain_state
+    await store.records.refresh_layout()
+    assert await store.records.refresh_layout() == "4" and store.records.plain_state  # at the second read
     assert (await upgrade_layout(store.redis, store.keys)).after == "4"  # stays
     assert (await upgrade_layout(store.redis, store.keys, to="3")).after == "4"  # never back
 

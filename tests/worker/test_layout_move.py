@@ -33,6 +33,7 @@ async def deliver(store: Store, consumer: Consumer, payloads: list[bytes]) -> No
 async def move(store: Store, consumer: Consumer, to: str = "3") -> None:
     """What `call-ledger layout --upgrade` does to the mark, then what the worker's maintenance learns."""
     await store.redis.set(store.keys.layout, to)
+    await consumer.maintain()  # a later mark is taken once two maintenance ticks in a row read it
     await consumer.maintain()
     assert store.records.mark == to
 
@@ -112,6 +113,7 @@ async def test_any_deliveries_around_the_move_apply_each_event_once(seed: int, m
     for i in range(cut, len(payloads), batch):
         if i >= learned and other.records.mark == before:
             await lagging.maintain()
+            await lagging.maintain()
             assert other.records.mark == after
         await deliver(store, (consumer, lagging)[i // batch % 2], payloads[i:i + batch])
     assert await assert_records_exact(store, events, settings) == len(events)
@@ -121,3 +123,25 @@ async def test_any_deliveries_around_the_move_apply_each_event_once(seed: int, m
             fields = await store.redis.hgetall(store.call_key(sid))
             assert b"s" not in fields or b"j" in fields, fields  # a core of layout 3 comes with its record
     await redis.aclose()
+
+
+async def test_a_later_mark_is_taken_at_the_second_read_and_an_undone_one_never(store: Store, consumer: Consumer) -> None:
+    """A move that found a late blocker puts the mark back within milliseconds (call_ledger.store.layout): a
+    worker takes a later mark only when two of its reads in a row found it, so one read in that window
+    writes nothing in the undone layout; an earlier mark (the undo) is taken at once."""
+    await store.redis.set(store.keys.layout, "3")
+    await store.check_layout()
+    await store.redis.set(store.keys.layout, "4")  # the move sets the mark...
+    await consumer.maintain()
+    assert store.records.mark == "3"  # ...read once: not yet
+    await store.redis.set(store.keys.layout, "3")  # ...and undoes it
+    await consumer.maintain()
+    await consumer.maintain()
+    assert store.records.mark == "3"
+    await store.redis.set(store.keys.layout, "4")  # moved for good
+    await consumer.maintain()
+    await consumer.maintain()
+    assert store.records.mark == "4"
+    await store.redis.set(store.keys.layout, "3")  # an undo reaches a worker that had taken it: at once
+    await consumer.maintain()
+    assert store.records.mark == "3"
