@@ -125,7 +125,8 @@ async def test_any_deliveries_around_the_move_apply_each_event_once(seed: int, m
     await redis.aclose()
 
 
-async def test_a_later_mark_is_taken_at_the_second_read_and_an_undone_one_never(store: Store, consumer: Consumer) -> None:
+async def test_a_later_mark_is_taken_at_the_second_read_and_an_undone_one_never(store: Store,
+                                                                                consumer: Consumer) -> None:
     """A move that found a late blocker puts the mark back within milliseconds (call_ledger.store.layout): a
     worker takes a later mark only when two of its reads in a row found it, so one read in that window
     writes nothing in the undone layout; an earlier mark (the undo) is taken at once."""
