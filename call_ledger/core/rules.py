@@ -36,7 +36,7 @@ STATUS_RANK = {
 }
 RANK_STATUS = {rank: status for status, rank in STATUS_RANK.items()}
 assert set(STATUS_RANK) == set(STATUSES)
-_TERMINAL_RANK = min(STATUS_RANK[s] for s in TERMINAL_STATUSES)
+TERMINAL_RANK = _TERMINAL_RANK = min(STATUS_RANK[s] for s in TERMINAL_STATUSES)
 
 # Fields set by "the event with the latest occurred_at, ties broken by the larger event_id".
 REGISTERS = (
@@ -174,13 +174,12 @@ class CallState:
             raise ValueError("a call's plain fields are read with its call's SID")
         else:
             state = cls(**core_of_hash(fields, call_sid))
+        registers, meta, loads = state.registers, state.meta, orjson.loads
         for name, raw in fields.items():
-            kind = name[:2]
-            if kind == _REGISTER or kind == _META:
-                register = orjson.loads(raw)
-                if provenance:
-                    register = full_provenance(register, call_sid)
-                (state.registers if kind == _REGISTER else state.meta)[name[2:].decode()] = register
+            if name.startswith(_REGISTER):
+                registers[name[2:].decode()] = full_provenance(loads(raw), call_sid) if provenance else loads(raw)
+            elif name.startswith(_META):
+                meta[name[2:].decode()] = full_provenance(loads(raw), call_sid) if provenance else loads(raw)
         return RecordState(int(fields[b"id"]), state)
 
 
@@ -388,13 +387,18 @@ def _value(state: CallState, name: str) -> Any:
 
 def connected_duration(state: CallState) -> int | None:
     """Largest reported duration, else hang-up - first answer, else 0 if ended unanswered."""
-    if state.duration is not None:
-        return state.duration
-    if state.status is None or state.status[0] < _TERMINAL_RANK:
+    return duration_of(state.duration, state.status, state.answered)
+
+
+def duration_of(duration: int | None, status: list[Any] | None, answered: list[Any] | None) -> int | None:
+    """`connected_duration` of a state's duration, status and answer (what a lookup renders from: core.served)."""
+    if duration is not None:
+        return duration
+    if status is None or status[0] < _TERMINAL_RANK:
         return None
-    if state.answered is None:
+    if answered is None:
         return 0
-    seconds = Decimal(state.status[1] - state.answered[0]) / 1_000_000
+    seconds = Decimal(status[1] - answered[0]) / 1_000_000
     return max(0, int(seconds.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)))
 
 
