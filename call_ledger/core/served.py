@@ -119,8 +119,8 @@ class StoredCall:
         status, started, answered = get(b"st"), get(b"sa"), get(b"an")
         status = None if status is None else loads(status)
         started = None if started is None else loads(started)
-        duration = get(b"du")
-        duration = duration_of(None if duration is None else int(duration), status,
+        reported = get(b"du")
+        duration = duration_of(None if reported is None else int(reported), status,
                                None if answered is None else loads(answered))
         terminal = status is not None and status[0] >= TERMINAL_RANK
         costs = {component: None if (raw := get(name)) is None else int(raw) for component, name in _COSTS}
