@@ -8,7 +8,8 @@ times, per call, what the GET route does with it (call_ledger/core/served.py `St
   render   layout 4: no `j`; the record is rendered from the plain fields (call_ledger/core/plain.py)
 
 Best of --repeat passes over the 2000 calls, µs per GET (the HTTP and Redis round trip are the same in
-both and left out). Also the hash's size (bytes of HGETALL reply fields) in each layout.
+both and left out). Also the hash's size (bytes of HGETALL reply fields) in each layout, and an export row's
+CPU in the API (CSV and JSON, api/export.py) from each.
 
     .venv/bin/python bench/get_cost.py [--repeat 9]
 """
@@ -75,6 +76,19 @@ def main() -> None:
         print(f"GET CPU per call, best of {args.repeat}: stored j {s_us:.2f} µs, render {r_us:.2f} µs "
               f"(bodies {s_size / len(stored):.0f} / {r_size / len(bare):.0f} B, identical: {same})")
     print(f"hash (HGETALL fields) {size['3']:.0f} B in layout 3, {size['4']:.0f} B in layout 4")
+    # What an export row costs the API (api/export.py: the CSV and JSON rows of a batch), without Redis.
+    from call_ledger.api.export import csv_rows_of_calls, json_rows
+    for name, rows in (("csv", csv_rows_of_calls), ("json", json_rows)):
+        timed = []
+        for calls in (stored, bare, stored, bare):
+            best = float("inf")
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                rows(calls, settings.policy)
+                best = min(best, time.perf_counter() - started)
+            timed.append(1e6 * best / len(calls))
+        print(f"export {name} row, best of {args.repeat}: layout 3 {timed[0]:.1f} / {timed[2]:.1f} µs, "
+              f"layout 4 {timed[1]:.1f} / {timed[3]:.1f} µs")
 
 
 def without_id(body: bytes) -> bytes:
