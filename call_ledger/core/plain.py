@@ -37,7 +37,8 @@ COST_FIELD = "c:"
 # Every field a call's core may have: what a worker asks for when it loads a call.
 HASH_FIELDS = (*FIELDS, *(COST_FIELD + component for component in COMPONENTS))
 _COSTS = tuple((component, COST_FIELD + component) for component in COMPONENTS)
-_ENCODED_COSTS = tuple((component, name.encode()) for component, name in _COSTS)
+# The same, as a call hash read with HGETALL names them.
+COST_NAMES = tuple((component, name.encode()) for component, name in _COSTS)
 
 
 def plain_fields(core: Any, call_sid: str) -> list[tuple[str, bytes]]:
@@ -120,7 +121,7 @@ def core_of_hash(fields: Mapping[bytes, bytes], call_sid: str) -> dict[str, Any]
         "answered": None if answered is None else orjson.loads(answered),
         "duration": None if duration is None else int(duration),
         "first_seen": None if first_seen is None else int(first_seen),
-        "costs": {component: int(raw) for component, name in _ENCODED_COSTS if (raw := get(name)) is not None},
+        "costs": {component: int(raw) for component, name in COST_NAMES if (raw := get(name)) is not None},
         "provider": None if provider is None else provider.decode(),
         "meta_keys": 0 if keys is None else int(keys),
         "meta_bytes": 0 if size is None else int(size),

@@ -36,7 +36,7 @@ STATUS_RANK = {
 }
 RANK_STATUS = {rank: status for status, rank in STATUS_RANK.items()}
 assert set(STATUS_RANK) == set(STATUSES)
-TERMINAL_RANK = _TERMINAL_RANK = min(STATUS_RANK[s] for s in TERMINAL_STATUSES)
+TERMINAL_RANK = min(STATUS_RANK[s] for s in TERMINAL_STATUSES)
 
 # Fields set by "the event with the latest occurred_at, ties broken by the larger event_id".
 REGISTERS = (
@@ -394,7 +394,7 @@ def duration_of(duration: int | None, status: list[Any] | None, answered: list[A
     """`connected_duration` of a state's duration, status and answer (what a lookup renders from: core.served)."""
     if duration is not None:
         return duration
-    if status is None or status[0] < _TERMINAL_RANK:
+    if status is None or status[0] < TERMINAL_RANK:
         return None
     if answered is None:
         return 0
@@ -405,7 +405,7 @@ def duration_of(duration: int | None, status: list[Any] | None, answered: list[A
 def telephony_estimate(state: CallState, duration: int | None,
                        policy: Policy) -> Estimate:
     """Rate-card estimate for a terminal call with no reported charge: ceil(duration/60) minutes."""
-    if state.status is None or state.status[0] < _TERMINAL_RANK or duration is None:
+    if state.status is None or state.status[0] < TERMINAL_RANK or duration is None:
         return _NO_ESTIMATE
     if state.provider is None:
         return _NO_ESTIMATE
@@ -451,7 +451,7 @@ def render_record(call_sid: str, record_id: int, state: CallState, policy: Polic
     to_phone = _value(state, "to_phone_number") or ours or ""
     customer_phone = _value(state, "customer_phone_number") or theirs or ""
 
-    terminal = state.status is not None and state.status[0] >= _TERMINAL_RANK
+    terminal = state.status is not None and state.status[0] >= TERMINAL_RANK
     duration = connected_duration(state)
     costs: dict[str, int | None] = {c: state.costs.get(c) for c in COMPONENTS}
     if costs["telephony"] is None:

@@ -9,8 +9,8 @@ event); a lookup puts the call's call_meta keys in place of the `{}` (`StoredCal
 copy pays for itself: docs/performance.md, *Layout 4* (`bench/get_cost.py`).
 
 `j` starts with the version it was rendered at and a newline. A `j` of another version than the call's
-`v` (a commit of layout 4 left it, or a version before `j`) is never served: the record is rendered from
-the state.
+`v` (committed by a version from before `j` was written at every commit) is never served: the record is
+rendered from the state.
 
 `StoredCall` is the one way a read route gets a record: every route that shows one (by SID, by
 id, list pages, search, export, the /costs summary, outbound messages) reads the call's raw hash and asks
@@ -23,8 +23,7 @@ from typing import Any
 
 import orjson
 
-from call_ledger.core.events import COMPONENTS
-from call_ledger.core.plain import COST_FIELD
+from call_ledger.core.plain import COST_NAMES
 from call_ledger.core.policy import Policy
 from call_ledger.core.rules import (
     META_FIELD,
@@ -42,7 +41,6 @@ DIGEST_FIELD = b"rh"  # layout 4: `record_digest` of a terminal call's record, i
 _EMPTY_META = b'"call_meta":{}'
 _META = META_FIELD.encode()
 _ORGANIZATION = (REGISTER_FIELD + "organization_id").encode()
-_COSTS = tuple((component, (COST_FIELD + component).encode()) for component in COMPONENTS)
 
 
 def stored_record(record: dict[str, Any], version: int) -> bytes:
@@ -123,7 +121,7 @@ class StoredCall:
         duration = duration_of(None if reported is None else int(reported), status,
                                None if answered is None else loads(answered))
         terminal = status is not None and status[0] >= TERMINAL_RANK
-        costs = {component: None if (raw := get(name)) is None else int(raw) for component, name in _COSTS}
+        costs = {component: None if (raw := get(name)) is None else int(raw) for component, name in COST_NAMES}
         if costs["telephony"] is None:
             costs["telephony"] = loads(self.fields[b"es"])[0]
         present = [amount for amount in costs.values() if amount is not None]
