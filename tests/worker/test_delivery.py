@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import fakeredis
+import orjson
 import pytest
 import standardwebhooks.webhooks
 from aiohttp import web
@@ -188,7 +189,16 @@ async def test_an_endpoint_down_then_back_gets_its_messages_and_a_failed_one_is_
     assert await world.store.deliveries.recover(endpoint.id, 0, now_ms()) == 1
     await until(lambda: len(receiver.got) == 1, 10, "the recovered message delivered")
     assert receiver.got[0][0] == message(1).id  # the original webhook-id
-    # Delivered messages can be recovered too, and are sent again with the same id.
+    # Delivered messages can be recovered too, and are sent again with the same id: once the delivery is
+    # settled (the receiver has the request a moment before its sender records the answer, and a message
+    # being sent is left to that attempt).
+    messages = world.store.keys.delivery_messages(endpoint.id)
+
+    async def settled() -> bool:
+        raw = await world.store.redis.hget(messages, message(1).id)
+        return raw is not None and orjson.loads(raw)["state"] == "delivered"
+
+    await until(settled, 10, "the delivery settled")
     assert await world.store.deliveries.recover(endpoint.id, 0, now_ms()) == 1
     await until(lambda: len(receiver.got) == 2, 10, "sent again")
     assert receiver.got[1][0] == message(1).id and receiver.got[1][1] == receiver.got[0][1]
