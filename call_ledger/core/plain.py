@@ -39,6 +39,7 @@ HASH_FIELDS = (*FIELDS, *(COST_FIELD + component for component in COMPONENTS))
 _COSTS = tuple((component, COST_FIELD + component) for component in COMPONENTS)
 # The same, as a call hash read with HGETALL names them.
 COST_NAMES = tuple((component, name.encode()) for component, name in _COSTS)
+_ENCODED = tuple((name, name.encode()) for name in HASH_FIELDS)
 
 
 def plain_fields(core: Any, call_sid: str) -> list[tuple[str, bytes]]:
@@ -75,37 +76,15 @@ def plain_fields(core: Any, call_sid: str) -> list[tuple[str, bytes]]:
 
 
 def core_of_plain(fields: Mapping[str, bytes | None], call_sid: str) -> dict[str, Any]:
-    """The core (core.rules `CallState.CORE` by name, and the fixed currency) from a hash's plain fields;
-    the fields not given are the pieces the state does not have."""
-    def number(name: str) -> int | None:
-        raw = fields.get(name)
-        return None if raw is None else int(raw)
-
-    def listed(name: str) -> Any:
-        raw = fields.get(name)
-        return None if raw is None else orjson.loads(raw)
-
-    status = listed("st")
-    if status is not None:
-        status[2] = full_id(status[2], call_sid)
-    provider, currency = fields.get("pv"), fields.get("cu")
-    return {
-        "status": status,
-        "started": listed("sa"),
-        "answered": listed("an"),
-        "duration": number("du"),
-        "first_seen": number(FIRST_SEEN),
-        "costs": {component: int(raw) for component, name in _COSTS if (raw := fields.get(name)) is not None},
-        "provider": None if provider is None else provider.decode(),
-        "meta_keys": number("mk") or 0,
-        "meta_bytes": number("mb") or 0,
-        "estimate": listed("es"),
-        "currency": None if currency is None else currency.decode(),
-    }
+    """The core (core.rules `CallState.CORE` by name, and the fixed currency) from a hash's plain fields
+    named as text (what a worker's HMGET gives: None for a field the call lacks); the fields not given are
+    the pieces the state does not have. Decoded by `core_of_hash`, the one reader of the format."""
+    return core_of_hash({encoded: raw for name, encoded in _ENCODED if (raw := fields.get(name)) is not None},
+                        call_sid)
 
 
 def core_of_hash(fields: Mapping[bytes, bytes], call_sid: str) -> dict[str, Any]:
-    """`core_of_plain` of a call hash as HGETALL returns it (names as bytes), for a lookup: only the
+    """The core from a call hash as HGETALL returns it (names as bytes), for a lookup: only the
     core's fields are looked at, not the registers and call_meta keys beside them, and none is copied
     first (a lookup renders from here on every read: docs/performance.md, *Layout 4*)."""
     get = fields.get
