@@ -145,15 +145,6 @@ def _stored_line(stored: bytes, call: StoredCall) -> str:
     """The CSV line of a call's stored record (`j` without its version) and its call_meta."""
     record = orjson.loads(stored)
     row = [record[key] for key in RECORD_KEYS]
-    for i in _TEXT_COLUMNS:
-        value = row[i]
-        if value is None:
-            row[i] = ""
-        elif value and value[0] in _FORMULA_FIRST:
-            row[i] = "'" + value
-    for i in _INT_COLUMNS:
-        value = row[i]
-        row[i] = "" if value is None else str(value)
     texts: list[bytes] | None = None
     for n, i in enumerate(_MONEY_COLUMNS):
         value = row[i]
@@ -166,8 +157,30 @@ def _stored_line(stored: bytes, call: StoredCall) -> str:
         else:
             texts = texts or _money_texts(stored)
             row[i] = texts[n].decode()
+    return _line(row, call.call_meta())
+
+
+def _rendered_line(record: dict[str, Any]) -> str:
+    """The CSV line of a record rendered from the call's fields (layout 4: money in nano-units)."""
+    row = [record[key] for key in RECORD_KEYS]
+    for i in _MONEY_COLUMNS:
+        value = row[i]
+        row[i] = "" if value is None else format_nano(value)
+    return _line(row, record["call_meta"])
+
+
+def _line(row: list[Any], meta: dict[str, Any]) -> str:
+    """The CSV line of a record's values, money written already: what `csv_rows` writes for it."""
+    for i in _TEXT_COLUMNS:
+        value = row[i]
+        if value is None:
+            row[i] = ""
+        elif value and value[0] in _FORMULA_FIRST:
+            row[i] = "'" + value
+    for i in _INT_COLUMNS:
+        value = row[i]
+        row[i] = "" if value is None else str(value)
     # call_meta: JSON text (an object's always starts with `{`; neutralised all the same)
-    meta = call.call_meta()
     row[_META_COLUMN] = neutralise(orjson.dumps(meta).decode()) if meta else "{}"
     line = ",".join(row)
     if line.count(",") == _COMMAS and '"' not in line and "\n" not in line and "\r" not in line:
@@ -177,8 +190,8 @@ def _stored_line(stored: bytes, call: StoredCall) -> str:
 
 def csv_rows_of_calls(calls: list[StoredCall], policy: Policy) -> str:
     """CSV rows of calls: from the record stored ready when it is current (numbers
-    as the record's JSON writes them, call_meta from its fields), else rendered from the state
-    (`csv_rows`): the same text either way.
+    as the record's JSON writes them, call_meta from its fields), else rendered from the fields:
+    the text `csv_rows` writes for the record either way (tests/api/test_export.py).
 
     The export's hottest loop, kept to a few C calls per row: one parse of the record, its
     money from the floats when that is exact (else cut from the text), a set lookup per text
@@ -187,8 +200,8 @@ def csv_rows_of_calls(calls: list[StoredCall], policy: Policy) -> str:
     lines: list[str] = []
     for call in calls:
         stored = call.stored_json()
-        if stored is None:
-            lines.append(csv_rows([call.record(policy)]))
+        if stored is None:  # layout 4, or a call committed by a version before `j`
+            lines.append(_rendered_line(call.record(policy)))
             continue
         lines.append(_stored_line(stored, call))
     return "".join(lines)

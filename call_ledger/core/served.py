@@ -41,6 +41,10 @@ DIGEST_FIELD = b"rh"  # layout 4: `record_digest` of a terminal call's record, i
 _EMPTY_META = b'"call_meta":{}'
 _META = META_FIELD.encode()
 _ORGANIZATION = (REGISTER_FIELD + "organization_id").encode()
+# The registers a record shows (`_plain_record` reads them in this order).
+_SHOWN_REGISTERS = tuple((REGISTER_FIELD + name).encode() for name in (
+    "direction", "from_number", "to_number", "to_phone_number", "customer_phone_number", "assistant_id",
+    "assistant_name", "flow_name"))
 
 
 def stored_record(record: dict[str, Any], version: int) -> bytes:
@@ -106,14 +110,12 @@ class StoredCall:
         `render_record(CallState.from_hash(...))` gives (tests/core/test_plain.py holds them equal), at a
         fraction of its cost, since every lookup and export row of layout 4 renders (docs/performance.md)."""
         get, loads = self.fields.get, orjson.loads
-
-        def value(name: bytes) -> Any:
-            raw = get(name)
-            return None if raw is None else loads(raw)[3]
-
-        direction = value(b"r:direction") or "inbound"  # SPEC §4: inbound while unknown
-        raw_from, raw_to = value(b"r:from_number"), value(b"r:to_number")
-        ours, theirs = (raw_to, raw_from) if direction == "inbound" else (raw_from, raw_to)
+        direction, raw_from, raw_to, to_phone, customer_phone, assistant_id, assistant_name, flow_name = [
+            None if (raw := get(name)) is None else loads(raw)[3] for name in _SHOWN_REGISTERS]
+        if (direction or "inbound") == "inbound":  # SPEC §4: inbound while unknown
+            ours, theirs = raw_to, raw_from
+        else:
+            ours, theirs = raw_from, raw_to
         status, started, answered = get(b"st"), get(b"sa"), get(b"an")
         status = None if status is None else loads(status)
         started = None if started is None else loads(started)
@@ -128,14 +130,14 @@ class StoredCall:
         currency = get(b"cu")
         return {
             "call_sid": self.call_sid,
-            "to_phone_number": value(b"r:to_phone_number") or ours or "",
-            "customer_phone_number": value(b"r:customer_phone_number") or theirs or "",
+            "to_phone_number": to_phone or ours or "",
+            "customer_phone_number": customer_phone or theirs or "",
             "id": self.record_id,
-            "assistant_id": value(b"r:assistant_id") or 0,
+            "assistant_id": assistant_id or 0,
             "status": RANK_STATUS[status[0]] if status else "initiated",
             "call_meta": self.call_meta(),
-            "assistant_name": value(b"r:assistant_name"),
-            "flow_name": value(b"r:flow_name"),
+            "assistant_name": assistant_name,
+            "flow_name": flow_name,
             "duration": duration,
             "started_at": started[1] if started else None,
             "ended_at": status[3] if terminal and status else None,
@@ -163,8 +165,11 @@ class StoredCall:
     def call_meta(self) -> dict[str, Any]:
         """The call's call_meta (sorted by key, as a record renders it), from its `m:` fields: the
         part of the record its stored `j` leaves out."""
-        fields = [(name, value) for name, value in self.fields.items() if name.startswith(_META)]
-        if not fields:  # most calls: the export's hot loop asks for each
+        fields = self.fields
+        if b"mk" not in fields and b"fs" in fields and b"s" not in fields:
+            return {}  # layout 4 counts the keys (`mk`, core.plain) and has none: nothing to look for
+        found = [(name, value) for name, value in fields.items() if name[:2] == _META]
+        if not found:  # most calls: the export's hot loop asks for each
             return {}
-        fields.sort()  # by the name's UTF-8, which orders as its text does
-        return {name[2:].decode(): orjson.loads(value)[3] for name, value in fields}
+        found.sort()  # by the name's UTF-8, which orders as its text does
+        return {name[2:].decode(): orjson.loads(value)[3] for name, value in found}

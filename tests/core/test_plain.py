@@ -1,6 +1,6 @@
 """A call's core state as plain hash fields (layout 4, core.plain): every state reads back whole, a
 worker folding from plain fields makes the same record as one folding from the core JSON, and a
-call hash of layout 4 is served byte for byte as its layout-3 twin."""
+call hash of layout 4 is served (and exported) byte for byte as its layout-3 twin."""
 
 import hashlib
 from typing import Any
@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from call_ledger.api.export import csv_rows, csv_rows_of_calls
 from call_ledger.core.events import CallEvent, Cost
 from call_ledger.core.indexes import RECORD_FIELDS
 from call_ledger.core.members import full_id, short_id
@@ -74,6 +75,10 @@ def test_a_layout_4_hash_is_served_as_its_layout_3_twin_byte_for_byte(events: li
     assert has_record(three) and has_record(four) and b"j" not in four and b"s" not in four
     served = StoredCall(SID, three).served(SETTINGS.policy)
     assert StoredCall(SID, four).served(SETTINGS.policy) == served
+    # An export row too: the CSV the reference writer makes of the record, from either layout.
+    row = csv_rows([render_record(SID, 1, state, SETTINGS.policy)])
+    assert csv_rows_of_calls([StoredCall(SID, four)], SETTINGS.policy) == row
+    assert csv_rows_of_calls([StoredCall(SID, three)], SETTINGS.policy) == row
     # The same state; layout 3's core leaves the currency to the copy `j` it is served from.
     assert StoredCall(SID, four).state().parts() == state.parts()
     assert StoredCall(SID, three).state().parts()[:-1] == state.parts()[:-1]
