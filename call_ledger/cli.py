@@ -18,6 +18,7 @@ from call_ledger.app import Role, create_app
 from call_ledger.core.errors import DurabilityUnavailable, LayoutMismatch, StoreRefused, StoreUnreachable
 from call_ledger.runtime import tune_gc
 from call_ledger.settings import Settings
+from call_ledger.store.keys import NEWEST_LAYOUT
 from call_ledger.web.logs import configure_logging, secret_values
 from call_ledger.web.redact import Redactor
 
@@ -177,7 +178,7 @@ async def _layout(args: argparse.Namespace, settings: Settings) -> int:
     Showing writes nothing."""
     from redis.exceptions import ResponseError
 
-    from call_ledger.store.keys import LAYOUTS, NEWEST_LAYOUT
+    from call_ledger.store.keys import LAYOUTS
     from call_ledger.store.layout import find_blockers, upgrade_layout
 
     if settings.redis_url is None:
@@ -186,7 +187,9 @@ async def _layout(args: argparse.Namespace, settings: Settings) -> int:
     store = await _open_store(settings)
     try:
         mark = await store.records.layout()
-        if mark and mark not in LAYOUTS:
+        if not mark:
+            await store.records.check_unmarked()  # one line, exit 2: data of a version before marks
+        elif mark not in LAYOUTS:
             await store.check_layout()  # one line, exit 2: a layout this version does not read
         if not args.upgrade:
             print(f"layout {mark or 'none yet: the first process to start on the store marks it'}")
@@ -201,14 +204,15 @@ async def _layout(args: argparse.Namespace, settings: Settings) -> int:
         for blocker in move.blockers:
             print(f"not known to read layout {NEWEST_LAYOUT}: {blocker}", file=sys.stderr)
         if move.unknown:
-            print(f"call-ledger: layout stays {move.before or '2'}: the connections cannot be listed (CLIENT LIST: "
-                  f"{move.unknown}); --force moves it without looking", file=sys.stderr)
+            print(f"call-ledger: layout stays {move.after or 'unmarked'}: the connections cannot be listed "
+                  f"(CLIENT LIST: {move.unknown}); --force moves it without looking", file=sys.stderr)
             return 1
         if move.after != NEWEST_LAYOUT:
-            print(f"call-ledger: layout stays {move.before or '2'}: stop or upgrade the processes above "
+            print(f"call-ledger: layout stays {move.after or 'unmarked'}: stop or upgrade the processes above "
                   "(--force moves it anyway)", file=sys.stderr)
             return 1
-        print(f"layout {move.before} -> {move.after}" if move.before != move.after else f"layout {move.after} already")
+        print(f"layout {move.before or 'none'} -> {move.after}" if move.before != move.after
+              else f"layout {move.after} already")
         return 0
     except LayoutMismatch as exc:
         fail(settings, str(exc))
@@ -242,8 +246,10 @@ def parser() -> argparse.ArgumentParser:
     check = pricing_sub.add_parser("check", help="validate a pricing file and print its table")
     check.add_argument("file", help="a YAML or JSON pricing file")
     sub.add_parser("reindex", help="(re)build the calls API's indexes from the records (safe while running)")
-    layout = sub.add_parser("layout", help="show the store's layout; --upgrade moves it to layout 3 (short members)")
-    layout.add_argument("--upgrade", action="store_true", help="move to layout 3 once every connected process reads it")
+    layout = sub.add_parser("layout", help=f"show the store's layout; --upgrade moves it to layout {NEWEST_LAYOUT} "
+                                           "(plain fields)")
+    layout.add_argument("--upgrade", action="store_true",
+                        help=f"move to layout {NEWEST_LAYOUT} once every connected process reads it")
     layout.add_argument("--force", action="store_true", help="with --upgrade: move whatever is connected")
     sub.add_parser("archive", help="one archive pass now: finalized calls past LEDGER_RETENTION_DAYS to the archive")
     return p
@@ -266,7 +272,10 @@ def _pricing_check(path: str, settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    commands = parser()
+    args = commands.parse_args(argv)
+    if args.command == "layout" and args.force and not args.upgrade:
+        commands.error("--force moves the store: it goes with --upgrade")
     if args.command == "pricing":
         # The file named on the command line is checked, not LEDGER_PRICING_FILE; currency and
         # FX rates still come from the environment, as they would for the service.

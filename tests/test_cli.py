@@ -8,6 +8,7 @@ import pytest
 from call_ledger.core.events import CallEvent
 from call_ledger.core.rules import render_record
 from call_ledger.store import Store
+from call_ledger.store.keys import NEWEST_LAYOUT
 from call_ledger.web.metrics import Metrics
 from call_ledger.worker.consumer import Consumer
 from tests.support.cli import run_cli
@@ -187,3 +188,39 @@ async def test_layout_shows_a_store_without_a_mark_and_writes_nothing(store: Sto
     shown = run_cli("layout", LEDGER_REDIS_URL=redis_server.url)
     assert shown.returncode == 0 and shown.stdout.startswith("layout none yet"), shown.stderr
     assert await store.redis.get(store.keys.layout) is None
+
+
+async def test_layout_refuses_a_store_without_a_mark_that_holds_data_as_start_up_does(
+        store: Store, redis_server: RedisServer) -> None:
+    """Record ids without a mark are a version before marks: `layout` must neither say the first
+    process will mark the store nor let --upgrade mark it (the services would then start on it)."""
+    await store.redis.set(store.keys.ids, 5)
+    for args in (("layout",), ("layout", "--upgrade"), ("layout", "--upgrade", "--force")):
+        line = one_line_error(run_cli(*args, LEDGER_REDIS_URL=redis_server.url))
+        assert "older key layout" in line, args
+    assert await store.redis.get(store.keys.layout) is None
+
+
+async def test_layout_upgrade_marks_an_empty_store_without_naming_a_layout_it_never_had(
+        store: Store, redis_server: RedisServer) -> None:
+    moved = run_cli("layout", "--upgrade", LEDGER_REDIS_URL=redis_server.url)
+    assert (moved.returncode, moved.stdout) == (0, f"layout none -> {NEWEST_LAYOUT}\n"), moved.stderr
+    assert await store.redis.get(store.keys.layout) == NEWEST_LAYOUT.encode()
+
+
+def test_layout_force_without_upgrade_is_a_usage_error_and_the_help_names_the_newest_layout() -> None:
+    result = run_cli("layout", "--force")
+    assert result.returncode == 2 and "--force" in result.stderr and "--upgrade" in result.stderr
+    shown = run_cli("layout", "--help")
+    assert f"layout {NEWEST_LAYOUT}" in shown.stdout and "layout 3" not in shown.stdout
+
+
+async def test_layout_on_a_key_of_another_type_or_a_missing_database_is_one_line_at_once(
+        store: Store, redis_server: RedisServer) -> None:
+    await store.redis.hset(store.keys.layout, "a", "b")  # another program's key under the prefix
+    line = one_line_error(run_cli("layout", LEDGER_REDIS_URL=redis_server.url))
+    assert "WRONGTYPE" in line
+    # Refused at once: waiting out the start-up timeout would outlast run_cli's (30 s) and fail here.
+    line = one_line_error(run_cli("layout", LEDGER_REDIS_URL=redis_server.url.replace("/0", "/99"),
+                                  LEDGER_REDIS_STARTUP_TIMEOUT_S="300"))
+    assert "no database of the number" in line

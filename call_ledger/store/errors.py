@@ -111,6 +111,8 @@ def describe_redis_error(error: BaseException) -> RedisProblem:
             return RedisProblem("it refused the credentials: wrong password or ACL user, or none given", True)
         if isinstance(exc, NoPermissionError):
             return RedisProblem("its ACL user may not run PING (Redis answered NOPERM)", True)
+        if isinstance(exc, ResponseError):
+            return _error_reply(exc)
     for exc in chain:
         if isinstance(exc, ssl.SSLCertVerificationError):
             return RedisProblem(f"TLS: the server's certificate was not accepted ({exc.verify_message}); "
@@ -128,6 +130,21 @@ def describe_redis_error(error: BaseException) -> RedisProblem:
             return RedisProblem("the server closed the connection: a redis:// URL to a TLS port (that needs "
                                 "rediss://)?", False)
     return RedisProblem(type(error).__name__, False)
+
+
+def _error_reply(exc: ResponseError) -> RedisProblem:
+    """A Redis that answered with an error: named by the reply's code, not its text (which can quote
+    keys and arguments); waiting helps only for the 'not now' codes."""
+    text = " ".join(map(str, exc.args))
+    if "DB index is out of range" in text:
+        return RedisProblem("it has no database of the number in LEDGER_REDIS_URL (DB index is out of range)", True)
+    code = text.split(" ", 1)[0]
+    if code == "WRONGTYPE":
+        return RedisProblem("a key under LEDGER_KEY_PREFIX holds another type than call-ledger keeps there "
+                            "(WRONGTYPE): another program's data?", True)
+    if not (code.isupper() and code.isalpha()):
+        code = "ERR"
+    return RedisProblem(f"it answered an error ({code[:20]})", not transient(exc))
 
 
 # -- the apply loop: one call's failure, or the store's ------------------------------------------

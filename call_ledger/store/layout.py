@@ -56,7 +56,7 @@ class LayoutMove:
     """What `upgrade_layout` found and did."""
 
     before: str  # the layout it found ('' on a store without a mark)
-    after: str
+    after: str  # the store's layout now ('' when it still has no mark)
     blockers: tuple[Blocker, ...] = ()
     unknown: str = ""  # why the connections could not be listed (CLIENT LIST refused), if so
 
@@ -141,7 +141,7 @@ async def upgrade_layout(redis: Any, keys: Keys, force: bool = False, samples: i
         # before: while the mark is only milliseconds old no worker of this version has written in the
         # new one (they read it every 5 s), so it can still be undone.
         late = tuple(await find_blockers(redis, layout=to))
-        if late:
+        if late:  # a store without a mark gets the layout every version reads
             await redis.set(keys.layout, before or LAYOUT)
-            return LayoutMove(before, before, late)
-    return LayoutMove(before or LAYOUT, to, found)
+            return LayoutMove(before, before or LAYOUT, late)
+    return LayoutMove(before, to, found)

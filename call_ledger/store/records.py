@@ -182,13 +182,7 @@ class Records:
         """
         found = await self.redis.get(self.keys.layout)
         if found is None:
-            # Record ids are handed out only by this layout's `allocate_ids`, which marks it:
-            # ids without the mark were written by an older version. (Stream entries are
-            # the same in both layouts.)
-            if await self.redis.exists(self.keys.ids):
-                raise LayoutMismatch(
-                    f"Redis holds call-ledger data in an older key layout under prefix {self.keys.prefix!r}: "
-                    "delete those keys (see README, Redis layout) or set another LEDGER_KEY_PREFIX")
+            await self.check_unmarked()
             await self.redis.set(self.keys.layout, await fresh_store_layout(self.redis), nx=True)
             # A new store: every index entry it will hold has the month rollups (see
             # call_ledger.store.indexes.IndexStore.months_complete; an older store gets it from `reindex`).
@@ -202,6 +196,16 @@ class Records:
         else:
             self.mark = text(found)
         self._sighted = self.mark
+
+    async def check_unmarked(self) -> None:
+        """Refuse a store without a layout mark that holds record ids: they are handed out only by
+        `allocate_ids`, which runs after the mark is set, so ids without one were written by a version
+        before marks (stream entries are the same in every layout). What start-up refuses, and
+        `call-ledger layout` before it shows or moves anything."""
+        if await self.redis.exists(self.keys.ids):
+            raise LayoutMismatch(
+                f"Redis holds call-ledger data in an older key layout under prefix {self.keys.prefix!r}: "
+                "delete those keys (see README, Redis layout) or set another LEDGER_KEY_PREFIX")
 
     async def layout(self) -> str:
         """The store's layout mark ('' before anything was written)."""

@@ -72,3 +72,23 @@ async def test_a_cluster_failure_on_an_exports_first_read_is_a_503(aiohttp_clien
     client = await aiohttp_client(create_app(settings, "api", store))
     response = await client.get("/api/v1/calls/export", headers=auth(), params={"format": "json"})
     assert response.status == 503, await response.text()
+
+
+@pytest.mark.parametrize(("reply", "words", "refused"), [
+    ("WRONGTYPE Operation against a key holding the wrong kind of value", "WRONGTYPE", True),
+    ("ERR DB index is out of range", "no database of the number", True),
+    ("ERR something the server says about cl:secret-looking-key", "(ERR)", True),
+    ("BUSY Redis is busy running a script", "(BUSY)", False),
+    ("MASTERDOWN Link with MASTER is down", "(MASTERDOWN)", False),
+])
+def test_an_error_reply_is_named_by_its_code_and_stops_waiting_unless_it_passes(
+        reply: str, words: str, refused: bool) -> None:
+    """A Redis that answers with an error is described in fixed words (never the reply's text, which
+    can quote keys), and start-up stops at once unless the error is one of 'not now'."""
+    from redis.exceptions import ResponseError
+
+    from call_ledger.store.errors import describe_redis_error
+
+    problem = describe_redis_error(ResponseError(reply))
+    assert words in problem.reason and problem.refused is refused
+    assert "secret" not in problem.reason and "Operation against" not in problem.reason
