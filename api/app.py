@@ -10,16 +10,28 @@ from call_ledger.api.archived import ARCHIVE, READER
 from call_ledger.api.calls import count_calls, get_call_by_id, list_calls, search_calls
 from call_ledger.api.costs import costs_by_id, costs_by_sid
 from call_ledger.api.export import EXPORT_SLOTS, ExportSlots, export_calls
+from call_ledger.api.query import check_single_valued
 from call_ledger.api.rendered import RENDERED, RenderedRecords
 from call_ledger.api.views import get_call, get_call_events
 from call_ledger.api.webhook_endpoints import add_webhook_endpoints
 from call_ledger.archive import CallReader, open_archive
 from call_ledger.settings import Settings
+from call_ledger.web.base import Handler
 
 log = structlog.get_logger("ledger.api")
+API_PREFIX = "/api/v1/"
+
+
+@web.middleware
+async def single_valued_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The read API's parameters take one value each (`check_single_valued`): a 422 for a name given twice."""
+    if request.path.startswith(API_PREFIX) and len(request.query) > 1:
+        check_single_valued(name for name, _ in request.query.items())
+    return await handler(request)
 
 
 def add_read_api(app: web.Application, settings: Settings) -> None:
+    app.middlewares.append(single_valued_query)  # inside error_middleware: its InvalidQuery is a JSON 422
     if not settings.api_tokens:
         log.warning("no_api_tokens", detail="LEDGER_API_TOKENS is empty: every call lookup answers 401")
     app[EXPORT_SLOTS] = ExportSlots(settings.max_exports)

@@ -2,7 +2,7 @@
 query mapping, each bad value an InvalidQuery (422) that names the parameter."""
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -21,6 +21,17 @@ _DAY_US = 86_400_000_000
 # A query string's "+" is a space once decoded: "...T10:00:00 00:00" was "+00:00" sent unescaped.
 _SPACED_OFFSET = re.compile(r" (\d{2}:?\d{2})$")
 _INT = re.compile(r"^[0-9]{1,19}$")
+
+
+def check_single_valued(names: Iterable[str]) -> None:
+    """Every parameter of the read API takes one value: a name given twice (`?status=completed&status=busy`)
+    is refused, naming it, rather than one of its values taken silently (a proxy or cache in front may
+    take the other)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidQuery(f"{name[:64]} is given more than once: every parameter takes one value")
+        seen.add(name)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,26 @@ async def test_bad_parameters_of_other_routes_are_422(api: Any, path: str, param
     assert (await response.json())["detail"].startswith(name)
 
 
+@pytest.mark.parametrize("query", ["status=completed&status=busy", "limit=5&q=abc&limit=50", "format=csv&format=json",
+                                   "period=7d&period=1d", "after=&after=x", "status=busy&STATUS=x&status=busy"])
+async def test_a_parameter_given_twice_is_422_naming_it_on_every_route(api: Any, store: Store, settings: Settings,
+                                                                      query: str) -> None:
+    """No route takes one of two values silently (a proxy in front may have taken the other)."""
+    await load(store, settings, call("CA-twice", BASE_US, cost=5))
+    record = await get(api, "/api/v1/calls/sid/CA-twice")
+    name = "after" if query.startswith("after") else query.split("=")[0]
+    for path in ("/api/v1/calls", "/api/v1/calls/count", "/api/v1/calls/search", "/api/v1/calls/export",
+                 "/api/v1/calls/analytics", "/api/v1/calls/stats", "/api/v1/calls/sid/CA-twice",
+                 "/api/v1/calls/sid/CA-twice/events", f"/api/v1/calls/{record['id']}/costs"):
+        response = await api.get(f"{path}?{query}", headers=auth())
+        assert response.status == 422, (path, query)
+        body = await response.json()
+        assert body == {"error": "invalid_parameter",
+                        "detail": f"{name} is given more than once: every parameter takes one value"}, body
+    # One value each is as before.
+    assert (await api.get("/api/v1/calls?status=completed&limit=5", headers=auth())).status == 200
+
+
 async def test_get_by_id_and_odd_ids(api: Any, store: Store, settings: Settings) -> None:
     await load(store, settings, call("CA-byid", BASE_US, cost=5))
     record = await get(api, "/api/v1/calls/sid/CA-byid")
