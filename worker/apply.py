@@ -23,10 +23,12 @@ class CallPlan:
     """What committing this call's events would write, and what happened to each entry.
     (A plain class: a dataclass's default factories were 4% of the apply loop's CPU.)"""
 
-    __slots__ = ("applied", "duplicates", "failed", "new_events", "record", "refused", "state")
+    __slots__ = ("applied", "duplicates", "failed", "new_events", "plain_since", "record", "refused", "state")
 
-    def __init__(self, state: CallState) -> None:
+    def __init__(self, state: CallState, plain_since: tuple[Any, ...] | None = None) -> None:
         self.state = state
+        # The core as the call's hash holds it in plain fields (None: it holds it otherwise, as `s`).
+        self.plain_since = plain_since
         self.new_events: list[tuple[str, int, bytes]] = []  # (journal key, occurred_us, JSON)
         self.applied: list[tuple[Entry, CallEvent]] = []
         self.duplicates: list[tuple[Entry, CallEvent]] = []
@@ -61,7 +63,7 @@ def plan_call(loaded: LoadedCall, items: list[tuple[Entry, CallEvent]], settings
     """Fold the events this call has not seen into its state; the rest are duplicates or failures."""
     state = loaded.state if loaded.state is not None else CallState.from_fields(
         loaded.core, loaded.fields, items[0][1].call_sid)
-    plan = CallPlan(state=state)
+    plan = CallPlan(state, state.plain_snapshot() if loaded.plain else None)
     seen = set(loaded.applied)
     version = loaded.version
     for entry, event in items:
@@ -197,9 +199,10 @@ class KnownCalls(BytesLRU):
     (KNOWN_EVENTS): a retry of one of those is a duplicate without asking Redis.
 
     Each call is kept as marshal bytes of (version, record id, token, call_meta field names,
-    latest keys, `CallState.parts()`), out of the collector's sight (BytesLRU), and decoded into
-    a new state for each batch that plans from it (about 3 µs for a 10-event call): the plan
-    owns its state, and a plan that is not committed leaves nothing behind.
+    latest keys, `CallState.parts()`, whether its core was written as plain fields), out of the
+    collector's sight (BytesLRU), and decoded into a new state for each batch that plans from it
+    (about 3 µs for a 10-event call): the plan owns its state, and a plan that is not committed
+    leaves nothing behind.
     """
 
     def __init__(self, capacity_bytes: int = 32 * 1024 * 1024) -> None:
@@ -210,7 +213,7 @@ class KnownCalls(BytesLRU):
         found = super().peek(call_sid)
         if found is None:
             return None
-        version, record_id, token, meta_fields, applied, parts = marshal.loads(found)
+        version, record_id, token, meta_fields, applied, parts, _ = marshal.loads(found)
         return KnownCall(version, record_id, CallState.of_parts(parts), frozenset(meta_fields), applied, token)
 
     def get(self, call_sid: str, meta_fields: list[str] | None = None) -> LoadedCall | None:  # type: ignore[override]
@@ -219,19 +222,20 @@ class KnownCalls(BytesLRU):
         found = super().peek(call_sid)
         if found is None:
             return None
-        version, record_id, token, known_fields, applied, parts = marshal.loads(found)
+        version, record_id, token, known_fields, applied, parts, plain = marshal.loads(found)
         state = CallState.of_parts(parts)
         # It knows every key when it holds as many as the call has (the core counts them).
         if meta_fields and len(state.meta) < state.meta_keys and not set(known_fields).issuperset(meta_fields):
             return None
         super().get(call_sid)  # most recently used
         return LoadedCall(version, None, {}, record_id, frozenset(applied), state, token, cached=True,
-                          known=(known_fields, applied))
+                          known=(known_fields, applied), plain=plain)
 
     def committed(self, call_sid: str, loaded: LoadedCall, version: int, record_id: int, state: CallState,
-                  new_events: list[str], token: str = "") -> None:
+                  new_events: list[str], token: str = "", plain: bool = True) -> None:
         """Cache the call as just committed: `state` planned from `loaded` (cached or read),
-        now at `version` with the journal keys `new_events` added."""
+        now at `version` with the journal keys `new_events` added, its core written as plain fields
+        (`plain`: a commit of layout 4) or as `s`."""
         if loaded.cached:  # planned from what the cache held: what it knew holds
             known_fields, known_applied = loaded.known
             meta_fields, applied = frozenset(known_fields), (*known_applied, *new_events)
@@ -243,12 +247,13 @@ class KnownCalls(BytesLRU):
             meta_fields = frozenset(present)
         else:
             meta_fields |= present
-        self.remember(call_sid, version, record_id, state, meta_fields, applied[-KNOWN_EVENTS:], token)
+        self.remember(call_sid, version, record_id, state, meta_fields, applied[-KNOWN_EVENTS:], token, plain)
 
     def remember(self, call_sid: str, version: int, record_id: int, state: CallState,
-                 meta_fields: frozenset[str], applied: tuple[str, ...] = (), token: str = "") -> None:
+                 meta_fields: frozenset[str], applied: tuple[str, ...] = (), token: str = "",
+                 plain: bool = True) -> None:
         self.put(call_sid, marshal.dumps((version, record_id, token, tuple(meta_fields), tuple(applied),
-                                          state.parts())))
+                                          state.parts(), plain)))
 
 
 def new_call() -> LoadedCall:

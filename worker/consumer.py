@@ -519,7 +519,7 @@ class Consumer:
         fields = plan.state.changed_fields(sid if records.short_members else None)
         if records.plain_state:  # layout 4: the core as plain fields, no rendered copy (core.plain)
             core, record = b"", b""
-            fields += plan.state.plain_fields(sid)
+            fields += plan.state.plain_fields(sid, plan.plain_since)  # what changed (all, over an `s`)
             digest = record_digest(plan.record) if terminal else b""
         else:
             core, record, digest = plan.state.core_json(), stored_record(plan.record, new_version), b""
@@ -556,7 +556,8 @@ class Consumer:
                 state = plans[write.call_sid].state
                 state.changed.clear()  # what the next plan changes is what its commit writes
                 self.known.committed(write.call_sid, loaded[write.call_sid], write.new_version, write.record_id,
-                                     state, [key for key, _, _ in write.events], write.new_token)
+                                     state, [key for key, _, _ in write.events], write.new_token,
+                                     plain=not write.core)
             else:  # someone else wrote the call, or our picture of it was stale: re-read it
                 self.known.forget(write.call_sid)
                 # What it indexed last may be of that stale picture too: no delta from it.

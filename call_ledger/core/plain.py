@@ -17,7 +17,8 @@ enough for a listpack on a usual call, and no rendered copy (reads render: core.
 
 A piece the state does not have (None, 0 call_meta keys, a component without cost) has no field.
 Every piece only grows once set (a max, a min, a sum, a count), the estimate is rewritten whole,
-so a commit writes the fields it has and never deletes one. These are also the fields a fold
+so a commit writes the fields its events changed (all it has, on a hash a layout-3 commit wrote last)
+and never deletes one. These are also the fields a fold
 running inside Redis (docs/performance.md, the plan's step 2) reads and writes.
 """
 
@@ -42,35 +43,52 @@ COST_NAMES = tuple((component, name.encode()) for component, name in _COSTS)
 _ENCODED = tuple((name, name.encode()) for name in HASH_FIELDS)
 
 
-def plain_fields(core: Any, call_sid: str) -> list[tuple[str, bytes]]:
+# What `plain_fields` compares with when it writes every piece: equal to no value.
+_UNSET = object()
+_EVERYTHING: tuple[Any, ...] = (_UNSET,) * 10 + ({},)
+
+
+def plain_snapshot(core: Any) -> tuple[Any, ...]:
+    """The core's pieces as they are now, for `plain_fields(..., since=)`. A fold replaces each piece's
+    value rather than change it in place (core.rules), but for the sums: those are copied."""
+    return (core.status, core.started, core.answered, core.duration, core.first_seen, core.provider,
+            core.meta_keys, core.meta_bytes, core.estimate, core.currency, dict(core.costs))
+
+
+def plain_fields(core: Any, call_sid: str, since: tuple[Any, ...] | None = None) -> list[tuple[str, bytes]]:
     """(field, value) of each piece the core has: `core` has core.rules `CallState.CORE` as attributes
-    (a CallState; this module does not import it). Every commit of layout 4 writes these: kept lean."""
+    (a CallState; this module does not import it). With `since` (`plain_snapshot` of the core as the call's
+    hash holds it), only the pieces that differ from it: a commit writes what its events changed, as it does
+    for registers (the compare-and-set of the commit makes the hash the snapshot's). Every commit of layout 4
+    writes these: kept lean."""
+    status0, started0, answered0, duration0, first0, provider0, keys0, size0, estimate0, currency0, costs0 = (
+        since or _EVERYTHING)
     out: list[tuple[str, bytes]] = []
     status = core.status
-    if status is not None:
+    if status is not None and status != status0:
         rank, us, event_id, at = status
         out.append(("st", orjson.dumps([rank, us, short_id(event_id, call_sid), at])))
-    if core.started is not None:
+    if core.started is not None and core.started != started0:
         out.append(("sa", orjson.dumps(core.started)))
-    if core.answered is not None:
+    if core.answered is not None and core.answered != answered0:
         out.append(("an", orjson.dumps(core.answered)))
-    if core.duration is not None:
+    if core.duration is not None and core.duration != duration0:
         out.append(("du", b"%d" % core.duration))
-    if core.first_seen is not None:
+    if core.first_seen is not None and core.first_seen != first0:
         out.append((FIRST_SEEN, b"%d" % core.first_seen))
-    if core.provider is not None:
+    if core.provider is not None and core.provider != provider0:
         out.append(("pv", core.provider.encode()))
-    if core.meta_keys:
+    if core.meta_keys and (core.meta_keys != keys0 or core.meta_bytes != size0):
         out.append(("mk", b"%d" % core.meta_keys))
         out.append(("mb", b"%d" % core.meta_bytes))
-    if core.estimate is not None:
+    if core.estimate is not None and core.estimate != estimate0:
         out.append(("es", orjson.dumps(core.estimate)))
-    if core.currency is not None:
+    if core.currency is not None and core.currency != currency0:
         out.append(("cu", core.currency.encode()))
     costs = core.costs
     for component, name in _COSTS:
         amount = costs.get(component)
-        if amount is not None:
+        if amount is not None and amount != costs0.get(component):
             out.append((name, b"%d" % amount))
     return out
 

@@ -18,7 +18,7 @@ from call_ledger.core.errors import Refused, Unapplicable
 from call_ledger.core.events import COMPONENTS, STATUSES, TERMINAL_STATUSES, CallEvent
 from call_ledger.core.members import full_provenance, short_provenance
 from call_ledger.core.money import MAX_AMOUNT_NANO, NANO, convert, format_nano
-from call_ledger.core.plain import FIRST_SEEN, core_of_hash, core_of_plain, plain_fields
+from call_ledger.core.plain import FIRST_SEEN, core_of_hash, core_of_plain, plain_fields, plain_snapshot
 from call_ledger.core.policy import Policy
 from call_ledger.core.pricing import telephony_charge
 
@@ -104,9 +104,14 @@ class CallState:
     def core_json(self) -> bytes:
         return orjson.dumps({name: getattr(self, name) for name in self.CORE})
 
-    def plain_fields(self, call_sid: str) -> list[tuple[str, bytes]]:
-        """The core as layout 4's plain hash fields (core.plain), in place of `core_json`."""
-        return plain_fields(self, call_sid)
+    def plain_fields(self, call_sid: str, since: tuple[Any, ...] | None = None) -> list[tuple[str, bytes]]:
+        """The core as layout 4's plain hash fields (core.plain), in place of `core_json`; with `since`
+        (`plain_snapshot`), those that changed since."""
+        return plain_fields(self, call_sid, since)
+
+    def plain_snapshot(self) -> tuple[Any, ...]:
+        """The core as it is now, for `plain_fields(since=)`."""
+        return plain_snapshot(self)
 
     def changed_fields(self, short_for: str | None = None) -> list[tuple[str, bytes]]:
         """(hash field, JSON) of every register and call_meta key changed since loading; with `short_for`

@@ -72,6 +72,9 @@ class LoadedCall:
     outbox: bool = False
     # Archived, or held by an archive pass (`a`, SPEC §16): its events are dead-lettered `call_archived`.
     archived: bool = False
+    # Its hash's core is its plain fields (core.plain), not a core JSON `s` a commit of layout 3 wrote last:
+    # a commit of layout 4 then writes only the pieces its events changed.
+    plain: bool = True
 
 
 # Not frozen, like call_ledger.store.streams.Entry: the apply loop makes one per call per batch.
@@ -259,7 +262,7 @@ class Records:
                 int(version or 0), core, dict(zip((*HASH_FIELDS, *fields), call[9:], strict=True)),
                 int(record_id) if record_id else None, frozenset(applied), token=text(token) if token else "",
                 ended=ended == b"1", revision=int(revision or 0), changed_ms=int(changed_ms or 0),
-                outbox=outbox == b"1", archived=archived is not None,
+                outbox=outbox == b"1", archived=archived is not None, plain=core is None,
             )
         return loaded
 

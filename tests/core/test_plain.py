@@ -89,7 +89,8 @@ def test_a_layout_4_hash_is_served_as_its_layout_3_twin_byte_for_byte(events: li
 
 def fold_deliveries_plain(deliveries: list[CallEvent]) -> dict[str, Any]:
     """Fold as the worker does in layout 4, one delivery per batch: load the plain core fields and the
-    fields the event touches, plan, and keep what the commit would write."""
+    fields the event touches, plan, and keep what the commit would write: the core's fields its events
+    changed (each differing field of the whole core, and none it lacks)."""
     fields: dict[str, bytes] = {}
     applied: set[str] = set()
     for i, e in enumerate(deliveries):
@@ -100,7 +101,9 @@ def fold_deliveries_plain(deliveries: list[CallEvent]) -> dict[str, Any]:
         plan = plan_call(loaded, [(entry, e)], SETTINGS)
         fix_estimate(plan.state, SETTINGS.policy)
         fields.update(plan.state.changed_fields(SID))
-        fields.update(plan.state.plain_fields(SID))
+        whole, written = dict(plan.state.plain_fields(SID)), dict(plan.state.plain_fields(SID, plan.plain_since))
+        assert {n: v for n, v in whole.items() if fields.get(n) != v}.items() <= written.items() <= whole.items()
+        fields.update(written)
         applied |= {key for key, _, _ in plan.new_events}
     return render_record(SID, 1, CallState.from_fields(None, fields, SID), SETTINGS.policy)
 
