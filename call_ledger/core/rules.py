@@ -450,37 +450,52 @@ def estimate_of(state: CallState, duration: int | None, policy: Policy) -> Estim
 
 def render_record(call_sid: str, record_id: int, state: CallState, policy: Policy) -> dict[str, Any]:
     """The read API's 18 fields; money as integer nano-units (the encoder writes decimals)."""
-    direction = _value(state, "direction") or "inbound"  # SPEC §4: inbound while unknown
-    raw_from, raw_to = _value(state, "from_number"), _value(state, "to_number")
-    ours, theirs = (raw_to, raw_from) if direction == "inbound" else (raw_from, raw_to)
-    to_phone = _value(state, "to_phone_number") or ours or ""
-    customer_phone = _value(state, "customer_phone_number") or theirs or ""
-
-    terminal = state.status is not None and state.status[0] >= TERMINAL_RANK
     duration = connected_duration(state)
     costs: dict[str, int | None] = {c: state.costs.get(c) for c in COMPONENTS}
     if costs["telephony"] is None:
         costs["telephony"] = estimate_of(state, duration, policy)[0]
+    return assemble_record(call_sid, record_id, [_value(state, name) for name in SHOWN_REGISTERS], state.status,
+                           state.started, duration, costs, state.currency or policy.currency,
+                           {key: register[3] for key, register in sorted(state.meta.items())})
+
+
+# The registers a record shows, in the order `assemble_record` takes their values.
+SHOWN_REGISTERS = ("direction", "from_number", "to_number", "to_phone_number", "customer_phone_number",
+                   "assistant_id", "assistant_name", "flow_name")
+
+
+def assemble_record(call_sid: str, record_id: int, shown: list[Any], status: list[Any] | None,
+                    started: list[Any] | None, duration: int | None, costs: dict[str, int | None], currency: str,
+                    meta: dict[str, Any]) -> dict[str, Any]:
+    """The record from what it shows: the SHOWN_REGISTERS' values, the status, start and duration, the costs by
+    component (telephony's estimate in place), the ledger currency and call_meta. `render_record` from a state,
+    and a lookup of layout 4 straight from the call's fields (core.served), both end here."""
+    direction, raw_from, raw_to, to_phone, customer_phone, assistant_id, assistant_name, flow_name = shown
+    if (direction or "inbound") == "inbound":  # SPEC §4: inbound while unknown
+        ours, theirs = raw_to, raw_from
+    else:
+        ours, theirs = raw_from, raw_to
+    terminal = status is not None and status[0] >= TERMINAL_RANK
     present = [amount for amount in costs.values() if amount is not None]
     return {
         "call_sid": call_sid,
-        "to_phone_number": to_phone,
-        "customer_phone_number": customer_phone,
+        "to_phone_number": to_phone or ours or "",
+        "customer_phone_number": customer_phone or theirs or "",
         "id": record_id,
-        "assistant_id": _value(state, "assistant_id") or 0,
-        "status": RANK_STATUS[state.status[0]] if state.status else "initiated",
-        "call_meta": {key: register[3] for key, register in sorted(state.meta.items())},
-        "assistant_name": _value(state, "assistant_name"),
-        "flow_name": _value(state, "flow_name"),
+        "assistant_id": assistant_id or 0,
+        "status": RANK_STATUS[status[0]] if status else "initiated",
+        "call_meta": meta,
+        "assistant_name": assistant_name,
+        "flow_name": flow_name,
         "duration": duration,
-        "started_at": state.started[1] if state.started else None,
-        "ended_at": state.status[3] if terminal and state.status else None,
+        "started_at": started[1] if started else None,
+        "ended_at": status[3] if terminal and status else None,
         "total_cost": sum(present) if present else None,
         "llm_cost": costs["llm"],
         "tts_cost": costs["tts"],
         "stt_cost": costs["stt"],
         "telephony_cost": costs["telephony"],
-        "cost_currency": (state.currency or policy.currency) if present else None,
+        "cost_currency": currency if present else None,
     }
 
 

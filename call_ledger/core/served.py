@@ -27,10 +27,10 @@ from call_ledger.core.plain import COST_NAMES
 from call_ledger.core.policy import Policy
 from call_ledger.core.rules import (
     META_FIELD,
-    RANK_STATUS,
     REGISTER_FIELD,
-    TERMINAL_RANK,
+    SHOWN_REGISTERS,
     CallState,
+    assemble_record,
     duration_of,
     record_json,
     render_record,
@@ -41,10 +41,7 @@ DIGEST_FIELD = b"rh"  # layout 4: `record_digest` of a terminal call's record, i
 _EMPTY_META = b'"call_meta":{}'
 _META = META_FIELD.encode()
 _ORGANIZATION = (REGISTER_FIELD + "organization_id").encode()
-# The registers a record shows (`_plain_record` reads them in this order).
-_SHOWN_REGISTERS = tuple((REGISTER_FIELD + name).encode() for name in (
-    "direction", "from_number", "to_number", "to_phone_number", "customer_phone_number", "assistant_id",
-    "assistant_name", "flow_name"))
+_SHOWN_REGISTERS = tuple((REGISTER_FIELD + name).encode() for name in SHOWN_REGISTERS)
 
 
 def stored_record(record: dict[str, Any], version: int) -> bytes:
@@ -110,44 +107,19 @@ class StoredCall:
         `render_record(CallState.from_hash(...))` gives (tests/core/test_plain.py holds them equal), at a
         fraction of its cost, since every lookup and export row of layout 4 renders (docs/performance.md)."""
         get, loads = self.fields.get, orjson.loads
-        direction, raw_from, raw_to, to_phone, customer_phone, assistant_id, assistant_name, flow_name = [
-            None if (raw := get(name)) is None else loads(raw)[3] for name in _SHOWN_REGISTERS]
-        if (direction or "inbound") == "inbound":  # SPEC §4: inbound while unknown
-            ours, theirs = raw_to, raw_from
-        else:
-            ours, theirs = raw_from, raw_to
+        shown = [None if (raw := get(name)) is None else loads(raw)[3] for name in _SHOWN_REGISTERS]
         status, started, answered = get(b"st"), get(b"sa"), get(b"an")
         status = None if status is None else loads(status)
-        started = None if started is None else loads(started)
         reported = get(b"du")
         duration = duration_of(None if reported is None else int(reported), status,
                                None if answered is None else loads(answered))
-        terminal = status is not None and status[0] >= TERMINAL_RANK
         costs = {component: None if (raw := get(name)) is None else int(raw) for component, name in COST_NAMES}
         if costs["telephony"] is None:
             costs["telephony"] = loads(self.fields[b"es"])[0]
-        present = [amount for amount in costs.values() if amount is not None]
         currency = get(b"cu")
-        return {
-            "call_sid": self.call_sid,
-            "to_phone_number": to_phone or ours or "",
-            "customer_phone_number": customer_phone or theirs or "",
-            "id": self.record_id,
-            "assistant_id": assistant_id or 0,
-            "status": RANK_STATUS[status[0]] if status else "initiated",
-            "call_meta": self.call_meta(),
-            "assistant_name": assistant_name,
-            "flow_name": flow_name,
-            "duration": duration,
-            "started_at": started[1] if started else None,
-            "ended_at": status[3] if terminal and status else None,
-            "total_cost": sum(present) if present else None,
-            "llm_cost": costs["llm"],
-            "tts_cost": costs["tts"],
-            "stt_cost": costs["stt"],
-            "telephony_cost": costs["telephony"],
-            "cost_currency": ((currency.decode() if currency else None) or policy.currency) if present else None,
-        }
+        return assemble_record(self.call_sid, self.record_id, shown, status,
+                               None if started is None else loads(started), duration, costs,
+                               currency.decode() if currency else policy.currency, self.call_meta())
 
     def served(self, policy: Policy) -> bytes:
         """The record's JSON as every route serves it: the stored `j` with the call's call_meta in
