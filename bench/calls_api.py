@@ -153,15 +153,17 @@ def new_call(i: int, record_id: int, now_us: int, settings: Settings) -> NewCall
     fix_estimate(state, settings.policy)
     sid = events[0].call_sid
     record = render_record(sid, record_id, state, settings.policy)
-    # The store is new, so check_layout marked it layout 4: short members (call_ledger.core.members), the
-    # core as plain fields (call_ledger.core.plain), no rendered copy, a terminal call's digest.
+    # The store is new, so check_layout marked it layout 5: short members (call_ledger.core.members), the
+    # core as plain fields (call_ledger.core.plain), no rendered copy, a terminal call's digest, index
+    # entries as their payload alone (call_ledger.core.indexes).
     write = CommitWrite(sid, 0, len(events), b"", record_id,
                         [(e.key, e.occurred_us, stored_form(e)) for e in events],
                         [*state.changed_fields(short_for=sid), *state.plain_fields(sid)],
                         digest=record_digest(record) if record["ended_at"] is not None else b"",
                         new_token=f"bench-{record_id}")
     entry = index_entry(sid, record_id, state, settings.policy, record)
-    return NewCall(_commit_args(write, 0, short=True), IndexWrite(shard_of(sid), entry, len(events), entry.encode()))
+    return NewCall(_commit_args(write, 0, short=True),
+                   IndexWrite.of(shard_of(sid), entry, len(events), payload_only=True))
 
 
 def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tuple[list[str], list[Any]]:
@@ -183,9 +185,9 @@ def bulk_writes(store: Store, indexes: IndexStore, calls: list[NewCall]) -> tupl
                                                  for x in (events[k + 1], events[k])])
         writes[store.call_key(sid)] = ("HSET", [*args[10 + 4 * n:], "v", new_version, "t", new_token,
                                                 "id", record_id])
-        # index.lua's ARGV per call: member, version, score, entry; it writes the version, the
-        # entry, the entry's memberships and its increments (the part of the entry after its
-        # newline: what IndexEntry.memberships() and increments() say, read from here directly).
+        # index.lua's ARGV per call: member, version, score, entry, expected version, delta; for a new
+        # call it writes the version, the entry and the delta, which is the entry's memberships and
+        # increments (IndexEntry.creation: what memberships() and increments() say, read from here directly).
         member_text, score_text, base = entry.member, str(entry.list_us), indexes.base(index.shard)
         writes.setdefault(indexes.versions_key(index.shard), ("HSET", []))[1].extend((member_text, index.version))
         writes.setdefault(indexes.entries_key(index.shard), ("HSET", []))[1].extend((member_text, index.encoded))

@@ -2,6 +2,7 @@
 
     python bench/costs.py                 # apply costs, then HTTP costs (needs wrk)
     python bench/costs.py --skip-http
+    python bench/costs.py --skip-http --layouts 4,5   # the apply path on a store of each layout, alternating
 
 The ratios of bench/run.py say how far each path is from its floor; this says why, in CPU
 microseconds, which drift less than throughput on a shared machine:
@@ -44,14 +45,19 @@ def command_usec(port: int) -> dict[str, float]:
     return usec
 
 
-async def product_costs(redis: run.RedisServer, events: list[bytes], batch: int) -> dict[str, Any]:
+def received_bytes(port: int) -> int:
+    return int(redis_info(port, "stats")["total_net_input_bytes"])
+
+
+async def product_costs(redis: run.RedisServer, events: list[bytes], batch: int, layout: str = "") -> dict[str, Any]:
     await run.fill_stream(redis.url, events)
     subprocess.run(["redis-cli", "-p", str(redis.port), "CONFIG", "RESETSTAT"], check=True, stdout=subprocess.DEVNULL)
-    cpu, server = own_cpu(), redis_cpu(redis.port)
-    rate = await run.product_apply(redis.url, events, batch, fill=False)
+    cpu, server, received = own_cpu(), redis_cpu(redis.port), received_bytes(redis.port)
+    rate = await run.product_apply(redis.url, events, batch, fill=False, layout=layout)
     n = len(events)
     return {"rate": rate, "worker_us": 1e6 * (own_cpu() - cpu) / n,
-            "redis_us": 1e6 * (redis_cpu(redis.port) - server) / n,
+            "redis_us": 1e6 * (redis_cpu(redis.port) - server) / n, "layout": layout or "newest",
+            "bytes_in": (received_bytes(redis.port) - received) / n,
             "commands": {name: usec / n for name, usec in command_usec(redis.port).items()}}
 
 
@@ -63,8 +69,9 @@ def apply_costs(args: argparse.Namespace) -> None:
     try:
         rounds = []
         for _ in range(args.rounds):
-            redis.flush()
-            rounds.append(asyncio.run(product_costs(redis, events, args.batch)))
+            for layout in args.layouts.split(","):
+                redis.flush()
+                rounds.append(asyncio.run(product_costs(redis, events, args.batch, layout)))
             redis.flush()
             floor = run.floor_apply(redis.url, len(events), calls, args.batch)
             rounds[-1]["floor_us"] = 1e6 / floor if floor else None
@@ -72,9 +79,9 @@ def apply_costs(args: argparse.Namespace) -> None:
         redis.stop()
     print(f"apply: {len(events):,} events over {calls:,} calls, batch {args.batch}, per event:")
     for r in rounds:
-        floor = f"{r['floor_us']:.1f} µs wall" if r["floor_us"] else "not found"
-        print(f"  product {r['rate']:,.0f}/s = {1e6 / r['rate']:.1f} µs wall: worker CPU {r['worker_us']:.1f} µs, "
-              f"Redis CPU {r['redis_us']:.1f} µs | floor_worker.py {floor}")
+        floor = f" | floor_worker.py {r['floor_us']:.1f} µs wall" if r.get("floor_us") else ""
+        print(f"  product (layout {r['layout']}) {r['rate']:,.0f}/s = {1e6 / r['rate']:.1f} µs wall: worker CPU "
+              f"{r['worker_us']:.1f} µs, Redis CPU {r['redis_us']:.1f} µs, {r['bytes_in']:,.0f} B to Redis{floor}")
     last = rounds[-1]["commands"]
     top = sorted(last.items(), key=lambda item: -item[1])[:12]
     print("  Redis time per event by command (last round; evalsha includes the commands the scripts call):")
@@ -153,6 +160,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--layouts", default="", help="the store's layout mark to start each product run from, "
+                        "comma-separated, alternating in each round (default: a fresh store, the newest layout)")
     parser.add_argument("--skip-apply", action="store_true")
     args = parser.parse_args()
     if not args.skip_apply:

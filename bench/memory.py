@@ -3,9 +3,9 @@
     python bench/memory.py            # 2,000 calls of 10 events each
     python bench/memory.py --calls 500
 
-Layout 3 (short order-index and journal members, what a fresh store starts in), and layout 2 beside
-it. Applies realistic calls (statuses, metadata with call_meta, usage costs, 10% redeliveries)
-through the product's own worker on a fresh redis-server (default encodings), then sums
+The layout a fresh store starts in (5: short members, plain fields, index entries as their payload
+alone), and layouts 4 and 2 beside it. Applies realistic calls (statuses, metadata with call_meta,
+usage costs, 10% redeliveries) through the product's own worker on a fresh redis-server (default encodings), then sums
 `MEMORY USAGE` of every key of each call and of every index key, and divides by the calls.
 The stream is not counted: it is retention, not the call's cost. Measured on Redis's
 default encodings, and again with hashes kept as listpacks up to 1 KiB values
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import DEVNULL, RedisServer, call_events, fill_stream  # noqa: E402
 
 
-async def per_call(url: str, calls: int, journal: str, layout: str = "3") -> dict[str, float]:
+async def per_call(url: str, calls: int, journal: str, layout: str = "") -> dict[str, float]:
     from call_ledger.settings import Settings
     from call_ledger.store import Store, open_redis
     from call_ledger.web.logs import configure_logging
@@ -47,7 +47,7 @@ async def per_call(url: str, calls: int, journal: str, layout: str = "3") -> dic
                             journal=journal)  # type: ignore[arg-type]
         client: Any = open_redis(settings)
         store = Store(client, "bench")
-        if layout != "3":  # a store written by a version before layout 3 (a fresh one starts in it)
+        if layout:  # a store an earlier version started (a fresh one starts in the newest layout)
             await client.set(store.keys.layout, layout)
         await store.check_layout()
         await Consumer(store, settings, Metrics()).run_burst()
@@ -86,15 +86,16 @@ LISTPACK = ("hash-max-listpack-value", "1024")
 
 
 def measure(calls: int) -> dict[str, dict[str, float]]:
-    """{"on" | "off" | "on, listpack" | "off, listpack" | "on, layout 2" | "off, layout 2": bytes per call by
-    key}; layout 3 (short members: call_ledger.core.members) unless named."""
+    """{"on" | "off" | "on, listpack" | "off, listpack" | "on, layout 4" | ... | "off, layout 2": bytes per
+    call by key}; the newest layout (a fresh store's) unless named."""
     results = {}
-    for journal in ("on", "off"):
-        redis = RedisServer()
-        try:
-            results[f"{journal}, layout 2"] = asyncio.run(per_call(redis.url, calls, journal, layout="2"))
-        finally:
-            redis.stop()
+    for layout in ("2", "4"):
+        for journal in ("on", "off"):
+            redis = RedisServer()
+            try:
+                results[f"{journal}, layout {layout}"] = asyncio.run(per_call(redis.url, calls, journal, layout))
+            finally:
+                redis.stop()
     for config in ((), LISTPACK):
         for journal in ("on", "off"):
             redis = RedisServer()

@@ -195,7 +195,7 @@ async def product_apply(url: str, events: list[bytes], batch: int, fill: bool = 
         store = Store(client, "bench")
         if layout:
             await client.set(store.keys.layout, layout)
-        await store.check_layout()  # as every role does at start: a fresh store is layout 4
+        await store.check_layout()  # as every role does at start: a fresh store starts in the newest layout
         consumer = Consumer(store, settings, Metrics())
         started = time.perf_counter()
         applied = await consumer.run_burst()
@@ -397,7 +397,8 @@ def apply_rows(redis: RedisServer, args: argparse.Namespace) -> list[Row]:
                 f"order {m['order']:,.0f} + outbox {m['outbox']:,.0f} + indexes {m['indexes']:,.0f}; "
                 f"{m['settled']:,.0f} B once the outbox is fanned out")
         print(f"memory per completed {args.per_call}-event call, journal {journal}: {line}")
-        setting = journal.replace(", listpack", ", hash-max-listpack-value 1024").replace(", layout 2", " (layout 2)")
+        setting = journal.replace(", listpack", ", hash-max-listpack-value 1024").replace(", layout ", " (layout ")
+        setting += ")" if "(layout" in setting else ""
         rows.append((f"Redis memory per completed call, LEDGER_JOURNAL={setting}", line, "", "",
                      "< 2 KiB" if journal.startswith("on") else "< 1 KiB"))
     return rows

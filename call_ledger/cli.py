@@ -132,9 +132,12 @@ async def _reindex(settings: Settings) -> int:
         return 2
     store = await _open_store(settings)
     try:
+        await store.check_layout()  # entries are written as the store's layout has them
         seen, written = await reindex(store, settings)
         print(f"{seen} call(s) indexed, {written} entr(y/ies) written", file=sys.stderr)
         return 0
+    except LayoutMismatch as exc:
+        fail(settings, str(exc))
     finally:
         await store.close()
 

@@ -147,10 +147,10 @@ async def test_layout_shows_the_mark_and_upgrade_moves_a_layout_2_store(store: S
     shown = run_cli("layout", LEDGER_REDIS_URL=redis_server.url)
     assert (shown.returncode, shown.stdout) == (0, "layout 2\n"), shown.stderr
     moved = run_cli("layout", "--upgrade", LEDGER_REDIS_URL=redis_server.url)
-    assert (moved.returncode, moved.stdout) == (0, "layout 2 -> 4\n"), moved.stderr
-    assert await store.redis.get(store.keys.layout) == b"4"
+    assert (moved.returncode, moved.stdout) == (0, "layout 2 -> 5\n"), moved.stderr
+    assert await store.redis.get(store.keys.layout) == b"5"
     again = run_cli("layout", "--upgrade", LEDGER_REDIS_URL=redis_server.url)
-    assert (again.returncode, again.stdout) == (0, "layout 4 already\n"), again.stderr
+    assert (again.returncode, again.stdout) == (0, "layout 5 already\n"), again.stderr
 
 
 async def test_layout_upgrade_is_refused_while_an_unnamed_worker_is_connected(store: Store,
@@ -165,17 +165,17 @@ async def test_layout_upgrade_is_refused_while_an_unnamed_worker_is_connected(st
         assert "unnamed, last command xreadgroup" in refused.stderr and "layout stays 2" in refused.stderr
         assert await store.redis.get(store.keys.layout) == b"2"
         forced = run_cli("layout", "--upgrade", "--force", LEDGER_REDIS_URL=redis_server.url)
-        assert (forced.returncode, forced.stdout) == (0, "layout 2 -> 4\n"), forced.stderr
+        assert (forced.returncode, forced.stdout) == (0, "layout 2 -> 5\n"), forced.stderr
     finally:
         old.close()
 
 
 async def test_layout_of_a_store_this_version_does_not_read_is_one_line_exit_2(store: Store,
                                                                                redis_server: RedisServer) -> None:
-    await store.redis.set(store.keys.layout, "5")
+    await store.redis.set(store.keys.layout, "6")
     result = run_cli("layout", "--upgrade", LEDGER_REDIS_URL=redis_server.url)
-    assert result.returncode == 2 and "key layout '5'" in result.stderr and "Traceback" not in result.stderr
-    assert await store.redis.get(store.keys.layout) == b"5"
+    assert result.returncode == 2 and "key layout '6'" in result.stderr and "Traceback" not in result.stderr
+    assert await store.redis.get(store.keys.layout) == b"6"
 
 
 def test_layout_without_a_redis_url_exits_2_with_one_line() -> None:

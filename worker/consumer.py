@@ -381,18 +381,19 @@ class Consumer:
     def _index_writes(self, committed: dict[str, Committed]) -> list[IndexWrite]:
         """Each call's index entry at the version just committed, as a delta where it can be."""
         writes = []
+        payload_only = self.store.records.payload_index
         for sid, (record_id, version, state, record) in committed.items():
             previous = self.indexed.get(sid)
             if previous is not None and previous[0] == version:
                 continue  # this worker indexed this very version (the shard took it): nothing to repair
             entry = index_entry(sid, record_id, state, self.settings.policy, record)
-            encoded = entry.encode()
-            base, delta = "", b""
+            base, delta = "", None
             if previous is not None and previous[0] < version:
-                change = entry_delta(previous[1], entry)
-                if change is not None:
-                    base, delta = str(previous[0]), change
-            writes.append(IndexWrite(shard_of(sid), entry, version, encoded, base, delta))
+                delta = entry_delta(previous[1], entry)
+                base = "" if delta is None else str(previous[0])
+            if delta is None:  # as the call's first entry: the shard answers with the one it holds, if any
+                delta = entry.creation()
+            writes.append(IndexWrite(shard_of(sid), entry, version, entry.encode(payload_only), base, delta))
         return writes
 
     async def _index_replies(self, writes: list[IndexWrite]) -> list[bool] | None:

@@ -201,20 +201,32 @@ class IndexEntry:
         return self._shape.increments(self._amounts)
 
     def payload(self) -> dict[str, Any]:
-        """What readers need of the entry without loading the call: filters and the SID."""
+        """What readers need of the entry without loading the call (filters and the SID), and
+        its cost (`c`, nano-units as text: a JSON number of 64 bits or more is not read back
+        everywhere): with the list time, status, duration, assistant and organization, what the
+        entry adds to the index is derived from the payload alone (`stored_contributions`)."""
         return {"sid": self.call_sid, "us": self.list_us, "org": self.organization_id,
                 "aid": self.assistant_id, "an": self.assistant_name, "st": self.status,
-                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number}
+                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number,
+                "c": None if self.total_cost is None else str(self.total_cost)}
 
-    def encode(self) -> bytes:
-        """The stored entry: the payload JSON, a newline, then [memberships, {rollup key:
-        {field: amount}}, score] for the index script (every value a string: Lua numbers
-        print large integers with an exponent; a field whose amount is 0 is left out, and a key
-        left with none). Readers take the part before the newline (JSON text never holds a raw
-        one). The version is stored beside it."""
+    def encode(self, payload_only: bool = False) -> bytes:
+        """The stored entry. In layout 5 (`payload_only`) the payload JSON alone. Before it, the
+        payload JSON, a newline, then [memberships, {rollup key: {field: amount}}, score], which
+        the index script of a release before layout 5 undoes an entry from (every value a string:
+        Lua numbers print large integers with an exponent; a field whose amount is 0 is left out,
+        and a key left with none). Readers take the part before the newline (JSON text never
+        holds a raw one). The version is stored beside it."""
+        if payload_only:
+            return orjson.dumps(self.payload())
         amounts = self._amounts
         rollups = self._shape.encoding(_nonzero_slots(amounts))
         return orjson.dumps(self.payload()) + rollups.fill((*amounts, self.list_us))
+
+    def creation(self) -> bytes:
+        """The delta from no entry to this one: every membership joined, every amount added."""
+        amounts = self._amounts
+        return self._shape.creation(_nonzero_slots(amounts)).fill(amounts)
 
 
 # -- amounts and their slots -------------------------------------------------------------------
@@ -308,13 +320,14 @@ class _Shape:
     encodings and of the deltas between two of them (made as they are first needed: a few per
     shape, one per set of amounts that are 0 or moved)."""
 
-    __slots__ = ("_deltas", "_encodings", "items", "memberships")
+    __slots__ = ("_creations", "_deltas", "_encodings", "items", "memberships")
 
     def __init__(self, memberships: list[str], items: list[_Rollup]) -> None:
         self.memberships = memberships
         self.items = items  # in increments' order
         self._encodings: dict[SlotSet, _Template] = {}
         self._deltas: dict[SlotSet, _Template] = {}
+        self._creations: dict[SlotSet, _Template] = {}
 
     def increments(self, amounts: Amounts) -> list[Increment]:
         return [Increment(key, name, amounts[slot]) for key, name, slot in self.items if amounts[slot]]
@@ -333,6 +346,17 @@ class _Shape:
                         holes.append(slot)
             template = self._encodings[nonzero] = _Template([self.memberships, rollups, _HOLE],
                                                             [*holes, _LIST_US], before=b"\n")
+        return template
+
+    def creation(self, nonzero: SlotSet) -> _Template:
+        """The delta from no entry to one of this shape with amounts nonzero in the slots `nonzero`.
+        Values: the 4 amounts."""
+        template = self._creations.get(nonzero)
+        if template is None:
+            added = [item for item in self.items if _has(nonzero, item.slot)]
+            template = self._creations[nonzero] = _Template(
+                [[], self.memberships, [[key, name, "1" if slot == _ONE else _HOLE] for key, name, slot in added]],
+                [slot for _, _, slot in added if slot != _ONE])
         return template
 
     def amounts_delta(self, moved: SlotSet) -> _Template:
@@ -482,12 +506,15 @@ _UNMOVED = b"[[],[],[]]"
 
 
 def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
-    """What replacing `old` by `new` changes, for the index script's fast path:
+    """What replacing `old` by `new` changes, for the index script:
     [memberships to leave, memberships to join, [[rollup key, field, difference], ...]]
-    (differences as strings, none that is 0). None when the list time moved (every
-    membership is re-scored: the script's full path)."""
-    if old.list_us != new.list_us or old.record_id != new.record_id:
+    (differences as strings, none that is 0). When the list time moved every membership of
+    `new` is joined (ZADD scores it again). None when they are entries of two record ids
+    (two members: `old` is not what the script finds under `new`'s)."""
+    if old.record_id != new.record_id:
         return None
+    if old.list_us != new.list_us:
+        return _delta_by_field(old.memberships(), _increments(old.increments()), new, rescored=True)
     before, after = old._amounts, new._amounts
     differences = _differences(before, after)
     moved = _nonzero_slots(differences)
@@ -495,7 +522,7 @@ def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
         return new._shape.amounts_delta(moved).fill(differences) if moved else _UNMOVED
     template = _transition(old.shape_key, new.shape_key, _nonzero_slots(before), _nonzero_slots(after), moved)
     if template is None:  # not expressible as a template (see _field_change)
-        return _delta_by_field(old, new)
+        return _delta_by_field(old.memberships(), _increments(old.increments()), new)
     return template.fill((*after, -before[0], -before[1], -before[2], -before[3], *differences))
 
 
@@ -566,16 +593,54 @@ def _field_change(terms: list[_Term], moved: SlotSet) -> str | int | None:
     raise _NotTemplated
 
 
-def _delta_by_field(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes:
-    """`entry_delta` between two shapes, field by field (what `_transition` makes templates of)."""
-    held, wanted = old.memberships(), new.memberships()
-    change: dict[tuple[str, str], int] = {}
-    for key, name, amount in old.increments():
-        change[(key, name)] = change.get((key, name), 0) - amount
+def _increments(increments: list[Increment]) -> dict[tuple[str, str], int]:
+    return {(key, name): amount for key, name, amount in increments}
+
+
+def _delta_by_field(held: list[str], added: dict[tuple[str, str], int], new: IndexEntry,
+                    rescored: bool = False) -> bytes:
+    """The delta from an entry with memberships `held` that added `added` (rollup key and field:
+    amount) to `new`, field by field (what `_transition` makes templates of). `rescored`: the
+    list time moved, so every membership of `new` is joined (scored again)."""
+    wanted = new.memberships()
+    change = {field: -amount for field, amount in added.items()}
     for key, name, amount in new.increments():
         change[(key, name)] = change.get((key, name), 0) + amount
-    return orjson.dumps([[s for s in held if s not in wanted], [s for s in wanted if s not in held],
+    return orjson.dumps([[s for s in held if s not in wanted],
+                         list(wanted) if rescored else [s for s in wanted if s not in held],
                          [[key, name, str(d)] for (key, name), d in change.items() if d]])
+
+
+def delta_from_stored(stored: bytes, member_text: str, new: IndexEntry) -> bytes:
+    """The delta from the entry a shard holds (`stored`, of the call with that member) to `new`: what
+    the index script applies when a writer has no basis of its own, or another writer's version
+    is indexed. An entry with its rollups after a newline (written before layout 5, by this
+    release or an earlier one) is undone from them as they were written; one of layout 5 (the
+    payload alone) from the payload (`stored_contributions`)."""
+    held, added, list_us = stored_contributions(stored, member_text)
+    return _delta_by_field(held, added, new, rescored=list_us != new.list_us)
+
+
+def stored_contributions(stored: bytes, member_text: str) -> tuple[list[str], dict[tuple[str, str], int], int]:
+    """What a stored entry adds to the index: (its memberships, {(rollup key, field): amount}, its
+    list time). ValueError when it is not an entry this service wrote."""
+    payload, newline, rollups = stored.partition(b"\n")
+    if newline:
+        memberships, by_key, score_text = orjson.loads(rollups)
+        added = {(key, name): int(amount) for key, fields in by_key.items() for name, amount in fields.items()}
+        return list(memberships), added, int(score_text)
+    fields = orjson.loads(payload)
+    try:
+        list_us, organization, assistant, status = int(fields["us"]), fields["org"], int(fields["aid"]), fields["st"]
+        duration, cost = fields["dur"], fields["c"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError("not an index entry") from exc
+    cost_nano = 0 if cost is None else int(cost)
+    amounts = (1, 0 if duration is None else int(duration), cost_nano // NANO, cost_nano % NANO)
+    shape_key = (None if organization is None else int(organization), str(status), assistant, day_of(list_us),
+                 duration is not None, cost is not None)
+    basis = IndexBasis.of(list_us, int(member_text), shape_key, amounts)
+    return basis.memberships(), _increments(basis.increments()), list_us
 
 
 class EntryPayload:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from call_ledger.core.indexes import ALL, SHARDS, EntryPayload, IndexEntry, scope_name, score
+from call_ledger.core.indexes import ALL, SHARDS, EntryPayload, IndexEntry, delta_from_stored, scope_name, score
 from call_ledger.core.indexes import member as member_of
 from call_ledger.store.client import text
 from call_ledger.store.keys import Keys
@@ -30,10 +30,10 @@ ROLLUP_DAYS = Lua("rollup_days.lua")
 # Not frozen, like call_ledger.store.streams.Entry: the apply loop makes one per call per batch.
 @dataclass(slots=True, unsafe_hash=True)
 class IndexWrite:
-    """One call's entry for the index script. With `base` (the version of the entry this
-    writer indexed last, '' if none) and `delta` (call_ledger.core.indexes.entry_delta from that entry),
-    the script applies the delta without reading the stored entry while `base` is the
-    version indexed (index.lua)."""
+    """One call's entry for the index script: `delta` (call_ledger.core.indexes) is what replacing
+    the entry indexed at version `base` ('' for none: `delta` is then the entry's creation) by
+    this one changes. The script applies it only while `base` is the version indexed; otherwise
+    `IndexStore.write` derives it again from the entry the shard holds and resends (index.lua)."""
 
     shard: int
     entry: IndexEntry
@@ -41,6 +41,29 @@ class IndexWrite:
     encoded: bytes
     base: str = ""
     delta: bytes = b""
+    rederive: bool = False  # `call-ledger reindex`: an entry of the same version is replaced when it differs
+
+    @classmethod
+    def of(cls, shard: int, entry: IndexEntry, version: int, payload_only: bool,
+           rederive: bool = False) -> "IndexWrite":
+        """The write of an entry by a writer that has no basis for it: its creation, which the
+        shard applies if it holds no entry of the call (and answers with the one it holds if it does)."""
+        return cls(shard, entry, version, entry.encode(payload_only), "", entry.creation(), rederive)
+
+    def against(self, indexed: str, stored: bytes) -> "IndexWrite":
+        """This write again, as a delta from the entry `stored` the shard holds at version `indexed`."""
+        delta = delta_from_stored(stored, self.entry.member, self.entry) if stored else self.entry.creation()
+        return IndexWrite(self.shard, self.entry, self.version, self.encoded, indexed, delta, self.rederive)
+
+
+# A write is resent while another writer's version lands between its read and its resend: each
+# lands a newer version than the one before, below this write's, so this is far more than any
+# real interleaving needs; past it the write fails as a transient error and its batch is retried.
+MAX_RESENDS = 16
+
+
+class IndexContention(Exception):
+    """A write was answered with another entry MAX_RESENDS times in a row."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,29 +110,61 @@ class IndexStore:
 
     # -- the worker ---------------------------------------------------------------------------
 
-    async def update(self, entries: list[tuple[int, IndexEntry, int]], rederive: bool = False) -> list[bool]:
+    async def update(self, entries: list[tuple[int, IndexEntry, int]], payload_only: bool = False,
+                     rederive: bool = False) -> list[bool]:
         """Apply (shard, entry, version) for each call; True where the shard took it (newer).
-        With `rederive` (reindex), an entry of the same version is replaced too when it differs."""
-        base = "=" if rederive else ""
-        return await self.write([IndexWrite(shard, entry, version, entry.encode(), base)
+        With `rederive` (reindex), an entry of the same version is replaced too when it differs.
+        `payload_only`: the store is in layout 5 (entries without their rollups)."""
+        return await self.write([IndexWrite.of(shard, entry, version, payload_only, rederive)
                                  for shard, entry, version in entries])
 
     async def write(self, writes: list["IndexWrite"]) -> list[bool]:
-        """Apply each write; True where the shard took it (newer than the version indexed).
+        """Apply each write; True where the shard took it (newer than the version indexed, or the
+        same version of another entry for a `rederive` write).
 
-        One script call per shard for all its calls: per-command costs dominated otherwise."""
-        if not writes:
-            return []
+        One script call per shard for all its calls: per-command costs dominated otherwise. A write
+        whose base is not the version indexed is answered with the entry indexed, and resent as a
+        delta from it, all such writes of the batch in one more round trip."""
+        taken = [False] * len(writes)
+        pending = list(range(len(writes)))
+        current = list(writes)
+        for _ in range(MAX_RESENDS):
+            if not pending:
+                return taken
+            answers = await self._run([current[position] for position in pending])
+            again = []
+            for position, answer in zip(pending, answers, strict=True):
+                if not isinstance(answer, list):
+                    taken[position] = bool(int(answer))
+                    continue
+                indexed, stored = text(answer[0]), bytes(answer[1])
+                write = current[position]
+                if write.rederive and indexed == str(write.version) and stored == write.encoded:
+                    continue  # the same entry at the same version: nothing to replace
+                current[position] = write.against(indexed, stored)
+                again.append(position)
+            pending = again
+        if pending:
+            raise IndexContention(f"{len(pending)} index writes met another writer's entry {MAX_RESENDS} times")
+        return taken
+
+    async def _run(self, writes: list["IndexWrite"]) -> list[Any]:
+        """The script's answer for each write (index.lua)."""
         calls = self._script_calls(writes)
         if len(calls) == 1:  # a small batch, one shard: one command, without a pipeline's fixed cost
             keys, args, _ = calls[0]
-            return self.taken(writes, calls, [await INDEX.run(self.redis, keys, args)])
+            replies = [await INDEX.run(self.redis, keys, args)]
+        else:
+            def build(pipe: Any) -> None:
+                for keys, args, _ in calls:
+                    INDEX.queue(pipe, keys, args)
 
-        def build(pipe: Any) -> None:
-            for keys, args, _ in calls:
-                INDEX.queue(pipe, keys, args)
-
-        return self.taken(writes, calls, await run_pipeline(self.redis, build, (INDEX,)))
+            replies = await run_pipeline(self.redis, build, (INDEX,))
+        answers: list[Any] = [None] * len(writes)
+        for (_, _, positions), reply in zip(calls, replies, strict=True):
+            for position, answer in zip(positions, reply, strict=True):
+                answers[position] = answer
+        return answers
 
     def _script_calls(self, writes: list["IndexWrite"]) -> list[tuple[list[str], list[Any], list[int]]]:
         """(keys, args, positions in `writes`) of one script call per shard."""
@@ -121,19 +176,10 @@ class IndexStore:
             args: list[Any] = [self.base(shard)]
             for position in positions:
                 w = writes[position]
-                args += [w.entry.member, w.version, str(w.entry.list_us), w.encoded, w.base, w.delta]
+                expected = "=" + w.base if w.rederive else w.base
+                args += [w.entry.member, w.version, str(w.entry.list_us), w.encoded, expected, w.delta]
             calls.append(([self.entries_key(shard), self.versions_key(shard)], args, positions))
         return calls
-
-    @staticmethod
-    def taken(writes: list["IndexWrite"], calls: list[tuple[list[str], list[Any], list[int]]],
-              replies: list[Any]) -> list[bool]:
-        """Per write, whether its shard took it, from the replies of its script calls."""
-        taken = [False] * len(writes)
-        for (_, _, positions), reply in zip(calls, replies, strict=True):
-            for position, result in zip(positions, reply, strict=True):
-                taken[position] = bool(int(result))
-        return taken
 
     # -- reads --------------------------------------------------------------------------------
 

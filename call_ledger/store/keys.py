@@ -124,11 +124,14 @@ from dataclasses import dataclass
 # members in their short form (call_ledger.core.members); 4, which is 3 with a call's core state as plain
 # hash fields and no rendered record (call_ledger.core.plain). A store moves to a later layout with its
 # workers running, by `call-ledger layout --upgrade` (call_ledger.store.layout); a version that does not read
-# a store's layout refuses it at start (call_ledger.store.records.Records.check_layout).
+# a store's layout refuses it at start (call_ledger.store.records.Records.check_layout). 5 is 4 with the
+# calls API's index entries as their payload alone (call_ledger.core.indexes.IndexEntry.encode), which
+# the index script of a release before it cannot undo.
 LAYOUT = "2"
 SHORT_LAYOUT = "3"
 PLAIN_LAYOUT = "4"
-LAYOUTS = (LAYOUT, SHORT_LAYOUT, PLAIN_LAYOUT)
+PAYLOAD_INDEX_LAYOUT = "5"
+LAYOUTS = (LAYOUT, SHORT_LAYOUT, PLAIN_LAYOUT, PAYLOAD_INDEX_LAYOUT)
 NEWEST_LAYOUT = LAYOUTS[-1]
 
 

@@ -25,7 +25,7 @@ from call_ledger.core.rules import CallState, has_record
 from call_ledger.core.served import DIGEST_FIELD, RECORD_FIELD
 from call_ledger.store.client import is_cluster, text
 from call_ledger.store.errors import unavailable_on_error
-from call_ledger.store.keys import LAYOUT, LAYOUTS, PLAIN_LAYOUT, SHORT_LAYOUT, Keys
+from call_ledger.store.keys import LAYOUT, LAYOUTS, PAYLOAD_INDEX_LAYOUT, PLAIN_LAYOUT, SHORT_LAYOUT, Keys
 from call_ledger.store.layout import fresh_store_layout
 from call_ledger.store.scripts import Lua, run_pipeline
 
@@ -156,18 +156,24 @@ class Records:
         self.keys = keys
         self._cluster = is_cluster(redis)
         # The store's layout mark (read at start by check_layout, then again by refresh_layout):
-        # commits write members in their short form in 3 and 4, the core as plain fields and no
-        # rendered record in 4. Every form of every layout is read always.
+        # commits write members in their short form from 3 on, the core as plain fields and no
+        # rendered record from 4 on, index entries without their rollups in 5. Every form of every
+        # layout is read always.
         self.mark = LAYOUT
         self._sighted = ""  # the mark refresh_layout read last
 
     @property
     def short_members(self) -> bool:
-        return self.mark in (SHORT_LAYOUT, PLAIN_LAYOUT)
+        return LAYOUTS.index(self.mark) >= LAYOUTS.index(SHORT_LAYOUT)
 
     @property
     def plain_state(self) -> bool:
-        return self.mark == PLAIN_LAYOUT
+        return LAYOUTS.index(self.mark) >= LAYOUTS.index(PLAIN_LAYOUT)
+
+    @property
+    def payload_index(self) -> bool:
+        """Index entries are written as their payload alone (layout 5: call_ledger.core.indexes)."""
+        return self.mark == PAYLOAD_INDEX_LAYOUT
 
     def call_keys(self, call_sid: str) -> list[str]:
         """The four keys of one call, in the order the commit script takes them."""

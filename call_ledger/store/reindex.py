@@ -42,7 +42,7 @@ async def reindex(store: Store, settings: Settings) -> tuple[int, int]:
 
     async def flush() -> None:
         nonlocal written
-        written += sum(await indexes.update(batch, rederive=True))
+        written += sum(await indexes.update(batch, payload_only=store.records.payload_index, rederive=True))
         batch.clear()
         await store.archive.schedule(finalized, only_new=True)
         finalized.clear()

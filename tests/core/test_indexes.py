@@ -17,7 +17,16 @@ from call_ledger.app import create_app
 from call_ledger.core.errors import Unapplicable
 from call_ledger.core.events import STATUSES as ALL_STATUSES
 from call_ledger.core.events import TERMINAL_STATUSES, CallEvent, Cost
-from call_ledger.core.indexes import IndexBasis, IndexEntry, _delta_by_field, entry_delta, index_entry, shard_of
+from call_ledger.core.indexes import (
+    IndexBasis,
+    IndexEntry,
+    _delta_by_field,
+    _increments,
+    delta_from_stored,
+    entry_delta,
+    index_entry,
+    shard_of,
+)
 from call_ledger.core.record_ids import counter_of
 from call_ledger.core.rules import CallState, apply_event, fix_estimate, record_json, render_record
 from call_ledger.settings import Settings
@@ -290,6 +299,13 @@ _ENTRY_FIELDS = st.fixed_dictionaries({
 })
 
 
+def _ops(delta: bytes | None) -> tuple[set[str], set[str], dict[tuple[str, str], int]]:
+    """A delta as what it does: the memberships left, those joined, each field's change."""
+    assert delta is not None
+    left, joined, changes = orjson.loads(delta)
+    return set(left), set(joined), {(key, name): int(d) for key, name, d in changes}
+
+
 def _both(fields: dict[str, Any]) -> tuple[IndexEntry, reference.IndexEntry]:
     return IndexEntry(**fields), reference.IndexEntry(**fields)
 
@@ -311,15 +327,24 @@ def test_entries_and_deltas_are_the_bytes_the_reference_gives(
     before, before_expected = _both(old)
     assert entry.encode() == expected.encode()
     assert before.encode() == before_expected.encode()
+    assert entry.encode(payload_only=True) == expected.encode(payload_only=True)
+    assert entry.creation() == expected.creation()
     assert entry.memberships() == expected.memberships()
     assert entry.increments() == expected.increments()
     assert entry == IndexEntry(**new) and hash(entry) == hash(IndexEntry(**new))
     assert entry_delta(before, entry) == reference.entry_delta(before_expected, expected)
     assert entry_delta(IndexBasis(before), entry) == reference.entry_delta(
         reference.IndexBasis(before_expected), expected)
-    moved = (before.list_us, before.record_id) != (entry.list_us, entry.record_id)  # no delta then
-    if before.shape_key != entry.shape_key and not moved:  # the fallback, were some fields ever not templated
-        assert _delta_by_field(IndexBasis(before), entry) == reference.entry_delta(before_expected, expected)
+    other = before.record_id != entry.record_id  # no delta then
+    if before.shape_key != entry.shape_key and not other:  # the fallback, were some fields ever not templated
+        assert _delta_by_field(before.memberships(), _increments(before.increments()), entry,
+                               rescored=before.list_us != entry.list_us) == reference.entry_delta(
+                                   before_expected, expected)
+    # What a writer without a basis derives from the entry a shard holds, in either form, is the same delta.
+    if not other:
+        for stored in (before.encode(), before.encode(payload_only=True)):
+            assert _ops(delta_from_stored(stored, before.member, entry)) == _ops(
+                reference.entry_delta(before_expected, expected)), stored
 
 
 @hsettings(max_examples=25, deadline=None)

@@ -4,7 +4,10 @@ the bytes these give (index.lua compares stored entries by equality, and applies
 
 Changed since, with the entry format (issue #23): the rollups no longer count assistant names
 (no `an:<aid>:<name>` fields, and the name is not part of a shape), and per-assistant fields
-are kept per calendar month too (`m:<scope>:<YYYY-MM>`)."""
+are kept per calendar month too (`m:<scope>:<YYYY-MM>`). With layout 5: the payload holds the cost
+(`c`), an entry can be encoded as its payload alone, a new entry is sent as its creation (every
+membership joined, every amount added), and an entry whose list time moved as a delta joining every
+membership again (no longer None: the index script has no full path)."""
 import functools
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,13 +92,21 @@ class IndexEntry:
         """What readers need of the entry without loading the call: filters and the SID."""
         return {"sid": self.call_sid, "us": self.list_us, "org": self.organization_id,
                 "aid": self.assistant_id, "an": self.assistant_name, "st": self.status,
-                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number}
+                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number,
+                "c": None if self.total_cost is None else str(self.total_cost)}
 
-    def encode(self) -> bytes:
+    def creation(self) -> bytes:
+        """The delta from no entry to this one."""
+        return orjson.dumps([[], self.memberships(), [[key, name, str(amount)] for key, name, amount
+                                                      in self.increments()]])
+
+    def encode(self, payload_only: bool = False) -> bytes:
         """The stored entry: the payload JSON, a newline, then [memberships, {rollup key:
         {field: amount}}, score] for the index script (every value a string: Lua numbers
         print large integers with an exponent). Readers take the part before the newline
         (JSON text never holds a raw one). The version is stored beside it."""
+        if payload_only:
+            return orjson.dumps(self.payload())
         amounts = [str(a) if a else "" for a in self._amounts]
         grouped: dict[str, dict[str, str]] = {}
         for key, fields in self._shape.grouped:
@@ -192,9 +203,10 @@ def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
     """What replacing `old` by `new` changes, for the index script's fast path:
     [memberships to leave, memberships to join, [[rollup key, field, difference], ...]].
     None when the list time moved (every membership is re-scored: the script's full path)."""
-    if old.list_us != new.list_us or old.record_id != new.record_id:
+    if old.record_id != new.record_id:
         return None
-    if old.shape_key == new.shape_key:  # same keys and fields (the usual case): only amounts moved
+    rescored = old.list_us != new.list_us
+    if old.shape_key == new.shape_key and not rescored:  # same keys and fields (the usual case): only amounts moved
         moved = zip(old._amounts, new._amounts, strict=True)
         return orjson.dumps([[], [], [[key, name, str(after - before)] for slot, (before, after) in enumerate(moved)
                                       if after != before for key, name in new._shape.by_slot[slot]]])
@@ -204,7 +216,8 @@ def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
         change[(key, name)] = change.get((key, name), 0) - amount
     for key, name, amount in new.increments():
         change[(key, name)] = change.get((key, name), 0) + amount
-    return orjson.dumps([[s for s in held if s not in wanted], [s for s in wanted if s not in held],
+    return orjson.dumps([[s for s in held if s not in wanted],
+                         list(wanted) if rescored else [s for s in wanted if s not in held],
                          [[key, name, str(d)] for (key, name), d in change.items() if d]])
 
 

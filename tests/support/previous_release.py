@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tests.support.paths import ROOT
 
-# The last landed release before layout 4 (a call's core as plain fields): it reads layouts 2 and 3 and
-# names its connections so (call_ledger.store.client).
-PREVIOUS_RELEASE = "051d8ec3845fc367ddb559c2f59378f18b099bc6"
+# The last landed release before layout 5 (index entries as their payload alone): it reads layouts 2, 3
+# and 4 and names its connections so (call_ledger.store.client).
+PREVIOUS_RELEASE = "142b5a08637e924a528caf2130627b73c5b384ba"
 
 
 def extract_previous_release(directory: Path) -> Path | None:

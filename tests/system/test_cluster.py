@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from call_ledger.app import create_app
+from call_ledger.core.indexes import member, shard_of
 from call_ledger.store import Store
 from call_ledger.store.client import CLIENT_NAME
 from call_ledger.store.layout import blockers, connected_clients
@@ -49,10 +50,14 @@ async def test_calls_spread_over_slots_are_applied_and_read_back_on_a_cluster(
     nodes = {store.redis.get_node_from_key(store.call_key(sid)).port for sid in sids}
     assert len(nodes) == 3  # the records really are spread over the cluster
     assert (await client.get("/readyz")).status == 200
-    # A fresh store is layout 4 (short members, plain fields), and every connection on every primary is
-    # named with the layouts it reads: nothing keeps `call-ledger layout --upgrade` from going ahead.
-    assert await store.records.layout() == "4"
-    assert b"s" not in await store.redis.hgetall(store.call_key(sids[1]))
+    # A fresh store is layout 5 (short members, plain fields, index entries as their payload), and every
+    # connection on every primary is named with the layouts it reads: nothing keeps `call-ledger layout
+    # --upgrade` from going ahead.
+    assert await store.records.layout() == "5"
+    fields = await store.redis.hgetall(store.call_key(sids[1]))
+    assert b"s" not in fields
+    entry = await store.redis.hget(store.indexes.entries_key(shard_of(sids[1])), member(int(fields[b"id"])))
+    assert entry is not None and b"\n" not in entry
     assert await store.redis.zrange(store.order_key(sids[1]), 0, -1) == [b"0.-0", b"0.-1", b"0.-2"]
     clients = await connected_clients(store.redis)
     assert {client["name"] for client in clients} >= {CLIENT_NAME} and len(clients) >= 3

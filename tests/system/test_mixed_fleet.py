@@ -14,8 +14,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from call_ledger.core.indexes import member, shard_of
 from call_ledger.store import Store
 from tests.support.cli import run_cli
+from tests.support.index_dump import assert_indexes_exact
 from tests.support.paths import ROOT
 from tests.support.polling import until
 from tests.support.previous_release import PREVIOUS_RELEASE, extract_previous_release
@@ -55,9 +57,9 @@ async def test_the_previous_release_and_this_one_side_by_side_apply_every_event_
     store = Store.from_settings(settings)
     services: list[Service] = []
     try:
-        # The store the previous release has been running on: layout 3 (a fresh one would be 4, which the
+        # The store the previous release has been running on: layout 4 (a fresh one would be 5, which the
         # previous release refuses at start).
-        await store.redis.set(store.keys.layout, "3")
+        await store.redis.set(store.keys.layout, "4")
         old = worker(previous, "previous", redis_server, tmp_path)
         services.append(old)
         new = worker(ROOT, "current", redis_server, tmp_path)
@@ -70,15 +72,19 @@ async def test_the_previous_release_and_this_one_side_by_side_apply_every_event_
         await drained(store, 60, old, new)
         # Side by side, each applied a share, and the other's calls were read and folded into.
         assert applied_by(old) > 50 and applied_by(new) > 50, (applied_by(old), applied_by(new))
-        # The store cannot move to layout 4 (plain fields) while the previous release is connected: it
-        # would take a call of plain fields for one without a state.
+        # Side by side on layout 4, each undid the other's index entries exactly: the previous release's
+        # script from the rollups stored after an entry's payload, this one's from the entry it is answered with.
+        sids = sorted({e.call_sid for e in events})
+        await assert_indexes_exact(store, settings, [sid for sid in sids if await store.get_call(sid) is not None])
+        # The store cannot move to layout 5 (index entries without their rollups) while the previous
+        # release is connected: its index script could not undo such an entry.
         refused = run_cli("layout", "--upgrade", **{**ledger_env(), "LEDGER_REDIS_URL": redis_server.url})
-        assert refused.returncode == 1 and "named 'call-ledger/reads-2.3'" in refused.stderr, refused.stderr
+        assert refused.returncode == 1 and "named 'call-ledger/reads-2.3.4'" in refused.stderr, refused.stderr
         # The upgrade completes: the previous release stops, the store moves, this release learns it
         # and takes the rest, with redeliveries of events the previous one applied.
         assert old.terminate() == 0
         moved = run_cli("layout", "--upgrade", **{**ledger_env(), "LEDGER_REDIS_URL": redis_server.url})
-        assert moved.returncode == 0 and "layout 3 -> 4" in moved.stdout, moved.stderr
+        assert moved.returncode == 0 and "layout 4 -> 5" in moved.stdout, moved.stderr
         await until(lambda: any(line.get("event") == "layout_changed" for line in new.lines()), 30,
                     "the worker to learn the move")
         await fill(store, rest)
@@ -86,24 +92,28 @@ async def test_the_previous_release_and_this_one_side_by_side_apply_every_event_
         applied = await assert_records_exact(store, events, settings)
         assert applied == len({event.key for event in events}) == applied_by(old) + applied_by(new)
         assert await store.redis.xlen(store.dead) == 0
-        # Every call the rest touched is in plain fields now, its `s` and `j` gone; the others keep the
-        # previous release's form, and both are read.
-        hashes = [await store.redis.hgetall(store.call_key(sid)) for sid in sorted({e.call_sid for e in events})]
+        await assert_indexes_exact(store, settings, sids)
+        # Every call the rest touched has its entry as the payload alone now; the others keep the previous
+        # release's form (the payload and its rollups), and both are read and undone.
         def key(raw: bytes) -> tuple[str, str, str]:
             event = orjson.loads(raw)
             return event["call_sid"], event["source"], event["event_id"]
         before_move = {key(raw) for raw in first}
         touched = {key(raw)[0] for raw in rest if key(raw) not in before_move}  # a new event applied after
         assert touched
-        for sid, fields in zip(sorted({e.call_sid for e in events}), hashes, strict=True):
-            if sid in touched:
-                assert b"fs" in fields and b"s" not in fields and b"j" not in fields, (sid, fields)
-        assert any(b"s" in fields for fields in hashes) or len(touched) == len(hashes)
+        forms = {}
+        for sid in sids:
+            found = await store.get_call(sid)
+            assert found is not None
+            stored = await store.redis.hget(store.indexes.entries_key(shard_of(sid)), member(found[0]))
+            forms[sid] = b"\n" not in stored
+        assert all(forms[sid] for sid in touched), forms
+        assert not all(forms.values()) or len(touched) == len(sids)
         # The previous release refuses the moved store at start.
         again = worker(previous, "previous-again", redis_server, tmp_path)
         services.append(again)
         assert again.wait_exit_or_start(timeout=30) not in (None, 0), again.tail()
-        assert "layout '4'" in again.output(), again.tail()
+        assert "layout '5'" in again.output(), again.tail()
     finally:
         for service in services:  # each on its own: one that hangs on SIGTERM is killed, the next still stopped
             with contextlib.suppress(subprocess.TimeoutExpired):

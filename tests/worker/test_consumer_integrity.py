@@ -235,7 +235,7 @@ async def test_a_store_with_data_of_an_older_layout_is_refused(fake_redis: Any) 
 
 async def test_a_fresh_store_is_marked_with_the_layout(fake_redis: Any, consumer: Any, store: Store) -> None:
     await store.check_layout()
-    assert await fake_redis.get("cl:layout") == b"4"  # short members, plain fields (core.plain) from the start
+    assert await fake_redis.get("cl:layout") == b"5"  # short members, plain fields, lean index entries from the start
     await append(store, usage("CA-l", "u1", 0, "llm", 1))
     await consumer.run_burst()
     assert await fake_redis.zrange("cl:order:{CA-l}", 0, -1) == [b"0:u1"]

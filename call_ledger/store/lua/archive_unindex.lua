@@ -27,16 +27,16 @@ local count_key, names_of = {}, {}  -- list -> its `ac` key; list -> {its `an` k
 local function later(kept, at, member)
   return not kept or tonumber(kept[1]) < tonumber(at) or (tonumber(kept[1]) == tonumber(at) and kept[2] < member)
 end
-for i = 3, #ARGV, 2 do
-  local member = ARGV[i]
-  local stored = redis.call('HGET', KEYS[1], member)
-  if stored then
-    -- The entry's part after the newline is [[list...], {rollups}, "<score>"] (index.lua): the lists and
-    -- the score are read by pattern, sparing the decoding of the rollups (most of the text).
-    local newline = string.find(stored, '\n', 1, true)
+-- A stored entry's lists and score: before layout 5 from the part after the newline, [[list...], {rollups},
+-- "<score>"] (read by pattern, sparing the decoding of the rollups, most of the text); in layout 5 (the
+-- payload alone) derived from the payload as call_ledger.core.indexes.list_key names them: per scope (every
+-- call, and the organization's), with and without the status, with and without the assistant. Also where
+-- the payload ends.
+local function lists_of(stored)
+  local newline = string.find(stored, '\n', 1, true)
+  local lists = {}
+  if newline then
     local lists_end = string.find(stored, ']', newline + 3, true)  -- no list name holds a bracket
-    local at = string.match(stored, '"([^"]+)"%]$')
-    local day = string.format('%.0f', math.floor(tonumber(at) / DAY_US))
     local pos = newline + 2
     while true do
       local first, last, list = string.find(stored, '"([^"]+)"', pos)  -- `z:<scope>:<filter>`
@@ -44,6 +44,33 @@ for i = 3, #ARGV, 2 do
         break
       end
       pos = last + 1
+      lists[#lists + 1] = list
+    end
+    return lists, string.match(stored, '"([^"]+)"%]$'), newline
+  end
+  local p = cjson.decode(stored)
+  local scopes = {'*'}
+  if p.org ~= cjson.null then
+    scopes[2] = 'o' .. string.format('%.0f', p.org)
+  end
+  local status, assistant = 's=' .. p.st, 'a=' .. string.format('%.0f', p.aid)
+  for _, scope in ipairs(scopes) do
+    local prefix = 'z:' .. scope .. ':'
+    lists[#lists + 1] = prefix
+    lists[#lists + 1] = prefix .. assistant
+    lists[#lists + 1] = prefix .. status
+    lists[#lists + 1] = prefix .. status .. '|' .. assistant
+  end
+  return lists, string.format('%.0f', p.us), #stored + 1
+end
+
+for i = 3, #ARGV, 2 do
+  local member = ARGV[i]
+  local stored = redis.call('HGET', KEYS[1], member)
+  if stored then
+    local lists, at, newline = lists_of(stored)
+    local day = string.format('%.0f', math.floor(tonumber(at) / DAY_US))
+    for _, list in ipairs(lists) do
       local members = leave[list]
       if not members then  -- the first call on this list: its keys, worked out once
         members = {}

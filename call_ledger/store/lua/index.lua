@@ -1,38 +1,31 @@
--- Replace calls' entries in one index shard, each if its version is newer than the one indexed.
--- Every key is under the shard's hash tag (ARGV[1] is the shard's key base, KEYS[1] its entries
--- hash, KEYS[2] its versions hash), so on a Redis Cluster the whole update is one slot, atomic.
+-- Replace calls' entries in one index shard, each if its version is newer than the one indexed, by
+-- applying the delta its writer derived. Every key is under the shard's hash tag (ARGV[1] is the
+-- shard's key base, KEYS[1] its entries hash, KEYS[2] its versions hash), so on a Redis Cluster the
+-- whole update is one slot, atomic.
 --
 -- ARGV: base, then per call: member (zero-padded record id), version, score (list time µs), entry,
---   base, delta (a whole batch's calls of one shard in one script call: per-command costs
+--   expected, delta (a whole batch's calls of one shard in one script call: per-command costs
 --   dominated otherwise)
--- Fast path: when `base` is the version indexed now, `delta` (call_ledger.core.indexes.entry_delta:
--- [memberships to leave, to join, [[key, field, difference]...]]) is applied as it is, and no
--- stored entry is read or decoded (that was most of this script's time). A worker sends a
--- base only for the version whose entry it wrote itself and the shard took; since a version
--- is indexed once (an equal one is refused below), the entry indexed at `base` is that one.
--- Any other case (base '' or another version indexed) takes the full path.
--- Base '=' (`call-ledger reindex`) also replaces an entry of the same version when it differs
--- (one written by an older version of call-ledger, e.g. with the name counts issue #23
--- removed): the full path, so the stored entry is undone exactly; 0 when it was the same.
---   entry = <payload JSON> "\n" [[sorted-set suffix...], {hash suffix: {field: amount}}, score]
---   (readers take the payload; this script only the part after the newline)
--- A new version whose entry is the same as the indexed one (a call_meta or flow change)
--- only records the version.
--- The previous entry (if any) is replaced exactly: memberships it no longer has are removed,
--- new ones added (all re-scored if the list time moved), and each rollup field changes by the
--- difference between the new and the old amount (a field that reaches 0 is deleted). So a
--- commit that changes one cost writes a few counters, not the whole entry's contributions.
+-- `delta` (call_ledger.core.indexes: entry_delta, creation, delta_from_stored) is
+-- [memberships to leave, memberships to join, [[key, field, difference]...]]: what replacing the entry
+-- indexed at version `expected` ('' for none) by this one changes. It is applied only while
+-- `expected` is the version indexed; otherwise nothing is written and the call's answer is
+-- {the version indexed ('' for none), the entry stored}, from which the writer derives the delta
+-- again and resends (call_ledger.store.indexes.IndexStore.write). So this script never reads an
+-- entry's contents: an entry is what readers take (its payload; before layout 5 followed by a newline
+-- and its rollups, which the index script of a release before layout 5 undoes an entry from), and
+-- the exact undo of the entry indexed is the writer's, who has the entry at hand.
+-- Expected '=<version>' (`call-ledger reindex`) also replaces an entry of the same version.
 -- The same input twice, or an older version after a newer one, changes nothing: workers
--- finishing out of order converge on the newest version.
--- Amounts are integers below 2^53 (counts, seconds, whole units, nano remainders): a Lua
--- number holds them and their differences exactly; '%.0f' writes them without an exponent.
--- Returns per call 1 when applied, 0 when the stored version is the same or newer.
+-- finishing out of order converge on the newest version. Since the version only grows, a
+-- writer's resends end (its version is indexed, or a newer one is).
+-- Amounts are integers below 2^53 (counts, seconds, whole units, nano remainders), sent as text:
+-- HINCRBY takes them as they are; a field that reaches 0 is deleted.
+-- Returns per call 1 when applied, 0 when the version indexed is the same or newer, or
+-- {version indexed, entry stored} when the delta was derived from another entry.
 local base = ARGV[1]
-local function undo(stored)
-  return cjson.decode(string.sub(stored, string.find(stored, '\n', 1, true) + 1))
-end
 
-local function fast(member, version_text, score, entry, delta)
+local function apply(member, version_text, score, entry, delta)
   local d = cjson.decode(delta)
   local left, joined, ops = d[1], d[2], d[3]
   for i = 1, #left do
@@ -52,93 +45,22 @@ local function fast(member, version_text, score, entry, delta)
   return 1
 end
 
--- Adds sign * each amount of `increments` ({key: {field: amount}}) into delta[key][field]. An
--- amount only added is kept as its text (what '%.0f' would print of it), sparing tonumber.
-local function add(delta, increments, sign)
-  for key, fields in pairs(increments) do
-    local d = delta[key]
-    if d == nil then
-      d = {}
-      delta[key] = d
-    end
-    for field, amount in pairs(fields) do
-      local was = d[field]
-      if was == nil and sign == 1 then
-        d[field] = amount
-      else
-        d[field] = (was or 0) + sign * tonumber(amount)
-      end
-    end
+local function replace(member, version_text, score, entry, expected, delta)
+  local rederive = string.sub(expected, 1, 1) == '='
+  if rederive then
+    expected = string.sub(expected, 2)
   end
-end
-
-local function replace(member, version_text, score, entry, from, delta)
   local indexed = redis.call('HGET', KEYS[2], member)
-  local rederive = from == '='
   if indexed then
     local was, now = tonumber(indexed), tonumber(version_text)
     if was > now or (was == now and not rederive) then
       return 0
     end
   end
-  if from ~= '' and indexed == from then
-    return fast(member, version_text, score, entry, delta)
+  if (indexed or '') ~= expected then
+    return {indexed or '', redis.call('HGET', KEYS[1], member) or ''}
   end
-  redis.call('HSET', KEYS[2], member, version_text)
-  local old = redis.call('HGET', KEYS[1], member)
-  if old == entry then
-    if rederive and indexed == version_text then
-      return 0
-    end
-    return 1
-  end
-  local n = undo(entry)
-  local new_sets = n[1]
-  local changes = {}
-  if old then
-    local o = undo(old)
-    local wanted = {}
-    for i = 1, #new_sets do
-      wanted[new_sets[i]] = true
-    end
-    local moved = o[3] ~= score -- then every set is scored again: held is not needed
-    local held = {}
-    local old_sets = o[1]
-    for i = 1, #old_sets do
-      local suffix = old_sets[i]
-      if not moved then
-        held[suffix] = true
-      end
-      if not wanted[suffix] then
-        redis.call('ZREM', base .. suffix, member)
-      end
-    end
-    for i = 1, #new_sets do
-      if moved or not held[new_sets[i]] then
-        redis.call('ZADD', base .. new_sets[i], score, member)
-      end
-    end
-    add(changes, o[2], -1)
-  else
-    for i = 1, #new_sets do
-      redis.call('ZADD', base .. new_sets[i], score, member)
-    end
-  end
-  add(changes, n[2], 1)
-  for key, fields in pairs(changes) do
-    for field, d in pairs(fields) do
-      if d ~= 0 and d ~= '0' then
-        if type(d) == 'number' then
-          d = string.format('%.0f', d)
-        end
-        if redis.call('HINCRBY', base .. key, field, d) == 0 then
-          redis.call('HDEL', base .. key, field)
-        end
-      end
-    end
-  end
-  redis.call('HSET', KEYS[1], member, entry)
-  return 1
+  return apply(member, version_text, score, entry, delta)
 end
 
 local results = {}

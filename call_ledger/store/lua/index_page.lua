@@ -28,8 +28,9 @@ for i = 1, #items, 2 do
     out[#out + 1] = m
     out[#out + 1] = s
     local entry = redis.call('HGET', entries, m)
-    -- Only the payload (before the newline): the undo part is the index script's business.
-    out[#out + 1] = entry and string.sub(entry, 1, string.find(entry, '\n', 1, true) - 1) or ''
+    -- Only the payload: before layout 5 an entry's rollups follow it after a newline.
+    local newline = entry and string.find(entry, '\n', 1, true)
+    out[#out + 1] = newline and string.sub(entry, 1, newline - 1) or entry or ''
     taken = taken + 1
     if taken >= count then
       break
