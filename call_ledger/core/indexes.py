@@ -39,6 +39,7 @@ SHARDS = 16
 MEMBER_WIDTH = 16
 ALL = "*"  # the scope of every call (unscoped tokens)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EXACT = 2**53  # integers a double (a Lua number, many JSON readers) holds exactly
 
 
 def shard_of(call_sid: str) -> int:
@@ -201,24 +202,36 @@ class IndexEntry:
         return self._shape.increments(self._amounts)
 
     def payload(self) -> dict[str, Any]:
-        """What readers need of the entry without loading the call (filters and the SID), and
-        its cost (`c`, nano-units as text: a JSON number of 64 bits or more is not read back
-        everywhere): with the list time, status, duration, assistant and organization, what the
-        entry adds to the index is derived from the payload alone (`stored_contributions`)."""
+        """What readers need of the entry without loading the call: filters and the SID."""
         return {"sid": self.call_sid, "us": self.list_us, "org": self.organization_id,
                 "aid": self.assistant_id, "an": self.assistant_name, "st": self.status,
-                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number,
-                "c": None if self.total_cost is None else str(self.total_cost)}
+                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number}
+
+    def lean_payload(self) -> dict[str, Any]:
+        """The payload as layout 5 stores it: what readers need, and the cost (`c`, nano-units; as text
+        from 2^53 on, which not every JSON reader takes exactly), so that what the entry adds to the
+        index is derived from it (`stored_contributions`). Without the list time (the entry's score in
+        every list, `z:*:` among them: the index script answers with it) and without null values (a
+        missing key reads as None): a completed call's entry fits a smaller allocation. The list
+        time is kept where a score does not hold it exactly."""
+        cost = self.total_cost
+        us = self.list_us
+        lean = {"sid": self.call_sid,
+                "us": None if -_EXACT < us < _EXACT else us,  # kept only where a score does not hold it exactly
+                "org": self.organization_id, "aid": self.assistant_id, "an": self.assistant_name,
+                "st": self.status, "dur": self.duration, "cph": self.customer_phone_number,
+                "tph": self.to_phone_number, "c": cost if cost is None or -_EXACT < cost < _EXACT else str(cost)}
+        return {key: value for key, value in lean.items() if value is not None}
 
     def encode(self, payload_only: bool = False) -> bytes:
-        """The stored entry. In layout 5 (`payload_only`) the payload JSON alone. Before it, the
+        """The stored entry. In layout 5 (`payload_only`) its lean payload alone. Before it, the
         payload JSON, a newline, then [memberships, {rollup key: {field: amount}}, score], which
         the index script of a release before layout 5 undoes an entry from (every value a string:
         Lua numbers print large integers with an exponent; a field whose amount is 0 is left out,
         and a key left with none). Readers take the part before the newline (JSON text never
         holds a raw one). The version is stored beside it."""
         if payload_only:
-            return orjson.dumps(self.payload())
+            return orjson.dumps(self.lean_payload())
         amounts = self._amounts
         rollups = self._shape.encoding(_nonzero_slots(amounts))
         return orjson.dumps(self.payload()) + rollups.fill((*amounts, self.list_us))
@@ -611,33 +624,35 @@ def _delta_by_field(held: list[str], added: dict[tuple[str, str], int], new: Ind
                          [[key, name, str(d)] for (key, name), d in change.items() if d]])
 
 
-def delta_from_stored(stored: bytes, member_text: str, new: IndexEntry) -> bytes:
-    """The delta from the entry a shard holds (`stored`, of the call with that member) to `new`: what
-    the index script applies when a writer has no basis of its own, or another writer's version
-    is indexed. An entry with its rollups after a newline (written before layout 5, by this
-    release or an earlier one) is undone from them as they were written; one of layout 5 (the
-    payload alone) from the payload (`stored_contributions`)."""
-    held, added, list_us = stored_contributions(stored, member_text)
+def delta_from_stored(stored: bytes, member_text: str, score_text: str, new: IndexEntry) -> bytes:
+    """The delta from the entry a shard holds (`stored`, of the call with that member, scored
+    `score_text` in its lists) to `new`: what the index script applies when a writer has no basis of
+    its own, or another writer's version is indexed. An entry with its rollups after a newline
+    (written before layout 5, by this release or an earlier one) is undone from them as they were
+    written; one of layout 5 (the lean payload alone) from the payload (`stored_contributions`)."""
+    held, added, list_us = stored_contributions(stored, member_text, score_text)
     return _delta_by_field(held, added, new, rescored=list_us != new.list_us)
 
 
-def stored_contributions(stored: bytes, member_text: str) -> tuple[list[str], dict[tuple[str, str], int], int]:
+def stored_contributions(stored: bytes, member_text: str,
+                         score_text: str) -> tuple[list[str], dict[tuple[str, str], int], int]:
     """What a stored entry adds to the index: (its memberships, {(rollup key, field): amount}, its
     list time). ValueError when it is not an entry this service wrote."""
     payload, newline, rollups = stored.partition(b"\n")
     if newline:
-        memberships, by_key, score_text = orjson.loads(rollups)
+        memberships, by_key, written_score = orjson.loads(rollups)
         added = {(key, name): int(amount) for key, fields in by_key.items() for name, amount in fields.items()}
-        return list(memberships), added, int(score_text)
+        return list(memberships), added, int(written_score)
     fields = orjson.loads(payload)
     try:
-        list_us, organization, assistant, status = int(fields["us"]), fields["org"], int(fields["aid"]), fields["st"]
-        duration, cost = fields["dur"], fields["c"]
-    except (KeyError, TypeError) as exc:
+        list_us = int(fields["us"]) if "us" in fields else int(float(score_text))
+        assistant, status = int(fields["aid"]), str(fields["st"])
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError("not an index entry") from exc
+    organization, duration, cost = fields.get("org"), fields.get("dur"), fields.get("c")
     cost_nano = 0 if cost is None else int(cost)
     amounts = (1, 0 if duration is None else int(duration), cost_nano // NANO, cost_nano % NANO)
-    shape_key = (None if organization is None else int(organization), str(status), assistant, day_of(list_us),
+    shape_key = (None if organization is None else int(organization), status, assistant, day_of(list_us),
                  duration is not None, cost is not None)
     basis = IndexBasis.of(list_us, int(member_text), shape_key, amounts)
     return basis.memberships(), _increments(basis.increments()), list_us

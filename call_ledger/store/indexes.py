@@ -50,9 +50,11 @@ class IndexWrite:
         shard applies if it holds no entry of the call (and answers with the one it holds if it does)."""
         return cls(shard, entry, version, entry.encode(payload_only), "", entry.creation(), rederive)
 
-    def against(self, indexed: str, stored: bytes) -> "IndexWrite":
-        """This write again, as a delta from the entry `stored` the shard holds at version `indexed`."""
-        delta = delta_from_stored(stored, self.entry.member, self.entry) if stored else self.entry.creation()
+    def against(self, indexed: str, stored: bytes, score_text: str) -> "IndexWrite":
+        """This write again, as a delta from the entry `stored` the shard holds at version `indexed`,
+        scored `score_text` in its lists."""
+        entry = self.entry
+        delta = delta_from_stored(stored, entry.member, score_text, entry) if stored else entry.creation()
         return IndexWrite(self.shard, self.entry, self.version, self.encoded, indexed, delta, self.rederive)
 
 
@@ -137,11 +139,11 @@ class IndexStore:
                 if not isinstance(answer, list):
                     taken[position] = bool(int(answer))
                     continue
-                indexed, stored = text(answer[0]), bytes(answer[1])
+                indexed, stored, score_text = text(answer[0]), bytes(answer[1]), text(answer[2])
                 write = current[position]
                 if write.rederive and indexed == str(write.version) and stored == write.encoded:
                     continue  # the same entry at the same version: nothing to replace
-                current[position] = write.against(indexed, stored)
+                current[position] = write.against(indexed, stored, score_text)
                 again.append(position)
             pending = again
         if pending:

@@ -11,17 +11,17 @@ if TYPE_CHECKING:
 
 
 def _payload(entry: bytes) -> dict[str, Any]:
+    """What an entry tells its readers, in either form: layout 5's lean payload leaves out null values
+    and the list time (every list scores the entry by it, compared with the lists)."""
     payload = orjson.loads(entry.partition(b"\n")[0])
-    payload.pop("c", None)
-    return payload
+    return {key: value for key, value in payload.items() if value is not None and key not in ("c", "us")}
 
 
 async def dump_indexes(redis: Any) -> dict[bytes, Any]:
     """Every index key's content, comparable across two stores. An entry is compared by its payload:
     before layout 5 its rollups follow it (the same as the rollups hashes hold, compared apart), in
-    layout 5 it is the payload alone, and a store that moved holds both. The payload's cost (`c`) is left
-    out: the release before layout 5 did not write it, and what it is for (undoing the entry) shows in the
-    rollups."""
+    layout 5 it is the lean payload alone, and a store that moved holds both. The lean payload's cost (`c`)
+    is left out: what it is for (undoing the entry) shows in the rollups."""
     out: dict[bytes, Any] = {}
     for key in await redis.keys("cl:ix:*"):
         kind = await redis.type(key)

@@ -4,8 +4,8 @@ the bytes these give (index.lua compares stored entries by equality, and applies
 
 Changed since, with the entry format (issue #23): the rollups no longer count assistant names
 (no `an:<aid>:<name>` fields, and the name is not part of a shape), and per-assistant fields
-are kept per calendar month too (`m:<scope>:<YYYY-MM>`). With layout 5: the payload holds the cost
-(`c`), an entry can be encoded as its payload alone, a new entry is sent as its creation (every
+are kept per calendar month too (`m:<scope>:<YYYY-MM>`). With layout 5: an entry can be encoded as its lean payload
+alone (with its cost `c`, without its list time and null values), a new entry is sent as its creation (every
 membership joined, every amount added), and an entry whose list time moved as a delta joining every
 membership again (no longer None: the index script has no full path)."""
 import functools
@@ -92,8 +92,17 @@ class IndexEntry:
         """What readers need of the entry without loading the call: filters and the SID."""
         return {"sid": self.call_sid, "us": self.list_us, "org": self.organization_id,
                 "aid": self.assistant_id, "an": self.assistant_name, "st": self.status,
-                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number,
-                "c": None if self.total_cost is None else str(self.total_cost)}
+                "dur": self.duration, "cph": self.customer_phone_number, "tph": self.to_phone_number}
+
+    def lean_payload(self) -> dict[str, Any]:
+        """Layout 5's payload: the cost added (as text from 2^53 on), the list time left out (unless a
+        score cannot hold it), null values left out."""
+        lean = {**self.payload(), "c": self.total_cost}
+        if self.total_cost is not None and abs(self.total_cost) >= 2**53:
+            lean["c"] = str(self.total_cost)
+        if abs(self.list_us) < 2**53:
+            del lean["us"]
+        return {key: value for key, value in lean.items() if value is not None}
 
     def creation(self) -> bytes:
         """The delta from no entry to this one."""
@@ -106,7 +115,7 @@ class IndexEntry:
         print large integers with an exponent). Readers take the part before the newline
         (JSON text never holds a raw one). The version is stored beside it."""
         if payload_only:
-            return orjson.dumps(self.payload())
+            return orjson.dumps(self.lean_payload())
         amounts = [str(a) if a else "" for a in self._amounts]
         grouped: dict[str, dict[str, str]] = {}
         for key, fields in self._shape.grouped:

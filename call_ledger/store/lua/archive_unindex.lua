@@ -29,10 +29,10 @@ local function later(kept, at, member)
 end
 -- A stored entry's lists and score: before layout 5 from the part after the newline, [[list...], {rollups},
 -- "<score>"] (read by pattern, sparing the decoding of the rollups, most of the text); in layout 5 (the
--- payload alone) derived from the payload as call_ledger.core.indexes.list_key names them: per scope (every
--- call, and the organization's), with and without the status, with and without the assistant. Also where
--- the payload ends.
-local function lists_of(stored)
+-- lean payload alone) derived from the payload as call_ledger.core.indexes.list_key names them: per scope
+-- (every call, and the organization's), with and without the status, with and without the assistant. Also
+-- where the payload ends.
+local function lists_of(member, stored)
   local newline = string.find(stored, '\n', 1, true)
   local lists = {}
   if newline then
@@ -48,9 +48,9 @@ local function lists_of(stored)
     end
     return lists, string.match(stored, '"([^"]+)"%]$'), newline
   end
-  local p = cjson.decode(stored)
+  local p = cjson.decode(stored)  -- a missing key is a null one
   local scopes = {'*'}
-  if p.org ~= cjson.null then
+  if p.org ~= nil and p.org ~= cjson.null then
     scopes[2] = 'o' .. string.format('%.0f', p.org)
   end
   local status, assistant = 's=' .. p.st, 'a=' .. string.format('%.0f', p.aid)
@@ -61,14 +61,17 @@ local function lists_of(stored)
     lists[#lists + 1] = prefix .. status
     lists[#lists + 1] = prefix .. status .. '|' .. assistant
   end
-  return lists, string.format('%.0f', p.us), #stored + 1
+  -- The list time: the entry's score in the list of all calls, unless the payload keeps it (beyond what a
+  -- score holds exactly).
+  local at = p.us and string.format('%.0f', p.us) or redis.call('ZSCORE', base .. 'z:*:', member)
+  return lists, at, #stored + 1
 end
 
 for i = 3, #ARGV, 2 do
   local member = ARGV[i]
   local stored = redis.call('HGET', KEYS[1], member)
   if stored then
-    local lists, at, newline = lists_of(stored)
+    local lists, at, newline = lists_of(member, stored)
     local day = string.format('%.0f', math.floor(tonumber(at) / DAY_US))
     for _, list in ipairs(lists) do
       local members = leave[list]
@@ -122,6 +125,9 @@ for key, kept in pairs(names) do
   for aid, latest in pairs(kept) do
     if latest and latest[4] then
       local name = cjson.decode(string.sub(latest[3], 1, latest[4] - 1)).an
+      if name == nil then  -- left out of a lean payload (layout 5) when null
+        name = cjson.null
+      end
       redis.call('HSET', key, aid, cjson.encode({latest[1], latest[2], name}))
     end
   end

@@ -10,7 +10,7 @@
 -- [memberships to leave, memberships to join, [[key, field, difference]...]]: what replacing the entry
 -- indexed at version `expected` ('' for none) by this one changes. It is applied only while
 -- `expected` is the version indexed; otherwise nothing is written and the call's answer is
--- {the version indexed ('' for none), the entry stored}, from which the writer derives the delta
+-- {the version indexed ('' for none), the entry stored, its score}, from which the writer derives the delta
 -- again and resends (call_ledger.store.indexes.IndexStore.write). So this script never reads an
 -- entry's contents: an entry is what readers take (its payload; before layout 5 followed by a newline
 -- and its rollups, which the index script of a release before layout 5 undoes an entry from), and
@@ -22,7 +22,7 @@
 -- Amounts are integers below 2^53 (counts, seconds, whole units, nano remainders), sent as text:
 -- HINCRBY takes them as they are; a field that reaches 0 is deleted.
 -- Returns per call 1 when applied, 0 when the version indexed is the same or newer, or
--- {version indexed, entry stored} when the delta was derived from another entry.
+-- {version indexed, entry stored, its score} when the delta was derived from another entry.
 local base = ARGV[1]
 
 local function apply(member, version_text, score, entry, delta)
@@ -58,7 +58,9 @@ local function replace(member, version_text, score, entry, expected, delta)
     end
   end
   if (indexed or '') ~= expected then
-    return {indexed or '', redis.call('HGET', KEYS[1], member) or ''}
+    -- Every entry is in the list of all calls (`z:*:`, call_ledger.core.indexes list_key(ALL)), scored by
+    -- its list time, which a layout-5 entry leaves out of its payload.
+    return {indexed or '', redis.call('HGET', KEYS[1], member) or '', redis.call('ZSCORE', base .. 'z:*:', member) or ''}
   end
   return apply(member, version_text, score, entry, delta)
 end
