@@ -21,7 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from call_ledger.core.events import TERMINAL_STATUSES, CallEvent
-from call_ledger.core.indexes import RECORD_FIELDS, entry_delta, index_entry, shard_of
+from call_ledger.core.indexes import RECORD_FIELDS, IndexBasis, IndexEntry, entry_delta, index_entry, shard_of
 from call_ledger.core.rules import RANK_STATUS, CallState, fix_estimate, render_record
 from call_ledger.core.served import record_digest, stored_record
 from call_ledger.settings import Settings
@@ -90,6 +90,7 @@ class Consumer:
         # LEDGER_WORKER_CACHE_BYTES: three quarters for call states, one for index entries.
         self.known = KnownCalls(settings.worker_cache_bytes * 3 // 4)
         self.indexed = IndexedEntries(settings.worker_cache_bytes // 4)
+        self._in_flight: dict[str, tuple[int, IndexEntry | IndexBasis]] = {}  # the index writes of the batch in flight
         self.guess = NewCallGuess()
         self._next_claim = 0.0
         self._token_prefix, self._commits = secrets.token_hex(4) + ".", 0
@@ -189,7 +190,11 @@ class Consumer:
         """Wait for the last batch's index update and acknowledgements (see `_apply`)."""
         task, self._finishing = self._finishing, None
         if task is not None:
-            await task
+            try:
+                await task
+            except BaseException:
+                self._in_flight = {}  # not indexed after all: no basis for the next batch's deltas
+                raise
 
     async def maintain(self) -> None:
         """Trim what retention allows, refresh the lag gauges, and learn a move of the store's layout."""
@@ -307,6 +312,7 @@ class Consumer:
         # The entries are derived now, before the next batch folds into the cached states.
         writes = self._index_writes(result.committed)
         await self.settled()
+        self._in_flight = {write.entry.call_sid: (write.version, write.entry) for write in writes}
         self._finishing = asyncio.create_task(self._finish(writes, by_call, result.outcomes, result.due))
 
     async def _commit_round(self, calls: Calls, result: BatchResult, guess: bool) -> Calls:
@@ -383,9 +389,12 @@ class Consumer:
         writes = []
         payload_only = self.store.records.payload_index
         for sid, (record_id, version, state, record) in committed.items():
-            previous = self.indexed.get(sid)
+            # The batch in flight is indexed before this one: what it writes is the basis, if it has the call
+            # (if the shard does not take it, the script answers with what it holds instead; if its update
+            # fails, `settled` forgets it and this batch fails with it, to be redelivered and repaired).
+            previous = self._in_flight.get(sid) or self.indexed.get(sid)
             if previous is not None and previous[0] == version:
-                continue  # this worker indexed this very version (the shard took it): nothing to repair
+                continue  # this worker indexed (or is indexing) this very version: nothing to repair
             entry = index_entry(sid, record_id, state, self.settings.policy, record)
             base, delta = "", None
             if previous is not None and previous[0] < version:
