@@ -304,8 +304,9 @@ class NewCallGuess:
 class IndexedEntries(BytesLRU):
     """What this worker last wrote to the index, and the shard took, for recently seen calls
     (its version and the entry's basis: list time, id, shape, amounts), so the call's next update
-    can go as a delta from it (call_ledger/store/lua/index.lua's fast path). Only a hint: the script applies the
-    delta only while that version is the one indexed, and takes its full path otherwise. Bounded
+    can go as a delta from it (call_ledger/store/lua/index.lua). Only a hint: the script applies the delta only
+    while that version is the one indexed, and otherwise answers with the entry it holds, which the delta is
+    derived from again (call_ledger.store.indexes.IndexStore.write). Bounded
     in bytes, least recently used first out; kept as bytes, out of the collector's sight (BytesLRU).
     """
 

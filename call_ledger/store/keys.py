@@ -57,7 +57,8 @@ a call's entry lives in shard crc32(call_sid) % 16, and every key of a shard sha
 `{n}`, so one script updates one call's entry atomically on a Redis Cluster too:
 
     cl:ix:{n}:e                      hash: record id (16 digits) -> the call's entry: its payload
-                                     (what readers use), then [memberships, increments, score]
+                                     (what readers use; layout 5: lean, alone), before layout 5
+                                     followed by a newline and [memberships, increments, score]
     cl:ix:{n}:v                      hash: record id -> the call's version the entry is of
     cl:ix:{n}:z:<scope>:<filter>     sorted set: record ids scored by list time (µs);
                                      scope `*` (every call) or `o<org>`; filter '', s=<status>,

@@ -257,8 +257,9 @@ def test_calls_at_the_edges_of_the_calendar_get_day_and_week_buckets(at: str) ->
 @pytest.mark.parametrize("poisoned", [False, True])
 async def test_delta_updates_give_the_index_a_fresh_build_gives(
         store: Store, settings: Settings, poisoned: bool) -> None:
-    """A worker sends a call's next index update as a delta from the entry it wrote last
-    (index.lua's fast path); a base version that is not the one indexed takes the full path."""
+    """A worker sends a call's next index update as a delta from the entry it wrote last (index.lua);
+    a base version that is not the one indexed is answered with the entry indexed, and the delta
+    derived from it is sent again."""
     rng = random.Random(5)
     events = random_calls(rng, 20)
     consumer = Consumer(store, settings.model_copy(update={"batch_size": 3}), Metrics())

@@ -209,9 +209,9 @@ class IndexBasis:
 
 
 def entry_delta(old: IndexEntry | IndexBasis, new: IndexEntry) -> bytes | None:
-    """What replacing `old` by `new` changes, for the index script's fast path:
+    """What replacing `old` by `new` changes, for the index script:
     [memberships to leave, memberships to join, [[rollup key, field, difference], ...]].
-    None when the list time moved (every membership is re-scored: the script's full path)."""
+    When the list time moved every membership of `new` is joined (re-scored). None for two record ids."""
     if old.record_id != new.record_id:
         return None
     rescored = old.list_us != new.list_us
