@@ -162,14 +162,20 @@ async def test_unindexing_an_entry_of_layout_5_does_what_it_does_with_one_of_lay
         ledger = Ledger()
         await ledger.redis.set(ledger.keys.layout, layout)
         await ledger.store.check_layout()
-        calls = [("CA-a", 5), ("CA-b", None), ("CA-c", 5)]
+        big = 2**63 - 1  # ids beyond 2^53: a double (cjson's number) does not hold them
+        calls = [("CA-a", 5), ("CA-b", None), ("CA-c", 5), ("CA-d", big), ("CA-e", 2**53 + 1)]
         for sid, org in calls:
             await ledger.call(sid, org=org)
+        await ledger.store.append(make_event("CA-d", "big-assistant", 3 * S, assistant_id=big,
+                                             assistant_name="Big").model_dump_json().encode())
+        await ledger.consumer.run_burst()
         entries = {e for shard in range(16)
                    for e in (await ledger.redis.hgetall(ledger.keys.index_entries(shard))).values()}
-        assert len(entries) == 3 and all((b"\n" not in e) == (layout == "5") for e in entries)
+        assert len(entries) == 5 and all((b"\n" not in e) == (layout == "5") for e in entries)
         ids = [(sid, int((await ledger.fields(sid))[b"id"])) for sid, _ in calls]
-        assert await ledger.store.archive.unindex(ids) == 3
+        assert await ledger.store.archive.unindex(ids) == 5
+        for shard in range(16):  # every list left
+            assert not await ledger.redis.keys(ledger.keys.index_base(shard) + "z:*"), layout
         dumped = repr(sorted({key: await ledger.redis.hgetall(key) if await ledger.redis.type(key) == b"hash"
                               else await ledger.redis.zrange(key, 0, -1, withscores=True)
                               for key in await ledger.redis.keys("cl:ix:*")
@@ -180,6 +186,8 @@ async def test_unindexing_an_entry_of_layout_5_does_what_it_does_with_one_of_lay
         await ledger.store.close()
     assert dumps[0] == dumps[1]
     assert ":ac:" in dumps[0] and ":an:o5" in dumps[0] and "CA-c" in dumps[0]
+    assert f"ac:o{2**63 - 1}:s=completed|a={2**63 - 1}" in dumps[0] and f"an:o{2**63 - 1}" in dumps[0]
+    assert f":ac:o{2**53 + 1}:" in dumps[0]
 
 
 def test_an_archived_day_counts_when_the_range_holds_the_whole_day() -> None:

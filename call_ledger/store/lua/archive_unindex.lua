@@ -48,12 +48,16 @@ local function lists_of(member, stored)
     end
     return lists, string.match(stored, '"([^"]+)"%]$'), newline
   end
+  -- The ids as the payload writes them: cjson would read them as doubles, inexact beyond 2^53. A key's name
+  -- between unescaped quotes followed by a colon is found nowhere inside a JSON string.
   local p = cjson.decode(stored)  -- a missing key is a null one
+  local organization, assistant = string.match(stored, '"org":(%-?%d+)'), string.match(stored, '"aid":(%-?%d+)')
   local scopes = {'*'}
-  if p.org ~= nil and p.org ~= cjson.null then
-    scopes[2] = 'o' .. string.format('%.0f', p.org)
+  if organization then
+    scopes[2] = 'o' .. organization
   end
-  local status, assistant = 's=' .. p.st, 'a=' .. string.format('%.0f', p.aid)
+  local status = 's=' .. p.st
+  assistant = 'a=' .. assistant
   for _, scope in ipairs(scopes) do
     local prefix = 'z:' .. scope .. ':'
     lists[#lists + 1] = prefix
@@ -63,7 +67,7 @@ local function lists_of(member, stored)
   end
   -- The list time: the entry's score in the list of all calls, unless the payload keeps it (beyond what a
   -- score holds exactly).
-  local at = p.us and string.format('%.0f', p.us) or redis.call('ZSCORE', base .. 'z:*:', member)
+  local at = string.match(stored, '"us":(%-?%d+)') or redis.call('ZSCORE', base .. 'z:*:', member)
   return lists, at, #stored + 1
 end
 
