@@ -6,7 +6,6 @@ applies only while its base is the version indexed; otherwise the writer derives
 entry the shard answers with)."""
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -20,13 +19,16 @@ from call_ledger.core.indexes import IndexEntry, entry_delta, shard_of
 from call_ledger.store.indexes import IndexStore, IndexWrite
 from tests.support.calls import BASE_US
 from tests.support.index_dump import dump_indexes
+from tests.support.previous_release import PREVIOUS_RELEASE, previous_release_file
 
 SID = "CA-writers"
 SHARD = shard_of(SID)
 DAY_US = 86_400_000_000
-# The previous release's index script, verbatim (it undoes a stored entry from the rollups after its
-# newline): what runs beside this release's on a layout-4 store during a rolling upgrade.
-PREVIOUS_INDEX = (Path(__file__).parents[1] / "support" / "previous_index.lua").read_text()
+# The previous release's index script (it undoes a stored entry from the rollups after its newline): what
+# runs beside this release's on a layout-4 store during a rolling upgrade.
+PREVIOUS_INDEX = previous_release_file("call_ledger/store/lua/index.lua")
+needs_previous = pytest.mark.skipif(PREVIOUS_INDEX is None, reason=f"this checkout's history lacks the previous "
+                                    f"release {PREVIOUS_RELEASE[:7]} (a shallow clone)")
 
 _VERSION_FIELDS = st.fixed_dictionaries({
     "list_us": st.sampled_from([BASE_US, BASE_US + 5, BASE_US + DAY_US, 2**60 + 7]),  # the last: no exact score
@@ -64,6 +66,7 @@ async def previous_release_write(redis: Any, indexes: IndexStore, entry: IndexEn
     return int(reply[0])
 
 
+@needs_previous
 @hsettings(max_examples=150, deadline=None)
 @given(versions=st.lists(_VERSION_FIELDS, min_size=1, max_size=5),
        writes=st.lists(st.tuples(st.integers(0, 4), st.sampled_from(["none", "right", "stale"]),
@@ -158,6 +161,7 @@ async def test_reindex_rewrites_an_entry_of_the_same_version_into_the_store_s_fo
     assert await indexes.update([(SHARD, entry, 4)], payload_only=True, rederive=True) == [False]  # already so
 
 
+@needs_previous
 @pytest.mark.parametrize("payload_only", [False, True])
 async def test_an_entry_written_by_another_release_is_undone_from_what_it_wrote(payload_only: bool) -> None:
     """An entry stored with its rollups is undone from them as they were written, even where this

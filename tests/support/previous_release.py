@@ -30,3 +30,11 @@ def extract_previous_release(directory: Path) -> Path | None:
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(directory, filter="tar")  # worker/ and api/ are symlinked into call_ledger/
     return directory
+
+
+def previous_release_file(path: str) -> str | None:
+    """One file of the previous release (e.g. its index script, which a test runs beside this release's),
+    from this repository's history; None when the history lacks it (a shallow clone)."""
+    shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{PREVIOUS_RELEASE}:{path}"], capture_output=True,
+                           check=False)
+    return shown.stdout.decode() if shown.returncode == 0 else None
