@@ -644,18 +644,16 @@ def stored_contributions(stored: bytes, member_text: str,
         added = {(key, name): int(amount) for key, fields in by_key.items() for name, amount in fields.items()}
         return list(memberships), added, int(written_score)
     fields = orjson.loads(payload)
-    try:
+    try:  # the entry again, as IndexEntry derives its lists and amounts (the phone numbers play no part)
         list_us = int(fields["us"]) if "us" in fields else int(float(score_text))
-        assistant, status = int(fields["aid"]), str(fields["st"])
+        organization, duration, cost = fields.get("org"), fields.get("dur"), fields.get("c")
+        entry = IndexEntry(fields.get("sid", ""), int(member_text), list_us,
+                           None if organization is None else int(organization), int(fields["aid"]), None,
+                           str(fields["st"]), None if duration is None else int(duration),
+                           None if cost is None else int(cost), "", "")
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError("not an index entry") from exc
-    organization, duration, cost = fields.get("org"), fields.get("dur"), fields.get("c")
-    cost_nano = 0 if cost is None else int(cost)
-    amounts = (1, 0 if duration is None else int(duration), cost_nano // NANO, cost_nano % NANO)
-    shape_key = (None if organization is None else int(organization), status, assistant, day_of(list_us),
-                 duration is not None, cost is not None)
-    basis = IndexBasis.of(list_us, int(member_text), shape_key, amounts)
-    return basis.memberships(), _increments(basis.increments()), list_us
+    return entry.memberships(), _increments(entry.increments()), list_us
 
 
 class EntryPayload:

@@ -48,16 +48,16 @@ local function lists_of(member, stored)
     end
     return lists, string.match(stored, '"([^"]+)"%]$'), newline
   end
-  -- The ids as the payload writes them: cjson would read them as doubles, inexact beyond 2^53. A key's name
-  -- between unescaped quotes followed by a colon is found nowhere inside a JSON string.
-  local p = cjson.decode(stored)  -- a missing key is a null one
-  local organization, assistant = string.match(stored, '"org":(%-?%d+)'), string.match(stored, '"aid":(%-?%d+)')
+  -- Read as the payload writes them, by pattern: cjson would read the ids as doubles, inexact beyond 2^53. A
+  -- key's name between unescaped quotes followed by a colon is found nowhere inside a JSON string, and a
+  -- status is one of a few plain words. A null key is left out (no organization).
+  local organization = string.match(stored, '"org":(%-?%d+)')
+  local assistant = 'a=' .. string.match(stored, '"aid":(%-?%d+)')
+  local status = 's=' .. string.match(stored, '"st":"([^"]*)"')
   local scopes = {'*'}
   if organization then
     scopes[2] = 'o' .. organization
   end
-  local status = 's=' .. p.st
-  assistant = 'a=' .. assistant
   for _, scope in ipairs(scopes) do
     local prefix = 'z:' .. scope .. ':'
     lists[#lists + 1] = prefix
